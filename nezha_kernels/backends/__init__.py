@@ -1,0 +1,143 @@
+"""Backend registry and selection.
+
+A backend is a module exposing ``NAME``, ``availability(device) -> (bool, reason)``,
+``unsupported_reason(inputs) -> str | None`` and ``forward(inputs) -> Tensor``. Optional ones
+(triton, cuda) are imported lazily, so importing nezha_kernels never needs them and never
+touches a GPU; a backend whose import fails is reported unavailable with the error as reason.
+
+Which backend runs a call, most specific first: the call's ``backend=`` argument, the innermost
+``use_backend(...)`` context, ``set_backend(...)``, the ``NEZHA_KERNELS_BACKEND`` environment
+variable, and finally "auto" (the fastest usable backend for the tensors' device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import importlib
+import os
+from types import ModuleType
+from typing import Iterator
+
+import torch
+
+from ..inputs import AttentionInputs
+
+__all__ = [
+    "BACKENDS", "BackendStatus", "available_backends", "get_backend", "set_backend",
+    "use_backend", "resolve_backend", "ENV_VAR",
+]
+
+ENV_VAR = "NEZHA_KERNELS_BACKEND"
+BACKENDS = ("reference", "torch", "triton", "cuda")
+_MODULES = {
+    "reference": "nezha_kernels.backends.reference",
+    "torch": "nezha_kernels.backends.torch_chunked",
+    "triton": "nezha_kernels.backends.triton_backend",
+    "cuda": "nezha_kernels.backends.cuda_backend",
+}
+# "auto" tries these in order and takes the first usable one.
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "other": ("torch",)}
+
+_global_choice = "auto"
+_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("nezha_backend", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
+
+
+def _check_name(name: object, argument: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a backend name (str), got {type(name).__name__}")
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{argument}: unknown backend {name!r}; expected one of {('auto',) + BACKENDS}")
+    return name
+
+
+def _load(name: str) -> tuple[ModuleType | None, str]:
+    try:
+        return importlib.import_module(_MODULES[name]), ""
+    except ModuleNotFoundError as exc:
+        if exc.name == _MODULES[name]:
+            return None, "not part of this version of nezha_kernels"
+        return None, f"import failed: {exc}"
+    except Exception as exc:  # an optional backend must never break the package
+        return None, f"import failed: {type(exc).__name__}: {exc}"
+
+
+def _status(name: str, device: torch.device) -> BackendStatus:
+    module, why = _load(name)
+    if module is None:
+        return BackendStatus(name, False, why)
+    ok, reason = module.availability(device)
+    return BackendStatus(name, bool(ok), reason)
+
+
+def available_backends(device: torch.device | str | None = None) -> dict[str, BackendStatus]:
+    """Every backend's status for ``device`` (default: cuda if present, else cpu), with the reason."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return {name: _status(name, device) for name in BACKENDS}
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend ("auto" restores automatic choice)."""
+    global _global_choice
+    _global_choice = _check_name(name, "backend")
+
+
+def get_backend() -> str:
+    """The backend name in force for calls that pass backend="auto" (may itself be "auto")."""
+    chosen = _context_choice.get()
+    if chosen is not None:
+        return chosen
+    if _global_choice != "auto":
+        return _global_choice
+    env = os.environ.get(ENV_VAR, "").strip()
+    return _check_name(env, ENV_VAR) if env else "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the block, calls with backend="auto" use ``name``."""
+    token = _context_choice.set(_check_name(name, "backend"))
+    try:
+        yield
+    finally:
+        _context_choice.reset(token)
+
+
+def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
+    """The backend module that runs this call; ValueError when the requested one cannot."""
+    name = _check_name(requested, "backend")
+    if name == "auto":
+        name = get_backend()
+    device = inputs.q.device
+    if name != "auto":
+        module, why = _load(name)
+        if module is None:
+            raise ValueError(f"backend {name!r} is unavailable: {why}")
+        ok, reason = module.availability(device)
+        if not ok:
+            raise ValueError(f"backend {name!r} is unavailable for {device.type} tensors: {reason}")
+        unsupported = module.unsupported_reason(inputs)
+        if unsupported:
+            raise ValueError(f"backend {name!r} cannot run this call: {unsupported}")
+        return module
+    order = _AUTO_ORDER["cuda" if device.type == "cuda" else "other"]
+    for candidate in order:
+        module, _ = _load(candidate)
+        if module is None or not module.availability(device)[0]:
+            continue
+        if module.unsupported_reason(inputs) is None:
+            return module
+    raise ValueError(f"no backend can run this call on {device}")  # torch supports everything

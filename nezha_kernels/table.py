@@ -1,0 +1,65 @@
+"""NEZHA's functional relative position table and the relative index map.
+
+The table has 2R+1 rows: row m encodes the clipped relative distance m - R.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+__all__ = ["sinusoidal_table", "relative_index"]
+
+
+@functools.lru_cache(maxsize=64)
+def _sinusoidal_table_cpu(max_relative_position: int, head_dim: int) -> torch.Tensor:
+    # Built in float32 with the same operation order as the original NEZHA code so
+    # that the rows are bit-identical to the table users' checkpoints were trained with.
+    rows = 2 * max_relative_position + 1
+    position = torch.arange(0, rows, dtype=torch.int64).float().unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, head_dim, 2).float() * (-math.log(10000.0) / head_dim))
+    table = torch.zeros(rows, head_dim)
+    table[:, 0::2] = torch.sin(position * div_term)
+    table[:, 1::2] = torch.cos(position * div_term)
+    return table
+
+
+def sinusoidal_table(
+    max_relative_position: int = 64,
+    head_dim: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """NEZHA's fixed sinusoid table, shape [2R+1, head_dim].
+
+    ``T[m, 2t] = sin(m * w_t)``, ``T[m, 2t+1] = cos(m * w_t)``, ``w_t = 10000^(-2t/head_dim)``,
+    for ``m = 0 .. 2R`` (the table index, i.e. clipped distance + R).
+    """
+    if isinstance(max_relative_position, bool) or not isinstance(max_relative_position, int):
+        raise TypeError(f"max_relative_position must be an int, got {type(max_relative_position).__name__}")
+    if max_relative_position < 1:
+        raise ValueError(f"max_relative_position must be >= 1, got {max_relative_position}")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int):
+        raise TypeError(f"head_dim must be an int, got {type(head_dim).__name__}")
+    if head_dim < 2 or head_dim % 2:
+        raise ValueError(f"head_dim must be a positive even number for the sinusoid table, got {head_dim}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
+    table = _sinusoidal_table_cpu(max_relative_position, head_dim)
+    return table.to(device=device if device is not None else "cpu", dtype=dtype)
+
+
+def relative_index(
+    query_length: int,
+    key_length: int,
+    max_relative_position: int,
+    q_offset: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Table row for every (query, key) pair: clamp(j - (q_offset + i), -R, R) + R, shape [Lq, Lk] int64."""
+    rows = torch.arange(query_length, device=device) + q_offset
+    cols = torch.arange(key_length, device=device)
+    distance = cols[None, :] - rows[:, None]
+    return distance.clamp(-max_relative_position, max_relative_position) + max_relative_position
