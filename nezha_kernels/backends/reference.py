@@ -44,16 +44,16 @@ def probabilities(inputs: AttentionInputs, compute_dtype: torch.dtype) -> tuple[
     q, k = inputs.q.to(compute_dtype), inputs.k.to(compute_dtype)
     idx = relative_index(lq, lk, inputs.max_relative_position, inputs.q_offset, device=q.device)
     rel = inputs.table.to(compute_dtype)[idx]  # [Lq, Lk, D]: what the original model builds
-    scores = torch.matmul(q, k.transpose(-1, -2)) + torch.einsum("bhid,ijd->bhij", q, rel)
-    scores = scores * inputs.scale
+    base = (torch.matmul(q, k.transpose(-1, -2)) + torch.einsum("bhid,ijd->bhij", q, rel)) * inputs.scale
+    scores = base.detach()
     if inputs.additive_mask is not None:
         scores = scores + inputs.additive_mask.to(compute_dtype)
     masked = score_mask(inputs)
     if masked is not None:
-        # Additive, like the original model's mask, so gradients flow exactly as there; the clamp
-        # keeps finfo.min + finfo.min finite and turns -inf into finfo.min (uniform, not NaN).
-        scores = scores + masked.to(compute_dtype) * MASKED_SCORE
-    scores = scores.clamp(min=MASKED_SCORE)
+        scores = scores.masked_fill(masked, MASKED_SCORE)
+    # Raising -inf to finfo.min keeps a fully masked row uniform instead of NaN. The gradient reaches
+    # every score unchanged, masked ones included, as with the original model's additive mask.
+    scores = scores.clamp(min=MASKED_SCORE) + (base - base.detach())
     probs = torch.softmax(scores, dim=-1)
     if inputs.dropout_p > 0.0:
         keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, torch.arange(lq), lk, q.device)

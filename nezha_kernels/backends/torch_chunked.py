@@ -49,9 +49,11 @@ class _Chunk:
         distance = cols[None, :] - (self.rows[:, None] + inputs.q_offset)
         self.index = (distance.clamp(-r, r) + r).expand(b, h, stop - start, lk)
         self.q = q[:, :, start:stop]
-        scores = torch.matmul(self.q, k.transpose(-1, -2))
-        scores += torch.gather(torch.matmul(self.q, table.t()), -1, self.index)
-        scores *= inputs.scale
+        base = torch.matmul(self.q, k.transpose(-1, -2))
+        base += torch.gather(torch.matmul(self.q, table.t()), -1, self.index)
+        base *= inputs.scale
+        tracking = torch.is_grad_enabled() and base.requires_grad
+        scores = base.detach().clone() if tracking else base
         if inputs.additive_mask is not None:
             scores += inputs.additive_mask[:, :, start:stop].to(scores.dtype)
         masked = None
@@ -63,6 +65,10 @@ class _Chunk:
         if masked is not None:
             scores.masked_fill_(masked, MASKED_SCORE)
         scores.clamp_(min=MASKED_SCORE)
+        if tracking:
+            # Under autograd (forward_with_probs) the gradient reaches every score unchanged, masked
+            # ones included, exactly as in the hand-written backward and the original additive mask.
+            scores = scores + (base - base.detach())
         self.probs = torch.softmax(scores, dim=-1)
         # weights = probs * dropout keep / (1 - p) * head_mask, the coefficients of v_j + a_ij.
         self.drop_scale = None
