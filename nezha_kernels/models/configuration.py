@@ -1,0 +1,205 @@
+"""NezhaConfig: the config.json of Hugging Face NEZHA checkpoints, torch-only.
+
+Every key of nezha-cn-base's config.json with the same default, the generic keys Hugging Face
+writes, and ``attn_backend`` (which ``relative_attention`` backend the model calls). Keys this class
+does not know are kept as attributes and written back, never rejected.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import torch
+
+__all__ = ["NezhaConfig", "CONFIG_NAME"]
+
+CONFIG_NAME = "config.json"
+
+# Model keys and their nezha-cn-base defaults (the order config.json is written in).
+_MODEL_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 21128,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "max_relative_position": 64,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "classifier_dropout": 0.1,
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+    "use_cache": True,
+}
+
+# Generic keys of Hugging Face configs that change what the model does or returns.
+_GENERIC_DEFAULTS: dict[str, Any] = {
+    "architectures": None,
+    "problem_type": None,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 0,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+    "pruned_heads": {},
+    "torch_dtype": None,
+    "finetuning_task": None,
+    "tokenizer_class": None,
+}
+
+ATTN_BACKEND_DEFAULT = "auto"
+
+
+class NezhaConfig:
+    """Configuration of a NEZHA model (``model_type = "nezha"``).
+
+    Args (defaults of nezha-cn-base): vocab_size 21128, hidden_size 768, num_hidden_layers 12,
+    num_attention_heads 12, intermediate_size 3072, hidden_act "gelu" (exact erf GELU),
+    hidden_dropout_prob 0.1, attention_probs_dropout_prob 0.1, max_position_embeddings 512 (kept
+    for compatibility: nothing in NEZHA needs absolute positions, longer inputs work),
+    max_relative_position 64, type_vocab_size 2, initializer_range 0.02, layer_norm_eps 1e-12,
+    classifier_dropout 0.1, pad/bos/eos_token_id 0/2/3, use_cache True, attn_backend "auto";
+    num_labels / id2label / label2id, problem_type, is_decoder, ... as in Hugging Face.
+    Unknown keyword arguments become attributes and are saved.
+    """
+
+    model_type = "nezha"
+
+    def __init__(self, **kwargs: Any):
+        for key, default in {**_MODEL_DEFAULTS, **_GENERIC_DEFAULTS}.items():
+            setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
+        # transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+        if "dtype" in kwargs:
+            dtype = kwargs.pop("dtype")
+            self.torch_dtype = dtype if self.torch_dtype is None else self.torch_dtype
+        if isinstance(self.torch_dtype, torch.dtype):
+            self.torch_dtype = str(self.torch_dtype).replace("torch.", "")
+        self.attn_backend = kwargs.pop("attn_backend", ATTN_BACKEND_DEFAULT)
+        kwargs.pop("model_type", None)
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        num_labels = kwargs.pop("num_labels", None)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(2 if num_labels is None else int(num_labels))}
+        if num_labels is not None and int(num_labels) != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(int(num_labels))}
+        if label2id is not None and len(label2id) == len(self.id2label):
+            self.label2id = {k: int(v) for k, v in label2id.items()}
+        else:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        self.pruned_heads = {int(k): sorted(set(int(h) for h in v)) for k, v in (self.pruned_heads or {}).items()}
+        self._extra_keys: list[str] = []
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+            self._extra_keys.append(key)
+        self.validate()
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if len(self.id2label) != int(value):
+            self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.return_dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        """ValueError naming the first key whose value cannot build a model."""
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "type_vocab_size", "max_relative_position"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"NezhaConfig.{key} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"NezhaConfig.hidden_size ({self.hidden_size}) is not a multiple of "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"NEZHA's sinusoid table needs an even head size, got {self.head_dim}")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("NezhaConfig.add_cross_attention=True requires is_decoder=True")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"NezhaConfig.pad_token_id {self.pad_token_id} is outside [0, {self.vocab_size})")
+
+    # ---- dict / json ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self.model_type}
+        for key in list(_MODEL_DEFAULTS) + list(_GENERIC_DEFAULTS):
+            out[key] = copy.deepcopy(getattr(self, key))
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        out["pruned_heads"] = {str(k): list(v) for k, v in self.pruned_heads.items()}
+        out["attn_backend"] = self.attn_backend
+        for key in self._extra_keys:
+            out[key] = copy.deepcopy(getattr(self, key))
+        return out
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "NezhaConfig":
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config has model_type {model_type!r}, expected {cls.model_type!r}")
+        merged = {**config_dict, **overrides}
+        if "num_labels" in overrides and "id2label" not in overrides:
+            merged.pop("id2label", None)
+            merged.pop("label2id", None)
+        return cls(**merged)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "NezhaConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "NezhaConfig":
+        """Read ``directory/config.json`` (FileNotFoundError naming the path when it is missing)."""
+        path = os.path.join(os.fspath(directory), CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(directory)!r}: a NEZHA checkpoint directory needs one")
+        return cls.from_json_file(path, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(os.fspath(directory), CONFIG_NAME))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NezhaConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"NezhaConfig {self.to_json_string()}"
