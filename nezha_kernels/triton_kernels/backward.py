@@ -1,0 +1,247 @@
+"""Backward kernels (FA2 style, P recomputed from the saved row max and log-sum).
+
+With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
+    dW_ij = dO_i . (v_j + a_ij)            key-side gather of dO @ T_slice^T in band tiles
+    delta_i = sum_j w_ij dW_ij = dO_i . O_i  (_relattn_bwd_delta_kernel)
+    dS_ij = p_ij (dW_ij drop_ij hm - delta_i)  at every pair, masked ones included
+    dQ_i = scale (sum_j dS_ij k_j + sum_j dS_ij a_ij)   (_relattn_bwd_dq_kernel, per query block)
+    dK_j = scale sum_i dS_ij q_i,  dV_j = sum_i w_ij dO_i  (_relattn_bwd_dkdv_kernel, per key block)
+"""
+
+import triton
+import triton.language as tl
+
+from .band import band_bucket, band_gather, load_table_slice, mask_scores
+from .philox import philox_uniform
+
+
+@triton.jit
+def _relattn_bwd_delta_kernel(
+    OUT, DOUT, DELTA,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    H, LQ,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta [B*H, Lq] fp32 = rowsum(dO * O)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < LQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    g = tl.load(DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+                + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
+    tl.store(DELTA + bh.to(tl.int64) * LQ + offs_m, delta, mask=offs_m < LQ)
+
+
+@triton.jit
+def _tile_grads(
+    q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
+    row_max, row_logsum, delta, hm,
+    b, h, bh, offs_m, offs_n, m_valid, n_valid, pos, pos0, j0,
+    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
+    R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+    HEAD_DIM: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N]."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    dw = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    rel = offs_n[None, :] - pos[:, None]
+    rel_min = j0 - (pos0 + BLOCK_M - 1)
+    rel_max = j0 + BLOCK_N - 1 - pos0
+    if (rel_min < R) & (rel_max > -R):
+        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+        s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+        dw += band_gather(tl.dot(do, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+    else:
+        t_edge = tl.where(rel_min >= R, t_right, t_left)
+        s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
+        dw += tl.sum(do.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
+    s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
+                    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
+                    HAS_KPAD, HAS_AMASK, CAUSAL)
+    # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
+    p = tl.exp((s - row_max[:, None]) - row_logsum[:, None])
+    p = tl.where(m_valid[:, None] & n_valid[None, :], p, 0.0)
+    coef = tl.zeros_like(p) + hm
+    if HAS_DROPOUT:
+        u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
+                           offs_m[:, None] + 0 * offs_n[None, :], bh)
+        coef = tl.where(u >= dropout_p, coef * dropout_scale, 0.0)
+    ds = p * (dw * coef - delta[:, None])
+    return p * coef, ds
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
+def _relattn_bwd_dkdv_kernel(
+    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DK, DV,
+    KPAD, AMASK, HMASK,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_tr, stride_td,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_pb, stride_pn,
+    stride_ab, stride_ah, stride_am, stride_an,
+    stride_hb, stride_hh,
+    H, LQ, LK, R, Q_OFFSET,
+    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+    LQ_KEY, LK_KEY,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per key block of one (b, h): dK, dV [B, H, Lk, D] (contiguous) by a loop over query tiles."""
+    tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    j0 = pid_n * BLOCK_N
+    offs_n = j0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = offs_n < LK
+    d_valid = offs_d < HEAD_DIM
+    kv_mask = n_valid[:, None] & d_valid[None, :]
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+                + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+                + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    hm = 1.0
+    if HAS_HMASK:
+        hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    g_base = DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo = 0
+    if CAUSAL_SKIP:
+        # Query rows at positions < j0 give these keys zero weight (no fully masked rows here).
+        lo = (tl.maximum(j0 - Q_OFFSET, 0) // BLOCK_M) * BLOCK_M
+    for i0 in range(lo, LQ, BLOCK_M):
+        offs_m = i0 + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < LQ
+        qd_mask = m_valid[:, None] & d_valid[None, :]
+        q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=qd_mask, other=0.0)
+        do = tl.load(g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd,
+                     mask=qd_mask, other=0.0)
+        row = bh.to(tl.int64) * LQ + offs_m
+        row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
+        row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
+        delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
+        w, ds = _tile_grads(
+            q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
+            row_max, row_logsum, delta, hm,
+            b, h, bh, offs_m, offs_n, m_valid, n_valid, Q_OFFSET + offs_m, Q_OFFSET + i0, j0,
+            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
+            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P,
+        )
+        dv += tl.dot(tl.trans(w).to(do.dtype), do, input_precision=DOT_PRECISION)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    out_off = bh.to(tl.int64) * LK * HEAD_DIM + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+    tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
+def _relattn_bwd_dq_kernel(
+    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DQ,
+    KPAD, AMASK, HMASK,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_tr, stride_td,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_pb, stride_pn,
+    stride_ab, stride_ah, stride_am, stride_an,
+    stride_hb, stride_hh,
+    H, LQ, LK, R, Q_OFFSET,
+    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+    LQ_KEY, LK_KEY,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per query block of one (b, h): dQ [B, H, Lq, D] (contiguous) by a loop over key tiles."""
+    tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    i0 = pid_m * BLOCK_M
+    offs_m = i0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < LQ
+    d_valid = offs_d < HEAD_DIM
+    qd_mask = m_valid[:, None] & d_valid[None, :]
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+    do = tl.load(DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+                 + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
+    row = bh.to(tl.int64) * LQ + offs_m
+    row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
+    row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
+    delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
+    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    hm = 1.0
+    if HAS_HMASK:
+        hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    pos0 = Q_OFFSET + i0
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    ds_left = tl.zeros([BLOCK_M], tl.float32)
+    ds_right = tl.zeros([BLOCK_M], tl.float32)
+    hi = LK
+    if CAUSAL_SKIP:
+        hi = tl.minimum(LK, pos0 + BLOCK_M)
+    for j0 in range(0, hi, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < LK
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=kv_mask, other=0.0)
+        w, ds = _tile_grads(
+            q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
+            row_max, row_logsum, delta, hm,
+            b, h, bh, offs_m, offs_n, m_valid, n_valid, Q_OFFSET + offs_m, pos0, j0,
+            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
+            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P,
+        )
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        rel_min = j0 - (pos0 + BLOCK_M - 1)
+        rel_max = j0 + BLOCK_N - 1 - pos0
+        if (rel_min < R) & (rel_max > -R):
+            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+            dq += tl.dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
+                         input_precision=DOT_PRECISION)
+        elif rel_min >= R:
+            ds_right += tl.sum(ds, axis=1)
+        else:
+            ds_left += tl.sum(ds, axis=1)
+
+    dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
+    out_off = bh.to(tl.int64) * LQ * HEAD_DIM + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+    tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)

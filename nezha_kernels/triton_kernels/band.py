@@ -1,0 +1,66 @@
+"""Pieces shared by the forward and backward kernels: the band gathers and the score masks.
+
+For a query block (absolute positions p0 .. p0+BLOCK_M-1) and a key tile (j0 .. j0+BLOCK_N-1), a pair
+(ii, jj) of in-tile offsets has table row clamp(j - p + R, 0, 2R) = T_slice[jj - ii + BLOCK_M - 1] where
+T_slice[r] = T[clamp(base + r, 0, 2R)], base = j0 - p0 - (BLOCK_M - 1) + R. The clamp makes pairs beyond
+the band correct too, so a band tile needs no special case; a tile entirely beyond the band uses only the
+edge rows T[0] / T[2R] (one scalar per query row).
+"""
+
+import triton
+import triton.language as tl
+
+# float32's most negative finite value (inputs.MASKED_SCORE): masked pairs score exactly this.
+MASKED_SCORE = tl.constexpr(-3.4028234663852886e38)
+
+
+@triton.jit
+def load_table_slice(T, stride_tr, stride_td, base, R, offs_d, HEAD_DIM: tl.constexpr, BLOCK_P: tl.constexpr):
+    """T_slice [BLOCK_P, BLOCK_D]: rows T[clamp(base + r, 0, 2R)] (padded head dims read as 0)."""
+    rows = tl.minimum(tl.maximum(base + tl.arange(0, BLOCK_P), 0), 2 * R)
+    ptrs = T + rows[:, None] * stride_tr + offs_d[None, :] * stride_td
+    return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
+def band_gather(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x [BLOCK_M, BLOCK_P] (x = rows @ T_slice^T) -> [BLOCK_M, BLOCK_N]: out[ii, jj] = x[ii, jj - ii + BLOCK_M - 1]."""
+    ii = tl.arange(0, BLOCK_M)[:, None]
+    jj = tl.arange(0, BLOCK_N)[None, :]
+    return tl.gather(x, jj - ii + (BLOCK_M - 1), axis=1)
+
+
+@triton.jit
+def band_bucket(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+    """x [BLOCK_M, BLOCK_N] -> [BLOCK_M, BLOCK_P]: out[ii, r] = x[ii, r - (BLOCK_M - 1) + ii], 0 off the tile.
+
+    The transpose of band_gather: sums a tile's weights by table-slice row, so out @ T_slice is the
+    tile's value-side term sum_j x_ij a_ij.
+    """
+    ii = tl.arange(0, BLOCK_M)[:, None]
+    jj = tl.arange(0, BLOCK_P)[None, :] - (BLOCK_M - 1) + ii
+    inside = (jj >= 0) & (jj < BLOCK_N)
+    return tl.where(inside, tl.gather(x, tl.where(inside, jj, 0), axis=1), 0.0)
+
+
+@triton.jit
+def mask_scores(
+    s, rel, b, h, offs_m, offs_n, m_valid, n_valid,
+    KPAD, stride_pb, stride_pn,
+    AMASK, stride_ab, stride_ah, stride_am, stride_an,
+    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    """Scores after the additive mask, padding / causal masking and the finfo.min floor (fp32 [BM, BN]).
+
+    rel [BM, BN] = j - (q_offset + i). Same order as the reference: add, replace masked, floor.
+    """
+    if HAS_AMASK:
+        ptrs = AMASK + b.to(tl.int64) * stride_ab + h.to(tl.int64) * stride_ah
+        ptrs = ptrs + offs_m[:, None].to(tl.int64) * stride_am + offs_n[None, :] * stride_an
+        s += tl.load(ptrs, mask=m_valid[:, None] & n_valid[None, :], other=0.0).to(tl.float32)
+    if HAS_KPAD:
+        keep = tl.load(KPAD + b.to(tl.int64) * stride_pb + offs_n * stride_pn, mask=n_valid, other=1)
+        s = tl.where((keep == 0)[None, :], MASKED_SCORE, s)
+    if CAUSAL:
+        s = tl.where(rel > 0, MASKED_SCORE, s)
+    return tl.maximum(s, MASKED_SCORE)

@@ -1,0 +1,63 @@
+"""Tile configurations and autotuning.
+
+Each config fixes (BLOCK_M, BLOCK_N) and derives BLOCK_P = next_pow2(BLOCK_M + BLOCK_N - 1), the
+rows of the table slice a band tile can touch. Autotuning is keyed on (HEAD_DIM, LQ_KEY, LK_KEY) plus
+the tensors' dtypes (triton adds those), where the *_KEY are the lengths rounded up to a power of two
+so that every new length does not re-tune. Under TRITON_INTERPRET=1 one small fixed config is used:
+small tiles put both band and far-field tiles in tests of a few dozen rows.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
+FWD_TILES = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 4, 2), (64, 64, 4, 3)]
+BWD_TILES = [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
+INTERPRETER_TILE = (16, 16, 1, 1)
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def block_p(block_m: int, block_n: int) -> int:
+    return triton.next_power_of_2(block_m + block_n - 1)
+
+
+def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
+    kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_P": block_p(block_m, block_n)}
+    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
+
+
+def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
+    # Register budget: the [BLOCK_M, BLOCK_P] fp32 band product and the [BLOCK_M, D] accumulator
+    # live together; big tiles with D = 128 or fp32 inputs spill, so they are not tried.
+    if head_dim > 64 or elem_bytes == 4:
+        return block_m * block_n <= 64 * 32
+    return True
+
+
+def prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    head_dim = args["HEAD_DIM"]
+    elem_bytes = args["Q"].element_size()
+    kept = [c for c in configs if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim, elem_bytes)]
+    return kept or configs[-1:]
+
+
+def tiles(kind: str) -> list[tuple[int, int, int, int]]:
+    """The tile list of a kernel family ("fwd" or "bwd") for this process (one under the interpreter)."""
+    if interpreted():
+        return [INTERPRETER_TILE]
+    return FWD_TILES if kind == "fwd" else BWD_TILES
+
+
+def autotune(kind: str):
+    """Decorator: triton.autotune over ``tiles(kind)`` keyed on AUTOTUNE_KEY."""
+    configs = [make_config(*t) for t in tiles(kind)]
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune})

@@ -1,0 +1,129 @@
+"""Forward kernel: flash-style online softmax with the relative terms fused on both sides.
+
+Per program: BLOCK_M query rows of one (b, h). For each key tile of BLOCK_N keys:
+- a tile beyond the band (every pair has |j - p| >= R) adds the per-row scalar q_i . T[0] or q_i . T[2R]
+  to the scores and only accumulates the probability mass on that side (rescaled like the accumulator);
+  the output gets mass_left * T[0] + mass_right * T[2R] once at the end;
+- a band tile loads T_slice (see band.py) and pays two extra tensor-core dots:
+  key side  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice.
+Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not
+m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
+"""
+
+import triton
+import triton.language as tl
+
+from .band import MASKED_SCORE, band_bucket, band_gather, load_table_slice, mask_scores
+from .philox import philox_uniform
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
+def _relattn_fwd_kernel(
+    Q, K, V, T, OUT, ROW_MAX, ROW_LOGSUM,
+    KPAD, AMASK, HMASK,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_tr, stride_td,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_pb, stride_pn,
+    stride_ab, stride_ah, stride_am, stride_an,
+    stride_hb, stride_hh,
+    H, LQ, LK, R, Q_OFFSET,
+    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+    LQ_KEY, LK_KEY,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < LQ
+    d_valid = offs_d < HEAD_DIM
+    pos0 = Q_OFFSET + pid_m * BLOCK_M
+    pos = Q_OFFSET + offs_m
+
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q_ptrs = q_ptrs + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    qt_left = tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)
+    qt_right = tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)
+
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    mass_left = tl.zeros([BLOCK_M], tl.float32)
+    mass_right = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    hi = LK
+    if CAUSAL_SKIP:
+        # Without padding or additive masks no row is fully masked, so keys past the block's last
+        # position carry exactly zero weight and are skipped.
+        hi = tl.minimum(LK, pos0 + BLOCK_M)
+    for j0 in range(0, hi, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < LK
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        rel = offs_n[None, :] - pos[:, None]
+        rel_min = j0 - (pos0 + BLOCK_M - 1)
+        rel_max = j0 + BLOCK_N - 1 - pos0
+        in_band = (rel_min < R) & (rel_max > -R)
+        if in_band:
+            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+            s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+        else:
+            s += tl.where(rel_min >= R, qt_right, qt_left)[:, None]
+        s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
+                        KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
+                        HAS_KPAD, HAS_AMASK, CAUSAL)
+        s = tl.where(n_valid[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        if HAS_DROPOUT:
+            u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
+                               offs_m[:, None] + 0 * offs_n[None, :], bh)
+            p = tl.where(u >= dropout_p, p * dropout_scale, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        mass_left = mass_left * alpha
+        mass_right = mass_right * alpha
+        if in_band:
+            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+            acc += tl.dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
+                          input_precision=DOT_PRECISION)
+        else:
+            if rel_min >= R:
+                mass_right += tl.sum(p, axis=1)
+            else:
+                mass_left += tl.sum(p, axis=1)
+
+    acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
+    out = acc / l_i[:, None]
+    if HAS_HMASK:
+        out = out * tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
+    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    o_ptrs = o_ptrs + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
+    row = bh.to(tl.int64) * LQ + offs_m
+    tl.store(ROW_MAX + row, m_i, mask=m_valid)
+    tl.store(ROW_LOGSUM + row, tl.log(l_i), mask=m_valid)
