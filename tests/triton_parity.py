@@ -1,0 +1,76 @@
+"""Parity checks of backend="triton" against the float64 formula (tests/formula.py), shared by the
+interpreter tests (CPU tensors, TRITON_INTERPRET=1) and the GPU tests (CUDA tensors).
+
+Every check draws fresh random inputs, runs the public op forward and backward, and compares the
+output and the gradients of q, k and v with the formula's autograd in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import nezha_kernels as nk
+from nezha_kernels.dropout import keep_mask
+
+import formula
+
+# Absolute/relative tolerances by dtype for values of order 1 (inputs ~ N(0, 1)). Low-precision
+# kernels round p to the input dtype before the p @ V and bucket @ T dots, as flash attention does.
+TOL = {
+    torch.float32: dict(fwd=3e-5, grad=1e-4),
+    torch.float16: dict(fwd=5e-3, grad=2e-2),
+    torch.bfloat16: dict(fwd=4e-2, grad=1.2e-1),
+}
+
+
+def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None, additive=None, causal=False,
+          q_offset=0, head_mask=None, scale=None, dropout_p=0.0, strided=False, seed=0):
+    """Run backend="triton" and the formula on the same inputs; assert output and dq, dk, dv agree."""
+    g = torch.Generator().manual_seed(seed)
+    if strided:
+        # q, k, v as views of one fused [B, L, 3, H, D] projection (Lq == Lk): no contiguous copies.
+        assert lq == lk
+        fused = torch.randn(b, lq, 3, h, d, generator=g).to(dtype).to(device)
+        q, k, v = (fused[:, :, i].permute(0, 2, 1, 3) for i in range(3))
+    else:
+        q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype).to(device) for n in (lq, lk, lk))
+    if table == "nezha":
+        tab = nk.sinusoidal_table(r, d, dtype=dtype, device=device)
+    else:
+        tab = torch.randn(2 * r + 1, d, generator=g).to(dtype).to(device)
+    mask = key_padding if key_padding is not None else additive
+    mask = mask.to(device) if mask is not None else None
+    hm = head_mask.to(device) if head_mask is not None else None
+
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)] if not strided else None
+    if strided:
+        fused_leaf = fused.detach().clone().requires_grad_()
+        leaves = [fused_leaf[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
+        assert not leaves[0].is_contiguous()
+    torch.manual_seed(seed + 1)  # the op draws its dropout seed from torch's default generator
+    out = nk.relative_attention(*leaves, rel_table=tab, max_relative_position=r, attention_mask=mask,
+                                causal=causal, q_offset=q_offset, head_mask=hm, scale=scale,
+                                dropout_p=dropout_p, backend="triton")
+    assert out.dtype == dtype and out.shape == (b, h, lq, d) and out.device.type == torch.device(device).type
+
+    keep = None
+    if dropout_p > 0.0:
+        torch.manual_seed(seed + 1)
+        drop_seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
+        keep = keep_mask(drop_seed, dropout_p, b, h, torch.arange(lq), lk, torch.device("cpu"))
+    ref = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    expected = formula.attention(*ref, tab.cpu(), r=r, key_padding=key_padding, additive=additive,
+                                 causal=causal, q_offset=q_offset, scale=scale, keep=keep, dropout_p=dropout_p,
+                                 head_mask=head_mask)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.detach().cpu().double(), expected, atol=tol["fwd"], rtol=tol["fwd"])
+
+    grad_out = torch.randn(b, h, lq, d, generator=g)
+    grads = torch.autograd.grad(out, [fused_leaf] if strided else leaves, grad_out.to(dtype).to(device))
+    if strided:
+        grads = [grads[0][:, :, i].permute(0, 2, 1, 3) for i in range(3)]
+    ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
+    for name, got, want in zip("qkv", grads, ref_grads):
+        torch.testing.assert_close(got.cpu().double(), want, atol=tol["grad"], rtol=tol["grad"],
+                                   msg=lambda m: f"grad {name}: {m}")
+    return out
