@@ -13,8 +13,7 @@ import torch
 __all__ = ["sinusoidal_table", "relative_index"]
 
 
-@functools.lru_cache(maxsize=64)
-def _sinusoidal_table_cpu(max_relative_position: int, head_dim: int) -> torch.Tensor:
+def _build_table(max_relative_position: int, head_dim: int) -> torch.Tensor:
     # Built in float32 with the same operation order as the original NEZHA code so
     # that the rows are bit-identical to the table users' checkpoints were trained with.
     rows = 2 * max_relative_position + 1
@@ -24,6 +23,9 @@ def _sinusoidal_table_cpu(max_relative_position: int, head_dim: int) -> torch.Te
     table[:, 0::2] = torch.sin(position * div_term)
     table[:, 1::2] = torch.cos(position * div_term)
     return table
+
+
+_cached_table = functools.lru_cache(maxsize=64)(_build_table)
 
 
 def sinusoidal_table(
@@ -47,7 +49,9 @@ def sinusoidal_table(
         raise ValueError(f"head_dim must be a positive even number for the sinusoid table, got {head_dim}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
-    table = _sinusoidal_table_cpu(max_relative_position, head_dim)
+    # Dynamo cannot use an lru_cache; inside a compiled graph the table is built (and constant-folded).
+    build = _build_table if torch.compiler.is_compiling() else _cached_table
+    table = build(max_relative_position, head_dim)
     return table.to(device=device if device is not None else "cpu", dtype=dtype)
 
 

@@ -62,15 +62,24 @@ def _check_name(name: object, argument: str) -> str:
     return name
 
 
+_LOADED: dict[str, tuple[ModuleType | None, str]] = {}
+
+
 def _load(name: str) -> tuple[ModuleType | None, str]:
+    """(backend module or None, why not); imported once, then served from a cache."""
+    if name in _LOADED:
+        return _LOADED[name]
     try:
-        return importlib.import_module(_MODULES[name]), ""
+        result = importlib.import_module(_MODULES[name]), ""
     except ModuleNotFoundError as exc:
         if exc.name == _MODULES[name]:
-            return None, "not part of this version of nezha_kernels"
-        return None, f"import failed: {exc}"
+            result = None, "not part of this version of nezha_kernels"
+        else:
+            result = None, f"import failed: {exc}"
     except Exception as exc:  # an optional backend must never break the package
-        return None, f"import failed: {type(exc).__name__}: {exc}"
+        result = None, f"import failed: {type(exc).__name__}: {exc}"
+    _LOADED[name] = result
+    return result
 
 
 def _status(name: str, device: torch.device) -> BackendStatus:
@@ -95,6 +104,9 @@ def set_backend(name: str) -> None:
     _global_choice = _check_name(name, "backend")
 
 
+# Under torch.compile the choice is read once while tracing and baked into the graph (dynamo cannot
+# trace ContextVar): choose the backend before compiling.
+@torch.compiler.assume_constant_result
 def get_backend() -> str:
     """The backend name in force for calls that pass backend="auto" (may itself be "auto")."""
     chosen = _context_choice.get()
@@ -141,3 +153,9 @@ def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
         if module.unsupported_reason(inputs) is None:
             return module
     raise ValueError(f"no backend can run this call on {device}")  # torch supports everything
+
+
+# Import every backend module now (each guards its own optional dependencies and touches no GPU):
+# torch.compile cannot trace an import, so dispatch inside a compiled region only reads the cache.
+for _name in BACKENDS:
+    _load(_name)
