@@ -155,7 +155,9 @@ def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
     raise ValueError(f"no backend can run this call on {device}")  # torch supports everything
 
 
-# Import every backend module now (each guards its own optional dependencies and touches no GPU):
-# torch.compile cannot trace an import, so dispatch inside a compiled region only reads the cache.
+# torch.compile cannot trace an import, so dispatch inside a compiled region only reads this cache:
+# import the pure-PyTorch backends now, and the GPU ones too where they can matter (a CUDA build of
+# torch, or the Triton interpreter), without touching the GPU. A CPU-only install skips triton's import cost.
 for _name in BACKENDS:
-    _load(_name)
+    if _name in ("reference", "torch") or torch.version.cuda or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
+        _load(_name)
