@@ -13,10 +13,10 @@ variable, and finally "auto" (the fastest usable backend for the tensors' device
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import importlib
 import os
+import threading
 from types import ModuleType
 from typing import Iterator
 
@@ -41,7 +41,9 @@ _MODULES = {
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "other": ("torch",)}
 
 _global_choice = "auto"
-_context_choice: contextvars.ContextVar[str | None] = contextvars.ContextVar("nezha_backend", default=None)
+# Per-thread stack of use_backend() choices; a threading.local (unlike a ContextVar) is traceable by
+# torch.compile, which guards on it, so a compiled model follows the block it runs in.
+_context = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +106,11 @@ def set_backend(name: str) -> None:
     _global_choice = _check_name(name, "backend")
 
 
-# Under torch.compile the choice is read once while tracing and baked into the graph (dynamo cannot
-# trace ContextVar): choose the backend before compiling.
-@torch.compiler.assume_constant_result
 def get_backend() -> str:
     """The backend name in force for calls that pass backend="auto" (may itself be "auto")."""
-    chosen = _context_choice.get()
-    if chosen is not None:
-        return chosen
+    stack = getattr(_context, "stack", None)
+    if stack:
+        return stack[-1]
     if _global_choice != "auto":
         return _global_choice
     env = os.environ.get(ENV_VAR, "").strip()
@@ -121,11 +120,14 @@ def get_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Within the block, calls with backend="auto" use ``name``."""
-    token = _context_choice.set(_check_name(name, "backend"))
+    name = _check_name(name, "backend")
+    if not hasattr(_context, "stack"):
+        _context.stack = []
+    _context.stack.append(name)
     try:
         yield
     finally:
-        _context_choice.reset(token)
+        _context.stack.pop()
 
 
 def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
