@@ -57,12 +57,27 @@ def relative_attention(
         [B, H, Lq, D] in q's dtype. A query row whose keys are all masked attends uniformly to all Lk
         keys (every score equals float32's finfo.min), like the Hugging Face model: finite, never NaN.
     """
+    q, k, v, rel_table = _autocast_inputs(q, k, v, rel_table)
     inputs = prepare_inputs(
         q, k, v, attention_mask=attention_mask, max_relative_position=max_relative_position,
         rel_table=rel_table, causal=causal, q_offset=q_offset, dropout_p=dropout_p, scale=scale,
         head_mask=head_mask, generator=generator,
     )
-    return resolve_backend(backend, inputs).forward(inputs)
+    module = resolve_backend(backend, inputs)
+    # Backends choose their own precision (fp32 accumulation); autocast must not re-cast their matmuls.
+    with torch.autocast(inputs.q.device.type, enabled=False):
+        return module.forward(inputs)
+
+
+def _autocast_inputs(q, k, v, rel_table):
+    """Under torch.autocast the op runs in the autocast dtype, like scaled_dot_product_attention."""
+    if not isinstance(q, torch.Tensor) or q.device.type not in ("cpu", "cuda"):
+        return q, k, v, rel_table
+    if not torch.is_autocast_enabled(q.device.type):
+        return q, k, v, rel_table
+    dtype = torch.get_autocast_dtype(q.device.type)
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+    return cast(q), cast(k), cast(v), cast(rel_table)
 
 
 def relative_attention_with_weights(
@@ -77,4 +92,7 @@ def relative_attention_with_weights(
     from .backends import torch_chunked
 
     kwargs.pop("backend", None)
-    return torch_chunked.forward_with_probs(prepare_inputs(q, k, v, **kwargs))
+    q, k, v, kwargs["rel_table"] = _autocast_inputs(q, k, v, kwargs.get("rel_table"))
+    inputs = prepare_inputs(q, k, v, **kwargs)
+    with torch.autocast(inputs.q.device.type, enabled=False):
+        return torch_chunked.forward_with_probs(inputs)

@@ -118,6 +118,11 @@ class _TorchRelativeAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _TorchRelativeAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v, table = ctx.saved_tensors
         inputs: AttentionInputs = ctx.inputs
         b, h, lq, lk, d = inputs.shape
