@@ -1,0 +1,39 @@
+// Torch-free launch API of the relative-attention kernels: raw pointers, sizes, strides, a stream.
+//
+// Layout: q [B, H, Lq, D], k/v [B, H, Lk, D] with any (batch, head, row) strides and unit stride on D;
+// table [2R+1, D] contiguous; outputs contiguous. Every launcher returns nullptr on success or a static
+// error message (kernels failing to launch report the CUDA error string).
+#pragma once
+
+#include <cstdint>
+
+namespace nezha {
+
+enum class DType : int { F16 = 0, BF16 = 1, F32 = 2 };
+
+struct AttnArgs {
+    int B, H, Lq, Lk, D, R, q_offset;
+    bool causal;
+    float scale;
+    const void* q; int64_t q_sb, q_sh, q_sl;
+    const void* k; int64_t k_sb, k_sh, k_sl;
+    const void* v; int64_t v_sb, v_sh, v_sl;
+    const void* table;                        // [2R+1, D], contiguous, q's dtype
+    const uint8_t* key_padding;               // bool [B, Lk] (nonzero = attend) or nullptr
+    int64_t kp_sb, kp_sk;
+    const float* additive_mask;               // float32, strides may be 0 on broadcast dims, or nullptr
+    int64_t am_sb, am_sh, am_sq, am_sk;
+    float dropout_p;                          // 0 = no dropout
+    uint64_t dropout_seed;
+    const float* head_mask;                   // float32 [B, H] contiguous, or nullptr
+};
+
+// o [B, H, Lq, D] contiguous in q's dtype; lse [B, H, Lq] float32 (row max + log of the row sum).
+const char* relattn_fwd(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream);
+
+// dout [B, H, Lq, D] contiguous; lse from the forward; delta [B, H, Lq] float32 = rowsum(dout * o).
+// dq [B, H, Lq, D], dk/dv [B, H, Lk, D] contiguous in q's dtype, every element written.
+const char* relattn_bwd(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
+                        void* dq, void* dk, void* dv, int device, void* stream);
+
+}  // namespace nezha

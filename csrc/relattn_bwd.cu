@@ -1,0 +1,298 @@
+// Backward kernels (dQ, dK, dV) for relative attention; the table and head_mask get no gradient here.
+//
+// With p = exp(s - lse) recomputed from the forward's log-sum-exp, f = keep / (1 - p_drop) * head_mask,
+// dW_ij = dO_i . (v_j + a_ij) and delta_i = dO_i . O_i:
+//     dS_ij = p_ij (dW_ij f_ij - delta_i)
+//     dQ_i  = scale * sum_j dS_ij (k_j + a_ij)     (relattn_bwd_dq_kernel: one block per query tile)
+//     dK_j  = scale * sum_i dS_ij q_i               (relattn_bwd_dkdv_kernel: one block per key tile)
+//     dV_j  = sum_i p_ij f_ij dO_i
+// Two kernels recompute the scores instead of accumulating dQ with atomics: deterministic and simple.
+// The table terms use the same band / far-field split as the forward (edge rows via per-row scalars).
+#include "relattn_tile.cuh"
+
+namespace nezha {
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TileConfig<D>::NT, 1)
+relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+                      const float* __restrict__ delta, T* __restrict__ dq) {
+    using C = TileConfig<D>;
+    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
+    extern __shared__ float smem[];
+    float* Qs = smem;
+    float* dOs = Qs + BM * DP;
+    float* Ks = dOs + BM * DP;
+    float* Vs = Ks + BN * DP;
+    float* Ts = Vs + BN * DP;
+    float* dSs = Ts + C::TROWS * DP;
+
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int q0 = blockIdx.x * BM;
+    const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
+    const int i = q0 + row;
+    const bool row_valid = i < a.Lq;
+    const int pos = a.q_offset + i;
+    const int E = 2 * a.R;
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
+    const T* tg = static_cast<const T*>(a.table);
+
+    load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    load_tile<T, D, NT>(dOs, dog, D, q0, BM, a.Lq);
+    __syncthreads();
+    float q_left, q_right, do_left, do_right;
+    edge_dots<T, D, TPR>(Qs + row * DP, tg, a.R, sub, q_left, q_right);
+    edge_dots<T, D, TPR>(dOs + row * DP, tg, a.R, sub, do_left, do_right);
+    const float row_lse = row_valid ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+    const float row_delta = row_valid ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
+    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+
+    float ds_left = 0.0f, ds_right = 0.0f;
+    float acc[C::DPT];
+#pragma unroll
+    for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
+    const int pos_first = a.q_offset + q0;
+    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
+
+    for (int k0 = 0; k0 < a.Lk; k0 += BN) {
+        // p = exp(MASKED - lse) == 0 on causal-future tiles unless a row was all-masked in the forward.
+        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+            __syncthreads_and(!row_valid || row_lse > SKIP_MASKED_THRESHOLD))
+            break;
+        __syncthreads();
+        load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
+        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        __syncthreads();
+
+#pragma unroll
+        for (int c = 0; c < C::CPT; ++c) {
+            const int jl = sub + TPR * c, j = k0 + jl;
+            float ds = 0.0f;
+            if (row_valid && j < a.Lk) {
+                const int idx = relative_index(j, pos, a.R);
+                const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
+                const float p = expf(pair_score(a, b, h, i, j, pos, dot) - row_lse);
+                const float dw = pair_dot<D>(dOs + row * DP, Vs + jl * DP, Ts, tr.lo, idx, E, do_left, do_right);
+                ds = p * (dw * weight_factor(a, bh, i, j, drop_scale, head) - row_delta);
+                if (idx == 0) ds_left += ds;
+                else if (idx == E) ds_right += ds;
+            }
+            dSs[row * SP + jl] = ds;
+        }
+        __syncthreads();
+
+        for (int jl = 0; jl < BN; ++jl) {
+            const float ds = dSs[row * SP + jl];
+            const float* krow = Ks + jl * DP + sub;
+#pragma unroll
+            for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(ds, krow[TPR * c], acc[c]);
+        }
+        if (band) {
+            for (int jl = 0; jl < BN; ++jl) {
+                const int idx = relative_index(k0 + jl, pos, a.R);
+                const float ds = dSs[row * SP + jl];
+                if (idx == 0 || idx == E || ds == 0.0f) continue;
+                const float* trow = Ts + (idx - tr.lo) * DP + sub;
+#pragma unroll
+                for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(ds, trow[TPR * c], acc[c]);
+            }
+        }
+    }
+
+    ds_left = group_sum<TPR>(ds_left);
+    ds_right = group_sum<TPR>(ds_right);
+    if (row_valid) {
+        T* g = dq + (static_cast<int64_t>(bh) * a.Lq + i) * D;
+        const T* far_right = tg + static_cast<int64_t>(E) * D;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) {
+            const int d = sub + TPR * c;
+            g[d] = from_f<T>(a.scale * (acc[c] + ds_left * to_f(tg[d]) + ds_right * to_f(far_right[d])));
+        }
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TileConfig<D>::NT, 1)
+relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+                        const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
+    using C = TileConfig<D>;
+    // Own rows are keys (BM), the streamed tiles are queries (BN).
+    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
+    static_assert(BN == NT / TPR, "one thread group per query row for the per-row scalars");
+    extern __shared__ float smem[];
+    float* Ks = smem;
+    float* Vs = Ks + BM * DP;
+    float* Qs = Vs + BM * DP;
+    float* dOs = Qs + BN * DP;
+    float* Ts = dOs + BN * DP;
+    float* Ws = Ts + C::TROWS * DP;
+    float* dSs = Ws + BM * SP;
+    float* q_left = dSs + BM * SP;  // per query row of the tile: q.T[0], q.T[2R], dO.T[0], dO.T[2R], lse, delta
+    float* q_right = q_left + BN;
+    float* do_left = q_right + BN;
+    float* do_right = do_left + BN;
+    float* lse_s = do_right + BN;
+    float* delta_s = lse_s + BN;
+
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int k0 = blockIdx.x * BM;
+    const int krow = threadIdx.x / TPR, sub = threadIdx.x % TPR;
+    const int j = k0 + krow;
+    const bool key_valid = j < a.Lk;
+    const int E = 2 * a.R;
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
+    const T* tg = static_cast<const T*>(a.table);
+    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
+    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+
+    load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BM, a.Lk);
+    load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BM, a.Lk);
+    float acc_k[C::DPT], acc_v[C::DPT];
+#pragma unroll
+    for (int c = 0; c < C::DPT; ++c) acc_k[c] = acc_v[c] = 0.0f;
+
+    for (int q0 = 0; q0 < a.Lq; q0 += BN) {
+        __syncthreads();  // previous tile fully consumed
+        if (threadIdx.x < BN) {
+            const int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+            delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+        }
+        __syncthreads();
+        const int pos_first = a.q_offset + q0;
+        const int pos_last_valid = a.q_offset + min(q0 + BN, a.Lq) - 1;
+        if (a.causal && tile_all_future(pos_last_valid, k0)) {
+            bool skip = true;  // every thread reads the same values: a block-uniform decision
+            for (int r = 0; r < min(BN, a.Lq - q0); ++r) skip = skip && lse_s[r] > SKIP_MASKED_THRESHOLD;
+            if (skip) continue;
+        }
+        load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BN, a.Lq);
+        load_tile<T, D, NT>(dOs, dog, D, q0, BN, a.Lq);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BN - 1, k0, k0 + BM - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
+        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        __syncthreads();
+        {
+            const int qr = threadIdx.x / TPR;
+            float ql, qrr, dl, dr;
+            edge_dots<T, D, TPR>(Qs + qr * DP, tg, a.R, sub, ql, qrr);
+            edge_dots<T, D, TPR>(dOs + qr * DP, tg, a.R, sub, dl, dr);
+            if (sub == 0) {
+                q_left[qr] = ql;
+                q_right[qr] = qrr;
+                do_left[qr] = dl;
+                do_right[qr] = dr;
+            }
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int c = 0; c < C::CPT; ++c) {
+            const int il = sub + TPR * c, i = q0 + il;
+            float w = 0.0f, ds = 0.0f;
+            if (key_valid && i < a.Lq) {
+                const int pos = a.q_offset + i;
+                const int idx = relative_index(j, pos, a.R);
+                const float dot =
+                    pair_dot<D>(Qs + il * DP, Ks + krow * DP, Ts, tr.lo, idx, E, q_left[il], q_right[il]);
+                const float p = expf(pair_score(a, b, h, i, j, pos, dot) - lse_s[il]);
+                const float dw =
+                    pair_dot<D>(dOs + il * DP, Vs + krow * DP, Ts, tr.lo, idx, E, do_left[il], do_right[il]);
+                const float f = weight_factor(a, bh, i, j, drop_scale, head);
+                w = p * f;
+                ds = p * (dw * f - delta_s[il]);
+            }
+            Ws[krow * SP + il] = w;
+            dSs[krow * SP + il] = ds;
+        }
+        __syncthreads();
+
+        for (int il = 0; il < BN; ++il) {
+            const float w = Ws[krow * SP + il], ds = dSs[krow * SP + il];
+            const float* dorow = dOs + il * DP + sub;
+            const float* qrow = Qs + il * DP + sub;
+#pragma unroll
+            for (int c = 0; c < C::DPT; ++c) {
+                acc_v[c] = fmaf(w, dorow[TPR * c], acc_v[c]);
+                acc_k[c] = fmaf(ds, qrow[TPR * c], acc_k[c]);
+            }
+        }
+    }
+
+    if (key_valid) {
+        const int64_t base = (static_cast<int64_t>(bh) * a.Lk + j) * D;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) {
+            const int d = sub + TPR * c;
+            dk[base + d] = from_f<T>(a.scale * acc_k[c]);
+            dv[base + d] = from_f<T>(acc_v[c]);
+        }
+    }
+}
+
+template <int D>
+constexpr size_t dq_smem_bytes() {
+    using C = TileConfig<D>;
+    return sizeof(float) * ((2 * C::BM + 2 * C::BN + C::TROWS) * C::DP + C::BM * C::SP);
+}
+
+template <int D>
+constexpr size_t dkdv_smem_bytes() {
+    using C = TileConfig<D>;
+    return sizeof(float) * ((2 * C::BM + 2 * C::BN + C::TROWS) * C::DP + 2 * C::BM * C::SP + 6 * C::BN);
+}
+
+template <typename T, int D>
+static const char* launch_bwd(const AttnArgs& a, const void* dout, const float* lse, const float* delta, void* dq,
+                              void* dk, void* dv, int device, void* stream) {
+    using C = TileConfig<D>;
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const T* go = static_cast<const T*>(dout);
+    {
+        constexpr size_t smem = dq_smem_bytes<D>();
+        auto kernel = relattn_bwd_dq_kernel<T, D>;
+        if (const char* err = prepare_launch(kernel, device, smem)) return err;
+        const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
+        kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dq));
+        if (const char* err = launch_status()) return err;
+    }
+    constexpr size_t smem = dkdv_smem_bytes<D>();
+    auto kernel = relattn_bwd_dkdv_kernel<T, D>;
+    if (const char* err = prepare_launch(kernel, device, smem)) return err;
+    const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
+    kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    return launch_status();
+}
+
+template <typename T>
+static const char* dispatch_bwd(const AttnArgs& a, const void* dout, const float* lse, const float* delta, void* dq,
+                                void* dk, void* dv, int device, void* stream) {
+    switch (a.D) {
+        case 32: return launch_bwd<T, 32>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case 64: return launch_bwd<T, 64>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case 128: return launch_bwd<T, 128>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        default: return "head dim must be 32, 64 or 128";
+    }
+}
+
+const char* relattn_bwd(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
+                        void* dq, void* dk, void* dv, int device, void* stream) {
+    switch (dtype) {
+        case DType::F16: return dispatch_bwd<__half>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case DType::BF16: return dispatch_bwd<__nv_bfloat16>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case DType::F32: return dispatch_bwd<float>(a, dout, lse, delta, dq, dk, dv, device, stream);
+    }
+    return "unsupported dtype";
+}
+
+}  // namespace nezha

@@ -1,0 +1,173 @@
+// Forward kernel: flash-style relative attention with the band / far-field treatment of the table.
+//
+// One block = BM query rows of one (b, h); it streams key tiles of BN rows through shared memory with an
+// online softmax (fp32). Key side: pairs with an edge index (0 or 2R, the far field) add the per-row
+// scalar q.T[0] / q.T[2R]; band pairs dot q with (k_j + T[idx]) from the tile's table rows (at most
+// BM + BN - 1 rows, loaded only for tiles that touch the band). Value side: far-field weights only add to
+// two per-row masses (rescaled like the accumulator) that become mass * T[0] / T[2R] at the end; band
+// weights add w * T[idx]. The [Lq, Lk, D] table is never built. SIMT with fp32 accumulation.
+#include "relattn_tile.cuh"
+
+namespace nezha {
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TileConfig<D>::NT, 1)
+relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
+    using C = TileConfig<D>;
+    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
+    extern __shared__ float smem[];
+    float* Qs = smem;
+    float* Ks = Qs + BM * DP;
+    float* Vs = Ks + BN * DP;
+    float* Ts = Vs + BN * DP;
+    float* Ps = Ts + C::TROWS * DP;
+
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int q0 = blockIdx.x * BM;
+    const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
+    const int i = q0 + row;
+    const bool row_valid = i < a.Lq;
+    const int pos = a.q_offset + i;
+    const int E = 2 * a.R;
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* tg = static_cast<const T*>(a.table);
+
+    load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    __syncthreads();
+    float q_left, q_right;
+    edge_dots<T, D, TPR>(Qs + row * DP, tg, a.R, sub, q_left, q_right);
+
+    float m = -INFINITY, l = 0.0f, mass_left = 0.0f, mass_right = 0.0f;
+    float acc[C::DPT];
+#pragma unroll
+    for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
+    const int pos_first = a.q_offset + q0;
+    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
+
+    for (int k0 = 0; k0 < a.Lk; k0 += BN) {
+        // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
+        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+            __syncthreads_and(!row_valid || m > SKIP_MASKED_THRESHOLD))
+            break;
+        __syncthreads();  // previous tile fully consumed
+        load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
+        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        __syncthreads();
+
+        float s[C::CPT];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < C::CPT; ++c) {
+            const int jl = sub + TPR * c, j = k0 + jl;
+            float sc = -INFINITY;  // keys past Lk get zero weight
+            if (j < a.Lk) {
+                const int idx = relative_index(j, pos, a.R);
+                const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
+                sc = row_valid ? pair_score(a, b, h, i, j, pos, dot) : finalize_score(dot, a.scale, 0.0f, false);
+            }
+            s[c] = sc;
+            tile_max = fmaxf(tile_max, sc);
+        }
+        const float m_new = fmaxf(m, group_max<TPR>(tile_max));
+        const float alpha = rescale_factor(m, m_new);
+        l *= alpha;
+        mass_left *= alpha;
+        mass_right *= alpha;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) acc[c] *= alpha;
+#pragma unroll
+        for (int c = 0; c < C::CPT; ++c) {
+            const int jl = sub + TPR * c, j = k0 + jl;
+            const float p = expf(s[c] - m_new);
+            l += p;
+            float w = p;
+            if (j < a.Lk && row_valid) {
+                // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
+                if (!dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j)) w = 0.0f;
+                const int idx = relative_index(j, pos, a.R);
+                if (idx == 0) mass_left += w;
+                else if (idx == E) mass_right += w;
+            }
+            Ps[row * SP + jl] = w;
+        }
+        __syncthreads();
+
+        for (int jl = 0; jl < BN; ++jl) {
+            const float w = Ps[row * SP + jl];
+            const float* vrow = Vs + jl * DP + sub;
+#pragma unroll
+            for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(w, vrow[TPR * c], acc[c]);
+        }
+        if (band) {
+            for (int jl = 0; jl < BN; ++jl) {
+                const int idx = relative_index(k0 + jl, pos, a.R);
+                const float w = Ps[row * SP + jl];
+                if (idx == 0 || idx == E || w == 0.0f) continue;
+                const float* trow = Ts + (idx - tr.lo) * DP + sub;
+#pragma unroll
+                for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(w, trow[TPR * c], acc[c]);
+            }
+        }
+        m = m_new;
+    }
+
+    l = group_sum<TPR>(l);
+    mass_left = group_sum<TPR>(mass_left);
+    mass_right = group_sum<TPR>(mass_right);
+    if (row_valid) {
+        float f = 1.0f / l;
+        if (a.dropout_p > 0.0f) f /= (1.0f - a.dropout_p);
+        if (a.head_mask != nullptr) f *= a.head_mask[bh];
+        T* og = out + (static_cast<int64_t>(bh) * a.Lq + i) * D;
+        const T* far_right = tg + static_cast<int64_t>(E) * D;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) {
+            const int d = sub + TPR * c;
+            const float o = acc[c] + mass_left * to_f(tg[d]) + mass_right * to_f(far_right[d]);
+            og[d] = from_f<T>(f * o);
+        }
+        if (sub == 0) lse[static_cast<int64_t>(bh) * a.Lq + i] = m + logf(l);
+    }
+}
+
+template <int D>
+constexpr size_t fwd_smem_bytes() {
+    using C = TileConfig<D>;
+    return sizeof(float) * ((C::BM + 2 * C::BN + C::TROWS) * C::DP + C::BM * C::SP);
+}
+
+template <typename T, int D>
+static const char* launch_fwd(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
+    constexpr size_t smem = fwd_smem_bytes<D>();
+    auto kernel = relattn_fwd_kernel<T, D>;
+    if (const char* err = prepare_launch(kernel, device, smem)) return err;
+    const dim3 grid((a.Lq + TileConfig<D>::BM - 1) / TileConfig<D>::BM, a.B * a.H);
+    kernel<<<grid, TileConfig<D>::NT, smem, static_cast<cudaStream_t>(stream)>>>(a, static_cast<T*>(o), lse);
+    return launch_status();
+}
+
+template <typename T>
+static const char* dispatch_fwd(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
+    switch (a.D) {
+        case 32: return launch_fwd<T, 32>(a, o, lse, device, stream);
+        case 64: return launch_fwd<T, 64>(a, o, lse, device, stream);
+        case 128: return launch_fwd<T, 128>(a, o, lse, device, stream);
+        default: return "head dim must be 32, 64 or 128";
+    }
+}
+
+const char* relattn_fwd(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
+    switch (dtype) {
+        case DType::F16: return dispatch_fwd<__half>(a, o, lse, device, stream);
+        case DType::BF16: return dispatch_fwd<__nv_bfloat16>(a, o, lse, device, stream);
+        case DType::F32: return dispatch_fwd<float>(a, o, lse, device, stream);
+    }
+    return "unsupported dtype";
+}
+
+}  // namespace nezha

@@ -1,0 +1,146 @@
+// Device building blocks shared by the forward and backward kernels: tile geometry, fp32 conversion,
+// shared-memory tile loads, row dot products, group reductions and the per-pair score.
+//
+// Thread layout (all kernels): NT = 128 threads, a tile of BM = 32 "own" rows x BN = 32 "other" rows.
+// Thread t owns row t / TPR and handles the other-side columns sub + TPR * c (sub = t % TPR) when
+// computing scores, and the head-dim columns sub + TPR * c when accumulating. The TPR = 4 threads of one
+// row are adjacent lanes of a warp, so row reductions are two xor-shuffles.
+// Shared tiles are float32 with a padded row stride D + 1 so column-strided reads avoid bank conflicts.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "relattn.h"
+#include "relattn_helpers.h"
+
+namespace nezha {
+
+template <int D_>
+struct TileConfig {
+    static constexpr int D = D_;
+    static constexpr int BM = 32;           // own rows per block (queries in fwd / dQ, keys in dK dV)
+    static constexpr int BN = 32;           // other-side rows per tile
+    static constexpr int NT = 128;          // threads per block
+    static constexpr int TPR = NT / BM;     // threads per own row
+    static constexpr int CPT = BN / TPR;    // score columns per thread
+    static constexpr int DPT = D / TPR;     // accumulator columns per thread
+    static constexpr int DP = D + 1;        // padded smem row stride (floats)
+    static constexpr int SP = BN + 1;       // padded stride of score tiles
+    static constexpr int TROWS = BM + BN - 1;  // most table rows one tile can touch
+    static_assert(D % TPR == 0 && BN % TPR == 0 && NT % 32 == 0 && 32 % TPR == 0, "tile geometry");
+};
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// dst[r][d] (stride DP) = src[(first + r) * row_stride + d] for r < rows, zero for rows past `limit`.
+template <typename T, int D, int NT>
+__device__ __forceinline__ void load_tile(float* dst, const T* __restrict__ src, int64_t row_stride, int first,
+                                          int rows, int limit) {
+    for (int e = threadIdx.x; e < rows * D; e += NT) {
+        const int r = e / D, d = e % D;
+        const int g = first + r;
+        dst[r * (D + 1) + d] = g < limit ? to_f(src[static_cast<int64_t>(g) * row_stride + d]) : 0.0f;
+    }
+}
+
+template <int D>
+__device__ __forceinline__ float dot_row(const float* a, const float* b) {
+    float s = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d], s);
+    return s;
+}
+
+// a . (b + c): key plus its relative vector (or value plus its relative vector) in one pass.
+template <int D>
+__device__ __forceinline__ float dot_row_sum(const float* a, const float* b, const float* c) {
+    float s = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d] + c[d], s);
+    return s;
+}
+
+template <int TPR>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll 4
+    for (int o = 1; o < TPR; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+template <int TPR>
+__device__ __forceinline__ float group_max(float x) {
+#pragma unroll 4
+    for (int o = 1; o < TPR; o <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// x . T[0] and x . T[2R] for the shared row x (stride-1 floats), split over the TPR threads of the row.
+template <typename T, int D, int TPR>
+__device__ __forceinline__ void edge_dots(const float* x, const T* __restrict__ table, int R, int sub,
+                                          float& left, float& right) {
+    left = 0.0f;
+    right = 0.0f;
+    const T* far_right = table + static_cast<int64_t>(2 * R) * D;
+    for (int d = sub; d < D; d += TPR) {
+        left = fmaf(x[d], to_f(table[d]), left);
+        right = fmaf(x[d], to_f(far_right[d]), right);
+    }
+    left = group_sum<TPR>(left);
+    right = group_sum<TPR>(right);
+}
+
+// x . (y + T[idx]) for one (row, key) pair: edge rows use the precomputed row scalars, band rows the
+// tile's table rows Ts (first row = lo).
+template <int D>
+__device__ __forceinline__ float pair_dot(const float* x, const float* y, const float* Ts, int lo, int idx, int E,
+                                          float x_left, float x_right) {
+    if (idx == 0) return dot_row<D>(x, y) + x_left;
+    if (idx == E) return dot_row<D>(x, y) + x_right;
+    return dot_row_sum<D>(x, y, Ts + (idx - lo) * (D + 1));
+}
+
+// Score of the valid pair (query i at position pos, key j) from its raw dot product (q.k + q.a).
+__device__ __forceinline__ float pair_score(const AttnArgs& a, int b, int h, int i, int j, int pos, float dot) {
+    float additive = 0.0f;
+    if (a.additive_mask != nullptr)
+        additive = a.additive_mask[b * a.am_sb + h * a.am_sh + i * a.am_sq + j * a.am_sk];
+    const bool attend = a.key_padding == nullptr || a.key_padding[b * a.kp_sb + j * a.kp_sk] != 0;
+    return finalize_score(dot, a.scale, additive, pair_masked(j, pos, a.causal, attend));
+}
+
+// Kept-and-rescaled factor of weight (bh, i, j): keep / (1 - p) times head_mask, as one float.
+__device__ __forceinline__ float weight_factor(const AttnArgs& a, int bh, int i, int j, float drop_scale,
+                                               float head) {
+    if (a.dropout_p > 0.0f && !dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j)) return 0.0f;
+    return drop_scale * head;
+}
+
+// Make the device current (the extension links its own CUDA runtime) and allow `smem` bytes of
+// dynamic shared memory for `kernel`.
+template <typename K>
+inline const char* prepare_launch(K kernel, int device, size_t smem) {
+    if (cudaSetDevice(device) != cudaSuccess) return "cudaSetDevice failed";
+    int optin = 0;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+        return "cudaDeviceGetAttribute failed";
+    if (static_cast<size_t>(optin) < smem)
+        return "this head dim needs more shared memory per block than the device allows (needs sm_80/sm_90 class)";
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+inline const char* launch_status() {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+}  // namespace nezha
