@@ -28,3 +28,19 @@ __all__ = [
     "set_backend",
     "use_backend",
 ]
+
+# The NEZHA models are exported here too, imported on first use so that `import nezha_kernels` stays light.
+_MODEL_EXPORTS = (
+    "NezhaConfig", "NezhaModel", "NezhaPreTrainedModel", "NezhaForPreTraining", "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction", "NezhaForSequenceClassification", "NezhaForMultipleChoice",
+    "NezhaForTokenClassification", "NezhaForQuestionAnswering",
+)
+__all__ += list(_MODEL_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _MODEL_EXPORTS:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'nezha_kernels' has no attribute {name!r}")

@@ -274,3 +274,14 @@ def test_nezha_base_2048_tokens_forward_backward_cpu():
     assert (rows[ids[0, :-pad]] > 0).all()
     assert model.encoder.layer[0].attention.self.query.weight.grad.abs().max() > 0
     print(f"nezha-base 2048-token forward+backward on CPU: {elapsed:.1f} s")
+
+
+def test_top_level_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, nezha_kernels as nk; assert 'nezha_kernels.models' not in sys.modules; "
+            "assert nk.NezhaForQuestionAnswering is __import__('nezha_kernels.models').models.NezhaForQuestionAnswering")
+    from pathlib import Path
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
