@@ -1,0 +1,145 @@
+// pybind11 binding: checks torch tensors, then calls the torch-free launchers of relattn.h.
+//
+// Python passes the CUDA stream as an integer (torch.cuda.current_stream().cuda_stream), so this file
+// needs no torch CUDA headers and builds against the CPU torch wheel too (calls then fail the checks).
+#include <torch/extension.h>
+
+#include <optional>
+
+#include "relattn.h"
+
+namespace {
+
+using torch::Tensor;
+
+nezha::DType dtype_of(const Tensor& t) {
+    switch (t.scalar_type()) {
+        case torch::kHalf: return nezha::DType::F16;
+        case torch::kBFloat16: return nezha::DType::BF16;
+        case torch::kFloat: return nezha::DType::F32;
+        default: TORCH_CHECK(false, "nezha_kernels cuda backend: dtype must be float16, bfloat16 or float32, got ",
+                             t.scalar_type());
+    }
+    return nezha::DType::F32;
+}
+
+void check_qkv(const char* name, const Tensor& t, const Tensor& q) {
+    TORCH_CHECK(t.is_cuda(), "nezha_kernels cuda backend: ", name, " must be a CUDA tensor, got device ", t.device());
+    TORCH_CHECK(t.dim() == 4, "nezha_kernels cuda backend: ", name, " must be 4-D [B, H, L, D], got ", t.dim(), "-D");
+    TORCH_CHECK(t.scalar_type() == q.scalar_type(), "nezha_kernels cuda backend: ", name, " dtype ", t.scalar_type(),
+                " differs from q's ", q.scalar_type());
+    TORCH_CHECK(t.device() == q.device(), "nezha_kernels cuda backend: ", name, " is on ", t.device(),
+                " but q is on ", q.device());
+    TORCH_CHECK(t.stride(3) == 1, "nezha_kernels cuda backend: ", name, " must have unit stride on the head dim");
+}
+
+void check_aux(const char* name, const Tensor& t, const Tensor& q, torch::ScalarType dtype) {
+    TORCH_CHECK(t.is_cuda() && t.device() == q.device(), "nezha_kernels cuda backend: ", name,
+                " must be a CUDA tensor on q's device, got ", t.device());
+    TORCH_CHECK(t.scalar_type() == dtype, "nezha_kernels cuda backend: ", name, " must be ", dtype, ", got ",
+                t.scalar_type());
+}
+
+nezha::AttnArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                          const std::optional<Tensor>& key_padding, const std::optional<Tensor>& additive_mask,
+                          const std::optional<Tensor>& head_mask, int64_t R, int64_t q_offset, bool causal,
+                          double scale, double dropout_p, uint64_t seed) {
+    check_qkv("q", q, q);
+    check_qkv("k", k, q);
+    check_qkv("v", v, q);
+    dtype_of(q);
+    const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), D = q.size(3), Lk = k.size(2);
+    TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == D && v.sizes() == k.sizes(),
+                "nezha_kernels cuda backend: k and v must be [B, H, Lk, D] matching q");
+    TORCH_CHECK(D == 32 || D == 64 || D == 128, "nezha_kernels cuda backend: head dim must be 32, 64 or 128, got ", D);
+    TORCH_CHECK(R >= 1, "nezha_kernels cuda backend: max_relative_position must be >= 1");
+    check_aux("rel_table", table, q, q.scalar_type());
+    TORCH_CHECK(table.dim() == 2 && table.size(0) == 2 * R + 1 && table.size(1) == D && table.is_contiguous(),
+                "nezha_kernels cuda backend: rel_table must be a contiguous [2R+1, D] tensor");
+    TORCH_CHECK(Lq < (1LL << 31) && Lk < (1LL << 31) && q_offset + Lq < (1LL << 31) && B * H < 65536,
+                "nezha_kernels cuda backend: sizes exceed the kernel's 32-bit index range / grid");
+
+    nezha::AttnArgs a{};
+    a.B = static_cast<int>(B); a.H = static_cast<int>(H); a.Lq = static_cast<int>(Lq); a.Lk = static_cast<int>(Lk);
+    a.D = static_cast<int>(D); a.R = static_cast<int>(R); a.q_offset = static_cast<int>(q_offset);
+    a.causal = causal;
+    a.scale = static_cast<float>(scale);
+    a.q = q.data_ptr(); a.q_sb = q.stride(0); a.q_sh = q.stride(1); a.q_sl = q.stride(2);
+    a.k = k.data_ptr(); a.k_sb = k.stride(0); a.k_sh = k.stride(1); a.k_sl = k.stride(2);
+    a.v = v.data_ptr(); a.v_sb = v.stride(0); a.v_sh = v.stride(1); a.v_sl = v.stride(2);
+    a.table = table.data_ptr();
+    if (key_padding) {
+        const Tensor& kp = *key_padding;
+        check_aux("key_padding", kp, q, torch::kBool);
+        TORCH_CHECK(kp.dim() == 2 && kp.size(0) == B && kp.size(1) == Lk, "key_padding must be bool [B, Lk]");
+        a.key_padding = reinterpret_cast<const uint8_t*>(kp.data_ptr<bool>());
+        a.kp_sb = kp.stride(0); a.kp_sk = kp.stride(1);
+    }
+    if (additive_mask) {
+        const Tensor& m = *additive_mask;
+        check_aux("additive_mask", m, q, torch::kFloat);
+        TORCH_CHECK(m.dim() == 4 && m.size(0) == B && m.size(1) == H && m.size(2) == Lq && m.size(3) == Lk,
+                    "additive_mask must be a float32 view of shape [B, H, Lq, Lk] (stride 0 on broadcast dims)");
+        a.additive_mask = m.data_ptr<float>();
+        a.am_sb = m.stride(0); a.am_sh = m.stride(1); a.am_sq = m.stride(2); a.am_sk = m.stride(3);
+    }
+    if (head_mask) {
+        const Tensor& hm = *head_mask;
+        check_aux("head_mask", hm, q, torch::kFloat);
+        TORCH_CHECK(hm.dim() == 2 && hm.size(0) == B && hm.size(1) == H && hm.is_contiguous(),
+                    "head_mask must be a contiguous float32 [B, H] tensor");
+        a.head_mask = hm.data_ptr<float>();
+    }
+    TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1)");
+    a.dropout_p = static_cast<float>(dropout_p);
+    a.dropout_seed = seed;
+    return a;
+}
+
+std::vector<Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                            const std::optional<Tensor>& key_padding, const std::optional<Tensor>& additive_mask,
+                            const std::optional<Tensor>& head_mask, int64_t R, int64_t q_offset, bool causal,
+                            double scale, double dropout_p, uint64_t seed, int64_t stream) {
+    const nezha::AttnArgs a = make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal,
+                                        scale, dropout_p, seed);
+    Tensor out = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
+    Tensor lse = torch::empty({a.B, a.H, a.Lq}, q.options().dtype(torch::kFloat));
+    const char* err = nezha::relattn_fwd(a, dtype_of(q), out.data_ptr(), lse.data_ptr<float>(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda forward failed: ", err ? err : "");
+    return {out, lse};
+}
+
+std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& table, const std::optional<Tensor>& key_padding,
+                             const std::optional<Tensor>& additive_mask, const std::optional<Tensor>& head_mask,
+                             const Tensor& lse, const Tensor& delta, int64_t R, int64_t q_offset, bool causal,
+                             double scale, double dropout_p, uint64_t seed, int64_t stream) {
+    const nezha::AttnArgs a = make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal,
+                                        scale, dropout_p, seed);
+    check_aux("dout", dout, q, q.scalar_type());
+    TORCH_CHECK(dout.sizes() == q.sizes() && dout.is_contiguous(), "dout must be contiguous with q's shape");
+    for (const Tensor* t : {&lse, &delta}) {
+        check_aux("lse/delta", *t, q, torch::kFloat);
+        TORCH_CHECK(t->dim() == 3 && t->size(0) == a.B && t->size(1) == a.H && t->size(2) == a.Lq &&
+                        t->is_contiguous(), "lse and delta must be contiguous float32 [B, H, Lq]");
+    }
+    Tensor dq = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
+    Tensor dk = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
+    Tensor dv = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
+    const char* err = nezha::relattn_bwd(a, dtype_of(q), dout.data_ptr(), lse.data_ptr<float>(),
+                                         delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+    return {dq, dk, dv};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "nezha_kernels fused relative attention (CUDA)";
+    m.def("forward", &forward, "(out [B,H,Lq,D], lse [B,H,Lq] f32) = forward(q, k, v, table, key_padding, "
+          "additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream)");
+    m.def("backward", &backward, "(dq, dk, dv) = backward(dout, q, k, v, table, key_padding, additive_mask, "
+          "head_mask, lse, delta, R, q_offset, causal, scale, dropout_p, seed, stream)");
+}

@@ -1,0 +1,111 @@
+"""compile-check component "cuda": nvcc-compile every csrc kernel for each arch with ``-Xptxas -v``.
+
+One row per kernel instantiation (dtype x head dim) and arch: registers, spills (stack frame / spill
+stores) from ptxas, and the dynamic shared memory the launcher requests (mirrors the *_smem_bytes
+formulas of the .cu files, since ptxas only sees static shared memory).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import CompileRow
+from ..cuda_ext.build import CSRC, KERNEL_SOURCES, find_nvcc, nvcc_flags
+
+__all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'")
+_STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+# relattn_fwd_kernel<__half, 64> mangles as ..._kernelI6__halfLi64EE...
+_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)EE")
+_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
+
+# Tile constants of TileConfig (csrc/relattn_tile.cuh).
+_BM = _BN = 32
+
+
+def dynamic_smem_bytes(kernel: str, d: int) -> int:
+    """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
+    dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
+    if kernel == "relattn_fwd_kernel":
+        return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
+    if kernel == "relattn_bwd_dq_kernel":
+        return 4 * ((2 * _BM + 2 * _BN + trows) * dp + _BM * sp)
+    if kernel == "relattn_bwd_dkdv_kernel":
+        return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 6 * _BN)
+    raise KeyError(kernel)
+
+
+def parse_ptxas(log: str) -> list[dict]:
+    """[{kernel, dtype, head_dim, arch, registers, spill_bytes, static_smem}] from ``-Xptxas -v`` output."""
+    rows: list[dict] = []
+    current = None
+    for line in log.splitlines():
+        entry = _ENTRY.search(line)
+        if entry:
+            mangled = _MANGLED.search(entry.group(1))
+            if mangled:
+                n, rest = int(mangled.group(1)), mangled.group(2)
+                name = rest[:n] if len(rest) >= n else rest
+                current = {"kernel": name, "dtype": _DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
+            else:
+                current = {"kernel": entry.group(1), "dtype": "?", "head_dim": 0}
+            current.update(arch=int(entry.group(2)), registers=None, spill_bytes=0, static_smem=0)
+            rows.append(current)
+            continue
+        if current is None:
+            continue
+        stack = _STACK.search(line)
+        if stack:
+            current["spill_bytes"] = max(int(stack.group(1)), int(stack.group(2)), int(stack.group(3)))
+        used = _USED.search(line)
+        if used:
+            current["registers"] = int(used.group(1))
+            smem = _SMEM.search(line)
+            current["static_smem"] = int(smem.group(1)) if smem else 0
+    return rows
+
+
+def _compile(nvcc: str, source: str, arch: int, out_dir: str) -> tuple[str, int, int, str]:
+    cmd = [nvcc, "-c", str(CSRC / source), "-o", str(Path(out_dir) / f"{source}.{arch}.o"),
+           *nvcc_flags((arch,)), "-Xptxas", "-v"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return source, arch, proc.returncode, proc.stdout + proc.stderr
+
+
+def run(archs: tuple[int, ...]) -> list[CompileRow]:
+    """Compile every kernel source for every arch; one CompileRow per kernel instantiation and arch.
+
+    Returns no rows when nvcc is missing (the aggregator then reports nothing for this component).
+    """
+    nvcc = find_nvcc()
+    if nvcc is None:
+        return []
+    rows: list[CompileRow] = []
+    with tempfile.TemporaryDirectory(prefix="nezha_nvcc_") as out_dir, ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(_compile, nvcc, src, arch, out_dir) for src in KERNEL_SOURCES for arch in archs]
+        for job in jobs:
+            source, arch, rc, log = job.result()
+            if rc != 0:
+                rows.append(CompileRow("cuda", source, "all", arch, "error", message=log.strip()[-300:]))
+                continue
+            parsed = parse_ptxas(log)
+            if not parsed:
+                rows.append(CompileRow("cuda", source, "all", arch, "error", message="no kernels in ptxas output"))
+            for p in parsed:
+                smem = p["static_smem"] + dynamic_smem_bytes(p["kernel"], p["head_dim"])
+                status, message = "ok", ""
+                if p["spill_bytes"] > 0:
+                    status, message = "error", f"register spills: {p['spill_bytes']} bytes"
+                elif smem > (163 if arch < 90 else 227) * 1024:
+                    status, message = "error", "shared memory above the per-block limit"
+                rows.append(CompileRow(
+                    "cuda", p["kernel"], f"{p['dtype']} D={p['head_dim']}", p["arch"], status,
+                    registers=p["registers"], shared_bytes=smem, spill_bytes=p["spill_bytes"], message=message))
+    return rows

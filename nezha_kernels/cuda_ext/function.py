@@ -1,0 +1,112 @@
+"""torch custom ops (with fake twins) and the autograd Function over the CUDA extension.
+
+Layers: extension (csrc/binding.cpp) -> private launchers ``_launch_forward`` / ``_launch_backward``
+(canonical layouts, current stream) registered as ``nezha_kernels::cuda_relattn_fwd`` / ``_bwd``
+custom ops with fake (shape-only) implementations so torch.compile can trace them -> the autograd
+Function ``CudaRelativeAttention`` (saves q, k, v, table, out, lse; gradients for q, k, v).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..inputs import AttentionInputs
+from .build import load_extension
+
+__all__ = ["CudaRelativeAttention", "relative_attention_cuda"]
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any (batch, head, row) strides but need a contiguous head dim."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _compact_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """float32 copy of an additive mask's distinct entries, expanded back (stride 0 on broadcast dims)."""
+    if mask is None:
+        return None
+    base = mask[tuple(slice(0, 1) if s == 0 else slice(None) for s in mask.stride())]
+    return base.to(torch.float32).expand(mask.shape)
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+@torch.library.custom_op("nezha_kernels::cuda_relattn_fwd", mutates_args=())
+def _launch_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+    key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] float32)."""
+    out, lse = load_extension().forward(
+        _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding, additive_mask,
+        head_mask, max_relative_position, q_offset, causal, scale, dropout_p, seed, _stream(q))
+    return out, lse
+
+
+@_launch_forward.register_fake
+def _(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position, q_offset, causal, scale,
+      dropout_p, seed):
+    b, h, lq, _ = q.shape
+    return q.new_empty(q.shape, memory_format=torch.contiguous_format), q.new_empty((b, h, lq), dtype=torch.float32)
+
+
+@torch.library.custom_op("nezha_kernels::cuda_relattn_bwd", mutates_args=())
+def _launch_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+    key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
+    out: torch.Tensor, lse: torch.Tensor,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), contiguous, in q's dtype."""
+    grad_out = grad_out.contiguous()
+    # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term.
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
+    dq, dk, dv = load_extension().backward(
+        grad_out, _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding,
+        additive_mask, head_mask, lse, delta, max_relative_position, q_offset, causal, scale, dropout_p, seed,
+        _stream(q))
+    return dq, dk, dv
+
+
+@_launch_backward.register_fake
+def _(grad_out, q, k, v, table, key_padding, additive_mask, head_mask, out, lse, max_relative_position, q_offset,
+      causal, scale, dropout_p, seed):
+    fmt = torch.contiguous_format
+    return q.new_empty(q.shape, memory_format=fmt), k.new_empty(k.shape, memory_format=fmt), \
+        v.new_empty(v.shape, memory_format=fmt)
+
+
+class CudaRelativeAttention(torch.autograd.Function):
+    """Gradients for q, k and v; the backend refuses calls that need table or head_mask gradients."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, key_padding, additive_mask, head_mask, scalars):
+        out, lse = _launch_forward(q, k, v, table, key_padding, additive_mask, head_mask, *scalars)
+        ctx.save_for_backward(q, k, v, table, key_padding, additive_mask, head_mask, out, lse)
+        ctx.scalars = scalars
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, table, key_padding, additive_mask, head_mask, out, lse = ctx.saved_tensors
+        dq, dk, dv = _launch_backward(grad_out, q, k, v, table, key_padding, additive_mask, head_mask, out, lse,
+                                      *ctx.scalars)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def relative_attention_cuda(inputs: AttentionInputs) -> torch.Tensor:
+    """Run one validated call on the CUDA kernels: [B, H, Lq, D] in q's dtype."""
+    b, h, _, _, _ = inputs.shape
+    key_padding = inputs.key_padding.contiguous() if inputs.key_padding is not None else None
+    head_mask = None
+    if inputs.head_mask is not None:
+        head_mask = inputs.head_mask.detach().to(torch.float32).expand(b, h).contiguous()
+    scalars = (inputs.max_relative_position, inputs.q_offset, inputs.causal, inputs.scale, inputs.dropout_p,
+               inputs.dropout_seed if inputs.dropout_seed is not None else 0)
+    return CudaRelativeAttention.apply(
+        inputs.q, inputs.k, inputs.v, inputs.table.detach(), key_padding, _compact_mask(inputs.additive_mask),
+        head_mask, scalars)
