@@ -528,7 +528,8 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int, config_key: str) -> Non
     """ValueError when ``ids`` has values outside [0, upper) (instead of an index error or device assert)."""
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if ids.numel() == 0:
+    # Reading the range back is data-dependent: torch.compile cannot trace it, so compiled models skip it.
+    if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = torch.aminmax(ids)
     low, high = int(low), int(high)
