@@ -82,7 +82,9 @@ struct Philox4 {
 };
 
 NZ_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+#ifdef __CUDACC__
 #pragma unroll
+#endif
     for (int round = 0; round < 10; ++round) {
         const uint64_t pb = static_cast<uint64_t>(PHILOX_ROUND_B) * c2;
         const uint64_t pa = static_cast<uint64_t>(PHILOX_ROUND_A) * c0;

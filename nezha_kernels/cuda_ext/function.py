@@ -50,7 +50,7 @@ def _launch_forward(
 def _(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position, q_offset, causal, scale,
       dropout_p, seed):
     b, h, lq, _ = q.shape
-    return q.new_empty(q.shape, memory_format=torch.contiguous_format), q.new_empty((b, h, lq), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((b, h, lq), dtype=torch.float32)
 
 
 @torch.library.custom_op("nezha_kernels::cuda_relattn_bwd", mutates_args=())
@@ -74,9 +74,7 @@ def _launch_backward(
 @_launch_backward.register_fake
 def _(grad_out, q, k, v, table, key_padding, additive_mask, head_mask, out, lse, max_relative_position, q_offset,
       causal, scale, dropout_p, seed):
-    fmt = torch.contiguous_format
-    return q.new_empty(q.shape, memory_format=fmt), k.new_empty(k.shape, memory_format=fmt), \
-        v.new_empty(v.shape, memory_format=fmt)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 class CudaRelativeAttention(torch.autograd.Function):

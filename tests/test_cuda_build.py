@@ -1,0 +1,145 @@
+"""CUDA backend checks that need no GPU: nvcc compile of every kernel for sm_80 / sm_90, the binding's
+JIT build and import on CPU torch (with its CPU-tensor error), the C++ helper unit tests, dispatch.
+
+The first extension build takes ~1 min on 2 cores; it is cached (keyed by the sources) in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from nezha_kernels import relative_attention
+from nezha_kernels.backends import cuda_backend
+from nezha_kernels.cuda_ext.build import CSRC, CudaBuildError, build_extension, find_nvcc
+from nezha_kernels.dropout import philox_uniform
+from nezha_kernels.inputs import prepare_inputs
+
+needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found")
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
+BUILD_DIR = os.environ.get("NEZHA_KERNELS_BUILD_DIR", os.path.join(tempfile.gettempdir(), "nezha_kernels_test_build"))
+KERNELS = {"relattn_fwd_kernel", "relattn_bwd_dq_kernel", "relattn_bwd_dkdv_kernel"}
+
+
+@needs_nvcc
+def test_nvcc_compile_check_every_kernel_sm80_sm90():
+    from nezha_kernels.compile_check import nvcc
+
+    rows = nvcc.run((80, 90))
+    bad = [r for r in rows if not r.ok]
+    assert not bad, "\n".join(f"{r.kernel} {r.config} sm_{r.arch}: {r.message}" for r in bad)
+    seen = {(r.kernel, r.config, r.arch) for r in rows}
+    expected = {(k, f"{dt} D={d}", arch) for k in KERNELS for dt in ("fp16", "bf16", "fp32")
+                for d in (32, 64, 128) for arch in (80, 90)}
+    assert seen == expected
+    for r in rows:
+        assert r.spill_bytes == 0 and 0 < r.registers <= 255
+        assert 0 < r.shared_bytes <= 163 * 1024
+
+
+def test_parse_ptxas_reads_registers_spills_and_names():
+    from nezha_kernels.compile_check.nvcc import parse_ptxas
+
+    log = (
+        "ptxas info    : Compiling entry function '_ZN5nezha18relattn_fwd_kernelI6__halfLi64EEEvNS_8AttnArgsEPT_Pf'"
+        " for 'sm_90a'\n"
+        "ptxas info    : Function properties for _Z...\n"
+        "    16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
+        "ptxas info    : Used 90 registers, used 1 barriers, 256 bytes smem\n"
+    )
+    (row,) = parse_ptxas(log)
+    assert row == {"kernel": "relattn_fwd_kernel", "dtype": "fp16", "head_dim": 64, "arch": 90,
+                   "registers": 90, "spill_bytes": 16, "static_smem": 256}
+
+
+@pytest.fixture(scope="module")
+def extension():
+    if find_nvcc() is None:
+        pytest.skip("nvcc not found")
+    return build_extension(archs=(80,), build_dir=BUILD_DIR)
+
+
+def _call_args(q, table, r):
+    return (q, q, q, table, None, None, None, r, 0, False, 0.125, 0.0, 0, 0)
+
+
+def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
+    assert callable(extension.forward) and callable(extension.backward)
+    q = torch.randn(1, 2, 9, 64, dtype=torch.float16)
+    table = torch.randn(9, 64, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+        extension.forward(*_call_args(q, table, 4))
+    with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+        extension.backward(q, *_call_args(q, table, 4)[:7], torch.zeros(1, 2, 9), torch.zeros(1, 2, 9),
+                           4, 0, False, 0.125, 0.0, 0, 0)
+
+
+def test_build_without_nvcc_gives_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("nezha_kernels.cuda_ext.build.find_nvcc", lambda: None)
+    with pytest.raises(CudaBuildError, match="needs nvcc"):
+        build_extension(build_dir=tmp_path)
+
+
+def test_backend_refuses_cpu_and_unsupported_inputs():
+    q = torch.randn(2, 3, 11, 64)
+    ok, reason = cuda_backend.availability(torch.device("cpu"))
+    assert not ok and "CUDA device" in reason
+    with pytest.raises(ValueError, match="backend 'cuda' is unavailable"):
+        relative_attention(q, q, q, backend="cuda")
+    assert cuda_backend.unsupported_reason(prepare_inputs(q, q, q)) is None
+    q48 = torch.randn(1, 1, 5, 48)
+    assert "head dim 48" in cuda_backend.unsupported_reason(prepare_inputs(q48, q48, q48))
+    assert "float64" in cuda_backend.unsupported_reason(prepare_inputs(q.double(), q.double(), q.double()))
+    table = torch.randn(129, 64, requires_grad=True)
+    assert "rel_table requires grad" in cuda_backend.unsupported_reason(prepare_inputs(q, q, q, rel_table=table))
+    hm = torch.rand(3, requires_grad=True)
+    assert "head_mask requires grad" in cuda_backend.unsupported_reason(prepare_inputs(q, q, q, head_mask=hm))
+
+
+def test_custom_op_fake_impl_gives_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nezha_kernels.cuda_ext import function  # noqa: F401  registers the ops
+
+    with FakeTensorMode():
+        q = torch.empty(2, 3, 7, 32, dtype=torch.bfloat16)
+        k = torch.empty(2, 3, 5, 32, dtype=torch.bfloat16)
+        out, lse = torch.ops.nezha_kernels.cuda_relattn_fwd(q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
+                                                            None, None, None, 4, 0, False, 0.2, 0.0, 0)
+        dq, dk, dv = torch.ops.nezha_kernels.cuda_relattn_bwd(out, q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
+                                                              None, None, None, out, lse, 4, 0, False, 0.2, 0.0, 0)
+    assert out.shape == (2, 3, 7, 32) and out.dtype == torch.bfloat16
+    assert lse.shape == (2, 3, 7) and lse.dtype == torch.float32
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape
+
+
+@pytest.fixture(scope="module")
+def helper_binary(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    exe = tmp_path_factory.mktemp("helpers") / "test_helpers"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{CSRC}",
+                    str(CSRC / "tests" / "test_helpers.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def test_cpp_helper_unit_tests_pass(helper_binary):
+    proc = subprocess.run([str(helper_binary)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok:")
+
+
+@pytest.mark.parametrize("seed, bh", [(0, 0), (2**63 - 25, 5), (0x1234_5678_9ABC_DEF, 77)])
+def test_cpp_philox_matches_python_dropout_spec(helper_binary, seed, bh):
+    rows, keys = 13, 17
+    proc = subprocess.run([str(helper_binary), "philox", str(seed), str(bh), str(rows), str(keys)],
+                          capture_output=True, text=True, check=True)
+    got = torch.tensor([float(x) for x in proc.stdout.split()], dtype=torch.float32).view(rows, keys)
+    want = philox_uniform(seed, torch.arange(keys).view(1, -1), torch.arange(rows).view(-1, 1), torch.tensor(bh))
+    assert torch.equal(got, want)
