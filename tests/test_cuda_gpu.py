@@ -1,0 +1,142 @@
+"""GPU parity of backend="cuda" against the reference backend (fp32 math on the same inputs) and against
+backend="triton", forward and backward, for every feature, fp16 / bf16 / fp32 and head dims 32 / 64 / 128.
+
+Skipped without a CUDA device (and when the extension cannot be built there, with the reason).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nezha_kernels import relative_attention
+from nezha_kernels.backends import available_backends
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+# (atol, rtol) per dtype for the output and for the gradients: the kernels read low-precision inputs and
+# accumulate in fp32; the reference computes in fp32 from the same (rounded) inputs.
+TOLERANCES = {
+    torch.float32: ((2e-4, 2e-4), (5e-4, 5e-4)),
+    torch.float16: ((3e-3, 3e-3), (1e-2, 1e-2)),
+    torch.bfloat16: ((2e-2, 2e-2), (6e-2, 6e-2)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda_backend_available():
+    status = available_backends("cuda")["cuda"]
+    if not status.available:
+        pytest.skip(f"cuda backend unavailable: {status.reason}")
+
+
+def _inputs(dtype, b, h, lq, lk, d, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.float32, generator=g).to(dtype)
+               for n in (lq, lk, lk))
+    return q, k, v, g
+
+
+def _run(backend, q, k, v, grad_out, kwargs):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out = relative_attention(*leaves, backend=backend, **kwargs)
+    out.backward(grad_out)
+    return out.detach().float(), [t.grad.float() for t in leaves]
+
+
+def _features(b, h, lq, lk, d, dtype, g):
+    """Named kwargs of the op exercising each feature (fresh random tensors)."""
+    pad = torch.rand(b, lk, device="cuda", generator=g) > 0.3
+    pad[:, 0] = True
+    all_padded = pad.clone()
+    all_padded[-1] = False  # the last batch attends uniformly to every key
+    additive_hf = torch.where(pad, 0.0, torch.finfo(torch.float32).min).view(b, 1, 1, lk)
+    additive_full = torch.randn(b, h, lq, lk, device="cuda", generator=g)
+    table = torch.randn(2 * 5 + 1, d, device="cuda", generator=g).to(dtype)
+    return {
+        "plain": {},
+        "key_padding": {"attention_mask": pad},
+        "all_masked_rows": {"attention_mask": all_padded},
+        "additive_hf": {"attention_mask": additive_hf},
+        "additive_full_fp16": {"attention_mask": additive_full.half()},
+        "causal": {"causal": True},
+        "causal_q_offset_padding": {"causal": True, "q_offset": max(0, lk - lq), "attention_mask": pad},
+        "custom_table_small_r": {"rel_table": table, "max_relative_position": 5},
+        "r1": {"max_relative_position": 1},
+        "dropout": {"dropout_p": 0.3, "generator": torch.Generator().manual_seed(11)},
+        "head_mask": {"head_mask": torch.rand(b, h, device="cuda", generator=g).to(dtype)},
+        "scale": {"scale": 0.37},
+    }
+
+
+FEATURES = ["plain", "key_padding", "all_masked_rows", "additive_hf", "additive_full_fp16", "causal",
+            "causal_q_offset_padding", "custom_table_small_r", "r1", "dropout", "head_mask", "scale"]
+
+
+def _compare(dtype, shape, feature, other="reference"):
+    b, h, lq, lk, d = shape
+    q, k, v, g = _inputs(dtype, b, h, lq, lk, d, seed=1000 * FEATURES.index(feature) + d + lq)
+    kwargs = _features(b, h, lq, lk, d, dtype, g)[feature]
+    grad_out = torch.randn(b, h, lq, d, device="cuda", generator=g).to(dtype)
+    seeded = lambda: {**kwargs, **({"generator": torch.Generator().manual_seed(11)} if "generator" in kwargs else {})}
+    out, grads = _run("cuda", q, k, v, grad_out, seeded())
+    ref_out, ref_grads = _run(other, q, k, v, grad_out, seeded())
+    (oa, orr), (ga, gr) = TOLERANCES[dtype]
+    if other != "reference":  # both sides rounded: allow twice the error
+        oa, orr, ga, gr = 2 * oa, 2 * orr, 2 * ga, 2 * gr
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref_out, atol=oa, rtol=orr, msg=lambda m: f"output ({feature}): {m}")
+    for name, got, want in zip("qkv", grads, ref_grads):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got / scale, want / scale, atol=ga, rtol=gr,
+                                   msg=lambda m: f"d{name} ({feature}): {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("feature", FEATURES)
+def test_cuda_matches_reference(dtype, d, feature):
+    _compare(dtype, (2, 3, 97, 203, d), feature)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 257, 257, 64), (2, 1, 1, 77, 64), (1, 1, 300, 33, 32), (3, 2, 113, 130, 128)])
+def test_cuda_odd_shapes(shape):
+    _compare(torch.float16, shape, "causal_q_offset_padding")
+    _compare(torch.bfloat16, shape, "plain")
+
+
+def test_cuda_long_sequence_band_and_far_field():
+    # L = 1100 with R = 64: most key tiles are far field, a few touch the band.
+    _compare(torch.float16, (1, 2, 1100, 1100, 64), "key_padding")
+
+
+def test_cuda_noncontiguous_inputs_and_determinism():
+    q, k, v, g = _inputs(torch.float16, 2, 3, 64, 80, 64, seed=5)
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, L, H, D] memory, HF layout
+    out1 = relative_attention(qt, k, v, backend="cuda")
+    out2 = relative_attention(q, k, v, backend="cuda")
+    assert torch.equal(out1, out2)
+    ref = relative_attention(q, k, v, backend="reference")
+    torch.testing.assert_close(out1.float(), ref.float(), atol=3e-3, rtol=3e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("feature", ["plain", "causal_q_offset_padding", "dropout", "additive_hf"])
+def test_cuda_matches_triton(dtype, feature):
+    status = available_backends("cuda")["triton"]
+    if not status.available:
+        pytest.skip(f"triton backend unavailable: {status.reason}")
+    _compare(dtype, (2, 3, 129, 150, 64), feature, other="triton")
+
+
+def test_cuda_runs_on_the_current_stream():
+    q, k, v, _ = _inputs(torch.float16, 1, 2, 128, 128, 64, seed=3)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = relative_attention(q, k, v, backend="cuda")
+    stream.synchronize()
+    torch.testing.assert_close(out.float(), relative_attention(q, k, v, backend="reference").float(),
+                               atol=3e-3, rtol=3e-3)
