@@ -16,8 +16,10 @@ import triton
 AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
-FWD_TILES = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 4, 2), (64, 64, 4, 3)]
-BWD_TILES = [(64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
+# Chosen from the sm_90 compile report (fp16, D = 64): 4-warp 64x64 tiles and any 128-row tile spill
+# 2-4 KB; these spill least (see benchmarks/NOTES_triton.md).
+FWD_TILES = [(64, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)]
+BWD_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2)]
 INTERPRETER_TILE = (16, 16, 1, 1)
 
 

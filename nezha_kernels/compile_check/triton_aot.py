@@ -1,0 +1,157 @@
+"""Ahead-of-time compilation of every Triton kernel for real GPU architectures, without a GPU.
+
+``run(archs)`` compiles each kernel with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``
+and reads registers / shared memory / spills from the cubin with triton's bundled cuobjdump. The grid is cut
+to keep the runtime to a few minutes on 2 cores (each compile takes ~5 s): see _jobs. Status "error" on a compile failure or shared memory over the arch
+limit (sm_80: 163 KiB, sm_90: 227 KiB).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import CompileRow
+
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+HEAD_DIMS = (16, 32, 64, 128)
+FULL_GRID_HEAD_DIM = 64
+DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+# Pointer arguments and their element types (None: the input dtype).
+_POINTERS = {
+    "Q": None, "K": None, "V": None, "T": None, "OUT": None, "DOUT": None, "DQ": None, "DK": None, "DV": None,
+    "ROW_MAX": "fp32", "ROW_LOGSUM": "fp32", "DELTA": "fp32", "KPAD": "u8", "AMASK": "fp32", "HMASK": "fp32",
+}
+_FLOATS = {"scale", "dropout_p", "dropout_scale"}
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in _POINTERS:
+            sig[name] = "*" + (_POINTERS[name] or dtype)
+        elif name in _FLOATS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers, spill bytes = stack + local) from triton's bundled cuobjdump."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    reg = re.search(r"REG:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    local = re.search(r"LOCAL:(\d+)", text)
+    spill = (int(stack.group(1)) if stack else 0) + (int(local.group(1)) if local else 0)
+    return (int(reg.group(1)) if reg else None), spill
+
+
+def _jobs(archs, grid: str = "full"):
+    """(kernel, function name, config label, arch, dtype, constexprs, num_warps, num_stages) to compile.
+
+    grid "full": D = 64 x every kept config (fp16, fp32; bf16 main config only: same code as fp16 but
+    the dot type) with every feature on, plus the plain variant of the main configs, and the main
+    config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
+    grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature) and the
+    fp32 D = 128 main forward: what the test suite compiles.
+    """
+    from ..triton_kernels import configs
+
+    kernels = {
+        "fwd": ("_relattn_fwd_kernel", configs.FWD_TILES),
+        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.BWD_TILES),
+        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.BWD_TILES),
+    }
+    every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True)
+    plain = dict(HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False,
+                 HAS_DROPOUT=False)
+    jobs = []
+
+    def add(kernel, d, dtype, tile, features, variant, arch):
+        fn_name = kernels[kernel][0]
+        bm, bn, warps, stages = tile
+        constexprs = dict(HEAD_DIM=d, BLOCK_D=max(16, d), DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=configs.block_p(bm, bn), **features)
+        label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
+        jobs.append((kernel, fn_name, label, arch, dtype, constexprs, warps, stages))
+
+    for arch in archs:
+        for kernel, (_, tiles) in kernels.items():
+            for dtype in ("fp16", "bf16", "fp32"):
+                kept = [t for t in tiles if configs._fits(t[0], t[1], 64, DTYPES[dtype])] or tiles[-1:]
+                if grid == "main":
+                    kept = kept[:1] if dtype != "bf16" else []
+                elif dtype == "bf16":
+                    kept = kept[:1]
+                for tile in kept:
+                    add(kernel, 64, dtype, tile, every, "all-features", arch)
+            add(kernel, 64, "fp16", tiles[0], plain, "plain", arch)
+            if grid == "full":
+                for d in (16, 32, 128):
+                    for dtype in ("fp16", "fp32") if d == 128 else ("fp16",):
+                        kept = [t for t in tiles if configs._fits(t[0], t[1], d, DTYPES[dtype])] or tiles[-1:]
+                        add(kernel, d, dtype, kept[0], every, "all-features", arch)
+        if grid == "main":
+            fp32_tiles = [t for t in configs.FWD_TILES if configs._fits(t[0], t[1], 128, 4)]
+            add("fwd", 128, "fp32", fp32_tiles[0], every, "all-features", arch)
+        jobs.append(("bwd_delta", "_relattn_bwd_delta_kernel", "fp16 D=64 64 rows", arch, "fp16",
+                     dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64), 4, 1))
+    return jobs
+
+
+def _compile(job) -> CompileRow:
+    kernel, fn_name, label, arch, dtype, constexprs, warps, stages = job
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ..triton_kernels import backward, forward
+
+    fn = getattr(forward if kernel == "fwd" else backward, fn_name)
+    try:
+        src = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": warps, "num_stages": stages})
+        shared = compiled.metadata.shared
+        regs, spill = _resources(compiled.asm["cubin"])
+    except Exception as exc:  # report, don't stop: the table shows every failure
+        return CompileRow("triton", kernel, label, arch, "error", message=f"{type(exc).__name__}: {exc}")
+    limit = SHARED_LIMIT.get(arch, 99 * 1024)
+    status, message = "ok", ""
+    if shared > limit:
+        status, message = "error", f"shared memory {shared} B > {limit} B limit of sm_{arch}"
+    return CompileRow("triton", kernel, label, arch, status, regs, shared, spill, message)
+
+
+def run(archs=(80, 90), grid: str = "full") -> list[CompileRow]:
+    """Compile the kernels for ``archs`` (grid "full" or "main", see _jobs); one row per compile."""
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 1 = its default
+    jobs = _jobs(archs, grid)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    # Spawned processes (triton.compile is CPU bound and holds the GIL) started without
+    # TRITON_INTERPRET, so they get compilable kernels even when this process is interpreting.
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            return list(pool.map(_compile, jobs))
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
