@@ -153,3 +153,27 @@ def test_float64_is_rejected_with_a_reason():
     q = torch.randn(1, 1, 4, 16, dtype=torch.float64)
     with pytest.raises(ValueError, match="float64"):
         nk.relative_attention(q, q, q, max_relative_position=2, backend="triton")
+
+
+@interpreted_only
+def test_custom_op_compiles_fullgraph_and_passes_opcheck():
+    from nezha_kernels.triton_kernels.function import relattn_fwd
+
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(1, 2, 20, 16, generator=g, requires_grad=True) for _ in range(3))
+    table = nk.sinusoidal_table(4, 16)
+    args = (table, None, None, None, 4, True, 3, 0.0, 0, 0.25)
+
+    def attend(q, k, v):
+        return relattn_fwd(q, k, v, *args)[0]
+
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")  # no graph break allowed
+    out, expected = compiled(q, k, v), attend(q, k, v)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    grads = torch.autograd.grad((out * out).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * expected).sum(), (q, k, v))
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref, atol=0, rtol=0)
+        assert got.abs().sum() > 0
+    torch.library.opcheck(relattn_fwd, (q, k, v, *args),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))

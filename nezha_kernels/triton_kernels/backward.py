@@ -74,7 +74,7 @@ def _tile_grads(
     if HAS_DROPOUT:
         u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
                            offs_m[:, None] + 0 * offs_n[None, :], bh)
-        coef = tl.where(u >= dropout_p, coef * dropout_scale, 0.0)
+        coef = coef * tl.where(u >= dropout_p, dropout_scale, 0.0)  # fp32 factor, see forward.py
     ds = p * (dw * coef - delta[:, None])
     return p * coef, ds
 

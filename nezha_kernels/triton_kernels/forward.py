@@ -103,7 +103,9 @@ def _relattn_fwd_kernel(
         if HAS_DROPOUT:
             u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
                                offs_m[:, None] + 0 * offs_n[None, :], bh)
-            p = tl.where(u >= dropout_p, p * dropout_scale, 0.0)
+            # The keep factor is built as fp32 in u's layout: an i1 tensor crossing layouts fails to
+            # compile (fp32 32x32 tiles, "shared-memory element type bit width ... got 1").
+            p = p * tl.where(u >= dropout_p, dropout_scale, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         mass_left = mass_left * alpha
         mass_right = mass_right * alpha
