@@ -1,0 +1,106 @@
+"""`nezha-kernels bench`: op and model benchmarks on the present device -> table, CSV/JSON, PNG plots.
+
+    nezha-kernels bench [--full] [--dry-run] [--device cpu|cuda] [--out DIR] [--only op|model]
+
+Default: a quick grid (CPU: a few minutes at most on 2 cores); --full: lengths 128..16384 and every
+model point; --dry-run: a tiny grid that checks the whole pipeline in seconds. Results go to
+DIR/results.csv and DIR/results.json (appended to, so runs sit side by side; --fresh overwrites) and
+DIR/ops_<dtype>.png, DIR/models_<dtype>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .op_bench import PROVIDERS
+
+    p = argparse.ArgumentParser(prog="nezha-kernels bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the whole grid (lengths 128..16384, all model points)")
+    size.add_argument("--dry-run", action="store_true", help="a tiny grid: checks the pipeline in seconds")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present, else cpu)")
+    p.add_argument("--out", default="bench-results", help="results folder (default: bench-results)")
+    p.add_argument("--only", choices=("op", "model", "all"), default="all", help="which benchmarks to run")
+    p.add_argument("--providers", nargs="+", choices=tuple(PROVIDERS), default=None,
+                   help="op-benchmark providers (default: all; unusable ones are listed as skipped)")
+    p.add_argument("--fresh", action="store_true", help="overwrite results.csv/json instead of appending")
+    p.add_argument("--limit-gib", type=float, default=None,
+                   help="CPU: address-space cap per measurement; above it a cell is OOM (default: min(16, 75%% of RAM))")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds for the whole run; cells not started by then are marked 'skipped: time budget'")
+    p.add_argument("--cell-timeout", type=float, default=600.0, help="CPU: seconds before a cell is marked timeout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if argv[:1] == ["--"]:  # `nezha-kernels bench -- --full` reaches us with the separator
+        argv = argv[1:]
+    args = _parser().parse_args(argv)
+    import torch
+
+    from .memory import default_limit_gib
+    from .model_bench import model_grid, run_model_bench
+    from .op_bench import PROVIDERS, op_grid, run_op_bench
+    from .plots import plot_all
+    from .progress import Progress
+    from .results import environment, write_csv, write_json
+    from .table import format_table
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SystemExit(f"--device: {exc}")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda[:N], got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    limit_gib = args.limit_gib or default_limit_gib()
+
+    env = environment(device)
+    ogrid = op_grid(device, full=args.full, dry_run=args.dry_run)
+    mgrid = model_grid(device, full=args.full, dry_run=args.dry_run)
+    providers = tuple(args.providers or PROVIDERS)
+    run_ops, run_models = args.only in ("op", "all"), args.only in ("model", "all")
+    steps = (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0) + \
+            ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0)
+    print(f"nezha-kernels bench on {env['device_name']} ({device}); torch {env['torch']}, triton {env['triton']}; "
+          f"{'dry run' if args.dry_run else 'full grid' if args.full else 'default grid'}", flush=True)
+    # Short CPU timing budgets: each cell already runs a forward+backward for its memory pass (the warm-up).
+    budget = 0.05 if args.dry_run else 0.5
+    progress = Progress(steps)
+    start = time.perf_counter()
+    deadline = op_deadline = None
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise SystemExit(f"--time-budget must be positive, got {args.time_budget}")
+        deadline = time.monotonic() + args.time_budget
+        # ops may use 60% when models follow; time they leave unused goes to the models
+        op_deadline = time.monotonic() + args.time_budget * (0.6 if run_models else 1.0)
+    rows = []
+    try:
+        if run_ops:
+            rows += run_op_bench(ogrid, device, env, providers=providers, progress=progress, limit_gib=limit_gib,
+                                 cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=op_deadline)
+        if run_models:
+            rows += run_model_bench(mgrid, device, env, progress=progress, limit_gib=limit_gib,
+                                    cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=deadline)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - start
+
+    print(format_table(rows))
+    out = Path(args.out)
+    written = [write_csv(rows, out / "results.csv", append=not args.fresh),
+               write_json(rows, out / "results.json", append=not args.fresh)]
+    written += plot_all(rows, out)
+    print(f"\n{len(rows)} rows in {elapsed:.0f} s; wrote " + ", ".join(str(p) for p in written))
+    return 0 if any(r.status == "ok" for r in rows) else 1

@@ -1,0 +1,155 @@
+"""PNG plots (matplotlib, Agg): time and peak memory against sequence length, one line per provider.
+
+ops_<dtype>.png: a 2 x 3 grid (time on top, memory below; fwd, bwd, fwd+bwd across), log-log.
+models_<dtype>.png: a 2 x 2 grid (time, memory) x (infer, train) over the batch x length points.
+A cell that could not run (OOM, timeout, n/a, error) is an "x" on the top edge in the provider's colour.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+from .results import OK, Row
+
+__all__ = ["plot_ops", "plot_models", "plot_all"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe under pytest
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(provider: str) -> str:
+    from .op_bench import PROVIDERS
+
+    return PROVIDERS[provider][1] if provider in PROVIDERS else provider
+
+
+def _draw(ax, members: list[Row], xkey, metric: str, colors: dict, xlabels: dict | None = None) -> None:
+    from matplotlib.transforms import blended_transform_factory
+
+    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
+    for provider in OrderedDict.fromkeys(r.provider for r in members):
+        mine = sorted((r for r in members if r.provider == provider), key=xkey)
+        if all(r.status.startswith("skipped") for r in mine):
+            continue
+        color = colors.setdefault(provider, f"C{len(colors) % 10}")
+        # log axes: a zero peak (a rise below the RSS resolution, tiny shapes) cannot be drawn
+        ok = [r for r in mine if r.status == OK and getattr(r, metric) is not None and getattr(r, metric) > 0]
+        if ok:
+            ax.plot([xkey(r) for r in ok], [getattr(r, metric) for r in ok], marker="o", ms=4, color=color,
+                    label=_label(provider))
+            if metric == "median_ms":
+                ax.fill_between([xkey(r) for r in ok], [r.p20_ms for r in ok], [r.p80_ms for r in ok],
+                                color=color, alpha=0.15, linewidth=0)
+        failed = [r for r in mine if r.status != OK and not r.status.startswith("skipped")]
+        if failed:
+            ax.plot([xkey(r) for r in failed], [0.97] * len(failed), linestyle="none", marker="x", ms=8, mew=2,
+                    color=color, transform=top_edge, clip_on=False,
+                    label=None if ok else f"{_label(provider)} (did not run)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _plain_log_y(ax) -> None:
+    """Log y axis labelled 12, 120, 1.2e+03 rather than 1.2x10^1; minor labels only within one decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if high / max(low, 1e-30) < 10 else NullFormatter())
+
+
+def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = [r for r in rows if r.bench == "op"]
+    paths = []
+    colors: dict = {}
+    for dtype in OrderedDict.fromkeys(r.dtype for r in rows):
+        mine = [r for r in rows if r.dtype == dtype]
+        modes = list(OrderedDict.fromkeys(r.mode for r in mine))
+        fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 8.4), squeeze=False)
+        for col, mode in enumerate(modes):
+            members = [r for r in mine if r.mode == mode]
+            for row_i, (metric, ylabel) in enumerate((("median_ms", "time (ms, median; band p20-p80)"),
+                                                      ("peak_mib", "peak memory rise (MiB)"))):
+                ax = axes[row_i][col]
+                _draw(ax, members, lambda r: r.seq_len, metric, colors)
+                ax.set_xscale("log", base=2)
+                lengths = sorted({r.seq_len for r in members})
+                ax.set_xticks(lengths, [str(length) for length in lengths])
+                ax.minorticks_off()
+                _plain_log_y(ax)
+                ax.set_xlabel("sequence length L (B = tokens / L)")
+                ax.set_ylabel(ylabel)
+                ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
+        sample = mine[0]
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes.flat:  # providers missing from the first panel (failed everywhere there)
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+        fig.suptitle(f"relative_attention, {dtype}, H={sample.heads}, D={sample.head_dim}, "
+                     f"B*L = {sample.batch * sample.seq_len} tokens  (x = OOM / not run)\n{sample.device_name}",
+                     fontsize=11)
+        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+        path = Path(out_dir) / f"ops_{dtype}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = [r for r in rows if r.bench == "model"]
+    paths = []
+    colors: dict = {}
+    for dtype in OrderedDict.fromkeys(r.dtype for r in rows):
+        mine = [r for r in rows if r.dtype == dtype]
+        points = sorted(OrderedDict.fromkeys((r.batch, r.seq_len) for r in mine), key=lambda p: (p[1], p[0]))
+        position = {p: i for i, p in enumerate(points)}
+        modes = list(OrderedDict.fromkeys(r.mode for r in mine))
+        fig, axes = plt.subplots(2, len(modes), figsize=(5.6 * len(modes), 8.0), squeeze=False)
+        for col, mode in enumerate(modes):
+            members = [r for r in mine if r.mode == mode]
+            for row_i, (metric, ylabel) in enumerate((("median_ms", "time per step (ms)"),
+                                                      ("peak_mib", "peak memory rise (MiB)"))):
+                ax = axes[row_i][col]
+                _draw(ax, members, lambda r: position[(r.batch, r.seq_len)], metric, colors)
+                _plain_log_y(ax)
+                ax.set_xticks(range(len(points)), [f"{b}x{length}" for b, length in points])
+                ax.set_xlim(-0.5, len(points) - 0.5)
+                ax.set_xlabel("batch x length")
+                ax.set_ylabel(ylabel)
+                ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
+        handles, labels = [], []
+        for ax in axes.flat:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+        fig.suptitle(f"{mine[0].op} (random weights), {dtype}; train = AdamW step, dropout on  "
+                     f"(x = OOM / n/a)\n{mine[0].device_name}", fontsize=11)
+        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+        path = Path(out_dir) / f"models_{dtype}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_all(rows: Iterable[Row], out_dir: Path) -> list[Path]:
+    rows = list(rows)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return plot_ops(rows, out_dir) + plot_models(rows, out_dir)

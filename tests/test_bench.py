@@ -1,0 +1,236 @@
+"""The benchmark suite: FLOP formula, result rows and files, table, plots, OOM marking, CLI dry run and
+the GPU suite's dry run on CPU. Fast: tiny shapes; the two end-to-end runs take most of the time."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nezha_kernels.bench import main as bench_main
+from nezha_kernels.bench.memory import is_oom, run_child
+from nezha_kernels.bench.op_bench import (OpGrid, attention_flops, flex_keyside_attention, run_op_bench)
+from nezha_kernels.bench.plots import plot_all
+from nezha_kernels.bench.results import FIELDS, Row, read_csv, rows_from_records, write_csv, write_json
+from nezha_kernels.bench.table import format_table
+from nezha_kernels.bench.timing import time_cpu
+from nezha_kernels.table import sinusoidal_table
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = dict(device="cpu", device_name="test-cpu", nezha_kernels="0", torch=torch.__version__, triton="x",
+           python="3", run_id="t")
+
+
+def _row(provider="torch", mode="fwd", seq_len=128, status="ok", median=1.5, peak=10.0, bench="op", dtype="float32"):
+    ok = status == "ok"
+    return Row(bench=bench, op="relative_attention" if bench == "op" else "nezha-base", provider=provider,
+               mode=mode, dtype=dtype, batch=4, heads=12, seq_len=seq_len, head_dim=64, status=status,
+               median_ms=median if ok else None, p20_ms=median * 0.9 if ok else None,
+               p80_ms=median * 1.2 if ok else None, reps=5 if ok else None, tflops=0.5 if ok else None,
+               peak_mib=peak if ok else None, **ENV)
+
+
+# --- FLOP formula -------------------------------------------------------------------------------------
+
+def _count_flops(b, h, lq, lk, d, r, sides):
+    """Independent count: a multiply-add is 2 FLOPs; each output element of a matmul costs 2*K."""
+    qk = b * h * lq * lk * (2 * d)           # S = Q K^T: [Lq, Lk] outputs, K = D
+    pv = b * h * lq * d * (2 * lk)           # O = P V:   [Lq, D] outputs, K = Lk
+    key_side = b * h * lq * (2 * r + 1) * (2 * d)    # q . table[m] for the 2R+1 distinct rows
+    value_side = b * h * lq * d * (2 * (2 * r + 1))  # bucketed weights [Lq, 2R+1] @ table [2R+1, D]
+    return qk + pv + (key_side if sides >= 1 else 0) + (value_side if sides == 2 else 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 11, 2), (1, 12, 513, 513, 64, 64), (3, 1, 17, 31, 16, 4)])
+@pytest.mark.parametrize("sides", [0, 1, 2])
+def test_flop_formula(shape, sides):
+    b, h, lq, lk, d, r = shape
+    fwd = _count_flops(b, h, lq, lk, d, r, sides)
+    assert attention_flops(b, h, lq, lk, d, r, "fwd", sides) == fwd
+    assert attention_flops(b, h, lq, lk, d, r, "bwd", sides) == pytest.approx(2.5 * fwd)
+    assert attention_flops(b, h, lq, lk, d, r, "fwd+bwd", sides) == pytest.approx(3.5 * fwd)
+
+
+def test_flop_formula_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        attention_flops(1, 1, 8, 8, 8, 2, "forward")
+    with pytest.raises(ValueError, match="positional_sides"):
+        attention_flops(1, 1, 8, 8, 8, 2, "fwd", 3)
+
+
+# --- timing and OOM detection ---------------------------------------------------------------------------
+
+def test_time_cpu_statistics():
+    timing = time_cpu(lambda: time.sleep(0.003), warmup=1, min_reps=4, max_reps=6, budget_s=0.0)
+    assert timing.reps == 4
+    assert 3.0 <= timing.p20_ms <= timing.median_ms <= timing.p80_ms < 1000
+    with pytest.raises(ValueError, match="min_reps"):
+        time_cpu(lambda: None, min_reps=0)
+
+
+def test_is_oom():
+    assert is_oom(MemoryError())
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"))
+    assert is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+    assert not is_oom(ValueError("out of memory"))
+
+
+def test_oom_becomes_a_marked_cell():
+    """The reference materializes an [L, L, D] table: 4 GiB at L = 4096 cannot fit under a 3 GiB cap."""
+    grid = OpGrid(lengths=(4096,), tokens=4096, dtypes=("float32",), heads=1)
+    rows = run_op_bench(grid, "cpu", ENV, providers=("reference",), limit_gib=3.0, cell_timeout_s=120)
+    assert [r.mode for r in rows] == ["fwd", "bwd", "fwd+bwd"]
+    assert all(r.status == "OOM (> 3 GiB)" and r.median_ms is None and r.tflops is None for r in rows)
+    assert "OOM (> 3 GiB)" in format_table(rows)
+
+
+def test_child_failure_is_reported():
+    result = run_child("nezha_kernels.bench.op_bench:measure_cell", {"provider": "torch"}, limit_gib=8, timeout_s=60)
+    assert result["status"].startswith("error: KeyError")
+
+
+# --- providers ---------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_keyside_matches_float64_formula():
+    """FlexAttention peer (eager on CPU): softmax((q.k + q.a_ij) / sqrt(D)) v, no value-side term."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(3)
+    b, h, length, d, r = 2, 3, 37, 16, 5
+    q, k, v = (torch.randn(b, h, length, d) for _ in range(3))
+    table = sinusoidal_table(r, d)
+    out = flex_keyside_attention(q, k, v, table, r, compiled=False)
+    i = torch.arange(length)
+    rel = table.double()[(i[None, :] - i[:, None]).clamp(-r, r) + r]  # [Lq, Lk, D]
+    qd, kd, vd = q.double(), k.double(), v.double()
+    scores = (qd @ kd.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", qd, rel)) / math.sqrt(d)
+    expected = torch.softmax(scores, -1) @ vd
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+# --- results files, table, plots -------------------------------------------------------------------------
+
+def test_results_csv_json_roundtrip_and_append(tmp_path):
+    first = [_row("torch", m, L) for m in ("fwd", "bwd") for L in (128, 256)] + [_row("reference", "fwd", 256, "OOM")]
+    write_csv(first, tmp_path / "r.csv", append=True)
+    write_json(first, tmp_path / "r.json", append=True)
+    second = [_row("sdpa", "fwd", 128, median=0.25)]
+    write_csv(second, tmp_path / "r.csv", append=True)
+    write_json(second, tmp_path / "r.json", append=True)
+
+    records = read_csv(tmp_path / "r.csv")
+    assert list(records[0]) == FIELDS
+    assert len(records) == 6
+    back = rows_from_records(records)
+    assert back[0] == first[0] and back[-1] == second[0]
+    assert back[4].status == "OOM" and back[4].median_ms is None
+    assert records[0]["shape"] == "[4, 12, 128, 64]" and records[0]["torch"] == torch.__version__
+    js = json.loads((tmp_path / "r.json").read_text())
+    assert len(js) == 6 and js[-1]["provider"] == "sdpa" and js[-1]["median_ms"] == 0.25
+    assert rows_from_records(js) == back
+
+    write_csv(second, tmp_path / "r.csv", append=False)  # --fresh
+    assert len(read_csv(tmp_path / "r.csv")) == 1
+
+
+def test_results_csv_with_other_columns_is_merged(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("bench,provider,legacy\nop,torch,1\n")
+    write_csv([_row()], path)
+    records = read_csv(path)
+    assert len(records) == 2 and records[0]["legacy"] == "1" and records[1]["provider"] == "torch"
+    assert records[1]["legacy"] == ""
+
+
+def test_table_layout():
+    rows = [_row("reference", "fwd", 128, median=12.0), _row("torch", "fwd", 128, median=3.25),
+            _row("reference", "fwd", 256, "OOM (> 16 GiB)"), _row("torch", "fwd", 256, median=6.5),
+            _row("cuda", "fwd", 128, "skipped: needs a CUDA device"),
+            _row("cuda", "fwd", 256, "skipped: needs a CUDA device"),
+            _row("hf-4.57.6", "infer", 1024, "n/a: HF NEZHA's relative table covers 512 tokens", bench="model")]
+    text = format_table(rows)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("B x L"))
+    assert "reference" in header and "torch" in header and "cuda" not in header
+    row_128 = next(line for line in lines if line.startswith("4 x 128"))
+    assert "12 ms [10.8-14.4]" in row_128 and "3.25 ms" in row_128 and "0.5 TF/s" in row_128 and "10 MiB" in row_128
+    row_256 = next(line for line in lines if line.startswith("4 x 256"))
+    assert "OOM (> 16 GiB)" in row_256 and "6.5 ms" in row_256
+    assert "  cuda: needs a CUDA device" in lines
+    assert any(line.startswith("4 x 1024") and line.rstrip().endswith("n/a") for line in lines)
+
+
+def test_plots_written(tmp_path):
+    rows = [_row(p, m, L, median=L / 64 * (1 + i), peak=L / 8 * (1 + i))
+            for i, p in enumerate(("reference", "torch", "sdpa")) for m in ("fwd", "bwd", "fwd+bwd")
+            for L in (128, 256, 512)]
+    rows += [_row("reference", m, 1024, "OOM (> 16 GiB)") for m in ("fwd", "bwd", "fwd+bwd")]
+    rows += [_row("torch", m, 1024, median=40.0) for m in ("fwd", "bwd", "fwd+bwd")]
+    rows += [_row(p, mode, L, median=float(L), peak=float(L), bench="model")
+             for p in ("torch", "hf-4.57.6") for mode in ("infer", "train") for L in (128, 512)]
+    rows += [_row("hf-4.57.6", mode, 1024, "n/a: too long", bench="model") for mode in ("infer", "train")]
+    paths = plot_all(rows, tmp_path)
+    assert [p.name for p in paths] == ["ops_float32.png", "models_float32.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+def test_cli_bench_dry_run_ops(tmp_path, capsys):
+    assert bench_main(["--dry-run", "--only", "op", "--device", "cpu", "--out", str(tmp_path), "--fresh"]) == 0
+    printed = capsys.readouterr().out
+    assert "mode=fwd+bwd" in printed and "skipped providers:" in printed
+    rows = rows_from_records(read_csv(tmp_path / "results.csv"))
+    assert {r.mode for r in rows} == {"fwd", "bwd", "fwd+bwd"} and {r.seq_len for r in rows} == {32, 64}
+    for r in rows:
+        if r.provider in ("reference", "torch", "sdpa"):
+            assert r.status == "ok", r
+            assert r.median_ms > 0 and r.p20_ms <= r.median_ms <= r.p80_ms and r.peak_mib >= 0
+            sides = 0 if r.provider == "sdpa" else 2
+            expected = attention_flops(r.batch, 12, r.seq_len, r.seq_len, 64, 64, r.mode, sides) / r.median_ms / 1e9
+            assert r.tflops == pytest.approx(expected, rel=1e-3)
+        elif r.provider in ("cuda", "flex"):
+            assert r.status.startswith("skipped: ")
+    assert (tmp_path / "ops_float32.png").stat().st_size > 20_000
+    assert len(json.loads((tmp_path / "results.json").read_text())) == len(rows)
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_main(["--device", "tpu", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench_main(["--full", "--dry-run"])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_suite_dry_run(tmp_path):
+    out = tmp_path / "suite"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8
+    assert {"log.txt", "status.txt", "results.csv", "results.json", "ops_float32.png", "models_float32.png"} <= set(files)
+    status = (out / "status.txt").read_text().split("\n")
+    assert [line.split()[0] for line in status if line] == ["install", "info", "gpu-tests", "bench"]
+    assert all(" rc=0 " in line for line in status if line)
+    log = (out / "log.txt").read_text()
+    assert "nezha_kernels" in log and "mode=train" in log
+    rows = rows_from_records(read_csv(out / "results.csv"))
+    model = [r for r in rows if r.bench == "model"]
+    assert {(r.provider, r.mode) for r in model if r.status == "ok"} >= {("torch", "infer"), ("torch", "train")}
+    hf = [r for r in model if r.provider.startswith("hf")]
+    if hf and not hf[0].status.startswith("skipped"):  # transformers 4.x with NEZHA installed
+        assert {r.seq_len: r.status.split(":")[0] for r in hf} == {32: "ok", 64: "n/a"}
