@@ -93,6 +93,26 @@ def test_oom_becomes_a_marked_cell():
     assert "OOM (> 3 GiB)" in format_table(rows)
 
 
+def _allocate(spec: dict) -> dict:
+    """Child target: the RSS rise of touching a spec["mib"] MiB tensor."""
+    from nezha_kernels.bench.memory import RssProbe
+
+    probe = RssProbe()
+    x = torch.ones(spec["mib"] * 2**18)  # float32: 4 bytes each
+    return {"rise": probe.rise_mib(), "sum": float(x.sum())}
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_child_rss_rise_measures_an_allocation(method):
+    if method == "spawn":  # a new interpreter: make this test module importable there
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    target = f"{_allocate.__module__}:_allocate" if method == "fork" else "test_bench:_allocate"
+    result = run_child(target, {"mib": 96}, limit_gib=8, timeout_s=120, method=method)
+    assert result["status"] == "ok", result
+    assert result["result"]["sum"] == 96 * 2**18
+    assert 96 * 0.97 <= result["result"]["rise"] <= 96 * 1.05 + 4
+
+
 def test_child_failure_is_reported():
     result = run_child("nezha_kernels.bench.op_bench:measure_cell", {"provider": "torch"}, limit_gib=8, timeout_s=60)
     assert result["status"].startswith("error: KeyError")
@@ -211,6 +231,10 @@ def test_cli_rejects_bad_arguments(tmp_path):
         bench_main(["--device", "tpu", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         bench_main(["--full", "--dry-run"])
+    with pytest.raises(SystemExit, match="model-points"):
+        bench_main(["--model-points", "4by512", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="time-budget"):
+        bench_main(["--time-budget", "0", "--out", str(tmp_path)])
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")

@@ -11,6 +11,7 @@ DIR/ops_<dtype>.png, DIR/models_<dtype>.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("op", "model", "all"), default="all", help="which benchmarks to run")
     p.add_argument("--providers", nargs="+", choices=tuple(PROVIDERS), default=None,
                    help="op-benchmark providers (default: all; unusable ones are listed as skipped)")
+    p.add_argument("--model-points", nargs="+", default=None, metavar="BxL",
+                   help="model batch x length points instead of the grid's, e.g. 4x512 1x2048")
+    p.add_argument("--model-backends", nargs="+", default=None, choices=("reference", "torch", "triton", "cuda"),
+                   help="our attention backends for the model benchmark (default: the grid's)")
     p.add_argument("--fresh", action="store_true", help="overwrite results.csv/json instead of appending")
     p.add_argument("--limit-gib", type=float, default=None,
                    help="CPU: address-space cap per measurement; above it a cell is OOM (default: min(16, 75%% of RAM))")
@@ -37,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds for the whole run; cells not started by then are marked 'skipped: time budget'")
     p.add_argument("--cell-timeout", type=float, default=600.0, help="CPU: seconds before a cell is marked timeout")
     return p
+
+
+def _point(text: str) -> tuple[int, int]:
+    batch, sep, length = text.lower().partition("x")
+    if not (sep and batch.isdigit() and length.isdigit() and int(batch) > 0 and int(length) > 0):
+        raise SystemExit(f"--model-points: expected BxL with positive integers (e.g. 4x512), got {text!r}")
+    return int(batch), int(length)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     ogrid = op_grid(device, full=args.full, dry_run=args.dry_run)
     mgrid = model_grid(device, full=args.full, dry_run=args.dry_run)
+    if args.model_points:
+        mgrid = dataclasses.replace(mgrid, points=tuple(_point(text) for text in args.model_points))
+    if args.model_backends:
+        mgrid = dataclasses.replace(mgrid, backends=tuple(args.model_backends))
     providers = tuple(args.providers or PROVIDERS)
     run_ops, run_models = args.only in ("op", "all"), args.only in ("model", "all")
     steps = (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0) + \

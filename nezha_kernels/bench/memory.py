@@ -3,9 +3,9 @@
 CPU method (as in benchmarks/op_memory_cpu.py): each measurement runs in its own process (so
 peaks of different cells never mix and freed-but-cached heap pages of an earlier cell cannot hide a
 later cell's allocations) under an address-space limit (so a cell that would exhaust the machine fails
-cleanly and is reported as OOM). The peak is ``ru_maxrss`` after the work minus ``ru_maxrss`` once the
-inputs exist: every temporary of the measured work is counted. ru_maxrss only grows, so one process can
-measure nested phases in order (forward, then forward+backward) but never a smaller phase after a bigger one.
+cleanly and is reported as OOM). The peak is the resident high-water mark after the work minus the
+resident set once the inputs exist (see RssProbe): every temporary of the measured work is counted. The
+mark only grows, so one probe measures nested phases in order (forward, then forward+backward).
 The process is forked from a fork server (torch already imported) where that exists, else a new interpreter.
 """
 
@@ -60,15 +60,55 @@ def cuda_peak_mib(fn: Callable[[], object], device: torch.device | str) -> float
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def _release_free_heap() -> None:
+    """Return glibc's free heap pages to the OS, so the measured work must fault in its own pages
+    (freed-but-resident memory from model set-up would otherwise absorb small allocations unseen)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the rise may read slightly low for small work
+        pass
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 class RssProbe:
     """In a fresh process: ``probe = RssProbe()`` once the inputs exist, then ``probe.rise_mib()``
-    after each phase gives the peak resident-set rise so far (Linux ru_maxrss is in KiB)."""
+    after each phase gives the peak resident-set rise over the level at the probe's creation.
+
+    On Linux the high-water mark is reset first (``5`` into /proc/self/clear_refs): otherwise a
+    transient peak from before (imports, set-up) would hide the first part of the rise. Elsewhere
+    ru_maxrss, which cannot be reset, is the fallback.
+    """
 
     def __init__(self) -> None:
-        self.base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _release_free_heap()
+        self._proc = False
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._proc = _status_kib("VmHWM") is not None
+        except OSError:
+            pass
+        self.base_kib = self._peak_kib() if not self._proc else _status_kib("VmRSS")
+
+    def _peak_kib(self) -> int:
+        if self._proc:
+            return _status_kib("VmHWM")
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
     def rise_mib(self) -> float:
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.base_kib) / 1024
+        return (self._peak_kib() - self.base_kib) / 1024
 
 
 def default_limit_gib() -> float:

@@ -117,7 +117,7 @@ def measure_model_cell(spec: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     steps = {"infer": infer, "train": train_step}
-    # Memory in the order infer, train (ru_maxrss only grows); the first train step creates AdamW's state,
+    # Memory in the order infer, train (the RSS high-water mark only grows); the first train step creates AdamW's state,
     # so the train peak includes gradients and optimizer state as well as activations.
     probe = RssProbe() if device.type != "cuda" else None
     peaks = {}
@@ -132,7 +132,8 @@ def measure_model_cell(spec: dict) -> dict:
             else:
                 steps[mode]()
                 peaks[mode] = probe.rise_mib()
-            timing = time_fn(steps[mode], device, cpu_budget_s=budget)
+            # 2 samples at least on CPU: a nezha-base step there takes seconds to a minute
+            timing = time_fn(steps[mode], device, cpu_budget_s=budget, cpu_min_reps=2)
         except Exception as exc:
             out["modes"][mode] = {"status": "OOM" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:140]}"}
             optimizer.zero_grad(set_to_none=True)

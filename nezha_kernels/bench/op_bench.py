@@ -139,11 +139,12 @@ def flex_keyside_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
     if _compiled_flex is None:
         import torch._dynamo as dynamo
 
-        # One compile per (shape, dtype) of the sweep: lift Dynamo's recompile cap above the grid's size.
+        # Dynamo's default (static first, dynamic once a shape changes) keeps compiles to ~2 per dtype;
+        # the raised recompile cap is insurance so a long sweep never falls back to eager flex.
         for knob in ("recompile_limit", "cache_size_limit"):
             if hasattr(dynamo.config, knob):
                 setattr(dynamo.config, knob, 64)
-        _compiled_flex = torch.compile(_flex_keyside, dynamic=False)
+        _compiled_flex = torch.compile(_flex_keyside)
     return _compiled_flex(q, k, v, qa, max_relative_position)
 
 
@@ -183,7 +184,7 @@ def measure_cell(spec: dict) -> dict:
 
     spec: provider, device, dtype, batch, heads, seq_len, head_dim, max_relative_position, modes, cpu_budget_s.
     Returns {"note": str, "modes": {mode: {"status", "median_ms", "p20_ms", "p80_ms", "reps", "peak_mib"}}}.
-    On CPU this must run in a fresh process (run_child): peaks are ru_maxrss rises.
+    On CPU this must run in a fresh process (run_child): peaks are RSS high-water-mark rises.
     """
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -203,7 +204,7 @@ def measure_cell(spec: dict) -> dict:
         grad = torch.randn(b, h, length, d, device=device, dtype=dtype)
         fn, out["note"] = make_provider_fn(spec["provider"], q, k, v, r)
         if spec["provider"] != "flex":  # flex compiles per shape: its memory pass is its warm-up
-            # Warm-up (lazy imports, kernel compilation) on an 8-row slice, so that on CPU it cannot raise ru_maxrss.
+            # Warm-up (lazy imports, kernel compilation) on an 8-row slice, before the probe exists.
             small = [t[:, :, :8].detach().requires_grad_() for t in (q, k, v)]
             small_fn, _ = make_provider_fn(spec["provider"], *small, r)
             small_fn().sum().backward()
@@ -214,7 +215,7 @@ def measure_cell(spec: dict) -> dict:
         for t in (q, k, v):
             t.grad = None
 
-    # Peak memory: forward alone, then forward+backward (ru_maxrss only grows, so in that order).
+    # Peak memory: forward alone, then forward+backward (the high-water mark only grows, so in that order).
     peaks: dict[str, float] = {}
     try:
         if device.type == "cuda":

@@ -60,7 +60,8 @@ def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 10
 
 
 def time_fn(fn: Callable[[], object], device: torch.device | str, *,
-            grad_to_none: Sequence[torch.Tensor] | None = None, cpu_budget_s: float = 1.0) -> Timing:
+            grad_to_none: Sequence[torch.Tensor] | None = None, cpu_budget_s: float = 1.0,
+            cpu_min_reps: int = 3) -> Timing:
     """Time ``fn`` on ``device``: do_bench on CUDA, repeated wall-clock timing on CPU."""
     if torch.device(device).type == "cuda":
         return time_cuda(fn, grad_to_none=grad_to_none)
@@ -70,4 +71,4 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, *,
             t.grad = None
         fn()
 
-    return time_cpu(run, budget_s=cpu_budget_s)
+    return time_cpu(run, min_reps=cpu_min_reps, budget_s=cpu_budget_s)
