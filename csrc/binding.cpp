@@ -40,6 +40,11 @@ void check_aux(const char* name, const Tensor& t, const Tensor& q, torch::Scalar
                 t.scalar_type());
 }
 
+nezha::Impl impl_of(int64_t impl) {
+    TORCH_CHECK(impl == 0 || impl == 1, "nezha_kernels cuda backend: impl must be 0 (simt) or 1 (tc), got ", impl);
+    return static_cast<nezha::Impl>(impl);
+}
+
 nezha::AttnArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
                           const std::optional<Tensor>& key_padding, const std::optional<Tensor>& additive_mask,
                           const std::optional<Tensor>& head_mask, int64_t R, int64_t q_offset, bool causal,
@@ -99,12 +104,12 @@ nezha::AttnArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, con
 std::vector<Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
                             const std::optional<Tensor>& key_padding, const std::optional<Tensor>& additive_mask,
                             const std::optional<Tensor>& head_mask, int64_t R, int64_t q_offset, bool causal,
-                            double scale, double dropout_p, uint64_t seed, int64_t stream) {
+                            double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
     const nezha::AttnArgs a = make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal,
                                         scale, dropout_p, seed);
     Tensor out = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
     Tensor lse = torch::empty({a.B, a.H, a.Lq}, q.options().dtype(torch::kFloat));
-    const char* err = nezha::relattn_fwd(a, dtype_of(q), out.data_ptr(), lse.data_ptr<float>(),
+    const char* err = nezha::relattn_fwd(a, dtype_of(q), impl_of(impl), out.data_ptr(), lse.data_ptr<float>(),
                                          q.device().index(), reinterpret_cast<void*>(stream));
     TORCH_CHECK(err == nullptr, "nezha_kernels cuda forward failed: ", err ? err : "");
     return {out, lse};
@@ -114,7 +119,7 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
                              const Tensor& table, const std::optional<Tensor>& key_padding,
                              const std::optional<Tensor>& additive_mask, const std::optional<Tensor>& head_mask,
                              const Tensor& lse, const Tensor& delta, int64_t R, int64_t q_offset, bool causal,
-                             double scale, double dropout_p, uint64_t seed, int64_t stream) {
+                             double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
     const nezha::AttnArgs a = make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal,
                                         scale, dropout_p, seed);
     check_aux("dout", dout, q, q.scalar_type());
@@ -127,7 +132,7 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
     Tensor dq = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
     Tensor dk = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
     Tensor dv = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
-    const char* err = nezha::relattn_bwd(a, dtype_of(q), dout.data_ptr(), lse.data_ptr<float>(),
+    const char* err = nezha::relattn_bwd(a, dtype_of(q), impl_of(impl), dout.data_ptr(), lse.data_ptr<float>(),
                                          delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                                          q.device().index(), reinterpret_cast<void*>(stream));
     TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
@@ -138,8 +143,17 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "nezha_kernels fused relative attention (CUDA)";
+    namespace py = pybind11;
+    // `impl`: 1 = tensor-core kernels for fp16 / bf16 (float32 always runs SIMT), 0 = SIMT kernels.
     m.def("forward", &forward, "(out [B,H,Lq,D], lse [B,H,Lq] f32) = forward(q, k, v, table, key_padding, "
-          "additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream)");
+          "additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl=1)",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
+          py::arg("additive_mask"), py::arg("head_mask"), py::arg("R"), py::arg("q_offset"), py::arg("causal"),
+          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl") = 1);
     m.def("backward", &backward, "(dq, dk, dv) = backward(dout, q, k, v, table, key_padding, additive_mask, "
-          "head_mask, lse, delta, R, q_offset, causal, scale, dropout_p, seed, stream)");
+          "head_mask, lse, delta, R, q_offset, causal, scale, dropout_p, seed, stream, impl=1)",
+          py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
+          py::arg("additive_mask"), py::arg("head_mask"), py::arg("lse"), py::arg("delta"), py::arg("R"),
+          py::arg("q_offset"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+          py::arg("stream"), py::arg("impl") = 1);
 }

@@ -11,6 +11,10 @@ namespace nezha {
 
 enum class DType : int { F16 = 0, BF16 = 1, F32 = 2 };
 
+// Kernel family: SIMT (CUDA cores, every dtype) or TC (mma.sync tensor cores, fp16 / bf16 only; float32
+// requests fall back to SIMT). Selected from Python by NEZHA_KERNELS_CUDA_IMPL.
+enum class Impl : int { SIMT = 0, TC = 1 };
+
 struct AttnArgs {
     int B, H, Lq, Lk, D, R, q_offset;
     bool causal;
@@ -29,11 +33,14 @@ struct AttnArgs {
 };
 
 // o [B, H, Lq, D] contiguous in q's dtype; lse [B, H, Lq] float32 (row max + log of the row sum).
-const char* relattn_fwd(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream);
+const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream);
+const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream);
 
 // dout [B, H, Lq, D] contiguous; lse from the forward; delta [B, H, Lq] float32 = rowsum(dout * o).
 // dq [B, H, Lq, D], dk/dv [B, H, Lk, D] contiguous in q's dtype, every element written.
-const char* relattn_bwd(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
-                        void* dq, void* dk, void* dv, int device, void* stream);
+const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
+                        const float* delta, void* dq, void* dk, void* dv, int device, void* stream);
+const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
+                           void* dq, void* dk, void* dv, int device, void* stream);
 
 }  // namespace nezha

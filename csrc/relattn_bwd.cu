@@ -285,8 +285,9 @@ static const char* dispatch_bwd(const AttnArgs& a, const void* dout, const float
     }
 }
 
-const char* relattn_bwd(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
-                        void* dq, void* dk, void* dv, int device, void* stream) {
+const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
+                        const float* delta, void* dq, void* dk, void* dv, int device, void* stream) {
+    if (impl == Impl::TC && dtype != DType::F32) return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
     switch (dtype) {
         case DType::F16: return dispatch_bwd<__half>(a, dout, lse, delta, dq, dk, dv, device, stream);
         case DType::BF16: return dispatch_bwd<__nv_bfloat16>(a, dout, lse, delta, dq, dk, dv, device, stream);

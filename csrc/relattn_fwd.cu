@@ -161,7 +161,8 @@ static const char* dispatch_fwd(const AttnArgs& a, void* o, float* lse, int devi
     }
 }
 
-const char* relattn_fwd(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
+const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream) {
+    if (impl == Impl::TC && dtype != DType::F32) return relattn_fwd_tc(a, dtype, o, lse, device, stream);
     switch (dtype) {
         case DType::F16: return dispatch_fwd<__half>(a, o, lse, device, stream);
         case DType::BF16: return dispatch_fwd<__nv_bfloat16>(a, o, lse, device, stream);

@@ -25,6 +25,7 @@ needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found")
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
 BUILD_DIR = os.environ.get("NEZHA_KERNELS_BUILD_DIR", os.path.join(tempfile.gettempdir(), "nezha_kernels_test_build"))
 KERNELS = {"relattn_fwd_kernel", "relattn_bwd_dq_kernel", "relattn_bwd_dkdv_kernel"}
+TC_KERNELS = {"relattn_fwd_tc_kernel", "relattn_bwd_dq_tc_kernel", "relattn_bwd_dkdv_tc_kernel"}
 
 
 @needs_nvcc
@@ -37,10 +38,54 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
     seen = {(r.kernel, r.config, r.arch) for r in rows}
     expected = {(k, f"{dt} D={d}", arch) for k in KERNELS for dt in ("fp16", "bf16", "fp32")
                 for d in (32, 64, 128) for arch in (80, 90)}
+    expected |= {(k, f"{dt} D={d}", arch) for k in TC_KERNELS for dt in ("fp16", "bf16")
+                 for d in (32, 64, 128) for arch in (80, 90)}
     assert seen == expected
     for r in rows:
         assert r.spill_bytes == 0 and 0 < r.registers <= 255
         assert 0 < r.shared_bytes <= 163 * 1024
+
+
+def test_tc_kernels_use_mma_sync_in_sass_free_ptx():
+    """The TC sources really emit tensor-core instructions (PTX mma.sync m16n8k16 for f16 and bf16)."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    from nezha_kernels.cuda_ext.build import nvcc_flags
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "fwd_tc.ptx"
+        subprocess.run([nvcc, "-ptx", str(CSRC / "relattn_fwd_tc.cu"), "-o", str(ptx), "-std=c++17", "-O3",
+                        f"-I{CSRC}", "-arch=compute_80"], check=True, capture_output=True)
+        text = ptx.read_text()
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in text
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in text
+    assert nvcc_flags((80,))  # flags helper still importable alongside
+
+
+def test_tc_smem_formulas_fit_every_arch():
+    from nezha_kernels.compile_check.nvcc import dynamic_smem_bytes
+
+    for k in TC_KERNELS:
+        sizes = [dynamic_smem_bytes(k, d) for d in (32, 64, 128)]
+        assert sizes == sorted(sizes) and sizes[-1] <= 163 * 1024, (k, sizes)
+    # fwd D=128: Q, K, V (64 rows each) + 128 table rows at stride 136 halves + 4 warps x 16 x 84 floats.
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 128) == 2 * (64 * 3 + 128) * 136 + 4 * 4 * 16 * 84
+
+
+def test_impl_switch_env(monkeypatch):
+    from nezha_kernels.cuda_ext.function import IMPL_ENV, kernel_impl
+
+    monkeypatch.delenv(IMPL_ENV, raising=False)
+    assert kernel_impl(torch.float16) == 1 and kernel_impl(torch.bfloat16) == 1
+    assert kernel_impl(torch.float32) == 0  # fp32 has no tensor-core kernels
+    monkeypatch.setenv(IMPL_ENV, "simt")
+    assert kernel_impl(torch.float16) == 0 and kernel_impl(torch.bfloat16) == 0
+    monkeypatch.setenv(IMPL_ENV, "TC")
+    assert kernel_impl(torch.bfloat16) == 1
+    monkeypatch.setenv(IMPL_ENV, "wmma")
+    with pytest.raises(ValueError, match=IMPL_ENV):
+        kernel_impl(torch.float16)
 
 
 def test_parse_ptxas_reads_registers_spills_and_names():
@@ -75,6 +120,9 @@ def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
     table = torch.randn(9, 64, dtype=torch.float16)
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
         extension.forward(*_call_args(q, table, 4))
+    for impl in (0, 1):  # both kernel families go through the same checks
+        with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+            extension.forward(*_call_args(q, table, 4), impl)
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
         extension.backward(q, *_call_args(q, table, 4)[:7], torch.zeros(1, 2, 9), torch.zeros(1, 2, 9),
                            4, 0, False, 0.125, 0.0, 0, 0)
@@ -111,9 +159,10 @@ def test_custom_op_fake_impl_gives_shapes():
         q = torch.empty(2, 3, 7, 32, dtype=torch.bfloat16)
         k = torch.empty(2, 3, 5, 32, dtype=torch.bfloat16)
         out, lse = torch.ops.nezha_kernels.cuda_relattn_fwd(q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
-                                                            None, None, None, 4, 0, False, 0.2, 0.0, 0)
+                                                            None, None, None, 4, 0, False, 0.2, 0.0, 0, 1)
         dq, dk, dv = torch.ops.nezha_kernels.cuda_relattn_bwd(out, q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
-                                                              None, None, None, out, lse, 4, 0, False, 0.2, 0.0, 0)
+                                                              None, None, None, out, lse, 4, 0, False, 0.2, 0.0, 0,
+                                                              1)
     assert out.shape == (2, 3, 7, 32) and out.dtype == torch.bfloat16
     assert lse.shape == (2, 3, 7) and lse.dtype == torch.float32
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "relattn_helpers.h"
+#include "relattn_mma.h"
 
 using namespace nezha;
 
@@ -158,6 +159,231 @@ static void test_tile_loop_mirror() {
     CHECK(worst < 2e-5, "tiled loop differs from direct softmax by %g", worst);
 }
 
+
+// ---- m16n8k16 fragment layouts (relattn_mma.h) ----
+
+// Each map is a bijection lanes x elements -> tile, and agrees with the ISA's figures at a few hand-read points.
+static void test_mma_maps_bijective() {
+    int a_hits[16][16] = {}, b_hits[16][8] = {}, c_hits[16][8] = {};
+    for (int lane = 0; lane < 32; ++lane) {
+        for (int e = 0; e < 8; ++e) { const FragRC c = mma_a_elem(lane, e); ++a_hits[c.row][c.col]; }
+        for (int e = 0; e < 4; ++e) { const FragRC c = mma_b_elem(lane, e); ++b_hits[c.row][c.col]; }
+        for (int e = 0; e < 4; ++e) { const FragRC c = mma_c_elem(lane, e); ++c_hits[c.row][c.col]; }
+    }
+    bool ok = true;
+    for (int r = 0; r < 16; ++r) {
+        for (int c = 0; c < 16; ++c) ok = ok && a_hits[r][c] == 1;
+        for (int c = 0; c < 8; ++c) ok = ok && b_hits[r][c] == 1 && c_hits[r][c] == 1;
+    }
+    CHECK(ok, "fragment maps must cover each tile element exactly once");
+    // Figure "m16n8k16 A .f16": lane 5 (group 1, tig 1) holds a0 = (1, 2), a3 = (9, 3), a4 = (1, 10), a7 = (9, 11).
+    FragRC c = mma_a_elem(5, 0); CHECK(c.row == 1 && c.col == 2, "A a0 lane5");
+    c = mma_a_elem(5, 3); CHECK(c.row == 9 && c.col == 3, "A a3 lane5");
+    c = mma_a_elem(5, 4); CHECK(c.row == 1 && c.col == 10, "A a4 lane5");
+    c = mma_a_elem(5, 7); CHECK(c.row == 9 && c.col == 11, "A a7 lane5");
+    // B: lane 30 (group 7, tig 2) holds b0 = (k 4, n 7), b3 = (k 13, n 7). C: lane 30 c3 = (15, 5).
+    c = mma_b_elem(30, 0); CHECK(c.row == 4 && c.col == 7, "B b0 lane30");
+    c = mma_b_elem(30, 3); CHECK(c.row == 13 && c.col == 7, "B b3 lane30");
+    c = mma_c_elem(30, 3); CHECK(c.row == 15 && c.col == 5, "C c3 lane30");
+}
+
+// Offsets of the loaders: packed pairs are adjacent in memory and are the map's elements.
+static void test_mma_offsets() {
+    const int ld = tc_row_stride(64);
+    bool ok = true;
+    for (int lane = 0; lane < 32; ++lane) {
+        for (int reg = 0; reg < 4; ++reg) {
+            const FragRC lo = mma_a_elem(lane, 2 * reg), hi = mma_a_elem(lane, 2 * reg + 1);
+            const int off = mma_a_offset(lane, reg, ld);
+            ok = ok && off == lo.row * ld + lo.col && off + 1 == hi.row * ld + hi.col && off % 2 == 0;
+        }
+        for (int reg = 0; reg < 2; ++reg) {
+            const FragRC lo = mma_b_elem(lane, 2 * reg), hi = mma_b_elem(lane, 2 * reg + 1);
+            const int off = mma_b_offset_nmajor(lane, reg, ld);
+            ok = ok && off == lo.col * ld + lo.row && off + 1 == hi.col * ld + hi.row && off % 2 == 0;
+        }
+        for (int e = 0; e < 4; ++e) {
+            const FragRC c = mma_b_elem(lane, e);
+            ok = ok && mma_b_offset_kmajor(lane, e, ld) == c.row * ld + c.col;
+        }
+        for (int reg = 0; reg < 4; ++reg) {  // accumulator -> A reuse: same (row, col) within the 16-wide k-step
+            const FragRC a = mma_a_elem(lane, 2 * reg);
+            const FragRC cc = mma_c_elem(lane, c_to_a_elem(reg));
+            const FragRC cc1 = mma_c_elem(lane, c_to_a_elem(reg) + 1);
+            ok = ok && a.row == cc.row && a.col == cc.col + 8 * c_to_a_ntile(reg) && cc1.col == cc.col + 1;
+        }
+    }
+    CHECK(ok, "loader offsets / accumulator reuse disagree with the fragment maps");
+}
+
+// A CPU model of one warp-wide mma: gathers every lane's fragments through the ISA maps, multiplies,
+// hands each lane its accumulators. Feeding it fragments built with the kernels' offset helpers checks
+// the loaders end to end: O = (Q K^T) V for a 16 x 32 query tile, 16 keys, D = 32, like the forward.
+static void emulate_mma(const float (&a)[32][8], const float (&b)[32][4], float (&c)[32][4]) {
+    float A[16][16], B[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        for (int e = 0; e < 8; ++e) { const FragRC x = mma_a_elem(lane, e); A[x.row][x.col] = a[lane][e]; }
+        for (int e = 0; e < 4; ++e) { const FragRC x = mma_b_elem(lane, e); B[x.row][x.col] = b[lane][e]; }
+    }
+    for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < 4; ++e) {
+            const FragRC x = mma_c_elem(lane, e);
+            for (int k = 0; k < 16; ++k) c[lane][e] += A[x.row][k] * B[k][x.col];
+        }
+}
+
+static void test_mma_emulated_flash_step() {
+    constexpr int D = 32, N = 16, ld = tc_row_stride(D);
+    std::vector<float> Q(16 * ld, 1e30f), K(N * ld, 1e30f), V(N * ld, 1e30f);  // padding must never be read
+    uint32_t state = 777;
+    auto rnd = [&]() { state = state * 1664525u + 1013904223u; return static_cast<float>(static_cast<int>(state >> 28) - 8); };
+    for (int r = 0; r < 16; ++r) for (int d = 0; d < D; ++d) Q[r * ld + d] = rnd();
+    for (int r = 0; r < N; ++r) for (int d = 0; d < D; ++d) { K[r * ld + d] = rnd(); V[r * ld + d] = rnd(); }
+    float S[N / 8][32][4] = {};
+    for (int kk = 0; kk < D / 16; ++kk)
+        for (int nt = 0; nt < N / 8; ++nt) {
+            float a[32][8], b[32][4];
+            for (int lane = 0; lane < 32; ++lane) {
+                for (int reg = 0; reg < 4; ++reg) {
+                    const int off = mma_a_offset(lane, reg, ld) + kk * 16;
+                    a[lane][2 * reg] = Q[off]; a[lane][2 * reg + 1] = Q[off + 1];
+                }
+                for (int reg = 0; reg < 2; ++reg) {
+                    const int off = mma_b_offset_nmajor(lane, reg, ld) + nt * 8 * ld + kk * 16;
+                    b[lane][2 * reg] = K[off]; b[lane][2 * reg + 1] = K[off + 1];
+                }
+            }
+            emulate_mma(a, b, S[nt]);
+        }
+    float O[D / 8][32][4] = {};
+    for (int kk = 0; kk < N / 16; ++kk) {
+        float a[32][8];
+        for (int lane = 0; lane < 32; ++lane)
+            for (int reg = 0; reg < 4; ++reg) {
+                const float* src = S[2 * kk + c_to_a_ntile(reg)][lane];
+                a[lane][2 * reg] = src[c_to_a_elem(reg)]; a[lane][2 * reg + 1] = src[c_to_a_elem(reg) + 1];
+            }
+        for (int nt = 0; nt < D / 8; ++nt) {
+            float b[32][4];
+            for (int lane = 0; lane < 32; ++lane)
+                for (int e = 0; e < 4; ++e) b[lane][e] = V[mma_b_offset_kmajor(lane, e, ld) + kk * 16 * ld + nt * 8];
+            emulate_mma(a, b, O[nt]);
+        }
+    }
+    double worst = 0.0;
+    for (int lane = 0; lane < 32; ++lane)
+        for (int nt = 0; nt < D / 8; ++nt)
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int i = x.row, d = nt * 8 + x.col;
+                double want = 0.0;
+                for (int j = 0; j < N; ++j) {
+                    double s = 0.0;
+                    for (int k = 0; k < D; ++k) s += static_cast<double>(Q[i * ld + k]) * K[j * ld + k];
+                    want += s * V[j * ld + d];
+                }
+                worst = std::fmax(worst, std::fabs(O[nt][lane][e] - want));
+            }
+    CHECK(worst == 0.0, "emulated fragment pipeline differs from (Q K^T) V by %g", worst);
+}
+
+// Shared-memory banks: for every fragment load the 32 lanes touch distinct banks (or the same word).
+static bool conflict_free(const int (&word)[32]) {
+    for (int x = 0; x < 32; ++x)
+        for (int y = x + 1; y < 32; ++y)
+            if (word[x] != word[y] && word[x] % 32 == word[y] % 32) return false;
+    return true;
+}
+
+static void test_mma_bank_conflicts() {
+    const int bucket_ld = 80 + 8;  // TcConfig::BK_LD
+    for (int ld : {tc_row_stride(32), tc_row_stride(64), tc_row_stride(128), bucket_ld}) {
+        for (int base_row : {0, 8, 16, 48}) {
+            for (int base_col : {0, 8, 16, 32}) {
+                const int base = base_row * ld + base_col;
+                for (int reg = 0; reg < 4; ++reg) {
+                    int w[32];
+                    for (int lane = 0; lane < 32; ++lane) w[lane] = (base + mma_a_offset(lane, reg, ld)) / 2;
+                    CHECK(conflict_free(w), "A load conflicts (ld=%d reg=%d)", ld, reg);
+                }
+                for (int reg = 0; reg < 2; ++reg) {
+                    int w[32];
+                    for (int lane = 0; lane < 32; ++lane) w[lane] = (base + mma_b_offset_nmajor(lane, reg, ld)) / 2;
+                    CHECK(conflict_free(w), "B n-major load conflicts (ld=%d reg=%d)", ld, reg);
+                }
+                for (int e = 0; e < 4; ++e) {
+                    int w[32];
+                    for (int lane = 0; lane < 32; ++lane) w[lane] = (base + mma_b_offset_kmajor(lane, e, ld)) / 2;
+                    CHECK(conflict_free(w), "B k-major load conflicts (ld=%d e=%d)", ld, e);
+                }
+            }
+        }
+    }
+}
+
+// Band terms of the TC kernels on the CPU: per warp of 16 rows x BN keys, the table slice [lo, hi]
+// (QT = Q.T_slice^T gathered at idx - lo for every pair; Bucket[row][idx - lo] = w for interior pairs,
+// edge pairs into two masses) reproduces q.T[idx] and sum_j w T[idx]; the staged table rows cover every
+// padded slice the warps read. Geometry of the forward / dQ (64 x 64, 4 warps) and dK dV (32 queries).
+static void test_tc_band_decomposition() {
+    const int D = 3;
+    uint32_t state = 99;
+    auto rnd = [&]() { state = state * 1664525u + 1013904223u; return (state >> 8) * (1.0f / 16777216.0f) - 0.5f; };
+    for (int R : {1, 2, 5, 64, 200}) {
+        std::vector<float> T((2 * R + 1) * D);
+        for (auto& x : T) x = rnd();
+        for (int pos_first = 0; pos_first < 3 * R + 140; pos_first += 13)
+            for (int k0 = 0; k0 < 3 * R + 140; k0 += 64) {
+                // Forward / dQ: block 64 rows, warps of 16, BN = 64 (32 for dQ at D = 128) keys, stage rows =
+                // min(span + 16, 128).
+                for (int BN : {64, 32}) {
+                const TableRows tr = tile_table_rows(pos_first, pos_first + 63, k0, k0 + BN - 1, R);
+                const int staged = tc_table_stage_rows(tr, 16, 128);
+                for (int w = 0; w < 4; ++w) {
+                    const int p0 = pos_first + 16 * w;
+                    const TableRows wr = tile_table_rows(p0, p0 + 15, k0, k0 + BN - 1, R);
+                    const int off = wr.lo - tr.lo, cnt = wr.hi - wr.lo + 1;
+                    CHECK(off >= 0 && cnt <= 79 && off + round_up(cnt, 16) <= staged, "warp slice outside staged rows");
+                    for (int r = 0; r < 16; ++r) {
+                        const int pos = p0 + r;
+                        float q[D], want[D] = {}, got[D] = {}, bucket[80] = {}, ml = 0.0f, mr = 0.0f;
+                        for (auto& x : q) x = rnd();
+                        float qt[80];
+                        for (int c = 0; c < round_up(cnt, 8); ++c) {
+                            qt[c] = 0.0f;
+                            for (int d = 0; d < D; ++d) qt[c] += q[d] * (wr.lo + c <= 2 * R ? T[(wr.lo + c) * D + d] : 0.0f);
+                        }
+                        for (int j = k0; j < k0 + BN; ++j) {
+                            const int idx = relative_index(j, pos, R);
+                            float direct = 0.0f;
+                            for (int d = 0; d < D; ++d) direct += q[d] * T[idx * D + d];
+                            CHECK(idx - wr.lo >= 0 && idx - wr.lo < cnt && qt[idx - wr.lo] == direct, "QT gather");
+                            const float wgt = rnd();
+                            for (int d = 0; d < D; ++d) want[d] += wgt * T[idx * D + d];
+                            if (idx == 0) ml += wgt;
+                            else if (idx == 2 * R) mr += wgt;
+                            else {
+                                CHECK(tile_in_band(wr, R) && bucket[idx - wr.lo] == 0.0f, "interior pairs are unique per row");
+                                bucket[idx - wr.lo] = wgt;
+                            }
+                        }
+                        for (int c = 0; c < round_up(cnt, 16); ++c)
+                            for (int d = 0; d < D; ++d)
+                                got[d] += bucket[c] * (wr.lo + c <= 2 * R ? T[(wr.lo + c) * D + d] : 0.0f);
+                        for (int d = 0; d < D; ++d) {
+                            got[d] += ml * T[d] + mr * T[2 * R * D + d];
+                            CHECK(std::fabs(got[d] - want[d]) < 1e-4f, "bucket + masses != sum w T[idx] (%g vs %g)", got[d], want[d]);
+                        }
+                    }
+                }
+                }
+                // dK dV: 64 keys x 32 queries per tile, one block-wide slice padded to 8 rows (96 staged at most).
+                const TableRows tq = tile_table_rows(pos_first, pos_first + 31, k0, k0 + 63, R);
+                CHECK(round_up(tq.hi - tq.lo + 1, 8) <= 96, "dkdv slice exceeds its 96 staged rows");
+            }
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc == 6 && std::strcmp(argv[1], "philox") == 0) {
         const uint64_t seed = std::strtoull(argv[2], nullptr, 10);
@@ -171,6 +397,11 @@ int main(int argc, char** argv) {
     test_relative_index_and_tiles();
     test_scores_and_masks();
     test_tile_loop_mirror();
+    test_mma_maps_bijective();
+    test_mma_offsets();
+    test_mma_emulated_flash_step();
+    test_mma_bank_conflicts();
+    test_tc_band_decomposition();
     std::printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "ok", checks, failures);
     return failures ? 1 : 0;
 }

@@ -1,12 +1,16 @@
 """compile-check component "cuda": nvcc-compile every csrc kernel for each arch with ``-Xptxas -v``.
 
-One row per kernel instantiation (dtype x head dim) and arch: registers, spills (stack frame / spill
+One row per kernel instantiation (dtype x head dim) and arch, SIMT (relattn_fwd.cu, relattn_bwd.cu) and
+tensor-core (relattn_fwd_tc.cu, relattn_bwd_tc.cu, fp16 / bf16 only): registers, spills (stack frame / spill
 stores) from ptxas, and the dynamic shared memory the launcher requests (mirrors the *_smem_bytes
 formulas of the .cu files, since ptxas only sees static shared memory).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import subprocess
 import tempfile
@@ -14,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CompileRow
-from ..cuda_ext.build import CSRC, KERNEL_SOURCES, find_nvcc, nvcc_flags
+from ..cuda_ext.build import BUILD_DIR_ENV, CSRC, HEADERS, KERNEL_SOURCES, find_nvcc, nvcc_flags
 
 __all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
 
@@ -28,6 +32,11 @@ _DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
 _BM = _BN = 32
+# TcConfig (csrc/relattn_tc.cuh): 64 x 64 tiles, 4 warps, 80-column warp slices, 128 staged table rows;
+# dK dV: 32-query tiles, 96-row block slice.
+_TC_BM = _TC_BN = 64
+_TC_WARPS, _TC_QT_LD, _TC_TS_ROWS = 4, 84, 128
+_TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
@@ -39,6 +48,14 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + _BM * sp)
     if kernel == "relattn_bwd_dkdv_kernel":
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 6 * _BN)
+    ld = d + 8  # 16-bit elements
+    if kernel == "relattn_fwd_tc_kernel":
+        return 2 * (_TC_BM + 2 * _TC_BN + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
+    if kernel == "relattn_bwd_dq_tc_kernel":
+        bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ
+        return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD
+    if kernel == "relattn_bwd_dkdv_tc_kernel":
+        return 2 * (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * _TC_QN)
     raise KeyError(kernel)
 
 
@@ -72,11 +89,34 @@ def parse_ptxas(log: str) -> list[dict]:
     return rows
 
 
+def _cache_path(nvcc: str, source: str, arch: int, cmd_flags: list[str]) -> Path:
+    """ptxas logs are cached by nvcc version, flags and the contents of the source and every header."""
+    h = hashlib.sha256()
+    h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update(" ".join(cmd_flags).encode())
+    for name in (source, *HEADERS):
+        h.update(name.encode())
+        h.update((CSRC / name).read_bytes())
+    root = Path(os.environ.get(BUILD_DIR_ENV)
+                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
+    return root / "compile_check" / f"{Path(source).stem}.sm{arch}.{h.hexdigest()[:16]}.json"
+
+
 def _compile(nvcc: str, source: str, arch: int, out_dir: str) -> tuple[str, int, int, str]:
-    cmd = [nvcc, "-c", str(CSRC / source), "-o", str(Path(out_dir) / f"{source}.{arch}.o"),
-           *nvcc_flags((arch,)), "-Xptxas", "-v"]
+    flags = [*nvcc_flags((arch,)), "-Xptxas", "-v"]
+    cache = _cache_path(nvcc, source, arch, flags)
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        return source, arch, cached["rc"], cached["log"]
+    cmd = [nvcc, "-c", str(CSRC / source), "-o", str(Path(out_dir) / f"{source}.{arch}.o"), *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    return source, arch, proc.returncode, proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    if proc.returncode == 0:  # only successes are cached; failures are re-run (and re-reported) every time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"rc": proc.returncode, "log": log}))
+        os.replace(tmp, cache)
+    return source, arch, proc.returncode, log
 
 
 def run(archs: tuple[int, ...]) -> list[CompileRow]:

@@ -21,9 +21,9 @@ __all__ = ["CudaBuildError", "CSRC", "KERNEL_SOURCES", "find_nvcc", "gencode_fla
            "load_extension", "build_extension"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu")
+KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
 BINDING_SOURCE = "binding.cpp"
-HEADERS = ("relattn.h", "relattn_helpers.h", "relattn_tile.cuh")
+HEADERS = ("relattn.h", "relattn_helpers.h", "relattn_tile.cuh", "relattn_mma.h", "relattn_tc.cuh")
 BUILD_DIR_ENV = "NEZHA_KERNELS_BUILD_DIR"
 NVCC_ENV = "NEZHA_KERNELS_NVCC"
 

@@ -8,12 +8,26 @@ Function ``CudaRelativeAttention`` (saves q, k, v, table, out, lse; gradients fo
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..inputs import AttentionInputs
 from .build import load_extension
 
-__all__ = ["CudaRelativeAttention", "relative_attention_cuda"]
+__all__ = ["CudaRelativeAttention", "relative_attention_cuda", "IMPL_ENV", "kernel_impl"]
+
+# Kernel family: "tc" (tensor cores, mma.sync; fp16 / bf16) or "simt" (CUDA cores). float32 always runs SIMT.
+IMPL_ENV = "NEZHA_KERNELS_CUDA_IMPL"
+_IMPL_CODES = {"simt": 0, "tc": 1}
+
+
+def kernel_impl(dtype: torch.dtype) -> int:
+    """Extension ``impl`` code for ``dtype``: $NEZHA_KERNELS_CUDA_IMPL (simt|tc, default tc), SIMT for float32."""
+    name = os.environ.get(IMPL_ENV, "tc").strip().lower() or "tc"
+    if name not in _IMPL_CODES:
+        raise ValueError(f"{IMPL_ENV} must be one of {sorted(_IMPL_CODES)}, got {name!r}")
+    return _IMPL_CODES["simt"] if dtype == torch.float32 else _IMPL_CODES[name]
 
 
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
@@ -37,18 +51,18 @@ def _stream(t: torch.Tensor) -> int:
 def _launch_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int, impl: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] float32)."""
     out, lse = load_extension().forward(
         _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding, additive_mask,
-        head_mask, max_relative_position, q_offset, causal, scale, dropout_p, seed, _stream(q))
+        head_mask, max_relative_position, q_offset, causal, scale, dropout_p, seed, _stream(q), impl)
     return out, lse
 
 
 @_launch_forward.register_fake
 def _(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position, q_offset, causal, scale,
-      dropout_p, seed):
+      dropout_p, seed, impl):
     b, h, lq, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((b, h, lq), dtype=torch.float32)
 
@@ -58,7 +72,7 @@ def _launch_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
     out: torch.Tensor, lse: torch.Tensor,
-    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int, impl: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in q's dtype."""
     grad_out = grad_out.contiguous()
@@ -67,13 +81,13 @@ def _launch_backward(
     dq, dk, dv = load_extension().backward(
         grad_out, _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding,
         additive_mask, head_mask, lse, delta, max_relative_position, q_offset, causal, scale, dropout_p, seed,
-        _stream(q))
+        _stream(q), impl)
     return dq, dk, dv
 
 
 @_launch_backward.register_fake
 def _(grad_out, q, k, v, table, key_padding, additive_mask, head_mask, out, lse, max_relative_position, q_offset,
-      causal, scale, dropout_p, seed):
+      causal, scale, dropout_p, seed, impl):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -104,7 +118,7 @@ def relative_attention_cuda(inputs: AttentionInputs) -> torch.Tensor:
     if inputs.head_mask is not None:
         head_mask = inputs.head_mask.detach().to(torch.float32).expand(b, h).contiguous()
     scalars = (inputs.max_relative_position, inputs.q_offset, inputs.causal, inputs.scale, inputs.dropout_p,
-               inputs.dropout_seed if inputs.dropout_seed is not None else 0)
+               inputs.dropout_seed if inputs.dropout_seed is not None else 0, kernel_impl(inputs.q.dtype))
     return CudaRelativeAttention.apply(
         inputs.q, inputs.k, inputs.v, inputs.table.detach(), key_padding, _compact_mask(inputs.additive_mask),
         head_mask, scalars)

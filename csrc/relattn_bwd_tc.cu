@@ -1,0 +1,403 @@
+// Tensor-core backward (fp16 / bf16, sm_80+): dQ, dK, dV with the formulas of relattn_bwd.cu,
+//     dS_ij = p_ij (dW_ij f_ij - delta_i),  dW_ij = dO_i . (v_j + a_ij),  f = keep / (1 - p_drop) * head_mask
+//     dQ_i = scale * sum_j dS_ij (k_j + a_ij),  dK_j = scale * sum_i dS_ij q_i,  dV_j = sum_i p_ij f_ij dO_i
+// every product on mma.sync m16n8k16 with fp32 accumulators.
+//
+// relattn_bwd_dq_tc_kernel: warp = 16 query rows, key tiles of 64 (32 for D = 128, register budget). S = Q.K^T and dP = dO.V^T by mma; the
+//   band terms Q.T_slice^T and dO.T_slice^T go through per-warp scratch (gathered at idx - lo); dQ += dS.K
+//   (dS from the accumulators) + Bucket(dS).T_slice, edge dS into two per-row masses (like the forward).
+// relattn_bwd_dkdv_tc_kernel: warp = 16 keys, query tiles of 32. S^T = K.Q^T and dP^T = V.dO^T by mma; the
+//   block computes Q.T_slice^T and dO.T_slice^T once per tile into shared memory ([query][table row]);
+//   dV += W^T.dO and dK += dS^T.Q with W, dS from the accumulators (no table term in dK, dV).
+#include "relattn_tc.cuh"
+
+namespace nezha {
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TcConfig<D>::NT, 1)
+relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+                         const float* __restrict__ delta, T* __restrict__ dq) {
+    using C = TcConfig<D>;
+    constexpr int BM = C::BM, BN = C::BN_DQ, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* Qs = reinterpret_cast<T*>(smem_raw);
+    T* dOs = Qs + BM * LD;
+    T* Ks = dOs + BM * LD;
+    T* Vs = Ks + BN * LD;
+    T* Ts = Vs + BN * LD;
+    float* scratch = reinterpret_cast<float*>(Ts + C::TS_ROWS * LD);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* qt = scratch + warp * 2 * 16 * C::QT_LD;
+    float* dot_s = qt + 16 * C::QT_LD;
+    T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
+    const int E = 2 * a.R;
+    int ri[2], rpos[2];
+    bool rvalid[2];
+    float rlse[2], rdelta[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
+        rpos[r] = a.q_offset + ri[r];
+        rvalid[r] = ri[r] < a.Lq;
+        rlse[r] = rvalid[r] ? lse[static_cast<int64_t>(bh) * a.Lq + ri[r]] : 0.0f;
+        rdelta[r] = rvalid[r] ? delta[static_cast<int64_t>(bh) * a.Lq + ri[r]] : 0.0f;
+    }
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
+    const T* tg = static_cast<const T*>(a.table);
+    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
+    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+
+    stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    stage_rows<T, D, LD, NT>(dOs, dog, D, q0, BM, a.Lq);
+
+    float ds_left[2] = {0.0f, 0.0f}, ds_right[2] = {0.0f, 0.0f};
+    float acc[NTD][4];
+#pragma unroll
+    for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    const int pos_first = a.q_offset + q0;
+    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
+
+    for (int k0 = 0; k0 < a.Lk; k0 += BN) {
+        // p = exp(MASKED - lse) == 0 on causal-future tiles unless a row was all-masked in the forward.
+        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+            __syncthreads_and((!rvalid[0] || rlse[0] > SKIP_MASKED_THRESHOLD) &&
+                              (!rvalid[1] || rlse[1] > SKIP_MASKED_THRESHOLD)))
+            break;
+        __syncthreads();
+        stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
+        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        __syncthreads();
+
+        const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
+        const T* wts = Ts + (wr.lo - tr.lo) * LD;
+        const int wcnt = wr.hi - wr.lo + 1;
+        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
+        warp_project<T, D>(dot_s, C::QT_LD, dOs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
+
+        float s[NTN][4], dp[NTN][4];
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t aq[4], ado[4];
+            load_a(aq, Qs + warp * 16 * LD + kk * 16, LD, lane);
+            load_a(ado, dOs + warp * 16 * LD + kk * 16, LD, lane);
+#pragma unroll
+            for (int nt = 0; nt < NTN; ++nt) {
+                uint32_t bf[2];
+                load_b_nmajor(bf, Ks + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(s[nt], aq, bf);
+                load_b_nmajor(bf, Vs + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(dp[nt], ado, bf);
+            }
+        }
+        __syncwarp();  // scratch visible to the whole warp
+
+        // dS into s[]; the bucket (aliasing qt) is written after every lane has read the scratch.
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int r = e >> 1, j = k0 + nt * 8 + x.col;
+                float ds = 0.0f;
+                if (rvalid[r] && j < a.Lk) {
+                    const int idx = relative_index(j, rpos[r], a.R);
+                    const int col = x.row * C::QT_LD + idx - wr.lo;
+                    const float p = expf(pair_score(a, b, h, ri[r], j, rpos[r], s[nt][e] + qt[col]) - rlse[r]);
+                    const float dw = dp[nt][e] + dot_s[col];
+                    ds = p * (dw * weight_factor(a, bh, ri[r], j, drop_scale, head) - rdelta[r]);
+                    if (idx == 0) ds_left[r] += ds;
+                    else if (idx == E) ds_right[r] += ds;
+                }
+                s[nt][e] = ds;
+            }
+        const bool band = tile_in_band(wr, a.R);
+        __syncwarp();
+        if (band) {
+            uint32_t* z = reinterpret_cast<uint32_t*>(bucket);
+            for (int e = lane; e < 16 * C::BK_LD / 2; e += 32) z[e] = 0u;
+            __syncwarp();
+#pragma unroll
+            for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const FragRC x = mma_c_elem(lane, e);
+                    const int r = e >> 1, j = k0 + nt * 8 + x.col;
+                    const int idx = relative_index(j, rpos[r], a.R);
+                    if (rvalid[r] && j < a.Lk && idx != 0 && idx != E)
+                        bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(s[nt][e]);
+                }
+        }
+
+        // dQ += dS . K   (K rows are k-major for this product: B[k = key][n = d])
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            uint32_t af[4];
+            acc_to_a<T, NTN>(af, s, kk);
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt) {
+                uint32_t bf[2];
+                load_b_kmajor(bf, Ks + kk * 16 * LD + nt * 8, LD, lane);
+                MmaOp<T>::run(acc[nt], af, bf);
+            }
+        }
+        if (band) {
+            __syncwarp();
+            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, wts, LD, (wcnt + 15) / 16, lane);
+        }
+    }
+
+    const T* far_right = tg + static_cast<int64_t>(E) * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        ds_left[r] = quad_sum(ds_left[r]);
+        ds_right[r] = quad_sum(ds_right[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (!rvalid[r]) continue;
+        T* g = dq + (static_cast<int64_t>(bh) * a.Lq + ri[r]) * D;
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
+                const float v = acc[nt][2 * r + c] + ds_left[r] * to_f(tg[d]) + ds_right[r] * to_f(far_right[d]);
+                g[d] = from_f<T>(a.scale * v);
+            }
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TcConfig<D>::NT, 1)
+relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+                           const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
+    using C = TcConfig<D>;
+    // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
+    constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8;
+    constexpr int TB_LD = C::TB_LD;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* Ks = reinterpret_cast<T*>(smem_raw);
+    T* Vs = Ks + BM * LD;
+    T* Qs = Vs + BM * LD;
+    T* dOs = Qs + QN * LD;
+    T* Ts = dOs + QN * LD;
+    float* qtb = reinterpret_cast<float*>(Ts + C::TB_COLS * LD);  // [QN][TB_LD]: q_i . T[lo + c]
+    float* dotb = qtb + QN * TB_LD;                              // [QN][TB_LD]: dO_i . T[lo + c]
+    float* lse_s = dotb + QN * TB_LD;
+    float* delta_s = lse_s + QN;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
+    const int E = 2 * a.R;
+    int kj[2];
+    bool kvalid[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        kj[r] = wkey0 + mma_c_elem(lane, 2 * r).row;
+        kvalid[r] = kj[r] < a.Lk;
+    }
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
+    const T* tg = static_cast<const T*>(a.table);
+    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
+    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+
+    stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BM, a.Lk);
+    stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BM, a.Lk);
+    float acc_k[NTD][4], acc_v[NTD][4];
+#pragma unroll
+    for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_k[nt][e] = acc_v[nt][e] = 0.0f;
+
+    for (int q0 = 0; q0 < a.Lq; q0 += QN) {
+        __syncthreads();  // previous tile fully consumed
+        if (threadIdx.x < QN) {
+            const int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+            delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+        }
+        __syncthreads();
+        const int pos_first = a.q_offset + q0;
+        const int pos_last_valid = a.q_offset + min(q0 + QN, a.Lq) - 1;
+        if (a.causal && tile_all_future(pos_last_valid, k0)) {
+            bool skip = true;  // every thread reads the same values: a block-uniform decision
+            for (int r = 0; r < min(QN, a.Lq - q0); ++r) skip = skip && lse_s[r] > SKIP_MASKED_THRESHOLD;
+            if (skip) continue;
+        }
+        stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, QN, a.Lq);
+        stage_rows<T, D, LD, NT>(dOs, dog, D, q0, QN, a.Lq);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
+        const int tcols = round_up(tr.hi - tr.lo + 1, 8);
+        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tcols, E + 1);
+        __syncthreads();
+        // Block-wide projections: (QN / 16) x (tcols / 8) output tiles of 16 x 8, round-robin over warps.
+        const int jobs = (QN / 16) * (tcols / 8);
+        for (int job = warp; job < jobs; job += C::WARPS) {
+            const int mt = job % (QN / 16), nt = job / (QN / 16);
+            float cq[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t aq[4], ado[4], bf[2];
+                load_a(aq, Qs + mt * 16 * LD + kk * 16, LD, lane);
+                load_a(ado, dOs + mt * 16 * LD + kk * 16, LD, lane);
+                load_b_nmajor(bf, Ts + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(cq, aq, bf);
+                MmaOp<T>::run(cd, ado, bf);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int o = (mt * 16 + x.row) * TB_LD + nt * 8 + x.col;
+                qtb[o] = cq[e];
+                dotb[o] = cd[e];
+            }
+        }
+
+        // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries.
+        float s[NTQ][4], dp[NTQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t ak[4], av[4];
+            load_a(ak, Ks + warp * 16 * LD + kk * 16, LD, lane);
+            load_a(av, Vs + warp * 16 * LD + kk * 16, LD, lane);
+#pragma unroll
+            for (int nt = 0; nt < NTQ; ++nt) {
+                uint32_t bf[2];
+                load_b_nmajor(bf, Qs + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(s[nt], ak, bf);
+                load_b_nmajor(bf, dOs + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(dp[nt], av, bf);
+            }
+        }
+        __syncthreads();  // projections visible to every warp
+
+        // W^T into s[], dS^T into dp[].
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int r = e >> 1, il = nt * 8 + x.col, i = q0 + il;
+                float w = 0.0f, ds = 0.0f;
+                if (kvalid[r] && i < a.Lq) {
+                    const int pos = a.q_offset + i, j = kj[r];
+                    const int idx = relative_index(j, pos, a.R);
+                    const int col = il * TB_LD + idx - tr.lo;
+                    const float p = expf(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]) - lse_s[il]);
+                    const float dw = dp[nt][e] + dotb[col];
+                    const float f = weight_factor(a, bh, i, j, drop_scale, head);
+                    w = p * f;
+                    ds = p * (dw * f - delta_s[il]);
+                }
+                s[nt][e] = w;
+                dp[nt][e] = ds;
+            }
+
+        // dV += W^T . dO and dK += dS^T . Q   (dO, Q rows k-major: B[k = query][n = d])
+#pragma unroll
+        for (int kk = 0; kk < QN / 16; ++kk) {
+            uint32_t aw[4], ads[4];
+            acc_to_a<T, NTQ>(aw, s, kk);
+            acc_to_a<T, NTQ>(ads, dp, kk);
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt) {
+                uint32_t bf[2];
+                load_b_kmajor(bf, dOs + kk * 16 * LD + nt * 8, LD, lane);
+                MmaOp<T>::run(acc_v[nt], aw, bf);
+                load_b_kmajor(bf, Qs + kk * 16 * LD + nt * 8, LD, lane);
+                MmaOp<T>::run(acc_k[nt], ads, bf);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (!kvalid[r]) continue;
+        const int64_t base = (static_cast<int64_t>(bh) * a.Lk + kj[r]) * D;
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
+                dk[base + d] = from_f<T>(a.scale * acc_k[nt][2 * r + c]);
+                dv[base + d] = from_f<T>(acc_v[nt][2 * r + c]);
+            }
+    }
+}
+
+template <int D>
+constexpr size_t dq_tc_smem_bytes() {
+    using C = TcConfig<D>;
+    return 2 * (2 * C::BM + 2 * C::BN_DQ + C::TS_ROWS) * C::LD + 4 * C::WARPS * 2 * 16 * C::QT_LD;
+}
+
+template <int D>
+constexpr size_t dkdv_tc_smem_bytes() {
+    using C = TcConfig<D>;
+    return 2 * (2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 2 * C::QN);
+}
+
+template <typename T, int D>
+static const char* launch_bwd_tc(const AttnArgs& a, const void* dout, const float* lse, const float* delta,
+                                 void* dq, void* dk, void* dv, int device, void* stream) {
+    using C = TcConfig<D>;
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const T* go = static_cast<const T*>(dout);
+    {
+        constexpr size_t smem = dq_tc_smem_bytes<D>();
+        auto kernel = relattn_bwd_dq_tc_kernel<T, D>;
+        if (const char* err = prepare_launch(kernel, device, smem)) return err;
+        const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
+        kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dq));
+        if (const char* err = launch_status()) return err;
+    }
+    constexpr size_t smem = dkdv_tc_smem_bytes<D>();
+    auto kernel = relattn_bwd_dkdv_tc_kernel<T, D>;
+    if (const char* err = prepare_launch(kernel, device, smem)) return err;
+    const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
+    kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    return launch_status();
+}
+
+template <typename T>
+static const char* dispatch_bwd_tc(const AttnArgs& a, const void* dout, const float* lse, const float* delta,
+                                   void* dq, void* dk, void* dv, int device, void* stream) {
+    switch (a.D) {
+        case 32: return launch_bwd_tc<T, 32>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case 64: return launch_bwd_tc<T, 64>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case 128: return launch_bwd_tc<T, 128>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        default: return "head dim must be 32, 64 or 128";
+    }
+}
+
+const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
+                           void* dq, void* dk, void* dv, int device, void* stream) {
+    switch (dtype) {
+        case DType::F16: return dispatch_bwd_tc<__half>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case DType::BF16: return dispatch_bwd_tc<__nv_bfloat16>(a, dout, lse, delta, dq, dk, dv, device, stream);
+        case DType::F32: return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
+    }
+    return "unsupported dtype";
+}
+
+}  // namespace nezha

@@ -1,0 +1,230 @@
+// Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, mma.sync m16n8k16 with
+// fp32 accumulators for every matrix product.
+//
+// Warp w of a block owns 16 query rows; per key tile of BN = 64:
+//   S     = Q.K^T                                   (mma, A from smem, B = K rows n-major)
+//   band  = Q.T_slice^T -> per-warp scratch [16][<=80], gathered at idx - lo for every pair (edge pairs too:
+//           the slice always covers the warp's indices; a far-field tile's slice is its one edge row)
+//   O    += P.V                                     (P from the score accumulators, V rows k-major)
+//   O    += Bucket.T_slice                          (Bucket[row][idx - lo] = weight for interior pairs;
+//           edge weights go to two per-row masses, added as mass * T[0] / T[2R] at the end)
+// Online softmax, masks, dropout (Philox spec), head_mask and the log-sum-exp are those of the SIMT kernel.
+#include "relattn_tc.cuh"
+
+namespace nezha {
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TcConfig<D>::NT, 1)
+relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
+    using C = TcConfig<D>;
+    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* Qs = reinterpret_cast<T*>(smem_raw);
+    T* Ks = Qs + BM * LD;
+    T* Vs = Ks + BN * LD;
+    T* Ts = Vs + BN * LD;
+    float* scratch = reinterpret_cast<float*>(Ts + C::TS_ROWS * LD);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float* qt = scratch + warp * 16 * C::QT_LD;
+    T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
+    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
+    const int E = 2 * a.R;
+    // This thread's two accumulator rows (fragment rows g and g + 8).
+    int ri[2], rpos[2];
+    bool rvalid[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
+        rpos[r] = a.q_offset + ri[r];
+        rvalid[r] = ri[r] < a.Lq;
+    }
+    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const T* tg = static_cast<const T*>(a.table);
+
+    stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float mass_left[2] = {0.0f, 0.0f}, mass_right[2] = {0.0f, 0.0f};
+    float acc[NTD][4];
+#pragma unroll
+    for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    const int pos_first = a.q_offset + q0;
+    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
+
+    for (int k0 = 0; k0 < a.Lk; k0 += BN) {
+        // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
+        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+            __syncthreads_and((!rvalid[0] || m[0] > SKIP_MASKED_THRESHOLD) &&
+                              (!rvalid[1] || m[1] > SKIP_MASKED_THRESHOLD)))
+            break;
+        __syncthreads();  // previous tile fully consumed
+        stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
+        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        __syncthreads();
+
+        const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
+        const T* wts = Ts + (wr.lo - tr.lo) * LD;
+        const int wcnt = wr.hi - wr.lo + 1;
+        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
+
+        float s[NTN][4];
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t af[4];
+            load_a(af, Qs + warp * 16 * LD + kk * 16, LD, lane);
+#pragma unroll
+            for (int nt = 0; nt < NTN; ++nt) {
+                uint32_t bf[2];
+                load_b_nmajor(bf, Ks + nt * 8 * LD + kk * 16, LD, lane);
+                MmaOp<T>::run(s[nt], af, bf);
+            }
+        }
+        __syncwarp();  // qt visible to the whole warp
+
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int r = e >> 1, j = k0 + nt * 8 + x.col;
+                float sc = -INFINITY;  // keys past Lk get zero weight
+                if (j < a.Lk) {
+                    const int idx = relative_index(j, rpos[r], a.R);
+                    const float dot = s[nt][e] + qt[x.row * C::QT_LD + idx - wr.lo];
+                    sc = rvalid[r] ? pair_score(a, b, h, ri[r], j, rpos[r], dot)
+                                   : finalize_score(dot, a.scale, 0.0f, false);
+                }
+                s[nt][e] = sc;
+                tile_max[r] = fmaxf(tile_max[r], sc);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float m_new = fmaxf(m[r], quad_max(tile_max[r]));
+            alpha[r] = rescale_factor(m[r], m_new);
+            m[r] = m_new;
+            l[r] *= alpha[r];
+            mass_left[r] *= alpha[r];
+            mass_right[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
+
+        const bool band = tile_in_band(wr, a.R);
+        const int ksteps = (wcnt + 15) / 16;
+        __syncwarp();  // every lane has read qt: the bucket may overwrite it
+        if (band) {
+            uint32_t* z = reinterpret_cast<uint32_t*>(bucket);
+            for (int e = lane; e < 16 * C::BK_LD / 2; e += 32) z[e] = 0u;
+            __syncwarp();
+        }
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const FragRC x = mma_c_elem(lane, e);
+                const int r = e >> 1, j = k0 + nt * 8 + x.col;
+                const float p = expf(s[nt][e] - m[r]);
+                l[r] += p;
+                float w = p;
+                if (j < a.Lk && rvalid[r]) {
+                    // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
+                    if (!dropout_keep(a.dropout_seed, a.dropout_p, bh, ri[r], j)) w = 0.0f;
+                    const int idx = relative_index(j, rpos[r], a.R);
+                    if (idx == 0) mass_left[r] += w;
+                    else if (idx == E) mass_right[r] += w;
+                    else bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(w);
+                }
+                s[nt][e] = w;
+            }
+
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            uint32_t af[4];
+            acc_to_a<T, NTN>(af, s, kk);
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt) {
+                uint32_t bf[2];
+                load_b_kmajor(bf, Vs + kk * 16 * LD + nt * 8, LD, lane);
+                MmaOp<T>::run(acc[nt], af, bf);
+            }
+        }
+        if (band) {
+            __syncwarp();
+            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, wts, LD, ksteps, lane);
+        }
+    }
+
+    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
+    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+    const T* far_right = tg + static_cast<int64_t>(E) * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] = quad_sum(l[r]);
+        mass_left[r] = quad_sum(mass_left[r]);
+        mass_right[r] = quad_sum(mass_right[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (!rvalid[r]) continue;
+        const float f = drop_scale * head / l[r];
+        T* og = out + (static_cast<int64_t>(bh) * a.Lq + ri[r]) * D;
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
+                const float o = acc[nt][2 * r + c] + mass_left[r] * to_f(tg[d]) + mass_right[r] * to_f(far_right[d]);
+                og[d] = from_f<T>(f * o);
+            }
+        if ((lane & 3) == 0) lse[static_cast<int64_t>(bh) * a.Lq + ri[r]] = m[r] + logf(l[r]);
+    }
+}
+
+template <int D>
+constexpr size_t fwd_tc_smem_bytes() {
+    using C = TcConfig<D>;
+    return 2 * (C::BM + 2 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
+}
+
+template <typename T, int D>
+static const char* launch_fwd_tc(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
+    constexpr size_t smem = fwd_tc_smem_bytes<D>();
+    auto kernel = relattn_fwd_tc_kernel<T, D>;
+    if (const char* err = prepare_launch(kernel, device, smem)) return err;
+    const dim3 grid((a.Lq + TcConfig<D>::BM - 1) / TcConfig<D>::BM, a.B * a.H);
+    kernel<<<grid, TcConfig<D>::NT, smem, static_cast<cudaStream_t>(stream)>>>(a, static_cast<T*>(o), lse);
+    return launch_status();
+}
+
+template <typename T>
+static const char* dispatch_fwd_tc(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
+    switch (a.D) {
+        case 32: return launch_fwd_tc<T, 32>(a, o, lse, device, stream);
+        case 64: return launch_fwd_tc<T, 64>(a, o, lse, device, stream);
+        case 128: return launch_fwd_tc<T, 128>(a, o, lse, device, stream);
+        default: return "head dim must be 32, 64 or 128";
+    }
+}
+
+const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
+    switch (dtype) {
+        case DType::F16: return dispatch_fwd_tc<__half>(a, o, lse, device, stream);
+        case DType::BF16: return dispatch_fwd_tc<__nv_bfloat16>(a, o, lse, device, stream);
+        case DType::F32: return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
+    }
+    return "unsupported dtype";
+}
+
+}  // namespace nezha
