@@ -1,5 +1,7 @@
 """GPU parity of backend="cuda" against the reference backend (fp32 math on the same inputs) and against
-backend="triton", forward and backward, for every feature, fp16 / bf16 / fp32 and head dims 32 / 64 / 128.
+backend="triton", forward and backward, for every feature, fp16 / bf16 / fp32 and head dims 32 / 64 / 128,
+for both kernel families: tensor-core ("tc", fp16 / bf16) and SIMT ("simt"), chosen by
+NEZHA_KERNELS_CUDA_IMPL (fp32 always runs SIMT).
 
 Skipped without a CUDA device (and when the extension cannot be built there, with the reason).
 """
@@ -11,6 +13,9 @@ import torch
 
 from nezha_kernels import relative_attention
 from nezha_kernels.backends import available_backends
+from nezha_kernels.cuda_ext.function import IMPL_ENV
+
+IMPLS = ["tc", "simt"]
 
 pytestmark = [
     pytest.mark.gpu,
@@ -95,25 +100,54 @@ def _compare(dtype, shape, feature, other="reference"):
                                    msg=lambda m: f"d{name} ({feature}): {m}")
 
 
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    monkeypatch.setenv(IMPL_ENV, request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("d", [32, 64, 128])
 @pytest.mark.parametrize("feature", FEATURES)
-def test_cuda_matches_reference(dtype, d, feature):
+def test_cuda_matches_reference(impl, dtype, d, feature):
+    if dtype == torch.float32 and impl == "tc":
+        pytest.skip("float32 has no tensor-core kernels (runs SIMT)")
     _compare(dtype, (2, 3, 97, 203, d), feature)
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 257, 257, 64), (2, 1, 1, 77, 64), (1, 1, 300, 33, 32), (3, 2, 113, 130, 128)])
-def test_cuda_odd_shapes(shape):
+def test_cuda_odd_shapes(impl, shape):
     _compare(torch.float16, shape, "causal_q_offset_padding")
     _compare(torch.bfloat16, shape, "plain")
 
 
-def test_cuda_long_sequence_band_and_far_field():
+def test_cuda_long_sequence_band_and_far_field(impl):
     # L = 1100 with R = 64: most key tiles are far field, a few touch the band.
     _compare(torch.float16, (1, 2, 1100, 1100, 64), "key_padding")
 
 
-def test_cuda_noncontiguous_inputs_and_determinism():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_tc_matches_simt(monkeypatch, dtype, d):
+    """Both kernel families on the same inputs (dropout, mask, causal offset): outputs and gradients agree."""
+    b, h, lq, lk = 2, 2, 150, 170
+    q, k, v, g = _inputs(dtype, b, h, lq, lk, d, seed=77 + d)
+    grad_out = torch.randn(b, h, lq, d, device="cuda", generator=g).to(dtype)
+    pad = torch.rand(b, lk, device="cuda", generator=g) > 0.2
+    kwargs = lambda: {"attention_mask": pad, "causal": True, "q_offset": 9, "dropout_p": 0.2,
+                      "generator": torch.Generator().manual_seed(5), "max_relative_position": 7}
+    results = {}
+    for name in IMPLS:
+        monkeypatch.setenv(IMPL_ENV, name)
+        results[name] = _run("cuda", q, k, v, grad_out, kwargs())
+    (oa, orr), (ga, gr) = TOLERANCES[dtype]
+    torch.testing.assert_close(results["tc"][0], results["simt"][0], atol=2 * oa, rtol=2 * orr)
+    for got, want in zip(results["tc"][1], results["simt"][1]):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got / scale, want / scale, atol=2 * ga, rtol=2 * gr)
+
+
+def test_cuda_noncontiguous_inputs_and_determinism(impl):
     q, k, v, g = _inputs(torch.float16, 2, 3, 64, 80, 64, seed=5)
     qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, L, H, D] memory, HF layout
     out1 = relative_attention(qt, k, v, backend="cuda")
@@ -125,14 +159,14 @@ def test_cuda_noncontiguous_inputs_and_determinism():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("feature", ["plain", "causal_q_offset_padding", "dropout", "additive_hf"])
-def test_cuda_matches_triton(dtype, feature):
+def test_cuda_matches_triton(impl, dtype, feature):
     status = available_backends("cuda")["triton"]
     if not status.available:
         pytest.skip(f"triton backend unavailable: {status.reason}")
     _compare(dtype, (2, 3, 129, 150, 64), feature, other="triton")
 
 
-def test_cuda_runs_on_the_current_stream():
+def test_cuda_runs_on_the_current_stream(impl):
     q, k, v, _ = _inputs(torch.float16, 1, 2, 128, 128, 64, seed=3)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):

@@ -336,7 +336,7 @@ static void test_tc_band_decomposition() {
             for (int k0 = 0; k0 < 3 * R + 140; k0 += 64) {
                 // Forward / dQ: block 64 rows, warps of 16, BN = 64 (32 for dQ at D = 128) keys, stage rows =
                 // min(span + 16, 128).
-                for (int BN : {64, 32}) {
+                for (int BN : {64, 32}) {  // (body kept at the outer indentation)
                 const TableRows tr = tile_table_rows(pos_first, pos_first + 63, k0, k0 + BN - 1, R);
                 const int staged = tc_table_stage_rows(tr, 16, 128);
                 for (int w = 0; w < 4; ++w) {

@@ -1,7 +1,9 @@
 """The "cuda" backend: hand-written CUDA C++ kernels (csrc/) through a pybind11 extension.
 
-Flash-style SIMT kernels with fp32 accumulation (no tensor cores yet), forward and backward (dQ, dK, dV),
-band / far-field treatment of the table. The extension is JIT-built on first use (see
+Flash-style kernels with fp32 accumulation, forward and backward (dQ, dK, dV), band / far-field treatment
+of the table, in two families: tensor-core kernels (mma.sync m16n8k16, fp16 / bf16, the default) and SIMT
+kernels (every dtype; float32 always uses them). ``NEZHA_KERNELS_CUDA_IMPL=simt|tc`` picks the family for
+fp16 / bf16 (see nezha_kernels/cuda_ext/function.py). The extension is JIT-built on first use (see
 nezha_kernels/cuda_ext/build.py); a missing toolchain makes this backend unavailable with the reason,
 never breaks the package. Inputs the kernels do not cover are refused by ``unsupported_reason``.
 """
