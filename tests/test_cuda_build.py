@@ -46,13 +46,11 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
         assert 0 < r.shared_bytes <= 163 * 1024
 
 
-def test_tc_kernels_use_mma_sync_in_sass_free_ptx():
+def test_tc_kernels_emit_mma_sync_ptx():
     """The TC sources really emit tensor-core instructions (PTX mma.sync m16n8k16 for f16 and bf16)."""
     nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found")
-    from nezha_kernels.cuda_ext.build import nvcc_flags
-
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "fwd_tc.ptx"
         subprocess.run([nvcc, "-ptx", str(CSRC / "relattn_fwd_tc.cu"), "-o", str(ptx), "-std=c++17", "-O3",
@@ -60,7 +58,6 @@ def test_tc_kernels_use_mma_sync_in_sass_free_ptx():
         text = ptx.read_text()
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in text
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in text
-    assert nvcc_flags((80,))  # flags helper still importable alongside
 
 
 def test_tc_smem_formulas_fit_every_arch():
