@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(fn=fn)
-    args = parser.parse_args(argv)
+    # argparse's REMAINDER does not capture options (e.g. "--only cuda"): pass unknown ones through to
+    # the sub-tools that parse their own arguments, and let the others reject them.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "rest"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*args.rest, *extra]
     return args.fn(args)
 
 
