@@ -43,13 +43,13 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _compile_check(args: argparse.Namespace) -> int:
+def _compile_check(rest: list[str]) -> int:
     from .compile_check import main
 
-    return main(args.rest)
+    return main(rest)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench(rest: list[str]) -> int:
     try:
         from .bench import main
     except ModuleNotFoundError as exc:
@@ -57,28 +57,26 @@ def _bench(args: argparse.Namespace) -> int:
             raise
         print("the benchmark suite is not part of this version", file=sys.stderr)
         return 2
-    return main(args.rest)
+    return main(rest)
+
+
+# Sub-tools with their own argument parsers: everything after the command goes to them unchanged.
+_PASSTHROUGH = {"compile-check": _compile_check, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="nezha-kernels", description="NEZHA relative-attention kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and backend availability").set_defaults(fn=_info)
     check = sub.add_parser("check", help="numeric parity of every usable backend against the reference")
     check.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     check.set_defaults(fn=_check)
-    for name, fn, text in (("compile-check", _compile_check, "compile every GPU kernel for sm_80/sm_90 without a GPU"),
-                           ("bench", _bench, "op and model benchmarks: table, CSV/JSON and plots")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=fn)
-    # argparse's REMAINDER does not capture options (e.g. "--only cuda"): pass unknown ones through to
-    # the sub-tools that parse their own arguments, and let the others reject them.
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "rest"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.rest = [*args.rest, *extra]
+    sub.add_parser("compile-check", help="compile every GPU kernel for sm_80/sm_90 without a GPU (see --help)")
+    sub.add_parser("bench", help="op and model benchmarks: table, CSV/JSON and plots (see --help)")
+    args = parser.parse_args(argv)
     return args.fn(args)
 
 
