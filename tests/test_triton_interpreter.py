@@ -58,6 +58,7 @@ def test_available_backends_reports_interpreted():
     (17, 70, 16, 5, 53),     # Lq < Lk with an offset (decoding a chunk)
     (1, 45, 32, 8, 44),      # one query row
     (45, 1, 16, 2, 0),       # one key
+    (30, 41, 16, 70, 5),     # R > 64: per-tile table slices instead of the block-band scratch
 ])
 def test_forward_backward_shapes(lq, lk, d, r, q_offset):
     check(CPU, F32, 2, 2, lq, lk, d, r, q_offset=q_offset)

@@ -22,27 +22,46 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 HEAD_DIMS = (16, 32, 64, 128)
 FULL_GRID_HEAD_DIM = 64
 DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
+MAIN_R = 64  # max_relative_position of every public NEZHA checkpoint: block-band mode, BAND_P = 128
+BLOCK_BAND_KERNELS = ("fwd", "bwd_dq")
 
 # Pointer arguments and their element types (None: the input dtype).
 _POINTERS = {
     "Q": None, "K": None, "V": None, "T": None, "OUT": None, "DOUT": None, "DQ": None, "DK": None, "DV": None,
-    "ROW_MAX": "fp32", "ROW_LOGSUM": "fp32", "DELTA": "fp32", "KPAD": "u8", "AMASK": "fp32", "HMASK": "fp32",
+    "ROW_MAX": "fp32", "ROW_LOGSUM": "fp32", "WS": "fp32", "DELTA": "fp32", "KPAD": "u8", "AMASK": "fp32", "HMASK": "fp32",
 }
 _FLOATS = {"scale", "dropout_p", "dropout_scale"}
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
+# What the JIT specializes on a contiguous launch (q/k/v/table/outputs contiguous, D = 64, R = 64,
+# masks as attention.py builds them): integer arguments equal to 1 become constants, pointers and
+# integers divisible by 16 get tt.divisibility = 16. Compiling without these (every stride a generic
+# i32) builds a 64-bit address per element and over-reports registers: it is not the code a GPU runs.
+_UNIT_STRIDES = {"stride_qd", "stride_kd", "stride_vd", "stride_td", "stride_od", "stride_gd", "stride_pn",
+                 "stride_an"}
+_DIVISIBLE_INTS = {"stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn",
+                   "stride_vb", "stride_vh", "stride_vn", "stride_tr", "stride_ob", "stride_oh", "stride_om",
+                   "stride_gb", "stride_gh", "stride_gm", "R", "LQ_KEY", "LK_KEY"}
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs with the unit strides added, divisibility attrs) of a contiguous launch."""
+    sig, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn.arg_names):
+        if name in _UNIT_STRIDES and name not in consts:
+            consts[name] = 1
+        if name in consts:
             sig[name] = "constexpr"
-        elif name in _POINTERS:
+            continue
+        if name in _POINTERS:
             sig[name] = "*" + (_POINTERS[name] or dtype)
         elif name in _FLOATS:
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
-    return sig
+        if name in _POINTERS or name in _DIVISIBLE_INTS:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
 
 
 def _resources(cubin: bytes) -> tuple[int | None, int | None]:
@@ -88,6 +107,8 @@ def _jobs(archs, grid: str = "full"):
         bm, bn, warps, stages = tile
         constexprs = dict(HEAD_DIM=d, BLOCK_D=max(16, d), DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=configs.block_p(bm, bn), **features)
+        if kernel in BLOCK_BAND_KERNELS:
+            constexprs["BAND_P"] = configs.band_p(MAIN_R)
         label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
         jobs.append((kernel, fn_name, label, arch, dtype, constexprs, warps, stages))
 
@@ -126,7 +147,8 @@ def _compile(job) -> CompileRow:
 
     fn = getattr(forward if kernel == "fwd" else backward, fn_name)
     try:
-        src = ASTSource(fn=fn, signature=_signature(fn, dtype, constexprs), constexprs=constexprs)
+        signature, consts, attrs = _signature(fn, dtype, constexprs)
+        src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps, "num_stages": stages})
         shared = compiled.metadata.shared

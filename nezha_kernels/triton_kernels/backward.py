@@ -11,7 +11,7 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, load_table_slice, mask_scores
+from .band import band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
 from .philox import philox_uniform
 
 
@@ -45,21 +45,37 @@ def _tile_grads(
     row_max, row_logsum, delta, hm,
     b, h, bh, offs_m, offs_n, m_valid, n_valid, pos, pos0, j0,
     KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-    R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
+    R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
     HEAD_DIM: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
 ):
-    """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N]."""
+    """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N].
+
+    BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
+    ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
+    """
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     dw = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
     if (rel_min < R) & (rel_max > -R):
-        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-        s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
-        dw += band_gather(tl.dot(do, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+        if BAND_P > 0:
+            near = (rel > -R) & (rel < R)
+            slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+            slot_mask = near & m_valid[:, None] & n_valid[None, :]
+            left = rel < 0
+            q_edge = tl.where(left, tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)[:, None],
+                              tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)[:, None])
+            do_edge = tl.where(left, tl.sum(do.to(tl.float32) * t_left[None, :], axis=1)[:, None],
+                               tl.sum(do.to(tl.float32) * t_right[None, :], axis=1)[:, None])
+            s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+            dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+        else:
+            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+            s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+            dw += band_gather(tl.dot(do, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
     else:
         t_edge = tl.where(rel_min >= R, t_right, t_left)
         s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
@@ -147,8 +163,8 @@ def _relattn_bwd_dkdv_kernel(
             row_max, row_logsum, delta, hm,
             b, h, bh, offs_m, offs_n, m_valid, n_valid, Q_OFFSET + offs_m, Q_OFFSET + i0, j0,
             KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
-            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P,
+            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, Q, 0,
+            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, 0,
         )
         dv += tl.dot(tl.trans(w).to(do.dtype), do, input_precision=DOT_PRECISION)
         dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
@@ -160,7 +176,7 @@ def _relattn_bwd_dkdv_kernel(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_bwd_dq_kernel(
-    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DQ,
+    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DQ, WS,
     KPAD, AMASK, HMASK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -177,10 +193,16 @@ def _relattn_bwd_dq_kernel(
     HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
 ):
-    """Per query block of one (b, h): dQ [B, H, Lq, D] (contiguous) by a loop over key tiles."""
+    """Per query block of one (b, h): dQ [B, H, Lq, D] (contiguous) by a loop over key tiles.
+
+    Block-band mode (BAND_P > 0) as in forward.py, with scratch rows of 2 BAND_P fp32: Q @ Tb^T and
+    dO @ Tb^T written once; each in-band pair's dS overwrites its Q @ Tb^T slot, and after the loop
+    dQ += scratch[:, :BAND_P] @ Tb (the bucketed dS, one dot per query block).
+    """
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -208,6 +230,17 @@ def _relattn_bwd_dq_kernel(
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     pos0 = Q_OFFSET + i0
 
+    ws = WS + (bh.to(tl.int64) * LQ + i0) * (2 * BAND_P)
+    ws_row = tl.arange(0, BLOCK_M)[:, None] * (2 * BAND_P)
+    if BAND_P > 0:
+        for c in tl.static_range(BAND_P // BAND_CHUNK):
+            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
+            cols = ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :]
+            tl.store(ws + cols, tl.dot(q, tl.trans(tb), input_precision=DOT_PRECISION), mask=m_valid[:, None])
+            tl.store(ws + BAND_P + cols, tl.dot(do, tl.trans(tb), input_precision=DOT_PRECISION),
+                     mask=m_valid[:, None])
+        tl.debug_barrier()  # band tiles read slots other threads wrote
+
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     ds_left = tl.zeros([BLOCK_M], tl.float32)
     ds_right = tl.zeros([BLOCK_M], tl.float32)
@@ -227,21 +260,41 @@ def _relattn_bwd_dq_kernel(
             row_max, row_logsum, delta, hm,
             b, h, bh, offs_m, offs_n, m_valid, n_valid, Q_OFFSET + offs_m, pos0, j0,
             KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi,
-            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P,
+            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
+            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
         )
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         rel_min = j0 - (pos0 + BLOCK_M - 1)
         rel_max = j0 + BLOCK_N - 1 - pos0
         if (rel_min < R) & (rel_max > -R):
-            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            dq += tl.dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
-                         input_precision=DOT_PRECISION)
+            if BAND_P > 0:
+                rel = offs_n[None, :] - (Q_OFFSET + offs_m)[:, None]
+                near = (rel > -R) & (rel < R)
+                tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
+                far = tl.where(near, 0.0, ds)
+                ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+                ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                dq += tl.dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
+                             input_precision=DOT_PRECISION)
         elif rel_min >= R:
             ds_right += tl.sum(ds, axis=1)
         else:
             ds_left += tl.sum(ds, axis=1)
 
+    if BAND_P > 0:
+        tl.debug_barrier()  # the dS slots were written by other threads' layouts
+        hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+        pos = Q_OFFSET + offs_m
+        for c in tl.static_range(BAND_P // BAND_CHUNK):
+            offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
+            j = pos[:, None] + offs_r[None, :] - (R - 1)
+            # Slots of keys the loop never visited still hold Q @ Tb^T: mask them out.
+            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < LK) & (j < hi_tiles)
+            ds_band = tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=0.0)
+            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
+            dq += tl.dot(ds_band.to(tb.dtype), tb, input_precision=DOT_PRECISION)
     dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
     out_off = bh.to(tl.int64) * LQ * HEAD_DIM + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)

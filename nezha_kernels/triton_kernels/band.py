@@ -23,6 +23,18 @@ def load_table_slice(T, stride_tr, stride_td, base, R, offs_d, HEAD_DIM: tl.cons
 
 
 @triton.jit
+def load_band_table(T, stride_tr, stride_td, R, row0, offs_d, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+    """Tb[row0 : row0 + ROWS] [ROWS, BLOCK_D] where Tb[r] = T[r + 1] for r < 2R - 1, 0 beyond.
+
+    Tb holds the in-band offsets |j - p| < R: column r of a query block's band scratch is the pair
+    (i, j) with j - p_i = r - (R - 1).
+    """
+    rows = row0 + tl.arange(0, ROWS)
+    ptrs = T + (rows[:, None] + 1) * stride_tr + offs_d[None, :] * stride_td
+    return tl.load(ptrs, mask=(rows[:, None] < 2 * R - 1) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+
+@triton.jit
 def band_gather(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """x [BLOCK_M, BLOCK_P] (x = rows @ T_slice^T) -> [BLOCK_M, BLOCK_N]: out[ii, jj] = x[ii, jj - ii + BLOCK_M - 1]."""
     ii = tl.arange(0, BLOCK_M)[:, None]

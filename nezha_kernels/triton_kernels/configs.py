@@ -16,10 +16,12 @@ import triton
 AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
-# Chosen from the sm_90 compile report (fp16, D = 64): 4-warp 64x64 tiles and any 128-row tile spill
-# 2-4 KB; these spill least (see benchmarks/NOTES_triton.md).
-FWD_TILES = [(64, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)]
-BWD_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2)]
+# Chosen from the AOT compile report (sm_80 and sm_90, D = 64, every feature on, JIT-like specialization):
+# see benchmarks/NOTES_triton.md. fp16/bf16 forward: 64x32 w8 s2 and 64x64 w8 s1 are spill-free; 64x64
+# w8 s2 and any 4-warp 64-row tile spill. fp32 uses FMA (ieee) dots that hold operands in registers:
+# only the small 32x16 tile comes close to spill-free.
+FWD_TILES = [(64, 32, 8, 2), (64, 64, 8, 1), (32, 16, 8, 1)]
+BWD_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2), (32, 16, 8, 1)]
 INTERPRETER_TILE = (16, 16, 1, 1)
 
 
@@ -31,15 +33,28 @@ def block_p(block_m: int, block_n: int) -> int:
     return triton.next_power_of_2(block_m + block_n - 1)
 
 
+# Block-band mode (forward and dQ) holds a [BLOCK_M, BAND_P] fp32 tile only in the prologue and
+# epilogue; past 128 columns (R > 64) the kernels use per-tile table slices instead.
+MAX_BAND_P = 128
+
+
+def band_p(r: int) -> int:
+    """Scratch columns of block-band mode for max_relative_position r (the 2r - 1 in-band offsets), 0 if too wide."""
+    width = max(16, triton.next_power_of_2(max(2 * r - 1, 1)))
+    return width if width <= MAX_BAND_P else 0
+
+
 def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
     kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_P": block_p(block_m, block_n)}
     return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
 
 
 def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
-    # Register budget: the [BLOCK_M, BLOCK_P] fp32 band product and the [BLOCK_M, D] accumulator
-    # live together; big tiles with D = 128 or fp32 inputs spill, so they are not tried.
-    if head_dim > 64 or elem_bytes == 4:
+    # fp32 inputs run FMA dots whose operands live in registers: only small tiles avoid spills.
+    # D = 128 doubles the accumulator and the operand tiles: halve the tile.
+    if elem_bytes == 4:
+        return block_m * block_n <= 32 * 16
+    if head_dim > 64:
         return block_m * block_n <= 64 * 32
     return True
 

@@ -4,8 +4,16 @@ Per program: BLOCK_M query rows of one (b, h). For each key tile of BLOCK_N keys
 - a tile beyond the band (every pair has |j - p| >= R) adds the per-row scalar q_i . T[0] or q_i . T[2R]
   to the scores and only accumulates the probability mass on that side (rescaled like the accumulator);
   the output gets mass_left * T[0] + mass_right * T[2R] once at the end;
-- a band tile loads T_slice (see band.py) and pays two extra tensor-core dots:
-  key side  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice.
+- a band tile, block-band mode (BAND_P > 0, 2R - 1 <= BAND_P): the program computed
+  QTb = Q_blk @ Tb^T [BLOCK_M, BAND_P] once (Tb = T[1 .. 2R-1]) and wrote it to its rows of the fp32
+  scratch WS; the tile reads its key-side bias from there (a gather through memory: no registers
+  held across the loop, no shuffles) and writes each in-band pair's final score back in place
+  (each (i, j - p_i) slot belongs to exactly one pair). After the loop the weights exp(s - m_final)
+  are read back and the value side is one dot [BLOCK_M, BAND_P] @ Tb: the positional floor, paid once
+  per query block instead of twice a [BLOCK_M, BLOCK_P] slice per band tile. Scores are stored instead
+  of weights so no online-softmax rescaling of the scratch is needed;
+- a band tile, per-tile mode (BAND_P == 0, large R): loads T_slice (see band.py) and pays two
+  [BLOCK_M, BLOCK_P] dots: key side bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice.
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not
 m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
 """
@@ -13,13 +21,13 @@ m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk wei
 import triton
 import triton.language as tl
 
-from .band import MASKED_SCORE, band_bucket, band_gather, load_table_slice, mask_scores
+from .band import MASKED_SCORE, band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
 from .philox import philox_uniform
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_fwd_kernel(
-    Q, K, V, T, OUT, ROW_MAX, ROW_LOGSUM,
+    Q, K, V, T, OUT, ROW_MAX, ROW_LOGSUM, WS,
     KPAD, AMASK, HMASK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -36,9 +44,10 @@ def _relattn_fwd_kernel(
     HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -67,6 +76,16 @@ def _relattn_fwd_kernel(
     mass_right = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
+    # This block's scratch rows; in-block offsets stay int32 (64-bit pointer tiles cost registers).
+    ws = WS + (bh.to(tl.int64) * LQ + pid_m * BLOCK_M) * BAND_P
+    ws_row = tl.arange(0, BLOCK_M)[:, None] * BAND_P
+    if BAND_P > 0:
+        for c in tl.static_range(BAND_P // BAND_CHUNK):  # chunks: fp32 (FMA) dots keep operands in registers
+            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
+            qtb = tl.dot(q, tl.trans(tb), input_precision=DOT_PRECISION)
+            tl.store(ws + ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :], qtb, mask=m_valid[:, None])
+        tl.debug_barrier()  # band tiles read slots other threads wrote
+
     hi = LK
     if CAUSAL_SKIP:
         # Without padding or additive masks no row is fully masked, so keys past the block's last
@@ -85,9 +104,16 @@ def _relattn_fwd_kernel(
         rel_min = j0 - (pos0 + BLOCK_M - 1)
         rel_max = j0 + BLOCK_N - 1 - pos0
         in_band = (rel_min < R) & (rel_max > -R)
+        near = (rel > -R) & (rel < R)
+        slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+        slot_mask = near & m_valid[:, None] & n_valid[None, :]
         if in_band:
-            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+            if BAND_P > 0:
+                bias = tl.load(slot_ptrs, mask=slot_mask, other=0.0)
+                s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
         else:
             s += tl.where(rel_min >= R, qt_right, qt_left)[:, None]
         s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
@@ -105,20 +131,43 @@ def _relattn_fwd_kernel(
                                offs_m[:, None] + 0 * offs_n[None, :], bh)
             # The keep factor is built as fp32 in u's layout: an i1 tensor crossing layouts fails to
             # compile (fp32 32x32 tiles, "shared-memory element type bit width ... got 1").
-            p = p * tl.where(u >= dropout_p, dropout_scale, 0.0)
+            drop = tl.where(u >= dropout_p, dropout_scale, 0.0)
+            p = p * drop
+            if BAND_P > 0:
+                s = tl.where(drop > 0.0, s, float("-inf"))  # a dropped pair leaves no value-side weight
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         mass_left = mass_left * alpha
         mass_right = mass_right * alpha
         if in_band:
-            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            acc += tl.dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
-                          input_precision=DOT_PRECISION)
+            if BAND_P > 0:
+                tl.store(slot_ptrs, s, mask=slot_mask)
+                far = tl.where(near, 0.0, p)
+                mass_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+                mass_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                acc += tl.dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
+                              input_precision=DOT_PRECISION)
         else:
             if rel_min >= R:
                 mass_right += tl.sum(p, axis=1)
             else:
                 mass_left += tl.sum(p, axis=1)
 
+    if BAND_P > 0:
+        tl.debug_barrier()  # the slots were written by other threads' layouts
+        # In column chunks, like the prologue: bounds the live [BLOCK_M, chunk] tile.
+        hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+        for c in tl.static_range(BAND_P // BAND_CHUNK):
+            offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
+            j = pos[:, None] + offs_r[None, :] - (R - 1)
+            # Slots of keys the loop never visited still hold QTb: mask them out.
+            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < LK) & (j < hi_tiles)
+            w_band = tl.exp(tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=float("-inf")) - m_i[:, None])
+            if HAS_DROPOUT:
+                w_band = w_band * dropout_scale
+            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
+            acc += tl.dot(w_band.to(tb.dtype), tb, input_precision=DOT_PRECISION)
     acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
     out = acc / l_i[:, None]
     if HAS_HMASK:

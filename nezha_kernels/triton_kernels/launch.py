@@ -56,6 +56,17 @@ def _common_args(q, k, v, table, key_padding, additive_mask, head_mask, r, causa
     return pointers, strides, tail, meta
 
 
+def _band_scratch(q: torch.Tensor, band_p: int, planes: int) -> torch.Tensor:
+    """fp32 [B*H*Lq, planes*band_p] block-band scratch (uninitialized: every slot read is written first).
+
+    O(B*H*Lq*R), freed after the kernel; a 1-element dummy when band_p == 0 (per-tile mode).
+    """
+    b, h, lq, _ = q.shape
+    if band_p == 0:
+        return torch.empty(1, dtype=torch.float32, device=q.device)
+    return torch.empty((b * h * lq, planes * band_p), dtype=torch.float32, device=q.device)
+
+
 def check_tensors(q, k, v, table) -> None:
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"q: the triton kernels take float16, bfloat16 or float32, got {q.dtype}")
@@ -76,8 +87,11 @@ def _relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, r, causa
     lse = torch.empty((2, b, h, lq), dtype=torch.float32, device=q.device)
     pointers, strides, tail, meta = _common_args(q, k, v, table, key_padding, additive_mask, head_mask, r,
                                                  causal, q_offset, dropout_p, seed, scale)
+    band_p = configs.band_p(r)
+    scratch = _band_scratch(q, band_p, 1)
     grid = lambda cfg: (triton.cdiv(lq, cfg["BLOCK_M"]), b * h)  # noqa: E731
-    _fwd[grid](q, k, v, table, out, lse[0], lse[1], *pointers, *strides, *out.stride(), *tail, **meta)
+    _fwd[grid](q, k, v, table, out, lse[0], lse[1], scratch, *pointers, *strides, *out.stride(), *tail,
+               BAND_P=band_p, **meta)
     return out, lse
 
 
@@ -103,6 +117,8 @@ def _relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask,
     _bwd_dkdv[grid_kv](q, k, v, table, grad_out, lse[0], lse[1], delta, dk, dv, *pointers, *strides,
                        *grad_out.stride(), *tail, **meta)
     grid_q = lambda cfg: (triton.cdiv(lq, cfg["BLOCK_M"]), b * h)  # noqa: E731
-    _bwd_dq[grid_q](q, k, v, table, grad_out, lse[0], lse[1], delta, dq, *pointers, *strides,
-                    *grad_out.stride(), *tail, **meta)
+    band_p = configs.band_p(r)
+    scratch = _band_scratch(q, band_p, 2)
+    _bwd_dq[grid_q](q, k, v, table, grad_out, lse[0], lse[1], delta, dq, scratch, *pointers, *strides,
+                    *grad_out.stride(), *tail, BAND_P=band_p, **meta)
     return dq, dk, dv
