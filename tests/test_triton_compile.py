@@ -33,9 +33,22 @@ def test_aot_flags_shared_memory_over_the_limit(monkeypatch):
     assert row.status == "error" and "shared memory" in row.message
 
 
-@pytest.mark.xfail(reason="known, unfinished: the main D=64 configs still spill (255 registers, "
-                          "up to ~2 KB of local memory on sm_90); see benchmarks/NOTES_triton.md", strict=False)
-def test_main_d64_configs_do_not_spill(rows):
-    spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in rows
-                if "D=64" in r.config and r.spill_bytes]
+def _spilling(rows, keep):
+    return [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in rows
+            if "D=64" in r.config and r.spill_bytes and keep(r)]
+
+
+def test_main_d64_half_precision_configs_do_not_spill(rows):
+    # fp16 and bf16, every kernel, plain and every feature on: the configs training runs use.
+    half = [r for r in rows if "D=64" in r.config and not r.config.startswith("fp32")]
+    assert {"fwd", "bwd_dkdv", "bwd_dq"} <= {r.kernel for r in half}
+    assert any(r.config.startswith("bf16") for r in half)
+    spilling = _spilling(rows, lambda r: not r.config.startswith("fp32"))
+    assert not spilling, "\n".join(spilling)
+
+
+@pytest.mark.xfail(reason="known, unfinished: fp32 (ieee FMA dots) fwd spills 8 B on sm_90 and dQ ~650 B; "
+                          "see benchmarks/NOTES_triton.md", strict=False)
+def test_main_d64_fp32_configs_do_not_spill(rows):
+    spilling = _spilling(rows, lambda r: r.config.startswith("fp32"))
     assert not spilling, "\n".join(spilling)

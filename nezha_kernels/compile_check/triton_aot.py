@@ -94,8 +94,8 @@ def _jobs(archs, grid: str = "full"):
 
     kernels = {
         "fwd": ("_relattn_fwd_kernel", configs.FWD_TILES),
-        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.BWD_TILES),
-        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.BWD_TILES),
+        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.DKDV_TILES),
+        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.DQ_TILES),
     }
     every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True)
     plain = dict(HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False,
@@ -117,7 +117,7 @@ def _jobs(archs, grid: str = "full"):
             for dtype in ("fp16", "bf16", "fp32"):
                 kept = [t for t in tiles if configs._fits(t[0], t[1], 64, DTYPES[dtype])] or tiles[-1:]
                 if grid == "main":
-                    kept = kept[:1] if dtype != "bf16" else []
+                    kept = kept[:1] if dtype != "bf16" or kernel in BLOCK_BAND_KERNELS else []
                 elif dtype == "bf16":
                     kept = kept[:1]
                 for tile in kept:

@@ -21,7 +21,11 @@ AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
 # w8 s2 and any 4-warp 64-row tile spill. fp32 uses FMA (ieee) dots that hold operands in registers:
 # only the small 32x16 tile comes close to spill-free.
 FWD_TILES = [(64, 32, 8, 2), (64, 64, 8, 1), (32, 16, 8, 1)]
-BWD_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2), (32, 16, 8, 1)]
+# dK/dV keeps per-tile table slices (two [BLOCK_M, BLOCK_P] products per band tile): 32x32 w8 s1 is its
+# spill-free tile; dQ uses the block band like the forward.
+DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
+DQ_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 8, 1)]
+TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
 INTERPRETER_TILE = (16, 16, 1, 1)
 
 
@@ -68,10 +72,10 @@ def prune(configs, named_args, **kwargs):
 
 
 def tiles(kind: str) -> list[tuple[int, int, int, int]]:
-    """The tile list of a kernel family ("fwd" or "bwd") for this process (one under the interpreter)."""
+    """The tile list of a kernel ("fwd", "bwd_dkdv" or "bwd_dq") for this process (one under the interpreter)."""
     if interpreted():
         return [INTERPRETER_TILE]
-    return FWD_TILES if kind == "fwd" else BWD_TILES
+    return TILES[kind]
 
 
 def autotune(kind: str):

@@ -16,8 +16,8 @@ from .forward import _relattn_fwd_kernel
 from .philox import seed_words
 
 _fwd = configs.autotune("fwd")(_relattn_fwd_kernel)
-_bwd_dkdv = configs.autotune("bwd")(_relattn_bwd_dkdv_kernel)
-_bwd_dq = configs.autotune("bwd")(_relattn_bwd_dq_kernel)
+_bwd_dkdv = configs.autotune("bwd_dkdv")(_relattn_bwd_dkdv_kernel)
+_bwd_dq = configs.autotune("bwd_dq")(_relattn_bwd_dq_kernel)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
