@@ -45,6 +45,7 @@ def test_autocast_bf16_cpu(backend):
     _amp_case("cpu", backend, torch.bfloat16)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])

@@ -65,6 +65,7 @@ def test_unavailable_backend_on_this_device():
         nk.relative_attention(q, k, v, backend="cuda")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices (CUDA and CPU) to mix")
 def test_mixed_devices():
     q, k, v = qkv()
