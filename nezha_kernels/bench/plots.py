@@ -57,11 +57,11 @@ def _draw(ax, members: list[Row], xkey, metric: str, colors: dict, xlabels: dict
 
 
 def _plain_log_y(ax) -> None:
-    """Log y axis labelled 12, 120, 1.2e+03 rather than 1.2x10^1; minor labels only within one decade."""
+    """Log y axis labelled 0.5, 12, 1,200 rather than 1.2x10^1; minor labels only within one decade."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:.3g}")
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:.2g}")
     ax.yaxis.set_major_formatter(plain)
     low, high = ax.get_ylim()
     ax.yaxis.set_minor_formatter(plain if high / max(low, 1e-30) < 10 else NullFormatter())
