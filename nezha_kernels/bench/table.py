@@ -21,11 +21,15 @@ def _short_status(status: str) -> str:
     return status
 
 
+def _ms(value: float) -> str:
+    """3 significant digits, but never scientific notation: 0.386, 12.5, 1,064, 84,190."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_cell(row: Row) -> str:
     if row.status != OK:
         return _short_status(row.status)
-    spread = f"[{row.p20_ms:.3g}-{row.p80_ms:.3g}]"
-    parts = [f"{row.median_ms:.4g} ms {spread}"]
+    parts = [f"{_ms(row.median_ms)} ms [{_ms(row.p20_ms)}-{_ms(row.p80_ms)}]"]
     if row.tflops is not None:
         parts.append(f"{row.tflops:.3g} TF/s")
     if row.peak_mib is not None:
