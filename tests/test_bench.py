@@ -118,7 +118,18 @@ def test_child_failure_is_reported():
     assert result["status"].startswith("error: KeyError")
 
 
-# --- providers ---------------------------------------------------------------------------------------
+# --- providers -------------------------------------------------------------------------------------
+
+def test_triton_interpreter_is_never_timed(monkeypatch):
+    from nezha_kernels.bench.op_bench import provider_availability
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    usable, why = provider_availability("triton", "cpu")
+    assert not usable and "never timed" in why
+    assert provider_availability("sdpa", "cpu")[0]
+    with pytest.raises(ValueError, match="provider"):
+        provider_availability("xformers", "cpu")
+
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_keyside_matches_float64_formula():

@@ -158,6 +158,9 @@ def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, l
     statuses = available_backends(device)
     hf_ok, hf_name = hf_nezha_status()
     providers = [(b, statuses[b].available, statuses[b].reason, b) for b in grid.backends]
+    if not on_gpu:  # the Triton interpreter (TRITON_INTERPRET=1) is for correctness, never timed
+        providers = [(b, ok and b != "triton", why if b != "triton" else "CPU runs only under the Triton interpreter, "
+                      "which is never timed", label) for b, ok, why, label in providers]
     providers.append(("hf", hf_ok, hf_name, hf_name if hf_ok else "hf"))
     config = MODEL_SIZES[grid.size]
     from ..models import NezhaConfig

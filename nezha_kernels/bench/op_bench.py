@@ -92,6 +92,9 @@ PROVIDERS: dict[str, tuple[int, str]] = {
 def provider_availability(name: str, device: str) -> tuple[bool, str]:
     """(usable, reason) for provider ``name`` on ``device``."""
     on_gpu = torch.device(device).type == "cuda"
+    if name == "triton" and not on_gpu:
+        # TRITON_INTERPRET=1 makes it run on CPU tensors: a correctness tool whose times mean nothing
+        return False, "CPU runs only under the Triton interpreter, which is never timed"
     if name in ("reference", "torch", "triton", "cuda"):
         from ..backends import available_backends
 
