@@ -71,9 +71,10 @@ run_all() {
   [ "$left" -lt 30 ] && left=30
   if [ "$DRY_RUN" = 1 ]; then
     step bench "$left" "$PY" -m nezha_kernels.bench --dry-run --device cpu --fresh --out "$OUT" \
-      --time-budget $((left - 20))
+      --time-budget $((left > 40 ? left - 20 : 20))
   else
-    step bench "$left" "$PY" -m nezha_kernels.bench --full --fresh --out "$OUT" --time-budget $((left - 40))
+    local budget=$((left - 40)); [ "$budget" -lt 20 ] && budget=20
+    step bench "$left" "$PY" -m nezha_kernels.bench --full --fresh --out "$OUT" --time-budget "$budget"
   fi
   echo "=== suite done in $((SECONDS - START))s; files in $OUT:"
   ls -l "$OUT"
