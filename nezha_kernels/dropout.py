@@ -10,6 +10,9 @@ backend produces the same mask as a whole-matrix one.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 __all__ = ["philox_uniform", "keep_mask"]
@@ -22,26 +25,56 @@ _KEY_B = 0xBB67AE85
 N_ROUNDS = 10
 
 
-def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # b holds uint32 values in int64; the 64-bit product may wrap, but two's complement
-    # keeps all 64 low bits, so both 32-bit halves are exact.
-    prod = b * a
-    return (prod >> 32) & _MASK32, prod & _MASK32
+def _philox_word0(k0, k1, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+    """First output word of Philox-4x32-10 (values < 2**32 held in int64), broadcasting the counters lazily.
+
+    The 32x32-bit products are formed in int64: they may wrap, but two's complement keeps all 64 low bits,
+    so both halves are exact. The counters are not broadcast up front: the first rounds then run on
+    [Lk] and [B*H, Lq] sized tensors, and in-place steps halve the temporaries of the later ones.
+    """
+    c3 = torch.zeros((), dtype=torch.int64, device=c0.device)
+    for _ in range(N_ROUNDS):
+        prod_b = c2 * _ROUND_B
+        prod_a = c0 * _ROUND_A
+        # Out of place where the operands broadcast to a larger shape, in place otherwise.
+        new0 = torch.bitwise_xor((prod_b >> 32).bitwise_and_(_MASK32), c1).bitwise_xor_(k0)
+        new2 = torch.bitwise_xor((prod_a >> 32).bitwise_and_(_MASK32), c3).bitwise_xor_(k1)
+        c0, c1, c2, c3 = new0, prod_b.bitwise_and_(_MASK32), new2, prod_a.bitwise_and_(_MASK32)
+        k0 = (k0 + _KEY_A) & _MASK32
+        k1 = (k1 + _KEY_B) & _MASK32
+    return c0
 
 
 def philox_uniform(seed: int, c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
     """Uniform [0, 1) float32 from Philox-4x32-10 at counters (c0, c1, c2, 0), broadcast together."""
-    c0, c1, c2 = torch.broadcast_tensors(c0.long() & _MASK32, c1.long() & _MASK32, c2.long() & _MASK32)
-    c3 = torch.zeros_like(c0)
-    k0 = seed & _MASK32
-    k1 = (seed >> 32) & _MASK32
-    for _ in range(N_ROUNDS):
-        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
-        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + _KEY_A) & _MASK32
-        k1 = (k1 + _KEY_B) & _MASK32
-    return (c0 >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    c0, c1, c2 = (c.long() & _MASK32 for c in (c0, c1, c2))
+    word = _philox_word0(seed & _MASK32, (seed >> 32) & _MASK32, c0, c1, c2)
+    return (word >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def _keep_from_counters(k0: torch.Tensor, k1: torch.Tensor, c0, c1, c2, dropout_p: float) -> torch.Tensor:
+    word = _philox_word0(k0, k1, c0, c1, c2)
+    return (word >> 8).to(torch.float32) * (1.0 / (1 << 24)) >= dropout_p
+
+
+# Elementwise integer Philox is ~10x faster once torch.compile fuses its ~100 steps into one loop (CPU:
+# 0.17 s instead of 1.6 s for a [4, 12, 512, 512] mask). Compiled once per process for masks of at least
+# this many elements, with the seed passed as tensors so no seed or shape triggers a recompile. Identical
+# bits either way; NEZHA_KERNELS_COMPILE_DROPOUT=0 turns it off, and a failed compile falls back to eager.
+COMPILE_MIN_ELEMENTS = 1 << 20
+_compiled = {"fn": None, "failed": False}
+
+
+def _compile_enabled() -> bool:
+    return os.environ.get("NEZHA_KERNELS_COMPILE_DROPOUT", "1") != "0" and not _compiled["failed"]
+
+
+def _keep_fn(numel: int, device: torch.device):
+    if torch.compiler.is_compiling() or numel < COMPILE_MIN_ELEMENTS or not _compile_enabled():
+        return _keep_from_counters
+    if _compiled["fn"] is None:
+        _compiled["fn"] = torch.compile(_keep_from_counters, dynamic=True)
+    return _compiled["fn"]
 
 
 def keep_mask(
@@ -57,4 +90,15 @@ def keep_mask(
     bh = torch.arange(batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1, 1)
     rows = query_rows.to(device=device, dtype=torch.int64).view(1, 1, -1, 1)
     cols = torch.arange(key_length, device=device, dtype=torch.int64).view(1, 1, 1, -1)
-    return philox_uniform(seed, cols, rows, bh) >= dropout_p
+    k0 = torch.tensor(seed & _MASK32, dtype=torch.int64, device=device)
+    k1 = torch.tensor((seed >> 32) & _MASK32, dtype=torch.int64, device=device)
+    fn = _keep_fn(batch * heads * rows.numel() * key_length, device)
+    try:
+        keep = fn(k0, k1, cols, rows, bh, dropout_p)
+    except Exception as exc:  # no C++ compiler, unsupported platform: same bits from the eager path
+        if fn is _keep_from_counters:
+            raise
+        _compiled["failed"] = True
+        warnings.warn(f"compiling the dropout mask failed ({type(exc).__name__}); using the eager path", stacklevel=2)
+        keep = _keep_from_counters(k0, k1, cols, rows, bh, dropout_p)
+    return keep.expand(batch, heads, rows.shape[2], key_length)

@@ -37,3 +37,14 @@ def test_keep_mask_rows_are_counter_based():
     assert torch.equal(full[:, :, 5:9], part)
     frac = full.float().mean().item()
     assert 0.5 < frac < 0.7
+
+
+def test_compiled_mask_is_bit_identical_to_eager(monkeypatch):
+    import nezha_kernels.dropout as dropout
+
+    monkeypatch.setattr(dropout, "COMPILE_MIN_ELEMENTS", 0)
+    compiled = keep_mask(2**40 + 17, 0.3, 2, 3, torch.arange(5, 40), 33, torch.device("cpu"))
+    assert not dropout._compiled["failed"], "torch.compile of the mask failed on this machine"
+    monkeypatch.setattr(dropout, "COMPILE_MIN_ELEMENTS", 1 << 62)
+    eager = keep_mask(2**40 + 17, 0.3, 2, 3, torch.arange(5, 40), 33, torch.device("cpu"))
+    assert torch.equal(compiled, eager)
