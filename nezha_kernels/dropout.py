@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-__all__ = ["philox_uniform", "keep_mask"]
+__all__ = ["philox_uniform", "keep_mask", "seed_tensor"]
 
 _MASK32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
@@ -78,7 +78,7 @@ def _keep_fn(numel: int, device: torch.device):
 
 
 def keep_mask(
-    seed: int,
+    seed: int | torch.Tensor,
     dropout_p: float,
     batch: int,
     heads: int,
@@ -86,12 +86,19 @@ def keep_mask(
     key_length: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """Bool keep mask [B, H, len(query_rows), Lk] for query rows ``query_rows`` (indices within the call)."""
+    """Bool keep mask [B, H, len(query_rows), Lk] for query rows ``query_rows`` (indices within the call).
+
+    ``seed``: an int, or a 0-d int64 tensor (as drawn inside a torch.compile graph).
+    """
     bh = torch.arange(batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1, 1)
     rows = query_rows.to(device=device, dtype=torch.int64).view(1, 1, -1, 1)
     cols = torch.arange(key_length, device=device, dtype=torch.int64).view(1, 1, 1, -1)
-    k0 = torch.tensor(seed & _MASK32, dtype=torch.int64, device=device)
-    k1 = torch.tensor((seed >> 32) & _MASK32, dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(device=device, dtype=torch.int64)
+        k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    else:
+        k0 = torch.tensor(seed & _MASK32, dtype=torch.int64, device=device)
+        k1 = torch.tensor((seed >> 32) & _MASK32, dtype=torch.int64, device=device)
     fn = _keep_fn(batch * heads * rows.numel() * key_length, device)
     try:
         keep = fn(k0, k1, cols, rows, bh, dropout_p)
@@ -102,3 +109,14 @@ def keep_mask(
         warnings.warn(f"compiling the dropout mask failed ({type(exc).__name__}); using the eager path", stacklevel=2)
         keep = _keep_from_counters(k0, k1, cols, rows, bh, dropout_p)
     return keep.expand(batch, heads, rows.shape[2], key_length)
+
+
+def seed_tensor(seed: int | torch.Tensor | None) -> torch.Tensor:
+    """The seed as the 0-d int64 CPU tensor the kernels' custom ops take (0 without dropout).
+
+    A tensor, not an int, so that a seed drawn inside a torch.compile graph reaches the ops without a
+    graph-breaking .item(); the ops read it on the host.
+    """
+    if isinstance(seed, torch.Tensor):
+        return seed.to(device="cpu", dtype=torch.int64)
+    return torch.tensor(0 if seed is None else seed, dtype=torch.int64)

@@ -32,7 +32,8 @@ class AttentionInputs:
     key_padding: bool [B, Lk] (True = attend) or None.
     additive_mask: float tensor of rank 4 broadcastable to [B, H, Lq, Lk] (expanded view) or None.
     head_mask: [B, H] in q's dtype family (float) or None.
-    dropout_seed: 64-bit seed of the Philox stream when dropout_p > 0, else None.
+    dropout_seed: 63-bit seed of the Philox stream when dropout_p > 0 (an int; a 0-d int64 CPU tensor while
+        torch.compile traces), else None.
     """
 
     q: torch.Tensor
@@ -45,7 +46,7 @@ class AttentionInputs:
     causal: bool
     q_offset: int
     dropout_p: float
-    dropout_seed: int | None
+    dropout_seed: int | torch.Tensor | None
     scale: float
     head_mask: torch.Tensor | None
 
@@ -123,10 +124,18 @@ def _normalize_head_mask(head_mask: torch.Tensor, b: int, h: int, device: torch.
     raise ValueError(f"head_mask must have shape [H] = [{h}] or [B, H] = [{b}, {h}], got {list(hm.shape)}")
 
 
-def draw_dropout_seed(generator: torch.Generator | None) -> int:
-    """A 63-bit Philox seed from ``generator`` (or torch's default CPU generator)."""
+def draw_dropout_seed(generator: torch.Generator | None) -> int | torch.Tensor:
+    """A 63-bit Philox seed from ``generator`` (or torch's default CPU generator).
+
+    An int in eager mode. While torch.compile traces, a 0-d int64 CPU tensor drawn inside the graph (reading
+    it back with .item() would break the graph); every backend accepts both.
+    """
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if torch.compiler.is_compiling():
+        if generator is not None:
+            raise ValueError("generator is not supported under torch.compile: seed torch's default generator instead")
+        return torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64).item())
 

@@ -155,10 +155,11 @@ def test_custom_op_fake_impl_gives_shapes():
     with FakeTensorMode():
         q = torch.empty(2, 3, 7, 32, dtype=torch.bfloat16)
         k = torch.empty(2, 3, 5, 32, dtype=torch.bfloat16)
+        seed = torch.empty((), dtype=torch.int64)  # the dropout seed travels as a 0-d int64 tensor
         out, lse = torch.ops.nezha_kernels.cuda_relattn_fwd(q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
-                                                            None, None, None, 4, 0, False, 0.2, 0.0, 0, 1)
+                                                            None, None, None, 4, 0, False, 0.2, 0.0, seed, 1)
         dq, dk, dv = torch.ops.nezha_kernels.cuda_relattn_bwd(out, q, k, k, torch.empty(9, 32, dtype=torch.bfloat16),
-                                                              None, None, None, out, lse, 4, 0, False, 0.2, 0.0, 0,
+                                                              None, None, None, out, lse, 4, 0, False, 0.2, 0.0, seed,
                                                               1)
     assert out.shape == (2, 3, 7, 32) and out.dtype == torch.bfloat16
     assert lse.shape == (2, 3, 7) and lse.dtype == torch.float32

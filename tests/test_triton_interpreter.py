@@ -163,7 +163,7 @@ def test_custom_op_compiles_fullgraph_and_passes_opcheck():
     g = torch.Generator().manual_seed(12)
     q, k, v = (torch.randn(1, 2, 20, 16, generator=g, requires_grad=True) for _ in range(3))
     table = nk.sinusoidal_table(4, 16)
-    args = (table, None, None, None, 4, True, 3, 0.0, 0, 0.25)
+    args = (table, None, None, None, 4, True, 3, 0.0, torch.tensor(0, dtype=torch.int64), 0.25)  # seed: 0-d int64
 
     def attend(q, k, v):
         return relattn_fwd(q, k, v, *args)[0]

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from ..dropout import seed_tensor
 from ..inputs import AttentionInputs
 from .build import load_extension
 
@@ -51,12 +52,12 @@ def _stream(t: torch.Tensor) -> int:
 def _launch_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int, impl: int,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: torch.Tensor, impl: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] float32)."""
     out, lse = load_extension().forward(
         _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding, additive_mask,
-        head_mask, max_relative_position, q_offset, causal, scale, dropout_p, seed, _stream(q), impl)
+        head_mask, max_relative_position, q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl)
     return out, lse
 
 
@@ -72,7 +73,7 @@ def _launch_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
     out: torch.Tensor, lse: torch.Tensor,
-    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: int, impl: int,
+    max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: torch.Tensor, impl: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in q's dtype."""
     grad_out = grad_out.contiguous()
@@ -80,7 +81,7 @@ def _launch_backward(
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
     dq, dk, dv = load_extension().backward(
         grad_out, _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding,
-        additive_mask, head_mask, lse, delta, max_relative_position, q_offset, causal, scale, dropout_p, seed,
+        additive_mask, head_mask, lse, delta, max_relative_position, q_offset, causal, scale, dropout_p, int(seed),
         _stream(q), impl)
     return dq, dk, dv
 
@@ -118,7 +119,7 @@ def relative_attention_cuda(inputs: AttentionInputs) -> torch.Tensor:
     if inputs.head_mask is not None:
         head_mask = inputs.head_mask.detach().to(torch.float32).expand(b, h).contiguous()
     scalars = (inputs.max_relative_position, inputs.q_offset, inputs.causal, inputs.scale, inputs.dropout_p,
-               inputs.dropout_seed if inputs.dropout_seed is not None else 0, kernel_impl(inputs.q.dtype))
+               seed_tensor(inputs.dropout_seed), kernel_impl(inputs.q.dtype))
     return CudaRelativeAttention.apply(
         inputs.q, inputs.k, inputs.v, inputs.table.detach(), key_padding, _compact_mask(inputs.additive_mask),
         head_mask, scalars)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dropout import seed_tensor
 from .launch import _relattn_bwd, _relattn_fwd
 
 __all__ = ["relattn_fwd", "relattn_bwd", "relative_attention_triton"]
@@ -20,10 +21,10 @@ __all__ = ["relattn_fwd", "relattn_bwd", "relative_attention_triton"]
 def relattn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    max_relative_position: int, causal: bool, q_offset: int, dropout_p: float, seed: int, scale: float,
+    max_relative_position: int, causal: bool, q_offset: int, dropout_p: float, seed: torch.Tensor, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position,
-                        causal, q_offset, dropout_p, seed, scale)
+                        causal, q_offset, dropout_p, int(seed), scale)
 
 
 @relattn_fwd.register_fake
@@ -38,10 +39,10 @@ def relattn_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor,
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    max_relative_position: int, causal: bool, q_offset: int, dropout_p: float, seed: int, scale: float,
+    max_relative_position: int, causal: bool, q_offset: int, dropout_p: float, seed: torch.Tensor, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask,
-                        max_relative_position, causal, q_offset, dropout_p, seed, scale)
+                        max_relative_position, causal, q_offset, dropout_p, int(seed), scale)
 
 
 @relattn_bwd.register_fake
@@ -53,14 +54,15 @@ def _(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask,
 def _setup_context(ctx, inputs, output):
     (q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset, dropout_p, seed, scale) = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, table, out, lse, key_padding, additive_mask, head_mask)
-    ctx.scalars = (r, causal, q_offset, dropout_p, seed, scale)
+    ctx.save_for_backward(q, k, v, table, out, lse, key_padding, additive_mask, head_mask, seed)
+    ctx.scalars = (r, causal, q_offset, dropout_p, scale)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, table, out, lse, key_padding, additive_mask, head_mask = ctx.saved_tensors
+    q, k, v, table, out, lse, key_padding, additive_mask, head_mask, seed = ctx.saved_tensors
+    r, causal, q_offset, dropout_p, scale = ctx.scalars
     dq, dk, dv = relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask,
-                             *ctx.scalars)
+                             r, causal, q_offset, dropout_p, seed, scale)
     return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
@@ -72,6 +74,7 @@ def relative_attention_triton(inputs) -> torch.Tensor:
     out, _ = relattn_fwd(
         inputs.q, inputs.k, inputs.v, inputs.table, inputs.key_padding, inputs.additive_mask, inputs.head_mask,
         inputs.max_relative_position, inputs.causal, inputs.q_offset, inputs.dropout_p,
-        inputs.dropout_seed if inputs.dropout_seed is not None else 0, inputs.scale,
+        seed_tensor(inputs.dropout_seed), inputs.scale,
     )
     return out
+
