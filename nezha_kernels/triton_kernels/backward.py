@@ -11,7 +11,7 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
+from .band import band_bucket, band_gather, dot_nt, load_band_table, load_table_slice, mask_scores
 from .philox import philox_uniform
 
 
@@ -55,8 +55,10 @@ def _tile_grads(
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
     """
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    dw = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    # fp32 FMA dots: chunk the head dim (see band.dot_nt); tensor-core dots stay whole.
+    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if DOT_PRECISION == "ieee" else 1
+    s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
+    dw = dot_nt(do, v, DOT_PRECISION, K_CHUNKS)
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
@@ -203,6 +205,7 @@ def _relattn_bwd_dq_kernel(
     """
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
+    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1  # see band.dot_nt
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -233,12 +236,13 @@ def _relattn_bwd_dq_kernel(
     ws = WS + (bh.to(tl.int64) * LQ + i0) * (2 * BAND_P)
     ws_row = tl.arange(0, BLOCK_M)[:, None] * (2 * BAND_P)
     if BAND_P > 0:
-        for c in tl.static_range(BAND_P // BAND_CHUNK):
+        # A runtime loop, not static_range: unrolled, q's and dO's FMA (fp32) dot operands are loaded
+        # once for all chunks and stay live together (the old dQ fp32 spills, see NOTES_triton.md).
+        for c in range(0, BAND_P // BAND_CHUNK):
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             cols = ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :]
-            tl.store(ws + cols, tl.dot(q, tl.trans(tb), input_precision=DOT_PRECISION), mask=m_valid[:, None])
-            tl.store(ws + BAND_P + cols, tl.dot(do, tl.trans(tb), input_precision=DOT_PRECISION),
-                     mask=m_valid[:, None])
+            tl.store(ws + cols, dot_nt(q, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
+            tl.store(ws + BAND_P + cols, dot_nt(do, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
         tl.debug_barrier()  # band tiles read slots other threads wrote
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -287,7 +291,7 @@ def _relattn_bwd_dq_kernel(
         tl.debug_barrier()  # the dS slots were written by other threads' layouts
         hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
         pos = Q_OFFSET + offs_m
-        for c in tl.static_range(BAND_P // BAND_CHUNK):
+        for c in range(0, BAND_P // BAND_CHUNK):
             offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
             j = pos[:, None] + offs_r[None, :] - (R - 1)
             # Slots of keys the loop never visited still hold Q @ Tb^T: mask them out.

@@ -76,3 +76,42 @@ def mask_scores(
     if CAUSAL:
         s = tl.where(rel > 0, MASKED_SCORE, s)
     return tl.maximum(s, MASKED_SCORE)
+
+
+@triton.jit
+def _halves(x):
+    """x [M, K] -> (x[:, :K/2], x[:, K/2:])."""
+    M: tl.constexpr = x.shape[0]
+    K: tl.constexpr = x.shape[1]
+    return tl.split(tl.permute(tl.reshape(x, [M, 2, K // 2]), [0, 2, 1]))
+
+
+@triton.jit
+def dot_nt(a, b, DOT_PRECISION: tl.constexpr, K_CHUNKS: tl.constexpr):
+    """a [M, K] @ b [N, K]^T -> fp32 [M, N], as K_CHUNKS (1, 2 or 4) chained dots over K.
+
+    Why: fp32 "ieee" dots lower to FMA loops that load each thread's whole K slice of both operands
+    into registers before the first FMA (rows x K + cols x K registers); chunking K bounds that to
+    K / K_CHUNKS. The chunks accumulate in order into one accumulator (same sum order as one dot).
+    """
+    # One return at the end: code after a returning constexpr `if` is still compiled.
+    if K_CHUNKS == 1:
+        acc = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
+    elif K_CHUNKS == 2:
+        a0, a1 = _halves(a)
+        b0, b1 = _halves(b)
+        acc = tl.dot(a0, tl.trans(b0), input_precision=DOT_PRECISION)
+        acc = tl.dot(a1, tl.trans(b1), acc, input_precision=DOT_PRECISION)
+    else:
+        tl.static_assert(K_CHUNKS == 4)
+        a0, a1 = _halves(a)
+        b0, b1 = _halves(b)
+        a00, a01 = _halves(a0)
+        a10, a11 = _halves(a1)
+        b00, b01 = _halves(b0)
+        b10, b11 = _halves(b1)
+        acc = tl.dot(a00, tl.trans(b00), input_precision=DOT_PRECISION)
+        acc = tl.dot(a01, tl.trans(b01), acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a10, tl.trans(b10), acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a11, tl.trans(b11), acc, input_precision=DOT_PRECISION)
+    return acc

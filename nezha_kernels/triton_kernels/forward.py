@@ -21,7 +21,8 @@ m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk wei
 import triton
 import triton.language as tl
 
-from .band import MASKED_SCORE, band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
+from .band import (MASKED_SCORE, band_bucket, band_gather, dot_nt, load_band_table, load_table_slice,
+                   mask_scores)
 from .philox import philox_uniform
 
 
@@ -48,6 +49,8 @@ def _relattn_fwd_kernel(
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
+    # fp32 FMA dots: chunk the head dim (see band.dot_nt); tensor-core dots stay whole.
+    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -80,9 +83,11 @@ def _relattn_fwd_kernel(
     ws = WS + (bh.to(tl.int64) * LQ + pid_m * BLOCK_M) * BAND_P
     ws_row = tl.arange(0, BLOCK_M)[:, None] * BAND_P
     if BAND_P > 0:
-        for c in tl.static_range(BAND_P // BAND_CHUNK):  # chunks: fp32 (FMA) dots keep operands in registers
+        # Column chunks in a runtime loop, not static_range: unrolled, the compiler loads q's FMA (fp32)
+        # dot operand once for every chunk and keeps it live (see NOTES_triton.md).
+        for c in range(0, BAND_P // BAND_CHUNK):
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            qtb = tl.dot(q, tl.trans(tb), input_precision=DOT_PRECISION)
+            qtb = dot_nt(q, tb, DOT_PRECISION, K_CHUNKS)
             tl.store(ws + ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :], qtb, mask=m_valid[:, None])
         tl.debug_barrier()  # band tiles read slots other threads wrote
 
@@ -99,7 +104,7 @@ def _relattn_fwd_kernel(
                     mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
                     mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
         rel = offs_n[None, :] - pos[:, None]
         rel_min = j0 - (pos0 + BLOCK_M - 1)
         rel_max = j0 + BLOCK_N - 1 - pos0
@@ -156,9 +161,9 @@ def _relattn_fwd_kernel(
 
     if BAND_P > 0:
         tl.debug_barrier()  # the slots were written by other threads' layouts
-        # In column chunks, like the prologue: bounds the live [BLOCK_M, chunk] tile.
+        # In column chunks (a runtime loop, like the prologue): bounds the live [BLOCK_M, chunk] tile.
         hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
-        for c in tl.static_range(BAND_P // BAND_CHUNK):
+        for c in range(0, BAND_P // BAND_CHUNK):
             offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
             j = pos[:, None] + offs_r[None, :] - (R - 1)
             # Slots of keys the loop never visited still hold QTb: mask them out.
