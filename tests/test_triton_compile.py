@@ -50,7 +50,7 @@ def test_main_d64_half_precision_configs_do_not_spill(rows):
 def test_main_d64_fp32_configs_do_not_spill(rows):
     # fp32 runs exact ("ieee") FMA dots, the path the 1e-5 parity tolerance needs: every kernel's
     # main fp32 config must be spill-free too (kernels chunk K of the FMA dots and keep the band
-    # prologue/epilogue as runtime loops, see band.dot_nt and benchmarks/NOTES_triton.md).
+    # prologue/epilogue as runtime loops, see band.dot_nt and benchmarks/NOTES.md (Triton section)).
     fp32 = [r for r in rows if "D=64" in r.config and r.config.startswith("fp32")]
     assert {r.kernel for r in fp32} == {"fwd", "bwd_dkdv", "bwd_dq"}
     assert {r.arch for r in fp32} == {80, 90}

@@ -237,7 +237,7 @@ def _relattn_bwd_dq_kernel(
     ws_row = tl.arange(0, BLOCK_M)[:, None] * (2 * BAND_P)
     if BAND_P > 0:
         # A runtime loop, not static_range: unrolled, q's and dO's FMA (fp32) dot operands are loaded
-        # once for all chunks and stay live together (the old dQ fp32 spills, see NOTES_triton.md).
+        # once for all chunks and stay live together (the old dQ fp32 spills, see benchmarks/NOTES.md, Triton section).
         for c in range(0, BAND_P // BAND_CHUNK):
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             cols = ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :]

@@ -17,7 +17,7 @@ AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
 # Chosen from the AOT compile report (sm_80 and sm_90, D = 64, every feature on, JIT-like specialization):
-# see benchmarks/NOTES_triton.md. fp16/bf16 forward: 64x32 w8 s2 and 64x64 w8 s1 are spill-free; 64x64
+# see benchmarks/NOTES.md (Triton section). fp16/bf16 forward: 64x32 w8 s2 and 64x64 w8 s1 are spill-free; 64x64
 # w8 s2 and any 4-warp 64-row tile spill. fp32 uses FMA (ieee) dots that hold operands in registers:
 # 32x16 w8 s1 is spill-free for all three kernels (fwd ~196, dQ ~184, dK/dV ~254 registers); 32x32
 # fp32 reaches 255 registers in the forward and spills in dQ, 64-row fp32 tiles spill everywhere.

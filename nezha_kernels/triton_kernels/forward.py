@@ -84,7 +84,7 @@ def _relattn_fwd_kernel(
     ws_row = tl.arange(0, BLOCK_M)[:, None] * BAND_P
     if BAND_P > 0:
         # Column chunks in a runtime loop, not static_range: unrolled, the compiler loads q's FMA (fp32)
-        # dot operand once for every chunk and keeps it live (see NOTES_triton.md).
+        # dot operand once for every chunk and keeps it live (see benchmarks/NOTES.md, Triton section).
         for c in range(0, BAND_P // BAND_CHUNK):
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             qtb = dot_nt(q, tb, DOT_PRECISION, K_CHUNKS)
