@@ -65,3 +65,28 @@ def test_compiled_training_with_attention_dropout_is_whole_and_reproducible():
     no_dropout = model.eval()(input_ids=ids, attention_mask=mask, labels=labels).loss.detach()
     assert torch.equal(losses[0], losses[1])
     assert losses[0] != losses[2] and losses[0] != no_dropout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_compiled_model_on_gpu_backend_matches_eager(backend):
+    import nezha_kernels as nk
+
+    status = nk.available_backends("cuda")[backend]
+    if not status.available:
+        pytest.skip(f"{backend}: {status.reason}")
+    torch._dynamo.reset()
+    model = _model(NezhaForSequenceClassification, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                   classifier_dropout=0.0).cuda().train()
+    model.set_attn_backend(backend)
+    ids, mask = (t.cuda() for t in _batch())
+    labels = torch.tensor([0, 2], device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    loss_c = compiled(input_ids=ids, attention_mask=mask, labels=labels).loss
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()))
+    loss_e = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    grads_e = torch.autograd.grad(loss_e, list(model.parameters()))
+    torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-4)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge, atol=1e-4, rtol=1e-3)
