@@ -8,8 +8,9 @@ from nezha_kernels.models import NezhaConfig, NezhaForSequenceClassification, Ne
 
 def _model(cls, **kw):
     torch.manual_seed(0)
-    config = NezhaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=40, max_relative_position=6, num_labels=3, attn_backend="torch", **kw)
+    settings = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=40, max_relative_position=6, num_labels=3, attn_backend="torch")
+    config = NezhaConfig(**{**settings, **kw})
     return cls(config)
 
 
@@ -77,8 +78,8 @@ def test_compiled_model_on_gpu_backend_matches_eager(backend):
     if not status.available:
         pytest.skip(f"{backend}: {status.reason}")
     torch._dynamo.reset()
-    model = _model(NezhaForSequenceClassification, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                   classifier_dropout=0.0).cuda().train()
+    model = _model(NezhaForSequenceClassification, hidden_size=128, hidden_dropout_prob=0.0,  # head dim 32
+                   attention_probs_dropout_prob=0.0, classifier_dropout=0.0).cuda().train()
     model.set_attn_backend(backend)
     ids, mask = (t.cuda() for t in _batch())
     labels = torch.tensor([0, 2], device="cuda")
