@@ -17,10 +17,10 @@ def _project(x, lin, heads):
 def _amp_case(device, backend, amp_dtype):
     torch.manual_seed(0)
     x = torch.randn(2, 29, 64, device=device)
-    lin = torch.nn.Linear(64, 192).to(device)
+    lin = torch.nn.Linear(64, 384).to(device)  # 4 heads of D = 32: a head dim every backend supports
     mask = torch.ones(2, 29, dtype=torch.bool, device=device)
     mask[1, 20:] = False
-    table = nk.sinusoidal_table(8, 16, device=device)  # float32: cast like the rest under autocast
+    table = nk.sinusoidal_table(8, 32, device=device)  # float32: cast like the rest under autocast
     with torch.autocast(device.type if isinstance(device, torch.device) else device, dtype=amp_dtype):
         q, k, v = _project(x, lin, 4)
         assert q.dtype == amp_dtype
@@ -30,7 +30,7 @@ def _amp_case(device, backend, amp_dtype):
     out.float().square().sum().backward()
     grad = lin.weight.grad.clone()
     # float64 oracle on CPU with the same weights
-    lin64 = torch.nn.Linear(64, 192).double()
+    lin64 = torch.nn.Linear(64, 384).double()
     lin64.load_state_dict({n: t.double().cpu() for n, t in lin.state_dict().items()})
     q, k, v = _project(x.double().cpu(), lin64, 4)
     expected = formula.attention(q, k, v, table.double().cpu(), r=8, key_padding=mask.cpu())
