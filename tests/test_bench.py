@@ -97,6 +97,9 @@ def _allocate(spec: dict) -> dict:
     """Child target: the RSS rise of touching a spec["mib"] MiB tensor."""
     from nezha_kernels.bench.memory import RssProbe
 
+    # Start torch's intra-op thread pool first (a parallel op of 256 KiB), as every bench cell does when it
+    # builds its inputs: the pool's first start costs ~28 MiB of RSS that is not the allocation measured.
+    torch.ones(1 << 16).sum()
     probe = RssProbe()
     x = torch.ones(spec["mib"] * 2**18)  # float32: 4 bytes each
     return {"rise": probe.rise_mib(), "sum": float(x.sum())}
