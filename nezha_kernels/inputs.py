@@ -130,8 +130,6 @@ def draw_dropout_seed(generator: torch.Generator | None) -> int | torch.Tensor:
     An int in eager mode. While torch.compile traces, a 0-d int64 CPU tensor drawn inside the graph (reading
     it back with .item() would break the graph); every backend accepts both.
     """
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if torch.compiler.is_compiling():
         if generator is not None:
             raise ValueError("generator is not supported under torch.compile: seed torch's default generator instead")
@@ -217,9 +215,9 @@ def prepare_inputs(
     if attention_mask is not None:
         key_padding, additive = _normalize_mask(attention_mask, b, h, lq, lk, q.device)
     hm = _normalize_head_mask(head_mask, b, h, q.device) if head_mask is not None else None
-    seed = draw_dropout_seed(generator) if dropout_p > 0.0 else None
-    if generator is not None and dropout_p == 0.0 and not isinstance(generator, torch.Generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    seed = draw_dropout_seed(generator) if dropout_p > 0.0 else None
 
     return AttentionInputs(
         q=q, k=k, v=v, table=table, max_relative_position=r,
