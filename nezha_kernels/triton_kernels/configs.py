@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 
 AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
@@ -49,6 +50,30 @@ def band_p(r: int) -> int:
     return width if width <= MAX_BAND_P else 0
 
 
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+TRITON_VERSION = _version_tuple(triton.__version__)
+# Triton 3.6's software pipeliner aborts on these kernels for sm_90 ("PassManager::run failed" in
+# TritonGPUPipeline, every num_stages=2 tile of the forward and dQ; sm_80 compiles). 3.9 compiles them.
+# Versions in between are untested, so below 3.9 the tiles run unpipelined on sm_90+.
+PIPELINING_SM90_MIN_TRITON = (3, 9)
+
+
+def stages_for(num_stages: int, arch_major: int) -> int:
+    """num_stages a tile can use on a device of compute capability ``arch_major`` with this triton."""
+    if num_stages > 1 and arch_major >= 9 and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON:
+        return 1
+    return num_stages
+
+
 def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
     kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_P": block_p(block_m, block_n)}
     return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
@@ -67,9 +92,21 @@ def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
 def prune(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     head_dim = args["HEAD_DIM"]
-    elem_bytes = args["Q"].element_size()
+    q = args["Q"]
+    elem_bytes = q.element_size()
     kept = [c for c in configs if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim, elem_bytes)]
-    return kept or configs[-1:]
+    kept = kept or configs[-1:]
+    if q.is_cuda:
+        major = torch.cuda.get_device_capability(q.device)[0]
+        adjusted, seen = [], set()
+        for c in kept:
+            stages = stages_for(c.num_stages, major)
+            key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, stages)
+            if key not in seen:
+                seen.add(key)
+                adjusted.append(c if stages == c.num_stages else make_config(*key))
+        kept = adjusted
+    return kept
 
 
 def tiles(kind: str) -> list[tuple[int, int, int, int]]:
