@@ -10,11 +10,14 @@ small tiles put both band and far-field tiles in tests of a few dozen rows.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import triton
 
 AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
+# "0": run the main tile that fits instead of autotuning (correctness runs such as the GPU tests).
+AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
 # Chosen from the AOT compile report (sm_80 and sm_90, D = 64, every feature on, JIT-like specialization):
@@ -51,9 +54,10 @@ def band_p(r: int) -> int:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
+    """(3, 6, 0) from "3.6.0", "3.6.0+git1a2b" or "3.10.0rc1": the leading digits of each dotted part."""
     parts = []
     for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = re.match(r"\d*", piece).group()
         if not digits:
             break
         parts.append(int(digits))
@@ -106,13 +110,22 @@ def prune(configs, named_args, **kwargs):
                 seen.add(key)
                 adjusted.append(c if stages == c.num_stages else make_config(*key))
         kept = adjusted
+    if os.environ.get(AUTOTUNE_ENV, "1") == "0":
+        kept = kept[:1]  # the main tile that fits: nothing to time
     return kept
 
 
 def tiles(kind: str) -> list[tuple[int, int, int, int]]:
-    """The tile list of a kernel ("fwd", "bwd_dkdv" or "bwd_dq") for this process (one under the interpreter)."""
+    """The tile list of a kernel ("fwd", "bwd_dkdv" or "bwd_dq") for this process.
+
+    One small tile under the interpreter. With NEZHA_KERNELS_TRITON_AUTOTUNE=0 only the main tiles (the first
+    one, plus the smaller fallbacks that fp32 and D = 128 prune down to), so that correctness runs do not
+    compile and time every candidate: a third of the JIT work in the GPU test suite.
+    """
     if interpreted():
         return [INTERPRETER_TILE]
+    if os.environ.get(AUTOTUNE_ENV, "1") == "0":
+        return [TILES[kind][0], TILES[kind][-1]]
     return TILES[kind]
 
 

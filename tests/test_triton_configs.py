@@ -1,0 +1,32 @@
+"""Tile selection rules of the Triton backend (no GPU needed)."""
+
+import pytest
+import torch
+
+configs = pytest.importorskip("nezha_kernels.triton_kernels.configs")
+
+
+def _tiles(cfgs):
+    return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in cfgs]
+
+
+def test_fp32_and_wide_heads_prune_to_small_tiles():
+    cfgs = [configs.make_config(*t) for t in configs.FWD_TILES]
+    assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
+    half = _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.float16)}))
+    assert half == [tuple(t) for t in configs.FWD_TILES]
+
+
+def test_autotune_off_runs_the_main_tile_that_fits(monkeypatch):
+    monkeypatch.setenv(configs.AUTOTUNE_ENV, "0")
+    cfgs = [configs.make_config(*t) for t in configs.tiles("fwd")]
+    assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.bfloat16)})) == [configs.FWD_TILES[0]]
+    assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
+
+
+def test_pipelining_is_dropped_on_sm90_only_for_old_triton(monkeypatch):
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
+    assert configs.stages_for(2, 9) == 1 and configs.stages_for(2, 8) == 2 and configs.stages_for(1, 9) == 1
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
+    assert configs.stages_for(2, 9) == 2
+    assert configs._version_tuple("3.6.0+git1a2b") == (3, 6, 0) and configs._version_tuple("3.10.0rc1") == (3, 10, 0)
