@@ -516,6 +516,13 @@ class NezhaPreTrainedModel(nn.Module):
             output_loading_info=output_loading_info, **config_overrides,
         )
 
+    @classmethod
+    def from_tf_checkpoint(cls, path_or_dir: str | os.PathLike, config: NezhaConfig | None = None, **kwargs: Any):
+        """Load Huawei's original TF checkpoint (no TensorFlow needed); see :mod:`nezha_kernels.models.tf_checkpoint`."""
+        from .tf_checkpoint import from_tf_checkpoint
+
+        return from_tf_checkpoint(cls, path_or_dir, config, **kwargs)
+
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
                         max_shard_size: int | str | None = None) -> None:
         """Write config.json and the weights; see :func:`nezha_kernels.models.checkpoint.save_pretrained`."""
