@@ -209,3 +209,22 @@ def run_child(target: str, spec: dict, *, limit_gib: float, timeout_s: float, me
     if method == "spawn":
         return _run_spawned(target, spec, limit_gib, timeout_s)
     raise ValueError(f"method must be 'fork' or 'spawn', got {method!r}")
+
+
+def measure_in_place_or_child(target: str, spec: dict, modes, *, on_gpu: bool, limit_gib: float,
+                              timeout_s: float) -> dict:
+    """Run a cell measurement ``target`` ("module:function") on ``spec``.
+
+    On a GPU in this process (peak memory comes from the CUDA allocator; the cache is emptied after);
+    on the CPU in a fresh capped process (run_child), where a failed process becomes
+    {"note": "", "modes": {mode: {"status": <why>}}} so that every mode still gets a row.
+    """
+    if on_gpu:
+        try:
+            return _call(target, spec)
+        finally:
+            torch.cuda.empty_cache()
+    child = run_child(target, spec, limit_gib=limit_gib, timeout_s=timeout_s)
+    if child["status"] == "ok":
+        return child["result"]
+    return {"note": "", "modes": {m: {"status": child["status"]} for m in modes}}

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .memory import RssProbe, cuda_peak_mib, is_oom, run_child
+from .memory import RssProbe, cuda_peak_mib, is_oom, measure_in_place_or_child
 from .results import OK, Row
 
 __all__ = ["MODEL_SIZES", "ModelGrid", "model_grid", "hf_nezha_status", "measure_model_cell", "run_model_bench"]
@@ -188,17 +188,9 @@ def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, l
                 continue
             spec = dict(provider=provider, size=grid.size, device=device, dtype=grid.dtype, batch=batch,
                         seq_len=length, modes=list(grid.modes), cpu_budget_s=cpu_budget_s)
-            if on_gpu:
-                try:
-                    measured = measure_model_cell(spec)
-                finally:
-                    torch.cuda.empty_cache()
-            else:
-                timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
-                child = run_child("nezha_kernels.bench.model_bench:measure_model_cell", spec,
-                                  limit_gib=limit_gib, timeout_s=timeout)
-                measured = child["result"] if child["status"] == OK else {
-                    "modes": {m: {"status": child["status"]} for m in grid.modes}}
+            timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
+            measured = measure_in_place_or_child("nezha_kernels.bench.model_bench:measure_model_cell", spec,
+                                                 grid.modes, on_gpu=on_gpu, limit_gib=limit_gib, timeout_s=timeout)
             for mode in grid.modes:
                 cell = dict(measured["modes"][mode])
                 if cell["status"] == "OOM" and not on_gpu:

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .memory import RssProbe, cuda_peak_mib, is_oom, run_child
+from .memory import RssProbe, cuda_peak_mib, is_oom, measure_in_place_or_child
 from .results import OK, Row
 from .timing import time_fn
 
@@ -297,17 +297,9 @@ def run_op_bench(grid: OpGrid, device: str, env: dict, *, providers: tuple[str, 
                 spec = dict(provider=name, device=device, dtype=dtype, batch=batch, heads=grid.heads,
                             seq_len=length, head_dim=grid.head_dim, max_relative_position=grid.max_relative_position,
                             modes=list(grid.modes), cpu_budget_s=cpu_budget_s)
-                if on_gpu:
-                    try:
-                        measured = measure_cell(spec)
-                    finally:
-                        torch.cuda.empty_cache()
-                else:
-                    timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
-                    child = run_child("nezha_kernels.bench.op_bench:measure_cell", spec,
-                                      limit_gib=limit_gib, timeout_s=timeout)
-                    measured = child["result"] if child["status"] == OK else {
-                        "note": "", "modes": {m: {"status": child["status"]} for m in grid.modes}}
+                timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
+                measured = measure_in_place_or_child("nezha_kernels.bench.op_bench:measure_cell", spec, grid.modes,
+                                                     on_gpu=on_gpu, limit_gib=limit_gib, timeout_s=timeout)
                 for mode in grid.modes:
                     cell = dict(measured["modes"][mode])
                     if cell["status"] == "OOM" and not on_gpu:
