@@ -60,6 +60,18 @@ _GENERIC_DEFAULTS: dict[str, Any] = {
 ATTN_BACKEND_DEFAULT = "auto"
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in ``path``; ValueError naming the file when it is not valid JSON or not an object."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 class NezhaConfig:
     """Configuration of a NEZHA model (``model_type = "nezha"``).
 
@@ -177,14 +189,7 @@ class NezhaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "NezhaConfig":
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, **overrides)
+        return cls.from_dict(read_json_object(path), **overrides)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "NezhaConfig":

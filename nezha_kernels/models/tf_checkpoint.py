@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import LoadingInfo, _align_prefix, _tied_keys
-from .configuration import NezhaConfig
+from .configuration import NezhaConfig, read_json_object
 
 __all__ = [
     "TFCheckpointError", "TFTensorInfo", "resolve_tf_checkpoint", "list_tf_variables", "read_tf_checkpoint",
@@ -382,13 +381,7 @@ def config_from_bert_json(path: str | os.PathLike, **overrides) -> NezhaConfig:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config {path!r} does not exist (Huawei's checkpoints ship a bert_config.json)")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    data = read_json_object(path)
     data.setdefault("max_relative_position", 64)
     data.pop("use_relative_position", None)  # NEZHA's flag; our model is always relative
     data.setdefault("model_type", "nezha")
