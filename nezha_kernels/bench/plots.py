@@ -91,22 +91,26 @@ def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
         sample = mine[0]
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        for ax in axes.flat:  # providers missing from the first panel (failed everywhere there)
-            for h, l in zip(*ax.get_legend_handles_labels()):
-                if l not in labels:
-                    handles.append(h)
-                    labels.append(l)
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-        fig.suptitle(f"relative_attention, {dtype}, H={sample.heads}, D={sample.head_dim}, "
-                     f"B*L = {sample.batch * sample.seq_len} tokens  (x = OOM / not run)\n{sample.device_name}",
-                     fontsize=11)
-        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-        path = Path(out_dir) / f"ops_{dtype}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        paths.append(path)
+        title = (f"relative_attention, {dtype}, H={sample.heads}, D={sample.head_dim}, "
+                 f"B*L = {sample.batch * sample.seq_len} tokens  (x = OOM / not run)\n{sample.device_name}")
+        paths.append(_finish(plt, fig, axes, title, Path(out_dir) / f"ops_{dtype}.png"))
     return paths
+
+
+def _finish(plt, fig, axes, title: str, path: Path) -> Path:
+    """One legend for every provider of any panel (some fail everywhere in the first), title, save, close."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
@@ -132,20 +136,9 @@ def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
                 ax.set_xlabel("batch x length")
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, l in zip(*ax.get_legend_handles_labels()):
-                if l not in labels:
-                    handles.append(h)
-                    labels.append(l)
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-        fig.suptitle(f"{mine[0].op} (random weights), {dtype}; train = AdamW step, dropout on  "
-                     f"(x = OOM / n/a)\n{mine[0].device_name}", fontsize=11)
-        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-        path = Path(out_dir) / f"models_{dtype}.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        paths.append(path)
+        title = (f"{mine[0].op} (random weights), {dtype}; train = AdamW step, dropout on  "
+                 f"(x = OOM / n/a)\n{mine[0].device_name}")
+        paths.append(_finish(plt, fig, axes, title, Path(out_dir) / f"models_{dtype}.png"))
     return paths
 
 
