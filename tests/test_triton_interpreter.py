@@ -38,8 +38,19 @@ if INTERPRETED:
     import nezha_kernels as nk
     from nezha_kernels.backends import available_backends
 
+    import triton
+    import triton.language as tl
     import triton_parity
     from triton_parity import check
+
+    from nezha_kernels.triton_kernels.dot import dot
+
+    @triton.jit
+    def _bf16_matmul_kernel(a_ptr, b_ptr, c_ptr, N: tl.constexpr):
+        r = tl.arange(0, N)
+        a = tl.load(a_ptr + r[:, None] * N + r[None, :])
+        b = tl.load(b_ptr + r[:, None] * N + r[None, :])
+        tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, "tf32"))
 
 CPU = "cpu"
 F32 = torch.float32
@@ -126,10 +137,29 @@ def test_strided_views_of_fused_projection():
 
 
 @interpreted_only
-def test_float16():
-    # bfloat16 is covered by the GPU tests only: the interpreter (numpy has no bfloat16) returns
-    # garbage for bfloat16 tl.dot and casts, even in a two-line kernel.
-    check(CPU, torch.float16, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision(dtype):
+    check(CPU, dtype, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7)
+
+
+@interpreted_only
+def test_bfloat16_padding_dropout_head_mask_far_field():
+    # Far-field tiles on both sides (R = 3), a fully padded batch row, dropout and head_mask in bf16.
+    kp = torch.rand(2, 45, generator=torch.Generator().manual_seed(9)) > 0.25
+    kp[1] = False
+    check(CPU, torch.bfloat16, 2, 2, 70, 45, 64, 3, key_padding=kp, dropout_p=0.2,
+          head_mask=torch.tensor([0.5, 1.0]), q_offset=4)
+
+
+@interpreted_only
+def test_bfloat16_dot_is_exact_under_the_interpreter():
+    # triton-lang/triton#11584: the interpreter multiplies bf16 bit patterns; kernels go through dot.dot,
+    # which widens bf16 operands to fp32 there. Products of bf16 values are exact in fp32.
+    g = torch.Generator().manual_seed(10)
+    a, b = (torch.randn(16, 16, generator=g).to(torch.bfloat16) for _ in range(2))
+    c = torch.empty(16, 16)
+    _bf16_matmul_kernel[(1,)](a, b, c, N=16)
+    torch.testing.assert_close(c.double(), a.double() @ b.double(), atol=1e-5, rtol=1e-6)
 
 
 @interpreted_only

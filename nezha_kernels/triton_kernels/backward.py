@@ -11,7 +11,8 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, dot_nt, load_band_table, load_table_slice, mask_scores
+from .band import band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
+from .dot import dot, dot_nt
 from .philox import philox_uniform
 
 
@@ -55,7 +56,7 @@ def _tile_grads(
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
     """
-    # fp32 FMA dots: chunk the head dim (see band.dot_nt); tensor-core dots stay whole.
+    # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if DOT_PRECISION == "ieee" else 1
     s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
     dw = dot_nt(do, v, DOT_PRECISION, K_CHUNKS)
@@ -76,8 +77,8 @@ def _tile_grads(
             dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
         else:
             ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
-            dw += band_gather(tl.dot(do, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+            s += band_gather(dot(q, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
+            dw += band_gather(dot(do, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
     else:
         t_edge = tl.where(rel_min >= R, t_right, t_left)
         s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
@@ -168,8 +169,8 @@ def _relattn_bwd_dkdv_kernel(
             R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, Q, 0,
             HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, 0,
         )
-        dv += tl.dot(tl.trans(w).to(do.dtype), do, input_precision=DOT_PRECISION)
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
+        dv += dot(tl.trans(w).to(do.dtype), do, None, DOT_PRECISION)
+        dk += dot(tl.trans(ds).to(q.dtype), q, None, DOT_PRECISION)
 
     out_off = bh.to(tl.int64) * LK * HEAD_DIM + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -205,7 +206,7 @@ def _relattn_bwd_dq_kernel(
     """
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
-    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1  # see band.dot_nt
+    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1  # see dot.dot_nt
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -267,7 +268,7 @@ def _relattn_bwd_dq_kernel(
             R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
             HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
         )
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        dq += dot(ds.to(k.dtype), k, None, DOT_PRECISION)
         rel_min = j0 - (pos0 + BLOCK_M - 1)
         rel_max = j0 + BLOCK_N - 1 - pos0
         if (rel_min < R) & (rel_max > -R):
@@ -280,8 +281,7 @@ def _relattn_bwd_dq_kernel(
                 ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
             else:
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                dq += tl.dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
-                             input_precision=DOT_PRECISION)
+                dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, DOT_PRECISION)
         elif rel_min >= R:
             ds_right += tl.sum(ds, axis=1)
         else:
@@ -298,7 +298,7 @@ def _relattn_bwd_dq_kernel(
             seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < LK) & (j < hi_tiles)
             ds_band = tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=0.0)
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            dq += tl.dot(ds_band.to(tb.dtype), tb, input_precision=DOT_PRECISION)
+            dq += dot(ds_band.to(tb.dtype), tb, None, DOT_PRECISION)
     dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
     out_off = bh.to(tl.int64) * LQ * HEAD_DIM + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
     tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)

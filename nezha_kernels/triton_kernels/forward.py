@@ -21,8 +21,9 @@ m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk wei
 import triton
 import triton.language as tl
 
-from .band import (MASKED_SCORE, band_bucket, band_gather, dot_nt, load_band_table, load_table_slice,
+from .band import (MASKED_SCORE, band_bucket, band_gather, load_band_table, load_table_slice,
                    mask_scores)
+from .dot import dot, dot_nt
 from .philox import philox_uniform
 
 
@@ -49,7 +50,7 @@ def _relattn_fwd_kernel(
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
-    # fp32 FMA dots: chunk the head dim (see band.dot_nt); tensor-core dots stay whole.
+    # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -118,7 +119,7 @@ def _relattn_fwd_kernel(
                 s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
             else:
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                s += band_gather(tl.dot(q, tl.trans(ts), input_precision=DOT_PRECISION), BLOCK_M, BLOCK_N)
+                s += band_gather(dot(q, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
         else:
             s += tl.where(rel_min >= R, qt_right, qt_left)[:, None]
         s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
@@ -140,7 +141,7 @@ def _relattn_fwd_kernel(
             p = p * drop
             if BAND_P > 0:
                 s = tl.where(drop > 0.0, s, float("-inf"))  # a dropped pair leaves no value-side weight
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, DOT_PRECISION)
         mass_left = mass_left * alpha
         mass_right = mass_right * alpha
         if in_band:
@@ -151,8 +152,7 @@ def _relattn_fwd_kernel(
                 mass_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
             else:
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                acc += tl.dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts,
-                              input_precision=DOT_PRECISION)
+                acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, DOT_PRECISION)
         else:
             if rel_min >= R:
                 mass_right += tl.sum(p, axis=1)
@@ -172,7 +172,7 @@ def _relattn_fwd_kernel(
             if HAS_DROPOUT:
                 w_band = w_band * dropout_scale
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            acc += tl.dot(w_band.to(tb.dtype), tb, input_precision=DOT_PRECISION)
+            acc += dot(w_band.to(tb.dtype), tb, None, DOT_PRECISION)
     acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
     out = acc / l_i[:, None]
     if HAS_HMASK:
