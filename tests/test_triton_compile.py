@@ -63,3 +63,11 @@ def test_fp32_d128_forward_does_not_spill(rows):
     assert {(r.kernel, r.arch) for r in d128} == {("fwd", 80), ("fwd", 90)}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in d128 if r.spill_bytes]
     assert not spilling, "\n".join(spilling)
+
+
+def test_d128_half_precision_backward_does_not_spill(rows):
+    # Head dim 128 training: dK/dV and dQ run their wide-head tiles (configs.WIDE_HEAD_TILES), spill-free.
+    d128 = [r for r in rows if r.config.startswith("fp16 D=128")]
+    assert {(r.kernel, r.arch) for r in d128} == {(k, a) for k in ("bwd_dkdv", "bwd_dq") for a in (80, 90)}
+    spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in d128 if r.spill_bytes]
+    assert not spilling, "\n".join(spilling)

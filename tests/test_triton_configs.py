@@ -24,6 +24,24 @@ def test_autotune_off_runs_the_main_tile_that_fits(monkeypatch):
     assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
 
 
+def test_wide_heads_run_their_spill_free_backward_tiles_first(monkeypatch):
+    for kind in ("bwd_dkdv", "bwd_dq"):
+        cfgs = [configs.make_config(*t) for t in configs.gpu_tiles(kind)]
+        for dtype, nbytes in ((torch.float16, 2), (torch.bfloat16, 2), (torch.float32, 4)):
+            args = {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=dtype)}
+            kept = _tiles(configs.prune(cfgs, args, kind=kind))
+            assert kept[0] == configs.WIDE_HEAD_TILES[(kind, nbytes)]
+            assert len(set(kept)) == len(kept)
+            # D = 64 never runs a wide-head-only tile: its general list already has spill-free tiles.
+            narrow = _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=dtype)}, kind=kind))
+            assert not set(narrow) & configs._wide_only(kind)
+            assert narrow[0] == configs.candidates(kind, configs.TILES[kind], 64, nbytes)[0]
+    monkeypatch.setenv(configs.AUTOTUNE_ENV, "0")
+    cfgs = [configs.make_config(*t) for t in configs.gpu_tiles("bwd_dq")]
+    only = _tiles(configs.prune(cfgs, {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=torch.bfloat16)}, kind="bwd_dq"))
+    assert only == [configs.WIDE_HEAD_TILES[("bwd_dq", 2)]]
+
+
 def test_pipelining_is_dropped_on_sm90_only_for_old_triton(monkeypatch):
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
     assert configs.stages_for(2, 9) == 1 and configs.stages_for(2, 8) == 2 and configs.stages_for(1, 9) == 1

@@ -87,15 +87,15 @@ def _jobs(archs, grid: str = "full"):
     grid "full": D = 64 x every kept config (fp16, fp32; bf16 main config only: same code as fp16 but
     the dot type) with every feature on, plus the plain variant of the main configs, and the main
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
-    grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature) and the
-    fp32 D = 128 main forward: what the test suite compiles.
+    grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
+    fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
     """
     from ..triton_kernels import configs
 
     kernels = {
-        "fwd": ("_relattn_fwd_kernel", configs.FWD_TILES),
-        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.DKDV_TILES),
-        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.DQ_TILES),
+        "fwd": ("_relattn_fwd_kernel", configs.gpu_tiles("fwd")),
+        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.gpu_tiles("bwd_dkdv")),
+        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.gpu_tiles("bwd_dq")),
     }
     every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True)
     plain = dict(HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False,
@@ -118,7 +118,7 @@ def _jobs(archs, grid: str = "full"):
     for arch in archs:
         for kernel, (_, tiles) in kernels.items():
             for dtype in ("fp16", "bf16", "fp32"):
-                kept = [t for t in tiles if configs._fits(t[0], t[1], 64, DTYPES[dtype])] or tiles[-1:]
+                kept = configs.candidates(kernel, tiles, 64, DTYPES[dtype])
                 if grid == "main":
                     kept = kept[:1] if dtype != "bf16" or kernel in BLOCK_BAND_KERNELS else []
                 elif dtype == "bf16":
@@ -130,11 +130,13 @@ def _jobs(archs, grid: str = "full"):
             if grid == "full":
                 for d in (16, 32, 128):
                     for dtype in ("fp16", "fp32") if d == 128 else ("fp16",):
-                        kept = [t for t in tiles if configs._fits(t[0], t[1], d, DTYPES[dtype])] or tiles[-1:]
+                        kept = configs.candidates(kernel, tiles, d, DTYPES[dtype])
                         add(kernel, d, dtype, kept[0], every, "all-features", arch)
         if grid == "main":
-            fp32_tiles = [t for t in configs.FWD_TILES if configs._fits(t[0], t[1], 128, 4)]
-            add("fwd", 128, "fp32", fp32_tiles[0], every, "all-features", arch)
+            add("fwd", 128, "fp32", configs.candidates("fwd", configs.FWD_TILES, 128, 4)[0], every, "all-features", arch)
+            for kernel in ("bwd_dkdv", "bwd_dq"):  # head dim 128 training in fp16 / bf16: the wide-head tiles
+                tile = configs.candidates(kernel, kernels[kernel][1], 128, 2)[0]
+                add(kernel, 128, "fp16", tile, every, "all-features", arch)
         jobs.append(("bwd_delta", "_relattn_bwd_delta_kernel", "fp16 D=64 64 rows", arch, "fp16",
                      dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64), 4, 1))
     return jobs

@@ -9,6 +9,7 @@ small tiles put both band and far-field tiles in tests of a few dozen rows.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -31,6 +32,16 @@ FWD_TILES = [(64, 32, 8, 2), (64, 64, 8, 1), (32, 16, 8, 1)]
 DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
 DQ_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 8, 1)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
+# Head dim 128, backward: every tile above that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ fp16
+# 144-400 B, fp32 352-376 B). These tiles are spill-free on sm_80 and sm_90 (dQ fp32: 0 / 16 B), from a sweep
+# of the AOT report (benchmarks/NOTES.md). They run first for D > 64 (the main tile when autotuning is off);
+# the spilling tiles stay candidates so the autotuner can still time them. Keyed on (kernel, input bytes).
+WIDE_HEAD_TILES = {
+    ("bwd_dkdv", 2): (16, 32, 8, 1),
+    ("bwd_dkdv", 4): (16, 16, 8, 1),
+    ("bwd_dq", 2): (32, 32, 8, 1),
+    ("bwd_dq", 4): (16, 16, 8, 1),
+}
 INTERPRETER_TILE = (16, 16, 1, 1)
 
 
@@ -93,13 +104,31 @@ def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
     return True
 
 
-def prune(configs, named_args, **kwargs):
+def _wide_only(kind: str) -> set[tuple[int, int, int, int]]:
+    """Tiles listed for wide heads only (not in the kernel's general list)."""
+    return {t for (k, _), t in WIDE_HEAD_TILES.items() if k == kind} - set(TILES[kind])
+
+
+def candidates(kind: str, tiles, head_dim: int, elem_bytes: int) -> list:
+    """The tiles of ``tiles`` a (kernel, head dim, input size) may run, best first; never empty."""
+    wide = WIDE_HEAD_TILES.get((kind, elem_bytes)) if head_dim > 64 else None
+    skip = _wide_only(kind)
+    kept = [t for t in tiles if t not in skip and _fits(t[0], t[1], head_dim, elem_bytes)]
+    if wide is not None and wide in tiles:
+        kept = [wide] + [t for t in kept if t != wide]
+    return kept or [t for t in tiles if t not in skip][-1:]
+
+
+def _tile(c) -> tuple[int, int, int, int]:
+    return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+
+
+def prune(configs, named_args, kind: str = "fwd", **kwargs):
     args = {**named_args, **kwargs}
     head_dim = args["HEAD_DIM"]
     q = args["Q"]
-    elem_bytes = q.element_size()
-    kept = [c for c in configs if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], head_dim, elem_bytes)]
-    kept = kept or configs[-1:]
+    by_tile = {_tile(c): c for c in configs}
+    kept = [by_tile[t] for t in candidates(kind, list(by_tile), head_dim, q.element_size())]
     if q.is_cuda:
         major = torch.cuda.get_device_capability(q.device)[0]
         adjusted, seen = [], set()
@@ -116,20 +145,22 @@ def prune(configs, named_args, **kwargs):
 
 
 def tiles(kind: str) -> list[tuple[int, int, int, int]]:
-    """The tile list of a kernel ("fwd", "bwd_dkdv" or "bwd_dq") for this process.
-
-    One small tile under the interpreter. With NEZHA_KERNELS_TRITON_AUTOTUNE=0 only the main tiles (the first
-    one, plus the smaller fallbacks that fp32 and D = 128 prune down to), so that correctness runs do not
-    compile and time every candidate: a third of the JIT work in the GPU test suite.
+    """The tile list of a kernel ("fwd", "bwd_dkdv" or "bwd_dq") for this process: its general tiles
+    plus its wide-head tiles. One small tile under the interpreter. prune() keeps those a call may run
+    (one only with NEZHA_KERNELS_TRITON_AUTOTUNE=0), and only kept configs are compiled.
     """
     if interpreted():
         return [INTERPRETER_TILE]
-    if os.environ.get(AUTOTUNE_ENV, "1") == "0":
-        return [TILES[kind][0], TILES[kind][-1]]
-    return TILES[kind]
+    return gpu_tiles(kind)
+
+
+def gpu_tiles(kind: str) -> list[tuple[int, int, int, int]]:
+    """Every tile a kernel may run on a GPU: its general tiles, then its wide-head-only tiles."""
+    return TILES[kind] + sorted(_wide_only(kind))
 
 
 def autotune(kind: str):
     """Decorator: triton.autotune over ``tiles(kind)`` keyed on AUTOTUNE_KEY."""
     configs = [make_config(*t) for t in tiles(kind)]
-    return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune})
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": functools.partial(prune, kind=kind)})
