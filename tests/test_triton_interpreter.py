@@ -20,18 +20,34 @@ import torch
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 interpreted_only = pytest.mark.skipif(
     not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_interpreter_suite")
+# The GPU's own tiles (configs.INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
+GPU_TILES = os.environ.get("NEZHA_KERNELS_TRITON_INTERPRETER_TILES") == "gpu"
+gpu_tiles_only = pytest.mark.skipif(
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
 
 pytest.importorskip("triton")
 
 
-@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
-def test_interpreter_suite():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve())]
+def _run_interpreted(extra_env: dict, select: str):
+    env = {**os.environ, "TRITON_INTERPRET": "1", **extra_env}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select,
+           str(Path(__file__).resolve())]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+def test_interpreter_suite():
+    _run_interpreted({}, "not gpu_tiles")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+def test_interpreter_gpu_tiles_suite():
+    # The main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...), one config each.
+    _run_interpreted({"NEZHA_KERNELS_TRITON_INTERPRETER_TILES": "gpu", "NEZHA_KERNELS_TRITON_AUTOTUNE": "0"},
+                     "gpu_tiles")
 
 
 if INTERPRETED:
@@ -160,6 +176,22 @@ def test_bfloat16_dot_is_exact_under_the_interpreter():
     c = torch.empty(16, 16)
     _bf16_matmul_kernel[(1,)](a, b, c, N=16)
     torch.testing.assert_close(c.double(), a.double() @ b.double(), atol=1e-5, rtol=1e-6)
+
+
+@interpreted_only
+@gpu_tiles_only
+@pytest.mark.parametrize("dtype,d", [(torch.float32, 64), (torch.float16, 64), (torch.bfloat16, 128)])
+def test_gpu_tiles(dtype, d):
+    # NEZHA's R = 64 (block-band mode) over several 64-row tiles with ragged tails, far-field key tiles,
+    # a fully padded batch row, dropout and head_mask; then causal with a small R.
+    from nezha_kernels.triton_kernels import configs, launch
+
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
+    kp = torch.rand(2, 141, generator=torch.Generator().manual_seed(13)) > 0.2
+    kp[1] = False
+    check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1,
+          head_mask=torch.tensor([1.0, 0.5]))
+    check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
 
 
 @interpreted_only

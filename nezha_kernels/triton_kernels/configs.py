@@ -43,6 +43,9 @@ WIDE_HEAD_TILES = {
     ("bwd_dq", 4): (16, 16, 8, 1),
 }
 INTERPRETER_TILE = (16, 16, 1, 1)
+# "gpu": under the interpreter, run the tiles a GPU runs instead of INTERPRETER_TILE (slow; the tests use
+# it with NEZHA_KERNELS_TRITON_AUTOTUNE=0 to check the GPU's main tiles on the CPU).
+INTERPRETER_TILES_ENV = "NEZHA_KERNELS_TRITON_INTERPRETER_TILES"
 
 
 def interpreted() -> bool:
@@ -149,7 +152,7 @@ def tiles(kind: str) -> list[tuple[int, int, int, int]]:
     plus its wide-head tiles. One small tile under the interpreter. prune() keeps those a call may run
     (one only with NEZHA_KERNELS_TRITON_AUTOTUNE=0), and only kept configs are compiled.
     """
-    if interpreted():
+    if interpreted() and os.environ.get(INTERPRETER_TILES_ENV) != "gpu":
         return [INTERPRETER_TILE]
     return gpu_tiles(kind)
 
