@@ -18,7 +18,7 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
                       const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
-    extern __shared__ float smem[];
+    NZ_DYNAMIC_SMEM(float, smem);
     float* Qs = smem;
     float* dOs = Qs + BM * DP;
     float* Ks = dOs + BM * DP;
@@ -126,7 +126,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     // Own rows are keys (BM), the streamed tiles are queries (BN).
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
     static_assert(BN == NT / TPR, "one thread group per query row for the per-row scalars");
-    extern __shared__ float smem[];
+    NZ_DYNAMIC_SMEM(float, smem);
     float* Ks = smem;
     float* Vs = Ks + BM * DP;
     float* Qs = Vs + BM * DP;
@@ -263,14 +263,14 @@ static const char* launch_bwd(const AttnArgs& a, const void* dout, const float* 
         auto kernel = relattn_bwd_dq_kernel<T, D>;
         if (const char* err = prepare_launch(kernel, device, smem)) return err;
         const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
-        kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dq));
+        NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dq));
         if (const char* err = launch_status()) return err;
     }
     constexpr size_t smem = dkdv_smem_bytes<D>();
     auto kernel = relattn_bwd_dkdv_kernel<T, D>;
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
-    kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
     return launch_status();
 }
 

@@ -19,7 +19,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
                          const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN_DQ, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);
     T* dOs = Qs + BM * LD;
     T* Ks = dOs + BM * LD;
@@ -187,7 +187,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
     constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8;
     constexpr int TB_LD = C::TB_LD;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Ks = reinterpret_cast<T*>(smem_raw);
     T* Vs = Ks + BM * LD;
     T* Qs = Vs + BM * LD;
@@ -368,14 +368,14 @@ static const char* launch_bwd_tc(const AttnArgs& a, const void* dout, const floa
         auto kernel = relattn_bwd_dq_tc_kernel<T, D>;
         if (const char* err = prepare_launch(kernel, device, smem)) return err;
         const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
-        kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dq));
+        NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dq));
         if (const char* err = launch_status()) return err;
     }
     constexpr size_t smem = dkdv_tc_smem_bytes<D>();
     auto kernel = relattn_bwd_dkdv_tc_kernel<T, D>;
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
-    kernel<<<grid, C::NT, smem, s>>>(a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
     return launch_status();
 }
 

@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
 relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
-    extern __shared__ float smem[];
+    NZ_DYNAMIC_SMEM(float, smem);
     float* Qs = smem;
     float* Ks = Qs + BM * DP;
     float* Vs = Ks + BN * DP;
@@ -147,7 +147,7 @@ static const char* launch_fwd(const AttnArgs& a, void* o, float* lse, int device
     auto kernel = relattn_fwd_kernel<T, D>;
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((a.Lq + TileConfig<D>::BM - 1) / TileConfig<D>::BM, a.B * a.H);
-    kernel<<<grid, TileConfig<D>::NT, smem, static_cast<cudaStream_t>(stream)>>>(a, static_cast<T*>(o), lse);
+    NZ_LAUNCH(kernel, grid, TileConfig<D>::NT, smem, static_cast<cudaStream_t>(stream), a, static_cast<T*>(o), lse);
     return launch_status();
 }
 

@@ -18,7 +18,7 @@ __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);
     T* Ks = Qs + BM * LD;
     T* Vs = Ks + BN * LD;
@@ -204,7 +204,7 @@ static const char* launch_fwd_tc(const AttnArgs& a, void* o, float* lse, int dev
     auto kernel = relattn_fwd_tc_kernel<T, D>;
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((a.Lq + TcConfig<D>::BM - 1) / TcConfig<D>::BM, a.B * a.H);
-    kernel<<<grid, TcConfig<D>::NT, smem, static_cast<cudaStream_t>(stream)>>>(a, static_cast<T*>(o), lse);
+    NZ_LAUNCH(kernel, grid, TcConfig<D>::NT, smem, static_cast<cudaStream_t>(stream), a, static_cast<T*>(o), lse);
     return launch_status();
 }
 

@@ -39,10 +39,14 @@ template <typename T> struct MmaOp;
 
 template <> struct MmaOp<__half> {
     __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef NEZHA_CUDA_EMULATE
+        ::nezha::emu::mma_m16n8k16(::nezha::emu::MmaType::F16, c, a, b, __FILE__, __LINE__);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
     }
     __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
         __half2 h = __floats2half2_rn(lo, hi);
@@ -52,10 +56,14 @@ template <> struct MmaOp<__half> {
 
 template <> struct MmaOp<__nv_bfloat16> {
     __device__ __forceinline__ static void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef NEZHA_CUDA_EMULATE
+        ::nezha::emu::mma_m16n8k16(::nezha::emu::MmaType::BF16, c, a, b, __FILE__, __LINE__);
+#else
         asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
             "{%0,%1,%2,%3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
     }
     __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
         __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);

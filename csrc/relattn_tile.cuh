@@ -8,12 +8,29 @@
 // Shared tiles are float32 with a padded row stride D + 1 so column-strided reads avoid bank conflicts.
 #pragma once
 
+#ifdef NEZHA_CUDA_EMULATE
+#include "emu/cuda_emu.h"  // g++ on the CPU: the CUDA execution emulator (csrc/emu/)
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "relattn.h"
 #include "relattn_helpers.h"
+
+// Dynamic shared memory and launches, spelled so that the CPU emulator can take them over:
+//   NZ_DYNAMIC_SMEM(float, smem);  is  extern __shared__ float smem[];
+//   NZ_LAUNCH(kernel, grid, block, smem, stream, args...);  is  kernel<<<grid, block, smem, stream>>>(args...);
+// Under the emulator the first is a pointer to the block's buffer and the second runs the grid on CPU threads.
+#ifdef NEZHA_CUDA_EMULATE
+#define NZ_DYNAMIC_SMEM(type, name) type* const name = static_cast<type*>(::nezha::emu::dynamic_smem())
+#define NZ_LAUNCH(kernel, grid, block, smem, stream, ...) \
+    ::nezha::emu::launch(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__)
+#else
+#define NZ_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+#define NZ_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
 
 namespace nezha {
 
