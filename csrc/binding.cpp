@@ -108,7 +108,7 @@ std::vector<Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, c
     const nezha::AttnArgs a = make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal,
                                         scale, dropout_p, seed);
     Tensor out = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
-    Tensor lse = torch::empty({a.B, a.H, a.Lq}, q.options().dtype(torch::kFloat));
+    Tensor lse = torch::empty({2, a.B, a.H, a.Lq}, q.options().dtype(torch::kFloat));  // row max, log row sum
     const char* err = nezha::relattn_fwd(a, dtype_of(q), impl_of(impl), out.data_ptr(), lse.data_ptr<float>(),
                                          q.device().index(), reinterpret_cast<void*>(stream));
     TORCH_CHECK(err == nullptr, "nezha_kernels cuda forward failed: ", err ? err : "");
@@ -124,11 +124,12 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
                                         scale, dropout_p, seed);
     check_aux("dout", dout, q, q.scalar_type());
     TORCH_CHECK(dout.sizes() == q.sizes() && dout.is_contiguous(), "dout must be contiguous with q's shape");
-    for (const Tensor* t : {&lse, &delta}) {
-        check_aux("lse/delta", *t, q, torch::kFloat);
-        TORCH_CHECK(t->dim() == 3 && t->size(0) == a.B && t->size(1) == a.H && t->size(2) == a.Lq &&
-                        t->is_contiguous(), "lse and delta must be contiguous float32 [B, H, Lq]");
-    }
+    check_aux("lse", lse, q, torch::kFloat);
+    TORCH_CHECK(lse.dim() == 4 && lse.size(0) == 2 && lse.size(1) == a.B && lse.size(2) == a.H &&
+                    lse.size(3) == a.Lq && lse.is_contiguous(), "lse must be contiguous float32 [2, B, H, Lq]");
+    check_aux("delta", delta, q, torch::kFloat);
+    TORCH_CHECK(delta.dim() == 3 && delta.size(0) == a.B && delta.size(1) == a.H && delta.size(2) == a.Lq &&
+                    delta.is_contiguous(), "delta must be contiguous float32 [B, H, Lq]");
     Tensor dq = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
     Tensor dk = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
     Tensor dv = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
@@ -145,7 +146,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "nezha_kernels fused relative attention (CUDA)";
     namespace py = pybind11;
     // `impl`: 1 = tensor-core kernels for fp16 / bf16 (float32 always runs SIMT), 0 = SIMT kernels.
-    m.def("forward", &forward, "(out [B,H,Lq,D], lse [B,H,Lq] f32) = forward(q, k, v, table, key_padding, "
+    m.def("forward", &forward, "(out [B,H,Lq,D], lse [2,B,H,Lq] f32: row max, log row sum) = forward(q, k, v, table, key_padding, "
           "additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl=1)",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("R"), py::arg("q_offset"), py::arg("causal"),

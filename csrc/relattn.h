@@ -32,11 +32,13 @@ struct AttnArgs {
     const float* head_mask;                   // float32 [B, H] contiguous, or nullptr
 };
 
-// o [B, H, Lq, D] contiguous in q's dtype; lse [B, H, Lq] float32 (row max + log of the row sum).
+// o [B, H, Lq, D] contiguous in q's dtype; lse [2, B, H, Lq] float32: lse[0] the row max m of the scores,
+// lse[1] log of the row sum l. Kept apart, not m + log l: a fully masked row has m = finfo.min, where
+// m + log l == m in float32, and the backward would recompute weights 1 instead of 1 / Lk.
 const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream);
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream);
 
-// dout [B, H, Lq, D] contiguous; lse from the forward; delta [B, H, Lq] float32 = rowsum(dout * o).
+// dout [B, H, Lq, D] contiguous; lse [2, B, H, Lq] from the forward; delta [B, H, Lq] float32 = rowsum(dout * o).
 // dq [B, H, Lq, D], dk/dv [B, H, Lk, D] contiguous in q's dtype, every element written.
 const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream);

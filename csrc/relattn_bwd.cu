@@ -1,6 +1,6 @@
 // Backward kernels (dQ, dK, dV) for relative attention; the table and head_mask get no gradient here.
 //
-// With p = exp(s - lse) recomputed from the forward's log-sum-exp, f = keep / (1 - p_drop) * head_mask,
+// With p = exp((s - m) - log l) recomputed from the forward's row statistics, f = keep / (1 - p_drop) * head_mask,
 // dW_ij = dO_i . (v_j + a_ij) and delta_i = dO_i . O_i:
 //     dS_ij = p_ij (dW_ij f_ij - delta_i)
 //     dQ_i  = scale * sum_j dS_ij (k_j + a_ij)     (relattn_bwd_dq_kernel: one block per query tile)
@@ -45,7 +45,9 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     float q_left, q_right, do_left, do_right;
     edge_dots<T, D, TPR>(Qs + row * DP, tg, a.R, sub, q_left, q_right);
     edge_dots<T, D, TPR>(dOs + row * DP, tg, a.R, sub, do_left, do_right);
-    const float row_lse = row_valid ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+    const int64_t stats = static_cast<int64_t>(a.B) * a.H * a.Lq;  // lse[0]: row max, lse[1]: log row sum
+    const float row_max = row_valid ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+    const float row_log_sum = row_valid ? lse[stats + static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
     const float row_delta = row_valid ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
     const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
     const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
@@ -58,9 +60,9 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
-        // p = exp(MASKED - lse) == 0 on causal-future tiles unless a row was all-masked in the forward.
+        // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and(!row_valid || row_lse > SKIP_MASKED_THRESHOLD))
+            __syncthreads_and(!row_valid || row_max > SKIP_MASKED_THRESHOLD))
             break;
         __syncthreads();
         load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
@@ -77,7 +79,7 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
             if (row_valid && j < a.Lk) {
                 const int idx = relative_index(j, pos, a.R);
                 const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
-                const float p = expf(pair_score(a, b, h, i, j, pos, dot) - row_lse);
+                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), row_max, row_log_sum);
                 const float dw = pair_dot<D>(dOs + row * DP, Vs + jl * DP, Ts, tr.lo, idx, E, do_left, do_right);
                 ds = p * (dw * weight_factor(a, bh, i, j, drop_scale, head) - row_delta);
                 if (idx == 0) ds_left += ds;
@@ -134,12 +136,14 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     float* Ts = dOs + BN * DP;
     float* Ws = Ts + C::TROWS * DP;
     float* dSs = Ws + BM * SP;
-    float* q_left = dSs + BM * SP;  // per query row of the tile: q.T[0], q.T[2R], dO.T[0], dO.T[2R], lse, delta
+    // Per query row of the tile: q.T[0], q.T[2R], dO.T[0], dO.T[2R], row max, log row sum, delta.
+    float* q_left = dSs + BM * SP;
     float* q_right = q_left + BN;
     float* do_left = q_right + BN;
     float* do_right = do_left + BN;
-    float* lse_s = do_right + BN;
-    float* delta_s = lse_s + BN;
+    float* max_s = do_right + BN;
+    float* log_sum_s = max_s + BN;
+    float* delta_s = log_sum_s + BN;
 
     const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
     const int k0 = blockIdx.x * BM;
@@ -165,7 +169,9 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
         __syncthreads();  // previous tile fully consumed
         if (threadIdx.x < BN) {
             const int i = q0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+            const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+            max_s[threadIdx.x] = i < a.Lq ? lse[row] : 0.0f;
+            log_sum_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
             delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
         }
         __syncthreads();
@@ -173,7 +179,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
         const int pos_last_valid = a.q_offset + min(q0 + BN, a.Lq) - 1;
         if (a.causal && tile_all_future(pos_last_valid, k0)) {
             bool skip = true;  // every thread reads the same values: a block-uniform decision
-            for (int r = 0; r < min(BN, a.Lq - q0); ++r) skip = skip && lse_s[r] > SKIP_MASKED_THRESHOLD;
+            for (int r = 0; r < min(BN, a.Lq - q0); ++r) skip = skip && max_s[r] > SKIP_MASKED_THRESHOLD;
             if (skip) continue;
         }
         load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BN, a.Lq);
@@ -205,7 +211,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
                 const int idx = relative_index(j, pos, a.R);
                 const float dot =
                     pair_dot<D>(Qs + il * DP, Ks + krow * DP, Ts, tr.lo, idx, E, q_left[il], q_right[il]);
-                const float p = expf(pair_score(a, b, h, i, j, pos, dot) - lse_s[il]);
+                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), max_s[il], log_sum_s[il]);
                 const float dw =
                     pair_dot<D>(dOs + il * DP, Vs + krow * DP, Ts, tr.lo, idx, E, do_left[il], do_right[il]);
                 const float f = weight_factor(a, bh, i, j, drop_scale, head);
@@ -249,7 +255,7 @@ constexpr size_t dq_smem_bytes() {
 template <int D>
 constexpr size_t dkdv_smem_bytes() {
     using C = TileConfig<D>;
-    return sizeof(float) * ((2 * C::BM + 2 * C::BN + C::TROWS) * C::DP + 2 * C::BM * C::SP + 6 * C::BN);
+    return sizeof(float) * ((2 * C::BM + 2 * C::BN + C::TROWS) * C::DP + 2 * C::BM * C::SP + 7 * C::BN);
 }
 
 template <typename T, int D>

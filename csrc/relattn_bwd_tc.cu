@@ -36,13 +36,15 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     const int E = 2 * a.R;
     int ri[2], rpos[2];
     bool rvalid[2];
-    float rlse[2], rdelta[2];
+    float rmax[2], rlogsum[2], rdelta[2];  // the forward's row statistics
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
         rpos[r] = a.q_offset + ri[r];
         rvalid[r] = ri[r] < a.Lq;
-        rlse[r] = rvalid[r] ? lse[static_cast<int64_t>(bh) * a.Lq + ri[r]] : 0.0f;
+        const int64_t row = static_cast<int64_t>(bh) * a.Lq + ri[r];
+        rmax[r] = rvalid[r] ? lse[row] : 0.0f;
+        rlogsum[r] = rvalid[r] ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
         rdelta[r] = rvalid[r] ? delta[static_cast<int64_t>(bh) * a.Lq + ri[r]] : 0.0f;
     }
     const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
@@ -64,10 +66,10 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
-        // p = exp(MASKED - lse) == 0 on causal-future tiles unless a row was all-masked in the forward.
+        // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and((!rvalid[0] || rlse[0] > SKIP_MASKED_THRESHOLD) &&
-                              (!rvalid[1] || rlse[1] > SKIP_MASKED_THRESHOLD)))
+            __syncthreads_and((!rvalid[0] || rmax[0] > SKIP_MASKED_THRESHOLD) &&
+                              (!rvalid[1] || rmax[1] > SKIP_MASKED_THRESHOLD)))
             break;
         __syncthreads();
         stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
@@ -114,7 +116,8 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
                 if (rvalid[r] && j < a.Lk) {
                     const int idx = relative_index(j, rpos[r], a.R);
                     const int col = x.row * C::QT_LD + idx - wr.lo;
-                    const float p = expf(pair_score(a, b, h, ri[r], j, rpos[r], s[nt][e] + qt[col]) - rlse[r]);
+                    const float p = softmax_weight(pair_score(a, b, h, ri[r], j, rpos[r], s[nt][e] + qt[col]),
+                                                   rmax[r], rlogsum[r]);
                     const float dw = dp[nt][e] + dot_s[col];
                     ds = p * (dw * weight_factor(a, bh, ri[r], j, drop_scale, head) - rdelta[r]);
                     if (idx == 0) ds_left[r] += ds;
@@ -195,8 +198,9 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     T* Ts = dOs + QN * LD;
     float* qtb = reinterpret_cast<float*>(Ts + C::TB_COLS * LD);  // [QN][TB_LD]: q_i . T[lo + c]
     float* dotb = qtb + QN * TB_LD;                              // [QN][TB_LD]: dO_i . T[lo + c]
-    float* lse_s = dotb + QN * TB_LD;
-    float* delta_s = lse_s + QN;
+    float* max_s = dotb + QN * TB_LD;  // per query row: the forward's row max, log row sum, and delta
+    float* log_sum_s = max_s + QN;
+    float* delta_s = log_sum_s + QN;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
@@ -229,7 +233,9 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         __syncthreads();  // previous tile fully consumed
         if (threadIdx.x < QN) {
             const int i = q0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
+            const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+            max_s[threadIdx.x] = i < a.Lq ? lse[row] : 0.0f;
+            log_sum_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
             delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
         }
         __syncthreads();
@@ -237,7 +243,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         const int pos_last_valid = a.q_offset + min(q0 + QN, a.Lq) - 1;
         if (a.causal && tile_all_future(pos_last_valid, k0)) {
             bool skip = true;  // every thread reads the same values: a block-uniform decision
-            for (int r = 0; r < min(QN, a.Lq - q0); ++r) skip = skip && lse_s[r] > SKIP_MASKED_THRESHOLD;
+            for (int r = 0; r < min(QN, a.Lq - q0); ++r) skip = skip && max_s[r] > SKIP_MASKED_THRESHOLD;
             if (skip) continue;
         }
         stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, QN, a.Lq);
@@ -303,7 +309,8 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
                     const int pos = a.q_offset + i, j = kj[r];
                     const int idx = relative_index(j, pos, a.R);
                     const int col = il * TB_LD + idx - tr.lo;
-                    const float p = expf(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]) - lse_s[il]);
+                    const float p = softmax_weight(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]), max_s[il],
+                                                   log_sum_s[il]);
                     const float dw = dp[nt][e] + dotb[col];
                     const float f = weight_factor(a, bh, i, j, drop_scale, head);
                     w = p * f;
@@ -354,7 +361,7 @@ constexpr size_t dq_tc_smem_bytes() {
 template <int D>
 constexpr size_t dkdv_tc_smem_bytes() {
     using C = TcConfig<D>;
-    return 2 * (2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 2 * C::QN);
+    return 2 * (2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 3 * C::QN);
 }
 
 template <typename T, int D>

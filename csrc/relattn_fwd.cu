@@ -131,7 +131,11 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
             const float o = acc[c] + mass_left * to_f(tg[d]) + mass_right * to_f(far_right[d]);
             og[d] = from_f<T>(f * o);
         }
-        if (sub == 0) lse[static_cast<int64_t>(bh) * a.Lq + i] = m + logf(l);
+        if (sub == 0) {
+            const int64_t r = static_cast<int64_t>(bh) * a.Lq + i;
+            lse[r] = m;                                                  // row max
+            lse[static_cast<int64_t>(a.B) * a.H * a.Lq + r] = logf(l);  // log of the row sum
+        }
     }
 }
 

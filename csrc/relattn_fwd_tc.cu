@@ -188,7 +188,11 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 const float o = acc[nt][2 * r + c] + mass_left[r] * to_f(tg[d]) + mass_right[r] * to_f(far_right[d]);
                 og[d] = from_f<T>(f * o);
             }
-        if ((lane & 3) == 0) lse[static_cast<int64_t>(bh) * a.Lq + ri[r]] = m[r] + logf(l[r]);
+        if ((lane & 3) == 0) {
+            const int64_t row = static_cast<int64_t>(bh) * a.Lq + ri[r];
+            lse[row] = m[r];                                                    // row max
+            lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] = logf(l[r]);    // log of the row sum
+        }
     }
 }
 

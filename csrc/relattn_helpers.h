@@ -71,6 +71,16 @@ NZ_HD float rescale_factor(float m_old, float m_new) {
 #endif
 }
 
+// Softmax weight of score s in a row with max m and log-sum log_l (the forward's two row statistics):
+// (s - m) - log_l, not s - (m + log_l), so a fully masked row (m = finfo.min) keeps weights 1 / Lk.
+NZ_HD float softmax_weight(float s, float m, float log_l) {
+#ifdef __CUDA_ARCH__
+    return expf((s - m) - log_l);
+#else
+    return std::exp((s - m) - log_l);
+#endif
+}
+
 // ---- Philox-4x32-10 (Random123), the dropout spec of nezha_kernels/dropout.py ----
 constexpr uint32_t PHILOX_ROUND_A = 0xD2511F53u;
 constexpr uint32_t PHILOX_ROUND_B = 0xCD9E8D57u;

@@ -162,7 +162,7 @@ def test_custom_op_fake_impl_gives_shapes():
                                                               None, None, None, out, lse, 4, 0, False, 0.2, 0.0, seed,
                                                               1)
     assert out.shape == (2, 3, 7, 32) and out.dtype == torch.bfloat16
-    assert lse.shape == (2, 3, 7) and lse.dtype == torch.float32
+    assert lse.shape == (2, 2, 3, 7) and lse.dtype == torch.float32  # row max, log row sum
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape
 
 

@@ -47,7 +47,7 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
     if kernel == "relattn_bwd_dq_kernel":
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + _BM * sp)
     if kernel == "relattn_bwd_dkdv_kernel":
-        return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 6 * _BN)
+        return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 7 * _BN)
     ld = d + 8  # 16-bit elements
     if kernel == "relattn_fwd_tc_kernel":
         return 2 * (_TC_BM + 2 * _TC_BN + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
@@ -55,7 +55,7 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ
         return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dkdv_tc_kernel":
-        return 2 * (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * _TC_QN)
+        return 2 * (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 3 * _TC_QN)
     raise KeyError(kernel)
 
 

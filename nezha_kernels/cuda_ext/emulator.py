@@ -279,11 +279,11 @@ class EmulatedExtension:
 
     def forward(self, q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p,
                 seed, stream, impl=1):
-        """[out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] float32]."""
+        """[out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32 (row max, log of the row sum)]."""
         a = _make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
                        dropout_p, seed)
         out = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
-        lse = _poisoned((a.B, a.H, a.Lq), torch.float32)
+        lse = _poisoned((2, a.B, a.H, a.Lq), torch.float32)
         err = self._lib.nezha_emu_fwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), out.data_ptr(),
                                       lse.data_ptr())
         _check(err is None, "nezha_kernels cuda forward failed: ", (err or b"").decode())
@@ -296,10 +296,12 @@ class EmulatedExtension:
                        dropout_p, seed)
         _check_aux("dout", dout, q, q.dtype)
         _check(dout.shape == q.shape and dout.is_contiguous(), "dout must be contiguous with q's shape")
-        for t in (lse, delta):
-            _check_aux("lse/delta", t, q, torch.float32)
-            _check(tuple(t.shape) == (a.B, a.H, a.Lq) and t.is_contiguous(),
-                   "lse and delta must be contiguous float32 [B, H, Lq]")
+        _check_aux("lse", lse, q, torch.float32)
+        _check(tuple(lse.shape) == (2, a.B, a.H, a.Lq) and lse.is_contiguous(),
+               "lse must be contiguous float32 [2, B, H, Lq]")
+        _check_aux("delta", delta, q, torch.float32)
+        _check(tuple(delta.shape) == (a.B, a.H, a.Lq) and delta.is_contiguous(),
+               "delta must be contiguous float32 [B, H, Lq]")
         dq = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
         dk = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
         dv = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)

@@ -54,7 +54,7 @@ def _launch_forward(
     key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
     max_relative_position: int, q_offset: int, causal: bool, scale: float, dropout_p: float, seed: torch.Tensor, impl: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] float32)."""
+    """(out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32: row max, log of the row sum)."""
     out, lse = load_extension().forward(
         _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(), key_padding, additive_mask,
         head_mask, max_relative_position, q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl)
@@ -65,7 +65,7 @@ def _launch_forward(
 def _(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position, q_offset, causal, scale,
       dropout_p, seed, impl):
     b, h, lq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((b, h, lq), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((2, b, h, lq), dtype=torch.float32)
 
 
 @torch.library.custom_op("nezha_kernels::cuda_relattn_bwd", mutates_args=())

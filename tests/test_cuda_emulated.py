@@ -1,0 +1,277 @@
+"""backend="cuda"'s kernels (csrc/) executed on the CPU by the CUDA emulator (csrc/emu/), against the float64
+formula (tests/formula.py): forward output, log-sum-exp and dq / dk / dv, SIMT (fp32 / fp16 / bf16) and
+tensor-core (fp16 / bf16) kernels, with every feature the kernels implement.
+
+Each call goes through the CUDA backend's own Python plumbing (nezha_kernels/cuda_ext/function.py: custom ops,
+autograd Function, mask / head_mask / seed / delta preparation) with the built extension swapped for the emulated
+one (nezha_kernels/cuda_ext/emulator.py, a mirror of csrc/binding.cpp). Not marked gpu: needs only g++ (C++20).
+Outputs are NaN-poisoned and unwritten shared memory reads as NaN, so a missed write fails the comparison.
+
+Run the whole file under AddressSanitizer + UBSan with
+    NEZHA_EMU_SANITIZE=address,undefined ASAN_OPTIONS=detect_leaks=0 \\
+    LD_PRELOAD=$(g++ -print-file-name=libasan.so):$(g++ -print-file-name=libubsan.so) python -m pytest <this file>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import formula
+from nezha_kernels.backends import cuda_backend
+from nezha_kernels.cuda_ext import emulator, function
+from nezha_kernels.dropout import keep_mask
+from nezha_kernels.inputs import prepare_inputs
+
+pytestmark = pytest.mark.skipif(emulator.find_cxx() is None, reason="the CUDA emulator needs g++ (C++20)")
+
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+FMIN = torch.finfo(torch.float32).min
+
+# (atol, rtol) per dtype for the output and for the gradients (divided by max(1, max |grad|)), as in
+# tests/test_cuda_gpu.py: the kernels read low-precision inputs, accumulate in fp32 and round P to the input
+# dtype before P.V; the oracle computes in float64 from the same rounded inputs.
+TOLERANCES = {
+    F32: ((2e-4, 2e-4), (5e-4, 5e-4)),
+    F16: ((3e-3, 3e-3), (1e-2, 1e-2)),
+    BF16: ((2e-2, 2e-2), (6e-2, 6e-2)),
+}
+STATS_TOL = dict(atol=1e-3, rtol=1e-5)  # the forward's fp32 row max and log row sum, from fp32 scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    impl: str                      # "simt" | "tc" (fp32 always runs SIMT)
+    dtype: torch.dtype
+    shape: tuple[int, int, int, int, int]   # B, H, Lq, Lk, D
+    r: int
+    causal: bool = False
+    q_offset: int = 0
+    padding: str | None = None     # "random" | "batch_all_masked" | "prefix"
+    additive: str | None = None    # "hf" ([B, 1, 1, Lk], finfo.min and -inf) | "dense" ([1, H, Lq, Lk])
+    dropout_p: float = 0.0
+    head_mask: bool = False
+    layout: str = "contiguous"     # | "fused" (views of [B, L, 3, H, D]) | "padded" (rows of [B, H, L, D + 3])
+    table: str = "nezha"           # | "random"
+    scale: float | None = None
+
+
+CASES = {
+    "simt_fp32_odd_lengths": Case("simt", F32, (2, 2, 37, 45, 32), 8),
+    "simt_fp16_causal_q_offset_custom_table": Case("simt", F16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8,
+                                                   table="random", scale=0.37),
+    "simt_bf16_fully_padded_batch": Case("simt", BF16, (3, 1, 37, 45, 32), 8, padding="batch_all_masked"),
+    "simt_fp32_d128_additive_hf": Case("simt", F32, (2, 2, 33, 41, 128), 5, additive="hf"),
+    "simt_fp16_dropout_head_mask": Case("simt", F16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask=True),
+    "simt_fp32_fused_qkv_views": Case("simt", F32, (2, 2, 40, 40, 64), 4, layout="fused"),
+    "simt_fp32_far_field_padding": Case("simt", F32, (1, 1, 200, 200, 32), 8, padding="random"),
+    "simt_bf16_large_r": Case("simt", BF16, (1, 2, 50, 60, 32), 64),
+    "simt_fp32_causal_skip": Case("simt", F32, (1, 1, 40, 200, 32), 6, causal=True),
+    "simt_fp32_causal_fully_masked_rows": Case("simt", F32, (2, 1, 40, 200, 32), 6, causal=True, padding="prefix"),
+    "tc_fp16_odd_lengths": Case("tc", F16, (2, 2, 37, 45, 32), 8),
+    "tc_bf16_causal_q_offset_custom_table": Case("tc", BF16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8,
+                                                 table="random", scale=0.37),
+    "tc_fp16_d128_fully_padded_batch": Case("tc", F16, (3, 1, 37, 45, 128), 8, padding="batch_all_masked"),
+    "tc_bf16_additive_dense_broadcast": Case("tc", BF16, (2, 2, 33, 41, 64), 5, additive="dense"),
+    "tc_fp16_additive_hf": Case("tc", F16, (2, 1, 33, 41, 32), 5, additive="hf"),
+    "tc_bf16_dropout_head_mask": Case("tc", BF16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask=True),
+    "tc_fp16_fused_qkv_views": Case("tc", F16, (2, 2, 40, 40, 32), 4, layout="fused"),
+    "tc_fp16_unaligned_rows": Case("tc", F16, (1, 2, 37, 45, 64), 4, layout="padded"),
+    "tc_fp16_far_field_padding": Case("tc", F16, (1, 1, 200, 200, 64), 8, padding="random"),
+    "tc_fp16_large_r": Case("tc", F16, (1, 2, 50, 60, 64), 64),
+    "tc_bf16_causal_skip": Case("tc", BF16, (1, 1, 40, 200, 32), 6, causal=True),
+    "tc_fp16_causal_fully_masked_rows": Case("tc", F16, (2, 1, 40, 200, 32), 6, causal=True, padding="prefix"),
+}
+
+
+@pytest.fixture(scope="module")
+def emulated_backend():
+    """function.py's plumbing on the emulated kernels; records the forward's lse."""
+    with emulator.emulated_cuda_backend() as ext:
+        recorded = {}
+        forward = ext.forward
+
+        def recording_forward(*args, **kwargs):
+            out, lse = forward(*args, **kwargs)
+            recorded["lse"] = lse
+            return [out, lse]
+
+        ext.forward = recording_forward
+        yield recorded
+
+
+def _leaves(case: Case, g: torch.Generator):
+    """(q, k, v views, the tensors to differentiate, a function mapping their grads to dq, dk, dv)."""
+    b, h, lq, lk, d = case.shape
+    if case.layout == "fused":  # q, k, v as views of one [B, L, 3, H, D] projection (Lq == Lk)
+        assert lq == lk
+        fused = torch.randn(b, lq, 3, h, d, generator=g).to(case.dtype).requires_grad_()
+        views = [fused[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
+        return views, [fused], lambda grads: [grads[0][:, :, i].permute(0, 2, 1, 3) for i in range(3)]
+    if case.layout == "padded":  # rows of stride D + 3 starting one element in: no 16-byte vector loads
+        bases = [torch.randn(b, h, n, d + 3, generator=g).to(case.dtype).requires_grad_() for n in (lq, lk, lk)]
+        return [t[..., 1:d + 1] for t in bases], bases, lambda grads: [x[..., 1:d + 1] for x in grads]
+    leaves = [torch.randn(b, h, n, d, generator=g).to(case.dtype).requires_grad_() for n in (lq, lk, lk)]
+    return leaves, leaves, lambda grads: list(grads)
+
+
+def _op_kwargs(case: Case, g: torch.Generator) -> dict:
+    b, h, lq, lk, d = case.shape
+    kw = dict(max_relative_position=case.r, causal=case.causal, q_offset=case.q_offset, scale=case.scale)
+    if case.table == "random":
+        kw["rel_table"] = torch.randn(2 * case.r + 1, d, generator=g).to(case.dtype)
+    if case.padding is not None:
+        pad = torch.rand(b, lk, generator=g) > 0.3
+        pad[:, 0] = True
+        if case.padding == "batch_all_masked":
+            pad[1] = False  # batch 1 attends uniformly to every key
+        elif case.padding == "prefix":
+            pad[0, :50] = False  # with causal, batch 0's first rows see no key at all: no causal skip for them
+        kw["attention_mask"] = pad
+    if case.additive == "hf":
+        hf = torch.zeros(b, 1, 1, lk)
+        hf[0, ..., lk // 2:] = FMIN
+        hf[-1, ..., 3] = float("-inf")
+        kw["attention_mask"] = hf
+    elif case.additive == "dense":
+        kw["attention_mask"] = torch.randn(1, h, lq, lk, generator=g)  # broadcast over the batch
+    if case.dropout_p > 0.0:
+        kw["dropout_p"] = case.dropout_p
+        kw["generator"] = torch.Generator().manual_seed(11)
+    if case.head_mask:
+        kw["head_mask"] = torch.rand(b, h, generator=g).to(case.dtype)
+    return kw
+
+
+def _oracle_row_stats(q, k, table, r, scale, key_padding, additive, causal, q_offset):
+    """float64 [2, B, H, Lq]: row max and log of sum exp(s - max) of the masked scores (finfo.min, as formula.py)."""
+    lq, lk = q.shape[2], k.shape[2]
+    i = torch.arange(lq).view(-1, 1) + q_offset
+    j = torch.arange(lk).view(1, -1)
+    a = table[(j - i).clamp(-r, r) + r]
+    s = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, a)) * scale
+    if additive is not None:
+        s = s + additive.double()
+    masked = torch.zeros(1, 1, lq, lk, dtype=torch.bool)
+    if key_padding is not None:
+        masked = masked | ~key_padding.view(-1, 1, 1, lk)
+    if causal:
+        masked = masked | (j > i)
+    s = torch.where(masked, torch.full_like(s, FMIN), s).clamp(min=FMIN)
+    m = s.amax(dim=-1)
+    return torch.stack([m, (s - m.unsqueeze(-1)).exp().sum(-1).log()])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_emulated_kernels_match_formula(name, emulated_backend, monkeypatch):
+    case = CASES[name]
+    monkeypatch.setenv(function.IMPL_ENV, case.impl)
+    b, h, lq, lk, d = case.shape
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    (q, k, v), leaves, to_qkv = _leaves(case, g)
+    inputs = prepare_inputs(q, k, v, **_op_kwargs(case, g))
+    assert cuda_backend.unsupported_reason(inputs) is None
+    assert function.kernel_impl(case.dtype) == (0 if case.impl == "simt" or case.dtype == F32 else 1)
+
+    out = function.relative_attention_cuda(inputs)
+    grad_out = torch.randn(b, h, lq, d, generator=g).to(case.dtype)
+    grads = to_qkv(torch.autograd.grad(out, leaves, grad_out))
+    lse = emulated_backend["lse"]
+
+    keep = None
+    if case.dropout_p > 0.0:
+        keep = keep_mask(inputs.dropout_seed, case.dropout_p, b, h, torch.arange(lq), lk, torch.device("cpu"))
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    table = inputs.table.detach().double()
+    expected = formula.attention(*ref, table, r=case.r, key_padding=inputs.key_padding,
+                                 additive=inputs.additive_mask, causal=case.causal, q_offset=case.q_offset,
+                                 scale=inputs.scale, keep=keep, dropout_p=case.dropout_p, head_mask=inputs.head_mask)
+    ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
+    expected_stats = _oracle_row_stats(*(t.detach() for t in ref[:2]), table, case.r, inputs.scale,
+                                       inputs.key_padding, inputs.additive_mask, case.causal, case.q_offset)
+
+    (oa, orr), (ga, gr) = TOLERANCES[case.dtype]
+    assert out.dtype == case.dtype and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr, msg=lambda m: f"output: {m}")
+    torch.testing.assert_close(lse.double(), expected_stats, **STATS_TOL, msg=lambda m: f"row max / log sum: {m}")
+    for gname, got, want in zip("qkv", grads, ref_grads):
+        assert torch.isfinite(got).all(), f"d{gname} has non-finite entries"
+        s = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr, msg=lambda m: f"d{gname}: {m}")
+
+
+def test_every_feature_and_family_is_covered():
+    cases = CASES.values()
+    for impl, dtypes in (("simt", {F32, F16, BF16}), ("tc", {F16, BF16})):
+        assert {c.dtype for c in cases if c.impl == impl} == dtypes
+        assert {c.shape[4] for c in cases if c.impl == impl} == {32, 64, 128}
+
+
+# ---- the emulator itself ----
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+def test_emulated_conversions_round_like_torch(dtype):
+    g = torch.Generator().manual_seed(3)
+    info = torch.finfo(dtype)
+    x = torch.cat([
+        torch.randn(4000, generator=g) * 10.0 ** torch.randint(-9, 6, (4000,), generator=g),
+        torch.tensor([0.0, -0.0, info.max, -info.max, info.tiny, info.tiny / 4, float("inf"), float("-inf"), 65520.0,
+                      65519.99, 2.0**-25, 2.0**-25 * 1.0001, 2.0**-24 * 1.5, 2.0**-24 * 2.5, 1 + 2.0**-11,
+                      1 + 3 * 2.0**-11, 1 + 2.0**-8, 1 + 3 * 2.0**-8]),
+    ])
+    # Exact ties between neighbouring representable values: round to even.
+    ulp_grid = x.to(dtype).float()
+    ties = (ulp_grid[:-1] + ulp_grid[1:]) / 2
+    x = torch.cat([x, ties])
+    got = emulator.emulated_extension().round_to(x, dtype)
+    torch.testing.assert_close(got, x.to(dtype).float(), atol=0, rtol=0, equal_nan=True)
+    assert torch.isnan(emulator.emulated_extension().round_to(torch.tensor([float("nan")]), dtype)).all()
+
+
+@pytest.mark.parametrize("name, dtype", [("mma_f16", F16), ("mma_bf16", BF16), ("mma_f16_kmajor", F16),
+                                         ("mma_bf16_kmajor", BF16)])
+def test_kernel_fragment_loaders_agree_with_emulated_mma(name, dtype):
+    """One m16n8k16 through the kernels' loaders (relattn_mma.h) and the emulator's PTX layout = A @ B."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(16, 16, generator=g), torch.randn(16, 8, generator=g)
+    err, out = emulator.run_selftest(name, a, b)
+    assert err is None
+    want = a.to(dtype).double() @ b.to(dtype).double()
+    torch.testing.assert_close(out.view(16, 8).double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_emulator_runs_correct_barriers_and_shuffles():
+    err, out = emulator.run_selftest("block_sum")
+    assert err is None
+    assert out[0].item() == sum(range(128)) and out[1].item() == 1.0
+
+
+@pytest.mark.parametrize("name, message", [
+    ("early_exit", "thread 5 (warp 0, lane 5) exited while"),
+    ("divergent_barrier", "divergent block barrier"),
+    ("deadlock", "deadlock: every live thread waits"),
+    ("partial_mask", "member mask 65535"),
+    ("smem_limit", "above the kernel's limit of 49152"),
+])
+def test_emulator_reports_barrier_bugs_instead_of_hanging(name, message):
+    err, _ = emulator.run_selftest(name)
+    assert err is not None and message in err, err
+
+
+def test_unwritten_shared_memory_reads_nan():
+    err, out = emulator.run_selftest("smem_poison", out_numel=32)
+    assert err is None
+    assert out[1].item() == 2.0 and torch.isnan(out[0]) and torch.isnan(out[2:]).all()
+
+
+def test_launcher_errors_come_back_like_the_binding(emulated_backend):
+    ext = emulator.emulated_extension()
+    q = torch.randn(1, 1, 8, 48)
+    with pytest.raises(RuntimeError, match="head dim must be 32, 64 or 128"):
+        ext.forward(q, q, q, torch.randn(9, 48), None, None, None, 4, 0, False, 0.1, 0.0, 0, 0, 0)
+    q = torch.randn(1, 1, 8, 32)
+    with pytest.raises(RuntimeError, match="unit stride"):
+        ext.forward(q.transpose(2, 3).contiguous().transpose(2, 3)[..., :32], q, q, torch.randn(9, 32), None, None,
+                    None, 4, 0, False, 0.1, 0.0, 0, 0, 0)
