@@ -7,14 +7,20 @@ autograd Function, mask / head_mask / seed / delta preparation) with the built e
 one (nezha_kernels/cuda_ext/emulator.py, a mirror of csrc/binding.cpp). Not marked gpu: needs only g++ (C++20).
 Outputs are NaN-poisoned and unwritten shared memory reads as NaN, so a missed write fails the comparison.
 
-Run the whole file under AddressSanitizer + UBSan with
-    NEZHA_EMU_SANITIZE=address,undefined ASAN_OPTIONS=detect_leaks=0 \\
+A plain run also re-runs a few cases in a subprocess under AddressSanitizer (test_address_sanitizer_subset).
+Run the whole file under AddressSanitizer + UBSan (or ThreadSanitizer: NEZHA_EMU_SANITIZE=thread, libtsan.so) with
+    NEZHA_EMU_SANITIZE=address,undefined ASAN_OPTIONS=detect_leaks=0:log_path=/tmp/asan \\
     LD_PRELOAD=$(g++ -print-file-name=libasan.so):$(g++ -print-file-name=libubsan.so) python -m pytest <this file>
+(reports go to /tmp/asan.<pid>).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +28,11 @@ import torch
 import formula
 from nezha_kernels.backends import cuda_backend
 from nezha_kernels.cuda_ext import emulator, function
-from nezha_kernels.dropout import keep_mask
+from nezha_kernels.dropout import keep_mask, seed_tensor
 from nezha_kernels.inputs import prepare_inputs
 
 pytestmark = pytest.mark.skipif(emulator.find_cxx() is None, reason="the CUDA emulator needs g++ (C++20)")
+SANITIZED = bool(os.environ.get(emulator.SANITIZE_ENV))
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 FMIN = torch.finfo(torch.float32).min
@@ -49,10 +56,10 @@ class Case:
     r: int
     causal: bool = False
     q_offset: int = 0
-    padding: str | None = None     # "random" | "batch_all_masked" | "prefix"
-    additive: str | None = None    # "hf" ([B, 1, 1, Lk], finfo.min and -inf) | "dense" ([1, H, Lq, Lk])
+    padding: str | None = None     # "random" | "batch_all_masked" | "prefix" (batch 0's first 50 keys)
+    additive: str | None = None    # "hf" ([B, 1, 1, Lk]: finfo.min, one all-masked batch, -inf) | "dense" ([1, H, Lq, Lk])
     dropout_p: float = 0.0
-    head_mask: bool = False
+    head_mask: str | None = None   # "random" | "zero_head" (one head's weights all 0)
     layout: str = "contiguous"     # | "fused" (views of [B, L, 3, H, D]) | "padded" (rows of [B, H, L, D + 3])
     table: str = "nezha"           # | "random"
     scale: float | None = None
@@ -64,24 +71,28 @@ CASES = {
                                                    table="random", scale=0.37),
     "simt_bf16_fully_padded_batch": Case("simt", BF16, (3, 1, 37, 45, 32), 8, padding="batch_all_masked"),
     "simt_fp32_d128_additive_hf": Case("simt", F32, (2, 2, 33, 41, 128), 5, additive="hf"),
-    "simt_fp16_dropout_head_mask": Case("simt", F16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask=True),
+    "simt_fp16_dropout_head_mask": Case("simt", F16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask="random"),
     "simt_fp32_fused_qkv_views": Case("simt", F32, (2, 2, 40, 40, 64), 4, layout="fused"),
     "simt_fp32_far_field_padding": Case("simt", F32, (1, 1, 200, 200, 32), 8, padding="random"),
     "simt_bf16_large_r": Case("simt", BF16, (1, 2, 50, 60, 32), 64),
-    "simt_fp32_causal_skip": Case("simt", F32, (1, 1, 40, 200, 32), 6, causal=True),
+    "simt_fp32_causal_skip": Case("simt", F32, (1, 1, 130, 200, 32), 6, causal=True),
+    "simt_fp16_causal_lq_above_lk": Case("simt", F16, (1, 1, 70, 17, 64), 3, causal=True),
+    "simt_fp32_one_key": Case("simt", F32, (1, 2, 45, 1, 32), 2),
     "simt_fp32_causal_fully_masked_rows": Case("simt", F32, (2, 1, 40, 200, 32), 6, causal=True, padding="prefix"),
     "tc_fp16_odd_lengths": Case("tc", F16, (2, 2, 37, 45, 32), 8),
     "tc_bf16_causal_q_offset_custom_table": Case("tc", BF16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8,
                                                  table="random", scale=0.37),
     "tc_fp16_d128_fully_padded_batch": Case("tc", F16, (3, 1, 37, 45, 128), 8, padding="batch_all_masked"),
     "tc_bf16_additive_dense_broadcast": Case("tc", BF16, (2, 2, 33, 41, 64), 5, additive="dense"),
-    "tc_fp16_additive_hf": Case("tc", F16, (2, 1, 33, 41, 32), 5, additive="hf"),
-    "tc_bf16_dropout_head_mask": Case("tc", BF16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask=True),
+    "tc_fp16_additive_hf": Case("tc", F16, (3, 1, 33, 41, 32), 5, additive="hf"),
+    "tc_bf16_dropout_head_mask": Case("tc", BF16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask="random"),
+    "tc_fp16_r1_zero_head": Case("tc", F16, (2, 2, 37, 45, 32), 1, head_mask="zero_head"),
+    "tc_fp16_decode_one_query": Case("tc", F16, (2, 2, 1, 77, 64), 8, causal=True, q_offset=76, padding="random"),
     "tc_fp16_fused_qkv_views": Case("tc", F16, (2, 2, 40, 40, 32), 4, layout="fused"),
     "tc_fp16_unaligned_rows": Case("tc", F16, (1, 2, 37, 45, 64), 4, layout="padded"),
     "tc_fp16_far_field_padding": Case("tc", F16, (1, 1, 200, 200, 64), 8, padding="random"),
     "tc_fp16_large_r": Case("tc", F16, (1, 2, 50, 60, 64), 64),
-    "tc_bf16_causal_skip": Case("tc", BF16, (1, 1, 40, 200, 32), 6, causal=True),
+    "tc_bf16_causal_skip": Case("tc", BF16, (1, 1, 130, 200, 32), 6, causal=True),
     "tc_fp16_causal_fully_masked_rows": Case("tc", F16, (2, 1, 40, 200, 32), 6, causal=True, padding="prefix"),
 }
 
@@ -134,14 +145,19 @@ def _op_kwargs(case: Case, g: torch.Generator) -> dict:
         hf = torch.zeros(b, 1, 1, lk)
         hf[0, ..., lk // 2:] = FMIN
         hf[-1, ..., 3] = float("-inf")
+        if b > 2:
+            hf[1] = FMIN  # every key masked: uniform weights
         kw["attention_mask"] = hf
     elif case.additive == "dense":
         kw["attention_mask"] = torch.randn(1, h, lq, lk, generator=g)  # broadcast over the batch
     if case.dropout_p > 0.0:
         kw["dropout_p"] = case.dropout_p
         kw["generator"] = torch.Generator().manual_seed(11)
-    if case.head_mask:
-        kw["head_mask"] = torch.rand(b, h, generator=g).to(case.dtype)
+    if case.head_mask is not None:
+        hm = torch.rand(b, h, generator=g)
+        if case.head_mask == "zero_head":
+            hm[0, 1] = 0.0
+        kw["head_mask"] = hm.to(case.dtype)
     return kw
 
 
@@ -200,6 +216,23 @@ def test_emulated_kernels_match_formula(name, emulated_backend, monkeypatch):
         assert torch.isfinite(got).all(), f"d{gname} has non-finite entries"
         s = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr, msg=lambda m: f"d{gname}: {m}")
+
+
+@pytest.mark.parametrize("impl, dtype", [("simt", F32), ("tc", BF16)])
+def test_custom_ops_pass_opcheck(impl, dtype, emulated_backend):
+    """The CUDA backend's custom ops on real kernel outputs: schema and fake (shape-only) implementations."""
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=g).to(dtype) for n in (20, 27, 27))
+    table = torch.randn(9, 32, generator=g).to(dtype)
+    seed = seed_tensor(1234)
+    code = 0 if impl == "simt" else 1
+    args = (q, k, v, table, None, None, None, 4, 3, True, 0.2, 0.1, seed, code)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(function._launch_forward, args, test_utils=utils)
+    out, lse = function._launch_forward(*args)
+    assert lse.shape == (2, 1, 2, 20)
+    torch.library.opcheck(function._launch_backward, (torch.randn_like(out), *args[:7], out, lse, *args[7:]),
+                          test_utils=utils)
 
 
 def test_every_feature_and_family_is_covered():
@@ -266,7 +299,8 @@ def test_unwritten_shared_memory_reads_nan():
     assert out[1].item() == 2.0 and torch.isnan(out[0]) and torch.isnan(out[2:]).all()
 
 
-def test_launcher_errors_come_back_like_the_binding(emulated_backend):
+def test_binding_mirror_rejects_bad_arguments():
+    """The emulated extension checks its arguments like csrc/binding.cpp (RuntimeError with its message)."""
     ext = emulator.emulated_extension()
     q = torch.randn(1, 1, 8, 48)
     with pytest.raises(RuntimeError, match="head dim must be 32, 64 or 128"):
@@ -275,3 +309,29 @@ def test_launcher_errors_come_back_like_the_binding(emulated_backend):
     with pytest.raises(RuntimeError, match="unit stride"):
         ext.forward(q.transpose(2, 3).contiguous().transpose(2, 3)[..., :32], q, q, torch.randn(9, 32), None, None,
                     None, 4, 0, False, 0.1, 0.0, 0, 0, 0)
+
+
+# Cases re-run under AddressSanitizer in CI: both families, the largest shared-memory layouts (D = 128), the
+# element-wise staging path, one query, one key, dropout; plus the mma self-test.
+ASAN_CASES = ("simt_fp32_d128_additive_hf", "tc_fp16_d128_fully_padded_batch", "tc_fp16_unaligned_rows",
+              "tc_fp16_decode_one_query", "simt_fp32_one_key", "tc_bf16_dropout_head_mask")
+
+
+@pytest.mark.skipif(SANITIZED, reason="already running under a sanitizer")
+def test_address_sanitizer_subset(tmp_path):
+    """Out-of-bounds global or shared memory accesses of the kernels abort the subprocess with a report."""
+    try:
+        runtime = emulator.sanitizer_runtime("address")
+    except emulator.EmulatorBuildError as exc:
+        pytest.skip(f"no AddressSanitizer runtime: {exc}")
+    here = Path(__file__).resolve()
+    preload = ":".join(p for p in (runtime, os.environ.get("LD_PRELOAD")) if p)
+    env = {**os.environ, emulator.SANITIZE_ENV: "address", "LD_PRELOAD": preload,
+           "ASAN_OPTIONS": f"detect_leaks=0:log_path={tmp_path / 'asan'}"}
+    tests = [f"{here}::test_emulated_kernels_match_formula[{name}]" for name in ASAN_CASES]
+    tests.append(f"{here}::test_kernel_fragment_loaders_agree_with_emulated_mma")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=here.parent.parent)
+    reports = "".join(p.read_text() for p in sorted(tmp_path.glob("asan*")))
+    assert result.returncode == 0 and not reports, result.stdout[-4000:] + result.stderr[-2000:] + reports[-8000:]
+    assert f"{len(ASAN_CASES) + 4} passed" in result.stdout
