@@ -146,8 +146,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "nezha_kernels fused relative attention (CUDA)";
     namespace py = pybind11;
     // `impl`: 1 = tensor-core kernels for fp16 / bf16 (float32 always runs SIMT), 0 = SIMT kernels.
-    m.def("forward", &forward, "(out [B,H,Lq,D], lse [2,B,H,Lq] f32: row max, log row sum) = forward(q, k, v, table, key_padding, "
-          "additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl=1)",
+    m.def("forward", &forward, "(out [B,H,Lq,D], lse [2,B,H,Lq] f32: row max, log row sum) = forward(q, k, v, "
+          "table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl=1)",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("R"), py::arg("q_offset"), py::arg("causal"),
           py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl") = 1);

@@ -1,5 +1,5 @@
 """backend="cuda"'s kernels (csrc/) executed on the CPU by the CUDA emulator (csrc/emu/), against the float64
-formula (tests/formula.py): forward output, log-sum-exp and dq / dk / dv, SIMT (fp32 / fp16 / bf16) and
+formula (tests/formula.py): forward output, row max and log row sum, dq / dk / dv, SIMT (fp32 / fp16 / bf16) and
 tensor-core (fp16 / bf16) kernels, with every feature the kernels implement.
 
 Each call goes through the CUDA backend's own Python plumbing (nezha_kernels/cuda_ext/function.py: custom ops,
@@ -57,7 +57,7 @@ class Case:
     causal: bool = False
     q_offset: int = 0
     padding: str | None = None     # "random" | "batch_all_masked" | "prefix" (batch 0's first 50 keys)
-    additive: str | None = None    # "hf" ([B, 1, 1, Lk]: finfo.min, one all-masked batch, -inf) | "dense" ([1, H, Lq, Lk])
+    additive: str | None = None    # "hf" ([B, 1, 1, Lk]: finfo.min, an all-masked batch, -inf) | "dense" [1, H, Lq, Lk]
     dropout_p: float = 0.0
     head_mask: str | None = None   # "random" | "zero_head" (one head's weights all 0)
     layout: str = "contiguous"     # | "fused" (views of [B, L, 3, H, D]) | "padded" (rows of [B, H, L, D + 3])
@@ -144,7 +144,7 @@ def _op_kwargs(case: Case, g: torch.Generator) -> dict:
     if case.additive == "hf":
         hf = torch.zeros(b, 1, 1, lk)
         hf[0, ..., lk // 2:] = FMIN
-        hf[-1, ..., 3] = float("-inf")
+        hf[-1, ..., min(3, lk - 1)] = float("-inf")
         if b > 2:
             hf[1] = FMIN  # every key masked: uniform weights
         kw["attention_mask"] = hf
@@ -291,6 +291,13 @@ def test_emulator_runs_correct_barriers_and_shuffles():
 def test_emulator_reports_barrier_bugs_instead_of_hanging(name, message):
     err, _ = emulator.run_selftest(name)
     assert err is not None and message in err, err
+
+
+def test_emulator_watchdog_fails_a_barrier_that_does_not_complete(monkeypatch):
+    monkeypatch.setenv("NEZHA_EMU_WATCHDOG_S", "0.4")  # one thread arrives 1.5 s late
+    err, _ = emulator.run_selftest("slow_thread")
+    assert err is not None and "did not complete within the watchdog time" in err, err
+    assert "thread 7 running" in err and "threads 0-6 waiting at __syncthreads" in err, err
 
 
 def test_unwritten_shared_memory_reads_nan():

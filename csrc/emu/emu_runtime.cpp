@@ -452,7 +452,8 @@ void* dynamic_smem() { return current().block->smem; }
 // ---- runtime API ----
 
 cudaError_t set_device(int device) {
-    return device == 0 ? cudaSuccess : raise(cudaErrorInvalidDevice, "invalid device ordinal (the emulator has device 0)");
+    if (device == 0) return cudaSuccess;
+    return raise(cudaErrorInvalidDevice, "invalid device ordinal (the emulator has device 0)");
 }
 
 cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device) {
@@ -463,7 +464,8 @@ cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device) {
 }
 
 cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value) {
-    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return raise(cudaErrorInvalidValue, "attribute not emulated");
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
+        return raise(cudaErrorInvalidValue, "attribute not emulated");
     if (value < 0 || value > MAX_SMEM_OPTIN) return raise(cudaErrorInvalidValue, "invalid argument");
     FuncAttributes& f = func_attributes();
     std::lock_guard<std::mutex> g(f.m);

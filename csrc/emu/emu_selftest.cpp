@@ -4,13 +4,16 @@
 //     emulator's independent transcription of the PTX layout must agree;
 //   block_sum: barriers, __syncthreads_and and shuffles used correctly give the right answer;
 //   early_exit, divergent_barrier, deadlock, partial_mask: the bugs the emulator must report, not hang on;
+//   slow_thread: one thread 1.5 s late at a barrier trips a watchdog set below that (NEZHA_EMU_WATCHDOG_S);
 //   smem_poison: unwritten dynamic shared memory reads as NaN;
 //   smem_limit: a launch above 48 KiB without cudaFuncSetAttribute fails as on the device.
 #ifndef NEZHA_CUDA_EMULATE
 #error "emu_selftest.cpp is part of the CPU emulation: compile with -DNEZHA_CUDA_EMULATE"
 #endif
 
+#include <chrono>
 #include <string>
+#include <thread>
 
 #include "../relattn_tc.cuh"
 
@@ -83,6 +86,12 @@ __global__ void deadlock_kernel(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 
+__global__ void slow_thread_kernel(float* out) {
+    if (threadIdx.x == 7) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+
 __global__ void partial_mask_kernel(float* out) {
     out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, 1.0f, 1);
 }
@@ -131,6 +140,10 @@ extern "C" const char* nezha_emu_selftest(const char* name, const float* a, cons
     }
     if (n == "deadlock") {
         NZ_LAUNCH(deadlock_kernel, 1, 128, 0, nullptr, out);
+        return status();
+    }
+    if (n == "slow_thread") {
+        NZ_LAUNCH(slow_thread_kernel, 1, 32, 0, nullptr, out);
         return status();
     }
     if (n == "partial_mask") {
