@@ -258,48 +258,21 @@ constexpr size_t dkdv_smem_bytes() {
     return sizeof(float) * ((2 * C::BM + 2 * C::BN + C::TROWS) * C::DP + 2 * C::BM * C::SP + 7 * C::BN);
 }
 
-template <typename T, int D>
-static const char* launch_bwd(const AttnArgs& a, const void* dout, const float* lse, const float* delta, void* dq,
-                              void* dk, void* dv, int device, void* stream) {
-    using C = TileConfig<D>;
-    const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const T* go = static_cast<const T*>(dout);
-    {
-        constexpr size_t smem = dq_smem_bytes<D>();
-        auto kernel = relattn_bwd_dq_kernel<T, D>;
-        if (const char* err = prepare_launch(kernel, device, smem)) return err;
-        const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
-        NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dq));
-        if (const char* err = launch_status()) return err;
-    }
-    constexpr size_t smem = dkdv_smem_bytes<D>();
-    auto kernel = relattn_bwd_dkdv_kernel<T, D>;
-    if (const char* err = prepare_launch(kernel, device, smem)) return err;
-    const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
-    NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
-    return launch_status();
-}
-
-template <typename T>
-static const char* dispatch_bwd(const AttnArgs& a, const void* dout, const float* lse, const float* delta, void* dq,
-                                void* dk, void* dv, int device, void* stream) {
-    switch (a.D) {
-        case 32: return launch_bwd<T, 32>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case 64: return launch_bwd<T, 64>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case 128: return launch_bwd<T, 128>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        default: return "head dim must be 32, 64 or 128";
-    }
-}
-
 const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream) {
-    if (impl == Impl::TC && dtype != DType::F32) return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
-    switch (dtype) {
-        case DType::F16: return dispatch_bwd<__half>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case DType::BF16: return dispatch_bwd<__nv_bfloat16>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case DType::F32: return dispatch_bwd<float>(a, dout, lse, delta, dq, dk, dv, device, stream);
-    }
-    return "unsupported dtype";
+    if (impl == Impl::TC && dtype != DType::F32)
+        return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
+    return dispatch_kernel<false>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
+        using T = typename decltype(element)::type;
+        constexpr int D = decltype(head_dim)::value;
+        using C = TileConfig<D>;
+        const T* go = static_cast<const T*>(dout);
+        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_kernel<T, D>, a.Lq, dq_smem_bytes<D>(), a, device,
+                                                   stream, go, lse, delta, static_cast<T*>(dq)))
+            return err;
+        return launch_row_blocks<C>(relattn_bwd_dkdv_kernel<T, D>, a.Lk, dkdv_smem_bytes<D>(), a, device, stream, go,
+                                    lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    });
 }
 
 }  // namespace nezha

@@ -364,47 +364,19 @@ constexpr size_t dkdv_tc_smem_bytes() {
     return 2 * (2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 3 * C::QN);
 }
 
-template <typename T, int D>
-static const char* launch_bwd_tc(const AttnArgs& a, const void* dout, const float* lse, const float* delta,
-                                 void* dq, void* dk, void* dv, int device, void* stream) {
-    using C = TcConfig<D>;
-    const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const T* go = static_cast<const T*>(dout);
-    {
-        constexpr size_t smem = dq_tc_smem_bytes<D>();
-        auto kernel = relattn_bwd_dq_tc_kernel<T, D>;
-        if (const char* err = prepare_launch(kernel, device, smem)) return err;
-        const dim3 grid((a.Lq + C::BM - 1) / C::BM, a.B * a.H);
-        NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dq));
-        if (const char* err = launch_status()) return err;
-    }
-    constexpr size_t smem = dkdv_tc_smem_bytes<D>();
-    auto kernel = relattn_bwd_dkdv_tc_kernel<T, D>;
-    if (const char* err = prepare_launch(kernel, device, smem)) return err;
-    const dim3 grid((a.Lk + C::BM - 1) / C::BM, a.B * a.H);
-    NZ_LAUNCH(kernel, grid, C::NT, smem, s, a, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
-    return launch_status();
-}
-
-template <typename T>
-static const char* dispatch_bwd_tc(const AttnArgs& a, const void* dout, const float* lse, const float* delta,
-                                   void* dq, void* dk, void* dv, int device, void* stream) {
-    switch (a.D) {
-        case 32: return launch_bwd_tc<T, 32>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case 64: return launch_bwd_tc<T, 64>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case 128: return launch_bwd_tc<T, 128>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        default: return "head dim must be 32, 64 or 128";
-    }
-}
-
 const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
                            void* dq, void* dk, void* dv, int device, void* stream) {
-    switch (dtype) {
-        case DType::F16: return dispatch_bwd_tc<__half>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case DType::BF16: return dispatch_bwd_tc<__nv_bfloat16>(a, dout, lse, delta, dq, dk, dv, device, stream);
-        case DType::F32: return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
-    }
-    return "unsupported dtype";
+    return dispatch_kernel<true>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
+        using T = typename decltype(element)::type;
+        constexpr int D = decltype(head_dim)::value;
+        using C = TcConfig<D>;
+        const T* go = static_cast<const T*>(dout);
+        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D>, a.Lq, dq_tc_smem_bytes<D>(), a,
+                                                   device, stream, go, lse, delta, static_cast<T*>(dq)))
+            return err;
+        return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D>, a.Lk, dkdv_tc_smem_bytes<D>(), a, device,
+                                    stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+    });
 }
 
 }  // namespace nezha

@@ -145,34 +145,14 @@ constexpr size_t fwd_smem_bytes() {
     return sizeof(float) * ((C::BM + 2 * C::BN + C::TROWS) * C::DP + C::BM * C::SP);
 }
 
-template <typename T, int D>
-static const char* launch_fwd(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
-    constexpr size_t smem = fwd_smem_bytes<D>();
-    auto kernel = relattn_fwd_kernel<T, D>;
-    if (const char* err = prepare_launch(kernel, device, smem)) return err;
-    const dim3 grid((a.Lq + TileConfig<D>::BM - 1) / TileConfig<D>::BM, a.B * a.H);
-    NZ_LAUNCH(kernel, grid, TileConfig<D>::NT, smem, static_cast<cudaStream_t>(stream), a, static_cast<T*>(o), lse);
-    return launch_status();
-}
-
-template <typename T>
-static const char* dispatch_fwd(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
-    switch (a.D) {
-        case 32: return launch_fwd<T, 32>(a, o, lse, device, stream);
-        case 64: return launch_fwd<T, 64>(a, o, lse, device, stream);
-        case 128: return launch_fwd<T, 128>(a, o, lse, device, stream);
-        default: return "head dim must be 32, 64 or 128";
-    }
-}
-
 const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream) {
     if (impl == Impl::TC && dtype != DType::F32) return relattn_fwd_tc(a, dtype, o, lse, device, stream);
-    switch (dtype) {
-        case DType::F16: return dispatch_fwd<__half>(a, o, lse, device, stream);
-        case DType::BF16: return dispatch_fwd<__nv_bfloat16>(a, o, lse, device, stream);
-        case DType::F32: return dispatch_fwd<float>(a, o, lse, device, stream);
-    }
-    return "unsupported dtype";
+    return dispatch_kernel<false>(dtype, a.D, [&](auto element, auto head_dim) {
+        using T = typename decltype(element)::type;
+        constexpr int D = decltype(head_dim)::value;
+        return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D>, a.Lq, fwd_smem_bytes<D>(), a, device, stream,
+                                                static_cast<T*>(o), lse);
+    });
 }
 
 }  // namespace nezha

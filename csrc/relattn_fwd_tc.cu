@@ -202,33 +202,13 @@ constexpr size_t fwd_tc_smem_bytes() {
     return 2 * (C::BM + 2 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
-template <typename T, int D>
-static const char* launch_fwd_tc(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
-    constexpr size_t smem = fwd_tc_smem_bytes<D>();
-    auto kernel = relattn_fwd_tc_kernel<T, D>;
-    if (const char* err = prepare_launch(kernel, device, smem)) return err;
-    const dim3 grid((a.Lq + TcConfig<D>::BM - 1) / TcConfig<D>::BM, a.B * a.H);
-    NZ_LAUNCH(kernel, grid, TcConfig<D>::NT, smem, static_cast<cudaStream_t>(stream), a, static_cast<T*>(o), lse);
-    return launch_status();
-}
-
-template <typename T>
-static const char* dispatch_fwd_tc(const AttnArgs& a, void* o, float* lse, int device, void* stream) {
-    switch (a.D) {
-        case 32: return launch_fwd_tc<T, 32>(a, o, lse, device, stream);
-        case 64: return launch_fwd_tc<T, 64>(a, o, lse, device, stream);
-        case 128: return launch_fwd_tc<T, 128>(a, o, lse, device, stream);
-        default: return "head dim must be 32, 64 or 128";
-    }
-}
-
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
-    switch (dtype) {
-        case DType::F16: return dispatch_fwd_tc<__half>(a, o, lse, device, stream);
-        case DType::BF16: return dispatch_fwd_tc<__nv_bfloat16>(a, o, lse, device, stream);
-        case DType::F32: return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
-    }
-    return "unsupported dtype";
+    return dispatch_kernel<true>(dtype, a.D, [&](auto element, auto head_dim) {
+        using T = typename decltype(element)::type;
+        constexpr int D = decltype(head_dim)::value;
+        return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D>, a.Lq, fwd_tc_smem_bytes<D>(), a, device,
+                                              stream, static_cast<T*>(o), lse);
+    });
 }
 
 }  // namespace nezha

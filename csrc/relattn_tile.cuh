@@ -16,6 +16,8 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <type_traits>
+
 #include "relattn.h"
 #include "relattn_helpers.h"
 
@@ -158,6 +160,47 @@ inline const char* prepare_launch(K kernel, int device, size_t smem) {
 inline const char* launch_status() {
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
+}
+
+// Launches `kernel(a, args...)` with one block of C::NT threads per C::BM own rows (of `rows`) and (batch, head),
+// and `smem` bytes of dynamic shared memory; nullptr or the error message.
+template <typename C, typename K, typename... Args>
+inline const char* launch_row_blocks(K kernel, int rows, size_t smem, const AttnArgs& a, int device, void* stream,
+                                     Args... args) {
+    if (const char* err = prepare_launch(kernel, device, smem)) return err;
+    const dim3 grid((rows + C::BM - 1) / C::BM, a.B * a.H);
+    NZ_LAUNCH(kernel, grid, C::NT, smem, static_cast<cudaStream_t>(stream), a, args...);
+    return launch_status();
+}
+
+// The compile-time element type and head dim a launcher lambda receives from dispatch_kernel.
+template <typename T> struct ElementType { using type = T; };
+template <int D> using HeadDim = std::integral_constant<int, D>;
+
+template <typename T, typename F>
+inline const char* dispatch_head_dim(int head_dim, F& launch) {
+    switch (head_dim) {
+        case 32: return launch(ElementType<T>{}, HeadDim<32>{});
+        case 64: return launch(ElementType<T>{}, HeadDim<64>{});
+        case 128: return launch(ElementType<T>{}, HeadDim<128>{});
+        default: return "head dim must be 32, 64 or 128";
+    }
+}
+
+// launch(ElementType<T>{}, HeadDim<D>{}) for the runtime dtype and head dim: every kernel instantiation the
+// extension ships. TENSOR_CORES: fp16 / bf16 only (float32 is the SIMT kernels' alone).
+template <bool TENSOR_CORES, typename F>
+inline const char* dispatch_kernel(DType dtype, int head_dim, F&& launch) {
+    switch (dtype) {
+        case DType::F16: return dispatch_head_dim<__half>(head_dim, launch);
+        case DType::BF16: return dispatch_head_dim<__nv_bfloat16>(head_dim, launch);
+        case DType::F32:
+            if constexpr (TENSOR_CORES)
+                return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
+            else
+                return dispatch_head_dim<float>(head_dim, launch);
+    }
+    return "unsupported dtype";
 }
 
 }  // namespace nezha
