@@ -33,24 +33,17 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     const bool row_valid = i < a.Lq;
     const int pos = a.q_offset + i;
     const int E = 2 * a.R;
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
     const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const T* tg = static_cast<const T*>(a.table);
 
-    load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     load_tile<T, D, NT>(dOs, dog, D, q0, BM, a.Lq);
     __syncthreads();
     float q_left, q_right, do_left, do_right;
-    edge_dots<T, D, TPR>(Qs + row * DP, tg, a.R, sub, q_left, q_right);
-    edge_dots<T, D, TPR>(dOs + row * DP, tg, a.R, sub, do_left, do_right);
-    const int64_t stats = static_cast<int64_t>(a.B) * a.H * a.Lq;  // lse[0]: row max, lse[1]: log row sum
-    const float row_max = row_valid ? lse[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
-    const float row_log_sum = row_valid ? lse[stats + static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
-    const float row_delta = row_valid ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
-    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
-    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+    edge_dots<T, D, TPR>(Qs + row * DP, in.table, a.R, sub, q_left, q_right);
+    edge_dots<T, D, TPR>(dOs + row * DP, in.table, a.R, sub, do_left, do_right);
+    const RowStats stats = load_row_stats(a, lse, delta, bh, i);
+    const float kept_scale = kept_weight_scale(a, bh);
 
     float ds_left = 0.0f, ds_right = 0.0f;
     float acc[C::DPT];
@@ -62,14 +55,14 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and(!row_valid || row_max > SKIP_MASKED_THRESHOLD))
+            __syncthreads_and(row_skips_future_keys(row_valid, stats.max)))
             break;
         __syncthreads();
-        load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
-        load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
         const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
         __syncthreads();
 
 #pragma unroll
@@ -79,9 +72,9 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
             if (row_valid && j < a.Lk) {
                 const int idx = relative_index(j, pos, a.R);
                 const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
-                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), row_max, row_log_sum);
+                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), stats.max, stats.log_sum);
                 const float dw = pair_dot<D>(dOs + row * DP, Vs + jl * DP, Ts, tr.lo, idx, E, do_left, do_right);
-                ds = p * (dw * weight_factor(a, bh, i, j, drop_scale, head) - row_delta);
+                ds = p * (dw * weight_factor(a, bh, i, j, kept_scale) - stats.delta);
                 if (idx == 0) ds_left += ds;
                 else if (idx == E) ds_right += ds;
             }
@@ -111,11 +104,11 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     ds_right = group_sum<TPR>(ds_right);
     if (row_valid) {
         T* g = dq + (static_cast<int64_t>(bh) * a.Lq + i) * D;
-        const T* far_right = tg + static_cast<int64_t>(E) * D;
+        const T* far_right = in.table + static_cast<int64_t>(E) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
-            g[d] = from_f<T>(a.scale * (acc[c] + ds_left * to_f(tg[d]) + ds_right * to_f(far_right[d])));
+            g[d] = from_f<T>(a.scale * (acc[c] + ds_left * to_f(in.table[d]) + ds_right * to_f(far_right[d])));
         }
     }
 }
@@ -136,14 +129,12 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     float* Ts = dOs + BN * DP;
     float* Ws = Ts + C::TROWS * DP;
     float* dSs = Ws + BM * SP;
-    // Per query row of the tile: q.T[0], q.T[2R], dO.T[0], dO.T[2R], row max, log row sum, delta.
+    // Per query row of the tile: q.T[0], q.T[2R], dO.T[0], dO.T[2R], the forward's statistics.
     float* q_left = dSs + BM * SP;
     float* q_right = q_left + BN;
     float* do_left = q_right + BN;
     float* do_right = do_left + BN;
-    float* max_s = do_right + BN;
-    float* log_sum_s = max_s + BN;
-    float* delta_s = log_sum_s + BN;
+    RowStats* stats_s = reinterpret_cast<RowStats*>(do_right + BN);
 
     const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
     const int k0 = blockIdx.x * BM;
@@ -151,48 +142,35 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     const int j = k0 + krow;
     const bool key_valid = j < a.Lk;
     const int E = 2 * a.R;
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
     const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const T* tg = static_cast<const T*>(a.table);
-    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
-    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+    const float kept_scale = kept_weight_scale(a, bh);
 
-    load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BM, a.Lk);
-    load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BM, a.Lk);
+    load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
+    load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
     float acc_k[C::DPT], acc_v[C::DPT];
 #pragma unroll
     for (int c = 0; c < C::DPT; ++c) acc_k[c] = acc_v[c] = 0.0f;
 
     for (int q0 = 0; q0 < a.Lq; q0 += BN) {
         __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < BN) {
-            const int i = q0 + threadIdx.x;
-            const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
-            max_s[threadIdx.x] = i < a.Lq ? lse[row] : 0.0f;
-            log_sum_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
-            delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
-        }
+        if (threadIdx.x < BN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
         __syncthreads();
         const int pos_first = a.q_offset + q0;
         const int pos_last_valid = a.q_offset + min(q0 + BN, a.Lq) - 1;
-        if (a.causal && tile_all_future(pos_last_valid, k0)) {
-            bool skip = true;  // every thread reads the same values: a block-uniform decision
-            for (int r = 0; r < min(BN, a.Lq - q0); ++r) skip = skip && max_s[r] > SKIP_MASKED_THRESHOLD;
-            if (skip) continue;
-        }
-        load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BN, a.Lq);
+        if (a.causal && tile_all_future(pos_last_valid, k0) && query_tile_skips_future_keys<BN>(stats_s, q0, a.Lq))
+            continue;
+        load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BN, a.Lq);
         load_tile<T, D, NT>(dOs, dog, D, q0, BN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BN - 1, k0, k0 + BM - 1, a.R);
         const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
         __syncthreads();
         {
             const int qr = threadIdx.x / TPR;
             float ql, qrr, dl, dr;
-            edge_dots<T, D, TPR>(Qs + qr * DP, tg, a.R, sub, ql, qrr);
-            edge_dots<T, D, TPR>(dOs + qr * DP, tg, a.R, sub, dl, dr);
+            edge_dots<T, D, TPR>(Qs + qr * DP, in.table, a.R, sub, ql, qrr);
+            edge_dots<T, D, TPR>(dOs + qr * DP, in.table, a.R, sub, dl, dr);
             if (sub == 0) {
                 q_left[qr] = ql;
                 q_right[qr] = qrr;
@@ -211,12 +189,13 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
                 const int idx = relative_index(j, pos, a.R);
                 const float dot =
                     pair_dot<D>(Qs + il * DP, Ks + krow * DP, Ts, tr.lo, idx, E, q_left[il], q_right[il]);
-                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), max_s[il], log_sum_s[il]);
+                const float p =
+                    softmax_weight(pair_score(a, b, h, i, j, pos, dot), stats_s[il].max, stats_s[il].log_sum);
                 const float dw =
                     pair_dot<D>(dOs + il * DP, Vs + krow * DP, Ts, tr.lo, idx, E, do_left[il], do_right[il]);
-                const float f = weight_factor(a, bh, i, j, drop_scale, head);
+                const float f = weight_factor(a, bh, i, j, kept_scale);
                 w = p * f;
-                ds = p * (dw * f - delta_s[il]);
+                ds = p * (dw * f - stats_s[il].delta);
             }
             Ws[krow * SP + il] = w;
             dSs[krow * SP + il] = ds;

@@ -36,26 +36,19 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     const int E = 2 * a.R;
     int ri[2], rpos[2];
     bool rvalid[2];
-    float rmax[2], rlogsum[2], rdelta[2];  // the forward's row statistics
+    RowStats rstats[2];  // the forward's row statistics
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
         rpos[r] = a.q_offset + ri[r];
         rvalid[r] = ri[r] < a.Lq;
-        const int64_t row = static_cast<int64_t>(bh) * a.Lq + ri[r];
-        rmax[r] = rvalid[r] ? lse[row] : 0.0f;
-        rlogsum[r] = rvalid[r] ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
-        rdelta[r] = rvalid[r] ? delta[static_cast<int64_t>(bh) * a.Lq + ri[r]] : 0.0f;
+        rstats[r] = load_row_stats(a, lse, delta, bh, ri[r]);
     }
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
     const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const T* tg = static_cast<const T*>(a.table);
-    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
-    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+    const float kept_scale = kept_weight_scale(a, bh);
 
-    stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     stage_rows<T, D, LD, NT>(dOs, dog, D, q0, BM, a.Lq);
 
     float ds_left[2] = {0.0f, 0.0f}, ds_right[2] = {0.0f, 0.0f};
@@ -68,14 +61,14 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and((!rvalid[0] || rmax[0] > SKIP_MASKED_THRESHOLD) &&
-                              (!rvalid[1] || rmax[1] > SKIP_MASKED_THRESHOLD)))
+            __syncthreads_and(row_skips_future_keys(rvalid[0], rstats[0].max) &&
+                              row_skips_future_keys(rvalid[1], rstats[1].max)))
             break;
         __syncthreads();
-        stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
-        stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
         __syncthreads();
 
         const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
@@ -117,9 +110,9 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
                     const int idx = relative_index(j, rpos[r], a.R);
                     const int col = x.row * C::QT_LD + idx - wr.lo;
                     const float p = softmax_weight(pair_score(a, b, h, ri[r], j, rpos[r], s[nt][e] + qt[col]),
-                                                   rmax[r], rlogsum[r]);
+                                                   rstats[r].max, rstats[r].log_sum);
                     const float dw = dp[nt][e] + dot_s[col];
-                    ds = p * (dw * weight_factor(a, bh, ri[r], j, drop_scale, head) - rdelta[r]);
+                    ds = p * (dw * weight_factor(a, bh, ri[r], j, kept_scale) - rstats[r].delta);
                     if (idx == 0) ds_left[r] += ds;
                     else if (idx == E) ds_right[r] += ds;
                 }
@@ -161,7 +154,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
         }
     }
 
-    const T* far_right = tg + static_cast<int64_t>(E) * D;
+    const T* far_right = in.table + static_cast<int64_t>(E) * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         ds_left[r] = quad_sum(ds_left[r]);
@@ -176,7 +169,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                const float v = acc[nt][2 * r + c] + ds_left[r] * to_f(tg[d]) + ds_right[r] * to_f(far_right[d]);
+                const float v = acc[nt][2 * r + c] + ds_left[r] * to_f(in.table[d]) + ds_right[r] * to_f(far_right[d]);
                 g[d] = from_f<T>(a.scale * v);
             }
     }
@@ -198,9 +191,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     T* Ts = dOs + QN * LD;
     float* qtb = reinterpret_cast<float*>(Ts + C::TB_COLS * LD);  // [QN][TB_LD]: q_i . T[lo + c]
     float* dotb = qtb + QN * TB_LD;                              // [QN][TB_LD]: dO_i . T[lo + c]
-    float* max_s = dotb + QN * TB_LD;  // per query row: the forward's row max, log row sum, and delta
-    float* log_sum_s = max_s + QN;
-    float* delta_s = log_sum_s + QN;
+    RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
@@ -213,16 +204,12 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         kj[r] = wkey0 + mma_c_elem(lane, 2 * r).row;
         kvalid[r] = kj[r] < a.Lk;
     }
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
     const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const T* tg = static_cast<const T*>(a.table);
-    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
-    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
+    const float kept_scale = kept_weight_scale(a, bh);
 
-    stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BM, a.Lk);
-    stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BM, a.Lk);
+    stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
+    stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
     float acc_k[NTD][4], acc_v[NTD][4];
 #pragma unroll
     for (int nt = 0; nt < NTD; ++nt)
@@ -231,26 +218,17 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
 
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
         __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < QN) {
-            const int i = q0 + threadIdx.x;
-            const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
-            max_s[threadIdx.x] = i < a.Lq ? lse[row] : 0.0f;
-            log_sum_s[threadIdx.x] = i < a.Lq ? lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] : 0.0f;
-            delta_s[threadIdx.x] = i < a.Lq ? delta[static_cast<int64_t>(bh) * a.Lq + i] : 0.0f;
-        }
+        if (threadIdx.x < QN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
         __syncthreads();
         const int pos_first = a.q_offset + q0;
         const int pos_last_valid = a.q_offset + min(q0 + QN, a.Lq) - 1;
-        if (a.causal && tile_all_future(pos_last_valid, k0)) {
-            bool skip = true;  // every thread reads the same values: a block-uniform decision
-            for (int r = 0; r < min(QN, a.Lq - q0); ++r) skip = skip && max_s[r] > SKIP_MASKED_THRESHOLD;
-            if (skip) continue;
-        }
-        stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, QN, a.Lq);
+        if (a.causal && tile_all_future(pos_last_valid, k0) && query_tile_skips_future_keys<QN>(stats_s, q0, a.Lq))
+            continue;
+        stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
         stage_rows<T, D, LD, NT>(dOs, dog, D, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
-        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tcols, E + 1);
+        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
         __syncthreads();
         // Block-wide projections: (QN / 16) x (tcols / 8) output tiles of 16 x 8, round-robin over warps.
         const int jobs = (QN / 16) * (tcols / 8);
@@ -309,12 +287,12 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
                     const int pos = a.q_offset + i, j = kj[r];
                     const int idx = relative_index(j, pos, a.R);
                     const int col = il * TB_LD + idx - tr.lo;
-                    const float p = softmax_weight(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]), max_s[il],
-                                                   log_sum_s[il]);
+                    const float p = softmax_weight(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]),
+                                                   stats_s[il].max, stats_s[il].log_sum);
                     const float dw = dp[nt][e] + dotb[col];
-                    const float f = weight_factor(a, bh, i, j, drop_scale, head);
+                    const float f = weight_factor(a, bh, i, j, kept_scale);
                     w = p * f;
-                    ds = p * (dw * f - delta_s[il]);
+                    ds = p * (dw * f - stats_s[il].delta);
                 }
                 s[nt][e] = w;
                 dp[nt][e] = ds;

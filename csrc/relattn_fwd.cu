@@ -29,15 +29,12 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     const bool row_valid = i < a.Lq;
     const int pos = a.q_offset + i;
     const int E = 2 * a.R;
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
-    const T* tg = static_cast<const T*>(a.table);
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
 
-    load_tile<T, D, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     __syncthreads();
     float q_left, q_right;
-    edge_dots<T, D, TPR>(Qs + row * DP, tg, a.R, sub, q_left, q_right);
+    edge_dots<T, D, TPR>(Qs + row * DP, in.table, a.R, sub, q_left, q_right);
 
     float m = -INFINITY, l = 0.0f, mass_left = 0.0f, mass_right = 0.0f;
     float acc[C::DPT];
@@ -49,14 +46,14 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and(!row_valid || m > SKIP_MASKED_THRESHOLD))
+            __syncthreads_and(row_skips_future_keys(row_valid, m)))
             break;
         __syncthreads();  // previous tile fully consumed
-        load_tile<T, D, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
-        load_tile<T, D, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
+        load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
         const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, tg, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
         __syncthreads();
 
         float s[C::CPT];
@@ -120,22 +117,16 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     mass_left = group_sum<TPR>(mass_left);
     mass_right = group_sum<TPR>(mass_right);
     if (row_valid) {
-        float f = 1.0f / l;
-        if (a.dropout_p > 0.0f) f /= (1.0f - a.dropout_p);
-        if (a.head_mask != nullptr) f *= a.head_mask[bh];
+        const float f = kept_weight_scale(a, bh) / l;
         T* og = out + (static_cast<int64_t>(bh) * a.Lq + i) * D;
-        const T* far_right = tg + static_cast<int64_t>(E) * D;
+        const T* far_right = in.table + static_cast<int64_t>(E) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
-            const float o = acc[c] + mass_left * to_f(tg[d]) + mass_right * to_f(far_right[d]);
+            const float o = acc[c] + mass_left * to_f(in.table[d]) + mass_right * to_f(far_right[d]);
             og[d] = from_f<T>(f * o);
         }
-        if (sub == 0) {
-            const int64_t r = static_cast<int64_t>(bh) * a.Lq + i;
-            lse[r] = m;                                                  // row max
-            lse[static_cast<int64_t>(a.B) * a.H * a.Lq + r] = logf(l);  // log of the row sum
-        }
+        if (sub == 0) store_row_stats(a, lse, bh, i, m, l);
     }
 }
 

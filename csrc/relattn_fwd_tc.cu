@@ -40,12 +40,9 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         rpos[r] = a.q_offset + ri[r];
         rvalid[r] = ri[r] < a.Lq;
     }
-    const T* qg = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    const T* kg = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    const T* vg = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
-    const T* tg = static_cast<const T*>(a.table);
+    const HeadInputs<T> in = head_inputs<T>(a, b, h);
 
-    stage_rows<T, D, LD, NT>(Qs, qg, a.q_sl, q0, BM, a.Lq);
+    stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     float mass_left[2] = {0.0f, 0.0f}, mass_right[2] = {0.0f, 0.0f};
@@ -58,14 +55,13 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and((!rvalid[0] || m[0] > SKIP_MASKED_THRESHOLD) &&
-                              (!rvalid[1] || m[1] > SKIP_MASKED_THRESHOLD)))
+            __syncthreads_and(row_skips_future_keys(rvalid[0], m[0]) && row_skips_future_keys(rvalid[1], m[1])))
             break;
         __syncthreads();  // previous tile fully consumed
-        stage_rows<T, D, LD, NT>(Ks, kg, a.k_sl, k0, BN, a.Lk);
-        stage_rows<T, D, LD, NT>(Vs, vg, a.v_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
+        stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        stage_rows<T, D, LD, NT>(Ts, tg, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
         __syncthreads();
 
         const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
@@ -166,9 +162,8 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         }
     }
 
-    const float drop_scale = a.dropout_p > 0.0f ? 1.0f / (1.0f - a.dropout_p) : 1.0f;
-    const float head = a.head_mask != nullptr ? a.head_mask[bh] : 1.0f;
-    const T* far_right = tg + static_cast<int64_t>(E) * D;
+    const float kept_scale = kept_weight_scale(a, bh);
+    const T* far_right = in.table + static_cast<int64_t>(E) * D;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         l[r] = quad_sum(l[r]);
@@ -178,21 +173,17 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rvalid[r]) continue;
-        const float f = drop_scale * head / l[r];
+        const float f = kept_scale / l[r];
         T* og = out + (static_cast<int64_t>(bh) * a.Lq + ri[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                const float o = acc[nt][2 * r + c] + mass_left[r] * to_f(tg[d]) + mass_right[r] * to_f(far_right[d]);
+                const float o = acc[nt][2 * r + c] + mass_left[r] * to_f(in.table[d]) + mass_right[r] * to_f(far_right[d]);
                 og[d] = from_f<T>(f * o);
             }
-        if ((lane & 3) == 0) {
-            const int64_t row = static_cast<int64_t>(bh) * a.Lq + ri[r];
-            lse[row] = m[r];                                                    // row max
-            lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] = logf(l[r]);    // log of the row sum
-        }
+        if ((lane & 3) == 0) store_row_stats(a, lse, bh, ri[r], m[r], l[r]);
     }
 }
 

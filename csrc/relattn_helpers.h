@@ -62,6 +62,12 @@ NZ_HD float finalize_score(float dot, float scale, float additive, bool masked) 
 // its fully masked (causal-future) tiles changes nothing. Rows at MASKED_SCORE must see every key.
 constexpr float SKIP_MASKED_THRESHOLD = 0.5f * MASKED_SCORE;
 
+// True when a query row may skip its causal-future key tiles: a row past Lq, or one whose max exceeds
+// SKIP_MASKED_THRESHOLD. A row still at MASKED_SCORE (every key so far masked) must see every key.
+NZ_HD bool row_skips_future_keys(bool row_valid, float row_max) {
+    return !row_valid || row_max > SKIP_MASKED_THRESHOLD;
+}
+
 // Online softmax: factor that rescales sums taken under max m_old to max m_new (m_old may be -inf).
 NZ_HD float rescale_factor(float m_old, float m_new) {
 #ifdef __CUDA_ARCH__
@@ -118,6 +124,9 @@ NZ_HD float dropout_uniform(uint64_t seed, int bh, int row, int key) {
                                     static_cast<uint32_t>(seed >> 32));
     return static_cast<float>(r.x >> 8) * (1.0f / 16777216.0f);
 }
+
+// 1 / (1 - p): the rescale of the weights dropout keeps (1 without dropout).
+NZ_HD float dropout_rescale(float p) { return p > 0.0f ? 1.0f / (1.0f - p) : 1.0f; }
 
 // Kept iff u >= p, compared in float32 as torch does (p already rounded to float).
 NZ_HD bool dropout_keep(uint64_t seed, float p, int bh, int row, int key) {

@@ -127,6 +127,67 @@ __device__ __forceinline__ float pair_dot(const float* x, const float* y, const 
     return dot_row_sum<D>(x, y, Ts + (idx - lo) * (D + 1));
 }
 
+// The global inputs of one (batch, head): q, k, v at their strides, and the table every head shares.
+template <typename T>
+struct HeadInputs {
+    const T* q;
+    const T* k;
+    const T* v;
+    const T* table;
+};
+
+template <typename T>
+__device__ __forceinline__ HeadInputs<T> head_inputs(const AttnArgs& a, int b, int h) {
+    HeadInputs<T> in;
+    in.q = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
+    in.k = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
+    in.v = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    in.table = static_cast<const T*>(a.table);
+    return in;
+}
+
+// Factor of every kept weight of head bh: 1 / (1 - dropout_p) times head_mask[bh] (1 when absent).
+__device__ __forceinline__ float kept_weight_scale(const AttnArgs& a, int bh) {
+    return dropout_rescale(a.dropout_p) * (a.head_mask != nullptr ? a.head_mask[bh] : 1.0f);
+}
+
+// A query row's forward statistics, lse [2, B, H, Lq]: lse[0] the row max, lse[1] log of the row sum (apart, see
+// relattn.h), and the backward's delta = dO . O [B, H, Lq].
+struct RowStats {
+    float max;
+    float log_sum;
+    float delta;
+};
+static_assert(sizeof(RowStats) == 3 * sizeof(float), "the shared-memory sizes count 3 floats per staged row");
+
+__device__ __forceinline__ void store_row_stats(const AttnArgs& a, float* lse, int bh, int i, float m, float l) {
+    const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+    lse[row] = m;
+    lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] = logf(l);
+}
+
+// Statistics of query row i (zeros past Lq).
+__device__ __forceinline__ RowStats load_row_stats(const AttnArgs& a, const float* __restrict__ lse,
+                                                   const float* __restrict__ delta, int bh, int i) {
+    RowStats s = {0.0f, 0.0f, 0.0f};
+    if (i < a.Lq) {
+        const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+        s.max = lse[row];
+        s.log_sum = lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row];
+        s.delta = delta[row];
+    }
+    return s;
+}
+
+// dK dV kernels: true when every row of the streamed query tile [q0, q0 + ROWS) may skip causal-future keys.
+// Reads the tile's statistics from shared memory, so the answer is the same in every thread.
+template <int ROWS>
+__device__ __forceinline__ bool query_tile_skips_future_keys(const RowStats* stats, int q0, int Lq) {
+    bool skip = true;
+    for (int r = 0; r < min(ROWS, Lq - q0); ++r) skip = skip && row_skips_future_keys(true, stats[r].max);
+    return skip;
+}
+
 // Score of the valid pair (query i at position pos, key j) from its raw dot product (q.k + q.a).
 __device__ __forceinline__ float pair_score(const AttnArgs& a, int b, int h, int i, int j, int pos, float dot) {
     float additive = 0.0f;
@@ -136,11 +197,9 @@ __device__ __forceinline__ float pair_score(const AttnArgs& a, int b, int h, int
     return finalize_score(dot, a.scale, additive, pair_masked(j, pos, a.causal, attend));
 }
 
-// Kept-and-rescaled factor of weight (bh, i, j): keep / (1 - p) times head_mask, as one float.
-__device__ __forceinline__ float weight_factor(const AttnArgs& a, int bh, int i, int j, float drop_scale,
-                                               float head) {
-    if (a.dropout_p > 0.0f && !dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j)) return 0.0f;
-    return drop_scale * head;
+// Factor f of weight (bh, i, j): keep / (1 - p) times head_mask, kept_scale when dropout keeps it, else 0.
+__device__ __forceinline__ float weight_factor(const AttnArgs& a, int bh, int i, int j, float kept_scale) {
+    return dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j) ? kept_scale : 0.0f;
 }
 
 // Make the device current (the extension links its own CUDA runtime) and allow `smem` bytes of

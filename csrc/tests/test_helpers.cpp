@@ -55,6 +55,9 @@ static void test_dropout() {
         }
     const double rate = static_cast<double>(kept) / total;
     CHECK(rate > 0.65 && rate < 0.75, "keep rate %g for p = 0.3 over %d draws", rate, total);
+    // Kept weights are scaled by 1 / (1 - p), so the expected weight is unchanged; no dropout scales by 1.
+    CHECK(dropout_rescale(0.0f) == 1.0f, "no dropout, no rescale");
+    CHECK(dropout_rescale(0.3f) == 1.0f / 0.7f && dropout_rescale(0.5f) == 2.0f, "rescale 1 / (1 - p)");
 }
 
 static void test_relative_index_and_tiles() {
@@ -94,6 +97,13 @@ static void test_scores_and_masks() {
     CHECK(rescale_factor(-INFINITY, 3.0f) == 0.0f, "first tile");
     CHECK(std::fabs(rescale_factor(1.0f, 3.0f) - std::exp(-2.0f)) < 1e-7f, "rescale");
     CHECK(std::exp(MASKED_SCORE - SKIP_MASKED_THRESHOLD) == 0.0f, "skip threshold underflows to zero");
+    // A row may skip its causal future once a masked key's weight exp(MASKED_SCORE - max) is exactly 0.
+    for (float m : {-1e30f, 0.0f, 3.0f}) {
+        CHECK(row_skips_future_keys(true, m) && std::exp(MASKED_SCORE - m) == 0.0f, "row with max %g skips", m);
+    }
+    CHECK(!row_skips_future_keys(true, MASKED_SCORE), "an all-masked row must see every key (uniform weights)");
+    CHECK(!row_skips_future_keys(true, -INFINITY), "a row that saw no key yet must go on");
+    CHECK(row_skips_future_keys(false, MASKED_SCORE) && row_skips_future_keys(false, -INFINITY), "rows past Lq");
 }
 
 // CPU mirror of the forward tile loop (online softmax, far-field masses, band rows) against a direct
