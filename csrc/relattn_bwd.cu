@@ -26,15 +26,15 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     float* Ts = Vs + BN * DP;
     float* dSs = Ts + C::TROWS * DP;
 
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM;
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
     const int pos = a.q_offset + i;
     const int E = 2 * a.R;
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
-    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
+    const HeadInputs<T> in = head_inputs<T>(a, head);
+    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
 
     load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     load_tile<T, D, NT>(dOs, dog, D, q0, BM, a.Lq);
@@ -42,10 +42,10 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     float q_left, q_right, do_left, do_right;
     edge_dots<T, D, TPR>(Qs + row * DP, in.table, a.R, sub, q_left, q_right);
     edge_dots<T, D, TPR>(dOs + row * DP, in.table, a.R, sub, do_left, do_right);
-    const RowStats stats = load_row_stats(a, lse, delta, bh, i);
-    const float kept_scale = kept_weight_scale(a, bh);
+    const RowStats stats = load_row_stats(a, lse, delta, head.bh, i);
+    const float kept_scale = kept_weight_scale(a, head.bh);
 
-    float ds_left = 0.0f, ds_right = 0.0f;
+    FarField far_ds = {0.0f, 0.0f};  // dS of the row's far-field pairs
     float acc[C::DPT];
 #pragma unroll
     for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
@@ -72,11 +72,9 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
             if (row_valid && j < a.Lk) {
                 const int idx = relative_index(j, pos, a.R);
                 const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
-                const float p = softmax_weight(pair_score(a, b, h, i, j, pos, dot), stats.max, stats.log_sum);
                 const float dw = pair_dot<D>(dOs + row * DP, Vs + jl * DP, Ts, tr.lo, idx, E, do_left, do_right);
-                ds = p * (dw * weight_factor(a, bh, i, j, kept_scale) - stats.delta);
-                if (idx == 0) ds_left += ds;
-                else if (idx == E) ds_right += ds;
+                ds = pair_grad(a, head, i, j, pos, dot, dw, stats, kept_scale).ds;
+                far_ds.add(idx, E, ds);
             }
             dSs[row * SP + jl] = ds;
         }
@@ -100,15 +98,13 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
         }
     }
 
-    ds_left = group_sum<TPR>(ds_left);
-    ds_right = group_sum<TPR>(ds_right);
+    far_ds.reduce<TPR>();
     if (row_valid) {
-        T* g = dq + (static_cast<int64_t>(bh) * a.Lq + i) * D;
-        const T* far_right = in.table + static_cast<int64_t>(E) * D;
+        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + i) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
-            g[d] = from_f<T>(a.scale * (acc[c] + ds_left * to_f(in.table[d]) + ds_right * to_f(far_right[d])));
+            g[d] = from_f<T>(a.scale * far_ds.plus_edge_rows<T, D>(acc[c], in.table, a.R, d));
         }
     }
 }
@@ -136,15 +132,15 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     float* do_right = do_left + BN;
     RowStats* stats_s = reinterpret_cast<RowStats*>(do_right + BN);
 
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int k0 = blockIdx.x * BM;
     const int krow = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int j = k0 + krow;
     const bool key_valid = j < a.Lk;
     const int E = 2 * a.R;
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
-    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const float kept_scale = kept_weight_scale(a, bh);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
+    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const float kept_scale = kept_weight_scale(a, head.bh);
 
     load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
     load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
@@ -154,7 +150,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
 
     for (int q0 = 0; q0 < a.Lq; q0 += BN) {
         __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < BN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
+        if (threadIdx.x < BN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, head.bh, q0 + threadIdx.x);
         __syncthreads();
         const int pos_first = a.q_offset + q0;
         const int pos_last_valid = a.q_offset + min(q0 + BN, a.Lq) - 1;
@@ -189,13 +185,11 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
                 const int idx = relative_index(j, pos, a.R);
                 const float dot =
                     pair_dot<D>(Qs + il * DP, Ks + krow * DP, Ts, tr.lo, idx, E, q_left[il], q_right[il]);
-                const float p =
-                    softmax_weight(pair_score(a, b, h, i, j, pos, dot), stats_s[il].max, stats_s[il].log_sum);
                 const float dw =
                     pair_dot<D>(dOs + il * DP, Vs + krow * DP, Ts, tr.lo, idx, E, do_left[il], do_right[il]);
-                const float f = weight_factor(a, bh, i, j, kept_scale);
-                w = p * f;
-                ds = p * (dw * f - stats_s[il].delta);
+                const PairGrad g = pair_grad(a, head, i, j, pos, dot, dw, stats_s[il], kept_scale);
+                w = g.w;
+                ds = g.ds;
             }
             Ws[krow * SP + il] = w;
             dSs[krow * SP + il] = ds;
@@ -215,7 +209,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     }
 
     if (key_valid) {
-        const int64_t base = (static_cast<int64_t>(bh) * a.Lk + j) * D;
+        const int64_t base = (static_cast<int64_t>(head.bh) * a.Lk + j) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;

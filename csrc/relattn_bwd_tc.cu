@@ -31,7 +31,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     float* qt = scratch + warp * 2 * 16 * C::QT_LD;
     float* dot_s = qt + 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     const int E = 2 * a.R;
     int ri[2], rpos[2];
@@ -42,16 +42,16 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
         ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
         rpos[r] = a.q_offset + ri[r];
         rvalid[r] = ri[r] < a.Lq;
-        rstats[r] = load_row_stats(a, lse, delta, bh, ri[r]);
+        rstats[r] = load_row_stats(a, lse, delta, head.bh, ri[r]);
     }
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
-    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const float kept_scale = kept_weight_scale(a, bh);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
+    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     stage_rows<T, D, LD, NT>(dOs, dog, D, q0, BM, a.Lq);
 
-    float ds_left[2] = {0.0f, 0.0f}, ds_right[2] = {0.0f, 0.0f};
+    FarField far_ds[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // dS of each row's far-field pairs
     float acc[NTD][4];
 #pragma unroll
     for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
@@ -109,12 +109,9 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
                 if (rvalid[r] && j < a.Lk) {
                     const int idx = relative_index(j, rpos[r], a.R);
                     const int col = x.row * C::QT_LD + idx - wr.lo;
-                    const float p = softmax_weight(pair_score(a, b, h, ri[r], j, rpos[r], s[nt][e] + qt[col]),
-                                                   rstats[r].max, rstats[r].log_sum);
-                    const float dw = dp[nt][e] + dot_s[col];
-                    ds = p * (dw * weight_factor(a, bh, ri[r], j, kept_scale) - rstats[r].delta);
-                    if (idx == 0) ds_left[r] += ds;
-                    else if (idx == E) ds_right[r] += ds;
+                    ds = pair_grad(a, head, ri[r], j, rpos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col], rstats[r],
+                                   kept_scale).ds;
+                    far_ds[r].add(idx, E, ds);
                 }
                 s[nt][e] = ds;
             }
@@ -154,23 +151,18 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
         }
     }
 
-    const T* far_right = in.table + static_cast<int64_t>(E) * D;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        ds_left[r] = quad_sum(ds_left[r]);
-        ds_right[r] = quad_sum(ds_right[r]);
-    }
+    for (int r = 0; r < 2; ++r) far_ds[r].reduce<QUAD>();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rvalid[r]) continue;
-        T* g = dq + (static_cast<int64_t>(bh) * a.Lq + ri[r]) * D;
+        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + ri[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                const float v = acc[nt][2 * r + c] + ds_left[r] * to_f(in.table[d]) + ds_right[r] * to_f(far_right[d]);
-                g[d] = from_f<T>(a.scale * v);
+                g[d] = from_f<T>(a.scale * far_ds[r].plus_edge_rows<T, D>(acc[nt][2 * r + c], in.table, a.R, d));
             }
     }
 }
@@ -194,7 +186,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
     const int E = 2 * a.R;
     int kj[2];
@@ -204,9 +196,9 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         kj[r] = wkey0 + mma_c_elem(lane, 2 * r).row;
         kvalid[r] = kj[r] < a.Lk;
     }
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
-    const T* dog = dout + static_cast<int64_t>(bh) * a.Lq * D;
-    const float kept_scale = kept_weight_scale(a, bh);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
+    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
     stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
@@ -218,7 +210,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
 
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
         __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < QN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
+        if (threadIdx.x < QN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, head.bh, q0 + threadIdx.x);
         __syncthreads();
         const int pos_first = a.q_offset + q0;
         const int pos_last_valid = a.q_offset + min(q0 + QN, a.Lq) - 1;
@@ -287,12 +279,10 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
                     const int pos = a.q_offset + i, j = kj[r];
                     const int idx = relative_index(j, pos, a.R);
                     const int col = il * TB_LD + idx - tr.lo;
-                    const float p = softmax_weight(pair_score(a, b, h, i, j, pos, s[nt][e] + qtb[col]),
-                                                   stats_s[il].max, stats_s[il].log_sum);
-                    const float dw = dp[nt][e] + dotb[col];
-                    const float f = weight_factor(a, bh, i, j, kept_scale);
-                    w = p * f;
-                    ds = p * (dw * f - stats_s[il].delta);
+                    const PairGrad g = pair_grad(a, head, i, j, pos, s[nt][e] + qtb[col], dp[nt][e] + dotb[col],
+                                                 stats_s[il], kept_scale);
+                    w = g.w;
+                    ds = g.ds;
                 }
                 s[nt][e] = w;
                 dp[nt][e] = ds;
@@ -318,7 +308,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!kvalid[r]) continue;
-        const int64_t base = (static_cast<int64_t>(bh) * a.Lk + kj[r]) * D;
+        const int64_t base = (static_cast<int64_t>(head.bh) * a.Lk + kj[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll

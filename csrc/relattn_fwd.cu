@@ -22,21 +22,22 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     float* Ts = Vs + BN * DP;
     float* Ps = Ts + C::TROWS * DP;
 
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM;
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
     const int pos = a.q_offset + i;
     const int E = 2 * a.R;
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
 
     load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     __syncthreads();
     float q_left, q_right;
     edge_dots<T, D, TPR>(Qs + row * DP, in.table, a.R, sub, q_left, q_right);
 
-    float m = -INFINITY, l = 0.0f, mass_left = 0.0f, mass_right = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    FarField far = {0.0f, 0.0f};  // weights of the row's far-field pairs
     float acc[C::DPT];
 #pragma unroll
     for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
@@ -65,7 +66,7 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
             if (j < a.Lk) {
                 const int idx = relative_index(j, pos, a.R);
                 const float dot = pair_dot<D>(Qs + row * DP, Ks + jl * DP, Ts, tr.lo, idx, E, q_left, q_right);
-                sc = row_valid ? pair_score(a, b, h, i, j, pos, dot) : finalize_score(dot, a.scale, 0.0f, false);
+                sc = row_valid ? pair_score(a, head, i, j, pos, dot) : finalize_score(dot, a.scale, 0.0f, false);
             }
             s[c] = sc;
             tile_max = fmaxf(tile_max, sc);
@@ -73,8 +74,7 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
         const float m_new = fmaxf(m, group_max<TPR>(tile_max));
         const float alpha = rescale_factor(m, m_new);
         l *= alpha;
-        mass_left *= alpha;
-        mass_right *= alpha;
+        far.rescale(alpha);
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) acc[c] *= alpha;
 #pragma unroll
@@ -85,10 +85,8 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
             float w = p;
             if (j < a.Lk && row_valid) {
                 // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                if (!dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j)) w = 0.0f;
-                const int idx = relative_index(j, pos, a.R);
-                if (idx == 0) mass_left += w;
-                else if (idx == E) mass_right += w;
+                if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, i, j)) w = 0.0f;
+                far.add(relative_index(j, pos, a.R), E, w);
             }
             Ps[row * SP + jl] = w;
         }
@@ -114,19 +112,16 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     }
 
     l = group_sum<TPR>(l);
-    mass_left = group_sum<TPR>(mass_left);
-    mass_right = group_sum<TPR>(mass_right);
+    far.reduce<TPR>();
     if (row_valid) {
-        const float f = kept_weight_scale(a, bh) / l;
-        T* og = out + (static_cast<int64_t>(bh) * a.Lq + i) * D;
-        const T* far_right = in.table + static_cast<int64_t>(E) * D;
+        const float f = kept_weight_scale(a, head.bh) / l;
+        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + i) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
-            const float o = acc[c] + mass_left * to_f(in.table[d]) + mass_right * to_f(far_right[d]);
-            og[d] = from_f<T>(f * o);
+            og[d] = from_f<T>(f * far.plus_edge_rows<T, D>(acc[c], in.table, a.R, d));
         }
-        if (sub == 0) store_row_stats(a, lse, bh, i, m, l);
+        if (sub == 0) store_row_stats(a, lse, head.bh, i, m, l);
     }
 }
 

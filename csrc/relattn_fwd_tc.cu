@@ -28,7 +28,7 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const int bh = blockIdx.y, b = bh / a.H, h = bh % a.H;
+    const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     const int E = 2 * a.R;
     // This thread's two accumulator rows (fragment rows g and g + 8).
@@ -40,12 +40,12 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         rpos[r] = a.q_offset + ri[r];
         rvalid[r] = ri[r] < a.Lq;
     }
-    const HeadInputs<T> in = head_inputs<T>(a, b, h);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
 
     stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float mass_left[2] = {0.0f, 0.0f}, mass_right[2] = {0.0f, 0.0f};
+    FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // weights of each row's far-field pairs
     float acc[NTD][4];
 #pragma unroll
     for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
@@ -96,7 +96,7 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 if (j < a.Lk) {
                     const int idx = relative_index(j, rpos[r], a.R);
                     const float dot = s[nt][e] + qt[x.row * C::QT_LD + idx - wr.lo];
-                    sc = rvalid[r] ? pair_score(a, b, h, ri[r], j, rpos[r], dot)
+                    sc = rvalid[r] ? pair_score(a, head, ri[r], j, rpos[r], dot)
                                    : finalize_score(dot, a.scale, 0.0f, false);
                 }
                 s[nt][e] = sc;
@@ -105,12 +105,11 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         float alpha[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const float m_new = fmaxf(m[r], quad_max(tile_max[r]));
+            const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[r]));
             alpha[r] = rescale_factor(m[r], m_new);
             m[r] = m_new;
             l[r] *= alpha[r];
-            mass_left[r] *= alpha[r];
-            mass_right[r] *= alpha[r];
+            far[r].rescale(alpha[r]);
         }
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
@@ -136,11 +135,9 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 float w = p;
                 if (j < a.Lk && rvalid[r]) {
                     // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                    if (!dropout_keep(a.dropout_seed, a.dropout_p, bh, ri[r], j)) w = 0.0f;
+                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, ri[r], j)) w = 0.0f;
                     const int idx = relative_index(j, rpos[r], a.R);
-                    if (idx == 0) mass_left[r] += w;
-                    else if (idx == E) mass_right[r] += w;
-                    else bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(w);
+                    if (!far[r].add(idx, E, w)) bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(w);
                 }
                 s[nt][e] = w;
             }
@@ -162,28 +159,25 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         }
     }
 
-    const float kept_scale = kept_weight_scale(a, bh);
-    const T* far_right = in.table + static_cast<int64_t>(E) * D;
+    const float kept_scale = kept_weight_scale(a, head.bh);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        l[r] = quad_sum(l[r]);
-        mass_left[r] = quad_sum(mass_left[r]);
-        mass_right[r] = quad_sum(mass_right[r]);
+        l[r] = group_sum<QUAD>(l[r]);
+        far[r].reduce<QUAD>();
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rvalid[r]) continue;
         const float f = kept_scale / l[r];
-        T* og = out + (static_cast<int64_t>(bh) * a.Lq + ri[r]) * D;
+        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + ri[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                const float o = acc[nt][2 * r + c] + mass_left[r] * to_f(in.table[d]) + mass_right[r] * to_f(far_right[d]);
-                og[d] = from_f<T>(f * o);
+                og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][2 * r + c], in.table, a.R, d));
             }
-        if ((lane & 3) == 0) store_row_stats(a, lse, bh, ri[r], m[r], l[r]);
+        if ((lane & 3) == 0) store_row_stats(a, lse, head.bh, ri[r], m[r], l[r]);
     }
 }
 

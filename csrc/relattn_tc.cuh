@@ -130,15 +130,8 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* __restrict__ src, in
     }
 }
 
-// Max / sum over the 4 lanes of a quad (the lanes sharing an accumulator row).
-__device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
+// The 4 adjacent lanes (a quad) that share an accumulator row: row reductions are group_sum / group_max<QUAD>.
+constexpr int QUAD = 4;
 
 // out[16 x 8*ntiles] (fp32, stride out_ld) = A(16 x D, row-major at a_tile) . B^T where B rows are the
 // n-major rows of b_tile: one warp, the Q.T_slice^T / dO.T_slice^T projections of the band terms.

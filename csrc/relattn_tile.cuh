@@ -127,6 +127,22 @@ __device__ __forceinline__ float pair_dot(const float* x, const float* y, const 
     return dot_row_sum<D>(x, y, Ts + (idx - lo) * (D + 1));
 }
 
+// The (batch, head) of this block (grid y = B * H): b and h index the inputs and masks, bh = b * H + h the
+// outputs, the row statistics and the dropout stream.
+struct HeadIndex {
+    int b;
+    int h;
+    int bh;
+};
+
+__device__ __forceinline__ HeadIndex block_head(const AttnArgs& a) {
+    HeadIndex head;
+    head.bh = blockIdx.y;
+    head.b = head.bh / a.H;
+    head.h = head.bh % a.H;
+    return head;
+}
+
 // The global inputs of one (batch, head): q, k, v at their strides, and the table every head shares.
 template <typename T>
 struct HeadInputs {
@@ -137,11 +153,11 @@ struct HeadInputs {
 };
 
 template <typename T>
-__device__ __forceinline__ HeadInputs<T> head_inputs(const AttnArgs& a, int b, int h) {
+__device__ __forceinline__ HeadInputs<T> head_inputs(const AttnArgs& a, HeadIndex head) {
     HeadInputs<T> in;
-    in.q = static_cast<const T*>(a.q) + b * a.q_sb + h * a.q_sh;
-    in.k = static_cast<const T*>(a.k) + b * a.k_sb + h * a.k_sh;
-    in.v = static_cast<const T*>(a.v) + b * a.v_sb + h * a.v_sh;
+    in.q = static_cast<const T*>(a.q) + head.b * a.q_sb + head.h * a.q_sh;
+    in.k = static_cast<const T*>(a.k) + head.b * a.k_sb + head.h * a.k_sh;
+    in.v = static_cast<const T*>(a.v) + head.b * a.v_sb + head.h * a.v_sh;
     in.table = static_cast<const T*>(a.table);
     return in;
 }
@@ -189,11 +205,11 @@ __device__ __forceinline__ bool query_tile_skips_future_keys(const RowStats* sta
 }
 
 // Score of the valid pair (query i at position pos, key j) from its raw dot product (q.k + q.a).
-__device__ __forceinline__ float pair_score(const AttnArgs& a, int b, int h, int i, int j, int pos, float dot) {
+__device__ __forceinline__ float pair_score(const AttnArgs& a, HeadIndex head, int i, int j, int pos, float dot) {
     float additive = 0.0f;
     if (a.additive_mask != nullptr)
-        additive = a.additive_mask[b * a.am_sb + h * a.am_sh + i * a.am_sq + j * a.am_sk];
-    const bool attend = a.key_padding == nullptr || a.key_padding[b * a.kp_sb + j * a.kp_sk] != 0;
+        additive = a.additive_mask[head.b * a.am_sb + head.h * a.am_sh + i * a.am_sq + j * a.am_sk];
+    const bool attend = a.key_padding == nullptr || a.key_padding[head.b * a.kp_sb + j * a.kp_sk] != 0;
     return finalize_score(dot, a.scale, additive, pair_masked(j, pos, a.causal, attend));
 }
 
@@ -201,6 +217,54 @@ __device__ __forceinline__ float pair_score(const AttnArgs& a, int b, int h, int
 __device__ __forceinline__ float weight_factor(const AttnArgs& a, int bh, int i, int j, float kept_scale) {
     return dropout_keep(a.dropout_seed, a.dropout_p, bh, i, j) ? kept_scale : 0.0f;
 }
+
+// The backward of the valid pair (query i at position pos, key j) from its raw dot products dot = q.(k + a) and
+// dw = dO.(v + a): p recomputed from the row's forward statistics, f = weight_factor, then dV's weight w = p f
+// and the score gradient dS = p (dw f - delta).
+struct PairGrad {
+    float w;
+    float ds;
+};
+
+__device__ __forceinline__ PairGrad pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos, float dot,
+                                              float dw, const RowStats& row, float kept_scale) {
+    const float p = softmax_weight(pair_score(a, head, i, j, pos, dot), row.max, row.log_sum);
+    const float f = weight_factor(a, head.bh, i, j, kept_scale);
+    PairGrad g;
+    g.w = p * f;
+    g.ds = p * (dw * f - row.delta);
+    return g;
+}
+
+// A row's weights (forward) or dS (dQ) summed over its far-field pairs, idx 0 and 2R: those pairs share the
+// table's edge rows T[0] / T[2R], which join the row's output once, at the end (plus_edge_rows).
+struct FarField {
+    float left;
+    float right;
+
+    // Adds w to the mass of an edge index; false (nothing added) for a band pair.
+    __device__ __forceinline__ bool add(int idx, int E, float w) {
+        if (idx == 0) left += w;
+        else if (idx == E) right += w;
+        else return false;
+        return true;
+    }
+    __device__ __forceinline__ void rescale(float alpha) {
+        left *= alpha;
+        right *= alpha;
+    }
+    // Sums the partial masses of the LANES adjacent lanes that share the row.
+    template <int LANES>
+    __device__ __forceinline__ void reduce() {
+        left = group_sum<LANES>(left);
+        right = group_sum<LANES>(right);
+    }
+    // acc + left * T[0][d] + right * T[2R][d].
+    template <typename T, int D>
+    __device__ __forceinline__ float plus_edge_rows(float acc, const T* __restrict__ table, int R, int d) const {
+        return acc + left * to_f(table[d]) + right * to_f(table[static_cast<int64_t>(2 * R) * D + d]);
+    }
+};
 
 // Make the device current (the extension links its own CUDA runtime) and allow `smem` bytes of
 // dynamic shared memory for `kernel`.
