@@ -58,11 +58,7 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
             __syncthreads_and(row_skips_future_keys(row_valid, stats.max)))
             break;
         __syncthreads();
-        load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
-        load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
-        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, pos_first, k0, E);
         __syncthreads();
 
 #pragma unroll
@@ -80,22 +76,8 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
         }
         __syncthreads();
 
-        for (int jl = 0; jl < BN; ++jl) {
-            const float ds = dSs[row * SP + jl];
-            const float* krow = Ks + jl * DP + sub;
-#pragma unroll
-            for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(ds, krow[TPR * c], acc[c]);
-        }
-        if (band) {
-            for (int jl = 0; jl < BN; ++jl) {
-                const int idx = relative_index(k0 + jl, pos, a.R);
-                const float ds = dSs[row * SP + jl];
-                if (idx == 0 || idx == E || ds == 0.0f) continue;
-                const float* trow = Ts + (idx - tr.lo) * DP + sub;
-#pragma unroll
-                for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(ds, trow[TPR * c], acc[c]);
-            }
-        }
+        accumulate_rows<C>(acc, dSs + row * SP, Ks, sub);  // dS.K
+        if (tile_in_band(tr, a.R)) accumulate_band_rows<C>(acc, dSs + row * SP, Ts, tr, k0, pos, a.R, E, sub);
     }
 
     far_ds.reduce<TPR>();
@@ -159,8 +141,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
         load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BN, a.Lq);
         load_tile<T, D, NT>(dOs, dog, D, q0, BN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BN - 1, k0, k0 + BM - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        load_band_rows<T, D, NT>(Ts, in.table, tr, a.R, E);
         __syncthreads();
         {
             const int qr = threadIdx.x / TPR;

@@ -50,11 +50,7 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
             __syncthreads_and(row_skips_future_keys(row_valid, m)))
             break;
         __syncthreads();  // previous tile fully consumed
-        load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
-        load_tile<T, D, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
-        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        if (band) load_tile<T, D, NT>(Ts, in.table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, pos_first, k0, E);
         __syncthreads();
 
         float s[C::CPT];
@@ -92,22 +88,8 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
         }
         __syncthreads();
 
-        for (int jl = 0; jl < BN; ++jl) {
-            const float w = Ps[row * SP + jl];
-            const float* vrow = Vs + jl * DP + sub;
-#pragma unroll
-            for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(w, vrow[TPR * c], acc[c]);
-        }
-        if (band) {
-            for (int jl = 0; jl < BN; ++jl) {
-                const int idx = relative_index(k0 + jl, pos, a.R);
-                const float w = Ps[row * SP + jl];
-                if (idx == 0 || idx == E || w == 0.0f) continue;
-                const float* trow = Ts + (idx - tr.lo) * DP + sub;
-#pragma unroll
-                for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(w, trow[TPR * c], acc[c]);
-            }
-        }
+        accumulate_rows<C>(acc, Ps + row * SP, Vs, sub);  // P.V
+        if (tile_in_band(tr, a.R)) accumulate_band_rows<C>(acc, Ps + row * SP, Ts, tr, k0, pos, a.R, E, sub);
         m = m_new;
     }
 

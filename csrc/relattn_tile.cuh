@@ -1,7 +1,9 @@
-// Device building blocks shared by the forward and backward kernels: tile geometry, fp32 conversion,
-// shared-memory tile loads, row dot products, group reductions and the per-pair score.
+// Building blocks of the forward and backward kernels. Shared by both families (SIMT and tensor-core): fp32
+// conversion, the per-(batch, head) setup and row statistics, the per-pair score and the backward's pair
+// gradient, far-field masses, group reductions and the launchers. SIMT only: tile geometry, fp32 shared tiles,
+// row dot products and the W . rows accumulation.
 //
-// Thread layout (all kernels): NT = 128 threads, a tile of BM = 32 "own" rows x BN = 32 "other" rows.
+// SIMT thread layout: NT = 128 threads, a tile of BM = 32 "own" rows x BN = 32 "other" rows.
 // Thread t owns row t / TPR and handles the other-side columns sub + TPR * c (sub = t % TPR) when
 // computing scores, and the head-dim columns sub + TPR * c when accumulating. The TPR = 4 threads of one
 // row are adjacent lanes of a warp, so row reductions are two xor-shuffles.
@@ -60,72 +62,7 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// dst[r][d] (stride DP) = src[(first + r) * row_stride + d] for r < rows, zero for rows past `limit`.
-template <typename T, int D, int NT>
-__device__ __forceinline__ void load_tile(float* dst, const T* __restrict__ src, int64_t row_stride, int first,
-                                          int rows, int limit) {
-    for (int e = threadIdx.x; e < rows * D; e += NT) {
-        const int r = e / D, d = e % D;
-        const int g = first + r;
-        dst[r * (D + 1) + d] = g < limit ? to_f(src[static_cast<int64_t>(g) * row_stride + d]) : 0.0f;
-    }
-}
-
-template <int D>
-__device__ __forceinline__ float dot_row(const float* a, const float* b) {
-    float s = 0.0f;
-#pragma unroll 4
-    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d], s);
-    return s;
-}
-
-// a . (b + c): key plus its relative vector (or value plus its relative vector) in one pass.
-template <int D>
-__device__ __forceinline__ float dot_row_sum(const float* a, const float* b, const float* c) {
-    float s = 0.0f;
-#pragma unroll 4
-    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d] + c[d], s);
-    return s;
-}
-
-template <int TPR>
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll 4
-    for (int o = 1; o < TPR; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-template <int TPR>
-__device__ __forceinline__ float group_max(float x) {
-#pragma unroll 4
-    for (int o = 1; o < TPR; o <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
-
-// x . T[0] and x . T[2R] for the shared row x (stride-1 floats), split over the TPR threads of the row.
-template <typename T, int D, int TPR>
-__device__ __forceinline__ void edge_dots(const float* x, const T* __restrict__ table, int R, int sub,
-                                          float& left, float& right) {
-    left = 0.0f;
-    right = 0.0f;
-    const T* far_right = table + static_cast<int64_t>(2 * R) * D;
-    for (int d = sub; d < D; d += TPR) {
-        left = fmaf(x[d], to_f(table[d]), left);
-        right = fmaf(x[d], to_f(far_right[d]), right);
-    }
-    left = group_sum<TPR>(left);
-    right = group_sum<TPR>(right);
-}
-
-// x . (y + T[idx]) for one (row, key) pair: edge rows use the precomputed row scalars, band rows the
-// tile's table rows Ts (first row = lo).
-template <int D>
-__device__ __forceinline__ float pair_dot(const float* x, const float* y, const float* Ts, int lo, int idx, int E,
-                                          float x_left, float x_right) {
-    if (idx == 0) return dot_row<D>(x, y) + x_left;
-    if (idx == E) return dot_row<D>(x, y) + x_right;
-    return dot_row_sum<D>(x, y, Ts + (idx - lo) * (D + 1));
-}
+// ---- per-(batch, head) setup ----
 
 // The (batch, head) of this block (grid y = B * H): b and h index the inputs and masks, bh = b * H + h the
 // outputs, the row statistics and the dropout stream.
@@ -204,6 +141,126 @@ __device__ __forceinline__ bool query_tile_skips_future_keys(const RowStats* sta
     return skip;
 }
 
+// ---- SIMT tiles: shared-memory staging, row dot products, accumulation ----
+
+// dst[r][d] (stride DP) = src[(first + r) * row_stride + d] for r < rows, zero for rows past `limit`.
+template <typename T, int D, int NT>
+__device__ __forceinline__ void load_tile(float* dst, const T* __restrict__ src, int64_t row_stride, int first,
+                                          int rows, int limit) {
+    for (int e = threadIdx.x; e < rows * D; e += NT) {
+        const int r = e / D, d = e % D;
+        const int g = first + r;
+        dst[r * (D + 1) + d] = g < limit ? to_f(src[static_cast<int64_t>(g) * row_stride + d]) : 0.0f;
+    }
+}
+
+template <int D>
+__device__ __forceinline__ float dot_row(const float* a, const float* b) {
+    float s = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d], s);
+    return s;
+}
+
+// a . (b + c): key plus its relative vector (or value plus its relative vector) in one pass.
+template <int D>
+__device__ __forceinline__ float dot_row_sum(const float* a, const float* b, const float* c) {
+    float s = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < D; ++d) s = fmaf(a[d], b[d] + c[d], s);
+    return s;
+}
+
+template <int TPR>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll 4
+    for (int o = 1; o < TPR; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+template <int TPR>
+__device__ __forceinline__ float group_max(float x) {
+#pragma unroll 4
+    for (int o = 1; o < TPR; o <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// x . T[0] and x . T[2R] for the shared row x (stride-1 floats), split over the TPR threads of the row.
+template <typename T, int D, int TPR>
+__device__ __forceinline__ void edge_dots(const float* x, const T* __restrict__ table, int R, int sub,
+                                          float& left, float& right) {
+    left = 0.0f;
+    right = 0.0f;
+    const T* far_right = table + static_cast<int64_t>(2 * R) * D;
+    for (int d = sub; d < D; d += TPR) {
+        left = fmaf(x[d], to_f(table[d]), left);
+        right = fmaf(x[d], to_f(far_right[d]), right);
+    }
+    left = group_sum<TPR>(left);
+    right = group_sum<TPR>(right);
+}
+
+// Stages the table rows [tr.lo, tr.hi] of the [E + 1, D] table in Ts when the tile touches the band; a
+// far-field tile needs only the edge scalars (edge_dots) and FarField's masses. Returns whether it staged them.
+template <typename T, int D, int NT>
+__device__ __forceinline__ bool load_band_rows(float* Ts, const T* __restrict__ table, TableRows tr, int R, int E) {
+    const bool band = tile_in_band(tr, R);
+    if (band) load_tile<T, D, NT>(Ts, table, D, tr.lo, tr.hi - tr.lo + 1, E + 1);
+    return band;
+}
+
+// Key tile k0 of a query-owned block (forward, dQ) whose first query sits at pos_first: K and V rows into Ks /
+// Vs and, for a band tile, its table rows into Ts (E = 2R). Returns the tile's table rows.
+template <typename T, typename C>
+__device__ __forceinline__ TableRows load_key_tile(float* Ks, float* Vs, float* Ts, const AttnArgs& a,
+                                                   const HeadInputs<T>& in, int pos_first, int k0, int E) {
+    load_tile<T, C::D, C::NT>(Ks, in.k, a.k_sl, k0, C::BN, a.Lk);
+    load_tile<T, C::D, C::NT>(Vs, in.v, a.v_sl, k0, C::BN, a.Lk);
+    const TableRows tr = tile_table_rows(pos_first, pos_first + C::BM - 1, k0, k0 + C::BN - 1, a.R);
+    load_band_rows<T, C::D, C::NT>(Ts, in.table, tr, a.R, E);
+    return tr;
+}
+
+// acc[c] += sum over the tile's rows jl of w[jl] * rows[jl][sub + TPR c]: this thread's columns of W . rows
+// (rows at stride DP), for the BN weights w of its own row.
+template <typename C>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[C::DPT], const float* w, const float* rows, int sub) {
+    for (int jl = 0; jl < C::BN; ++jl) {
+        const float wj = w[jl];
+        const float* row = rows + jl * C::DP + sub;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(wj, row[C::TPR * c], acc[c]);
+    }
+}
+
+// The table side of accumulate_rows for a band tile: acc[c] += w[jl] * T[idx][sub + TPR c] over the tile's
+// interior pairs (query at pos, key k0 + jl; 0 < idx < E = 2R), T's rows staged in Ts from tr.lo; edge pairs
+// are FarField's.
+template <typename C>
+__device__ __forceinline__ void accumulate_band_rows(float (&acc)[C::DPT], const float* w, const float* Ts,
+                                                     TableRows tr, int k0, int pos, int R, int E, int sub) {
+    for (int jl = 0; jl < C::BN; ++jl) {
+        const int idx = relative_index(k0 + jl, pos, R);
+        const float wj = w[jl];
+        if (idx == 0 || idx == E || wj == 0.0f) continue;
+        const float* trow = Ts + (idx - tr.lo) * C::DP + sub;
+#pragma unroll
+        for (int c = 0; c < C::DPT; ++c) acc[c] = fmaf(wj, trow[C::TPR * c], acc[c]);
+    }
+}
+
+// x . (y + T[idx]) for one (row, key) pair: edge rows use the precomputed row scalars, band rows the
+// tile's table rows Ts (first row = lo).
+template <int D>
+__device__ __forceinline__ float pair_dot(const float* x, const float* y, const float* Ts, int lo, int idx, int E,
+                                          float x_left, float x_right) {
+    if (idx == 0) return dot_row<D>(x, y) + x_left;
+    if (idx == E) return dot_row<D>(x, y) + x_right;
+    return dot_row_sum<D>(x, y, Ts + (idx - lo) * (D + 1));
+}
+
+// ---- per-pair scores, the backward's pair gradient, far-field masses ----
+
 // Score of the valid pair (query i at position pos, key j) from its raw dot product (q.k + q.a).
 __device__ __forceinline__ float pair_score(const AttnArgs& a, HeadIndex head, int i, int j, int pos, float dot) {
     float additive = 0.0f;
@@ -265,6 +322,8 @@ struct FarField {
         return acc + left * to_f(table[d]) + right * to_f(table[static_cast<int64_t>(2 * R) * D + d]);
     }
 };
+
+// ---- launchers (host) ----
 
 // Make the device current (the extension links its own CUDA runtime) and allow `smem` bytes of
 // dynamic shared memory for `kernel`.
