@@ -3,9 +3,10 @@
 //     dQ_i = scale * sum_j dS_ij (k_j + a_ij),  dK_j = scale * sum_i dS_ij q_i,  dV_j = sum_i p_ij f_ij dO_i
 // every product on mma.sync m16n8k16 with fp32 accumulators.
 //
-// relattn_bwd_dq_tc_kernel: warp = 16 query rows, key tiles of 64 (32 for D = 128, register budget). S = Q.K^T and dP = dO.V^T by mma; the
-//   band terms Q.T_slice^T and dO.T_slice^T go through per-warp scratch (gathered at idx - lo); dQ += dS.K
-//   (dS from the accumulators) + Bucket(dS).T_slice, edge dS into two per-row masses (like the forward).
+// relattn_bwd_dq_tc_kernel: warp = 16 query rows, key tiles of 64 (32 for D = 128, register budget).
+//   S = Q.K^T and dP = dO.V^T by mma; the band terms Q.T_slice^T and dO.T_slice^T go through per-warp scratch
+//   (gathered at idx - lo); dQ += dS.K (dS from the accumulators) + Bucket(dS).T_slice, edge dS into two
+//   per-row masses (like the forward).
 // relattn_bwd_dkdv_tc_kernel: warp = 16 keys, query tiles of 32. S^T = K.Q^T and dP^T = V.dO^T by mma; the
 //   block computes Q.T_slice^T and dO.T_slice^T once per tile into shared memory ([query][table row]);
 //   dV += W^T.dO and dK += dS^T.Q with W, dS from the accumulators (no table term in dK, dV).
@@ -34,16 +35,10 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     const int E = 2 * a.R;
-    int ri[2], rpos[2];
-    bool rvalid[2];
+    const LaneQueries rows = lane_queries(a, wrow0, lane);
     RowStats rstats[2];  // the forward's row statistics
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
-        rpos[r] = a.q_offset + ri[r];
-        rvalid[r] = ri[r] < a.Lq;
-        rstats[r] = load_row_stats(a, lse, delta, head.bh, ri[r]);
-    }
+    for (int r = 0; r < 2; ++r) rstats[r] = load_row_stats(a, lse, delta, head.bh, rows.i[r]);
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
@@ -53,48 +48,33 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
 
     FarField far_ds[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // dS of each row's far-field pairs
     float acc[NTD][4];
-#pragma unroll
-    for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    zero_acc(acc);
     const int pos_first = a.q_offset + q0;
     const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and(row_skips_future_keys(rvalid[0], rstats[0].max) &&
-                              row_skips_future_keys(rvalid[1], rstats[1].max)))
+            __syncthreads_and(row_skips_future_keys(rows.valid[0], rstats[0].max) &&
+                              row_skips_future_keys(rows.valid[1], rstats[1].max)))
             break;
         __syncthreads();
-        stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
-        stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
-        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, pos_first, k0, E);
         __syncthreads();
 
-        const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
-        const T* wts = Ts + (wr.lo - tr.lo) * LD;
-        const int wcnt = wr.hi - wr.lo + 1;
-        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
-        warp_project<T, D>(dot_s, C::QT_LD, dOs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
+        const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
+        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, ws.ts, LD, (ws.count + 7) / 8, lane);
+        warp_project<T, D>(dot_s, C::QT_LD, dOs + warp * 16 * LD, ws.ts, LD, (ws.count + 7) / 8, lane);
 
         float s[NTN][4], dp[NTN][4];
+        zero_acc(s);
+        zero_acc(dp);
 #pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
+        for (int kk = 0; kk < D / 16; ++kk) {  // S = Q.K^T and dP = dO.V^T
             uint32_t aq[4], ado[4];
             load_a(aq, Qs + warp * 16 * LD + kk * 16, LD, lane);
             load_a(ado, dOs + warp * 16 * LD + kk * 16, LD, lane);
-#pragma unroll
-            for (int nt = 0; nt < NTN; ++nt) {
-                uint32_t bf[2];
-                load_b_nmajor(bf, Ks + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(s[nt], aq, bf);
-                load_b_nmajor(bf, Vs + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(dp[nt], ado, bf);
-            }
+            mma_b_pair<BLayout::N_MAJOR>(s, aq, Ks + kk * 16, dp, ado, Vs + kk * 16, LD, lane);
         }
         __syncwarp();  // scratch visible to the whole warp
 
@@ -106,48 +86,35 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
                 const FragRC x = mma_c_elem(lane, e);
                 const int r = e >> 1, j = k0 + nt * 8 + x.col;
                 float ds = 0.0f;
-                if (rvalid[r] && j < a.Lk) {
-                    const int idx = relative_index(j, rpos[r], a.R);
-                    const int col = x.row * C::QT_LD + idx - wr.lo;
-                    ds = pair_grad(a, head, ri[r], j, rpos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col], rstats[r],
-                                   kept_scale).ds;
+                if (rows.valid[r] && j < a.Lk) {
+                    const int idx = relative_index(j, rows.pos[r], a.R);
+                    const int col = x.row * C::QT_LD + idx - ws.rows.lo;
+                    ds = pair_grad(a, head, rows.i[r], j, rows.pos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col],
+                                   rstats[r], kept_scale).ds;
                     far_ds[r].add(idx, E, ds);
                 }
                 s[nt][e] = ds;
             }
-        const bool band = tile_in_band(wr, a.R);
+        const bool band = tile_in_band(ws.rows, a.R);
         __syncwarp();
         if (band) {
-            uint32_t* z = reinterpret_cast<uint32_t*>(bucket);
-            for (int e = lane; e < 16 * C::BK_LD / 2; e += 32) z[e] = 0u;
-            __syncwarp();
+            clear_warp_bucket<C::BK_LD>(bucket, lane);
 #pragma unroll
             for (int nt = 0; nt < NTN; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const FragRC x = mma_c_elem(lane, e);
                     const int r = e >> 1, j = k0 + nt * 8 + x.col;
-                    const int idx = relative_index(j, rpos[r], a.R);
-                    if (rvalid[r] && j < a.Lk && idx != 0 && idx != E)
-                        bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(s[nt][e]);
+                    const int idx = relative_index(j, rows.pos[r], a.R);
+                    if (rows.valid[r] && j < a.Lk && idx != 0 && idx != E)
+                        bucket[x.row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(s[nt][e]);
                 }
         }
 
-        // dQ += dS . K   (K rows are k-major for this product: B[k = key][n = d])
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            uint32_t af[4];
-            acc_to_a<T, NTN>(af, s, kk);
-#pragma unroll
-            for (int nt = 0; nt < NTD; ++nt) {
-                uint32_t bf[2];
-                load_b_kmajor(bf, Ks + kk * 16 * LD + nt * 8, LD, lane);
-                MmaOp<T>::run(acc[nt], af, bf);
-            }
-        }
+        warp_mma_acc_b(acc, s, Ks, LD, lane);  // dQ += dS.K (K rows k-major here: B[k = key][n = d])
         if (band) {
             __syncwarp();
-            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, wts, LD, (wcnt + 15) / 16, lane);
+            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, ws.ts, LD, (ws.count + 15) / 16, lane);
         }
     }
 
@@ -155,8 +122,8 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     for (int r = 0; r < 2; ++r) far_ds[r].reduce<QUAD>();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        if (!rvalid[r]) continue;
-        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + ri[r]) * D;
+        if (!rows.valid[r]) continue;
+        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
@@ -203,10 +170,8 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
     stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
     float acc_k[NTD][4], acc_v[NTD][4];
-#pragma unroll
-    for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_k[nt][e] = acc_v[nt][e] = 0.0f;
+    zero_acc(acc_k);
+    zero_acc(acc_v);
 
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
         __syncthreads();  // previous tile fully consumed
@@ -247,23 +212,14 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
 
         // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries.
         float s[NTQ][4], dp[NTQ][4];
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+        zero_acc(s);
+        zero_acc(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             uint32_t ak[4], av[4];
             load_a(ak, Ks + warp * 16 * LD + kk * 16, LD, lane);
             load_a(av, Vs + warp * 16 * LD + kk * 16, LD, lane);
-#pragma unroll
-            for (int nt = 0; nt < NTQ; ++nt) {
-                uint32_t bf[2];
-                load_b_nmajor(bf, Qs + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(s[nt], ak, bf);
-                load_b_nmajor(bf, dOs + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(dp[nt], av, bf);
-            }
+            mma_b_pair<BLayout::N_MAJOR>(s, ak, Qs + kk * 16, dp, av, dOs + kk * 16, LD, lane);
         }
         __syncthreads();  // projections visible to every warp
 
@@ -294,14 +250,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
             uint32_t aw[4], ads[4];
             acc_to_a<T, NTQ>(aw, s, kk);
             acc_to_a<T, NTQ>(ads, dp, kk);
-#pragma unroll
-            for (int nt = 0; nt < NTD; ++nt) {
-                uint32_t bf[2];
-                load_b_kmajor(bf, dOs + kk * 16 * LD + nt * 8, LD, lane);
-                MmaOp<T>::run(acc_v[nt], aw, bf);
-                load_b_kmajor(bf, Qs + kk * 16 * LD + nt * 8, LD, lane);
-                MmaOp<T>::run(acc_k[nt], ads, bf);
-            }
+            mma_b_pair<BLayout::K_MAJOR>(acc_v, aw, dOs + kk * 16 * LD, acc_k, ads, Qs + kk * 16 * LD, LD, lane);
         }
     }
 

@@ -31,15 +31,7 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     const HeadIndex head = block_head(a);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     const int E = 2 * a.R;
-    // This thread's two accumulator rows (fragment rows g and g + 8).
-    int ri[2], rpos[2];
-    bool rvalid[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        ri[r] = wrow0 + mma_c_elem(lane, 2 * r).row;
-        rpos[r] = a.q_offset + ri[r];
-        rvalid[r] = ri[r] < a.Lq;
-    }
+    const LaneQueries rows = lane_queries(a, wrow0, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
 
     stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
@@ -47,42 +39,25 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // weights of each row's far-field pairs
     float acc[NTD][4];
-#pragma unroll
-    for (int nt = 0; nt < NTD; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    zero_acc(acc);
     const int pos_first = a.q_offset + q0;
     const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (a.causal && tile_all_future(pos_last_valid, k0) &&
-            __syncthreads_and(row_skips_future_keys(rvalid[0], m[0]) && row_skips_future_keys(rvalid[1], m[1])))
+            __syncthreads_and(row_skips_future_keys(rows.valid[0], m[0]) && row_skips_future_keys(rows.valid[1], m[1])))
             break;
         __syncthreads();  // previous tile fully consumed
-        stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
-        stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
-        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, pos_first, k0, E);
         __syncthreads();
 
-        const TableRows wr = tile_table_rows(a.q_offset + wrow0, a.q_offset + wrow0 + 15, k0, k0 + BN - 1, a.R);
-        const T* wts = Ts + (wr.lo - tr.lo) * LD;
-        const int wcnt = wr.hi - wr.lo + 1;
-        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, wts, LD, (wcnt + 7) / 8, lane);
+        const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
+        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, ws.ts, LD, (ws.count + 7) / 8, lane);
 
         float s[NTN][4];
-#pragma unroll
-        for (int nt = 0; nt < NTN; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t af[4];
-            load_a(af, Qs + warp * 16 * LD + kk * 16, LD, lane);
-#pragma unroll
-            for (int nt = 0; nt < NTN; ++nt) {
-                uint32_t bf[2];
-                load_b_nmajor(bf, Ks + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(s[nt], af, bf);
-            }
-        }
+        zero_acc(s);
+        warp_mma_abt<T, D>(s, Qs + warp * 16 * LD, Ks, LD, lane);  // S = Q.K^T
         __syncwarp();  // qt visible to the whole warp
 
         float tile_max[2] = {-INFINITY, -INFINITY};
@@ -94,9 +69,9 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 const int r = e >> 1, j = k0 + nt * 8 + x.col;
                 float sc = -INFINITY;  // keys past Lk get zero weight
                 if (j < a.Lk) {
-                    const int idx = relative_index(j, rpos[r], a.R);
-                    const float dot = s[nt][e] + qt[x.row * C::QT_LD + idx - wr.lo];
-                    sc = rvalid[r] ? pair_score(a, head, ri[r], j, rpos[r], dot)
+                    const int idx = relative_index(j, rows.pos[r], a.R);
+                    const float dot = s[nt][e] + qt[x.row * C::QT_LD + idx - ws.rows.lo];
+                    sc = rows.valid[r] ? pair_score(a, head, rows.i[r], j, rows.pos[r], dot)
                                    : finalize_score(dot, a.scale, 0.0f, false);
                 }
                 s[nt][e] = sc;
@@ -116,14 +91,10 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
 
-        const bool band = tile_in_band(wr, a.R);
-        const int ksteps = (wcnt + 15) / 16;
+        const bool band = tile_in_band(ws.rows, a.R);
+        const int ksteps = (ws.count + 15) / 16;
         __syncwarp();  // every lane has read qt: the bucket may overwrite it
-        if (band) {
-            uint32_t* z = reinterpret_cast<uint32_t*>(bucket);
-            for (int e = lane; e < 16 * C::BK_LD / 2; e += 32) z[e] = 0u;
-            __syncwarp();
-        }
+        if (band) clear_warp_bucket<C::BK_LD>(bucket, lane);
 #pragma unroll
         for (int nt = 0; nt < NTN; ++nt)
 #pragma unroll
@@ -133,29 +104,19 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 const float p = expf(s[nt][e] - m[r]);
                 l[r] += p;
                 float w = p;
-                if (j < a.Lk && rvalid[r]) {
+                if (j < a.Lk && rows.valid[r]) {
                     // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, ri[r], j)) w = 0.0f;
-                    const int idx = relative_index(j, rpos[r], a.R);
-                    if (!far[r].add(idx, E, w)) bucket[x.row * C::BK_LD + idx - wr.lo] = from_f<T>(w);
+                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
+                    const int idx = relative_index(j, rows.pos[r], a.R);
+                    if (!far[r].add(idx, E, w)) bucket[x.row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
                 }
                 s[nt][e] = w;
             }
 
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            uint32_t af[4];
-            acc_to_a<T, NTN>(af, s, kk);
-#pragma unroll
-            for (int nt = 0; nt < NTD; ++nt) {
-                uint32_t bf[2];
-                load_b_kmajor(bf, Vs + kk * 16 * LD + nt * 8, LD, lane);
-                MmaOp<T>::run(acc[nt], af, bf);
-            }
-        }
+        warp_mma_acc_b(acc, s, Vs, LD, lane);  // O += P.V
         if (band) {
             __syncwarp();
-            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, wts, LD, ksteps, lane);
+            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, ws.ts, LD, ksteps, lane);
         }
     }
 
@@ -167,9 +128,9 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        if (!rvalid[r]) continue;
+        if (!rows.valid[r]) continue;
         const float f = kept_scale / l[r];
-        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + ri[r]) * D;
+        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
@@ -177,7 +138,7 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
                 const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
                 og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][2 * r + c], in.table, a.R, d));
             }
-        if ((lane & 3) == 0) store_row_stats(a, lse, head.bh, ri[r], m[r], l[r]);
+        if ((lane & 3) == 0) store_row_stats(a, lse, head.bh, rows.i[r], m[r], l[r]);
     }
 }
 

@@ -106,6 +106,77 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[NTIL
     }
 }
 
+// How a B operand tile is stored: K_MAJOR, row k holds B[k][0..n) (V rows for P.V, table rows for Bucket.T);
+// N_MAJOR, row n holds B[0..16)[n] (K rows for Q.K^T, table rows for Q.T^T).
+enum class BLayout { K_MAJOR, N_MAJOR };
+
+// B fragment of the 16 x 8 n-tile nt of b_tile.
+template <BLayout L, typename T>
+__device__ __forceinline__ void load_b_ntile(uint32_t (&b)[2], const T* b_tile, int nt, int ld, int lane) {
+    if constexpr (L == BLayout::N_MAJOR) load_b_nmajor(b, b_tile + nt * 8 * ld, ld, lane);
+    else load_b_kmajor(b, b_tile + nt * 8, ld, lane);
+}
+
+// c[nt] += A . B over the NTILES n-tiles of B, A one loaded 16 x 16 fragment.
+template <BLayout L, typename T, int NTILES>
+__device__ __forceinline__ void mma_b(float (&c)[NTILES][4], const uint32_t (&a)[4], const T* b_tile, int ld,
+                                      int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt) {
+        uint32_t b[2];
+        load_b_ntile<L>(b, b_tile, nt, ld, lane);
+        MmaOp<T>::run(c[nt], a, b);
+    }
+}
+
+// Two such products computed together (the backward's S and dP, dV and dK): c0 += A0 . B0 and c1 += A1 . B1,
+// interleaved per n-tile; one after the other costs up to 4 more registers in the TC backward kernels.
+template <BLayout L, typename T, int NTILES>
+__device__ __forceinline__ void mma_b_pair(float (&c0)[NTILES][4], const uint32_t (&a0)[4], const T* b0,
+                                           float (&c1)[NTILES][4], const uint32_t (&a1)[4], const T* b1, int ld,
+                                           int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt) {
+        uint32_t b[2];
+        load_b_ntile<L>(b, b0, nt, ld, lane);
+        MmaOp<T>::run(c0[nt], a0, b);
+        load_b_ntile<L>(b, b1, nt, ld, lane);
+        MmaOp<T>::run(c1[nt], a1, b);
+    }
+}
+
+// c += A . B^T over the head dim D: one warp's 16 x 8 * NTILES block of, e.g., S = Q.K^T (A rows at a_tile, B rows
+// at b_tile, both [rows][D] with stride ld).
+template <typename T, int D, int NTILES>
+__device__ __forceinline__ void warp_mma_abt(float (&c)[NTILES][4], const T* a_tile, const T* b_tile, int ld,
+                                             int lane) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        load_a(a, a_tile + kk * 16, ld, lane);
+        mma_b<BLayout::N_MAJOR>(c, a, b_tile + kk * 16, ld, lane);
+    }
+}
+
+// acc[D/8][4] += P . B: P (16 x 8 * NTILES) from the fp32 accumulators p, rounded to T (flash-attention register
+// reuse); B's rows k-major at b_tile (O += P.V, dQ += dS.K).
+template <typename T, int NTD, int NTILES>
+__device__ __forceinline__ void warp_mma_acc_b(float (&acc)[NTD][4], const float (&p)[NTILES][4], const T* b_tile,
+                                               int ld, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < NTILES / 2; ++kk) {
+        uint32_t a[4];
+        acc_to_a<T, NTILES>(a, p, kk);
+        mma_b<BLayout::K_MAJOR>(acc, a, b_tile + kk * 16 * ld, ld, lane);
+    }
+}
+
+template <int NTILES>
+__device__ __forceinline__ void zero_acc(float (&c)[NTILES][4]) {
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
+}
+
 // dst[r][0..D) (stride LD, T) = src rows first + r (row stride row_stride elements) for r < rows;
 // rows at or past `limit` are zero. 16-byte copies when the source allows, else element copies.
 template <typename T, int D, int LD, int NT>
@@ -133,24 +204,77 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* __restrict__ src, in
 // The 4 adjacent lanes (a quad) that share an accumulator row: row reductions are group_sum / group_max<QUAD>.
 constexpr int QUAD = 4;
 
+// This lane's two accumulator rows (fragment rows g and g + 8) of its warp's 16 query rows from row0: index,
+// position q_offset + index, and whether it is below Lq.
+struct LaneQueries {
+    int i[2];
+    int pos[2];
+    bool valid[2];
+};
+
+__device__ __forceinline__ LaneQueries lane_queries(const AttnArgs& a, int row0, int lane) {
+    LaneQueries q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        q.i[r] = row0 + mma_c_elem(lane, 2 * r).row;
+        q.pos[r] = a.q_offset + q.i[r];
+        q.valid[r] = q.i[r] < a.Lq;
+    }
+    return q;
+}
+
+// Key tile k0 of a query-owned block (forward, dQ; BN keys) whose first query sits at pos_first: K and V rows into
+// Ks / Vs, and into Ts the table rows from the tile's lowest every warp's padded slice reads (rows past E = 2R are
+// zero). Returns the tile's table rows.
+template <typename T, typename C, int BN>
+__device__ __forceinline__ TableRows stage_key_tile(T* Ks, T* Vs, T* Ts, const AttnArgs& a, const HeadInputs<T>& in,
+                                                    int pos_first, int k0, int E) {
+    stage_rows<T, C::D, C::LD, C::NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
+    stage_rows<T, C::D, C::LD, C::NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
+    const TableRows tr = tile_table_rows(pos_first, pos_first + C::BM - 1, k0, k0 + BN - 1, a.R);
+    stage_rows<T, C::D, C::LD, C::NT>(Ts, in.table, C::D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+    return tr;
+}
+
+// The table rows one warp's 16 query rows [row0, row0 + 16) touch in key tile [k0, k0 + BN): `rows`, their staged
+// copy `ts` in the block's Ts (staged from block_lo) and how many there are.
+template <typename T>
+struct WarpSlice {
+    TableRows rows;
+    const T* ts;
+    int count;
+};
+
+template <typename T, int LD, int BN>
+__device__ __forceinline__ WarpSlice<T> warp_table_slice(const T* Ts, int block_lo, const AttnArgs& a, int row0,
+                                                         int k0) {
+    WarpSlice<T> w;
+    w.rows = tile_table_rows(a.q_offset + row0, a.q_offset + row0 + 15, k0, k0 + BN - 1, a.R);
+    w.ts = Ts + (w.rows.lo - block_lo) * LD;
+    w.count = w.rows.hi - w.rows.lo + 1;
+    return w;
+}
+
+// Zeroes a warp's bucket [16][BK_LD] (16-bit weights per table row of its slice) and makes that visible to the warp.
+template <int BK_LD, typename T>
+__device__ __forceinline__ void clear_warp_bucket(T* bucket, int lane) {
+    uint32_t* z = reinterpret_cast<uint32_t*>(bucket);
+    for (int e = lane; e < 16 * BK_LD / 2; e += 32) z[e] = 0u;
+    __syncwarp();
+}
+
 // out[16 x 8*ntiles] (fp32, stride out_ld) = A(16 x D, row-major at a_tile) . B^T where B rows are the
 // n-major rows of b_tile: one warp, the Q.T_slice^T / dO.T_slice^T projections of the band terms.
 template <typename T, int D>
 __device__ __forceinline__ void warp_project(float* out, int out_ld, const T* a_tile, const T* b_tile, int ld,
                                              int ntiles, int lane) {
     for (int nt = 0; nt < ntiles; ++nt) {
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t a[4], b[2];
-            load_a(a, a_tile + kk * 16, ld, lane);
-            load_b_nmajor(b, b_tile + nt * 8 * ld + kk * 16, ld, lane);
-            MmaOp<T>::run(c, a, b);
-        }
+        float c[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+        warp_mma_abt<T, D>(c, a_tile, b_tile + nt * 8 * ld, ld, lane);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const FragRC x = mma_c_elem(lane, e);
-            out[x.row * out_ld + nt * 8 + x.col] = c[e];
+            out[x.row * out_ld + nt * 8 + x.col] = c[0][e];
         }
     }
 }
@@ -162,12 +286,7 @@ __device__ __forceinline__ void warp_bucket_times_table(float (&acc)[D / 8][4], 
     for (int ks = 0; ks < ksteps; ++ks) {
         uint32_t a[4];
         load_a(a, bucket + ks * 16, bk_ld, lane);
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) {
-            uint32_t b[2];
-            load_b_kmajor(b, ts + ks * 16 * ld + nt * 8, ld, lane);
-            MmaOp<T>::run(acc[nt], a, b);
-        }
+        mma_b<BLayout::K_MAJOR>(acc, a, ts + ks * 16 * ld, ld, lane);
     }
 }
 
