@@ -49,16 +49,14 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     float acc[C::DPT];
 #pragma unroll
     for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
-    const int pos_first = a.q_offset + q0;
-    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
-        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+        if (causal_future_tile(a, q0, BM, k0) &&
             __syncthreads_and(row_skips_future_keys(row_valid, stats.max)))
             break;
         __syncthreads();
-        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, pos_first, k0, E);
+        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, q0, k0, E);
         __syncthreads();
 
 #pragma unroll
@@ -131,13 +129,9 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     for (int c = 0; c < C::DPT; ++c) acc_k[c] = acc_v[c] = 0.0f;
 
     for (int q0 = 0; q0 < a.Lq; q0 += BN) {
-        __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < BN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, head.bh, q0 + threadIdx.x);
-        __syncthreads();
+        stage_query_tile_stats<BN>(stats_s, a, lse, delta, head.bh, q0);
+        if (causal_future_tile(a, q0, BN, k0) && rows_skip_future_keys<BN>(stats_s, q0, a.Lq)) continue;
         const int pos_first = a.q_offset + q0;
-        const int pos_last_valid = a.q_offset + min(q0 + BN, a.Lq) - 1;
-        if (a.causal && tile_all_future(pos_last_valid, k0) && query_tile_skips_future_keys<BN>(stats_s, q0, a.Lq))
-            continue;
         load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BN, a.Lq);
         load_tile<T, D, NT>(dOs, dog, D, q0, BN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BN - 1, k0, k0 + BM - 1, a.R);

@@ -49,17 +49,15 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     FarField far_ds[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // dS of each row's far-field pairs
     float acc[NTD][4];
     zero_acc(acc);
-    const int pos_first = a.q_offset + q0;
-    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // p = exp(MASKED - m) == 0 on causal-future tiles unless a row was all-masked in the forward.
-        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+        if (causal_future_tile(a, q0, BM, k0) &&
             __syncthreads_and(row_skips_future_keys(rows.valid[0], rstats[0].max) &&
                               row_skips_future_keys(rows.valid[1], rstats[1].max)))
             break;
         __syncthreads();
-        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, pos_first, k0, E);
+        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, q0, k0, E);
         __syncthreads();
 
         const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
@@ -79,36 +77,28 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
         __syncwarp();  // scratch visible to the whole warp
 
         // dS into s[]; the bucket (aliasing qt) is written after every lane has read the scratch.
-#pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const FragRC x = mma_c_elem(lane, e);
-                const int r = e >> 1, j = k0 + nt * 8 + x.col;
-                float ds = 0.0f;
-                if (rows.valid[r] && j < a.Lk) {
-                    const int idx = relative_index(j, rows.pos[r], a.R);
-                    const int col = x.row * C::QT_LD + idx - ws.rows.lo;
-                    ds = pair_grad(a, head, rows.i[r], j, rows.pos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col],
-                                   rstats[r], kept_scale).ds;
-                    far_ds[r].add(idx, E, ds);
-                }
-                s[nt][e] = ds;
+        for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+            const int r = e >> 1, j = k0 + tile_col;
+            float ds = 0.0f;
+            if (rows.valid[r] && j < a.Lk) {
+                const int idx = relative_index(j, rows.pos[r], a.R);
+                const int col = tile_row * C::QT_LD + idx - ws.rows.lo;
+                ds = pair_grad(a, head, rows.i[r], j, rows.pos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col],
+                               rstats[r], kept_scale).ds;
+                far_ds[r].add(idx, E, ds);
             }
+            s[nt][e] = ds;
+        });
         const bool band = tile_in_band(ws.rows, a.R);
         __syncwarp();
         if (band) {
             clear_warp_bucket<C::BK_LD>(bucket, lane);
-#pragma unroll
-            for (int nt = 0; nt < NTN; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const FragRC x = mma_c_elem(lane, e);
-                    const int r = e >> 1, j = k0 + nt * 8 + x.col;
-                    const int idx = relative_index(j, rows.pos[r], a.R);
-                    if (rows.valid[r] && j < a.Lk && idx != 0 && idx != E)
-                        bucket[x.row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(s[nt][e]);
-                }
+            for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+                const int r = e >> 1, j = k0 + tile_col;
+                const int idx = relative_index(j, rows.pos[r], a.R);
+                if (rows.valid[r] && j < a.Lk && idx != 0 && idx != E)
+                    bucket[tile_row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(s[nt][e]);
+            });
         }
 
         warp_mma_acc_b(acc, s, Ks, LD, lane);  // dQ += dS.K (K rows k-major here: B[k = key][n = d])
@@ -124,13 +114,9 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     for (int r = 0; r < 2; ++r) {
         if (!rows.valid[r]) continue;
         T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
-#pragma unroll
-        for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                g[d] = from_f<T>(a.scale * far_ds[r].plus_edge_rows<T, D>(acc[nt][2 * r + c], in.table, a.R, d));
-            }
+        for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
+            g[d] = from_f<T>(a.scale * far_ds[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
+        });
     }
 }
 
@@ -174,13 +160,9 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     zero_acc(acc_v);
 
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
-        __syncthreads();  // previous tile fully consumed
-        if (threadIdx.x < QN) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, head.bh, q0 + threadIdx.x);
-        __syncthreads();
+        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head.bh, q0);
+        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) continue;
         const int pos_first = a.q_offset + q0;
-        const int pos_last_valid = a.q_offset + min(q0 + QN, a.Lq) - 1;
-        if (a.causal && tile_all_future(pos_last_valid, k0) && query_tile_skips_future_keys<QN>(stats_s, q0, a.Lq))
-            continue;
         stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
         stage_rows<T, D, LD, NT>(dOs, dog, D, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
@@ -224,25 +206,21 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         __syncthreads();  // projections visible to every warp
 
         // W^T into s[], dS^T into dp[].
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const FragRC x = mma_c_elem(lane, e);
-                const int r = e >> 1, il = nt * 8 + x.col, i = q0 + il;
-                float w = 0.0f, ds = 0.0f;
-                if (kvalid[r] && i < a.Lq) {
-                    const int pos = a.q_offset + i, j = kj[r];
-                    const int idx = relative_index(j, pos, a.R);
-                    const int col = il * TB_LD + idx - tr.lo;
-                    const PairGrad g = pair_grad(a, head, i, j, pos, s[nt][e] + qtb[col], dp[nt][e] + dotb[col],
-                                                 stats_s[il], kept_scale);
-                    w = g.w;
-                    ds = g.ds;
-                }
-                s[nt][e] = w;
-                dp[nt][e] = ds;
+        for_each_acc<NTQ>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
+            const int r = e >> 1, i = q0 + il;
+            float w = 0.0f, ds = 0.0f;
+            if (kvalid[r] && i < a.Lq) {
+                const int pos = a.q_offset + i, j = kj[r];
+                const int idx = relative_index(j, pos, a.R);
+                const int col = il * TB_LD + idx - tr.lo;
+                const PairGrad g = pair_grad(a, head, i, j, pos, s[nt][e] + qtb[col], dp[nt][e] + dotb[col],
+                                             stats_s[il], kept_scale);
+                w = g.w;
+                ds = g.ds;
             }
+            s[nt][e] = w;
+            dp[nt][e] = ds;
+        });
 
         // dV += W^T . dO and dK += dS^T . Q   (dO, Q rows k-major: B[k = query][n = d])
 #pragma unroll
@@ -258,14 +236,10 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     for (int r = 0; r < 2; ++r) {
         if (!kvalid[r]) continue;
         const int64_t base = (static_cast<int64_t>(head.bh) * a.Lk + kj[r]) * D;
-#pragma unroll
-        for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                dk[base + d] = from_f<T>(a.scale * acc_k[nt][2 * r + c]);
-                dv[base + d] = from_f<T>(acc_v[nt][2 * r + c]);
-            }
+        for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
+            dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
+            dv[base + d] = from_f<T>(acc_v[nt][e]);
+        });
     }
 }
 

@@ -41,16 +41,14 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     float acc[C::DPT];
 #pragma unroll
     for (int c = 0; c < C::DPT; ++c) acc[c] = 0.0f;
-    const int pos_first = a.q_offset + q0;
-    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
-        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+        if (causal_future_tile(a, q0, BM, k0) &&
             __syncthreads_and(row_skips_future_keys(row_valid, m)))
             break;
         __syncthreads();  // previous tile fully consumed
-        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, pos_first, k0, E);
+        const TableRows tr = load_key_tile<T, C>(Ks, Vs, Ts, a, in, q0, k0, E);
         __syncthreads();
 
         float s[C::CPT];

@@ -40,16 +40,14 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // weights of each row's far-field pairs
     float acc[NTD][4];
     zero_acc(acc);
-    const int pos_first = a.q_offset + q0;
-    const int pos_last_valid = a.q_offset + min(q0 + BM, a.Lq) - 1;
 
     for (int k0 = 0; k0 < a.Lk; k0 += BN) {
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
-        if (a.causal && tile_all_future(pos_last_valid, k0) &&
+        if (causal_future_tile(a, q0, BM, k0) &&
             __syncthreads_and(row_skips_future_keys(rows.valid[0], m[0]) && row_skips_future_keys(rows.valid[1], m[1])))
             break;
         __syncthreads();  // previous tile fully consumed
-        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, pos_first, k0, E);
+        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, q0, k0, E);
         __syncthreads();
 
         const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
@@ -61,22 +59,18 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         __syncwarp();  // qt visible to the whole warp
 
         float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const FragRC x = mma_c_elem(lane, e);
-                const int r = e >> 1, j = k0 + nt * 8 + x.col;
-                float sc = -INFINITY;  // keys past Lk get zero weight
-                if (j < a.Lk) {
-                    const int idx = relative_index(j, rows.pos[r], a.R);
-                    const float dot = s[nt][e] + qt[x.row * C::QT_LD + idx - ws.rows.lo];
-                    sc = rows.valid[r] ? pair_score(a, head, rows.i[r], j, rows.pos[r], dot)
+        for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+            const int r = e >> 1, j = k0 + tile_col;
+            float sc = -INFINITY;  // keys past Lk get zero weight
+            if (j < a.Lk) {
+                const int idx = relative_index(j, rows.pos[r], a.R);
+                const float dot = s[nt][e] + qt[tile_row * C::QT_LD + idx - ws.rows.lo];
+                sc = rows.valid[r] ? pair_score(a, head, rows.i[r], j, rows.pos[r], dot)
                                    : finalize_score(dot, a.scale, 0.0f, false);
-                }
-                s[nt][e] = sc;
-                tile_max[r] = fmaxf(tile_max[r], sc);
             }
+            s[nt][e] = sc;
+            tile_max[r] = fmaxf(tile_max[r], sc);
+        });
         float alpha[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -95,23 +89,19 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         const int ksteps = (ws.count + 15) / 16;
         __syncwarp();  // every lane has read qt: the bucket may overwrite it
         if (band) clear_warp_bucket<C::BK_LD>(bucket, lane);
-#pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const FragRC x = mma_c_elem(lane, e);
-                const int r = e >> 1, j = k0 + nt * 8 + x.col;
-                const float p = expf(s[nt][e] - m[r]);
-                l[r] += p;
-                float w = p;
-                if (j < a.Lk && rows.valid[r]) {
-                    // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
-                    const int idx = relative_index(j, rows.pos[r], a.R);
-                    if (!far[r].add(idx, E, w)) bucket[x.row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
-                }
-                s[nt][e] = w;
+        for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+            const int r = e >> 1, j = k0 + tile_col;
+            const float p = expf(s[nt][e] - m[r]);
+            l[r] += p;
+            float w = p;
+            if (j < a.Lk && rows.valid[r]) {
+                // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
+                if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
+                const int idx = relative_index(j, rows.pos[r], a.R);
+                if (!far[r].add(idx, E, w)) bucket[tile_row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
             }
+            s[nt][e] = w;
+        });
 
         warp_mma_acc_b(acc, s, Vs, LD, lane);  // O += P.V
         if (band) {
@@ -131,13 +121,9 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
         if (!rows.valid[r]) continue;
         const float f = kept_scale / l[r];
         T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
-#pragma unroll
-        for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                const int d = nt * 8 + mma_c_elem(lane, 2 * r + c).col;
-                og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][2 * r + c], in.table, a.R, d));
-            }
+        for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
+            og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
+        });
         if ((lane & 3) == 0) store_row_stats(a, lse, head.bh, rows.i[r], m[r], l[r]);
     }
 }

@@ -201,6 +201,29 @@ __device__ __forceinline__ void stage_rows(T* dst, const T* __restrict__ src, in
     }
 }
 
+// f(nt, e, tile_row, tile_col) for every element c[nt][e] of a warp's 16 x 8 * NTILES fp32 accumulator tile: its
+// row (0..15; e >> 1 tells the lane's first row from its second, 8 below) and column (nt * 8 + 0..7).
+template <int NTILES, typename F>
+__device__ __forceinline__ void for_each_acc(int lane, F&& f) {
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const FragRC x = mma_c_elem(lane, e);
+            f(nt, e, x.row, nt * 8 + x.col);
+        }
+}
+
+// f(nt, e, col) for the elements of the lane's accumulator row r (e = 2r, 2r + 1 of every n-tile) and their
+// columns col = nt * 8 + 0..7: the epilogues, which store a row at a time.
+template <int NTILES, typename F>
+__device__ __forceinline__ void for_each_acc_in_row(int lane, int r, F&& f) {
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) f(nt, e, nt * 8 + mma_c_elem(lane, e).col);
+}
+
 // The 4 adjacent lanes (a quad) that share an accumulator row: row reductions are group_sum / group_max<QUAD>.
 constexpr int QUAD = 4;
 
@@ -223,12 +246,13 @@ __device__ __forceinline__ LaneQueries lane_queries(const AttnArgs& a, int row0,
     return q;
 }
 
-// Key tile k0 of a query-owned block (forward, dQ; BN keys) whose first query sits at pos_first: K and V rows into
-// Ks / Vs, and into Ts the table rows from the tile's lowest every warp's padded slice reads (rows past E = 2R are
-// zero). Returns the tile's table rows.
+// Key tile k0 of a query-owned block (forward, dQ; BN keys, queries from q0): K and V rows into Ks / Vs, and into
+// Ts the table rows from the tile's lowest every warp's padded slice reads (rows past E = 2R are zero). Returns the
+// tile's table rows.
 template <typename T, typename C, int BN>
 __device__ __forceinline__ TableRows stage_key_tile(T* Ks, T* Vs, T* Ts, const AttnArgs& a, const HeadInputs<T>& in,
-                                                    int pos_first, int k0, int E) {
+                                                    int q0, int k0, int E) {
+    const int pos_first = a.q_offset + q0;
     stage_rows<T, C::D, C::LD, C::NT>(Ks, in.k, a.k_sl, k0, BN, a.Lk);
     stage_rows<T, C::D, C::LD, C::NT>(Vs, in.v, a.v_sl, k0, BN, a.Lk);
     const TableRows tr = tile_table_rows(pos_first, pos_first + C::BM - 1, k0, k0 + BN - 1, a.R);

@@ -132,13 +132,27 @@ __device__ __forceinline__ RowStats load_row_stats(const AttnArgs& a, const floa
     return s;
 }
 
-// dK dV kernels: true when every row of the streamed query tile [q0, q0 + ROWS) may skip causal-future keys.
-// Reads the tile's statistics from shared memory, so the answer is the same in every thread.
+// True when key tile k0 lies in the causal future of every valid query of [q0, q0 + rows): all its pairs are masked.
+__device__ __forceinline__ bool causal_future_tile(const AttnArgs& a, int q0, int rows, int k0) {
+    return a.causal && tile_all_future(a.q_offset + min(q0 + rows, a.Lq) - 1, k0);
+}
+
+// True when every row of the query tile [q0, q0 + ROWS) may skip causal-future keys (row_skips_future_keys).
 template <int ROWS>
-__device__ __forceinline__ bool query_tile_skips_future_keys(const RowStats* stats, int q0, int Lq) {
+__device__ __forceinline__ bool rows_skip_future_keys(const RowStats* stats, int q0, int Lq) {
     bool skip = true;
     for (int r = 0; r < min(ROWS, Lq - q0); ++r) skip = skip && row_skips_future_keys(true, stats[r].max);
     return skip;
+}
+
+// dK dV kernels, at streamed query tile [q0, q0 + ROWS): stages the tile's row statistics in stats_s, between the
+// barriers that keep it from the previous tile's readers and from its own.
+template <int ROWS>
+__device__ __forceinline__ void stage_query_tile_stats(RowStats* stats_s, const AttnArgs& a, const float* lse,
+                                                       const float* delta, int bh, int q0) {
+    __syncthreads();  // previous tile fully consumed
+    if (threadIdx.x < ROWS) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
+    __syncthreads();
 }
 
 // ---- SIMT tiles: shared-memory staging, row dot products, accumulation ----
@@ -209,11 +223,12 @@ __device__ __forceinline__ bool load_band_rows(float* Ts, const T* __restrict__ 
     return band;
 }
 
-// Key tile k0 of a query-owned block (forward, dQ) whose first query sits at pos_first: K and V rows into Ks /
-// Vs and, for a band tile, its table rows into Ts (E = 2R). Returns the tile's table rows.
+// Key tile k0 of a query-owned block (forward, dQ; queries from q0): K and V rows into Ks / Vs and, for a band
+// tile, its table rows into Ts (E = 2R). Returns the tile's table rows.
 template <typename T, typename C>
 __device__ __forceinline__ TableRows load_key_tile(float* Ks, float* Vs, float* Ts, const AttnArgs& a,
-                                                   const HeadInputs<T>& in, int pos_first, int k0, int E) {
+                                                   const HeadInputs<T>& in, int q0, int k0, int E) {
+    const int pos_first = a.q_offset + q0;
     load_tile<T, C::D, C::NT>(Ks, in.k, a.k_sl, k0, C::BN, a.Lk);
     load_tile<T, C::D, C::NT>(Vs, in.v, a.v_sl, k0, C::BN, a.Lk);
     const TableRows tr = tile_table_rows(pos_first, pos_first + C::BM - 1, k0, k0 + C::BN - 1, a.R);
