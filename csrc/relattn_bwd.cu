@@ -210,7 +210,7 @@ const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* d
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream) {
     if (impl == Impl::TC && dtype != DType::F32)
         return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
-    return dispatch_kernel<false>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
+    return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         using C = TileConfig<D>;

@@ -257,7 +257,7 @@ constexpr size_t dkdv_tc_smem_bytes() {
 
 const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
                            void* dq, void* dk, void* dv, int device, void* stream) {
-    return dispatch_kernel<true>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
+    return dispatch_kernel<Impl::TC>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         using C = TcConfig<D>;

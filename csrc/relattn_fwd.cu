@@ -113,7 +113,7 @@ constexpr size_t fwd_smem_bytes() {
 
 const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream) {
     if (impl == Impl::TC && dtype != DType::F32) return relattn_fwd_tc(a, dtype, o, lse, device, stream);
-    return dispatch_kernel<false>(dtype, a.D, [&](auto element, auto head_dim) {
+    return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D>, a.Lq, fwd_smem_bytes<D>(), a, device, stream,

@@ -135,7 +135,7 @@ constexpr size_t fwd_tc_smem_bytes() {
 }
 
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
-    return dispatch_kernel<true>(dtype, a.D, [&](auto element, auto head_dim) {
+    return dispatch_kernel<Impl::TC>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D>, a.Lq, fwd_tc_smem_bytes<D>(), a, device,

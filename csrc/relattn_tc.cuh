@@ -1,5 +1,7 @@
-// Tensor-core building blocks (sm_80+): mma.sync m16n8k16 with fp32 accumulators for fp16 / bf16,
-// fragment loads from padded shared tiles (offsets from relattn_mma.h, CPU-tested), tile staging.
+// Tensor-core building blocks (sm_80+): mma.sync m16n8k16 with fp32 accumulators for fp16 / bf16, fragment
+// loads from padded shared tiles (offsets from relattn_mma.h, CPU-tested), warp products built on them (mma_b,
+// warp_mma_abt, warp_mma_acc_b), loops over a warp's accumulators (for_each_acc), and the staging of key tiles and
+// of each warp's table slice.
 //
 // Tile geometry of the TC kernels: NT = 128 threads = 4 warps; a block owns BM = 64 rows, each warp 16
 // of them (the mma's M), and streams BN = 64 other-side rows per tile. Shared tiles keep the input dtype
@@ -247,8 +249,8 @@ __device__ __forceinline__ LaneQueries lane_queries(const AttnArgs& a, int row0,
 }
 
 // Key tile k0 of a query-owned block (forward, dQ; BN keys, queries from q0): K and V rows into Ks / Vs, and into
-// Ts the table rows from the tile's lowest every warp's padded slice reads (rows past E = 2R are zero). Returns the
-// tile's table rows.
+// Ts the tile's table rows from tr.lo, padded to cover every warp's 16-aligned slice (rows past E = 2R are zero).
+// Returns the tile's table rows tr.
 template <typename T, typename C, int BN>
 __device__ __forceinline__ TableRows stage_key_tile(T* Ks, T* Vs, T* Ts, const AttnArgs& a, const HeadInputs<T>& in,
                                                     int q0, int k0, int E) {

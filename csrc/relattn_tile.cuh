@@ -384,15 +384,15 @@ inline const char* dispatch_head_dim(int head_dim, F& launch) {
     }
 }
 
-// launch(ElementType<T>{}, HeadDim<D>{}) for the runtime dtype and head dim: every kernel instantiation the
-// extension ships. TENSOR_CORES: fp16 / bf16 only (float32 is the SIMT kernels' alone).
-template <bool TENSOR_CORES, typename F>
+// launch(ElementType<T>{}, HeadDim<D>{}) for the runtime dtype and head dim: every kernel instantiation of a
+// family the extension ships. The tensor-core family takes fp16 / bf16 only (float32 is the SIMT kernels' alone).
+template <Impl FAMILY, typename F>
 inline const char* dispatch_kernel(DType dtype, int head_dim, F&& launch) {
     switch (dtype) {
         case DType::F16: return dispatch_head_dim<__half>(head_dim, launch);
         case DType::BF16: return dispatch_head_dim<__nv_bfloat16>(head_dim, launch);
         case DType::F32:
-            if constexpr (TENSOR_CORES)
+            if constexpr (FAMILY == Impl::TC)
                 return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";
             else
                 return dispatch_head_dim<float>(head_dim, launch);
