@@ -138,6 +138,7 @@ __device__ __forceinline__ bool causal_future_tile(const AttnArgs& a, int q0, in
 }
 
 // True when every row of the query tile [q0, q0 + ROWS) may skip causal-future keys (row_skips_future_keys).
+// With `stats` in shared memory every thread gets the same answer: the dK dV kernels skip a tile block-wide.
 template <int ROWS>
 __device__ __forceinline__ bool rows_skip_future_keys(const RowStats* stats, int q0, int Lq) {
     bool skip = true;
