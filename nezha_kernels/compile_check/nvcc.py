@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CompileRow
-from ..cuda_ext.build import BUILD_DIR_ENV, CSRC, HEADERS, KERNEL_SOURCES, find_nvcc, nvcc_flags
+from ..cuda_ext.build import CSRC, HEADERS, KERNEL_SOURCES, cache_root, find_nvcc, nvcc_flags, sources_digest
 
 __all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
 
@@ -94,12 +94,8 @@ def _cache_path(nvcc: str, source: str, arch: int, cmd_flags: list[str]) -> Path
     h = hashlib.sha256()
     h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
     h.update(" ".join(cmd_flags).encode())
-    for name in (source, *HEADERS):
-        h.update(name.encode())
-        h.update((CSRC / name).read_bytes())
-    root = Path(os.environ.get(BUILD_DIR_ENV)
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
-    return root / "compile_check" / f"{Path(source).stem}.sm{arch}.{h.hexdigest()[:16]}.json"
+    h.update(sources_digest((source, *HEADERS)).encode())
+    return cache_root() / "compile_check" / f"{Path(source).stem}.sm{arch}.{h.hexdigest()[:16]}.json"
 
 
 def _compile(nvcc: str, source: str, arch: int, out_dir: str) -> tuple[str, int, int, str]:

@@ -68,12 +68,19 @@ def nvcc_flags(archs: tuple[int, ...]) -> list[str]:
     return flags
 
 
-def _sources_digest() -> str:
+def sources_digest(names) -> str:
+    """sha256 over the names and contents of csrc/ files ``names``: a cache key that changes with any source."""
     h = hashlib.sha256()
-    for name in (*KERNEL_SOURCES, BINDING_SOURCE, *HEADERS):
+    for name in names:
         h.update(name.encode())
         h.update((CSRC / name).read_bytes())
     return h.hexdigest()
+
+
+def cache_root(build_dir: str | os.PathLike | None = None) -> Path:
+    """Where builds are cached: ``build_dir``, else $NEZHA_KERNELS_BUILD_DIR, else ~/.cache/nezha_kernels."""
+    return Path(build_dir or os.environ.get(BUILD_DIR_ENV)
+                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
 
 
 def _nvcc_version(nvcc: str) -> str:
@@ -127,11 +134,9 @@ def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.Pa
         raise CudaBuildError(f"CUDA sources not found at {CSRC}: use a source checkout (pip install -e .)")
     archs = tuple(sorted(set(archs or default_archs())))
     key_text = "|".join([torch.__version__, str(torch.version.cuda), _nvcc_version(nvcc),
-                         ",".join(map(str, archs)), _sources_digest()])
+                         ",".join(map(str, archs)), sources_digest((*KERNEL_SOURCES, BINDING_SOURCE, *HEADERS))])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    root = Path(build_dir or os.environ.get(BUILD_DIR_ENV)
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
-    out_dir = root / f"cuda_{key}"
+    out_dir = cache_root(build_dir) / f"cuda_{key}"
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = _compile_kernels(nvcc, archs, out_dir)
     lib = cuda_root(nvcc) / "lib64"

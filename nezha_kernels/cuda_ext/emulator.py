@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .build import BUILD_DIR_ENV, CSRC, HEADERS, KERNEL_SOURCES
+from .build import CSRC, HEADERS, KERNEL_SOURCES, cache_root, sources_digest
 
 __all__ = ["EmulatorBuildError", "SANITIZE_ENV", "find_cxx", "build_emulator", "load_emulator", "sanitizer_runtime",
            "EmulatedExtension", "emulated_extension", "emulated_cuda_backend", "run_selftest"]
@@ -83,9 +83,7 @@ def _digest(cxx: str, flags: list[str]) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     h.update(version.encode())
     h.update(" ".join(flags).encode())
-    for name in (*EMU_SOURCES, *EMU_HEADERS, *KERNEL_SOURCES, *HEADERS):
-        h.update(name.encode())
-        h.update((CSRC / name).read_bytes())
+    h.update(sources_digest((*EMU_SOURCES, *EMU_HEADERS, *KERNEL_SOURCES, *HEADERS)).encode())
     return h.hexdigest()[:16]
 
 
@@ -99,9 +97,7 @@ def build_emulator(sanitize: str | None = None, build_dir: str | os.PathLike | N
         raise EmulatorBuildError(f"the CUDA emulator needs g++ (C++20): none on PATH; set ${CXX_ENV}")
     sanitizers = _sanitizers(sanitize)
     flags = _flags(sanitizers)
-    root = Path(build_dir or os.environ.get(BUILD_DIR_ENV)
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
-    out_dir = root / f"emu_{'_'.join(sanitizers) or 'plain'}_{_digest(cxx, flags)}"
+    out_dir = cache_root(build_dir) / f"emu_{'_'.join(sanitizers) or 'plain'}_{_digest(cxx, flags)}"
     lib = out_dir / "libnezha_emu.so"
     if lib.exists():
         return lib
