@@ -20,12 +20,15 @@ import torch
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 interpreted_only = pytest.mark.skipif(
     not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_interpreter_suite")
-# The GPU's own tiles (configs.INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
-GPU_TILES = os.environ.get("NEZHA_KERNELS_TRITON_INTERPRETER_TILES") == "gpu"
-gpu_tiles_only = pytest.mark.skipif(
-    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
 
 pytest.importorskip("triton")
+
+from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
+
+# The GPU's own tiles (INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
+GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
+gpu_tiles_only = pytest.mark.skipif(
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
 
 
 def _run_interpreted(extra_env: dict, select: str):
@@ -46,8 +49,7 @@ def test_interpreter_suite():
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_gpu_tiles_suite():
     # The main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...), one config each.
-    _run_interpreted({"NEZHA_KERNELS_TRITON_INTERPRETER_TILES": "gpu", "NEZHA_KERNELS_TRITON_AUTOTUNE": "0"},
-                     "gpu_tiles")
+    _run_interpreted({INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
 
 
 if INTERPRETED:

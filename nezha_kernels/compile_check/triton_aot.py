@@ -133,7 +133,7 @@ def _jobs(archs, grid: str = "full"):
                         kept = configs.candidates(kernel, tiles, d, DTYPES[dtype])
                         add(kernel, d, dtype, kept[0], every, "all-features", arch)
         if grid == "main":
-            add("fwd", 128, "fp32", configs.candidates("fwd", configs.FWD_TILES, 128, 4)[0], every, "all-features", arch)
+            add("fwd", 128, "fp32", configs.candidates("fwd", kernels["fwd"][1], 128, 4)[0], every, "all-features", arch)
             for kernel in ("bwd_dkdv", "bwd_dq"):  # head dim 128 training in fp16 / bf16: the wide-head tiles
                 tile = configs.candidates(kernel, kernels[kernel][1], 128, 2)[0]
                 add(kernel, 128, "fp16", tile, every, "all-features", arch)

@@ -8,12 +8,12 @@ take that branch: INTERPRETED is a constexpr fixed at import, and the AOT compil
 import without TRITON_INTERPRET.
 """
 
-import os
-
 import triton
 import triton.language as tl
 
-INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+from .configs import interpreted
+
+INTERPRETED = tl.constexpr(interpreted())
 
 
 @triton.jit
