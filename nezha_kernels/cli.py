@@ -1,4 +1,4 @@
-"""The `nezha-kernels` command (also `python -m nezha_kernels`): info, check, compile-check, bench."""
+"""The `nezha-kernels` command (also `python -m nezha_kernels`): info, check, build, compile-check, bench."""
 
 from __future__ import annotations
 
@@ -43,6 +43,23 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from .cuda_ext.build import CudaBuildError, build_extension, default_archs, jit_build_dir, parse_archs
+
+    try:
+        archs = parse_archs(args.archs) if args.archs else default_archs()
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        build_extension(archs, build_dir=args.build_dir, verbose=args.verbose)
+    except CudaBuildError as exc:
+        print(f"build failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"CUDA extension for {', '.join(f'sm_{a}' for a in archs)} built in {jit_build_dir(archs, args.build_dir)}")
+    return 0
+
+
 def _compile_check(rest: list[str]) -> int:
     from .compile_check import main
 
@@ -74,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="numeric parity of every usable backend against the reference")
     check.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     check.set_defaults(fn=_check)
+    build = sub.add_parser("build", help="build the CUDA extension ahead of time (instead of on first use)")
+    build.add_argument("--archs", default=None, help="SM archs, e.g. 80,90 (default: the local GPU's, else 80)")
+    build.add_argument("--build-dir", default=None, help="cache directory (default $NEZHA_KERNELS_BUILD_DIR or "
+                       "~/.cache/nezha_kernels; a build elsewhere is used only with that variable set)")
+    build.add_argument("--verbose", action="store_true", help="show the compiler commands")
+    build.set_defaults(fn=_build)
     sub.add_parser("compile-check", help="compile every GPU kernel for sm_80/sm_90 without a GPU (see --help)")
     sub.add_parser("bench", help="op and model benchmarks: table, CSV/JSON and plots (see --help)")
     args = parser.parse_args(argv)

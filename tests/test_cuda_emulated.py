@@ -217,6 +217,14 @@ def test_impl_name_picks_the_family_the_cases_run(dtype, family, monkeypatch):
     assert cuda_backend.impl_name(dtype) == f"cuda-{family}"
 
 
+def test_backend_is_available_for_cpu_tensors_only_while_emulated():
+    assert not cuda_backend.availability(torch.device("cpu"))[0]
+    with emulator.emulated_cuda_backend():
+        ok, reason = cuda_backend.availability(torch.device("cpu"))
+        assert ok and "emulator" in reason
+    assert not cuda_backend.availability(torch.device("cpu"))[0]
+
+
 def test_launchers_refuse_packed_inputs(emulated_backend):
     """Dense kernels only: cu_seqlens would make them read [T, H, D] rows as [B, H, L, D]."""
     q = torch.randn(7, 2, 32)

@@ -33,20 +33,19 @@ def impl_name(dtype: torch.dtype) -> str:
 
 
 def availability(device: torch.device) -> tuple[bool, str]:
-    from ..cuda_ext import build
+    """Cheap: never builds the extension (see cuda_ext.build.extension_status)."""
+    from ..cuda_ext import build, launch
 
+    if launch.redirected() and device.type == "cpu":
+        return True, "CUDA kernels on the CPU emulator (emulated_cuda_backend)"
     if device.type != "cuda":
         return False, "needs a CUDA device"
     if not torch.cuda.is_available():
         return False, "torch has no usable CUDA device"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < MIN_CAPABILITY:
-        return False, f"needs compute capability >= 8.0, device has {capability[0]}.{capability[1]}"
-    try:
-        build.load_extension()
-    except build.CudaBuildError as exc:
-        return False, str(exc)
-    return True, "CUDA C++ extension built and loaded"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CAPABILITY:
+        return False, f"needs compute capability >= 8.0, device has {major}.{minor}"
+    return build.extension_status(major * 10 + minor)
 
 
 def forward(inputs):

@@ -3,9 +3,13 @@
 The kernels include only CUDA headers, so they are compiled here with the machine's nvcc (any arch,
 no GPU needed); the pybind11 binding is built with ``torch.utils.cpp_extension.load`` and linked
 against those objects and the static CUDA runtime. Everything is cached in a directory keyed by the
-torch version, its CUDA version, nvcc's version, the target archs and the source contents.
-An ahead-of-time build (``NEZHA_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation -e .``)
-installs ``nezha_kernels._cuda_aot``, which is used in preference to a JIT build.
+torch version, its CUDA version and the source contents, named with the target archs (``jit_build_dir``).
+
+Which module ``load_extension`` returns: the ahead-of-time build ``nezha_kernels._cuda_aot``
+(``NEZHA_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .``) when installed (one that fails to import
+is an error, never replaced by a JIT build), else a cached JIT build covering the GPU's arch (imported from
+its file, no compiler run), else a JIT build, announced on stderr (minutes; ``nezha-kernels build`` does it
+ahead of time). ``extension_status`` says which of these applies without building anything.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 __all__ = ["CudaBuildError", "CSRC", "KERNEL_SOURCES", "find_nvcc", "gencode_flags", "nvcc_flags",
-           "load_extension", "build_extension"]
+           "load_extension", "build_extension", "extension_status", "cached_build", "aot_extension"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
@@ -83,10 +88,6 @@ def cache_root(build_dir: str | os.PathLike | None = None) -> Path:
                 or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
 
 
-def _nvcc_version(nvcc: str) -> str:
-    return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-
-
 def default_archs() -> tuple[int, ...]:
     """The current GPU's arch when there is one, else sm_80 (enough for a build check)."""
     import torch
@@ -95,6 +96,22 @@ def default_archs() -> tuple[int, ...]:
         major, minor = torch.cuda.get_device_capability()
         return (major * 10 + minor,)
     return (80,)
+
+
+def parse_archs(text: str) -> tuple[int, ...]:
+    """SM archs from "80,90", "8.0;9.0" or "sm_80 sm_90" (ValueError naming the bad entry)."""
+    archs = []
+    for item in text.replace(";", ",").replace(" ", ",").split(","):
+        item = item.strip().lower().removeprefix("sm_").removesuffix("a")
+        if not item:
+            continue
+        digits = item.replace(".", "")
+        if not digits.isdigit() or ("." in item and len(item.split(".")) != 2):
+            raise ValueError(f"archs: {item!r} is not an SM arch (expected e.g. 80, 9.0 or sm_90)")
+        archs.append(int(digits))
+    if not archs:
+        raise ValueError(f"archs: no SM arch in {text!r}")
+    return tuple(sorted(set(archs)))
 
 
 def _compile_kernels(nvcc: str, archs: tuple[int, ...], out_dir: Path) -> list[Path]:
@@ -117,10 +134,75 @@ def _compile_kernels(nvcc: str, archs: tuple[int, ...], out_dir: Path) -> list[P
     return objects
 
 
-def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.PathLike | None = None,
-                    verbose: bool = False):
-    """JIT-build (or reuse the cached build of) the extension module for ``archs``; returns the module."""
+def jit_key() -> str:
+    """Cache key of a JIT build: torch's version and CUDA version (the binding's ABI) and every source."""
     import torch
+
+    text = "|".join([torch.__version__, str(torch.version.cuda),
+                     sources_digest((*KERNEL_SOURCES, BINDING_SOURCE, *HEADERS))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _arch_tag(archs: tuple[int, ...]) -> str:
+    return "sm" + "-".join(map(str, archs))
+
+
+def jit_build_dir(archs: tuple[int, ...], build_dir: str | os.PathLike | None = None) -> Path:
+    """Directory of the JIT build for ``archs`` (sorted) of the current sources."""
+    return cache_root(build_dir) / f"cuda_{jit_key()}_{_arch_tag(archs)}"
+
+
+def _module_name(out_dir: Path) -> str:
+    return "nezha_kernels_" + out_dir.name  # cuda_<key>_sm80-90: one module name per build
+
+
+def cached_build(arch: int, build_dir: str | os.PathLike | None = None) -> Path | None:
+    """The built library of a cached JIT build of the current sources whose archs include ``arch``, else None.
+
+    Looks only at files: no compiler is run (``nezha-kernels build --archs 80,90`` serves sm_80 and sm_90).
+    """
+    root = cache_root(build_dir)
+    for out_dir in sorted(root.glob(f"cuda_{jit_key()}_sm*")):
+        archs = out_dir.name.rsplit("_sm", 1)[1].split("-")
+        lib = out_dir / f"{_module_name(out_dir)}.so"
+        if str(arch) in archs and lib.is_file():
+            return lib
+    return None
+
+
+def _import_library(lib: Path):
+    """Import a built pybind11 module from its file (torch is imported first: the module links against it)."""
+    import importlib.util
+
+    import torch  # noqa: F401
+
+    spec = importlib.util.spec_from_file_location(lib.stem, lib)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile_binding(objects: list[Path], out_dir: Path, nvcc: str, verbose: bool):
+    from torch.utils import cpp_extension
+
+    lib = cuda_root(nvcc) / "lib64"
+    if (lib / "libcudart_static.a").exists():
+        # A static runtime: the binding does not depend on which libcudart torch ships (or none, CPU torch).
+        runtime = [str(lib / "libcudart_static.a"), "-ldl", "-lpthread", "-lrt"]
+    else:
+        runtime = [f"-L{lib}", "-lcudart"]
+    try:
+        return cpp_extension.load(
+            name=_module_name(out_dir), sources=[str(CSRC / BINDING_SOURCE)],
+            extra_include_paths=[str(CSRC)], extra_cflags=["-O2"],
+            extra_ldflags=[*map(str, objects), *runtime], build_directory=str(out_dir), verbose=verbose,
+        )
+    except Exception as exc:  # compiler output is in the message
+        raise CudaBuildError(f"building the CUDA extension's binding failed: {exc}") from exc
+
+
+def _toolchain() -> str:
+    """nvcc's path once nvcc and ninja are there (CudaBuildError saying what is missing otherwise)."""
     from torch.utils import cpp_extension
 
     nvcc = find_nvcc()
@@ -132,36 +214,108 @@ def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.Pa
         raise CudaBuildError("the CUDA backend's JIT build needs ninja: pip install ninja")
     if not (CSRC / BINDING_SOURCE).exists():
         raise CudaBuildError(f"CUDA sources not found at {CSRC}: use a source checkout (pip install -e .)")
+    return nvcc
+
+
+def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.PathLike | None = None,
+                    verbose: bool = False):
+    """JIT-build (or reuse the cached build of) the extension module for ``archs``; returns the module.
+
+    Says on stderr when it compiles (minutes); ``nezha-kernels build`` runs this ahead of time.
+    """
+    nvcc = _toolchain()
     archs = tuple(sorted(set(archs or default_archs())))
-    key_text = "|".join([torch.__version__, str(torch.version.cuda), _nvcc_version(nvcc),
-                         ",".join(map(str, archs)), sources_digest((*KERNEL_SOURCES, BINDING_SOURCE, *HEADERS))])
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    out_dir = cache_root(build_dir) / f"cuda_{key}"
+    out_dir = jit_build_dir(archs, build_dir)
+    if not (out_dir / f"{_module_name(out_dir)}.so").is_file():
+        print(f"nezha_kernels: building the CUDA extension for {', '.join(f'sm_{a}' for a in archs)} in {out_dir} "
+              "(once per source version; takes minutes; `nezha-kernels build` does it ahead of time)",
+              file=sys.stderr, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = _compile_kernels(nvcc, archs, out_dir)
-    lib = cuda_root(nvcc) / "lib64"
-    if (lib / "libcudart_static.a").exists():
-        # A static runtime: the binding does not depend on which libcudart torch ships (or none, CPU torch).
-        runtime = [str(lib / "libcudart_static.a"), "-ldl", "-lpthread", "-lrt"]
-    else:
-        runtime = [f"-L{lib}", "-lcudart"]
+    return _compile_binding(objects, out_dir, nvcc, verbose)
+
+
+AOT_MODULE = "nezha_kernels._cuda_aot"
+
+
+def _aot_spec():
+    import importlib.util
+
+    return importlib.util.find_spec(AOT_MODULE)
+
+
+def _import_aot():
+    import importlib
+
+    return importlib.import_module(AOT_MODULE)
+
+
+def aot_extension():
+    """The ahead-of-time build (``NEZHA_KERNELS_BUILD_CUDA=1`` install) or None when none is installed.
+
+    An installed one that fails to import (e.g. an undefined symbol) is a CudaBuildError, not a silent JIT
+    build: the AOT build exists so that no nvcc is needed.
+    """
+    if _aot_spec() is None:
+        return None
     try:
-        return cpp_extension.load(
-            name=f"nezha_kernels_cuda_{key}", sources=[str(CSRC / BINDING_SOURCE)],
-            extra_include_paths=[str(CSRC)], extra_cflags=["-O2"],
-            extra_ldflags=[*map(str, objects), *runtime], build_directory=str(out_dir), verbose=verbose,
-        )
-    except Exception as exc:  # compiler output is in the message
-        raise CudaBuildError(f"building the CUDA extension's binding failed: {exc}") from exc
+        return _import_aot()
+    except ImportError as exc:
+        raise CudaBuildError(f"the ahead-of-time CUDA extension {AOT_MODULE} is installed but does not import "
+                             f"({exc}); reinstall it (NEZHA_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .) "
+                             "or remove it to use a JIT build") from exc
 
 
-@functools.lru_cache(maxsize=1)
-def load_extension():
-    """The extension module: the ahead-of-time build if installed, else a cached JIT build."""
+_failure: dict[int, str] = {}  # arch -> why loading the extension failed in this process
+_status: dict[int, tuple[bool, str]] = {}  # arch -> extension_status, probed once per process
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension(arch: int | None = None):
+    """The extension module: the AOT build if installed, else a cached JIT build, else a JIT build (minutes).
+
+    ``arch``: the SM arch it must run on (default: the current GPU's, see default_archs).
+    """
+    arch = arch if arch is not None else default_archs()[0]
     try:
-        from .. import _cuda_aot  # type: ignore[attr-defined]
+        module = aot_extension()
+        if module is not None:
+            return module
+        lib = cached_build(arch)
+        if lib is not None:
+            return _import_library(lib)
+        return build_extension((arch,))
+    except CudaBuildError as exc:
+        _failure[arch] = str(exc)
+        raise
 
-        return _cuda_aot
-    except ImportError:
-        pass
-    return build_extension()
+
+def extension_status(arch: int) -> tuple[bool, str]:
+    """(usable, why) for a GPU of SM ``arch``, cheaply: never compiles anything; probed once per process.
+
+    Usable: an AOT build is installed, or a cached JIT build of the current sources covers ``arch``, or nvcc
+    and ninja are there to JIT-build on first use (the reason says so). A failed load makes it unusable.
+    """
+    if arch in _failure:
+        return False, _failure[arch]
+    if arch not in _status:
+        _status[arch] = _probe(arch)
+    return _status[arch]
+
+
+def _probe(arch: int) -> tuple[bool, str]:
+    if _aot_spec() is not None:
+        try:
+            aot_extension()
+        except CudaBuildError as exc:
+            return False, str(exc)
+        return True, f"ahead-of-time build {AOT_MODULE}"
+    lib = cached_build(arch)
+    if lib is not None:
+        return True, f"cached JIT build {lib.parent}"
+    try:
+        _toolchain()
+    except CudaBuildError as exc:
+        return False, str(exc)
+    return True, (f"JIT-builds the extension for sm_{arch} on first use (minutes), "
+                  "or ahead of time with `nezha-kernels build`")

@@ -10,7 +10,7 @@ Layouts handed to the extension: q, k, v with any (batch, head, row) strides and
 contiguous; key_padding bool [B, Lk] contiguous; the additive mask as float32 [B, H, Lq, Lk] with stride 0 on
 its broadcast dims (only its distinct entries are copied); head_mask float32 [B, H] contiguous.
 
-The extension module comes from ``extension()``: the built one (AOT or JIT, nezha_kernels/cuda_ext/build.py),
+The extension module comes from ``extension(device)``: the built one (AOT or JIT, nezha_kernels/cuda_ext/build.py),
 or, inside ``use_extension(...)`` (nezha_kernels/cuda_ext/emulator.emulated_cuda_backend), the CPU emulation.
 """
 
@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["FAMILIES", "relattn_fwd", "relattn_bwd", "extension", "use_extension"]
+__all__ = ["FAMILIES", "relattn_fwd", "relattn_bwd", "extension", "use_extension", "redirected"]
 
 # The binding's `impl` code per kernel family (nezha::Impl in csrc/relattn.h).
 FAMILIES = {"simt": 0, "tc": 1}
@@ -29,14 +29,20 @@ FAMILIES = {"simt": 0, "tc": 1}
 _override = None
 
 
-def extension():
-    """The module with ``forward`` / ``backward`` (csrc/binding.cpp): the redirect of ``use_extension``, else the
-    built extension (may JIT-build it, see build.load_extension)."""
+def extension(device: torch.device):
+    """The module with ``forward`` / ``backward`` (csrc/binding.cpp) for tensors on ``device``: the redirect of
+    ``use_extension``, else the built extension for the device's arch (may JIT-build it: build.load_extension)."""
     if _override is not None:
         return _override
     from .build import load_extension
 
-    return load_extension()
+    major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (8, 0)
+    return load_extension(major * 10 + minor)
+
+
+def redirected() -> bool:
+    """Whether a ``use_extension`` block is active (the emulator: the launchers then take CPU tensors)."""
+    return _override is not None
 
 
 @contextlib.contextmanager
@@ -102,8 +108,8 @@ def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlen
     _dense_only(cu_seqlens_q, cu_seqlens_k)
     impl = _family_code(family)
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
-    out, lse = extension().forward(*args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed),
-                                   _stream(q), impl)
+    out, lse = extension(q.device).forward(*args, max_relative_position, q_offset, causal, scale, dropout_p,
+                                           int(seed), _stream(q), impl)
     return out, lse
 
 
@@ -117,6 +123,6 @@ def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, 
     # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term.
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
-    dq, dk, dv = extension().backward(grad_out, *args, lse.contiguous(), delta, max_relative_position, q_offset,
-                                      causal, scale, dropout_p, int(seed), _stream(q), impl)
+    dq, dk, dv = extension(q.device).backward(grad_out, *args, lse.contiguous(), delta, max_relative_position,
+                                              q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl)
     return dq, dk, dv
