@@ -2,9 +2,9 @@
 formula (tests/formula.py): forward output, row max and log row sum, dq / dk / dv, SIMT (fp32 / fp16 / bf16) and
 tensor-core (fp16 / bf16) kernels, with every feature the kernels implement.
 
-Each call goes through the CUDA backend's own Python plumbing (nezha_kernels/cuda_ext/function.py: custom ops,
-autograd Function, mask / head_mask / seed / delta preparation) with the built extension swapped for the emulated
-one (nezha_kernels/cuda_ext/emulator.py, a mirror of csrc/binding.cpp). Not marked gpu: needs only g++ (C++20).
+Each call goes through the CUDA launchers the op runs (nezha_kernels/cuda_ext/launch.py: layouts, mask / head_mask /
+delta preparation) with the built extension swapped for the emulated one (nezha_kernels/cuda_ext/emulator.py).
+Not marked gpu: needs only g++ (C++20).
 Outputs are NaN-poisoned and unwritten shared memory reads as NaN, so a missed write fails the comparison.
 
 A plain run also re-runs a few cases in a subprocess under AddressSanitizer (test_address_sanitizer_subset).
@@ -27,8 +27,8 @@ import torch
 
 import formula
 from nezha_kernels.backends import cuda_backend
-from nezha_kernels.cuda_ext import emulator, function
-from nezha_kernels.dropout import keep_mask, seed_tensor
+from nezha_kernels.cuda_ext import emulator, launch
+from nezha_kernels.dropout import keep_mask
 from nezha_kernels.inputs import prepare_inputs
 
 pytestmark = pytest.mark.skipif(emulator.find_cxx() is None, reason="the CUDA emulator needs g++ (C++20)")
@@ -99,33 +99,29 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def emulated_backend():
-    """function.py's plumbing on the emulated kernels; records the forward's lse."""
+    """The launchers on the emulated kernels."""
     with emulator.emulated_cuda_backend() as ext:
-        recorded = {}
-        forward = ext.forward
-
-        def recording_forward(*args, **kwargs):
-            out, lse = forward(*args, **kwargs)
-            recorded["lse"] = lse
-            return [out, lse]
-
-        ext.forward = recording_forward
-        yield recorded
+        yield ext
 
 
-def _leaves(case: Case, g: torch.Generator):
-    """(q, k, v views, the tensors to differentiate, a function mapping their grads to dq, dk, dv)."""
+def _qkv(case: Case, g: torch.Generator):
+    """q, k, v as the layout of ``case`` gives them: contiguous, or strided views."""
     b, h, lq, lk, d = case.shape
     if case.layout == "fused":  # q, k, v as views of one [B, L, 3, H, D] projection (Lq == Lk)
         assert lq == lk
-        fused = torch.randn(b, lq, 3, h, d, generator=g).to(case.dtype).requires_grad_()
-        views = [fused[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
-        return views, [fused], lambda grads: [grads[0][:, :, i].permute(0, 2, 1, 3) for i in range(3)]
+        fused = torch.randn(b, lq, 3, h, d, generator=g).to(case.dtype)
+        return [fused[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
     if case.layout == "padded":  # rows of stride D + 3 starting one element in: no 16-byte vector loads
-        bases = [torch.randn(b, h, n, d + 3, generator=g).to(case.dtype).requires_grad_() for n in (lq, lk, lk)]
-        return [t[..., 1:d + 1] for t in bases], bases, lambda grads: [x[..., 1:d + 1] for x in grads]
-    leaves = [torch.randn(b, h, n, d, generator=g).to(case.dtype).requires_grad_() for n in (lq, lk, lk)]
-    return leaves, leaves, lambda grads: list(grads)
+        return [torch.randn(b, h, n, d + 3, generator=g).to(case.dtype)[..., 1:d + 1] for n in (lq, lk, lk)]
+    return [torch.randn(b, h, n, d, generator=g).to(case.dtype) for n in (lq, lk, lk)]
+
+
+def launcher_tail(inputs) -> tuple:
+    """The launchers' arguments after the tensors (key_padding ... seed) for a dense AttentionInputs."""
+    lq, lk = inputs.q.shape[2], inputs.k.shape[2]
+    return (inputs.key_padding, inputs.additive_mask, inputs.head_mask, None, None, lq, lk,
+            inputs.max_relative_position, inputs.causal, inputs.q_offset, inputs.scale, inputs.dropout_p,
+            int(inputs.dropout_seed or 0))
 
 
 def _op_kwargs(case: Case, g: torch.Generator) -> dict:
@@ -181,20 +177,17 @@ def _oracle_row_stats(q, k, table, r, scale, key_padding, additive, causal, q_of
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_emulated_kernels_match_formula(name, emulated_backend, monkeypatch):
+def test_emulated_kernels_match_formula(name, emulated_backend):
     case = CASES[name]
-    monkeypatch.setenv(function.IMPL_ENV, case.impl)
     b, h, lq, lk, d = case.shape
     g = torch.Generator().manual_seed(sum(map(ord, name)))
-    (q, k, v), leaves, to_qkv = _leaves(case, g)
+    q, k, v = _qkv(case, g)
     inputs = prepare_inputs(q, k, v, **_op_kwargs(case, g))
-    assert cuda_backend.unsupported_reason(inputs) is None
-    assert function.kernel_impl(case.dtype) == (0 if case.impl == "simt" or case.dtype == F32 else 1)
+    tail = launcher_tail(inputs)
 
-    out = function.relative_attention_cuda(inputs)
+    out, lse = launch.relattn_fwd(q, k, v, inputs.table, *tail, family=case.impl)
     grad_out = torch.randn(b, h, lq, d, generator=g).to(case.dtype)
-    grads = to_qkv(torch.autograd.grad(out, leaves, grad_out))
-    lse = emulated_backend["lse"]
+    grads = launch.relattn_bwd(grad_out, q, k, v, inputs.table, out, lse, *tail, family=case.impl)
 
     keep = None
     if case.dropout_p > 0.0:
@@ -213,26 +206,24 @@ def test_emulated_kernels_match_formula(name, emulated_backend, monkeypatch):
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr, msg=lambda m: f"output: {m}")
     torch.testing.assert_close(lse.double(), expected_stats, **STATS_TOL, msg=lambda m: f"row max / log sum: {m}")
     for gname, got, want in zip("qkv", grads, ref_grads):
-        assert torch.isfinite(got).all(), f"d{gname} has non-finite entries"
+        assert got.dtype == case.dtype and torch.isfinite(got).all(), f"d{gname} has non-finite entries"
         s = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr, msg=lambda m: f"d{gname}: {m}")
 
 
-@pytest.mark.parametrize("impl, dtype", [("simt", F32), ("tc", BF16)])
-def test_custom_ops_pass_opcheck(impl, dtype, emulated_backend):
-    """The CUDA backend's custom ops on real kernel outputs: schema and fake (shape-only) implementations."""
-    g = torch.Generator().manual_seed(9)
-    q, k, v = (torch.randn(1, 2, n, 32, generator=g).to(dtype) for n in (20, 27, 27))
-    table = torch.randn(9, 32, generator=g).to(dtype)
-    seed = seed_tensor(1234)
-    code = 0 if impl == "simt" else 1
-    args = (q, k, v, table, None, None, None, 4, 3, True, 0.2, 0.1, seed, code)
-    utils = ("test_schema", "test_faketensor")
-    torch.library.opcheck(function._launch_forward, args, test_utils=utils)
-    out, lse = function._launch_forward(*args)
-    assert lse.shape == (2, 1, 2, 20)
-    torch.library.opcheck(function._launch_backward, (torch.randn_like(out), *args[:7], out, lse, *args[7:]),
-                          test_utils=utils)
+@pytest.mark.parametrize("dtype, family", [(F32, "simt"), (F16, "tc"), (BF16, "tc")])
+def test_impl_name_picks_the_family_the_cases_run(dtype, family, monkeypatch):
+    monkeypatch.delenv(cuda_backend.IMPL_ENV, raising=False)
+    assert cuda_backend.impl_name(dtype) == f"cuda-{family}"
+
+
+def test_launchers_refuse_packed_inputs(emulated_backend):
+    """Dense kernels only: cu_seqlens would make them read [T, H, D] rows as [B, H, L, D]."""
+    q = torch.randn(7, 2, 32)
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        launch.relattn_fwd(q, q, q, torch.randn(9, 32), None, None, None, cu, cu, 4, 4, 4, False, 0, 0.2, 0.0, 0,
+                           family="simt")
 
 
 def test_every_feature_and_family_is_covered():

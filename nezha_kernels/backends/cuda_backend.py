@@ -1,41 +1,40 @@
 """The "cuda" backend: hand-written CUDA C++ kernels (csrc/) through a pybind11 extension.
 
 Flash-style kernels with fp32 accumulation, forward and backward (dQ, dK, dV), band / far-field treatment
-of the table, in two families: tensor-core kernels (mma.sync m16n8k16, fp16 / bf16, the default) and SIMT
-kernels (every dtype; float32 always uses them). ``NEZHA_KERNELS_CUDA_IMPL=simt|tc`` picks the family for
-fp16 / bf16 (see nezha_kernels/cuda_ext/function.py). The extension is JIT-built on first use (see
-nezha_kernels/cuda_ext/build.py); a missing toolchain makes this backend unavailable with the reason,
-never breaks the package. Inputs the kernels do not cover are refused by ``unsupported_reason``.
+of the table, in two families: tensor-core kernels ("cuda-tc": mma.sync m16n8k16, fp16 / bf16, the default)
+and SIMT kernels ("cuda-simt": every dtype; float32 always uses them). ``NEZHA_KERNELS_CUDA_IMPL=simt|tc``
+picks the family for fp16 / bf16; ``impl_name`` is the one place that decides. Calls run through the one op
+(nezha_kernels/ops.py) with the launchers of nezha_kernels/cuda_ext/launch.py; what the kernels cover is in
+the capability table (nezha_kernels/capabilities.py). The extension is built ahead of time
+(``NEZHA_KERNELS_BUILD_CUDA=1`` install, or ``nezha-kernels build``) or JIT-built on first use
+(nezha_kernels/cuda_ext/build.py); a missing toolchain makes this backend unavailable with the reason, never
+breaks the package.
 """
 
 from __future__ import annotations
 
-import functools
+import os
 
 import torch
 
-from ..inputs import AttentionInputs
-
 NAME = "cuda"
-HEAD_DIMS = (32, 64, 128)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+IMPL_ENV = "NEZHA_KERNELS_CUDA_IMPL"
+IMPLS = {"tc": "cuda-tc", "simt": "cuda-simt"}
 MIN_CAPABILITY = (8, 0)  # shared-memory tiles need sm_80-class opt-in shared memory
 
 
-@functools.lru_cache(maxsize=1)
-def _extension_status() -> tuple[bool, str]:
-    from ..cuda_ext.build import CudaBuildError, load_extension
-
-    try:
-        load_extension()
-    except CudaBuildError as exc:
-        return False, str(exc)
-    except Exception as exc:  # an optional backend must never break the package
-        return False, f"loading the CUDA extension failed: {type(exc).__name__}: {exc}"
-    return True, "CUDA C++ extension built and loaded"
+def impl_name(dtype: torch.dtype) -> str:
+    """The op implementation for ``dtype``: $NEZHA_KERNELS_CUDA_IMPL (tc|simt, default tc); float32 always
+    "cuda-simt" (the tensor-core kernels take fp16 / bf16 only)."""
+    family = os.environ.get(IMPL_ENV, "tc").strip().lower() or "tc"
+    if family not in IMPLS:
+        raise ValueError(f"{IMPL_ENV} must be one of {sorted(IMPLS)}, got {family!r}")
+    return IMPLS["simt"] if dtype == torch.float32 else IMPLS[family]
 
 
 def availability(device: torch.device) -> tuple[bool, str]:
+    from ..cuda_ext import build
+
     if device.type != "cuda":
         return False, "needs a CUDA device"
     if not torch.cuda.is_available():
@@ -43,27 +42,20 @@ def availability(device: torch.device) -> tuple[bool, str]:
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
         return False, f"needs compute capability >= 8.0, device has {capability[0]}.{capability[1]}"
-    return _extension_status()
+    try:
+        build.load_extension()
+    except build.CudaBuildError as exc:
+        return False, str(exc)
+    return True, "CUDA C++ extension built and loaded"
 
 
-def unsupported_reason(inputs: AttentionInputs) -> str | None:
-    b, h, lq, lk, d = inputs.shape
-    if inputs.q.dtype not in DTYPES:
-        return f"dtype {inputs.q.dtype} is not supported (float16, bfloat16, float32)"
-    if d not in HEAD_DIMS:
-        return f"head dim {d} is not supported (one of {HEAD_DIMS})"
-    if inputs.table_requires_grad:
-        return "rel_table requires grad: the CUDA kernels compute no table gradient"
-    if inputs.head_mask is not None and inputs.head_mask.requires_grad:
-        return "head_mask requires grad: the CUDA kernels compute no head_mask gradient"
-    if b * h >= 65536:
-        return f"B * H = {b * h} exceeds the kernels' grid limit (65535)"
-    if max(lq, lk) + inputs.q_offset + 2 * inputs.max_relative_position >= 2**31 - 1:
-        return "sequence positions exceed the kernels' 32-bit index range"
-    return None
+def forward(inputs):
+    from ..ops import run
+
+    return run(inputs, impl_name(inputs.q.dtype))
 
 
-def forward(inputs: AttentionInputs) -> torch.Tensor:
-    from ..cuda_ext.function import relative_attention_cuda
+def forward_varlen(inputs):
+    from ..ops import run
 
-    return relative_attention_cuda(inputs)
+    return run(inputs, impl_name(inputs.q.dtype))

@@ -332,17 +332,19 @@ def emulated_extension(sanitize: str | None = None) -> EmulatedExtension:
 
 @contextlib.contextmanager
 def emulated_cuda_backend(sanitize: str | None = None):
-    """Run ``nezha_kernels.cuda_ext.function`` (forward and backward) on the emulated kernels, CPU tensors.
+    """Run the CUDA launchers (``nezha_kernels.cuda_ext.launch``, forward and backward) on the emulated kernels,
+    with CPU tensors.
 
-    Swaps the module's extension loader and stream lookup; not thread-safe (tests). Run the backward pass
-    inside the block too: it loads the extension when it runs.
+    Redirects ``launch.extension()`` (and the older ``nezha_kernels.cuda_ext.function`` loader); not thread-safe
+    (tests). Run the backward pass inside the block too: it calls the extension when it runs.
     """
-    from . import function
+    from . import function, launch
 
     ext = emulated_extension(sanitize)
     saved = function.load_extension, function._stream
     function.load_extension, function._stream = (lambda: ext), (lambda t: 0)
     try:
-        yield ext
+        with launch.use_extension(ext):
+            yield ext
     finally:
         function.load_extension, function._stream = saved

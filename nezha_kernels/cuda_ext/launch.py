@@ -1,0 +1,122 @@
+"""Launchers of the CUDA kernels: canonical layouts, allocate (in the extension), launch on the current stream.
+
+``relattn_fwd`` / ``relattn_bwd`` take exactly the arguments of the ``nezha_kernels::relattn_fwd`` / ``_bwd`` ops
+(nezha_kernels/ops.py) plus the kernel family, ``family="tc"`` (tensor cores, fp16 / bf16) or ``"simt"``; which
+family a dtype runs is decided by the caller (nezha_kernels/backends/cuda_backend.impl_name), not here. Nothing
+about autograd and no argument validation: ``prepare_inputs`` did that; the binding checks only what guards
+memory (device, dtype, shape, strides, index range).
+
+Layouts handed to the extension: q, k, v with any (batch, head, row) strides and unit stride on D; the table
+contiguous; key_padding bool [B, Lk] contiguous; the additive mask as float32 [B, H, Lq, Lk] with stride 0 on
+its broadcast dims (only its distinct entries are copied); head_mask float32 [B, H] contiguous.
+
+The extension module comes from ``extension()``: the built one (AOT or JIT, nezha_kernels/cuda_ext/build.py),
+or, inside ``use_extension(...)`` (nezha_kernels/cuda_ext/emulator.emulated_cuda_backend), the CPU emulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+__all__ = ["FAMILIES", "relattn_fwd", "relattn_bwd", "extension", "use_extension"]
+
+# The binding's `impl` code per kernel family (nezha::Impl in csrc/relattn.h).
+FAMILIES = {"simt": 0, "tc": 1}
+
+_override = None
+
+
+def extension():
+    """The module with ``forward`` / ``backward`` (csrc/binding.cpp): the redirect of ``use_extension``, else the
+    built extension (may JIT-build it, see build.load_extension)."""
+    if _override is not None:
+        return _override
+    from .build import load_extension
+
+    return load_extension()
+
+
+@contextlib.contextmanager
+def use_extension(ext) -> Iterator[None]:
+    """Within the block, the launchers call ``ext`` instead of the built extension (not thread-safe: tests)."""
+    global _override
+    saved, _override = _override, ext
+    try:
+        yield
+    finally:
+        _override = saved
+
+
+def _family_code(family: str) -> int:
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return FAMILIES[family]
+
+
+def _dense_only(cu_seqlens_q, cu_seqlens_k) -> None:
+    # The kernels index [B, H, L, D] tensors; packed [T, H, D] rows would be read out of bounds.
+    if cu_seqlens_q is not None or cu_seqlens_k is not None:
+        raise ValueError("the CUDA kernels take dense [B, H, L, D] inputs only: cu_seqlens_q / cu_seqlens_k "
+                         "(padding-free batches) are not supported by backend 'cuda'")
+
+
+def _stream(t: torch.Tensor) -> int:
+    """torch's current stream on t's device, as the integer the binding takes (0 for CPU tensors: emulator)."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any (batch, head, row) strides but need a contiguous head dim."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _compact_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """float32 copy of an additive mask's distinct entries, expanded back (stride 0 on broadcast dims)."""
+    if mask is None:
+        return None
+    base = mask[tuple(slice(0, 1) if s == 0 else slice(None) for s in mask.stride())]
+    return base.to(torch.float32).expand(mask.shape)
+
+
+def _canonical(q, k, v, table, key_padding, additive_mask, head_mask) -> tuple:
+    b, h = q.shape[0], q.shape[1]
+    return (
+        _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(),
+        key_padding.contiguous() if key_padding is not None else None,
+        _compact_mask(additive_mask),
+        head_mask.to(torch.float32).expand(b, h).contiguous() if head_mask is not None else None,
+    )
+
+
+def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p, seed, *,
+                family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32: row max, log of the row sum).
+
+    q: [B, H, Lq, D], k / v: [B, H, Lk, D], table: [2R+1, D] in q's dtype; seed: int (0 without dropout).
+    max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the kernels.
+    """
+    _dense_only(cu_seqlens_q, cu_seqlens_k)
+    impl = _family_code(family)
+    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
+    out, lse = extension().forward(*args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed),
+                                   _stream(q), impl)
+    return out, lse
+
+
+def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q,
+                cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p,
+                seed, *, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments."""
+    _dense_only(cu_seqlens_q, cu_seqlens_k)
+    impl = _family_code(family)
+    grad_out = grad_out.contiguous()
+    # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term.
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
+    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
+    dq, dk, dv = extension().backward(grad_out, *args, lse.contiguous(), delta, max_relative_position, q_offset,
+                                      causal, scale, dropout_p, int(seed), _stream(q), impl)
+    return dq, dk, dv
