@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -198,20 +197,16 @@ def test_gpu_tiles(dtype, d):
 
 
 @interpreted_only
-def test_learnable_table_falls_back_to_torch_with_a_warning(monkeypatch):
-    from nezha_kernels.backends import triton_backend
-
-    monkeypatch.setattr(triton_backend, "_warned_fallback", False)
+def test_learnable_table_is_refused_by_name_and_auto_sends_it_elsewhere():
+    # One fallback policy: backend="triton" runs the call or says why; no backend calls another.
     g = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, 2, 12, 16, generator=g) for _ in range(3))
     table = torch.randn(9, 16, generator=g, requires_grad=True)
-    with pytest.warns(UserWarning, match="torch backend"):
-        out = nk.relative_attention(q, k, v, rel_table=table, max_relative_position=4, backend="triton")
+    with pytest.raises(ValueError, match="backend 'triton' cannot run this call: rel_table requires grad"):
+        nk.relative_attention(q, k, v, rel_table=table, max_relative_position=4, backend="triton")
+    out = nk.relative_attention(q, k, v, rel_table=table, max_relative_position=4)  # auto: torch on CPU
     out.sum().backward()
     assert table.grad is not None and table.grad.abs().sum() > 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once only
-        nk.relative_attention(q, k, v, rel_table=table, max_relative_position=4, backend="triton")
 
 
 @interpreted_only

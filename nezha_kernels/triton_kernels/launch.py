@@ -287,17 +287,3 @@ def relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens
     _launch_bwd(_varlen_view(grad_out), qv, kv, vv, table, _varlen_view(out), lse.view(2, 1, h, tq), dq, dk, dv,
                 (pointers, strides, tail, meta), b * h, max_seqlen_q, max_seqlen_k, max_relative_position)
     return dq, dk, dv
-
-
-# The old launcher names and argument order, for triton_kernels/function.py only: they go away with it
-# (the one op in nezha_kernels/ops.py calls relattn_fwd / relattn_bwd).
-def _relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset, dropout_p, seed,
-                 scale):
-    return relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, None, None, q.shape[2],
-                       k.shape[2], r, causal, q_offset, scale, dropout_p, seed)
-
-
-def _relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, r, causal,
-                 q_offset, dropout_p, seed, scale):
-    return relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, None, None,
-                       q.shape[2], k.shape[2], r, causal, q_offset, scale, dropout_p, seed)
