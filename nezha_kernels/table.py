@@ -50,7 +50,9 @@ def sinusoidal_table(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
     # Dynamo cannot use an lru_cache; inside a compiled graph the table is built (and constant-folded).
-    build = _build_table if torch.compiler.is_compiling() else _cached_table
+    # torch.jit.trace builds it too: a cache hit would be a constant where a miss records the ops, so two
+    # traces of one model would differ (and fail the tracer's check).
+    build = _build_table if torch.compiler.is_compiling() or torch.jit.is_tracing() else _cached_table
     table = build(max_relative_position, head_dim)
     return table.to(device=device if device is not None else "cpu", dtype=dtype)
 
