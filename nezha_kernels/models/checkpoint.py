@@ -1,4 +1,4 @@
-"""Checkpoint IO for local Hugging Face NEZHA directories.
+"""Checkpoint IO for Hugging Face NEZHA directories (local, or a Hub id's snapshot: see nezha_kernels.hub).
 
 A directory holds config.json and one of: model.safetensors, model.safetensors.index.json (shards),
 pytorch_model.bin, pytorch_model.bin.index.json. Pickles load with ``weights_only=True``. Keys are
@@ -135,6 +135,10 @@ def load_pretrained(
     cls,
     directory: str | os.PathLike,
     *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
     attn_backend: str | None = None,
     torch_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -143,10 +147,14 @@ def load_pretrained(
     output_loading_info: bool = False,
     **config_overrides: Any,
 ):
-    """Build ``cls`` from a local Hugging Face NEZHA directory and load its weights.
+    """Build ``cls`` from a Hugging Face NEZHA checkpoint and load its weights.
 
     Args:
-        directory: holds config.json and model.safetensors / pytorch_model.bin (or their sharded indexes).
+        directory: a local directory with config.json and model.safetensors / pytorch_model.bin (or their
+            sharded indexes), or a Hugging Face Hub id ("sijunhe/nezha-cn-base"), fetched into the Hub cache
+            through huggingface_hub (optional dependency) unless cached; HF_HUB_OFFLINE=1 uses the cache only.
+        revision, cache_dir, local_files_only, token: for a Hub id, as in transformers
+            (see :func:`nezha_kernels.hub.resolve_checkpoint`); unused for a local directory.
         attn_backend: overrides ``config.attn_backend``.
         torch_dtype: cast the loaded model (e.g. torch.bfloat16); default float32 as stored upcast, like HF.
         device: move the model there.
@@ -158,9 +166,11 @@ def load_pretrained(
     Weights the checkpoint lacks (a new task head) are initialized and reported with a warning on
     the "nezha_kernels.models" logger, as Hugging Face does. The model is returned in eval mode.
     """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist (only local directories are supported)")
+    from ..hub import resolve_checkpoint
+
+    directory = resolve_checkpoint(
+        directory, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
     if config is None:
         config = NezhaConfig.from_pretrained(directory, **config_overrides)
     else:

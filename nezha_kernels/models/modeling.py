@@ -503,15 +503,19 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- checkpoint IO (see checkpoint.py) ----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, attn_backend: str | None = None,
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, attn_backend: str | None = None,
                         torch_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                         config: NezhaConfig | None = None, ignore_mismatched_sizes: bool = False,
                         output_loading_info: bool = False, **config_overrides: Any):
-        """Load a local Hugging Face NEZHA directory; see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
+        """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base");
+        see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(
-            cls, pretrained_model_name_or_path, attn_backend=attn_backend, torch_dtype=torch_dtype,
+            cls, pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token, attn_backend=attn_backend, torch_dtype=torch_dtype,
             device=device, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes,
             output_loading_info=output_loading_info, **config_overrides,
         )
