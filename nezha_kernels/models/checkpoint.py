@@ -22,7 +22,7 @@ from .configuration import NezhaConfig
 
 __all__ = [
     "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME",
-    "LoadingInfo", "read_state_dict", "load_pretrained", "save_pretrained",
+    "LoadingInfo", "read_state_dict", "load_pretrained", "save_pretrained", "save_config", "unsaved_keys",
 ]
 
 logger = logging.getLogger("nezha_kernels.models")
@@ -260,6 +260,20 @@ def _shards(state: dict[str, torch.Tensor], limit: int | None) -> list[dict[str,
     return shards
 
 
+def save_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write the model's config.json, recording its class and dtype as transformers does."""
+    os.makedirs(directory, exist_ok=True)
+    config: NezhaConfig = model.config
+    config.architectures = [type(model).__name__]
+    config.torch_dtype = str(model.dtype).replace("torch.", "")
+    config.save_pretrained(directory)
+
+
+def unsaved_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict names save_pretrained leaves out: the tied aliases, restored by tie_weights() on load."""
+    return sorted(_tied_keys(model))
+
+
 def save_pretrained(
     model: torch.nn.Module,
     directory: str | os.PathLike,
@@ -273,11 +287,7 @@ def save_pretrained(
     ``max_shard_size`` the weights are split into model-0000i-of-0000n files plus an index.
     """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    config: NezhaConfig = model.config
-    config.architectures = [type(model).__name__]
-    config.torch_dtype = str(model.dtype).replace("torch.", "")
-    config.save_pretrained(directory)
+    save_config(model, directory)
 
     tied = _tied_keys(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in tied}
