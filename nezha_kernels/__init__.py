@@ -36,6 +36,9 @@ _MODEL_EXPORTS = (
     "NezhaForTokenClassification", "NezhaForQuestionAnswering",
 )
 __all__ += list(_MODEL_EXPORTS)
+# Also lazy: transformers itself is only imported when a patch is applied.
+_INTEGRATION_EXPORTS = ("patch_transformers_nezha", "unpatch_transformers_nezha")
+__all__ += list(_INTEGRATION_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -43,4 +46,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name in _INTEGRATION_EXPORTS:
+        from .integrations import transformers_nezha
+
+        return getattr(transformers_nezha, name)
     raise AttributeError(f"module 'nezha_kernels' has no attribute {name!r}")

@@ -52,7 +52,8 @@ class _Chunk:
         base = torch.matmul(self.q, k.transpose(-1, -2))
         base += torch.gather(torch.matmul(self.q, table.t()), -1, self.index)
         base *= inputs.scale
-        tracking = torch.is_grad_enabled() and base.requires_grad
+        # torch.jit.trace's checker re-traces under no_grad: a trace takes one branch in both grad modes.
+        tracking = (torch.is_grad_enabled() and base.requires_grad) or torch.jit.is_tracing()
         scores = base.detach().clone() if tracking else base
         if inputs.additive_mask is not None:
             scores += inputs.additive_mask[:, :, start:stop].to(scores.dtype)
@@ -170,6 +171,11 @@ class _TorchRelativeAttention(torch.autograd.Function):
 
 
 def forward(inputs: AttentionInputs) -> torch.Tensor:
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        # A trace or an export must hold for every shape: the chunk loop's trip count would be baked in
+        # (or specialize a dynamic length), and torch.jit.trace cannot record the autograd.Function.
+        # One chunk of plain, differentiable ops instead.
+        return forward_with_probs(inputs)[0]
     return _TorchRelativeAttention.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
 
 

@@ -282,6 +282,7 @@ class NezhaEncoder(nn.Module):
         self.config = config
         self.layer = nn.ModuleList([NezhaLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
 
     def forward(self, hidden_states, key_padding=None, head_masks=None, encoder_hidden_states=None,
                 encoder_key_padding=None, past_key_values=None, use_cache=False, output_attentions=False,
@@ -300,9 +301,13 @@ class NezhaEncoder(nn.Module):
                     past_key_values[i] if past_key_values is not None else None,
                     output_attentions, q_offset, causal)
             if checkpointing:
-                # Non-reentrant checkpointing restores the RNG state on recomputation, so the
-                # attention dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
-                hidden_states, weights, cross, present = checkpoint(layer, *args, use_reentrant=False)
+                # Both kinds of checkpointing restore the RNG state on recomputation, so the attention
+                # dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
+                if self.checkpoint_kwargs.get("use_reentrant") and not args[0].requires_grad:
+                    # Reentrant checkpointing only backpropagates into a layer whose input requires grad
+                    # (frozen embeddings): nothing flows upstream of it anyway, so make it a leaf that does.
+                    args = (args[0].detach().requires_grad_(),) + args[1:]
+                hidden_states, weights, cross, present = checkpoint(layer, *args, **self.checkpoint_kwargs)
             else:
                 hidden_states, weights, cross, present = layer(*args)
             if cache is not None:
@@ -339,6 +344,7 @@ class NezhaPreTrainedModel(nn.Module):
 
     config_class = NezhaConfig
     base_model_prefix = "nezha"
+    main_input_name = "input_ids"  # transformers' Trainer reads it (e.g. to count input tokens)
     supports_gradient_checkpointing = True
 
     def __init__(self, config: NezhaConfig, *args, **kwargs):
@@ -391,6 +397,14 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- properties -----------------------------------------------------------------------------
     @property
+    def _keys_to_ignore_on_save(self) -> list[str] | None:
+        """What save_pretrained leaves out (tied aliases): transformers' Trainer re-ties the weights when a
+        checkpoint it loads lacks exactly these."""
+        from .checkpoint import unsaved_keys
+
+        return unsaved_keys(self) or None
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
@@ -410,9 +424,13 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- gradient checkpointing -----------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each layer in the backward pass instead of keeping its activations."""
-        if gradient_checkpointing_kwargs and gradient_checkpointing_kwargs.get("use_reentrant", False):
-            raise ValueError("only non-reentrant checkpointing (use_reentrant=False) is supported")
+        """Recompute each layer in the backward pass instead of keeping its activations.
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``; the default is
+        ``{"use_reentrant": False}`` (transformers defaults to reentrant; both give the same gradients here).
+        """
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.base_model.encoder.checkpoint_kwargs = kwargs
         self.base_model.encoder.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -489,8 +507,9 @@ class NezhaPreTrainedModel(nn.Module):
         layers = self.base_model.encoder.layer
         for layer_index, heads in heads_to_prune.items():
             layer_index = int(layer_index)
-            if not 0 <= layer_index < len(layers):
-                raise ValueError(f"prune_heads: layer {layer_index} out of range [0, {len(layers)})")
+            if not -len(layers) <= layer_index < len(layers):
+                raise ValueError(f"prune_heads: layer {layer_index} out of range [-{len(layers)}, {len(layers)})")
+            layer_index %= len(layers)  # negative counts from the last layer, as in transformers
             heads = sorted(set(int(h) for h in heads))
             total = self.config.num_attention_heads
             if any(not 0 <= h < total for h in heads):
@@ -503,15 +522,19 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- checkpoint IO (see checkpoint.py) ----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, attn_backend: str | None = None,
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, attn_backend: str | None = None,
                         torch_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                         config: NezhaConfig | None = None, ignore_mismatched_sizes: bool = False,
                         output_loading_info: bool = False, **config_overrides: Any):
-        """Load a local Hugging Face NEZHA directory; see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
+        """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base");
+        see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(
-            cls, pretrained_model_name_or_path, attn_backend=attn_backend, torch_dtype=torch_dtype,
+            cls, pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token, attn_backend=attn_backend, torch_dtype=torch_dtype,
             device=device, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes,
             output_loading_info=output_loading_info, **config_overrides,
         )
