@@ -278,6 +278,43 @@ def test_compiled_flattened_batch_no_recompile_per_length():
     assert counter.frame_count == 1
 
 
+def test_compiled_flattened_cu_seq_lens_stays_packed_without_a_recompile_per_length():
+    """cu_seq_lens_q needs no gather: compiled, it runs the varlen op (default backend) with a dynamic T."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    transformers = hf_module()
+    _, model = twin_models("NezhaForMaskedLM", seed=30)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    collator = transformers.DataCollatorWithFlattening(return_position_ids=False, return_flash_attn_kwargs=True)
+    for seed, lengths in ((31, (5, 9, 3)), (32, (4, 13, 2, 6)), (33, (8, 11))):
+        flat = collator(_features(seed, lengths))
+        for key in ("input_ids", "labels"):
+            torch._dynamo.mark_dynamic(flat[key], 1)
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+            torch._dynamo.mark_dynamic(flat[key], 0)
+        with torch.no_grad():
+            got = compiled(**flat)
+            want = model(**flat)
+        assert max_diff(got.logits, want.logits) <= TOL[torch.float32]
+        assert abs(got.loss.item() - want.loss.item()) <= TOL[torch.float32]
+    # max_length_q is a Python int: its first change makes it symbolic (one recompile), never again.
+    assert counter.frame_count <= 2
+
+
+def test_length_mix_distribution():
+    """The bench's length mix: fixed seed, log-normal around a median of 48, clipped to [8, 512]."""
+    from nezha_kernels.bench.length_mix import sample_lengths
+
+    lengths = sample_lengths(4000)
+    assert lengths == sample_lengths(4000) and lengths != sample_lengths(4000, seed=7)
+    assert min(lengths) == 8 and max(lengths) <= 512
+    assert 44 <= sorted(lengths)[2000] <= 52
+    small = sample_lengths(16)
+    assert 0.2 < sum(small) / (16 * max(small)) < 0.6  # mostly padding once padded to the longest
+
+
 # ---- attention_mask values and shapes (issue 14) -------------------------------------------------------
 
 

@@ -655,10 +655,15 @@ class NezhaModel(NezhaPreTrainedModel):
         return cls._key_padding(mask, "attention_mask", batch, key_length), None
 
     @staticmethod
-    def _flattened_batch(position_ids, flattening: dict, keep, dense: bool, batch: int, length: int,
+    def _flattened_batch(position_ids, flattening: dict, keep, needs_dense: bool, batch: int, length: int,
                          has_past: bool) -> tuple[PackedBatch | None, torch.Tensor | None]:
         """(PackedBatch, None) for a flattened batch run packed; (None, block-diagonal additive mask) for one
-        on the dense path; (None, None) for an ordinary batch."""
+        on the dense path; (None, None) for an ordinary batch.
+
+        cu_seq_lens_q needs no data-dependent step (nothing to gather in a [1, T] row), so it stays packed
+        under torch.compile too: the varlen op traces with a dynamic T. position_ids need a nonzero() to find
+        the sequence starts, so compiled ones take the block-diagonal dense path.
+        """
         unknown = sorted(set(flattening) - {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"})
         if unknown:
             raise TypeError(f"NezhaModel.forward got unexpected keyword arguments {unknown}")
@@ -669,6 +674,8 @@ class NezhaModel(NezhaPreTrainedModel):
             raise ValueError("past_key_values cannot continue a flattened batch (position_ids / cu_seq_lens_q)")
         if cu_q is not None and batch != 1:
             raise ValueError(f"cu_seq_lens_q describes a flattened [1, T] batch, got a batch of {batch} rows")
+        compiling = torch.compiler.is_compiling() and not (torch.compiler.is_exporting() or torch.jit.is_tracing())
+        dense = needs_dense or (dense_only() and not (compiling and cu_q is not None and keep is None))
         if keep is not None and not dense and not bool(keep.all()):
             dense = True  # a padded flattened batch: its keep mask is folded into the block-diagonal one
         if dense:
@@ -774,9 +781,10 @@ class NezhaModel(NezhaPreTrainedModel):
             )
 
         # The dense path where packing cannot apply (see the class docstring).
-        dense = dense_only() or output_attentions or use_cache or past_key_values is not None \
+        needs_dense = output_attentions or use_cache or past_key_values is not None \
             or encoder_hidden_states is not None or additive_mask is not None
-        packed, flat_mask = self._flattened_batch(position_ids, flattening, key_padding, dense, batch, length,
+        dense = dense_only() or needs_dense
+        packed, flat_mask = self._flattened_batch(position_ids, flattening, key_padding, needs_dense, batch, length,
                                                   past_key_values is not None)
         if flat_mask is not None:
             key_padding = flat_mask

@@ -127,14 +127,15 @@ def pack_from_cu_seqlens(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tenso
     """The collator's ``cu_seq_lens_q/k`` (int32 [B+1], 0 .. T) and ``max_length_q/k`` keywords.
 
     Self-attention over one set of tokens: q and k must describe the same sequences. Values are read
-    on CPU tensors; the op validates cu_seqlens once more where it runs.
+    on CPU tensors outside torch.compile (where max_length_q defaults to T, an upper bound); the op validates
+    cu_seqlens once more where it runs.
     """
     if not isinstance(cu_seq_lens_q, torch.Tensor) or cu_seq_lens_q.dim() != 1 or cu_seq_lens_q.numel() < 2:
         raise ValueError(f"cu_seq_lens_q must be a 1-D int32 tensor [B + 1], got {cu_seq_lens_q!r}")
+    reads = not dense_only() and cu_seq_lens_q.device.type == "cpu"
     if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q:
         if not isinstance(cu_seq_lens_k, torch.Tensor) or cu_seq_lens_k.shape != cu_seq_lens_q.shape or (
-                cu_seq_lens_k.device.type == "cpu" and cu_seq_lens_q.device.type == "cpu"
-                and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)):
+                reads and cu_seq_lens_k.device.type == "cpu" and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)):
             raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q: NEZHA's self-attention packs one set of tokens")
     if max_length_k is not None and max_length_q is not None and max_length_k != max_length_q:
         raise ValueError(f"max_length_k ({max_length_k}) must equal max_length_q ({max_length_q})")
@@ -142,10 +143,10 @@ def pack_from_cu_seqlens(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tenso
     if max_length_q is None:
         max_length_q = max_length_k
     if max_length_q is None:
-        max_length_q = int(torch.diff(cu).max())
-    if isinstance(max_length_q, bool) or not isinstance(max_length_q, int) or max_length_q < 0:
+        max_length_q = int(torch.diff(cu).max()) if not dense_only() else length
+    if isinstance(max_length_q, bool) or not isinstance(max_length_q, (int, torch.SymInt)) or max_length_q < 0:
         raise ValueError(f"max_length_q must be a non-negative int, got {max_length_q!r}")
-    if cu.device.type == "cpu" and int(cu[-1]) != length:
+    if reads and int(cu[-1]) != length:
         raise ValueError(f"cu_seq_lens_q ends at {int(cu[-1])} but the flattened batch holds {length} tokens")
     return PackedBatch(None, cu, max_length_q, 1, length)
 
