@@ -14,11 +14,13 @@ from .backends import (
     use_backend,
 )
 from .table import relative_index, sinusoidal_table
+from .varlen import relative_attention_varlen
 
 __all__ = [
     "__version__",
     "relative_attention",
     "relative_attention_with_weights",
+    "relative_attention_varlen",
     "sinusoidal_table",
     "relative_index",
     "available_backends",
