@@ -55,8 +55,28 @@ def _run(backend, dtype, device, b, h, lq, lk, d, r, opts, seed=0):
     return out.float(), [x.float() for x in grads]
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to check: ``device``, or CUDA when present, else the CPU. ValueError (no traceback
+    material) for a name torch does not know, a device other than cpu/cuda, or CUDA without a GPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device: expected cpu or cuda[:N], got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda[:N], got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"--device cuda: no CUDA device is available (torch {torch.__version__} is {build})")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return resolved
+
+
 def run_checks(device: str | torch.device | None = None, dtypes=None) -> list[CheckRow]:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if dtypes is None:
         dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.float16, torch.bfloat16]
     rows = []

@@ -34,9 +34,14 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import format_rows, run_checks
+    from .check import format_rows, resolve_device, run_checks
 
-    rows = run_checks(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:  # a clear message, as `bench --device cuda` gives, not a traceback
+        print(f"nezha-kernels check: {exc}", file=sys.stderr)
+        return 2
+    rows = run_checks(device)
     print(format_rows(rows))
     failed = sum(not r.ok for r in rows)
     print(f"\n{len(rows) - failed} passed, {failed} failed")

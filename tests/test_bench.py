@@ -1,5 +1,6 @@
-"""The benchmark suite: FLOP formula, result rows and files, table, plots, OOM marking, CLI dry run and
-the GPU suite's dry run on CPU. Fast: tiny shapes; the two end-to-end runs take most of the time."""
+"""The benchmark suite: FLOP formula, result rows and files, table, plots and their ticks, progress lines,
+timing warnings, OOM marking, CLI dry run and the GPU suite's dry run on CPU. Tiny shapes; the end-to-end
+runs and the fresh-interpreter children take most of the time (marked slow)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import torch
 from nezha_kernels.bench import main as bench_main
 from nezha_kernels.bench.memory import is_oom, run_child
 from nezha_kernels.bench.op_bench import (OpGrid, attention_flops, flex_keyside_attention, run_op_bench)
-from nezha_kernels.bench.plots import plot_all
+from nezha_kernels.bench.plots import _plain_log_y, log_ticks, plot_all, tick_labels
+from nezha_kernels.bench.progress import Progress, shorten
 from nezha_kernels.bench.results import FIELDS, Row, read_csv, rows_from_records, write_csv, write_json
 from nezha_kernels.bench.table import format_table
-from nezha_kernels.bench.timing import time_cpu
+from nezha_kernels.bench.timing import time_cpu, timing_warnings
 from nezha_kernels.table import sinusoidal_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,6 +86,7 @@ def test_is_oom():
     assert not is_oom(ValueError("out of memory"))
 
 
+@pytest.mark.slow
 def test_oom_becomes_a_marked_cell():
     """The reference materializes an [L, L, D] table: 4 GiB at L = 4096 cannot fit under a 3 GiB cap."""
     grid = OpGrid(lengths=(4096,), tokens=4096, dtypes=("float32",), heads=1)
@@ -105,7 +108,7 @@ def _allocate(spec: dict) -> dict:
     return {"rise": probe.rise_mib(), "sum": float(x.sum())}
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_child_rss_rise_measures_an_allocation(method):
     if method == "spawn":  # a new interpreter: make this test module importable there
         os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
@@ -219,8 +222,86 @@ def test_plots_written(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
+@pytest.mark.parametrize("low, high", [(156.0, 168.0), (40.0, 180.0), (1.2, 160.0), (0.013, 0.9), (1400.0, 1455.0),
+                                       (10.0, 11.0), (2.0, 9.0)])
+def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
+    ticks = log_ticks(low, high)
+    labels = tick_labels(ticks)
+    assert 3 <= len(ticks) <= 8 and all(low <= t <= high for t in ticks) and ticks == sorted(ticks)
+    assert len(set(labels)) == len(labels), labels
+    assert not any("e" in label or "^" in label for label in labels)
+    assert [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks)
+    if high / low >= 10:  # across decades: round 1-2-5 values
+        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} \
+            <= {1.0, 2.0, 5.0}
+
+
+def test_plot_axis_labels_are_distinct():
+    """One point per line (a narrow range) used to read "14 14 15 16 16" on the memory axis."""
+    from nezha_kernels.bench.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [14.0, 17.4], marker="o")
+    _plain_log_y(ax)
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high]
+    minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    plt.close(fig)
+    assert len(shown) >= 3 and len(set(shown)) == len(shown) and not minor, (shown, minor)
+
+
+def test_progress_lines_end_on_a_word(capsys, monkeypatch):
+    label = "op triton float32 L=128: skipped: CPU runs only under the Triton interpreter, which is never timed"
+    assert shorten(label, len(label)) == label
+    cut = shorten(label, 60)
+    assert len(cut) <= 60 and cut.endswith(" ...") and label.startswith(cut[:-4])
+    assert label[len(cut) - 4] == " "  # the cut falls between words
+    monkeypatch.setenv("COLUMNS", "100")
+    progress = Progress(2, stream=sys.stdout)
+    progress.advance(label)
+    line = capsys.readouterr().out.rstrip("\n")
+    assert len(line) <= 100 and line.endswith(" ...") and "1/2" in line
+    words = label.split()
+    assert all(word in words for word in line.split("  ")[-1].split()[:-1])
+
+
+def test_timing_warnings():
+    quiet = [_row("torch", median=10.0), _row("sdpa", median=2.0), _row("reference", status="OOM")]
+    assert timing_warnings(quiet, peak_load=1.5, cores=2) == []
+    noisy = _row("reference", "fwd", 512, median=130.0)
+    noisy.p20_ms, noisy.p80_ms = 85.2, 168.0
+    (spread,) = timing_warnings(quiet + [noisy], peak_load=None, cores=2)
+    assert "1 timing(s) vary widely" in spread and "reference fwd 4x512 (130 ms [85.2-168])" in spread
+    (load,) = timing_warnings(quiet, peak_load=16.8, cores=2)
+    assert "load average reached 16.8 on 2 core(s)" in load
+
+
+def test_default_cpu_grid_goes_past_transformers_limit():
+    """One model point past the 512 tokens transformers' NEZHA can run; op lengths stay cheap."""
+    from nezha_kernels.bench.model_bench import model_grid
+    from nezha_kernels.bench.op_bench import op_grid
+
+    grid = model_grid("cpu")
+    assert grid.size == "nezha-base" and max(length for _, length in grid.points) > 512
+    assert max(op_grid("cpu").lengths) <= 512
+
+
+def test_bench_help_and_readme_agree_on_the_run_time():
+    import re
+
+    from nezha_kernels.bench import _parser
+
+    phrase = re.compile(r"about [\d.]+ minutes? on a quiet 2-core CPU")
+    in_help = phrase.findall(" ".join(_parser().format_help().split()))
+    in_readme = phrase.findall(" ".join((REPO / "README.md").read_text().split()))
+    assert len(in_help) == 1 and in_help[0] in in_readme, (in_help, in_readme)
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_bench_dry_run_ops(tmp_path, capsys):
     assert bench_main(["--dry-run", "--only", "op", "--device", "cpu", "--out", str(tmp_path), "--fresh"]) == 0
     printed = capsys.readouterr().out
@@ -251,6 +332,7 @@ def test_cli_rejects_bad_arguments(tmp_path):
         bench_main(["--time-budget", "0", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_suite_dry_run(tmp_path):
     out = tmp_path / "suite"

@@ -3,7 +3,8 @@ padded vs padding-free vs transformers, see bench/length_mix.py) -> table, CSV/J
 
     nezha-kernels bench [--full] [--dry-run] [--device cpu|cuda] [--out DIR] [--only op|model|length-mix]
 
-Default: a quick grid (CPU: a few minutes at most on 2 cores); --full: lengths 128..16384 and every
+Default: a quick grid (CPU: about 1.5 minutes on a quiet 2-core CPU, several times that on a busy one;
+model points 1x128 and 1x1024, past transformers' 512 tokens); --full: lengths 128..16384 and every
 model point; --dry-run: a tiny grid that checks the whole pipeline in seconds. Results go to
 DIR/results.csv and DIR/results.json (appended to, so runs sit side by side; --fresh overwrites) and
 DIR/ops_<dtype>.png, DIR/models_<dtype>.png.
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import Progress
     from .results import environment, write_csv, write_json
     from .table import format_table
+    from .timing import cpu_cores, timing_warnings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{'dry run' if args.dry_run else 'full grid' if args.full else 'default grid'}", flush=True)
     # Short CPU timing budgets: each cell already runs a forward+backward for its memory pass (the warm-up).
     budget = 0.05 if args.dry_run else 0.5
-    progress = Progress(steps)
+    progress = Progress(steps)  # also samples the load average at every step
+    if dev.type == "cpu" and progress.peak_load is not None and progress.peak_load > cpu_cores():
+        print(f"warning: load average {progress.peak_load:.1f} on {cpu_cores()} core(s): the machine is busy, "
+              "times will be inflated", flush=True)
     start = time.perf_counter()
     deadline = op_deadline = None
     if args.time_budget is not None:
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
 
     print(format_table(rows))
+    for line in timing_warnings(rows, progress.peak_load if dev.type == "cpu" else None):
+        print("\n" + line)
     out = Path(args.out)
     written = [write_csv(rows, out / "results.csv", append=not args.fresh),
                write_json(rows, out / "results.json", append=not args.fresh)]

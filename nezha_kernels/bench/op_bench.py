@@ -292,7 +292,7 @@ def run_op_bench(grid: OpGrid, device: str, env: dict, *, providers: tuple[str, 
                     status = f"skipped: {reason}" if not usable else "skipped: time budget"
                     rows += [Row(mode=m, status=status, **base) for m in grid.modes]
                     if progress is not None:
-                        progress.advance(f"op {name} {dtype} L={length}: {status}"[:90])
+                        progress.advance(f"op {name} {dtype} L={length}: {status}")
                     continue
                 spec = dict(provider=name, device=device, dtype=dtype, batch=batch, heads=grid.heads,
                             seq_len=length, head_dim=grid.head_dim, max_relative_position=grid.max_relative_position,

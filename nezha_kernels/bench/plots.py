@@ -13,7 +13,7 @@ from typing import Iterable
 
 from .results import OK, Row
 
-__all__ = ["plot_ops", "plot_models", "plot_all"]
+__all__ = ["plot_ops", "plot_models", "plot_all", "log_ticks", "tick_labels"]
 
 
 def _pyplot():
@@ -56,15 +56,58 @@ def _draw(ax, members: list[Row], xkey, metric: str, colors: dict, xlabels: dict
     ax.grid(True, which="both", alpha=0.3)
 
 
+# Mantissas tried in turn for a log axis's labelled ticks: decades, then 1-2-5.
+_LOG_STEPS = ((1,), (1, 2, 5))
+_MIN_LABELS = 3
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Labelled ticks for a log axis spanning [low, high]: the coarsest of _LOG_STEPS giving at least
+    _MIN_LABELS ticks inside, or evenly spaced round values (40, 80, 120, 160) when 1-2-5 is too coarse
+    (a span of a few x at most, e.g. one point)."""
+    import math
+
+    if not (0 < low < high):
+        raise ValueError(f"log_ticks: need 0 < low < high, got {low}, {high}")
+    ticks: list[float] = []
+    for steps in _LOG_STEPS:
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+                 for m in steps if low <= m * 10.0 ** e <= high]
+        if len(ticks) >= _MIN_LABELS:
+            return ticks
+    from matplotlib.ticker import MaxNLocator
+
+    for bins in range(4, 10):
+        ticks = [float(t) for t in MaxNLocator(nbins=bins, steps=[1, 2, 5, 10]).tick_values(low, high)
+                 if low <= t <= high]
+        if len(ticks) >= _MIN_LABELS:
+            break
+    return ticks
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Plain labels (0.5, 12, 1,200, 10.25; never 1.2x10^1): each tick with the fewest decimals that
+    still write it exactly, so neighbouring ticks never read the same."""
+    labels = []
+    for t in ticks:
+        for decimals in range(7):
+            text = f"{t:,.{decimals}f}"
+            if abs(float(text.replace(",", "")) - t) <= 1e-9 * abs(t):
+                break
+        labels.append(text)
+    return labels
+
+
 def _plain_log_y(ax) -> None:
-    """Log y axis labelled 0.5, 12, 1,200 rather than 1.2x10^1; minor labels only within one decade."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Log y axis with a few distinct, plainly written labels (see log_ticks); minor ticks unlabelled."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     ax.set_yscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 10 else f"{value:.2g}")
-    ax.yaxis.set_major_formatter(plain)
     low, high = ax.get_ylim()
-    ax.yaxis.set_minor_formatter(plain if high / max(low, 1e-30) < 10 else NullFormatter())
+    ticks = log_ticks(low, high)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FixedFormatter(tick_labels(ticks)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:

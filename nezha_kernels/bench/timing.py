@@ -1,16 +1,24 @@
 """Timing: ``triton.testing.do_bench`` on CUDA (CUDA-event medians and quantiles), repeated wall-clock
-timing with warm-up on CPU. Both return the median and the 20th / 80th percentiles in milliseconds."""
+timing with warm-up on CPU. Both return the median and the 20th / 80th percentiles in milliseconds.
+timing_warnings says when the numbers of a run are not to be trusted: a wide p20-p80 spread, or a load
+average above the core count (other processes competed for the CPU)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["Timing", "time_cpu", "time_cuda", "time_fn"]
+__all__ = ["Timing", "time_cpu", "time_cuda", "time_fn", "WIDE_SPREAD", "relative_spread", "load_average",
+           "cpu_cores", "timing_warnings"]
+
+# (p80 - p20) / median above which a timing is flagged. A quiet machine stays well under it: on 2 cores
+# a quiet run's widest is ~0.4 (a 6 ms op); a busy one reached 0.6-1.5 (the reference at L = 512).
+WIDE_SPREAD = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +69,9 @@ def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 10
 
 def time_fn(fn: Callable[[], object], device: torch.device | str, *,
             grad_to_none: Sequence[torch.Tensor] | None = None, cpu_budget_s: float = 1.0,
-            cpu_min_reps: int = 3) -> Timing:
-    """Time ``fn`` on ``device``: do_bench on CUDA, repeated wall-clock timing on CPU."""
+            cpu_min_reps: int = 3, cpu_warmup: int = 1) -> Timing:
+    """Time ``fn`` on ``device``: do_bench on CUDA, repeated wall-clock timing on CPU (``cpu_warmup``
+    untimed calls first: 0 when the caller has just run ``fn``, e.g. for its memory pass)."""
     if torch.device(device).type == "cuda":
         try:
             return time_cuda(fn, grad_to_none=grad_to_none)
@@ -78,4 +87,46 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, *,
             t.grad = None
         fn()
 
-    return time_cpu(run, min_reps=cpu_min_reps, budget_s=cpu_budget_s)
+    return time_cpu(run, warmup=cpu_warmup, min_reps=cpu_min_reps, budget_s=cpu_budget_s)
+
+
+def relative_spread(median_ms: float, p20_ms: float, p80_ms: float) -> float:
+    """(p80 - p20) / median: 0 for identical samples."""
+    return (p80_ms - p20_ms) / median_ms if median_ms > 0 else 0.0
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def timing_warnings(rows, peak_load: float | None = None, cores: int | None = None,
+                    limit: float = WIDE_SPREAD) -> list[str]:
+    """Warnings for a run's result rows (``median_ms``, ``p20_ms``, ``p80_ms``, ``status`` fields): the cells
+    whose spread exceeds ``limit``, and a load average above the core count (``peak_load``: the highest
+    sampled during the run; None: not checked)."""
+    cores = cores or cpu_cores()
+    lines = []
+    wide = [r for r in rows if r.status == "ok" and r.median_ms and r.p20_ms is not None and r.p80_ms is not None
+            and relative_spread(r.median_ms, r.p20_ms, r.p80_ms) > limit]
+    if wide:
+        cells = ", ".join(f"{r.provider} {r.mode} {r.batch}x{r.seq_len} ({r.median_ms:.3g} ms "
+                          f"[{r.p20_ms:.3g}-{r.p80_ms:.3g}])" for r in wide[:6])
+        more = f" and {len(wide) - 6} more" if len(wide) > 6 else ""
+        lines.append(f"warning: {len(wide)} timing(s) vary widely (p20-p80 wider than {limit:.0%} of the median): "
+                     f"{cells}{more}. Other work probably competed for the machine: rerun before comparing them.")
+    if peak_load is not None and peak_load > cores:
+        lines.append(f"warning: the load average reached {peak_load:.1f} on {cores} core(s) during the run: other "
+                     "processes competed for the CPU, so the times are inflated and noisy. Rerun on a quiet machine before comparing.")
+    return lines

@@ -116,10 +116,11 @@ def _compile(nvcc: str, source: str, arch: int, out_dir: str) -> tuple[str, int,
     return source, arch, proc.returncode, log
 
 
-def run(archs: tuple[int, ...]) -> list[CompileRow]:
+def run(archs: tuple[int, ...], progress=None) -> list[CompileRow]:
     """Compile every kernel source for every arch; one CompileRow per kernel instantiation and arch.
 
     Returns no rows when nvcc is missing (the aggregator then reports nothing for this component).
+    progress: called with each row as its source is done (the compiles run two at a time).
     """
     nvcc = find_nvcc()
     if nvcc is None:
@@ -129,11 +130,11 @@ def run(archs: tuple[int, ...]) -> list[CompileRow]:
         jobs = [pool.submit(_compile, nvcc, src, arch, out_dir) for src in KERNEL_SOURCES for arch in archs]
         for job in jobs:
             source, arch, rc, log = job.result()
+            done = len(rows)
             if rc != 0:
                 rows.append(CompileRow("cuda", source, "all", arch, "error", message=log.strip()[-300:]))
-                continue
-            parsed = parse_ptxas(log)
-            if not parsed:
+            parsed = parse_ptxas(log) if rc == 0 else []
+            if rc == 0 and not parsed:
                 rows.append(CompileRow("cuda", source, "all", arch, "error", message="no kernels in ptxas output"))
             for p in parsed:
                 smem = p["static_smem"] + dynamic_smem_bytes(p["kernel"], p["head_dim"])
@@ -145,4 +146,7 @@ def run(archs: tuple[int, ...]) -> list[CompileRow]:
                 rows.append(CompileRow(
                     "cuda", p["kernel"], f"{p['dtype']} D={p['head_dim']}", p["arch"], status,
                     registers=p["registers"], shared_bytes=smem, spill_bytes=p["spill_bytes"], message=message))
+            if progress is not None:
+                for row in rows[done:]:
+                    progress(row)
     return rows

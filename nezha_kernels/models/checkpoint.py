@@ -213,12 +213,23 @@ def load_pretrained(
             "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
             directory, name, unexpected,
         )
-    newly_initialized = missing + [k for k, _, _ in mismatched]
+    # Mismatched weights were dropped from the state, so they are in `missing` too: name each once, and
+    # those with their two shapes (as transformers does).
+    resized = {k for k, _, _ in mismatched}
+    newly_initialized = [k for k in missing if k not in resized]
+    advice = ("You should probably TRAIN this model on a down-stream task to be able to use it for predictions "
+              "and inference.")
     if newly_initialized:
         logger.warning(
             "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-            "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use it "
-            "for predictions and inference.", name, directory, newly_initialized,
+            "initialized: %s\n%s", name, directory, newly_initialized, advice,
+        )
+    if mismatched:
+        shapes = "\n".join(f"- {k}: found shape {list(a)} in the checkpoint and {list(b)} in the model"
+                           for k, a, b in mismatched)
+        logger.warning(
+            "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+            "initialized because the shapes did not match:\n%s\n%s", name, directory, shapes, advice,
         )
     if torch_dtype is not None or device is not None:
         model.to(device=device, dtype=torch_dtype)
