@@ -19,7 +19,7 @@ import torch
 import _common as common
 from nezha_kernels.models import NezhaForMultipleChoice
 
-SCRATCH = dict(epochs=15, batch_size=16, lr=1e-3, max_length=96)
+SCRATCH = dict(epochs=15, batch_size=16, lr=2e-3, max_length=64)
 PRETRAINED = dict(epochs=3, batch_size=8, lr=2e-5, max_length=256)
 
 

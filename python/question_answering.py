@@ -24,7 +24,7 @@ import _common as common
 from _metrics import qa_metrics
 from nezha_kernels.models import NezhaForQuestionAnswering
 
-SCRATCH = dict(epochs=20, batch_size=32, lr=2e-3, max_length=64, doc_stride=16, max_query_length=24)
+SCRATCH = dict(epochs=20, batch_size=32, lr=2e-3, max_length=48, doc_stride=12, max_query_length=16)
 PRETRAINED = dict(epochs=2, batch_size=16, lr=3e-5, max_length=384, doc_stride=128, max_query_length=64)
 
 Offset = tuple[int, int] | None  # a piece's characters in the context; None outside the context

@@ -13,8 +13,8 @@ depends on the content, never on length or position alone:
   and the same relation often holds for another person too, so the answer needs both.
 - masked_lm: sentences whose masked words can be inferred from the rest (a repeated city, the opinion
   matching the verdict, a fixed phrase).
-- multiple_choice: C3-style questions on such contexts, the distractors include the same relation's value
-  for another person in the same context.
+- multiple_choice: C3-style questions on shorter such contexts (one or two people); the distractors are
+  values of the same kind, one of them the same relation's value for the other person when there are two.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def facts_context(rng: random.Random, n_people: int) -> tuple[list[tuple[str, st
     facts = []
     shared = rng.choice(list(RELATIONS))  # one relation every person has: the question must name the person
     for p in people:
-        relations = {shared} | set(rng.sample(list(RELATIONS), rng.choice((0, 1, 2))))
+        relations = {shared} | set(rng.sample(list(RELATIONS), rng.choice((0, 1))))
         used: set[str] = set()
         for r in sorted(relations):
             v = value(rng, r)
@@ -148,13 +148,13 @@ def facts_context(rng: random.Random, n_people: int) -> tuple[list[tuple[str, st
             used.add(v)
             facts.append((p, r, v))
     sentences = [RELATIONS[r][0].format(p=p, v=v) for p, r, v in facts]
-    sentences += rng.sample(FILLER, rng.choice((0, 1, 2)))
+    sentences += rng.sample(FILLER, rng.choice((0, 1)))
     rng.shuffle(sentences)
     return facts, "".join(sentences)
 
 
 def qa_example(rng: random.Random, index: int) -> dict:
-    facts, context = facts_context(rng, rng.choice((2, 3, 4)))
+    facts, context = facts_context(rng, rng.choice((2, 3)))
     p, r, v = rng.choice(facts)
     sentence = RELATIONS[r][0].format(p=p, v=v)
     start = context.index(sentence) + sentence.index(v, len(p))
@@ -163,7 +163,7 @@ def qa_example(rng: random.Random, index: int) -> dict:
 
 
 def choice_example(rng: random.Random, index: int) -> dict:
-    facts, context = facts_context(rng, rng.choice((2, 3)))
+    facts, context = facts_context(rng, rng.choice((1, 2)))
     p, r, v = rng.choice(facts)
     choices = [v]
     in_context = [f[2] for f in facts if f[1] == r and f[2] != v]
