@@ -203,6 +203,10 @@ def test_opcheck_torch_varlen_ops():
     hm = torch.rand(3, 2, requires_grad=True)
     args = (q, k, v, table, hm, _cu(lengths_q), _cu(lengths_k), 2, True, 0.3, 0.2, torch.tensor(7))
     torch.library.opcheck(torch_varlen.varlen_fwd, args)
+    # The backward without table and head_mask gradients returns two (distinct) empty tensors.
+    go = torch.randn(q.shape)
+    detached = [t.detach() for t in (q, k, v, table)]
+    torch.library.opcheck(torch_varlen.varlen_bwd, (go, *detached, None, *args[5:], False, False))
 
 
 def test_compiles_fullgraph_without_a_recompile_per_token_count():

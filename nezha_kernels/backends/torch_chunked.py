@@ -44,9 +44,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_length(batch: int, heads: int, key_length: int, query_length: int) -> int:
-    """Most query rows n with B * H * n * (n + Lk - 1) <= CHUNK_ELEMENTS (at least 1)."""
-    budget = CHUNK_ELEMENTS // max(1, batch * heads)
+# On a CPU, smaller chunks: allocations above a few MiB come fresh from the OS and pay their page faults
+# every time (on the 2-core machine a fresh 16 MiB tensor costs 3 ms, one of 4 MiB next to nothing).
+CPU_CHUNK_ELEMENTS = 1 << 20
+
+
+def chunk_length(batch: int, heads: int, key_length: int, query_length: int, device: torch.device | None = None
+                 ) -> int:
+    """Most query rows n with B * H * n * (n + Lk - 1) <= the chunk budget (at least 1)."""
+    elements = CHUNK_ELEMENTS
+    if device is not None and device.type == "cpu":
+        elements = min(elements, CPU_CHUNK_ELEMENTS)
+    budget = elements // max(1, batch * heads)
     lo, hi = 1, max(1, query_length)
     while lo < hi:  # largest n in [1, Lq] within the budget
         mid = (lo + hi + 1) // 2
@@ -55,6 +64,31 @@ def chunk_length(batch: int, heads: int, key_length: int, query_length: int) -> 
         else:
             hi = mid - 1
     return lo
+
+
+class _Scratch:
+    """One reusable buffer for the [.., n, W] skew matrices of a call.
+
+    On a CPU a fresh multi-MiB tensor costs its page faults (4 ms for 6 MiB on the 2-core machine, as much
+    as a 50 MFLOP matmul); reusing one buffer pays them once per call. Off under torch.compile, where
+    the compiler plans memory itself.
+    """
+
+    def __init__(self):
+        self.buffer = None
+
+    @staticmethod
+    def usable(like: torch.Tensor) -> bool:
+        """False under torch.compile and where autograd records the ops (a reused buffer would change under it)."""
+        return not (torch.compiler.is_compiling() or (torch.is_grad_enabled() and like.requires_grad))
+
+    def take(self, shape, like: torch.Tensor) -> torch.Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        if self.buffer is None or self.buffer.numel() < numel or self.buffer.dtype != like.dtype:
+            self.buffer = like.new_empty(numel)
+        return self.buffer[:numel].view(shape)
 
 
 class _Band:
@@ -66,15 +100,16 @@ class _Band:
     a bucket sum is "write into the view of a zero E, add up each column range".
     """
 
-    def __init__(self, n: int, key_length: int, p0: int, r: int):
+    def __init__(self, n: int, key_length: int, p0: int, r: int, scratch: _Scratch):
         self.n, self.lk, self.r = n, key_length, r
         self.width = n + key_length - 1
         self.raw0 = r - (n - 1) - p0
         self.lo = min(max(-self.raw0, 0), self.width)           # columns before lo read table row 0
         self.hi = min(max(2 * r + 1 - self.raw0, 0), self.width)  # columns from hi read row 2R
+        self.scratch = scratch
 
     def _diagonal_view(self, e: torch.Tensor) -> torch.Tensor:
-        """e: a freshly made contiguous [.., n, W] tensor (offset 0, so torch.compile can trace this)."""
+        """e: a contiguous [.., n, W] tensor at storage offset 0 (so torch.compile can trace this)."""
         lead = tuple(e.shape[:-2])
         strides, step = [], self.n * self.width
         for size in reversed(lead):
@@ -83,18 +118,26 @@ class _Band:
         return e.as_strided((*lead, self.n, self.lk), (*reversed(strides), self.width - 1, 1), self.n - 1)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """[.., n, Lk] view with [.., r, j] = x[.., r, idx(r, j)], for x [.., n, 2R+1]."""
+        """[.., n, Lk] view with [.., r, j] = x[.., r, idx(r, j)], for x [.., n, 2R+1]; read it before the next
+        use of the scratch buffer."""
         lead = x.shape[:-1]
         pieces = (
             x[..., :1].expand(*lead, self.lo),
             x[..., self.raw0 + self.lo : self.raw0 + self.hi],
             x[..., -1:].expand(*lead, self.width - self.hi),
         )
-        return self._diagonal_view(torch.cat(pieces, dim=-1))
+        if _Scratch.usable(x):
+            e = torch.cat(pieces, dim=-1, out=self.scratch.take((*lead, self.width), x))
+        else:
+            e = torch.cat(pieces, dim=-1)
+        return self._diagonal_view(e)
 
     def bucket(self, y: torch.Tensor) -> torch.Tensor:
         """[.., n, 2R+1]: y [.., n, Lk] summed by table row, out[.., r, m] = sum_{j: idx(r, j) = m} y[.., r, j]."""
-        e = y.new_zeros(*y.shape[:-1], self.width)
+        if _Scratch.usable(y):
+            e = self.scratch.take((*y.shape[:-1], self.width), y).zero_()
+        else:
+            e = y.new_zeros(*y.shape[:-1], self.width)
         self._diagonal_view(e).copy_(y)
         out = y.new_zeros(*y.shape[:-1], 2 * self.r + 1)
         out[..., self.raw0 + self.lo : self.raw0 + self.hi] = e[..., self.lo : self.hi]
@@ -106,18 +149,30 @@ class _Band:
 
 
 class _Chunk:
-    """Recomputable per-chunk quantities: rows [start, stop) of the score matrix.
+    """Per-chunk quantities of rows [start, stop) of the score matrix: computed, or rebuilt from saved ones.
 
-    bh_offset: dropout counter of batch 0, head 0 (b * H when the call is sequence b of a padding-free batch).
+    probs: the softmax; keep: the dropout keep mask (bool) or None; weights() = probs * keep / (1 - p) *
+    head_mask, the coefficients of v_j + a_ij. bh_offset: dropout counter of batch 0, head 0 (b * H when the
+    call is sequence b of a padding-free batch).
     """
 
-    def __init__(self, inputs: AttentionInputs, q, k, table, start: int, stop: int, bh_offset: int = 0):
-        b, h, _, lk, _ = inputs.shape
-        r = inputs.max_relative_position
-        device = q.device
-        self.rows = torch.arange(start, stop, device=device)
-        self.band = _Band(stop - start, lk, start + inputs.q_offset, r)
+    def __init__(self, inputs: AttentionInputs, q, start: int, stop: int, scratch: _Scratch):
+        self.inputs = inputs
         self.q = q[:, :, start:stop]
+        self.band = _Band(stop - start, inputs.shape[3], start + inputs.q_offset, inputs.max_relative_position,
+                          scratch)
+        self.head_mask = None
+        if inputs.head_mask is not None:
+            b, h = inputs.shape[:2]
+            self.head_mask = inputs.head_mask.to(q.dtype).view(b, h, 1, 1)
+
+    @classmethod
+    def compute(cls, inputs: AttentionInputs, q, k, table, start: int, stop: int, scratch: _Scratch,
+                bh_offset: int = 0) -> "_Chunk":
+        self = cls(inputs, q, start, stop, scratch)
+        b, h, _, lk, _ = inputs.shape
+        device = q.device
+        rows = torch.arange(start, stop, device=device)
         base = torch.matmul(self.q, k.transpose(-1, -2))
         base += self.band.gather(torch.matmul(self.q, table.t()))
         base *= inputs.scale
@@ -131,7 +186,7 @@ class _Chunk:
             masked = (~inputs.key_padding).view(b, 1, 1, lk)
         if inputs.causal:
             cols = torch.arange(lk, device=device)
-            future = (cols[None, :] > (self.rows[:, None] + inputs.q_offset)).view(1, 1, stop - start, lk)
+            future = (cols[None, :] > (rows[:, None] + inputs.q_offset)).view(1, 1, stop - start, lk)
             masked = future if masked is None else masked | future
         if masked is not None:
             scores.masked_fill_(masked, MASKED_SCORE)
@@ -141,71 +196,109 @@ class _Chunk:
             # ones included, exactly as in the hand-written backward and the original additive mask.
             scores = scores + (base - base.detach())
         self.probs = torch.softmax(scores, dim=-1)
-        # weights = probs * dropout keep / (1 - p) * head_mask, the coefficients of v_j + a_ij.
-        self.drop_scale = None
+        self.keep = None
         if inputs.dropout_p > 0.0:
-            keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, self.rows, lk, device, bh_offset)
-            self.drop_scale = keep.to(scores.dtype) / (1.0 - inputs.dropout_p)
-        self.head_mask = None
-        if inputs.head_mask is not None:
-            self.head_mask = inputs.head_mask.to(scores.dtype).view(b, h, 1, 1)
+            self.keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, rows, lk, device, bh_offset)
+        return self
 
-    def dropped(self) -> torch.Tensor:
-        return self.probs if self.drop_scale is None else self.probs * self.drop_scale
+    @classmethod
+    def saved(cls, inputs: AttentionInputs, q, start: int, stop: int, probs, keep, scratch: _Scratch) -> "_Chunk":
+        """The chunk from the forward's probabilities (and keep mask): nothing recomputed."""
+        self = cls(inputs, q, start, stop, scratch)
+        self.probs, self.keep = probs, keep
+        return self
 
-    def weights(self) -> torch.Tensor:
-        dropped = self.dropped()
-        return dropped if self.head_mask is None else dropped * self.head_mask
+    def dropped(self, in_place: bool = False) -> torch.Tensor:
+        if self.keep is None:
+            return self.probs
+        out = self.probs if in_place else self.probs.clone()
+        return out.mul_(self.keep).mul_(1.0 / (1.0 - self.inputs.dropout_p))
+
+    def weights(self, in_place: bool = False) -> torch.Tensor:
+        """probs * keep / (1 - p) * head_mask; in_place overwrites probs (when they are not needed again)."""
+        dropped = self.dropped(in_place)
+        if self.head_mask is None:
+            return dropped
+        return dropped.mul_(self.head_mask) if (in_place or dropped is not self.probs) else dropped * self.head_mask
 
     def bucket(self, x: torch.Tensor) -> torch.Tensor:
         """Sum x[..., i, j] into [..., i, idx(i, j)]: shape [B, H, chunk, 2R+1]."""
         return self.band.bucket(x)
 
 
-def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0) -> torch.Tensor:
+def _chunk_output(c: _Chunk, v, table, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output rows of the chunk, its weights)."""
+    w = c.weights(in_place)
+    return torch.matmul(w, v) + torch.matmul(c.bucket(w), table), w
+
+
+def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: list | None = None
+             ) -> torch.Tensor:
+    """The output [B, H, Lq, D]; with ``save`` (a list), appends each chunk's (probs, keep or None) to it."""
     b, h, lq, lk, d = inputs.shape
     out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
-    step = chunk_length(b, h, lk, lq)
+    scratch = _Scratch()
+    step = chunk_length(b, h, lk, lq, q.device)
     for start in range(0, lq, step):
         stop = min(lq, start + step)
-        chunk = _Chunk(inputs, q, k, table, start, stop, bh_offset)
-        w = chunk.weights()
-        out[:, :, start:stop] = torch.matmul(w, v) + torch.matmul(chunk.bucket(w), table)
+        chunk = _Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
+        out[:, :, start:stop] = _chunk_output(chunk, v, table, in_place=save is None)[0]
+        if save is not None:
+            save.append((chunk.probs, chunk.keep))
     return out
 
 
-def _backward(inputs: AttentionInputs, q, k, v, table, go, dq, dk, dv, dt, dhm, bh_offset: int = 0) -> None:
+def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm) -> None:
+    w = c.weights()
+    # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
+    dw = torch.matmul(go_c, v.transpose(-1, -2))
+    dw += c.band.gather(torch.matmul(go_c, table.t()))
+    dv += torch.matmul(w.transpose(-1, -2), go_c)
+    if dt is not None:
+        dt += torch.einsum("bhim,bhid->md", c.bucket(w), go_c)
+    # dS = p (dP - D) with dP = dW keep / (1 - p) hm and D_i = sum_j w_ij dW_ij (= dO_i . O_i, computed in full
+    # precision from the pieces): t = dW * w, so dS = t - p D. In place on dW: no new [chunk, Lk] tensors.
+    t = dw.mul_(c.dropped() if c.keep is not None else c.probs)
+    if dhm is not None:
+        dhm += t.sum(dim=(2, 3))
+    if c.head_mask is not None:
+        t.mul_(c.head_mask)
+    delta = t.sum(dim=-1, keepdim=True)
+    ds = t.addcmul_(c.probs, delta, value=-1.0)
+    ds_bucket = c.bucket(ds)
+    dq_c.copy_((torch.matmul(ds, k) + torch.matmul(ds_bucket, table)) * inputs.scale)
+    dk += torch.matmul(ds.transpose(-1, -2), c.q) * inputs.scale
+    if dt is not None:
+        dt += torch.einsum("bhim,bhid->md", ds_bucket, c.q) * inputs.scale
+
+
+def _backward(inputs: AttentionInputs, q, k, v, table, go, dq, dk, dv, dt, dhm, bh_offset: int = 0,
+              saved: list | None = None) -> None:
     """Accumulates the gradients into dq (written), dk, dv, dt and dhm (added to; dt / dhm may be None).
 
-    All in the compute dtype; dq, dk, dv are [B, H, L, D] (views are fine), dhm [B, H].
+    All in the compute dtype; dq, dk, dv are [B, H, L, D] (views are fine), dhm [B, H]. ``saved``: the
+    forward's per-chunk (probs, keep or None), when it kept them (see SAVE_ELEMENTS); else recomputed.
     """
     b, h, lq, lk, d = inputs.shape
-    step = chunk_length(b, h, lk, lq)
-    for start in range(0, lq, step):
+    scratch = _Scratch()
+    step = chunk_length(b, h, lk, lq, q.device)
+    for index, start in enumerate(range(0, lq, step)):
         stop = min(lq, start + step)
-        c = _Chunk(inputs, q, k, table, start, stop, bh_offset)
-        go_c = go[:, :, start:stop]
-        w = c.weights()
-        # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
-        dw = torch.matmul(go_c, v.transpose(-1, -2))
-        dw += c.band.gather(torch.matmul(go_c, table.t()))
-        if dhm is not None:
-            dhm += (dw * c.dropped()).sum(dim=(2, 3))
-        # D_i = sum_j w_ij dW_ij (= dO_i . O_i), computed in full precision from the pieces.
-        delta = (w * dw).sum(dim=-1, keepdim=True)
-        dp = dw
-        if c.drop_scale is not None:
-            dp = dp * c.drop_scale
-        if c.head_mask is not None:
-            dp = dp * c.head_mask
-        ds = c.probs * (dp - delta)
-        ds_bucket = c.bucket(ds)
-        dq[:, :, start:stop] = (torch.matmul(ds, k) + torch.matmul(ds_bucket, table)) * inputs.scale
-        dk += torch.matmul(ds.transpose(-1, -2), c.q) * inputs.scale
-        dv += torch.matmul(w.transpose(-1, -2), go_c)
-        if dt is not None:
-            dt += torch.einsum("bhim,bhid->md", ds_bucket, c.q) * inputs.scale
-            dt += torch.einsum("bhim,bhid->md", c.bucket(w), go_c)
+        if saved is not None:
+            c = _Chunk.saved(inputs, q, start, stop, *saved[index], scratch)
+        else:
+            c = _Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
+        _chunk_backward(inputs, c, k, v, table, go[:, :, start:stop], dq[:, :, start:stop], dk, dv, dt, dhm)
+
+
+# Up to this many score elements (B * H * Lq * Lk; 16 MiB of float32) the forward keeps its chunks'
+# probabilities (and dropout masks) for the backward instead of recomputing them: at short lengths the
+# recomputation is a third of the work, and that memory is less than what the reference keeps.
+SAVE_ELEMENTS = 1 << 22
+
+
+def saves_probabilities(batch_heads: int, lq: int, lk: int) -> bool:
+    return batch_heads * lq * lk <= SAVE_ELEMENTS
 
 
 class _TorchRelativeAttention(torch.autograd.Function):
@@ -213,8 +306,13 @@ class _TorchRelativeAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, table, head_mask, inputs: AttentionInputs):
         cd = _compute_dtype(q.dtype)
         qc, kc, vc, tc = (t.to(cd) for t in (q, k, v, table))
-        out = _forward(inputs, qc, kc, vc, tc)
-        ctx.save_for_backward(q, k, v, table)
+        b, h, lq, lk, _ = inputs.shape
+        save = [] if saves_probabilities(b * h, lq, lk) else None
+        out = _forward(inputs, qc, kc, vc, tc, save=save)
+        flat = []
+        for probs, keep in save or ():
+            flat += [probs, keep if keep is not None else probs.new_empty(0, dtype=torch.bool)]
+        ctx.save_for_backward(q, k, v, table, *flat)
         ctx.inputs = inputs
         ctx.head_mask_dtype = head_mask.dtype if head_mask is not None else None
         return out.to(q.dtype)
@@ -227,7 +325,7 @@ class _TorchRelativeAttention(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        q, k, v, table = ctx.saved_tensors
+        q, k, v, table, *saved = ctx.saved_tensors
         inputs: AttentionInputs = ctx.inputs
         b, h = q.shape[:2]
         cd = _compute_dtype(q.dtype)
@@ -237,7 +335,8 @@ class _TorchRelativeAttention(torch.autograd.Function):
         dv = torch.zeros_like(vc)
         dt = torch.zeros_like(tc) if ctx.needs_input_grad[3] else None
         dhm = torch.zeros(b, h, dtype=cd, device=q.device) if ctx.needs_input_grad[4] else None
-        _backward(inputs, qc, kc, vc, tc, grad_out.to(cd), dq, dk, dv, dt, dhm)
+        pairs = [(saved[i], saved[i + 1] if saved[i + 1].numel() else None) for i in range(0, len(saved), 2)]
+        _backward(inputs, qc, kc, vc, tc, grad_out.to(cd), dq, dk, dv, dt, dhm, saved=pairs or None)
         return (
             dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             dt.to(table.dtype) if dt is not None else None,
@@ -267,7 +366,6 @@ def forward_with_probs(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Ten
     cd = _compute_dtype(inputs.q.dtype)
     q, k, v, table = (t.to(cd) for t in (inputs.q, inputs.k, inputs.v, inputs.table))
     _, _, lq, _, _ = inputs.shape
-    chunk = _Chunk(inputs, q, k, table, 0, lq)
-    w = chunk.weights()
-    out = torch.matmul(w, v) + torch.matmul(chunk.bucket(w), table)
+    chunk = _Chunk.compute(inputs, q, k, table, 0, lq, _Scratch())
+    out, w = _chunk_output(chunk, v, table, in_place=False)
     return out.to(inputs.q.dtype), w.to(inputs.q.dtype)

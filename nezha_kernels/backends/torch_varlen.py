@@ -1,9 +1,10 @@
 """Padding-free calls of the "torch" backend: each sequence through the dense chunks, no padding built.
 
-The forward and backward are torch.library custom ops with register_autograd: opaque to torch.compile
-(their fakes give the shapes), so a compiled model traces through them with fullgraph=True and no
-recompile for a new token count, while their bodies read cu_seqlens on the host (free on the CPU; one
-sync each on CUDA, where this backend is a fallback) to slice the sequences.
+Under torch.compile the forward and backward are torch.library custom ops with register_autograd: opaque
+to the compiler (their fakes give the shapes), so a compiled model traces through them with fullgraph=True
+and no recompile for a new token count, while their bodies read cu_seqlens on the host (free on the CPU;
+one sync each on CUDA, where this backend is a fallback) to slice the sequences. In eager mode an
+autograd.Function runs the same code and also keeps the small sequences' probabilities for the backward.
 
 Sequence b of the packed batch is the dense problem [1, H, Lq_b, D] x [1, H, Lk_b, D] with
 q_offset = Lk_b - Lq_b (bottom-right alignment) and dropout counters b * H + h: the chunks of
@@ -80,6 +81,13 @@ def varlen_bwd(
     table_grad: bool, head_mask_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dtable or an empty tensor, dhead_mask [B, H] or an empty tensor)."""
+    return _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position,
+                            causal, scale, dropout_p, seed, table_grad, head_mask_grad)
+
+
+def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position,
+                     causal, scale, dropout_p, seed, table_grad, head_mask_grad, probabilities=None):
+    """varlen_bwd's body; ``probabilities``: {b: the forward's saved chunks of sequence b} where kept."""
     cd = torch_chunked._compute_dtype(q.dtype)
     qh, kh, vh, go = (_heads_first(t, cd) for t in (q, k, v, grad_out))
     tc = table.to(cd)
@@ -93,24 +101,23 @@ def varlen_bwd(
         torch_chunked._backward(
             seq, seq.q, seq.k, seq.v, tc, go[:, :, q0:q1], dq[:, :, q0:q1], dk[:, :, k0:k1], dv[:, :, k0:k1],
             dt, dhm[b : b + 1] if dhm is not None else None, bh_offset=b * h,
+            saved=probabilities.get(b) if probabilities else None,
         )
     back = lambda t, like: t[0].transpose(0, 1).to(like.dtype).contiguous()
-    empty = q.new_empty(0)
     return (
         back(dq, q), back(dk, k), back(dv, v),
-        dt.to(table.dtype) if dt is not None else empty,
-        dhm.to(head_mask.dtype) if dhm is not None else empty,
+        dt.to(table.dtype) if dt is not None else q.new_empty(0),  # outputs must not alias: two empties
+        dhm.to(head_mask.dtype) if dhm is not None else q.new_empty(0),
     )
 
 
 @varlen_bwd.register_fake
 def _(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
       dropout_p, seed, table_grad, head_mask_grad):
-    empty = q.new_empty(0)
     return (
         q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-        table.new_empty(table.shape) if table_grad else empty,
-        head_mask.new_empty(head_mask.shape) if head_mask_grad else empty,
+        table.new_empty(table.shape) if table_grad else q.new_empty(0),
+        head_mask.new_empty(head_mask.shape) if head_mask_grad else q.new_empty(0),
     )
 
 
@@ -133,7 +140,51 @@ def _backward(ctx, grad_out):
 varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerVarlen(torch.autograd.Function):
+    """The eager twin of the custom ops: the forward keeps each sequence's probabilities (and dropout mask)
+    where torch_chunked would for a dense call of that size, so the backward recomputes nothing there and
+    the dropout mask is generated once. (A custom op cannot hand a data-dependent list to its backward.)
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, head_mask, inputs: VarlenInputs):
+        cd = torch_chunked._compute_dtype(q.dtype)
+        qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
+        tc = table.to(cd)
+        hm = head_mask.to(cd) if head_mask is not None else None
+        out = qh.new_zeros(qh.shape)
+        h = q.shape[1]
+        saved = {}
+        for b, q0, q1, _, _, seq in _sequences(qh, kh, vh, tc, hm, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
+                                               inputs.max_relative_position, inputs.causal, inputs.scale,
+                                               inputs.dropout_p, seed_tensor(inputs.dropout_seed)):
+            save = [] if torch_chunked.saves_probabilities(h, q1 - q0, seq.shape[3]) else None
+            out[:, :, q0:q1] = torch_chunked._forward(seq, seq.q, seq.k, seq.v, tc, bh_offset=b * h, save=save)
+            if save is not None:
+                saved[b] = save
+        ctx.save_for_backward(q, k, v, table, head_mask)
+        ctx.inputs, ctx.probabilities = inputs, saved
+        return out[0].transpose(0, 1).to(q.dtype).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, table, head_mask = ctx.saved_tensors
+        inputs: VarlenInputs = ctx.inputs
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grads = _varlen_backward(grad_out, q, k, v, table, head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
+                                     inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
+                                     seed_tensor(inputs.dropout_seed), ctx.needs_input_grad[3],
+                                     head_mask is not None and ctx.needs_input_grad[4], ctx.probabilities)
+        ctx.probabilities = None
+        dq, dk, dv, dt, dhm = grads
+        return (dq, dk, dv, dt if ctx.needs_input_grad[3] else None,
+                dhm if head_mask is not None and ctx.needs_input_grad[4] else None, None)
+
+
 def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
+    if not torch.compiler.is_compiling():
+        return _EagerVarlen.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
     return varlen_fwd(
         inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
         inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
