@@ -176,7 +176,8 @@ def parser(description: str, task: str) -> argparse.ArgumentParser:
     p.add_argument("--dev", default=os.path.join(DATA_DIR, task, "dev.jsonl"), help="evaluation JSONL")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved (default: a temporary directory)")
     p.add_argument("--epochs", type=int, help="passes over the training data")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule spans them)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs; the "
+                                                          "schedule spans them)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of AdamW")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with linear warm-up")
