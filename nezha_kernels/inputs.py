@@ -12,7 +12,7 @@ import numbers
 
 import torch
 
-from .table import sinusoidal_table
+from .table import default_table
 
 __all__ = ["AttentionInputs", "prepare_inputs", "MASKED_SCORE"]
 
@@ -181,7 +181,7 @@ def prepare_inputs(
     if rel_table is None:
         if d % 2:
             raise ValueError(f"the default sinusoid table needs an even head dim, got D = {d}; pass rel_table")
-        table = sinusoidal_table(r, d, dtype=q.dtype, device=q.device)
+        table = default_table(r, d, q.dtype, q.device)
     else:
         table = _check_tensor("rel_table", rel_table)
         if tuple(table.shape) != (2 * r + 1, d):

@@ -25,20 +25,15 @@ def _build_table(max_relative_position: int, head_dim: int) -> torch.Tensor:
     return table
 
 
-_cached_table = functools.lru_cache(maxsize=64)(_build_table)
+@functools.lru_cache(maxsize=64)
+def _cached_table(max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One copy per (R, D, dtype, device): a call after the first makes no host-to-device copy (no sync).
+    # Built outside inference mode so the cached tensor can also serve autograd-recording calls later.
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_table(max_relative_position, head_dim).to(device=device, dtype=dtype)
 
 
-def sinusoidal_table(
-    max_relative_position: int = 64,
-    head_dim: int = 64,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """NEZHA's fixed sinusoid table, shape [2R+1, head_dim].
-
-    ``T[m, 2t] = sin(m * w_t)``, ``T[m, 2t+1] = cos(m * w_t)``, ``w_t = 10000^(-2t/head_dim)``,
-    for ``m = 0 .. 2R`` (the table index, i.e. clipped distance + R).
-    """
+def _check_table_args(max_relative_position, head_dim, dtype) -> None:
     if isinstance(max_relative_position, bool) or not isinstance(max_relative_position, int):
         raise TypeError(f"max_relative_position must be an int, got {type(max_relative_position).__name__}")
     if max_relative_position < 1:
@@ -49,10 +44,35 @@ def sinusoidal_table(
         raise ValueError(f"head_dim must be a positive even number for the sinusoid table, got {head_dim}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
-    # Dynamo cannot use an lru_cache; inside a compiled graph the table is built (and constant-folded).
-    build = _build_table if torch.compiler.is_compiling() else _cached_table
-    table = build(max_relative_position, head_dim)
-    return table.to(device=device if device is not None else "cpu", dtype=dtype)
+
+
+def default_table(
+    max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The op's own read-only default table: the cached tensor itself, never handed to users.
+
+    Inside a compiled graph it is built afresh (dynamo cannot trace an lru_cache; the build is
+    constant-folded).
+    """
+    if torch.compiler.is_compiling():
+        return _build_table(max_relative_position, head_dim).to(device=device, dtype=dtype)
+    return _cached_table(max_relative_position, head_dim, dtype, torch.device(device))
+
+
+def sinusoidal_table(
+    max_relative_position: int = 64,
+    head_dim: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """NEZHA's fixed sinusoid table, shape [2R+1, head_dim]: a new tensor, the caller's to modify.
+
+    ``T[m, 2t] = sin(m * w_t)``, ``T[m, 2t+1] = cos(m * w_t)``, ``w_t = 10000^(-2t/head_dim)``,
+    for ``m = 0 .. 2R`` (the table index, i.e. clipped distance + R).
+    """
+    _check_table_args(max_relative_position, head_dim, dtype)
+    device = torch.device(device if device is not None else "cpu")
+    return default_table(max_relative_position, head_dim, dtype, device).clone()
 
 
 def relative_index(

@@ -40,3 +40,55 @@ def test_relative_index():
     expected = [[max(-2, min(2, j - (i + 2))) + 2 for j in range(6)] for i in range(3)]
     assert idx.tolist() == expected
     assert math.isclose(nk.sinusoidal_table(2, 4)[4, 1].item(), math.cos(4.0), rel_tol=1e-6)
+
+
+def test_sinusoidal_table_hands_out_a_copy_never_the_cache():
+    # Defect: the cached tensor itself was returned, so a caller's requires_grad_ / in-place update changed
+    # the table of every later call in the process (every model layer uses the default table).
+    q = torch.randn(1, 2, 9, 16)
+    before = nk.relative_attention(q, q, q, max_relative_position=4, backend="torch")
+    t = nk.sinusoidal_table(4, 16)
+    t.requires_grad_()
+    param = torch.nn.Parameter(nk.sinusoidal_table(4, 16))
+    opt = torch.optim.SGD([param], lr=10.0)
+    param.sum().backward()
+    opt.step()
+    with torch.no_grad():
+        nk.sinusoidal_table(4, 16).mul_(0)
+    assert not nk.sinusoidal_table(4, 16).requires_grad
+    torch.testing.assert_close(nk.sinusoidal_table(4, 16).double(), formula.nezha_table(4, 16), atol=5e-5, rtol=0)
+    after = nk.relative_attention(q, q, q, max_relative_position=4, backend="torch")
+    assert torch.equal(before, after)
+
+
+def test_default_table_built_once_per_r_d_dtype_device(monkeypatch):
+    from nezha_kernels import table as table_module
+
+    table_module._cached_table.cache_clear()
+    calls = []
+    original = table_module._build_table
+    monkeypatch.setattr(table_module, "_build_table", lambda r, d: (calls.append((r, d)), original(r, d))[1])
+    for dtype in (torch.float32, torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
+        q = torch.randn(1, 2, 5, 8, dtype=dtype)
+        nk.relative_attention(q, q, q, max_relative_position=3, backend="reference")
+    assert calls == [(3, 8), (3, 8)]  # one build for float32, one for bfloat16, then cache hits
+    # The op's default table is the cached tensor, read-only for the op: a second call reuses its storage.
+    from nezha_kernels.inputs import prepare_inputs
+
+    q = torch.randn(1, 2, 5, 8)
+    a = prepare_inputs(q, q, q, max_relative_position=3).table
+    b = prepare_inputs(q, q, q, max_relative_position=3).table
+    assert a.data_ptr() == b.data_ptr() and not a.requires_grad
+    assert nk.sinusoidal_table(3, 8).data_ptr() != a.data_ptr()
+
+
+def test_default_table_cached_in_inference_mode_serves_autograd_later():
+    from nezha_kernels import table as table_module
+
+    table_module._cached_table.cache_clear()
+    q = torch.randn(1, 2, 5, 8)
+    with torch.inference_mode():
+        nk.relative_attention(q, q, q, max_relative_position=2, backend="torch")
+    qg = q.clone().requires_grad_()
+    nk.relative_attention(qg, qg, qg, max_relative_position=2, backend="reference").sum().backward()
+    assert torch.isfinite(qg.grad).all()

@@ -1,9 +1,15 @@
 """Backend registry and selection.
 
-A backend is a module exposing ``NAME``, ``availability(device) -> (bool, reason)``,
-``unsupported_reason(inputs) -> str | None`` and ``forward(inputs) -> Tensor``. Optional ones
-(triton, cuda) are imported lazily, so importing nezha_kernels never needs them and never
+A backend is a module exposing ``NAME``, ``availability(device) -> (bool, reason)`` (cheap: it never
+builds or compiles anything), ``forward(inputs: AttentionInputs) -> Tensor`` and
+``forward_varlen(inputs: VarlenInputs) -> Tensor``. What each backend supports (dtypes, head dims,
+gradients, padding-free calls, size limits) is its row of nezha_kernels/capabilities.py. Optional
+backends (triton, cuda) are imported lazily, so importing nezha_kernels never needs them and never
 touches a GPU; a backend whose import fails is reported unavailable with the error as reason.
+
+One fallback policy: a backend asked for by name runs the call or raises a ValueError saying why;
+"auto" takes the first available backend (in ``_AUTO_ORDER``) whose capability row supports the
+call. No backend hands a call to another.
 
 Which backend runs a call, most specific first: the call's ``backend=`` argument, the innermost
 ``use_backend(...)`` context, ``set_backend(...)``, the ``NEZHA_KERNELS_BACKEND`` environment
@@ -22,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from ..inputs import AttentionInputs
+from ..capabilities import CAPABILITIES, Capability, unsupported_reason
 
 __all__ = [
     "BACKENDS", "BackendStatus", "available_backends", "get_backend", "set_backend",
@@ -48,9 +54,12 @@ _context = threading.local()
 
 @dataclasses.dataclass(frozen=True)
 class BackendStatus:
+    """Whether a backend is usable on a device (and why), with what it supports once it is."""
+
     name: str
     available: bool
     reason: str
+    capability: Capability
 
     def __str__(self) -> str:
         return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
@@ -87,9 +96,9 @@ def _load(name: str) -> tuple[ModuleType | None, str]:
 def _status(name: str, device: torch.device) -> BackendStatus:
     module, why = _load(name)
     if module is None:
-        return BackendStatus(name, False, why)
+        return BackendStatus(name, False, why, CAPABILITIES[name])
     ok, reason = module.availability(device)
-    return BackendStatus(name, bool(ok), reason)
+    return BackendStatus(name, bool(ok), reason, CAPABILITIES[name])
 
 
 def available_backends(device: torch.device | str | None = None) -> dict[str, BackendStatus]:
@@ -130,8 +139,12 @@ def use_backend(name: str) -> Iterator[None]:
         _context.stack.pop()
 
 
-def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
-    """The backend module that runs this call; ValueError when the requested one cannot."""
+def resolve_backend(requested: str, inputs) -> ModuleType:
+    """The backend module that runs this call (``AttentionInputs`` or ``VarlenInputs``).
+
+    A named backend (the argument, ``use_backend``, ``set_backend`` or the environment variable) runs the
+    call or raises a ValueError saying why; "auto" takes the first available backend that supports it.
+    """
     name = _check_name(requested, "backend")
     if name == "auto":
         name = get_backend()
@@ -143,7 +156,7 @@ def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
         ok, reason = module.availability(device)
         if not ok:
             raise ValueError(f"backend {name!r} is unavailable for {device.type} tensors: {reason}")
-        unsupported = module.unsupported_reason(inputs)
+        unsupported = unsupported_reason(name, inputs)
         if unsupported:
             raise ValueError(f"backend {name!r} cannot run this call: {unsupported}")
         return module
@@ -152,7 +165,7 @@ def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
         module, _ = _load(candidate)
         if module is None or not module.availability(device)[0]:
             continue
-        if module.unsupported_reason(inputs) is None:
+        if unsupported_reason(candidate, inputs) is None:
             return module
     raise ValueError(f"no backend can run this call on {device}")  # torch supports everything
 

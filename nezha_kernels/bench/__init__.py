@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=("op", "model", "all"), default="all", help="which benchmarks to run")
     p.add_argument("--providers", nargs="+", choices=tuple(PROVIDERS), default=None,
                    help="op-benchmark providers (default: all; unusable ones are listed as skipped)")
+    p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="L",
+                   help="op-benchmark sequence lengths instead of the grid's, e.g. 512 1024 2048")
+    p.add_argument("--dtypes", nargs="+", choices=("float16", "bfloat16", "float32"), default=None,
+                   help="op-benchmark dtypes instead of the grid's")
+    p.add_argument("--head-dim", type=int, default=None, metavar="D",
+                   help="op-benchmark head dim instead of the grid's 64 (e.g. 128)")
     p.add_argument("--model-points", nargs="+", default=None, metavar="BxL",
                    help="model batch x length points instead of the grid's, e.g. 4x512 1x2048")
     p.add_argument("--model-backends", nargs="+", default=None, choices=("reference", "torch", "triton", "cuda"),
@@ -80,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     ogrid = op_grid(device, full=args.full, dry_run=args.dry_run)
     mgrid = model_grid(device, full=args.full, dry_run=args.dry_run)
+    if args.lengths:
+        if min(args.lengths) <= 0:
+            raise SystemExit(f"--lengths: expected positive integers, got {args.lengths}")
+        ogrid = dataclasses.replace(ogrid, lengths=tuple(args.lengths))
+    if args.dtypes:
+        ogrid = dataclasses.replace(ogrid, dtypes=tuple(args.dtypes))
+    if args.head_dim is not None:
+        if args.head_dim <= 0 or args.head_dim % 2:
+            raise SystemExit(f"--head-dim: expected a positive even integer, got {args.head_dim}")
+        ogrid = dataclasses.replace(ogrid, head_dim=args.head_dim)
     if args.model_points:
         mgrid = dataclasses.replace(mgrid, points=tuple(_point(text) for text in args.model_points))
     if args.model_backends:

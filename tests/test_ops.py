@@ -1,0 +1,113 @@
+"""The one op (nezha_kernels::relattn_fwd / relattn_bwd) with each GPU implementation behind it, on the CPU.
+
+CUDA runs under the emulator (csrc/ compiled by g++), Triton under its interpreter (TRITON_INTERPRET must be
+set before triton is imported, so those cases run in a subprocess of this file, like test_triton_interpreter).
+Each passes torch.library.opcheck (schema, fake tensors, autograd registration, AOT dispatch) and traces under
+torch.compile(fullgraph=True) with the same numbers as eager.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nezha_kernels as nk
+from nezha_kernels import ops
+from nezha_kernels.dropout import seed_tensor
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+UTILS = ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+
+
+def _dense_args(dtype, impl, *, d=32, dropout=0.1, g=None):
+    """Arguments of relattn_fwd for a small dense call with every feature on."""
+    g = g or torch.Generator().manual_seed(5)
+    b, h, lq, lk = 1, 2, 19, 26
+    q = torch.randn(b, h, lq, d, generator=g).to(dtype).requires_grad_()
+    k, v = (torch.randn(b, h, lk, d, generator=g).to(dtype).requires_grad_() for _ in range(2))
+    table = torch.randn(9, d, generator=g).to(dtype)
+    key_padding = torch.ones(b, lk, dtype=torch.bool)
+    key_padding[0, 21:] = False
+    head_mask = torch.rand(b, h, generator=g).to(dtype)
+    return (q, k, v, table, key_padding, None, head_mask, None, None, lq, lk, 4, True, lk - lq, 0.3, dropout,
+            seed_tensor(1234), impl)
+
+
+def _check_op(args, *, exact_compile: bool):
+    torch.library.opcheck(torch.ops.nezha_kernels.relattn_fwd.default, args, test_utils=UTILS)
+    q, k, v = args[:3]
+
+    def attend(q, k, v):
+        return ops.relattn_fwd(q, k, v, *args[3:])[0]
+
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager")  # no graph break allowed
+    out, expected = compiled(q, k, v), attend(q, k, v)
+    tol = 0 if exact_compile else 1e-6
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    want = torch.autograd.grad(expected.float().square().sum(), (q, k, v))
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+        assert got.abs().sum() > 0
+
+
+def test_unknown_impl_is_refused():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops._launchers("cuda-fast")
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    from nezha_kernels.cuda_ext import emulator
+
+    try:
+        emulator.build_emulator()
+    except emulator.EmulatorBuildError as exc:
+        pytest.skip(f"CUDA emulator unavailable: {exc}")
+    with emulator.emulated_cuda_backend() as ext:
+        yield ext
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the emulator cases run in the main process")
+@pytest.mark.parametrize("impl,dtype", [("cuda-simt", torch.float32), ("cuda-tc", torch.bfloat16)])
+def test_cuda_impls_pass_opcheck_and_compile(emulated, impl, dtype):
+    _check_op(_dense_args(dtype, impl), exact_compile=True)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+def test_triton_impl_suite():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interpreted",
+           str(Path(__file__).resolve())]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_triton_impl_suite")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpreted_triton_impl_passes_opcheck_and_compile(dtype):
+    _check_op(_dense_args(dtype, "triton", d=16), exact_compile=True)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_triton_impl_suite")
+def test_interpreted_public_op_goes_through_the_one_op(monkeypatch):
+    seen = []
+    original = ops.relattn_fwd
+
+    def spy(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(ops, "relattn_fwd", spy)
+    q = torch.randn(1, 2, 17, 16)
+    out = nk.relative_attention(q, q, q, max_relative_position=3, backend="triton")
+    ref = nk.relative_attention(q, q, q, max_relative_position=3, backend="reference")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    assert seen == ["triton"]
