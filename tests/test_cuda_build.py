@@ -7,6 +7,8 @@ The first extension build takes ~1 min on 2 cores; it is cached (keyed by the so
 from __future__ import annotations
 
 import os
+import re
+import runpy
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +19,7 @@ import torch
 
 from nezha_kernels import relative_attention
 from nezha_kernels.backends import cuda_backend
+from nezha_kernels.cuda_ext import sources
 from nezha_kernels.cuda_ext.build import CSRC, CudaBuildError, build_extension, find_nvcc
 from nezha_kernels.dropout import philox_uniform
 
@@ -121,6 +124,44 @@ def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
         extension.backward(q, *_call_args(q, table, 4)[:7], torch.zeros(1, 2, 9), torch.zeros(1, 2, 9),
                            4, 0, False, 0.125, 0.0, 0, 0)
+
+
+def test_binding_links_every_kernel_symbol(extension):
+    """The built module (binding + every listed kernel object) leaves no nezha:: symbol undefined."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not found")
+    undefined = subprocess.run([nm, "-D", "--undefined-only", extension.__file__], capture_output=True, text=True,
+                               check=True).stdout
+    assert "5nezha" not in undefined, [line for line in undefined.splitlines() if "5nezha" in line]
+
+
+def _local_includes(path: Path) -> set[str]:
+    """csrc-relative paths of the files ``path`` includes with #include "..."."""
+    found = set()
+    for line in path.read_text().splitlines():
+        match = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
+        if match:
+            found.add(os.path.relpath(os.path.normpath(path.parent / match.group(1)), CSRC))
+    return found
+
+
+def test_source_lists_are_complete():
+    """One list for setup.py, the JIT build, the emulator and compile-check: every csrc file the builds read."""
+    on_disk = {str(p.relative_to(CSRC)) for p in CSRC.rglob("*") if p.is_file() and p.parts[-2] != "tests"}
+    assert set(sources.PACKAGED_FILES) == on_disk
+    for files, allowed_outside in ((sources.EXTENSION_FILES, {"emu/cuda_emu.h"}), (sources.EMULATOR_FILES, set())):
+        included = set().union(*(_local_includes(CSRC / name) for name in files))
+        # relattn_tile.cuh includes the emulator header only under NEZHA_CUDA_EMULATE.
+        assert included - allowed_outside <= set(files), included - set(files)
+
+
+def test_aot_build_compiles_every_listed_source():
+    """setup.py's ahead-of-time extension is the binding and every kernel source (before: not the *_tc.cu)."""
+    setup_globals = runpy.run_path(str(Path(__file__).resolve().parents[1] / "setup.py"), run_name="nezha_setup")
+    want = [f"csrc/{sources.BINDING_SOURCE}", *(f"csrc/{name}" for name in sources.KERNEL_SOURCES)]
+    assert setup_globals["AOT_SOURCES"] == want
+    assert {"relattn_fwd_tc.cu", "relattn_bwd_tc.cu"} <= set(sources.KERNEL_SOURCES)
 
 
 def test_build_without_nvcc_gives_clear_error(monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import formula
+import nezha_kernels as nk
 from nezha_kernels.backends import cuda_backend
 from nezha_kernels.cuda_ext import emulator, launch
 from nezha_kernels.dropout import keep_mask
@@ -223,6 +224,30 @@ def test_backend_is_available_for_cpu_tensors_only_while_emulated():
         ok, reason = cuda_backend.availability(torch.device("cpu"))
         assert ok and "emulator" in reason
     assert not cuda_backend.availability(torch.device("cpu"))[0]
+
+
+@pytest.mark.parametrize("impl, dtype", [("simt", F32), ("tc", BF16)])
+def test_public_op_runs_backend_cuda_on_the_emulator(impl, dtype, emulated_backend, monkeypatch):
+    """relative_attention(..., backend="cuda") on CPU tensors: dispatch, the one op, its autograd, the launchers."""
+    monkeypatch.setenv(cuda_backend.IMPL_ENV, impl)
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (torch.randn(2, 2, n, 32, generator=g).to(dtype).requires_grad_() for n in (23, 30, 30))
+    pad = torch.rand(2, 30, generator=g) > 0.3
+    pad[:, 0] = True
+    kwargs = dict(max_relative_position=5, attention_mask=pad, causal=True, q_offset=7)
+    out = nk.relative_attention(q, k, v, backend="cuda", **kwargs)
+    grad_out = torch.randn(out.shape, generator=g).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    inputs = prepare_inputs(q, k, v, **kwargs)
+    expected = formula.attention(*ref, inputs.table.double(), r=5, key_padding=pad, additive=None, causal=True,
+                                 q_offset=7, scale=inputs.scale, keep=None, dropout_p=0.0, head_mask=None)
+    ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
+    (oa, orr), (ga, gr) = TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr)
+    for got, want in zip(grads, ref_grads):
+        s = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr)
 
 
 def test_launchers_refuse_packed_inputs(emulated_backend):

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import CompileRow
-from ..cuda_ext.build import CSRC, HEADERS, KERNEL_SOURCES, cache_root, find_nvcc, nvcc_flags, sources_digest
+from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_digest
+from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 
 __all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
 

@@ -22,13 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .sources import BINDING_SOURCE, EXTENSION_FILES, HEADERS, KERNEL_SOURCES, source_dir
+
 __all__ = ["CudaBuildError", "CSRC", "KERNEL_SOURCES", "find_nvcc", "gencode_flags", "nvcc_flags",
            "load_extension", "build_extension", "extension_status", "cached_build", "aot_extension"]
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
-KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
-BINDING_SOURCE = "binding.cpp"
-HEADERS = ("relattn.h", "relattn_helpers.h", "relattn_tile.cuh", "relattn_mma.h", "relattn_tc.cuh")
+CSRC = source_dir()  # the checkout's csrc/, or the copy a wheel ships (nezha_kernels/_csrc)
 BUILD_DIR_ENV = "NEZHA_KERNELS_BUILD_DIR"
 NVCC_ENV = "NEZHA_KERNELS_NVCC"
 
@@ -139,7 +138,7 @@ def jit_key() -> str:
     import torch
 
     text = "|".join([torch.__version__, str(torch.version.cuda),
-                     sources_digest((*KERNEL_SOURCES, BINDING_SOURCE, *HEADERS))])
+                     sources_digest(EXTENSION_FILES)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -212,8 +211,10 @@ def _toolchain() -> str:
             f"set ${NVCC_ENV} or CUDA_HOME, or use backend='triton'/'torch'")
     if not cpp_extension.is_ninja_available():
         raise CudaBuildError("the CUDA backend's JIT build needs ninja: pip install ninja")
-    if not (CSRC / BINDING_SOURCE).exists():
-        raise CudaBuildError(f"CUDA sources not found at {CSRC}: use a source checkout (pip install -e .)")
+    missing = [name for name in EXTENSION_FILES if not (CSRC / name).is_file()]
+    if missing:
+        raise CudaBuildError(f"CUDA sources missing from {CSRC}: {', '.join(missing)} (a broken install: "
+                             "reinstall nezha_kernels, or use a source checkout)")
     return nvcc
 
 

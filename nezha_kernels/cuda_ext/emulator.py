@@ -31,15 +31,14 @@ from pathlib import Path
 
 import torch
 
-from .build import CSRC, HEADERS, KERNEL_SOURCES, cache_root, sources_digest
+from .build import CSRC, cache_root, sources_digest
+from .sources import EMU_SOURCES, EMULATOR_FILES
 
 __all__ = ["EmulatorBuildError", "SANITIZE_ENV", "find_cxx", "build_emulator", "load_emulator", "sanitizer_runtime",
            "EmulatedExtension", "emulated_extension", "emulated_cuda_backend", "run_selftest"]
 
 SANITIZE_ENV = "NEZHA_EMU_SANITIZE"
 CXX_ENV = "NEZHA_EMU_CXX"
-EMU_SOURCES = ("emu/emu_api.cpp", "emu/emu_runtime.cpp", "emu/emu_selftest.cpp")
-EMU_HEADERS = ("emu/cuda_emu.h",)
 _SANITIZERS = ("address", "thread", "undefined")
 _BASE_FLAGS = ("-std=c++20", "-pthread", "-fPIC", "-DNEZHA_CUDA_EMULATE", "-fno-strict-aliasing", "-Wall",
                "-Wno-unknown-pragmas")
@@ -83,7 +82,7 @@ def _digest(cxx: str, flags: list[str]) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     h.update(version.encode())
     h.update(" ".join(flags).encode())
-    h.update(sources_digest((*EMU_SOURCES, *EMU_HEADERS, *KERNEL_SOURCES, *HEADERS)).encode())
+    h.update(sources_digest(EMULATOR_FILES).encode())
     return h.hexdigest()[:16]
 
 
