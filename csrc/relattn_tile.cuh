@@ -93,9 +93,9 @@ template <typename T>
 __device__ __forceinline__ AttnArgs sequence_args(const AttnArgs& args, HeadIndex head) {
     if (args.cu_seqlens_q == nullptr) return args;
     AttnArgs a = args;
-    a.Lq = args.cu_seqlens_q[head.b + 1] - head.q_first;
-    a.Lk = args.cu_seqlens_k[head.b + 1] - head.k_first;
-    a.q_offset = a.Lk - a.Lq;
+    a.Lq = sequence_span(args.cu_seqlens_q, head.b).len;
+    a.Lk = sequence_span(args.cu_seqlens_k, head.b).len;
+    a.q_offset = bottom_right_offset(a.Lq, a.Lk);
     a.q = static_cast<const T*>(args.q) + head.q_first * args.q_sl;
     a.k = static_cast<const T*>(args.k) + head.k_first * args.k_sl;
     a.v = static_cast<const T*>(args.v) + head.k_first * args.v_sl;
@@ -104,14 +104,14 @@ __device__ __forceinline__ AttnArgs sequence_args(const AttnArgs& args, HeadInde
 }
 
 // Output rows (of D elements) of the block's query i / key j: dense [B, H, L, D] contiguous, bh * L + i; varlen
-// [T, H, D] contiguous, (first + i) * H + h. row_step: rows between consecutive queries (keys) of one head.
+// [T, H, D] contiguous, packed_row. row_step: rows between consecutive queries (keys) of one head.
 __device__ __forceinline__ int64_t query_row(const AttnArgs& a, HeadIndex head, int i) {
-    return a.cu_seqlens_q != nullptr ? (static_cast<int64_t>(head.q_first) + i) * a.H + head.h
+    return a.cu_seqlens_q != nullptr ? packed_row(head.q_first, i, a.H, head.h)
                                      : static_cast<int64_t>(head.bh) * a.Lq + i;
 }
 
 __device__ __forceinline__ int64_t key_row(const AttnArgs& a, HeadIndex head, int j) {
-    return a.cu_seqlens_q != nullptr ? (static_cast<int64_t>(head.k_first) + j) * a.H + head.h
+    return a.cu_seqlens_q != nullptr ? packed_row(head.k_first, j, a.H, head.h)
                                      : static_cast<int64_t>(head.bh) * a.Lk + j;
 }
 
@@ -152,7 +152,7 @@ static_assert(sizeof(RowStats) == 3 * sizeof(float), "the shared-memory sizes co
 
 // Index of query i's statistics in lse[0] / delta, and the distance from lse[0] to lse[1].
 __device__ __forceinline__ int64_t stat_index(const AttnArgs& a, HeadIndex head, int i) {
-    return a.cu_seqlens_q != nullptr ? static_cast<int64_t>(head.h) * a.Tq + head.q_first + i
+    return a.cu_seqlens_q != nullptr ? packed_stat(head.q_first, i, a.Tq, head.h)
                                      : static_cast<int64_t>(head.bh) * a.Lq + i;
 }
 
