@@ -389,11 +389,34 @@ struct FarField {
 
 // ---- launchers (host) ----
 
-// Make the device current (the extension links its own CUDA runtime) and allow `smem` bytes of
-// dynamic shared memory for `kernel`.
+// Makes `device` current for the launches in its scope and restores the caller's current device after: the
+// current device belongs to the caller (torch's "current device" is the same per-thread runtime state).
+class DeviceGuard {
+  public:
+    explicit DeviceGuard(int device) {
+        if (cudaGetDevice(&previous_) != cudaSuccess) {
+            error_ = "cudaGetDevice failed";
+        } else if (previous_ != device) {
+            if (cudaSetDevice(device) != cudaSuccess) error_ = "cudaSetDevice failed";
+            else switched_ = true;
+        }
+    }
+    ~DeviceGuard() {
+        if (switched_) cudaSetDevice(previous_);
+    }
+    DeviceGuard(const DeviceGuard&) = delete;
+    DeviceGuard& operator=(const DeviceGuard&) = delete;
+    const char* error() const { return error_; }
+
+  private:
+    int previous_ = 0;
+    bool switched_ = false;
+    const char* error_ = nullptr;
+};
+
+// Allows `smem` bytes of dynamic shared memory for `kernel` on the current device `device`.
 template <typename K>
 inline const char* prepare_launch(K kernel, int device, size_t smem) {
-    if (cudaSetDevice(device) != cudaSuccess) return "cudaSetDevice failed";
     int optin = 0;
     if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
         return "cudaDeviceGetAttribute failed";
@@ -408,12 +431,15 @@ inline const char* launch_status() {
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
-// Launches `kernel(a, args...)` with one block of C::NT threads per C::BM own rows (of `rows`: the longest
-// sequence's for varlen) and (batch, head), and `smem` bytes of dynamic shared memory; nullptr or the error message.
-// An empty grid (no rows, or no heads) launches nothing.
+// Launches `kernel(a, args...)` on `device` and `stream` (the caller's current device is kept) with one block of
+// C::NT threads per C::BM own rows (of `rows`: the longest sequence's for varlen) and (batch, head), and `smem`
+// bytes of dynamic shared memory; nullptr or the error message. An empty grid (no rows, or no heads) launches
+// nothing.
 template <typename C, typename K, typename... Args>
 inline const char* launch_row_blocks(K kernel, int rows, size_t smem, const AttnArgs& a, int device, void* stream,
                                      Args... args) {
+    const DeviceGuard guard(device);
+    if (guard.error()) return guard.error();
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((rows + C::BM - 1) / C::BM, a.B * a.H);
     if (grid.x == 0 || grid.y == 0) return nullptr;

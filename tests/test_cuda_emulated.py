@@ -250,6 +250,30 @@ def test_public_op_runs_backend_cuda_on_the_emulator(impl, dtype, emulated_backe
         torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr)
 
 
+@pytest.mark.parametrize("family", ["simt", "tc"])
+def test_launchers_restore_the_callers_current_device(family, emulated_backend):
+    """The launch makes the tensors' device current and gives the caller's current device back (the emulator has
+    two devices; the launches target device 0 while the caller's current device is 1)."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=g).to(F16) for n in (17, 20, 20))
+    args = (q, k, v, torch.randn(7, 32, generator=g).to(F16), None, None, None, None, None, 17, 20, 3, False, 0,
+            0.2, 0.0, 0)
+    want_out, want_lse = launch.relattn_fwd(*args, family=family)
+    grad_out = torch.randn(q.shape, generator=g).to(F16)
+    want_grads = launch.relattn_bwd(grad_out, *args[:4], want_out, want_lse, *args[4:], family=family)
+    assert emulated_backend.device == 0 and emulated_backend.current_device() == 0
+    emulated_backend.set_current_device(1)
+    try:
+        out, lse = launch.relattn_fwd(*args, family=family)
+        assert emulated_backend.current_device() == 1, "the forward launch left its device current"
+        grads = launch.relattn_bwd(grad_out, *args[:4], out, lse, *args[4:], family=family)
+        assert emulated_backend.current_device() == 1, "the backward launches left their device current"
+    finally:
+        emulated_backend.set_current_device(0)
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))
+
+
 def test_launchers_refuse_packed_inputs(emulated_backend):
     """Dense kernels only: cu_seqlens would make them read [T, H, D] rows as [B, H, L, D]."""
     q = torch.randn(7, 2, 32)

@@ -13,7 +13,7 @@ import torch
 
 from nezha_kernels import relative_attention
 from nezha_kernels.backends import available_backends
-from nezha_kernels.cuda_ext.function import IMPL_ENV
+from nezha_kernels.backends.cuda_backend import IMPL_ENV
 
 IMPLS = ["tc", "simt"]
 
@@ -167,10 +167,42 @@ def test_cuda_matches_triton(impl, dtype, feature):
 
 
 def test_cuda_runs_on_the_current_stream(impl):
-    q, k, v, _ = _inputs(torch.float16, 1, 2, 128, 128, 64, seed=3)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        out = relative_attention(q, k, v, backend="cuda")
-    stream.synchronize()
-    torch.testing.assert_close(out.float(), relative_attention(q, k, v, backend="reference").float(),
-                               atol=3e-3, rtol=3e-3)
+    """The op's inputs are written on a busy side stream and the op is called there without a sync: a kernel
+    launched on any other stream runs before its inputs exist (they hold NaN until then) and fails the check."""
+    q, k, v, g = _inputs(torch.float16, 2, 2, 256, 256, 64, seed=3)
+    grad_out = torch.randn(q.shape, device="cuda", generator=g).to(torch.float16)
+    ref_out, ref_grads = _run("reference", q, k, v, grad_out, {})
+    late = [torch.full_like(t, float("nan")) for t in (q, k, v)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # q, k, v, grad_out and the NaN fill are done
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on this stream before the inputs are written
+        for dst, src in zip(late, (q, k, v)):
+            dst.copy_(src)
+        leaves = [t.requires_grad_() for t in late]
+        out = relative_attention(*leaves, backend="cuda")
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.float(), ref_out, atol=3e-3, rtol=3e-3)
+    for got, want in zip(grads, ref_grads):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.float() / scale, want / scale, atol=1e-2, rtol=1e-2)
+
+
+def test_cuda_keeps_the_current_device(impl):
+    """Tensors on cuda:1 while cuda:0 is current: the launch runs on cuda:1 and cuda:0 stays current."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    g = torch.Generator(device="cuda:1").manual_seed(8)
+    q, k, v = (torch.randn(1, 2, n, 64, device="cuda:1", generator=g).to(torch.float16) for n in (70, 90, 90))
+    grad_out = torch.randn(1, 2, 70, 64, device="cuda:1", generator=g).to(torch.float16)
+    with torch.cuda.device(0):
+        out, grads = _run("cuda", q, k, v, grad_out, {"causal": True, "q_offset": 20})
+        assert torch.cuda.current_device() == 0
+        ref_out, ref_grads = _run("reference", q, k, v, grad_out, {"causal": True, "q_offset": 20})
+    assert out.device == torch.device("cuda:1")
+    torch.testing.assert_close(out, ref_out, atol=3e-3, rtol=3e-3)
+    for got, want in zip(grads, ref_grads):
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got / scale, want / scale, atol=1e-2, rtol=1e-2)

@@ -165,8 +165,11 @@ namespace nezha::emu {
 // and the per-kernel attribute below are checked against it, as on the device.
 constexpr int MAX_SMEM_OPTIN = 227 * 1024;
 constexpr int DEFAULT_MAX_DYNAMIC_SMEM = 48 * 1024;
+// Two identical devices, so that tests can see a launcher restore the caller's current device.
+constexpr int DEVICE_COUNT = 2;
 
 cudaError_t set_device(int device);
+cudaError_t get_device(int* device);
 cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value);
 cudaError_t get_last_error();
@@ -215,6 +218,7 @@ void launch(const char* kernel_expr, void (*kernel)(P...), dim3 grid, dim3 block
 }  // namespace nezha::emu
 
 inline cudaError_t cudaSetDevice(int device) { return nezha::emu::set_device(device); }
+inline cudaError_t cudaGetDevice(int* device) { return nezha::emu::get_device(device); }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
     return nezha::emu::device_attribute(value, attr, device);
 }

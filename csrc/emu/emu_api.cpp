@@ -19,7 +19,6 @@ namespace {
 
 nezha::DType dtype_of(int code) { return static_cast<nezha::DType>(code); }
 nezha::Impl impl_of(int code) { return static_cast<nezha::Impl>(code); }
-constexpr int DEVICE = 0;
 
 }  // namespace
 
@@ -46,15 +45,23 @@ int nezha_emu_args_layout(int64_t* out, int capacity) {
     return n;
 }
 
-// relattn_fwd on the emulated device: nullptr or the launcher's error message.
-const char* nezha_emu_fwd(const nezha::AttnArgs* a, int dtype, int impl, void* out, float* lse) {
-    return nezha::relattn_fwd(*a, dtype_of(dtype), impl_of(impl), out, lse, DEVICE, nullptr);
+// relattn_fwd on emulated device `device`: nullptr or the launcher's error message.
+const char* nezha_emu_fwd(const nezha::AttnArgs* a, int dtype, int impl, void* out, float* lse, int device) {
+    return nezha::relattn_fwd(*a, dtype_of(dtype), impl_of(impl), out, lse, device, nullptr);
 }
 
 const char* nezha_emu_bwd(const nezha::AttnArgs* a, int dtype, int impl, const void* dout, const float* lse,
-                          const float* delta, void* dq, void* dk, void* dv) {
-    return nezha::relattn_bwd(*a, dtype_of(dtype), impl_of(impl), dout, lse, delta, dq, dk, dv, DEVICE, nullptr);
+                          const float* delta, void* dq, void* dk, void* dv, int device) {
+    return nezha::relattn_bwd(*a, dtype_of(dtype), impl_of(impl), dout, lse, delta, dq, dk, dv, device, nullptr);
 }
+
+// The calling thread's current emulated device (cudaGetDevice / cudaSetDevice): -1 on an invalid ordinal.
+int nezha_emu_get_device() {
+    int device = -1;
+    return cudaGetDevice(&device) == cudaSuccess ? device : -1;
+}
+
+int nezha_emu_set_device(int device) { return cudaSetDevice(device) == cudaSuccess ? 0 : -1; }
 
 // out[i] = float(round(x[i])) through the emulated fp16 (dtype 0) or bf16 (dtype 1) conversion intrinsics.
 void nezha_emu_round(int dtype, const float* x, float* out, int64_t n) {

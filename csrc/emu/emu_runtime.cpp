@@ -451,13 +451,28 @@ void* dynamic_smem() { return current().block->smem; }
 
 // ---- runtime API ----
 
+// The host thread's current device, as in the CUDA runtime: per host thread, device 0 until set.
+thread_local int current_device = 0;
+
+bool valid_device(int device) { return device >= 0 && device < DEVICE_COUNT; }
+
+cudaError_t invalid_device() {
+    return raise(cudaErrorInvalidDevice, "invalid device ordinal (the emulator has 2 devices)");
+}
+
 cudaError_t set_device(int device) {
-    if (device == 0) return cudaSuccess;
-    return raise(cudaErrorInvalidDevice, "invalid device ordinal (the emulator has device 0)");
+    if (!valid_device(device)) return invalid_device();
+    current_device = device;
+    return cudaSuccess;
+}
+
+cudaError_t get_device(int* device) {
+    *device = current_device;
+    return cudaSuccess;
 }
 
 cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device) {
-    if (device != 0) return raise(cudaErrorInvalidDevice, "invalid device ordinal (the emulator has device 0)");
+    if (!valid_device(device)) return invalid_device();
     if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return raise(cudaErrorInvalidValue, "attribute not emulated");
     *value = MAX_SMEM_OPTIN;
     return cudaSuccess;

@@ -11,9 +11,9 @@ from the PTX fragment layouts). Layers:
 - ``EmulatedExtension``: ``forward`` / ``backward`` with the signatures of csrc/binding.cpp, mirroring its
   checks and its ``AttnArgs`` filling, on CPU tensors; outputs are NaN-poisoned so an element the kernels
   do not write shows up.
-- ``emulated_cuda_backend()``: while active, the CUDA backend's own plumbing
-  (``nezha_kernels.cuda_ext.function``: custom ops, autograd Function, mask / head_mask / seed / delta
-  preparation) runs on CPU tensors against the emulated kernels instead of the built extension.
+- ``emulated_cuda_backend()``: while active, the CUDA launchers (``nezha_kernels.cuda_ext.launch``: layouts,
+  mask / head_mask / delta preparation), and with them the op and ``backend="cuda"``, run on CPU tensors
+  against the emulated kernels instead of the built extension.
 
 Slow (every CUDA thread is an OS thread): keep shapes to a few hundred rows.
 """
@@ -165,10 +165,14 @@ def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.nezha_emu_args_layout.argtypes = [ctypes.POINTER(ctypes.c_int64), i]
     lib.nezha_emu_args_layout.restype = i
-    lib.nezha_emu_fwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p]
+    lib.nezha_emu_fwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p, i]
     lib.nezha_emu_fwd.restype = ctypes.c_char_p
-    lib.nezha_emu_bwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p, p, p, p, p]
+    lib.nezha_emu_bwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p, p, p, p, p, i]
     lib.nezha_emu_bwd.restype = ctypes.c_char_p
+    lib.nezha_emu_get_device.argtypes = []
+    lib.nezha_emu_get_device.restype = i
+    lib.nezha_emu_set_device.argtypes = [i]
+    lib.nezha_emu_set_device.restype = i
     lib.nezha_emu_round.argtypes = [i, p, p, ctypes.c_int64]
     lib.nezha_emu_round.restype = None
     lib.nezha_emu_selftest.argtypes = [ctypes.c_char_p, p, p, p]
@@ -269,8 +273,16 @@ def _poisoned(shape, dtype) -> torch.Tensor:
 class EmulatedExtension:
     """The extension module's ``forward`` / ``backward`` (csrc/binding.cpp) on the emulated kernels."""
 
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, lib: ctypes.CDLL, device: int = 0):
         self._lib = lib
+        self.device = device  # the emulated device the launches target (the binding: q's device index)
+
+    def current_device(self) -> int:
+        """The calling thread's current emulated device (what cudaGetDevice returns)."""
+        return self._lib.nezha_emu_get_device()
+
+    def set_current_device(self, device: int) -> None:
+        _check(self._lib.nezha_emu_set_device(device) == 0, "invalid emulated device ", device)
 
     def forward(self, q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p,
                 seed, stream, impl=1):
@@ -280,7 +292,7 @@ class EmulatedExtension:
         out = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
         lse = _poisoned((2, a.B, a.H, a.Lq), torch.float32)
         err = self._lib.nezha_emu_fwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), out.data_ptr(),
-                                      lse.data_ptr())
+                                      lse.data_ptr(), self.device)
         _check(err is None, "nezha_kernels cuda forward failed: ", (err or b"").decode())
         return [out, lse]
 
@@ -301,7 +313,8 @@ class EmulatedExtension:
         dk = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
         dv = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
         err = self._lib.nezha_emu_bwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), dout.data_ptr(),
-                                      lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr())
+                                      lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                      self.device)
         _check(err is None, "nezha_kernels cuda backward failed: ", (err or b"").decode())
         return [dq, dk, dv]
 
@@ -331,19 +344,14 @@ def emulated_extension(sanitize: str | None = None) -> EmulatedExtension:
 
 @contextlib.contextmanager
 def emulated_cuda_backend(sanitize: str | None = None):
-    """Run the CUDA launchers (``nezha_kernels.cuda_ext.launch``, forward and backward) on the emulated kernels,
-    with CPU tensors.
+    """Run the CUDA launchers (``nezha_kernels.cuda_ext.launch``, hence the op's "cuda-tc" / "cuda-simt"
+    implementations and ``backend="cuda"``) on the emulated kernels, with CPU tensors.
 
-    Redirects ``launch.extension()`` (and the older ``nezha_kernels.cuda_ext.function`` loader); not thread-safe
-    (tests). Run the backward pass inside the block too: it calls the extension when it runs.
+    Redirects ``launch.extension()``; not thread-safe (tests). Run the backward pass inside the block too: it
+    calls the extension when it runs.
     """
-    from . import function, launch
+    from . import launch
 
     ext = emulated_extension(sanitize)
-    saved = function.load_extension, function._stream
-    function.load_extension, function._stream = (lambda: ext), (lambda t: 0)
-    try:
-        with launch.use_extension(ext):
-            yield ext
-    finally:
-        function.load_extension, function._stream = saved
+    with launch.use_extension(ext):
+        yield ext
