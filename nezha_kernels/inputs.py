@@ -181,7 +181,8 @@ def prepare_inputs(
     if rel_table is None:
         if d % 2:
             raise ValueError(f"the default sinusoid table needs an even head dim, got D = {d}; pass rel_table")
-        table = default_table(r, d, q.dtype, q.device)
+        # int(): under torch.jit.trace sizes are 0-d tensors; the head dim is fixed by the weights anyway.
+        table = default_table(r, int(d), q.dtype, q.device)
     else:
         table = _check_tensor("rel_table", rel_table)
         if tuple(table.shape) != (2 * r + 1, d):

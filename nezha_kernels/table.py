@@ -52,9 +52,10 @@ def default_table(
     """The op's own read-only default table: the cached tensor itself, never handed to users.
 
     Inside a compiled graph it is built afresh (dynamo cannot trace an lru_cache; the build is
-    constant-folded).
+    constant-folded). torch.jit.trace builds it too: a cache hit would be a constant where a miss records
+    the ops, so two traces of one model would differ (and fail the tracer's check).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return _build_table(max_relative_position, head_dim).to(device=device, dtype=dtype)
     return _cached_table(max_relative_position, head_dim, dtype, torch.device(device))
 
