@@ -140,6 +140,112 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
     return {dq, dk, dv};
 }
 
+// ---- padding-free (varlen) calls: q [Tq, H, D], k / v [Tk, H, D], cu_seqlens int32 [B + 1] ----
+// The contents of cu_seqlens (0 .. T, non-decreasing) and max_seqlen >= every length are checked in Python
+// (prepare_varlen_inputs): reading them here would synchronize with the device.
+
+void check_packed(const char* name, const Tensor& t, const Tensor& q) {
+    TORCH_CHECK(t.is_cuda(), "nezha_kernels cuda backend: ", name, " must be a CUDA tensor, got device ", t.device());
+    TORCH_CHECK(t.dim() == 3, "nezha_kernels cuda backend: ", name, " must be 3-D [T, H, D], got ", t.dim(), "-D");
+    TORCH_CHECK(t.scalar_type() == q.scalar_type(), "nezha_kernels cuda backend: ", name, " dtype ", t.scalar_type(),
+                " differs from q's ", q.scalar_type());
+    TORCH_CHECK(t.device() == q.device(), "nezha_kernels cuda backend: ", name, " is on ", t.device(),
+                " but q is on ", q.device());
+    TORCH_CHECK(t.stride(2) == 1, "nezha_kernels cuda backend: ", name, " must have unit stride on the head dim");
+}
+
+nezha::AttnArgs make_varlen_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                                 const std::optional<Tensor>& head_mask, const Tensor& cu_seqlens_q,
+                                 const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R,
+                                 bool causal, double scale, double dropout_p, uint64_t seed) {
+    check_packed("q", q, q);
+    check_packed("k", k, q);
+    check_packed("v", v, q);
+    dtype_of(q);
+    const int64_t Tq = q.size(0), H = q.size(1), D = q.size(2), Tk = k.size(0);
+    TORCH_CHECK(k.size(1) == H && k.size(2) == D && v.sizes() == k.sizes(),
+                "nezha_kernels cuda backend: k and v must be [Tk, H, D] matching q");
+    TORCH_CHECK(D == 32 || D == 64 || D == 128, "nezha_kernels cuda backend: head dim must be 32, 64 or 128, got ", D);
+    TORCH_CHECK(R >= 1, "nezha_kernels cuda backend: max_relative_position must be >= 1");
+    check_aux("rel_table", table, q, q.scalar_type());
+    TORCH_CHECK(table.dim() == 2 && table.size(0) == 2 * R + 1 && table.size(1) == D && table.is_contiguous(),
+                "nezha_kernels cuda backend: rel_table must be a contiguous [2R+1, D] tensor");
+    check_aux("cu_seqlens_q", cu_seqlens_q, q, torch::kInt);
+    check_aux("cu_seqlens_k", cu_seqlens_k, q, torch::kInt);
+    TORCH_CHECK(cu_seqlens_q.dim() == 1 && cu_seqlens_q.size(0) >= 1 && cu_seqlens_q.is_contiguous() &&
+                    cu_seqlens_k.sizes() == cu_seqlens_q.sizes() && cu_seqlens_k.is_contiguous(),
+                "nezha_kernels cuda backend: cu_seqlens_q / cu_seqlens_k must be contiguous int32 [B + 1]");
+    const int64_t B = cu_seqlens_q.size(0) - 1;
+    TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0 && max_seqlen_q <= Tq && max_seqlen_k <= Tk,
+                "nezha_kernels cuda backend: max_seqlen_q / max_seqlen_k must be in [0, T]");
+    TORCH_CHECK(Tq < (1LL << 31) && Tk < (1LL << 31) && Tq * H < (1LL << 31) && B * H < 65536,
+                "nezha_kernels cuda backend: sizes exceed the kernel's 32-bit index range / grid");
+
+    nezha::AttnArgs a{};
+    a.B = static_cast<int>(B); a.H = static_cast<int>(H); a.D = static_cast<int>(D); a.R = static_cast<int>(R);
+    a.Lq = static_cast<int>(max_seqlen_q); a.Lk = static_cast<int>(max_seqlen_k); a.Tq = static_cast<int>(Tq);
+    a.causal = causal;
+    a.scale = static_cast<float>(scale);
+    a.q = q.data_ptr(); a.q_sh = q.stride(1); a.q_sl = q.stride(0);
+    a.k = k.data_ptr(); a.k_sh = k.stride(1); a.k_sl = k.stride(0);
+    a.v = v.data_ptr(); a.v_sh = v.stride(1); a.v_sl = v.stride(0);
+    a.table = table.data_ptr();
+    a.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
+    a.cu_seqlens_k = cu_seqlens_k.data_ptr<int32_t>();
+    if (head_mask) {
+        const Tensor& hm = *head_mask;
+        check_aux("head_mask", hm, q, torch::kFloat);
+        TORCH_CHECK(hm.dim() == 2 && hm.size(0) == B && hm.size(1) == H && hm.is_contiguous(),
+                    "head_mask must be a contiguous float32 [B, H] tensor");
+        a.head_mask = hm.data_ptr<float>();
+    }
+    TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1)");
+    a.dropout_p = static_cast<float>(dropout_p);
+    a.dropout_seed = seed;
+    return a;
+}
+
+std::vector<Tensor> forward_varlen(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                                   const std::optional<Tensor>& head_mask, const Tensor& cu_seqlens_q,
+                                   const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R,
+                                   bool causal, double scale, double dropout_p, uint64_t seed, int64_t stream,
+                                   int64_t impl) {
+    const nezha::AttnArgs a = make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                               max_seqlen_k, R, causal, scale, dropout_p, seed);
+    Tensor out = torch::empty({a.Tq, a.H, a.D}, q.options());
+    Tensor lse = torch::empty({2, a.H, a.Tq}, q.options().dtype(torch::kFloat));  // row max, log row sum
+    const char* err = nezha::relattn_fwd(a, dtype_of(q), impl_of(impl), out.data_ptr(), lse.data_ptr<float>(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda forward failed: ", err ? err : "");
+    return {out, lse};
+}
+
+std::vector<Tensor> backward_varlen(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& table, const std::optional<Tensor>& head_mask, const Tensor& lse,
+                                    const Tensor& delta, const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                    int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R, bool causal, double scale,
+                                    double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
+    const nezha::AttnArgs a = make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                               max_seqlen_k, R, causal, scale, dropout_p, seed);
+    check_aux("dout", dout, q, q.scalar_type());
+    TORCH_CHECK(dout.sizes() == q.sizes() && dout.is_contiguous(), "dout must be contiguous with q's shape");
+    check_aux("lse", lse, q, torch::kFloat);
+    TORCH_CHECK(lse.dim() == 3 && lse.size(0) == 2 && lse.size(1) == a.H && lse.size(2) == a.Tq &&
+                    lse.is_contiguous(), "lse must be contiguous float32 [2, H, Tq]");
+    check_aux("delta", delta, q, torch::kFloat);
+    TORCH_CHECK(delta.dim() == 2 && delta.size(0) == a.H && delta.size(1) == a.Tq && delta.is_contiguous(),
+                "delta must be contiguous float32 [H, Tq]");
+    // Every row is written: a sequence without keys gets dq = 0, one without queries dk = dv = 0.
+    Tensor dq = torch::empty(q.sizes(), q.options());
+    Tensor dk = torch::empty(k.sizes(), q.options());
+    Tensor dv = torch::empty(k.sizes(), q.options());
+    const char* err = nezha::relattn_bwd(a, dtype_of(q), impl_of(impl), dout.data_ptr(), lse.data_ptr<float>(),
+                                         delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+    return {dq, dk, dv};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -157,4 +263,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("lse"), py::arg("delta"), py::arg("R"),
           py::arg("q_offset"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
           py::arg("stream"), py::arg("impl") = 1);
+    m.def("forward_varlen", &forward_varlen, "(out [Tq,H,D], lse [2,H,Tq] f32) = forward_varlen(q, k, v, table, "
+          "head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed, "
+          "stream, impl=1)",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"), py::arg("cu_seqlens_q"),
+          py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"),
+          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl") = 1);
+    m.def("backward_varlen", &backward_varlen, "(dq [Tq,H,D], dk, dv [Tk,H,D]) = backward_varlen(dout, q, k, v, "
+          "table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, "
+          "dropout_p, seed, stream, impl=1)",
+          py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"),
+          py::arg("lse"), py::arg("delta"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"),
+          py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"),
+          py::arg("seed"), py::arg("stream"), py::arg("impl") = 1);
 }

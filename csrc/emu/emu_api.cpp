@@ -39,6 +39,7 @@ int nezha_emu_args_layout(int64_t* out, int capacity) {
         offsetof(AttnArgs, kp_sk), offsetof(AttnArgs, additive_mask), offsetof(AttnArgs, am_sb),
         offsetof(AttnArgs, am_sh), offsetof(AttnArgs, am_sq), offsetof(AttnArgs, am_sk),
         offsetof(AttnArgs, dropout_p), offsetof(AttnArgs, dropout_seed), offsetof(AttnArgs, head_mask),
+        offsetof(AttnArgs, cu_seqlens_q), offsetof(AttnArgs, cu_seqlens_k), offsetof(AttnArgs, Tq),
     };
     const int n = static_cast<int>(sizeof(layout) / sizeof(layout[0]));
     for (int i = 0; i < n && i < capacity; ++i) out[i] = layout[i];

@@ -147,6 +147,7 @@ class _AttnArgs(ctypes.Structure):
         ("kp_sk", ctypes.c_int64), ("additive_mask", ctypes.c_void_p), ("am_sb", ctypes.c_int64),
         ("am_sh", ctypes.c_int64), ("am_sq", ctypes.c_int64), ("am_sk", ctypes.c_int64),
         ("dropout_p", ctypes.c_float), ("dropout_seed", ctypes.c_uint64), ("head_mask", ctypes.c_void_p),
+        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p), ("Tq", ctypes.c_int),
     ]
 
 
@@ -265,6 +266,61 @@ def _make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offse
     return a
 
 
+def _check_packed(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
+    _check(t.device.type == "cpu", _PREFIX, name, " must be a CPU tensor for the emulator, got device ", t.device)
+    _check(t.dim() == 3, _PREFIX, name, " must be 3-D [T, H, D], got ", t.dim(), "-D")
+    _check(t.dtype == q.dtype, _PREFIX, name, " dtype ", t.dtype, " differs from q's ", q.dtype)
+    _check(t.stride(2) == 1, _PREFIX, name, " must have unit stride on the head dim")
+
+
+def _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal,
+                      scale, dropout_p, seed) -> _AttnArgs:
+    """csrc/binding.cpp's make_varlen_args, check for check and field for field."""
+    _check_packed("q", q, q)
+    _check_packed("k", k, q)
+    _check_packed("v", v, q)
+    _dtype_code(q)
+    Tq, H, D = q.shape
+    Tk = k.shape[0]
+    _check(k.shape[1] == H and k.shape[2] == D and v.shape == k.shape,
+           _PREFIX, "k and v must be [Tk, H, D] matching q")
+    _check(D in (32, 64, 128), _PREFIX, "head dim must be 32, 64 or 128, got ", D)
+    _check(R >= 1, _PREFIX, "max_relative_position must be >= 1")
+    _check_aux("rel_table", table, q, q.dtype)
+    _check(table.dim() == 2 and table.shape[0] == 2 * R + 1 and table.shape[1] == D and table.is_contiguous(),
+           _PREFIX, "rel_table must be a contiguous [2R+1, D] tensor")
+    _check_aux("cu_seqlens_q", cu_seqlens_q, q, torch.int32)
+    _check_aux("cu_seqlens_k", cu_seqlens_k, q, torch.int32)
+    _check(cu_seqlens_q.dim() == 1 and cu_seqlens_q.shape[0] >= 1 and cu_seqlens_q.is_contiguous()
+           and cu_seqlens_k.shape == cu_seqlens_q.shape and cu_seqlens_k.is_contiguous(),
+           _PREFIX, "cu_seqlens_q / cu_seqlens_k must be contiguous int32 [B + 1]")
+    B = cu_seqlens_q.shape[0] - 1
+    _check(0 <= max_seqlen_q <= Tq and 0 <= max_seqlen_k <= Tk,
+           _PREFIX, "max_seqlen_q / max_seqlen_k must be in [0, T]")
+    _check(Tq < 2**31 and Tk < 2**31 and Tq * H < 2**31 and B * H < 65536,
+           _PREFIX, "sizes exceed the kernel's 32-bit index range / grid")
+
+    a = _AttnArgs()
+    a.B, a.H, a.D, a.R = B, H, D, R
+    a.Lq, a.Lk, a.Tq = max_seqlen_q, max_seqlen_k, Tq
+    a.causal = bool(causal)
+    a.scale = float(scale)
+    a.q, a.q_sh, a.q_sl = q.data_ptr(), q.stride(1), q.stride(0)
+    a.k, a.k_sh, a.k_sl = k.data_ptr(), k.stride(1), k.stride(0)
+    a.v, a.v_sh, a.v_sl = v.data_ptr(), v.stride(1), v.stride(0)
+    a.table = table.data_ptr()
+    a.cu_seqlens_q, a.cu_seqlens_k = cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr()
+    if head_mask is not None:
+        _check_aux("head_mask", head_mask, q, torch.float32)
+        _check(head_mask.dim() == 2 and tuple(head_mask.shape) == (B, H) and head_mask.is_contiguous(),
+               "head_mask must be a contiguous float32 [B, H] tensor")
+        a.head_mask = head_mask.data_ptr()
+    _check(0.0 <= dropout_p < 1.0, "dropout_p must be in [0, 1)")
+    a.dropout_p = float(dropout_p)
+    a.dropout_seed = int(seed) & (2**64 - 1)
+    return a
+
+
 def _poisoned(shape, dtype) -> torch.Tensor:
     """NaN-filled output: every element the kernels do not write stays NaN."""
     return torch.full(shape, float("nan"), dtype=dtype)
@@ -312,6 +368,37 @@ class EmulatedExtension:
         dq = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
         dk = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
         dv = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
+        err = self._lib.nezha_emu_bwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), dout.data_ptr(),
+                                      lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                      self.device)
+        _check(err is None, "nezha_kernels cuda backward failed: ", (err or b"").decode())
+        return [dq, dk, dv]
+
+    def forward_varlen(self, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
+                       causal, scale, dropout_p, seed, stream, impl=1):
+        """[out [Tq, H, D] in q's dtype, lse [2, H, Tq] float32]: a padding-free call."""
+        a = _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
+                              causal, scale, dropout_p, seed)
+        out = _poisoned((a.Tq, a.H, a.D), q.dtype)
+        lse = _poisoned((2, a.H, a.Tq), torch.float32)
+        err = self._lib.nezha_emu_fwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), out.data_ptr(),
+                                      lse.data_ptr(), self.device)
+        _check(err is None, "nezha_kernels cuda forward failed: ", (err or b"").decode())
+        return [out, lse]
+
+    def backward_varlen(self, dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, R, causal, scale, dropout_p, seed, stream, impl=1):
+        """[dq [Tq, H, D], dk, dv [Tk, H, D]] in q's dtype."""
+        a = _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
+                              causal, scale, dropout_p, seed)
+        _check_aux("dout", dout, q, q.dtype)
+        _check(dout.shape == q.shape and dout.is_contiguous(), "dout must be contiguous with q's shape")
+        _check_aux("lse", lse, q, torch.float32)
+        _check(tuple(lse.shape) == (2, a.H, a.Tq) and lse.is_contiguous(), "lse must be contiguous float32 [2, H, Tq]")
+        _check_aux("delta", delta, q, torch.float32)
+        _check(tuple(delta.shape) == (a.H, a.Tq) and delta.is_contiguous(), "delta must be contiguous float32 [H, Tq]")
+        dq = _poisoned(tuple(q.shape), q.dtype)
+        dk, dv = _poisoned(tuple(k.shape), q.dtype), _poisoned(tuple(k.shape), q.dtype)
         err = self._lib.nezha_emu_bwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), dout.data_ptr(),
                                       lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                                       self.device)
