@@ -13,7 +13,7 @@
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
 relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
                       const float* __restrict__ delta, T* __restrict__ dq) {
@@ -27,10 +27,10 @@ relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const flo
     float* Ts = Vs + BN * DP;
     float* dSs = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int q0 = blockIdx.x * BM;
-    if (q0 >= a.Lq) return;  // past its sequence
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
@@ -38,7 +38,7 @@ relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const flo
     const int E = 2 * a.R;
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + query_row(a, head, 0) * D;
-    const int64_t do_sl = static_cast<int64_t>(row_step(a)) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
 
     load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
     load_tile<T, D, NT>(dOs, dog, do_sl, q0, BM, a.Lq);
@@ -93,7 +93,7 @@ relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const flo
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
 relattn_bwd_dkdv_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
                         const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
@@ -116,17 +116,17 @@ relattn_bwd_dkdv_kernel(const AttnArgs args, const T* __restrict__ dout, const f
     float* do_right = do_left + BN;
     RowStats* stats_s = reinterpret_cast<RowStats*>(do_right + BN);
 
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int k0 = blockIdx.x * BM;
-    if (k0 >= a.Lk) return;  // past its sequence
+    if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int krow = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int j = k0 + krow;
     const bool key_valid = j < a.Lk;
     const int E = 2 * a.R;
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + query_row(a, head, 0) * D;
-    const int64_t do_sl = static_cast<int64_t>(row_step(a)) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
@@ -222,11 +222,14 @@ const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* d
         constexpr int D = decltype(head_dim)::value;
         using C = TileConfig<D>;
         const T* go = static_cast<const T*>(dout);
-        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_kernel<T, D>, a.Lq, dq_smem_bytes<D>(), a, device,
-                                                   stream, go, lse, delta, static_cast<T*>(dq)))
-            return err;
-        return launch_row_blocks<C>(relattn_bwd_dkdv_kernel<T, D>, a.Lk, dkdv_smem_bytes<D>(), a, device, stream, go,
-                                    lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        return dispatch_layout(a, [&](auto packed) -> const char* {
+            constexpr bool P = decltype(packed)::value;
+            if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_kernel<T, D, P>, a.Lq, dq_smem_bytes<D>(), a,
+                                                       device, stream, go, lse, delta, static_cast<T*>(dq)))
+                return err;
+            return launch_row_blocks<C>(relattn_bwd_dkdv_kernel<T, D, P>, a.Lk, dkdv_smem_bytes<D>(), a, device,
+                                        stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        });
     });
 }
 

@@ -15,7 +15,7 @@
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
                          const float* __restrict__ delta, T* __restrict__ dq) {
@@ -33,10 +33,10 @@ relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const 
     float* qt = scratch + warp * 2 * 16 * C::QT_LD;
     float* dot_s = qt + 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
-    if (q0 >= a.Lq) return;  // past its sequence
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
     const LaneQueries rows = lane_queries(a, wrow0, lane);
     RowStats rstats[2];  // the forward's row statistics
@@ -44,7 +44,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const 
     for (int r = 0; r < 2; ++r) rstats[r] = load_row_stats(a, lse, delta, head, rows.i[r]);
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + query_row(a, head, 0) * D;
-    const int64_t do_sl = static_cast<int64_t>(row_step(a)) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
@@ -124,7 +124,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const 
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_bwd_dkdv_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
                            const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
@@ -143,10 +143,10 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs args, const T* __restrict__ dout, cons
     RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
-    if (k0 >= a.Lk) return;  // past its sequence
+    if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int E = 2 * a.R;
     int kj[2];
     bool kvalid[2];
@@ -157,7 +157,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs args, const T* __restrict__ dout, cons
     }
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + query_row(a, head, 0) * D;
-    const int64_t do_sl = static_cast<int64_t>(row_step(a)) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
@@ -269,11 +269,14 @@ const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, con
         constexpr int D = decltype(head_dim)::value;
         using C = TcConfig<D>;
         const T* go = static_cast<const T*>(dout);
-        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D>, a.Lq, dq_tc_smem_bytes<D>(), a,
-                                                   device, stream, go, lse, delta, static_cast<T*>(dq)))
-            return err;
-        return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D>, a.Lk, dkdv_tc_smem_bytes<D>(), a, device,
-                                    stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        return dispatch_layout(a, [&](auto packed) -> const char* {
+            constexpr bool P = decltype(packed)::value;
+            if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D, P>, a.Lq, dq_tc_smem_bytes<D>(),
+                                                       a, device, stream, go, lse, delta, static_cast<T*>(dq)))
+                return err;
+            return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D, P>, a.Lk, dkdv_tc_smem_bytes<D>(), a,
+                                        device, stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        });
     });
 }
 

@@ -11,7 +11,7 @@
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
 relattn_fwd_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__ lse) {
     using C = TileConfig<D>;
@@ -23,10 +23,10 @@ relattn_fwd_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__
     float* Ts = Vs + BN * DP;
     float* Ps = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int q0 = blockIdx.x * BM;
-    if (q0 >= a.Lq) return;  // past its sequence
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
@@ -97,7 +97,7 @@ relattn_fwd_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__
     l = group_sum<TPR>(l);
     far.reduce<TPR>();
     if (row_valid) {
-        const float f = l > 0.0f ? kept_weight_scale(a, head.bh) / l : 0.0f;  // l = 0: a sequence with no keys
+        const float f = PACKED && l == 0.0f ? 0.0f : kept_weight_scale(a, head.bh) / l;  // 0: a sequence without keys
         T* og = out + query_row(a, head, i) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
@@ -119,8 +119,10 @@ const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, floa
     return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
-        return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D>, a.Lq, fwd_smem_bytes<D>(), a, device, stream,
-                                                static_cast<T*>(o), lse);
+        return dispatch_layout(a, [&](auto packed) {
+            return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D, decltype(packed)::value>, a.Lq,
+                                                    fwd_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+        });
     });
 }
 

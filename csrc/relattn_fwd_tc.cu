@@ -14,7 +14,7 @@
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_fwd_tc_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcConfig<D>;
@@ -29,10 +29,10 @@ relattn_fwd_tc_kernel(const AttnArgs args, T* __restrict__ out, float* __restric
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head(args);
+    const HeadIndex head = block_head<PACKED>(args);
     const AttnArgs a = sequence_args<T>(args, head);
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
-    if (q0 >= a.Lq) return;  // past its sequence
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
     const LaneQueries rows = lane_queries(a, wrow0, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
@@ -122,7 +122,7 @@ relattn_fwd_tc_kernel(const AttnArgs args, T* __restrict__ out, float* __restric
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rows.valid[r]) continue;
-        const float f = l[r] > 0.0f ? kept_scale / l[r] : 0.0f;  // l = 0: a sequence with no keys
+        const float f = PACKED && l[r] == 0.0f ? 0.0f : kept_scale / l[r];  // 0: a sequence without keys
         T* og = out + query_row(a, head, rows.i[r]) * D;
         for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
             og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
@@ -141,8 +141,10 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
     return dispatch_kernel<Impl::TC>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
-        return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D>, a.Lq, fwd_tc_smem_bytes<D>(), a, device,
-                                              stream, static_cast<T*>(o), lse);
+        return dispatch_layout(a, [&](auto packed) {
+            return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D, decltype(packed)::value>, a.Lq,
+                                                  fwd_tc_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+        });
     });
 }
 

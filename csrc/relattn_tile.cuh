@@ -66,23 +66,27 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 // The (batch, head) of this block (grid y = B * H; for a padding-free call b is the sequence): b and h index the
 // inputs and masks, bh = b * H + h the dense outputs, the row statistics and the dropout stream (counter
-// (j, i, bh, 0) with i, j within the sequence, as the dense kernels on the padded batch). q_first / k_first: the
-// sequence's first rows in the packed [T, H, D] tensors (0 when dense).
+// (j, i, bh, 0) with i, j within the sequence, as the dense kernels on the padded batch). packed: a padding-free
+// call (the kernels' compile-time PACKED, so the dense kernels carry none of it); q_first / k_first: the sequence's
+// first rows in the packed [T, H, D] tensors (0 when dense).
 struct HeadIndex {
     int b;
     int h;
     int bh;
+    bool packed;
     int q_first;
     int k_first;
 };
 
+template <bool PACKED>
 __device__ __forceinline__ HeadIndex block_head(const AttnArgs& a) {
     HeadIndex head;
     head.bh = blockIdx.y;
     head.b = head.bh / a.H;
     head.h = head.bh % a.H;
-    head.q_first = a.cu_seqlens_q != nullptr ? a.cu_seqlens_q[head.b] : 0;
-    head.k_first = a.cu_seqlens_k != nullptr ? a.cu_seqlens_k[head.b] : 0;
+    head.packed = PACKED;
+    head.q_first = PACKED ? a.cu_seqlens_q[head.b] : 0;
+    head.k_first = PACKED ? a.cu_seqlens_k[head.b] : 0;
     return head;
 }
 
@@ -91,7 +95,7 @@ __device__ __forceinline__ HeadIndex block_head(const AttnArgs& a) {
 // their dense code on it and return at once when their tile starts past the sequence (no pad tile is computed).
 template <typename T>
 __device__ __forceinline__ AttnArgs sequence_args(const AttnArgs& args, HeadIndex head) {
-    if (args.cu_seqlens_q == nullptr) return args;
+    if (!head.packed) return args;
     AttnArgs a = args;
     a.Lq = sequence_span(args.cu_seqlens_q, head.b).len;
     a.Lk = sequence_span(args.cu_seqlens_k, head.b).len;
@@ -106,16 +110,14 @@ __device__ __forceinline__ AttnArgs sequence_args(const AttnArgs& args, HeadInde
 // Output rows (of D elements) of the block's query i / key j: dense [B, H, L, D] contiguous, bh * L + i; varlen
 // [T, H, D] contiguous, packed_row. row_step: rows between consecutive queries (keys) of one head.
 __device__ __forceinline__ int64_t query_row(const AttnArgs& a, HeadIndex head, int i) {
-    return a.cu_seqlens_q != nullptr ? packed_row(head.q_first, i, a.H, head.h)
-                                     : static_cast<int64_t>(head.bh) * a.Lq + i;
+    return head.packed ? packed_row(head.q_first, i, a.H, head.h) : static_cast<int64_t>(head.bh) * a.Lq + i;
 }
 
 __device__ __forceinline__ int64_t key_row(const AttnArgs& a, HeadIndex head, int j) {
-    return a.cu_seqlens_q != nullptr ? packed_row(head.k_first, j, a.H, head.h)
-                                     : static_cast<int64_t>(head.bh) * a.Lk + j;
+    return head.packed ? packed_row(head.k_first, j, a.H, head.h) : static_cast<int64_t>(head.bh) * a.Lk + j;
 }
 
-__device__ __forceinline__ int row_step(const AttnArgs& a) { return a.cu_seqlens_q != nullptr ? a.H : 1; }
+__device__ __forceinline__ int row_step(const AttnArgs& a, HeadIndex head) { return head.packed ? a.H : 1; }
 
 // The global inputs of one (batch, head): q, k, v at their strides, and the table every head shares.
 template <typename T>
@@ -152,19 +154,18 @@ static_assert(sizeof(RowStats) == 3 * sizeof(float), "the shared-memory sizes co
 
 // Index of query i's statistics in lse[0] / delta, and the distance from lse[0] to lse[1].
 __device__ __forceinline__ int64_t stat_index(const AttnArgs& a, HeadIndex head, int i) {
-    return a.cu_seqlens_q != nullptr ? packed_stat(head.q_first, i, a.Tq, head.h)
-                                     : static_cast<int64_t>(head.bh) * a.Lq + i;
+    return head.packed ? packed_stat(head.q_first, i, a.Tq, head.h) : static_cast<int64_t>(head.bh) * a.Lq + i;
 }
 
-__device__ __forceinline__ int64_t stat_half(const AttnArgs& a) {
-    return a.cu_seqlens_q != nullptr ? static_cast<int64_t>(a.H) * a.Tq : static_cast<int64_t>(a.B) * a.H * a.Lq;
+__device__ __forceinline__ int64_t stat_half(const AttnArgs& a, HeadIndex head) {
+    return head.packed ? static_cast<int64_t>(a.H) * a.Tq : static_cast<int64_t>(a.B) * a.H * a.Lq;
 }
 
 __device__ __forceinline__ void store_row_stats(const AttnArgs& a, float* lse, HeadIndex head, int i, float m,
                                                 float l) {
     const int64_t row = stat_index(a, head, i);
     lse[row] = m;
-    lse[stat_half(a) + row] = logf(l);
+    lse[stat_half(a, head) + row] = logf(l);
 }
 
 // Statistics of query row i (zeros past Lq).
@@ -174,7 +175,7 @@ __device__ __forceinline__ RowStats load_row_stats(const AttnArgs& a, const floa
     if (i < a.Lq) {
         const int64_t row = stat_index(a, head, i);
         s.max = lse[row];
-        s.log_sum = lse[stat_half(a) + row];
+        s.log_sum = lse[stat_half(a, head) + row];
         s.delta = delta[row];
     }
     return s;
@@ -459,6 +460,12 @@ inline const char* dispatch_head_dim(int head_dim, F& launch) {
         case 128: return launch(ElementType<T>{}, HeadDim<128>{});
         default: return "head dim must be 32, 64 or 128";
     }
+}
+
+// launch(std::bool_constant<PACKED>{}): the kernels' compile-time layout, padding-free (cu_seqlens set) or dense.
+template <typename F>
+inline const char* dispatch_layout(const AttnArgs& a, F&& launch) {
+    return a.cu_seqlens_q != nullptr ? launch(std::true_type{}) : launch(std::false_type{});
 }
 
 // launch(ElementType<T>{}, HeadDim<D>{}) for the runtime dtype and head dim: every kernel instantiation of a
