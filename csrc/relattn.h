@@ -12,8 +12,8 @@ namespace nezha {
 
 enum class DType : int { F16 = 0, BF16 = 1, F32 = 2 };
 
-// Kernel family: SIMT (CUDA cores, every dtype) or TC (mma.sync tensor cores, fp16 / bf16 only; float32
-// requests fall back to SIMT). Selected from Python by NEZHA_KERNELS_CUDA_IMPL.
+// Kernel family: SIMT (CUDA cores, every dtype) or TC (mma.sync tensor cores, fp16 / bf16 only: a float32 call
+// is an error). Chosen in Python (nezha_kernels/backends/cuda_backend.impl_name), not re-decided here.
 enum class Impl : int { SIMT = 0, TC = 1 };
 
 struct AttnArgs {

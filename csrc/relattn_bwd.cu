@@ -215,7 +215,7 @@ constexpr size_t dkdv_smem_bytes() {
 
 const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream) {
-    if (impl == Impl::TC && dtype != DType::F32)
+    if (impl == Impl::TC)  // float32: an error there
         return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
     return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
         using T = typename decltype(element)::type;

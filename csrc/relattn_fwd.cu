@@ -115,7 +115,7 @@ constexpr size_t fwd_smem_bytes() {
 }
 
 const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream) {
-    if (impl == Impl::TC && dtype != DType::F32) return relattn_fwd_tc(a, dtype, o, lse, device, stream);
+    if (impl == Impl::TC) return relattn_fwd_tc(a, dtype, o, lse, device, stream);  // float32: an error there
     return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;

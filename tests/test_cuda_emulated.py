@@ -218,12 +218,12 @@ def test_impl_name_picks_the_family_the_cases_run(dtype, family, monkeypatch):
     assert cuda_backend.impl_name(dtype) == f"cuda-{family}"
 
 
-def test_backend_is_available_for_cpu_tensors_only_while_emulated():
-    assert not cuda_backend.availability(torch.device("cpu"))[0]
-    with emulator.emulated_cuda_backend():
+def test_backend_is_available_for_cpu_tensors_only_while_emulated(emulated_backend):
+    ok, reason = cuda_backend.availability(torch.device("cpu"))
+    assert ok and "emulator" in reason
+    with launch.use_extension(None):  # as outside emulated_cuda_backend()
         ok, reason = cuda_backend.availability(torch.device("cpu"))
-        assert ok and "emulator" in reason
-    assert not cuda_backend.availability(torch.device("cpu"))[0]
+        assert not ok and "CUDA device" in reason
 
 
 @pytest.mark.parametrize("impl, dtype", [("simt", F32), ("tc", BF16)])
@@ -345,16 +345,56 @@ def test_unwritten_shared_memory_reads_nan():
     assert out[1].item() == 2.0 and torch.isnan(out[0]) and torch.isnan(out[2:]).all()
 
 
-def test_binding_mirror_rejects_bad_arguments():
-    """The emulated extension checks its arguments like csrc/binding.cpp (RuntimeError with its message)."""
+def _fwd_args(**overrides):
+    """The extension's forward arguments for q = k = v (impl 0, SIMT), with ``overrides`` by name."""
+    q = overrides.get("q", torch.randn(1, 1, 8, 32))
+    args = dict(q=q, k=q, v=q, table=torch.randn(9, 32), key_padding=None, additive_mask=None, head_mask=None, R=4,
+                q_offset=0, causal=False, scale=0.1, dropout_p=0.0, seed=0, stream=0, impl=0)
+    return {**args, **overrides}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(q=torch.randn(1, 1, 8, 48), table=torch.randn(9, 48)), "head dim must be 32, 64 or 128"),
+    (dict(q=torch.randn(1, 1, 32, 8).transpose(2, 3)), "q must have unit stride on the head dim"),
+    (dict(q=torch.randn(8, 32)), "q must be 4-D"),
+    (dict(q=torch.randn(1, 1, 8, 32).double()), "q must be float16, bfloat16 or float32, got an unsupported"),
+    (dict(v=torch.randn(1, 1, 9, 32)), "k and v must be [B, H, Lk, D]"),
+    (dict(table=torch.randn(32, 9).t()), "rel_table must be a contiguous [2R+1, D] = [9, 32]"),
+    (dict(R=3), "rel_table must be a contiguous [2R+1, D] = [7, 32]"),
+    (dict(table=torch.randn(9, 32).half()), "rel_table must be float32, got float16"),
+    (dict(key_padding=torch.ones(1, 7, dtype=torch.bool)), "key_padding must be bool [B, Lk], got shape [1, 7]"),
+    (dict(key_padding=torch.ones(1, 8)), "key_padding must be bool, got float32"),
+    (dict(additive_mask=torch.zeros(1, 1, 1, 8)), "additive_mask must be a float32 view of shape [B, H, Lq, Lk]"),
+    (dict(head_mask=torch.ones(2, 1).t()), "head_mask must be a contiguous float32 [B, H]"),
+    (dict(q_offset=2**31), "32-bit index range"),
+    (dict(impl=2), "impl must be 0 (simt) or 1 (tc)"),
+    (dict(impl=1), "tensor-core kernels take float16 / bfloat16"),  # the family is chosen in Python, not here
+])
+def test_emulated_extension_checks_arguments_with_the_bindings_code(overrides, message):
+    """The emulated extension runs csrc/relattn_args.h, the binding's argument handling: each memory-safety check
+    gives a RuntimeError naming the argument (on the device the binding expects CUDA tensors)."""
     ext = emulator.emulated_extension()
-    q = torch.randn(1, 1, 8, 48)
-    with pytest.raises(RuntimeError, match="head dim must be 32, 64 or 128"):
-        ext.forward(q, q, q, torch.randn(9, 48), None, None, None, 4, 0, False, 0.1, 0.0, 0, 0, 0)
-    q = torch.randn(1, 1, 8, 32)
-    with pytest.raises(RuntimeError, match="unit stride"):
-        ext.forward(q.transpose(2, 3).contiguous().transpose(2, 3)[..., :32], q, q, torch.randn(9, 32), None, None,
-                    None, 4, 0, False, 0.1, 0.0, 0, 0, 0)
+    with pytest.raises(RuntimeError) as info:
+        ext.forward(*_fwd_args(**overrides).values())
+    assert message in str(info.value), str(info.value)
+
+
+def test_emulated_extension_checks_the_backward_and_grid_limits():
+    ext = emulator.emulated_extension()
+    q, table = torch.randn(1, 1, 8, 32), torch.randn(9, 32)
+    out, lse = ext.forward(*_fwd_args(q=q, table=table).values())
+    delta = torch.zeros(1, 1, 8)
+    tail = (None, None, None)
+    scalars = (4, 0, False, 0.1, 0.0, 0, 0, 0)
+    with pytest.raises(RuntimeError, match="dout must be contiguous with q's shape"):
+        ext.backward(out.transpose(2, 3).contiguous().transpose(2, 3), q, q, q, table, *tail, lse, delta, *scalars)
+    with pytest.raises(RuntimeError, match=r"lse must be contiguous float32 \[2, B, H, Lq\]"):
+        ext.backward(out, q, q, q, table, *tail, lse[:1], delta, *scalars)
+    with pytest.raises(RuntimeError, match="delta must be float32"):
+        ext.backward(out, q, q, q, table, *tail, lse, delta.double(), *scalars)
+    wide = torch.randn(256, 256, 1, 32)  # B * H = 65536: past grid axis y
+    with pytest.raises(RuntimeError, match="grid"):
+        ext.forward(*_fwd_args(q=wide).values())
 
 
 # Cases re-run under AddressSanitizer in CI: both families, the largest shared-memory layouts (D = 128), the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytest.importorskip("triton")
@@ -29,8 +31,20 @@ def test_aot_flags_shared_memory_over_the_limit(monkeypatch):
     # The check must turn "compiled but too much shared memory" into an error row, not "ok".
     monkeypatch.setitem(triton_aot.SHARED_LIMIT, 90, 1024)
     job = next(j for j in triton_aot._jobs((90,), "main") if j[0] == "fwd" and "plain" in j[2])
-    row = triton_aot._compile(job)
+    (row,) = triton_aot.run(jobs=[job])
     assert row.status == "error" and "shared memory" in row.message
+
+
+def test_compile_check_leaves_the_environment_alone(monkeypatch):
+    # It used to pop TRITON_INTERPRET (and set TRITON_DEFAULT_FP_FUSION) in this process: an interpreting
+    # process lost its mode for every later kernel import. Workers compile real kernels all the same.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("TRITON_DEFAULT_FP_FUSION", raising=False)
+    before = dict(os.environ)
+    job = next(j for j in triton_aot._jobs((80,), "main") if j[0] == "bwd_delta")
+    (row,) = triton_aot.run(jobs=[job])
+    assert dict(os.environ) == before
+    assert row.ok and row.registers, row.message
 
 
 def _spilling(rows, keep):
@@ -71,3 +85,4 @@ def test_d128_half_precision_backward_does_not_spill(rows):
     assert {(r.kernel, r.arch) for r in d128} == {(k, a) for k in ("bwd_dkdv", "bwd_dq") for a in (80, 90)}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in d128 if r.spill_bytes]
     assert not spilling, "\n".join(spilling)
+

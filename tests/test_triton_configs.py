@@ -1,4 +1,4 @@
-"""Tile selection rules of the Triton backend (no GPU needed)."""
+"""Tile selection and launch grids of the Triton backend (no GPU needed)."""
 
 import pytest
 import torch
@@ -48,3 +48,38 @@ def test_pipelining_is_dropped_on_sm90_only_for_old_triton(monkeypatch):
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
     assert configs.stages_for(2, 9) == 2
     assert configs._version_tuple("3.6.0+git1a2b") == (3, 6, 0) and configs._version_tuple("3.10.0rc1") == (3, 10, 0)
+
+
+class _GridRecorder:
+    """Stands in for a kernel: records the grid of each launch and runs nothing."""
+
+    def __init__(self, grids, name):
+        self.grids, self.name = grids, name
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.grids[self.name] = grid
+        return launch
+
+
+def test_grids_put_batch_times_heads_on_axis_0(monkeypatch):
+    # Axis 1 and 2 of a CUDA grid stop at 65535 programs: B*H = 70000 used to sit on axis 1 and failed at
+    # launch. B*H goes on axis 0 (2**31 - 1); axis 1 holds the row blocks, cdiv(L, BLOCK) <= 65535.
+    launch = pytest.importorskip("nezha_kernels.triton_kernels.launch")
+    grids = {}
+    for name in ("_fwd", "_bwd_dkdv", "_bwd_dq", "_relattn_bwd_delta_kernel"):
+        monkeypatch.setattr(launch, name, _GridRecorder(grids, name))
+    b, h, lq, lk, d, r = 7000, 10, 40, 24, 16, 4
+    q = torch.zeros(b, h, lq, d)
+    k = v = torch.zeros(b, h, lk, d)
+    table = torch.zeros(2 * r + 1, d)
+    out, lse = launch.relattn_fwd(q, k, v, table, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
+    launch.relattn_bwd(out, q, k, v, table, out, lse, None, None, None, None, None, lq, lk, r, False, 0, 0.25,
+                       0.0, 0)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 16}
+    shapes = {name: grid(cfg) if callable(grid) else grid for name, grid in grids.items()}
+    rows_per_delta = launch.DELTA_ROWS_INTERPRETED if configs.interpreted() else launch.DELTA_ROWS_GPU
+    assert shapes == {
+        "_fwd": (b * h, 3), "_bwd_dq": (b * h, 3), "_bwd_dkdv": (b * h, 2),
+        "_relattn_bwd_delta_kernel": (b * h, -(-lq // rows_per_delta)),
+    }

@@ -1,15 +1,18 @@
 // C API of the emulated CUDA kernels (host pointers), loaded by nezha_kernels/cuda_ext/emulator.py.
 //
 // The four kernel sources are compiled here unchanged, as C++, against the emulator (cuda_emu.h), and
-// run through the same launchers the extension calls (relattn_fwd / relattn_bwd of relattn.h): the
-// launchers' argument checks, shared-memory sizing and dispatch are the code under test too.
+// run through the binding's argument handling (relattn_args.h: tensor views -> AttnArgs) and the same
+// launchers the extension calls (relattn_fwd / relattn_bwd of relattn.h): the argument checks, shared-memory
+// sizing and dispatch are the code under test too.
 #ifndef NEZHA_CUDA_EMULATE
 #error "emu_api.cpp builds the CPU emulation: compile with -DNEZHA_CUDA_EMULATE"
 #endif
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
+#include "../relattn_args.h"
 #include "../relattn_bwd.cu"
 #include "../relattn_bwd_tc.cu"
 #include "../relattn_fwd.cu"
@@ -17,43 +20,126 @@
 
 namespace {
 
-nezha::DType dtype_of(int code) { return static_cast<nezha::DType>(code); }
-nezha::Impl impl_of(int code) { return static_cast<nezha::Impl>(code); }
+using nezha::DeviceKind;
+using nezha::TensorView;
+
+// The last error message of this thread's call (returned as a C string that stays valid until the next call).
+thread_local std::string last_error;
+
+const char* fail(std::string message) {
+    last_error = std::move(message);
+    return last_error.c_str();
+}
 
 }  // namespace
 
 extern "C" {
 
-// sizeof(AttnArgs) then the offset of every field in declaration order: Python checks its ctypes mirror.
-int nezha_emu_args_layout(int64_t* out, int capacity) {
-    using nezha::AttnArgs;
+// sizeof(TensorView) then the offset of every field in declaration order: Python checks its ctypes description.
+int nezha_emu_view_layout(int64_t* out, int capacity) {
     const int64_t layout[] = {
-        sizeof(AttnArgs),
-        offsetof(AttnArgs, B), offsetof(AttnArgs, H), offsetof(AttnArgs, Lq), offsetof(AttnArgs, Lk),
-        offsetof(AttnArgs, D), offsetof(AttnArgs, R), offsetof(AttnArgs, q_offset), offsetof(AttnArgs, causal),
-        offsetof(AttnArgs, scale),
-        offsetof(AttnArgs, q), offsetof(AttnArgs, q_sb), offsetof(AttnArgs, q_sh), offsetof(AttnArgs, q_sl),
-        offsetof(AttnArgs, k), offsetof(AttnArgs, k_sb), offsetof(AttnArgs, k_sh), offsetof(AttnArgs, k_sl),
-        offsetof(AttnArgs, v), offsetof(AttnArgs, v_sb), offsetof(AttnArgs, v_sh), offsetof(AttnArgs, v_sl),
-        offsetof(AttnArgs, table), offsetof(AttnArgs, key_padding), offsetof(AttnArgs, kp_sb),
-        offsetof(AttnArgs, kp_sk), offsetof(AttnArgs, additive_mask), offsetof(AttnArgs, am_sb),
-        offsetof(AttnArgs, am_sh), offsetof(AttnArgs, am_sq), offsetof(AttnArgs, am_sk),
-        offsetof(AttnArgs, dropout_p), offsetof(AttnArgs, dropout_seed), offsetof(AttnArgs, head_mask),
-        offsetof(AttnArgs, cu_seqlens_q), offsetof(AttnArgs, cu_seqlens_k), offsetof(AttnArgs, Tq),
+        sizeof(TensorView), offsetof(TensorView, data), offsetof(TensorView, dtype),
+        offsetof(TensorView, device_type), offsetof(TensorView, device_index), offsetof(TensorView, ndim),
+        offsetof(TensorView, sizes), offsetof(TensorView, strides),
     };
     const int n = static_cast<int>(sizeof(layout) / sizeof(layout[0]));
     for (int i = 0; i < n && i < capacity; ++i) out[i] = layout[i];
     return n;
 }
 
-// relattn_fwd on emulated device `device`: nullptr or the launcher's error message.
-const char* nezha_emu_fwd(const nezha::AttnArgs* a, int dtype, int impl, void* out, float* lse, int device) {
-    return nezha::relattn_fwd(*a, dtype_of(dtype), impl_of(impl), out, lse, device, nullptr);
+// The binding's forward on emulated device `device` (CPU tensors, outputs allocated by the caller): the
+// arguments go through the binding's own checks (relattn_args.h); nullptr or the error message.
+const char* nezha_emu_fwd(const TensorView* q, const TensorView* k, const TensorView* v, const TensorView* table,
+                          const TensorView* key_padding, const TensorView* additive_mask, const TensorView* head_mask,
+                          int64_t R, int64_t q_offset, bool causal, double scale, double dropout_p, uint64_t seed,
+                          int64_t impl_code, const TensorView* out, const TensorView* lse, int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_attn_args(*q, *k, *v, *table, key_padding, additive_mask, head_mask, R, q_offset,
+                                            causal, scale, dropout_p, seed, DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_output("out", *out, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lq, a.D});
+    if (err.empty())
+        err = nezha::check_output("lse", *lse, *q, DeviceKind::CPU, static_cast<int>(nezha::ScalarKind::F32),
+                                  {2, a.B, a.H, a.Lq});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_fwd(a, dtype, impl, const_cast<void*>(out->data),
+                                            static_cast<float*>(const_cast<void*>(lse->data)), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda forward failed: ") + launch) : nullptr;
 }
 
-const char* nezha_emu_bwd(const nezha::AttnArgs* a, int dtype, int impl, const void* dout, const float* lse,
-                          const float* delta, void* dq, void* dk, void* dv, int device) {
-    return nezha::relattn_bwd(*a, dtype_of(dtype), impl_of(impl), dout, lse, delta, dq, dk, dv, device, nullptr);
+const char* nezha_emu_bwd(const TensorView* dout, const TensorView* q, const TensorView* k, const TensorView* v,
+                          const TensorView* table, const TensorView* key_padding, const TensorView* additive_mask,
+                          const TensorView* head_mask, const TensorView* lse, const TensorView* delta, int64_t R,
+                          int64_t q_offset, bool causal, double scale, double dropout_p, uint64_t seed,
+                          int64_t impl_code, const TensorView* dq, const TensorView* dk, const TensorView* dv,
+                          int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_attn_args(*q, *k, *v, *table, key_padding, additive_mask, head_mask, R, q_offset,
+                                            causal, scale, dropout_p, seed, DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_backward_inputs(a, *q, *dout, *lse, *delta, DeviceKind::CPU);
+    if (err.empty()) err = nezha::check_output("dq", *dq, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lq, a.D});
+    if (err.empty()) err = nezha::check_output("dk", *dk, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lk, a.D});
+    if (err.empty()) err = nezha::check_output("dv", *dv, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lk, a.D});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_bwd(a, dtype, impl, dout->data, static_cast<const float*>(lse->data),
+                                            static_cast<const float*>(delta->data), const_cast<void*>(dq->data),
+                                            const_cast<void*>(dk->data), const_cast<void*>(dv->data), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
+}
+
+// The binding's forward_varlen / backward_varlen on emulated device `device` (q [Tq, H, D], k / v [Tk, H, D],
+// cu_seqlens int32 [B + 1]; outputs allocated by the caller): nullptr or the error message.
+const char* nezha_emu_fwd_varlen(const TensorView* q, const TensorView* k, const TensorView* v,
+                                 const TensorView* table, const TensorView* head_mask, const TensorView* cu_seqlens_q,
+                                 const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                 int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
+                                 int64_t impl_code, const TensorView* out, const TensorView* lse, int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_varlen_attn_args(*q, *k, *v, *table, head_mask, *cu_seqlens_q, *cu_seqlens_k,
+                                                   max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed,
+                                                   DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_output("out", *out, *q, DeviceKind::CPU, q->dtype, {a.Tq, a.H, a.D});
+    if (err.empty())
+        err = nezha::check_output("lse", *lse, *q, DeviceKind::CPU, static_cast<int>(nezha::ScalarKind::F32),
+                                  {2, a.H, a.Tq});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_fwd(a, dtype, impl, const_cast<void*>(out->data),
+                                            static_cast<float*>(const_cast<void*>(lse->data)), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda forward failed: ") + launch) : nullptr;
+}
+
+const char* nezha_emu_bwd_varlen(const TensorView* dout, const TensorView* q, const TensorView* k,
+                                 const TensorView* v, const TensorView* table, const TensorView* head_mask,
+                                 const TensorView* lse, const TensorView* delta, const TensorView* cu_seqlens_q,
+                                 const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                 int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
+                                 int64_t impl_code, const TensorView* dq, const TensorView* dk, const TensorView* dv,
+                                 int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_varlen_attn_args(*q, *k, *v, *table, head_mask, *cu_seqlens_q, *cu_seqlens_k,
+                                                   max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed,
+                                                   DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_varlen_backward_inputs(a, *q, *dout, *lse, *delta, DeviceKind::CPU);
+    const int64_t Tk = k->sizes[0];
+    if (err.empty()) err = nezha::check_output("dq", *dq, *q, DeviceKind::CPU, q->dtype, {a.Tq, a.H, a.D});
+    if (err.empty()) err = nezha::check_output("dk", *dk, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
+    if (err.empty()) err = nezha::check_output("dv", *dv, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_bwd(a, dtype, impl, dout->data, static_cast<const float*>(lse->data),
+                                            static_cast<const float*>(delta->data), const_cast<void*>(dq->data),
+                                            const_cast<void*>(dk->data), const_cast<void*>(dv->data), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
 }
 
 // The calling thread's current emulated device (cudaGetDevice / cudaSetDevice): -1 on an invalid ordinal.

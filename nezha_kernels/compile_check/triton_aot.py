@@ -29,6 +29,7 @@ BLOCK_BAND_KERNELS = ("fwd", "bwd_dq")
 _POINTERS = {
     "Q": None, "K": None, "V": None, "T": None, "OUT": None, "DOUT": None, "DQ": None, "DK": None, "DV": None,
     "ROW_MAX": "fp32", "ROW_LOGSUM": "fp32", "WS": "fp32", "DELTA": "fp32", "KPAD": "u8", "AMASK": "fp32", "HMASK": "fp32",
+    "CU_Q": "i32", "CU_K": "i32",
 }
 _FLOATS = {"scale", "dropout_p", "dropout_scale"}
 
@@ -97,9 +98,10 @@ def _jobs(archs, grid: str = "full"):
         "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.gpu_tiles("bwd_dkdv")),
         "bwd_dq": ("_relattn_bwd_dq_kernel", configs.gpu_tiles("bwd_dq")),
     }
-    every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True)
+    every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True,
+                 VARLEN=False)
     plain = dict(HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False,
-                 HAS_DROPOUT=False)
+                 HAS_DROPOUT=False, VARLEN=False)
     # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
     causal_skip = dict(plain, CAUSAL=True, CAUSAL_SKIP=True)
     jobs = []
@@ -142,25 +144,41 @@ def _jobs(archs, grid: str = "full"):
     return jobs
 
 
-def _compile(job) -> CompileRow:
-    kernel, fn_name, label, arch, dtype, constexprs, warps, stages = job
+def _worker_environment() -> None:
+    """Pool initializer: the spawned worker (never this process) compiles real kernels, not interpreted ones."""
     os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 1 = its default
+
+
+def _compile(job) -> tuple[int | None, int, int | None] | str:
+    """In a worker: (registers, shared bytes, spill bytes) of one job, or the compile error as text."""
+    kernel, fn_name, label, arch, dtype, constexprs, warps, stages = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, forward
+    from ..triton_kernels import backward, configs, forward
 
+    if configs.interpreted():
+        raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
     fn = getattr(forward if kernel == "fwd" else backward, fn_name)
     try:
         signature, consts, attrs = _signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps, "num_stages": stages})
-        shared = compiled.metadata.shared
         regs, spill = _resources(compiled.asm["cubin"])
     except Exception as exc:  # report, don't stop: the table shows every failure
-        return CompileRow("triton", kernel, label, arch, "error", message=f"{type(exc).__name__}: {exc}")
+        return f"{type(exc).__name__}: {exc}"
+    return regs, compiled.metadata.shared, spill
+
+
+def _row(job, result) -> CompileRow:
+    """The table row of one job from its worker's result (the shared-memory limit is checked here)."""
+    kernel, _, label, arch = job[:4]
+    if isinstance(result, str):
+        return CompileRow("triton", kernel, label, arch, "error", message=result)
+    regs, shared, spill = result
     limit = SHARED_LIMIT.get(arch, 99 * 1024)
     status, message = "ok", ""
     if shared > limit:
@@ -168,18 +186,17 @@ def _compile(job) -> CompileRow:
     return CompileRow("triton", kernel, label, arch, status, regs, shared, spill, message)
 
 
-def run(archs=(80, 90), grid: str = "full") -> list[CompileRow]:
-    """Compile the kernels for ``archs`` (grid "full" or "main", see _jobs); one row per compile."""
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton >= 3.9 warns when unset; 1 = its default
-    jobs = _jobs(archs, grid)
-    workers = max(1, min(4, os.cpu_count() or 1))
-    # Spawned processes (triton.compile is CPU bound and holds the GIL) started without
-    # TRITON_INTERPRET, so they get compilable kernels even when this process is interpreting.
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            return list(pool.map(_compile, jobs))
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
+def run(archs=(80, 90), grid: str = "full", jobs=None) -> list[CompileRow]:
+    """Compile the kernels for ``archs`` (grid "full" or "main", see _jobs; or the given ``jobs``), one row each.
+
+    The compiles run in spawned worker processes (triton.compile is CPU bound and holds the GIL) whose
+    environment drops TRITON_INTERPRET, so they compile real kernels even when this process interprets
+    them; this process's os.environ is never changed.
+    """
+    jobs = _jobs(archs, grid) if jobs is None else list(jobs)
+    workers = max(1, min(4, os.cpu_count() or 1, len(jobs)))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                initializer=_worker_environment) as pool:
+        results = list(pool.map(_compile, jobs))
+    return [_row(job, result) for job, result in zip(jobs, results)]

@@ -1,1 +1,1 @@
-"""The CUDA C++ extension: JIT build (build.py) and its torch op / autograd wrapper (function.py)."""
+"""The CUDA C++ extension: the source list (sources.py), the JIT / ahead-of-time build (build.py), the launcher pair of the one op's "cuda-tc" / "cuda-simt" implementations (launch.py) and the CPU emulator (emulator.py)."""

@@ -8,9 +8,9 @@ from the PTX fragment layouts). Layers:
   or ``~/.cache/nezha_kernels``, keyed by the compiler, the flags and every source), optionally with
   sanitizers (``$NEZHA_EMU_SANITIZE`` = ``address``, ``thread``, ``undefined`` or a comma list; loading a
   sanitized library into python needs the runtime in ``LD_PRELOAD``, see ``sanitizer_runtime``).
-- ``EmulatedExtension``: ``forward`` / ``backward`` with the signatures of csrc/binding.cpp, mirroring its
-  checks and its ``AttnArgs`` filling, on CPU tensors; outputs are NaN-poisoned so an element the kernels
-  do not write shows up.
+- ``EmulatedExtension``: ``forward`` / ``backward`` with the signatures of csrc/binding.cpp, on CPU tensors,
+  through the binding's own argument handling (csrc/relattn_args.h, fed plain tensor views); outputs are
+  NaN-poisoned so an element the kernels do not write shows up.
 - ``emulated_cuda_backend()``: while active, the CUDA launchers (``nezha_kernels.cuda_ext.launch``: layouts,
   mask / head_mask / delta preparation), and with them the op and ``backend="cuda"``, run on CPU tensors
   against the emulated kernels instead of the built extension.
@@ -42,7 +42,6 @@ CXX_ENV = "NEZHA_EMU_CXX"
 _SANITIZERS = ("address", "thread", "undefined")
 _BASE_FLAGS = ("-std=c++20", "-pthread", "-fPIC", "-DNEZHA_CUDA_EMULATE", "-fno-strict-aliasing", "-Wall",
                "-Wno-unknown-pragmas")
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
 class EmulatorBuildError(RuntimeError):
@@ -134,47 +133,71 @@ def sanitizer_runtime(sanitizer: str) -> str:
     return path
 
 
-class _AttnArgs(ctypes.Structure):
-    """Mirror of nezha::AttnArgs (csrc/relattn.h); checked against the library's offsetof table on load."""
+class _TensorView(ctypes.Structure):
+    """nezha::TensorView (csrc/relattn_args.h): a tensor as plain data; checked against the library's offsetof
+    table on load. The checks of the arguments are the binding's own, in C++."""
 
     _fields_ = [
-        ("B", ctypes.c_int), ("H", ctypes.c_int), ("Lq", ctypes.c_int), ("Lk", ctypes.c_int), ("D", ctypes.c_int),
-        ("R", ctypes.c_int), ("q_offset", ctypes.c_int), ("causal", ctypes.c_bool), ("scale", ctypes.c_float),
-        ("q", ctypes.c_void_p), ("q_sb", ctypes.c_int64), ("q_sh", ctypes.c_int64), ("q_sl", ctypes.c_int64),
-        ("k", ctypes.c_void_p), ("k_sb", ctypes.c_int64), ("k_sh", ctypes.c_int64), ("k_sl", ctypes.c_int64),
-        ("v", ctypes.c_void_p), ("v_sb", ctypes.c_int64), ("v_sh", ctypes.c_int64), ("v_sl", ctypes.c_int64),
-        ("table", ctypes.c_void_p), ("key_padding", ctypes.c_void_p), ("kp_sb", ctypes.c_int64),
-        ("kp_sk", ctypes.c_int64), ("additive_mask", ctypes.c_void_p), ("am_sb", ctypes.c_int64),
-        ("am_sh", ctypes.c_int64), ("am_sq", ctypes.c_int64), ("am_sk", ctypes.c_int64),
-        ("dropout_p", ctypes.c_float), ("dropout_seed", ctypes.c_uint64), ("head_mask", ctypes.c_void_p),
-        ("cu_seqlens_q", ctypes.c_void_p), ("cu_seqlens_k", ctypes.c_void_p), ("Tq", ctypes.c_int),
+        ("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("device_type", ctypes.c_int),
+        ("device_index", ctypes.c_int), ("ndim", ctypes.c_int), ("sizes", ctypes.c_int64 * 4),
+        ("strides", ctypes.c_int64 * 4),
     ]
 
 
+# nezha::ScalarKind and nezha::DeviceKind codes (csrc/relattn_args.h).
+_SCALAR_KINDS = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.bool: 3, torch.int32: 5}
+_OTHER_KIND = 4
+_DEVICE_KINDS = {"cpu": 0, "cuda": 1}
+_OTHER_DEVICE = 2
+
+
+def _view(t: torch.Tensor | None):
+    """A pointer to the TensorView of ``t`` (None for an absent tensor); ``t`` must outlive the call."""
+    if t is None:
+        return None
+    view = _TensorView()
+    view.data = t.data_ptr()
+    view.dtype = _SCALAR_KINDS.get(t.dtype, _OTHER_KIND)
+    view.device_type = _DEVICE_KINDS.get(t.device.type, _OTHER_DEVICE)
+    view.device_index = -1 if t.device.index is None else t.device.index
+    view.ndim = t.dim()
+    for d in range(min(t.dim(), 4)):
+        view.sizes[d], view.strides[d] = t.shape[d], t.stride(d)
+    return ctypes.pointer(view)
+
+
 def _check_layout(lib: ctypes.CDLL) -> None:
-    out = (ctypes.c_int64 * 64)()
-    n = lib.nezha_emu_args_layout(out, 64)
-    want = [ctypes.sizeof(_AttnArgs)] + [getattr(_AttnArgs, name).offset for name, _ in _AttnArgs._fields_]
+    out = (ctypes.c_int64 * 16)()
+    n = lib.nezha_emu_view_layout(out, 16)
+    want = [ctypes.sizeof(_TensorView)] + [getattr(_TensorView, name).offset for name, _ in _TensorView._fields_]
     if list(out[:n]) != want:
-        raise EmulatorBuildError(f"AttnArgs layout mismatch: library {list(out[:n])}, ctypes {want}")
+        raise EmulatorBuildError(f"TensorView layout mismatch: library {list(out[:n])}, ctypes {want}")
 
 
 @functools.lru_cache(maxsize=None)
 def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     """The built library, loaded with its C API typed (cached per sanitizer set)."""
     lib = ctypes.CDLL(str(build_emulator(sanitize)))
-    p, i = ctypes.c_void_p, ctypes.c_int
-    lib.nezha_emu_args_layout.argtypes = [ctypes.POINTER(ctypes.c_int64), i]
-    lib.nezha_emu_args_layout.restype = i
-    lib.nezha_emu_fwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p, i]
+    p, i, i64, view = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.POINTER(_TensorView)
+    scalars = [i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
+    lib.nezha_emu_view_layout.argtypes = [ctypes.POINTER(ctypes.c_int64), i]
+    lib.nezha_emu_view_layout.restype = i
+    lib.nezha_emu_fwd.argtypes = [view] * 7 + scalars + [view, view, i]
     lib.nezha_emu_fwd.restype = ctypes.c_char_p
-    lib.nezha_emu_bwd.argtypes = [ctypes.POINTER(_AttnArgs), i, i, p, p, p, p, p, p, i]
+    lib.nezha_emu_bwd.argtypes = [view] * 10 + scalars + [view, view, view, i]
     lib.nezha_emu_bwd.restype = ctypes.c_char_p
+    # varlen: q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k (bwd: dout first, lse and delta before cu),
+    # then max_seqlen_q, max_seqlen_k and the scalars from R (no q_offset).
+    varlen_scalars = [i64, i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
+    lib.nezha_emu_fwd_varlen.argtypes = [view] * 7 + varlen_scalars + [view, view, i]
+    lib.nezha_emu_fwd_varlen.restype = ctypes.c_char_p
+    lib.nezha_emu_bwd_varlen.argtypes = [view] * 10 + varlen_scalars + [view, view, view, i]
+    lib.nezha_emu_bwd_varlen.restype = ctypes.c_char_p
     lib.nezha_emu_get_device.argtypes = []
     lib.nezha_emu_get_device.restype = i
     lib.nezha_emu_set_device.argtypes = [i]
     lib.nezha_emu_set_device.restype = i
-    lib.nezha_emu_round.argtypes = [i, p, p, ctypes.c_int64]
+    lib.nezha_emu_round.argtypes = [i, p, p, i64]
     lib.nezha_emu_round.restype = None
     lib.nezha_emu_selftest.argtypes = [ctypes.c_char_p, p, p, p]
     lib.nezha_emu_selftest.restype = ctypes.c_char_p
@@ -182,152 +205,23 @@ def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     return lib
 
 
-def _check(cond: bool, *message) -> None:
-    """TORCH_CHECK: a RuntimeError with the binding's message."""
-    if not cond:
-        raise RuntimeError("".join(str(m) for m in message))
-
-
-_PREFIX = "nezha_kernels cuda backend: "
-
-
-def _dtype_code(t: torch.Tensor) -> int:
-    _check(t.dtype in _DTYPE_CODES, _PREFIX, "dtype must be float16, bfloat16 or float32, got ", t.dtype)
-    return _DTYPE_CODES[t.dtype]
-
-
-def _check_qkv(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
-    # The binding requires CUDA tensors; the emulated device reads host memory.
-    _check(t.device.type == "cpu", _PREFIX, name, " must be a CPU tensor for the emulator, got device ", t.device)
-    _check(t.dim() == 4, _PREFIX, name, " must be 4-D [B, H, L, D], got ", t.dim(), "-D")
-    _check(t.dtype == q.dtype, _PREFIX, name, " dtype ", t.dtype, " differs from q's ", q.dtype)
-    _check(t.device == q.device, _PREFIX, name, " is on ", t.device, " but q is on ", q.device)
-    _check(t.stride(3) == 1, _PREFIX, name, " must have unit stride on the head dim")
-
-
-def _check_aux(name: str, t: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> None:
-    _check(t.device == q.device, _PREFIX, name, " must be a tensor on q's device, got ", t.device)
-    _check(t.dtype == dtype, _PREFIX, name, " must be ", dtype, ", got ", t.dtype)
-
-
-def _impl_code(impl: int) -> int:
-    _check(impl in (0, 1), _PREFIX, "impl must be 0 (simt) or 1 (tc), got ", impl)
-    return int(impl)
-
-
-def _make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p,
-               seed) -> _AttnArgs:
-    """csrc/binding.cpp's make_args, check for check and field for field."""
-    _check_qkv("q", q, q)
-    _check_qkv("k", k, q)
-    _check_qkv("v", v, q)
-    _dtype_code(q)
-    B, H, Lq, D = q.shape
-    Lk = k.shape[2]
-    _check(k.shape[0] == B and k.shape[1] == H and k.shape[3] == D and v.shape == k.shape,
-           _PREFIX, "k and v must be [B, H, Lk, D] matching q")
-    _check(D in (32, 64, 128), _PREFIX, "head dim must be 32, 64 or 128, got ", D)
-    _check(R >= 1, _PREFIX, "max_relative_position must be >= 1")
-    _check_aux("rel_table", table, q, q.dtype)
-    _check(table.dim() == 2 and table.shape[0] == 2 * R + 1 and table.shape[1] == D and table.is_contiguous(),
-           _PREFIX, "rel_table must be a contiguous [2R+1, D] tensor")
-    _check(Lq < 2**31 and Lk < 2**31 and q_offset + Lq < 2**31 and B * H < 65536,
-           _PREFIX, "sizes exceed the kernel's 32-bit index range / grid")
-
-    a = _AttnArgs()
-    a.B, a.H, a.Lq, a.Lk, a.D, a.R, a.q_offset = B, H, Lq, Lk, D, R, q_offset
-    a.causal = bool(causal)
-    a.scale = float(scale)
-    a.q, (a.q_sb, a.q_sh, a.q_sl) = q.data_ptr(), q.stride()[:3]
-    a.k, (a.k_sb, a.k_sh, a.k_sl) = k.data_ptr(), k.stride()[:3]
-    a.v, (a.v_sb, a.v_sh, a.v_sl) = v.data_ptr(), v.stride()[:3]
-    a.table = table.data_ptr()
-    if key_padding is not None:
-        _check_aux("key_padding", key_padding, q, torch.bool)
-        _check(key_padding.dim() == 2 and key_padding.shape[0] == B and key_padding.shape[1] == Lk,
-               "key_padding must be bool [B, Lk]")
-        a.key_padding = key_padding.data_ptr()
-        a.kp_sb, a.kp_sk = key_padding.stride()
-    if additive_mask is not None:
-        m = additive_mask
-        _check_aux("additive_mask", m, q, torch.float32)
-        _check(m.dim() == 4 and tuple(m.shape) == (B, H, Lq, Lk),
-               "additive_mask must be a float32 view of shape [B, H, Lq, Lk] (stride 0 on broadcast dims)")
-        a.additive_mask = m.data_ptr()
-        a.am_sb, a.am_sh, a.am_sq, a.am_sk = m.stride()
-    if head_mask is not None:
-        _check_aux("head_mask", head_mask, q, torch.float32)
-        _check(head_mask.dim() == 2 and tuple(head_mask.shape) == (B, H) and head_mask.is_contiguous(),
-               "head_mask must be a contiguous float32 [B, H] tensor")
-        a.head_mask = head_mask.data_ptr()
-    _check(0.0 <= dropout_p < 1.0, "dropout_p must be in [0, 1)")
-    a.dropout_p = float(dropout_p)
-    a.dropout_seed = int(seed) & (2**64 - 1)
-    return a
-
-
-def _check_packed(name: str, t: torch.Tensor, q: torch.Tensor) -> None:
-    _check(t.device.type == "cpu", _PREFIX, name, " must be a CPU tensor for the emulator, got device ", t.device)
-    _check(t.dim() == 3, _PREFIX, name, " must be 3-D [T, H, D], got ", t.dim(), "-D")
-    _check(t.dtype == q.dtype, _PREFIX, name, " dtype ", t.dtype, " differs from q's ", q.dtype)
-    _check(t.stride(2) == 1, _PREFIX, name, " must have unit stride on the head dim")
-
-
-def _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal,
-                      scale, dropout_p, seed) -> _AttnArgs:
-    """csrc/binding.cpp's make_varlen_args, check for check and field for field."""
-    _check_packed("q", q, q)
-    _check_packed("k", k, q)
-    _check_packed("v", v, q)
-    _dtype_code(q)
-    Tq, H, D = q.shape
-    Tk = k.shape[0]
-    _check(k.shape[1] == H and k.shape[2] == D and v.shape == k.shape,
-           _PREFIX, "k and v must be [Tk, H, D] matching q")
-    _check(D in (32, 64, 128), _PREFIX, "head dim must be 32, 64 or 128, got ", D)
-    _check(R >= 1, _PREFIX, "max_relative_position must be >= 1")
-    _check_aux("rel_table", table, q, q.dtype)
-    _check(table.dim() == 2 and table.shape[0] == 2 * R + 1 and table.shape[1] == D and table.is_contiguous(),
-           _PREFIX, "rel_table must be a contiguous [2R+1, D] tensor")
-    _check_aux("cu_seqlens_q", cu_seqlens_q, q, torch.int32)
-    _check_aux("cu_seqlens_k", cu_seqlens_k, q, torch.int32)
-    _check(cu_seqlens_q.dim() == 1 and cu_seqlens_q.shape[0] >= 1 and cu_seqlens_q.is_contiguous()
-           and cu_seqlens_k.shape == cu_seqlens_q.shape and cu_seqlens_k.is_contiguous(),
-           _PREFIX, "cu_seqlens_q / cu_seqlens_k must be contiguous int32 [B + 1]")
-    B = cu_seqlens_q.shape[0] - 1
-    _check(0 <= max_seqlen_q <= Tq and 0 <= max_seqlen_k <= Tk,
-           _PREFIX, "max_seqlen_q / max_seqlen_k must be in [0, T]")
-    _check(Tq < 2**31 and Tk < 2**31 and Tq * H < 2**31 and B * H < 65536,
-           _PREFIX, "sizes exceed the kernel's 32-bit index range / grid")
-
-    a = _AttnArgs()
-    a.B, a.H, a.D, a.R = B, H, D, R
-    a.Lq, a.Lk, a.Tq = max_seqlen_q, max_seqlen_k, Tq
-    a.causal = bool(causal)
-    a.scale = float(scale)
-    a.q, a.q_sh, a.q_sl = q.data_ptr(), q.stride(1), q.stride(0)
-    a.k, a.k_sh, a.k_sl = k.data_ptr(), k.stride(1), k.stride(0)
-    a.v, a.v_sh, a.v_sl = v.data_ptr(), v.stride(1), v.stride(0)
-    a.table = table.data_ptr()
-    a.cu_seqlens_q, a.cu_seqlens_k = cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr()
-    if head_mask is not None:
-        _check_aux("head_mask", head_mask, q, torch.float32)
-        _check(head_mask.dim() == 2 and tuple(head_mask.shape) == (B, H) and head_mask.is_contiguous(),
-               "head_mask must be a contiguous float32 [B, H] tensor")
-        a.head_mask = head_mask.data_ptr()
-    _check(0.0 <= dropout_p < 1.0, "dropout_p must be in [0, 1)")
-    a.dropout_p = float(dropout_p)
-    a.dropout_seed = int(seed) & (2**64 - 1)
-    return a
-
-
 def _poisoned(shape, dtype) -> torch.Tensor:
     """NaN-filled output: every element the kernels do not write stays NaN."""
     return torch.full(shape, float("nan"), dtype=dtype)
 
 
+def _raise_on(err: bytes | None) -> None:
+    """The binding's TORCH_CHECK: a RuntimeError with the C++ message."""
+    if err is not None:
+        raise RuntimeError(err.decode())
+
+
 class EmulatedExtension:
-    """The extension module's ``forward`` / ``backward`` (csrc/binding.cpp) on the emulated kernels."""
+    """The extension module's ``forward`` / ``backward`` (csrc/binding.cpp) on the emulated kernels, CPU tensors.
+
+    Arguments go to the binding's own argument handling (csrc/relattn_args.h) as tensor views; outputs are
+    allocated here, NaN-poisoned, with the shapes the binding allocates (the C++ checks them before the launch).
+    """
 
     def __init__(self, lib: ctypes.CDLL, device: int = 0):
         self._lib = lib
@@ -338,71 +232,48 @@ class EmulatedExtension:
         return self._lib.nezha_emu_get_device()
 
     def set_current_device(self, device: int) -> None:
-        _check(self._lib.nezha_emu_set_device(device) == 0, "invalid emulated device ", device)
+        if self._lib.nezha_emu_set_device(device) != 0:
+            raise RuntimeError(f"invalid emulated device {device}")
 
     def forward(self, q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p,
-                seed, stream, impl=1):
+                seed, stream, impl):
         """[out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32 (row max, log of the row sum)]."""
-        a = _make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
-                       dropout_p, seed)
-        out = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
-        lse = _poisoned((2, a.B, a.H, a.Lq), torch.float32)
-        err = self._lib.nezha_emu_fwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), out.data_ptr(),
-                                      lse.data_ptr(), self.device)
-        _check(err is None, "nezha_kernels cuda forward failed: ", (err or b"").decode())
+        out = _poisoned(q.shape, q.dtype)
+        lse = _poisoned((2, *q.shape[:-1]), torch.float32)
+        tensors = (q, k, v, table, key_padding, additive_mask, head_mask)
+        _raise_on(self._lib.nezha_emu_fwd(*map(_view, tensors), R, q_offset, causal, scale, dropout_p,
+                                          int(seed) & (2**64 - 1), impl, _view(out), _view(lse), self.device))
         return [out, lse]
 
     def backward(self, dout, q, k, v, table, key_padding, additive_mask, head_mask, lse, delta, R, q_offset, causal,
-                 scale, dropout_p, seed, stream, impl=1):
+                 scale, dropout_p, seed, stream, impl):
         """[dq, dk, dv], contiguous, in q's dtype."""
-        a = _make_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
-                       dropout_p, seed)
-        _check_aux("dout", dout, q, q.dtype)
-        _check(dout.shape == q.shape and dout.is_contiguous(), "dout must be contiguous with q's shape")
-        _check_aux("lse", lse, q, torch.float32)
-        _check(tuple(lse.shape) == (2, a.B, a.H, a.Lq) and lse.is_contiguous(),
-               "lse must be contiguous float32 [2, B, H, Lq]")
-        _check_aux("delta", delta, q, torch.float32)
-        _check(tuple(delta.shape) == (a.B, a.H, a.Lq) and delta.is_contiguous(),
-               "delta must be contiguous float32 [B, H, Lq]")
-        dq = _poisoned((a.B, a.H, a.Lq, a.D), q.dtype)
-        dk = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
-        dv = _poisoned((a.B, a.H, a.Lk, a.D), q.dtype)
-        err = self._lib.nezha_emu_bwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), dout.data_ptr(),
-                                      lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                      self.device)
-        _check(err is None, "nezha_kernels cuda backward failed: ", (err or b"").decode())
+        dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
+        tensors = (dout, q, k, v, table, key_padding, additive_mask, head_mask, lse, delta)
+        _raise_on(self._lib.nezha_emu_bwd(*map(_view, tensors), R, q_offset, causal, scale, dropout_p,
+                                          int(seed) & (2**64 - 1), impl, _view(dq), _view(dk), _view(dv),
+                                          self.device))
         return [dq, dk, dv]
 
     def forward_varlen(self, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
-                       causal, scale, dropout_p, seed, stream, impl=1):
+                       causal, scale, dropout_p, seed, stream, impl):
         """[out [Tq, H, D] in q's dtype, lse [2, H, Tq] float32]: a padding-free call."""
-        a = _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
-                              causal, scale, dropout_p, seed)
-        out = _poisoned((a.Tq, a.H, a.D), q.dtype)
-        lse = _poisoned((2, a.H, a.Tq), torch.float32)
-        err = self._lib.nezha_emu_fwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), out.data_ptr(),
-                                      lse.data_ptr(), self.device)
-        _check(err is None, "nezha_kernels cuda forward failed: ", (err or b"").decode())
+        out = _poisoned(q.shape, q.dtype)
+        lse = _poisoned((2, q.shape[1], q.shape[0]) if q.dim() == 3 else (1,), torch.float32)
+        tensors = (q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k)
+        _raise_on(self._lib.nezha_emu_fwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
+                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(out), _view(lse),
+                                                 self.device))
         return [out, lse]
 
     def backward_varlen(self, dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                        max_seqlen_k, R, causal, scale, dropout_p, seed, stream, impl=1):
+                        max_seqlen_k, R, causal, scale, dropout_p, seed, stream, impl):
         """[dq [Tq, H, D], dk, dv [Tk, H, D]] in q's dtype."""
-        a = _make_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
-                              causal, scale, dropout_p, seed)
-        _check_aux("dout", dout, q, q.dtype)
-        _check(dout.shape == q.shape and dout.is_contiguous(), "dout must be contiguous with q's shape")
-        _check_aux("lse", lse, q, torch.float32)
-        _check(tuple(lse.shape) == (2, a.H, a.Tq) and lse.is_contiguous(), "lse must be contiguous float32 [2, H, Tq]")
-        _check_aux("delta", delta, q, torch.float32)
-        _check(tuple(delta.shape) == (a.H, a.Tq) and delta.is_contiguous(), "delta must be contiguous float32 [H, Tq]")
-        dq = _poisoned(tuple(q.shape), q.dtype)
-        dk, dv = _poisoned(tuple(k.shape), q.dtype), _poisoned(tuple(k.shape), q.dtype)
-        err = self._lib.nezha_emu_bwd(ctypes.byref(a), _dtype_code(q), _impl_code(impl), dout.data_ptr(),
-                                      lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                      self.device)
-        _check(err is None, "nezha_kernels cuda backward failed: ", (err or b"").decode())
+        dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
+        tensors = (dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k)
+        _raise_on(self._lib.nezha_emu_bwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
+                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(dq), _view(dk),
+                                                 _view(dv), self.device))
         return [dq, dk, dv]
 
     def round_to(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 # Kernel translation units: nvcc compiles each to an object; the binding calls their launchers.
 KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
 BINDING_SOURCE = "binding.cpp"
-HEADERS = ("relattn.h", "relattn_helpers.h", "relattn_tile.cuh", "relattn_mma.h", "relattn_tc.cuh")
+HEADERS = ("relattn.h", "relattn_args.h", "relattn_helpers.h", "relattn_tile.cuh", "relattn_mma.h", "relattn_tc.cuh")
 # The extension: every file its build reads.
 EXTENSION_FILES = (BINDING_SOURCE, *KERNEL_SOURCES, *HEADERS)
 # The CPU emulator (g++): its translation units include the kernel sources.

@@ -2,5 +2,5 @@
 
 Importing this package imports triton; the backend module imports it lazily so that the package
 works without triton. Layers: kernels (forward.py, backward.py, shared pieces in band.py,
-philox.py) -> launchers (launch.py) -> custom ops + autograd (function.py).
+philox.py) -> launchers (launch.py), the "triton" implementation of the one op (nezha_kernels/ops.py).
 """

@@ -25,12 +25,13 @@ from .band import (MASKED_SCORE, band_bucket, band_gather, load_band_table, load
                    mask_scores)
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .sequence import sequence_window
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_fwd_kernel(
     Q, K, V, T, OUT, ROW_MAX, ROW_LOGSUM, WS,
-    KPAD, AMASK, HMASK,
+    KPAD, AMASK, HMASK, CU_Q, CU_K,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -45,25 +46,31 @@ def _relattn_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m = tl.program_id(1)
+    bh = tl.program_id(0)
     b = bh // H
     h = bh % H
+    # lq, lk, q_offset: this sequence's (see sequence.py); LQ / LK are the tensors' row counts.
+    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET,
+                                                                    VARLEN)
+    if VARLEN:
+        if pid_m * BLOCK_M >= lq:
+            return  # the grid covers the longest sequence: no pad tile of a shorter one is computed
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < LQ
+    m_valid = offs_m < lq
     d_valid = offs_d < HEAD_DIM
-    pos0 = Q_OFFSET + pid_m * BLOCK_M
-    pos = Q_OFFSET + offs_m
+    pos0 = q_offset + pid_m * BLOCK_M
+    pos = q_offset + offs_m
 
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
     q_ptrs = q_ptrs + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
     t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
@@ -71,8 +78,8 @@ def _relattn_fwd_kernel(
     qt_left = tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)
     qt_right = tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)
 
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -81,7 +88,7 @@ def _relattn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     # This block's scratch rows; in-block offsets stay int32 (64-bit pointer tiles cost registers).
-    ws = WS + (bh.to(tl.int64) * LQ + pid_m * BLOCK_M) * BAND_P
+    ws = WS + (stat_row0 + pid_m * BLOCK_M) * BAND_P
     ws_row = tl.arange(0, BLOCK_M)[:, None] * BAND_P
     if BAND_P > 0:
         # Column chunks in a runtime loop, not static_range: unrolled, the compiler loads q's FMA (fp32)
@@ -92,14 +99,14 @@ def _relattn_fwd_kernel(
             tl.store(ws + ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :], qtb, mask=m_valid[:, None])
         tl.debug_barrier()  # band tiles read slots other threads wrote
 
-    hi = LK
+    hi = lk
     if CAUSAL_SKIP:
-        # Without padding or additive masks no row is fully masked, so keys past the block's last
-        # position carry exactly zero weight and are skipped.
-        hi = tl.minimum(LK, pos0 + BLOCK_M)
+        # Without padding or additive masks no row at a position >= 0 is fully masked, so keys past the
+        # block's last position carry exactly zero weight and are skipped (see sequence.py for pos0 < 0).
+        hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)
     for j0 in range(0, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < LK
+        n_valid = offs_n < lk
         kv_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
                     mask=kv_mask, other=0.0)
@@ -167,19 +174,21 @@ def _relattn_fwd_kernel(
             offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
             j = pos[:, None] + offs_r[None, :] - (R - 1)
             # Slots of keys the loop never visited still hold QTb: mask them out.
-            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < LK) & (j < hi_tiles)
+            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < lk) & (j < hi_tiles)
             w_band = tl.exp(tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=float("-inf")) - m_i[:, None])
             if HAS_DROPOUT:
                 w_band = w_band * dropout_scale
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             acc += dot(w_band.to(tb.dtype), tb, None, DOT_PRECISION)
     acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
+    if VARLEN:
+        l_i = tl.where(l_i > 0.0, l_i, 1.0)  # a query row of a sequence without keys outputs 0
     out = acc / l_i[:, None]
     if HAS_HMASK:
         out = out * tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
-    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_om
     o_ptrs = o_ptrs + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
-    row = bh.to(tl.int64) * LQ + offs_m
+    row = stat_row0 + offs_m
     tl.store(ROW_MAX + row, m_i, mask=m_valid)
     tl.store(ROW_LOGSUM + row, tl.log(l_i), mask=m_valid)
