@@ -14,11 +14,13 @@ from .backends import (
     use_backend,
 )
 from .table import relative_index, sinusoidal_table
+from .varlen import relative_attention_varlen
 
 __all__ = [
     "__version__",
     "relative_attention",
     "relative_attention_with_weights",
+    "relative_attention_varlen",
     "sinusoidal_table",
     "relative_index",
     "available_backends",
@@ -36,6 +38,9 @@ _MODEL_EXPORTS = (
     "NezhaForTokenClassification", "NezhaForQuestionAnswering",
 )
 __all__ += list(_MODEL_EXPORTS)
+# Also lazy: transformers itself is only imported when a patch is applied.
+_INTEGRATION_EXPORTS = ("patch_transformers_nezha", "unpatch_transformers_nezha")
+__all__ += list(_INTEGRATION_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -43,4 +48,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name in _INTEGRATION_EXPORTS:
+        from .integrations import transformers_nezha
+
+        return getattr(transformers_nezha, name)
     raise AttributeError(f"module 'nezha_kernels' has no attribute {name!r}")

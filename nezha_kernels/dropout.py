@@ -85,12 +85,15 @@ def keep_mask(
     query_rows: torch.Tensor,
     key_length: int,
     device: torch.device,
+    bh_offset: int = 0,
 ) -> torch.Tensor:
     """Bool keep mask [B, H, len(query_rows), Lk] for query rows ``query_rows`` (indices within the call).
 
     ``seed``: an int, or a 0-d int64 tensor (as drawn inside a torch.compile graph).
+    ``bh_offset``: counter c2 of batch 0, head 0 (b * H for sequence b of a padding-free call, whose
+    masks are built one sequence at a time).
     """
-    bh = torch.arange(batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1, 1)
+    bh = torch.arange(bh_offset, bh_offset + batch * heads, device=device, dtype=torch.int64).view(batch, heads, 1, 1)
     rows = query_rows.to(device=device, dtype=torch.int64).view(1, 1, -1, 1)
     cols = torch.arange(key_length, device=device, dtype=torch.int64).view(1, 1, 1, -1)
     if isinstance(seed, torch.Tensor):

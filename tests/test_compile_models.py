@@ -29,8 +29,13 @@ def test_compiled_inference_matches_eager(cls):
     ids, mask = _batch()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits,
-                                   model(input_ids=ids, attention_mask=mask).logits, atol=1e-6, rtol=1e-6)
+        got = compiled(input_ids=ids, attention_mask=mask).logits
+        want = model(input_ids=ids, attention_mask=mask).logits
+    if got.dim() == 3:
+        # Compiled, the padded batch runs the dense path; eager runs it padding-free, with zero hidden
+        # states at padded positions. Real tokens agree.
+        got, want = got[mask.bool()], want[mask.bool()]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
 def test_compiled_training_step_matches_eager():

@@ -3,15 +3,21 @@
 It materializes the [Lq, Lk, D] table of relative vectors a_ij, like the original model, and
 relies on plain autograd. It exists as an oracle and a fallback, never for speed: its memory is
 O(Lq * Lk * D). Computation runs in float32 (float64 for float64 inputs) and is cast back.
+Padding-free calls (``forward_varlen``) run that math on each sequence in turn.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..dropout import keep_mask
 from ..inputs import MASKED_SCORE, AttentionInputs
 from ..table import relative_index
+
+if TYPE_CHECKING:
+    from ..varlen import VarlenInputs
 
 NAME = "reference"
 
@@ -38,8 +44,13 @@ def score_mask(inputs: AttentionInputs) -> torch.Tensor | None:
     return masked
 
 
-def probabilities(inputs: AttentionInputs, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(attention weights after dropout and head_mask [B, H, Lq, Lk], materialized table [Lq, Lk, D])."""
+def probabilities(
+    inputs: AttentionInputs, compute_dtype: torch.dtype, bh_offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention weights after dropout and head_mask [B, H, Lq, Lk], materialized table [Lq, Lk, D]).
+
+    bh_offset: the dropout counter of batch 0, head 0 (b * H for sequence b of a padding-free call).
+    """
     b, h, lq, lk, _ = inputs.shape
     q, k = inputs.q.to(compute_dtype), inputs.k.to(compute_dtype)
     idx = relative_index(lq, lk, inputs.max_relative_position, inputs.q_offset, device=q.device)
@@ -56,15 +67,48 @@ def probabilities(inputs: AttentionInputs, compute_dtype: torch.dtype) -> tuple[
     scores = scores.clamp(min=MASKED_SCORE) + (base - base.detach())
     probs = torch.softmax(scores, dim=-1)
     if inputs.dropout_p > 0.0:
-        keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, torch.arange(lq), lk, q.device)
+        keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, torch.arange(lq), lk, q.device, bh_offset)
         probs = probs * keep / (1.0 - inputs.dropout_p)
     if inputs.head_mask is not None:
         probs = probs * inputs.head_mask.to(compute_dtype).view(b, h, 1, 1)
     return probs, rel
 
 
-def forward(inputs: AttentionInputs) -> torch.Tensor:
+def _output(inputs: AttentionInputs, bh_offset: int = 0) -> torch.Tensor:
     compute_dtype = torch.float64 if inputs.q.dtype == torch.float64 else torch.float32
-    probs, rel = probabilities(inputs, compute_dtype)
+    probs, rel = probabilities(inputs, compute_dtype, bh_offset)
     out = torch.matmul(probs, inputs.v.to(compute_dtype)) + torch.einsum("bhij,ijd->bhid", probs, rel)
     return out.to(inputs.q.dtype)
+
+
+def forward(inputs: AttentionInputs) -> torch.Tensor:
+    return _output(inputs)
+
+
+def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
+    """Each sequence through the dense math: a batch of one with q_offset = Lk_b - Lq_b (maybe negative).
+
+    Reads cu_seqlens on the host (a sync on CUDA; a graph break under torch.compile): an oracle, not a fast path.
+    """
+    h = inputs.q.shape[1]
+    starts_q, starts_k = inputs.cu_seqlens_q.tolist(), inputs.cu_seqlens_k.tolist()
+    outputs = []
+    for b in range(inputs.batch):
+        q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
+        if q1 == q0:
+            continue
+        if k1 == k0:  # no keys: nothing to attend to
+            outputs.append(inputs.q.new_zeros(q1 - q0, h, inputs.q.shape[2]))
+            continue
+        rows = lambda t, start, stop: t[start:stop].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
+        sequence = AttentionInputs(
+            q=rows(inputs.q, q0, q1), k=rows(inputs.k, k0, k1), v=rows(inputs.v, k0, k1), table=inputs.table,
+            max_relative_position=inputs.max_relative_position, key_padding=None, additive_mask=None,
+            causal=inputs.causal, q_offset=(k1 - k0) - (q1 - q0), dropout_p=inputs.dropout_p,
+            dropout_seed=inputs.dropout_seed, scale=inputs.scale,
+            head_mask=inputs.head_mask[b : b + 1] if inputs.head_mask is not None else None,
+        )
+        outputs.append(_output(sequence, bh_offset=b * h)[0].transpose(0, 1))
+    if not outputs:
+        return inputs.q.new_zeros(inputs.q.shape)
+    return torch.cat(outputs)

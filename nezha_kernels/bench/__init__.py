@@ -1,6 +1,7 @@
-"""`nezha-kernels bench`: op and model benchmarks on the present device -> table, CSV/JSON, PNG plots.
+"""`nezha-kernels bench`: op and model benchmarks on the present device, and the length mix (real sentence lengths,
+padded vs padding-free vs transformers, see bench/length_mix.py) -> table, CSV/JSON, PNG plots.
 
-    nezha-kernels bench [--full] [--dry-run] [--device cpu|cuda] [--out DIR] [--only op|model]
+    nezha-kernels bench [--full] [--dry-run] [--device cpu|cuda] [--out DIR] [--only op|model|length-mix]
 
 Default: a quick grid (CPU: a few minutes at most on 2 cores); --full: lengths 128..16384 and every
 model point; --dry-run: a tiny grid that checks the whole pipeline in seconds. Results go to
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--dry-run", action="store_true", help="a tiny grid: checks the pipeline in seconds")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present, else cpu)")
     p.add_argument("--out", default="bench-results", help="results folder (default: bench-results)")
-    p.add_argument("--only", choices=("op", "model", "all"), default="all", help="which benchmarks to run")
+    p.add_argument("--only", choices=("op", "model", "length-mix", "all"), default="all",
+                   help="which benchmarks to run")
     p.add_argument("--providers", nargs="+", choices=tuple(PROVIDERS), default=None,
                    help="op-benchmark providers (default: all; unusable ones are listed as skipped)")
     p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="L",
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .memory import default_limit_gib
+    from .length_mix import length_mix_grid, run_length_mix_bench, steps_of
     from .model_bench import model_grid, run_model_bench
     from .op_bench import PROVIDERS, op_grid, run_op_bench
     from .plots import plot_all
@@ -96,14 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.head_dim <= 0 or args.head_dim % 2:
             raise SystemExit(f"--head-dim: expected a positive even integer, got {args.head_dim}")
         ogrid = dataclasses.replace(ogrid, head_dim=args.head_dim)
+    lgrid = length_mix_grid(device, full=args.full, dry_run=args.dry_run)
     if args.model_points:
         mgrid = dataclasses.replace(mgrid, points=tuple(_point(text) for text in args.model_points))
     if args.model_backends:
         mgrid = dataclasses.replace(mgrid, backends=tuple(args.model_backends))
     providers = tuple(args.providers or PROVIDERS)
     run_ops, run_models = args.only in ("op", "all"), args.only in ("model", "all")
+    run_mix = args.only in ("length-mix", "all")
     steps = (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0) + \
-            ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0)
+            ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0) + (steps_of(lgrid) if run_mix else 0)
     print(f"nezha-kernels bench on {env['device_name']} ({device}); torch {env['torch']}, triton {env['triton']}; "
           f"{'dry run' if args.dry_run else 'full grid' if args.full else 'default grid'}", flush=True)
     # Short CPU timing budgets: each cell already runs a forward+backward for its memory pass (the warm-up).
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         if run_models:
             rows += run_model_bench(mgrid, device, env, progress=progress, limit_gib=limit_gib,
                                     cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=deadline)
+        if run_mix:
+            rows += run_length_mix_bench(lgrid, device, env, progress=progress, limit_gib=limit_gib,
+                                         cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=deadline)
     finally:
         progress.close()
     elapsed = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Checkpoint IO for local Hugging Face NEZHA directories.
+"""Checkpoint IO for Hugging Face NEZHA directories (local, or a Hub id's snapshot: see nezha_kernels.hub).
 
 A directory holds config.json and one of: model.safetensors, model.safetensors.index.json (shards),
 pytorch_model.bin, pytorch_model.bin.index.json. Pickles load with ``weights_only=True``. Keys are
@@ -22,7 +22,7 @@ from .configuration import NezhaConfig
 
 __all__ = [
     "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME",
-    "LoadingInfo", "read_state_dict", "load_pretrained", "save_pretrained",
+    "LoadingInfo", "read_state_dict", "load_pretrained", "save_pretrained", "save_config", "unsaved_keys",
 ]
 
 logger = logging.getLogger("nezha_kernels.models")
@@ -135,6 +135,10 @@ def load_pretrained(
     cls,
     directory: str | os.PathLike,
     *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
     attn_backend: str | None = None,
     torch_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -143,10 +147,14 @@ def load_pretrained(
     output_loading_info: bool = False,
     **config_overrides: Any,
 ):
-    """Build ``cls`` from a local Hugging Face NEZHA directory and load its weights.
+    """Build ``cls`` from a Hugging Face NEZHA checkpoint and load its weights.
 
     Args:
-        directory: holds config.json and model.safetensors / pytorch_model.bin (or their sharded indexes).
+        directory: a local directory with config.json and model.safetensors / pytorch_model.bin (or their
+            sharded indexes), or a Hugging Face Hub id ("sijunhe/nezha-cn-base"), fetched into the Hub cache
+            through huggingface_hub (optional dependency) unless cached; HF_HUB_OFFLINE=1 uses the cache only.
+        revision, cache_dir, local_files_only, token: for a Hub id, as in transformers
+            (see :func:`nezha_kernels.hub.resolve_checkpoint`); unused for a local directory.
         attn_backend: overrides ``config.attn_backend``.
         torch_dtype: cast the loaded model (e.g. torch.bfloat16); default float32 as stored upcast, like HF.
         device: move the model there.
@@ -158,9 +166,11 @@ def load_pretrained(
     Weights the checkpoint lacks (a new task head) are initialized and reported with a warning on
     the "nezha_kernels.models" logger, as Hugging Face does. The model is returned in eval mode.
     """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist (only local directories are supported)")
+    from ..hub import resolve_checkpoint
+
+    directory = resolve_checkpoint(
+        directory, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
     if config is None:
         config = NezhaConfig.from_pretrained(directory, **config_overrides)
     else:
@@ -250,6 +260,20 @@ def _shards(state: dict[str, torch.Tensor], limit: int | None) -> list[dict[str,
     return shards
 
 
+def save_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write the model's config.json, recording its class and dtype as transformers does."""
+    os.makedirs(directory, exist_ok=True)
+    config: NezhaConfig = model.config
+    config.architectures = [type(model).__name__]
+    config.torch_dtype = str(model.dtype).replace("torch.", "")
+    config.save_pretrained(directory)
+
+
+def unsaved_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict names save_pretrained leaves out: the tied aliases, restored by tie_weights() on load."""
+    return sorted(_tied_keys(model))
+
+
 def save_pretrained(
     model: torch.nn.Module,
     directory: str | os.PathLike,
@@ -263,11 +287,7 @@ def save_pretrained(
     ``max_shard_size`` the weights are split into model-0000i-of-0000n files plus an index.
     """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    config: NezhaConfig = model.config
-    config.architectures = [type(model).__name__]
-    config.torch_dtype = str(model.dtype).replace("torch.", "")
-    config.save_pretrained(directory)
+    save_config(model, directory)
 
     tied = _tied_keys(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in tied}

@@ -1,8 +1,9 @@
 """NezhaConfig: the config.json of Hugging Face NEZHA checkpoints, torch-only.
 
 Every key of nezha-cn-base's config.json with the same default, the generic keys Hugging Face
-writes, and ``attn_backend`` (which ``relative_attention`` backend the model calls). Keys this class
-does not know are kept as attributes and written back, never rejected.
+writes, ``attn_backend`` (which ``relative_attention`` backend the model calls) and ``padding_free``
+(whether padded batches run on their real tokens only; True when a config.json lacks it, as
+transformers' do). Keys this class does not know are kept as attributes and written back, never rejected.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _GENERIC_DEFAULTS: dict[str, Any] = {
 }
 
 ATTN_BACKEND_DEFAULT = "auto"
+PADDING_FREE_DEFAULT = True
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
@@ -80,7 +82,8 @@ class NezhaConfig:
     hidden_dropout_prob 0.1, attention_probs_dropout_prob 0.1, max_position_embeddings 512 (kept
     for compatibility: nothing in NEZHA needs absolute positions, longer inputs work),
     max_relative_position 64, type_vocab_size 2, initializer_range 0.02, layer_norm_eps 1e-12,
-    classifier_dropout 0.1, pad/bos/eos_token_id 0/2/3, use_cache True, attn_backend "auto";
+    classifier_dropout 0.1, pad/bos/eos_token_id 0/2/3, use_cache True, attn_backend "auto",
+    padding_free True (NezhaModel runs a padded batch on its real tokens only, see NezhaModel);
     num_labels / id2label / label2id, problem_type, is_decoder, ... as in Hugging Face.
     Unknown keyword arguments become attributes and are saved.
     """
@@ -97,6 +100,7 @@ class NezhaConfig:
         if isinstance(self.torch_dtype, torch.dtype):
             self.torch_dtype = str(self.torch_dtype).replace("torch.", "")
         self.attn_backend = kwargs.pop("attn_backend", ATTN_BACKEND_DEFAULT)
+        self.padding_free = kwargs.pop("padding_free", PADDING_FREE_DEFAULT)
         kwargs.pop("model_type", None)
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
@@ -151,6 +155,8 @@ class NezhaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"NEZHA's sinusoid table needs an even head size, got {self.head_dim}")
+        if not isinstance(self.padding_free, bool):
+            raise ValueError(f"NezhaConfig.padding_free must be a bool, got {self.padding_free!r}")
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("NezhaConfig.add_cross_attention=True requires is_decoder=True")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
@@ -165,6 +171,7 @@ class NezhaConfig:
         out["label2id"] = dict(self.label2id)
         out["pruned_heads"] = {str(k): list(v) for k, v in self.pruned_heads.items()}
         out["attn_backend"] = self.attn_backend
+        out["padding_free"] = self.padding_free
         for key in self._extra_keys:
             out[key] = copy.deepcopy(getattr(self, key))
         return out

@@ -1,7 +1,8 @@
 """NEZHA task models: pre-training, MLM, NSP, sequence / token classification, multiple choice, QA.
 
 Each puts a small head on ``self.nezha`` (a NezhaModel) under the Hugging Face names (``cls.*``,
-``classifier``, ``qa_outputs``) and computes the same losses:
+``classifier``, ``qa_outputs``) and computes the same losses (all but multiple choice also take
+position_ids and the flattened-batch keywords of DataCollatorWithFlattening, see NezhaModel):
 MLM cross-entropy (ignore_index -100), NSP cross-entropy over 2, pre-training = MLM + NSP,
 sequence classification regression / single_label / multi_label chosen by ``config.problem_type``
 (set on first use from num_labels and the labels' dtype), token classification cross-entropy,
@@ -106,6 +107,7 @@ class _TaskModel(NezhaPreTrainedModel):
 
     def _run_base(self, input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
                   output_attentions, output_hidden_states, return_dict, **extra):
+        """``extra``: position_ids and the flattened-batch keywords (cu_seq_lens_q, ...) pass through."""
         return self.nezha(
             input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, head_mask=head_mask,
             inputs_embeds=inputs_embeds, output_attentions=output_attentions,
@@ -136,12 +138,13 @@ class NezhaForPreTraining(_TaskModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
                 labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, position_ids=None, **flattening):
         """labels [B, L] (-100 = ignored), next_sentence_label [B]. prediction_logits [B, L, vocab],
         seq_relationship_logits [B, 2]. The loss needs both labels, as in Hugging Face."""
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict)
+                                 output_attentions, output_hidden_states, return_dict,
+                                 position_ids=position_ids, **flattening)
         prediction_scores, seq_relationship_score = self.cls(outputs[0], outputs[1])
         loss = None
         if labels is not None and next_sentence_label is not None:
@@ -166,13 +169,15 @@ class NezhaForMaskedLM(_TaskModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
                 encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+                output_hidden_states=None, return_dict=None,
+                position_ids=None, **flattening):
         """labels [B, L] (-100 = ignored). logits [B, L, vocab]."""
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
                                  output_attentions, output_hidden_states, return_dict,
                                  encoder_hidden_states=encoder_hidden_states,
-                                 encoder_attention_mask=encoder_attention_mask)
+                                 encoder_attention_mask=encoder_attention_mask, position_ids=position_ids,
+                                 **flattening)
         logits = self.cls(outputs[0])
         loss = _mlm_loss(logits, labels, self.config.vocab_size) if labels is not None else None
         return _pack(return_dict, MaskedLMOutput, loss, (logits,), outputs)
@@ -188,15 +193,16 @@ class NezhaForNextSentencePrediction(_TaskModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                position_ids=None, **kwargs):
         """labels [B] in {0, 1} (``next_sentence_label`` accepted as an old alias). logits [B, 2]."""
         if "next_sentence_label" in kwargs:
             labels = kwargs.pop("next_sentence_label")
-        if kwargs:
-            raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
+        flattening = kwargs
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict)
+                                 output_attentions, output_hidden_states, return_dict,
+                                 position_ids=position_ids, **flattening)
         logits = self.cls(outputs[1])
         loss = F.cross_entropy(logits.view(-1, 2), labels.view(-1).to(logits.device)) if labels is not None else None
         return _pack(return_dict, NextSentencePredictorOutput, loss, (logits,), outputs)
@@ -219,11 +225,13 @@ class NezhaForSequenceClassification(_TaskModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                position_ids=None, **flattening):
         """labels: [B] long (classification), [B] float (regression) or [B, num_labels] float (multi-label)."""
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict)
+                                 output_attentions, output_hidden_states, return_dict,
+                                 position_ids=position_ids, **flattening)
         logits = self.classifier(self.dropout(outputs[1]))
         loss = None
         if labels is not None:
@@ -302,11 +310,13 @@ class NezhaForTokenClassification(_TaskModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                position_ids=None, **flattening):
         """labels [B, L] in [0, num_labels) or -100."""
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict)
+                                 output_attentions, output_hidden_states, return_dict,
+                                 position_ids=position_ids, **flattening)
         logits = self.classifier(self.dropout(outputs[0]))
         loss = None
         if labels is not None:
@@ -326,11 +336,12 @@ class NezhaForQuestionAnswering(_TaskModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
                 start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, position_ids=None, **flattening):
         """start_positions / end_positions [B] (or [B, 1]); positions outside [0, L) are ignored in the loss."""
         return_dict = self._return_dict(return_dict)
         outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict)
+                                 output_attentions, output_hidden_states, return_dict,
+                                 position_ids=position_ids, **flattening)
         logits = self.qa_outputs(outputs[0])
         if logits.shape[-1] != 2:
             raise ValueError(f"NezhaForQuestionAnswering needs config.num_labels == 2, got {logits.shape[-1]}")

@@ -19,8 +19,22 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention import relative_attention, relative_attention_with_weights
 from ..backends import BACKENDS
+from ..inputs import MASKED_SCORE
+from .checks import check_ids, check_keep_mask
 from .configuration import NezhaConfig
 from .outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from .packing import (
+    PackedBatch,
+    block_diagonal_mask,
+    dense_only,
+    gather_tokens,
+    pack_from_cu_seqlens,
+    pack_from_position_ids,
+    pack_padded,
+    scatter_tokens,
+    sequence_ids_from_cu_seqlens,
+    sequence_ids_from_positions,
+)
 
 __all__ = [
     "ACT2FN", "NezhaEmbeddings", "NezhaSelfAttention", "NezhaAttention", "NezhaLayer", "NezhaEncoder",
@@ -85,6 +99,7 @@ class NezhaSelfAttention(nn.Module):
     The backend is ``config.attn_backend``, read at every call (so it can be switched on a live
     model). With ``output_attentions=True`` the weights are needed, so the call goes through
     ``relative_attention_with_weights`` (pure PyTorch, O(B * H * L^2) memory) whatever the backend.
+    On a packed batch (``packed`` given, hidden_states [T, hidden]) it calls ``relative_attention_varlen``.
     """
 
     def __init__(self, config: NezhaConfig):
@@ -113,11 +128,15 @@ class NezhaSelfAttention(nn.Module):
         output_attentions: bool = False,
         q_offset: int = 0,
         causal: bool = False,
+        packed: PackedBatch | None = None,
     ):
-        """hidden_states [B, Lq, hidden]; key_padding bool [B, Lk] (True = attend); head_mask [H].
+        """hidden_states [B, Lq, hidden] (or [T, hidden] with ``packed``); key_padding bool [B, Lk]
+        (True = attend) or an additive float mask [B, 1, Lq, Lk]; head_mask [H].
 
         Returns (context [B, Lq, hidden], weights [B, H, Lq, Lk] or None, (k, v) [B, H, Lk, D] or None).
         """
+        if packed is not None:
+            return self._packed_forward(hidden_states, head_mask, causal, packed), None, None
         q = self._heads(self.query(hidden_states))
         if encoder_hidden_states is not None:
             if past_key_value is not None:
@@ -148,6 +167,25 @@ class NezhaSelfAttention(nn.Module):
             context = relative_attention(q, k, v, backend=self.config.attn_backend, **kwargs)
         context = context.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
         return context, weights, present
+
+    def _packed_forward(self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None, causal: bool,
+                        packed: PackedBatch) -> torch.Tensor:
+        """[T, hidden] -> [T, hidden]: q, k, v stay [T, H, D] (no transposes), one varlen call."""
+        from ..varlen import relative_attention_varlen
+
+        tokens = hidden_states.shape[0]
+
+        def heads(x):
+            return x.view(tokens, self.num_attention_heads, self.attention_head_size)
+
+        context = relative_attention_varlen(
+            heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states)),
+            packed.cu_seqlens, packed.cu_seqlens, max_seqlen_q=packed.max_seqlen, max_seqlen_k=packed.max_seqlen,
+            max_relative_position=self.config.max_relative_position, causal=causal,
+            dropout_p=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            head_mask=head_mask, backend=self.config.attn_backend,
+        )
+        return context.reshape(tokens, self.all_head_size)
 
 
 class NezhaSelfOutput(nn.Module):
@@ -208,10 +246,11 @@ class NezhaAttention(nn.Module):
         self.pruned_heads |= heads
 
     def forward(self, hidden_states, key_padding=None, head_mask=None, encoder_hidden_states=None,
-                encoder_key_padding=None, past_key_value=None, output_attentions=False, q_offset=0, causal=False):
+                encoder_key_padding=None, past_key_value=None, output_attentions=False, q_offset=0, causal=False,
+                packed=None):
         context, weights, present = self.self(
             hidden_states, key_padding, head_mask, encoder_hidden_states, encoder_key_padding,
-            past_key_value, output_attentions, q_offset, causal,
+            past_key_value, output_attentions, q_offset, causal, packed,
         )
         return self.output(context, hidden_states), weights, present
 
@@ -252,12 +291,13 @@ class NezhaLayer(nn.Module):
 
     def forward(self, hidden_states, key_padding=None, head_mask=None, encoder_hidden_states=None,
                 encoder_key_padding=None, past_key_value=None, output_attentions=False, q_offset=0,
-                causal=False):
-        """Returns (hidden [B, L, hidden], self weights | None, cross weights | None, present cache | None)."""
+                causal=False, packed=None):
+        """Returns (hidden [B, L, hidden] or [T, hidden] when packed, self weights | None,
+        cross weights | None, present cache | None)."""
         self_past = past_key_value[:2] if past_key_value is not None else None
         attention_output, weights, present = self.attention(
             hidden_states, key_padding, head_mask, past_key_value=self_past,
-            output_attentions=output_attentions, q_offset=q_offset, causal=causal,
+            output_attentions=output_attentions, q_offset=q_offset, causal=causal, packed=packed,
         )
         cross_weights = None
         if encoder_hidden_states is not None:
@@ -282,11 +322,13 @@ class NezhaEncoder(nn.Module):
         self.config = config
         self.layer = nn.ModuleList([NezhaLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
+        self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
 
     def forward(self, hidden_states, key_padding=None, head_masks=None, encoder_hidden_states=None,
                 encoder_key_padding=None, past_key_values=None, use_cache=False, output_attentions=False,
-                output_hidden_states=False, q_offset=0, causal=False):
-        """head_masks: one [H] tensor or None per layer. Returns a dict of the collected outputs."""
+                output_hidden_states=False, q_offset=0, causal=False, packed=None):
+        """head_masks: one [H] tensor or None per layer; packed: hidden_states are the [T, hidden] tokens
+        of that PackedBatch. Returns a dict of the collected outputs."""
         all_hidden = [] if output_hidden_states else None
         all_attn = [] if output_attentions else None
         all_cross = [] if output_attentions and self.config.add_cross_attention else None
@@ -298,11 +340,15 @@ class NezhaEncoder(nn.Module):
             args = (hidden_states, key_padding, head_masks[i] if head_masks is not None else None,
                     encoder_hidden_states, encoder_key_padding,
                     past_key_values[i] if past_key_values is not None else None,
-                    output_attentions, q_offset, causal)
+                    output_attentions, q_offset, causal, packed)
             if checkpointing:
-                # Non-reentrant checkpointing restores the RNG state on recomputation, so the
-                # attention dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
-                hidden_states, weights, cross, present = checkpoint(layer, *args, use_reentrant=False)
+                # Both kinds of checkpointing restore the RNG state on recomputation, so the attention
+                # dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
+                if self.checkpoint_kwargs.get("use_reentrant") and not args[0].requires_grad:
+                    # Reentrant checkpointing only backpropagates into a layer whose input requires grad
+                    # (frozen embeddings): nothing flows upstream of it anyway, so make it a leaf that does.
+                    args = (args[0].detach().requires_grad_(),) + args[1:]
+                hidden_states, weights, cross, present = checkpoint(layer, *args, **self.checkpoint_kwargs)
             else:
                 hidden_states, weights, cross, present = layer(*args)
             if cache is not None:
@@ -339,6 +385,7 @@ class NezhaPreTrainedModel(nn.Module):
 
     config_class = NezhaConfig
     base_model_prefix = "nezha"
+    main_input_name = "input_ids"  # transformers' Trainer reads it (e.g. to count input tokens)
     supports_gradient_checkpointing = True
 
     def __init__(self, config: NezhaConfig, *args, **kwargs):
@@ -391,6 +438,14 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- properties -----------------------------------------------------------------------------
     @property
+    def _keys_to_ignore_on_save(self) -> list[str] | None:
+        """What save_pretrained leaves out (tied aliases): transformers' Trainer re-ties the weights when a
+        checkpoint it loads lacks exactly these."""
+        from .checkpoint import unsaved_keys
+
+        return unsaved_keys(self) or None
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
@@ -410,9 +465,13 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- gradient checkpointing -----------------------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each layer in the backward pass instead of keeping its activations."""
-        if gradient_checkpointing_kwargs and gradient_checkpointing_kwargs.get("use_reentrant", False):
-            raise ValueError("only non-reentrant checkpointing (use_reentrant=False) is supported")
+        """Recompute each layer in the backward pass instead of keeping its activations.
+
+        ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``; the default is
+        ``{"use_reentrant": False}`` (transformers defaults to reentrant; both give the same gradients here).
+        """
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.base_model.encoder.checkpoint_kwargs = kwargs
         self.base_model.encoder.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -489,8 +548,9 @@ class NezhaPreTrainedModel(nn.Module):
         layers = self.base_model.encoder.layer
         for layer_index, heads in heads_to_prune.items():
             layer_index = int(layer_index)
-            if not 0 <= layer_index < len(layers):
-                raise ValueError(f"prune_heads: layer {layer_index} out of range [0, {len(layers)})")
+            if not -len(layers) <= layer_index < len(layers):
+                raise ValueError(f"prune_heads: layer {layer_index} out of range [-{len(layers)}, {len(layers)})")
+            layer_index %= len(layers)  # negative counts from the last layer, as in transformers
             heads = sorted(set(int(h) for h in heads))
             total = self.config.num_attention_heads
             if any(not 0 <= h < total for h in heads):
@@ -503,15 +563,19 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- checkpoint IO (see checkpoint.py) ----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, attn_backend: str | None = None,
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, attn_backend: str | None = None,
                         torch_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                         config: NezhaConfig | None = None, ignore_mismatched_sizes: bool = False,
                         output_loading_info: bool = False, **config_overrides: Any):
-        """Load a local Hugging Face NEZHA directory; see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
+        """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base");
+        see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(
-            cls, pretrained_model_name_or_path, attn_backend=attn_backend, torch_dtype=torch_dtype,
+            cls, pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token, attn_backend=attn_backend, torch_dtype=torch_dtype,
             device=device, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes,
             output_loading_info=output_loading_info, **config_overrides,
         )
@@ -531,27 +595,22 @@ class NezhaPreTrainedModel(nn.Module):
         save_pretrained(self, save_directory, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
 
 
-def _check_ids(name: str, ids: torch.Tensor, upper: int, config_key: str) -> None:
-    """ValueError when ``ids`` has values outside [0, upper) (instead of an index error or device assert)."""
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    # Reading the range back is data-dependent: torch.compile cannot trace it, so compiled models skip it.
-    if ids.numel() == 0 or torch.compiler.is_compiling():
-        return
-    low, high = torch.aminmax(ids)
-    low, high = int(low), int(high)
-    if low < 0 or high >= upper:
-        raise ValueError(
-            f"{name} has values in [{low}, {high}] but must lie in [0, {upper}) (config.{config_key} = {upper})"
-        )
-
-
 class NezhaModel(NezhaPreTrainedModel):
     """The bare NEZHA encoder: embeddings, ``num_hidden_layers`` blocks and an optional pooler.
 
     ``config.is_decoder`` makes self-attention causal and enables ``past_key_values`` decoding
     (query positions continue after the cached keys, so a cached step equals the full forward);
     ``config.add_cross_attention`` adds encoder-decoder attention.
+
+    Padding-free (``config.padding_free``, default True): when a right-padded attention_mask has padding,
+    the real tokens are gathered once before the embeddings, every layer runs on [T, hidden] (attention
+    through ``relative_attention_varlen``) and the outputs are scattered back to [B, L, hidden] with
+    zeros at padded positions. Real-token outputs equal the dense computation. The dense path runs instead
+    under torch.compile / torch.export / jit.trace, with output_attentions, past_key_values / use_cache,
+    cross-attention, a 3-D mask, and masks that are not right-padded (a padded first token or a hole).
+    Flattened batches ([1, T] with position_ids restarting at 0, or cu_seq_lens_q/k + max_length_q/k, as
+    transformers' DataCollatorWithFlattening writes them) run packed too; on the dense path they get a
+    block-diagonal mask, the same numbers.
     """
 
     def __init__(self, config: NezhaConfig, add_pooling_layer: bool = True):
@@ -583,7 +642,7 @@ class NezhaModel(NezhaPreTrainedModel):
 
     @staticmethod
     def _key_padding(mask: torch.Tensor | None, name: str, batch: int, length: int) -> torch.Tensor | None:
-        """A [B, L] 1/0 mask as bool (True = attend); the model's additive finfo.min mask is the op's."""
+        """A [B, L] 1/0 keep mask as bool (True = attend)."""
         if mask is None:
             return None
         if not isinstance(mask, torch.Tensor):
@@ -592,7 +651,71 @@ class NezhaModel(NezhaPreTrainedModel):
             raise ValueError(
                 f"{name} must have shape [batch, key length] = [{batch}, {length}], got {list(mask.shape)}"
             )
+        check_keep_mask(name, mask)
         return mask != 0
+
+    @classmethod
+    def _self_attention_mask(cls, mask: torch.Tensor | None, batch: int, length: int, key_length: int):
+        """(bool keep [B, Lk] or None, additive float32 [B, 1, L, Lk] or None) from a 2-D or 3-D 1/0 mask.
+
+        A 3-D [B, L, Lk] mask is transformers' get_extended_attention_mask form: it says, per query, which
+        keys to attend to (and replaces the decoder's causal mask, as there); it runs the dense path.
+        """
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            if tuple(mask.shape) != (batch, length, key_length):
+                raise ValueError(
+                    f"a 3-D attention_mask must have shape [batch, seq_len, key length] = "
+                    f"[{batch}, {length}, {key_length}], got {list(mask.shape)}"
+                )
+            check_keep_mask("attention_mask", mask)
+            additive = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            return None, additive.masked_fill_(mask == 0, MASKED_SCORE)[:, None]
+        if isinstance(mask, torch.Tensor) and tuple(mask.shape) != (batch, key_length):
+            raise ValueError(
+                f"attention_mask must have shape [batch, key length] = [{batch}, {key_length}] (or a 3-D "
+                f"[batch, seq_len, key length] mask), got {list(mask.shape)}"
+            )
+        return cls._key_padding(mask, "attention_mask", batch, key_length), None
+
+    @staticmethod
+    def _flattened_batch(position_ids, flattening: dict, keep, needs_dense: bool, batch: int, length: int,
+                         has_past: bool) -> tuple[PackedBatch | None, torch.Tensor | None]:
+        """(PackedBatch, None) for a flattened batch run packed; (None, block-diagonal additive mask) for one
+        on the dense path; (None, None) for an ordinary batch.
+
+        cu_seq_lens_q needs no data-dependent step (nothing to gather in a [1, T] row), so it stays packed
+        under torch.compile too: the varlen op traces with a dynamic T. position_ids need a nonzero() to find
+        the sequence starts, so compiled ones take the block-diagonal dense path.
+        """
+        unknown = sorted(set(flattening) - {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"})
+        if unknown:
+            raise TypeError(f"NezhaModel.forward got unexpected keyword arguments {unknown}")
+        cu_q = flattening.get("cu_seq_lens_q")
+        if position_ids is None and cu_q is None:
+            return None, None
+        if has_past:
+            raise ValueError("past_key_values cannot continue a flattened batch (position_ids / cu_seq_lens_q)")
+        if cu_q is not None and batch != 1:
+            raise ValueError(f"cu_seq_lens_q describes a flattened [1, T] batch, got a batch of {batch} rows")
+        compiling = torch.compiler.is_compiling() and not (torch.compiler.is_exporting() or torch.jit.is_tracing())
+        dense = needs_dense or (dense_only() and not (compiling and cu_q is not None and keep is None))
+        if keep is not None and not dense and not bool(keep.all()):
+            dense = True  # a padded flattened batch: its keep mask is folded into the block-diagonal one
+        if dense:
+            if position_ids is not None and not dense_only():
+                pack_from_position_ids(position_ids, length)  # the same checks as the packed path
+            if cu_q is not None:
+                sequences = sequence_ids_from_cu_seqlens(cu_q, length)
+            else:
+                sequences = sequence_ids_from_positions(position_ids)
+            return None, block_diagonal_mask(sequences, keep)
+        device = (cu_q if cu_q is not None else position_ids).device
+        if cu_q is not None:
+            packed = pack_from_cu_seqlens(cu_q, flattening.get("cu_seq_lens_k"), flattening.get("max_length_q"),
+                                          flattening.get("max_length_k"), length, device)
+        else:
+            packed = pack_from_position_ids(position_ids, length)
+        return packed, None
 
     def forward(
         self,
@@ -608,10 +731,18 @@ class NezhaModel(NezhaPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        position_ids: torch.Tensor | None = None,
+        **flattening: Any,
     ):
         """input_ids / token_type_ids [B, L] int (or inputs_embeds [B, L, hidden]); attention_mask [B, L_past + L]
-        of 1/0; head_mask [H] or [num_layers, H]; encoder_hidden_states [B, Le, hidden] with
-        encoder_attention_mask [B, Le]; past_key_values: per layer (k, v[, cross k, cross v]) [B, H, L_past, D].
+        of 1/0 (or [B, L, L_past + L], per query); head_mask [H] or [num_layers, H]; encoder_hidden_states
+        [B, Le, hidden] with encoder_attention_mask [B, Le]; past_key_values: per layer (k, v[, cross k,
+        cross v]) [B, H, L_past, D].
+
+        Flattened batches (DataCollatorWithFlattening): input_ids [1, T] with position_ids [1, T] restarting
+        at 0 at each sequence, or the keywords cu_seq_lens_q / cu_seq_lens_k (int32 [S + 1]) and
+        max_length_q / max_length_k. NEZHA has no absolute positions: position_ids only mark sequence starts.
+        The pooler reads token 0 of the row, as for any [1, T] input.
 
         Returns BaseModelOutputWithPoolingAndCrossAttentions, or with return_dict=False the tuple
         (last_hidden_state, pooler_output, [past_key_values], [hidden_states], [attentions], [cross_attentions]).
@@ -631,7 +762,7 @@ class NezhaModel(NezhaPreTrainedModel):
         if input_ids is not None:
             if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
                 raise ValueError(f"input_ids must be a [batch, seq_len] tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
-            _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
+            check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
             batch, length = input_ids.shape
             device = input_ids.device
         else:
@@ -651,7 +782,7 @@ class NezhaModel(NezhaPreTrainedModel):
                     f"token_type_ids must have shape [batch, seq_len] = [{batch}, {length}], "
                     f"got {list(getattr(token_type_ids, 'shape', []))}"
                 )
-            _check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
+            check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
 
         past_length = 0
         if past_key_values is not None:
@@ -662,7 +793,7 @@ class NezhaModel(NezhaPreTrainedModel):
                     f"past_key_values must hold one entry per layer ({config.num_hidden_layers}), got {len(past_key_values)}"
                 )
             past_length = past_key_values[0][0].shape[2]
-        key_padding = self._key_padding(attention_mask, "attention_mask", batch, past_length + length)
+        key_padding, additive_mask = self._self_attention_mask(attention_mask, batch, length, past_length + length)
 
         encoder_key_padding = None
         if encoder_hidden_states is not None:
@@ -672,12 +803,34 @@ class NezhaModel(NezhaPreTrainedModel):
                 encoder_attention_mask, "encoder_attention_mask", batch, encoder_hidden_states.shape[1]
             )
 
+        # The dense path where packing cannot apply (see the class docstring).
+        needs_dense = output_attentions or use_cache or past_key_values is not None \
+            or encoder_hidden_states is not None or additive_mask is not None
+        dense = dense_only() or needs_dense
+        packed, flat_mask = self._flattened_batch(position_ids, flattening, key_padding, needs_dense, batch, length,
+                                                  past_key_values is not None)
+        if flat_mask is not None:
+            key_padding = flat_mask
+        elif packed is None and config.padding_free and key_padding is not None and not dense:
+            packed = pack_padded(key_padding)
+        if packed is not None:
+            key_padding = None
+            input_ids, token_type_ids, inputs_embeds = (
+                gather_tokens(t, packed) if t is not None else None for t in (input_ids, token_type_ids, inputs_embeds)
+            )
+        elif additive_mask is not None:
+            key_padding = additive_mask
+
         embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         enc = self.encoder(
             embedding_output, key_padding, self._layer_head_masks(head_mask), encoder_hidden_states,
             encoder_key_padding, past_key_values, use_cache, output_attentions, output_hidden_states,
-            q_offset=past_length, causal=config.is_decoder,
+            q_offset=past_length, causal=config.is_decoder and additive_mask is None, packed=packed,
         )
+        if packed is not None:
+            enc["last_hidden_state"] = scatter_tokens(enc["last_hidden_state"], packed)
+            if enc["hidden_states"] is not None:
+                enc["hidden_states"] = tuple(scatter_tokens(h, packed) for h in enc["hidden_states"])
         sequence_output = enc["last_hidden_state"]
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         if not return_dict:

@@ -144,3 +144,19 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: torch.Tensor | None = None
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
+
+
+def _register_pytree_nodes() -> None:
+    """Make the outputs pytree nodes, as transformers does for its ModelOutput: torch.export (and so
+    torch.onnx.export) only returns containers it can flatten. None fields flatten to nothing."""
+    import torch.utils._pytree as pytree
+
+    for cls in (
+        BaseModelOutputWithPoolingAndCrossAttentions, NezhaForPreTrainingOutput, MaskedLMOutput,
+        NextSentencePredictorOutput, SequenceClassifierOutput, MultipleChoiceModelOutput, TokenClassifierOutput,
+        QuestionAnsweringModelOutput,
+    ):
+        pytree.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+
+
+_register_pytree_nodes()
