@@ -15,7 +15,7 @@ namespace nezha {
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dq_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                       const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
@@ -27,8 +27,8 @@ relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const flo
     float* Ts = Vs + BN * DP;
     float* dSs = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
@@ -95,7 +95,7 @@ relattn_bwd_dq_kernel(const AttnArgs args, const T* __restrict__ dout, const flo
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_bwd_dkdv_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dkdv_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                         const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
     using C = TileConfig<D>;
     // Own rows are keys (BM), the streamed tiles are queries (BN).
@@ -116,8 +116,8 @@ relattn_bwd_dkdv_kernel(const AttnArgs args, const T* __restrict__ dout, const f
     float* do_right = do_left + BN;
     RowStats* stats_s = reinterpret_cast<RowStats*>(do_right + BN);
 
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int k0 = blockIdx.x * BM;
     if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int krow = threadIdx.x / TPR, sub = threadIdx.x % TPR;

@@ -17,7 +17,7 @@ namespace nezha {
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                          const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN_DQ, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
@@ -33,8 +33,8 @@ relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const 
     float* qt = scratch + warp * 2 * 16 * C::QT_LD;
     float* dot_s = qt + 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
@@ -126,7 +126,7 @@ relattn_bwd_dq_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const 
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_bwd_dkdv_tc_kernel(const AttnArgs args, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                            const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
     using C = TcConfig<D>;
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
@@ -143,8 +143,8 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs args, const T* __restrict__ dout, cons
     RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
     if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int E = 2 * a.R;

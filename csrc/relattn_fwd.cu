@@ -13,7 +13,7 @@ namespace nezha {
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_fwd_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__ lse) {
+relattn_fwd_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
     NZ_DYNAMIC_SMEM(float, smem);
@@ -23,8 +23,8 @@ relattn_fwd_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__
     float* Ts = Vs + BN * DP;
     float* Ps = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;

@@ -16,7 +16,7 @@ namespace nezha {
 
 template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_fwd_tc_kernel(const AttnArgs args, T* __restrict__ out, float* __restrict__ lse) {
+relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
@@ -29,8 +29,8 @@ relattn_fwd_tc_kernel(const AttnArgs args, T* __restrict__ out, float* __restric
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head<PACKED>(args);
-    const AttnArgs a = sequence_args<T>(args, head);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
