@@ -22,6 +22,7 @@ nezha::TensorView view_of(const Tensor& t) {
         case torch::kBFloat16: v.dtype = static_cast<int>(nezha::ScalarKind::BF16); break;
         case torch::kFloat: v.dtype = static_cast<int>(nezha::ScalarKind::F32); break;
         case torch::kBool: v.dtype = static_cast<int>(nezha::ScalarKind::BOOL); break;
+        case torch::kInt: v.dtype = static_cast<int>(nezha::ScalarKind::INT32); break;
         default: v.dtype = static_cast<int>(nezha::ScalarKind::OTHER);
     }
     v.device_type = static_cast<int>(t.is_cuda() ? nezha::DeviceKind::CUDA
@@ -105,6 +106,61 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
     return {dq, dk, dv};
 }
 
+// Padding-free calls: q [Tq, H, D], k / v [Tk, H, D], cu_seqlens int32 [B + 1] (relattn_args.h make_varlen_attn_args).
+Checked checked_varlen_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                            const std::optional<Tensor>& head_mask, const Tensor& cu_seqlens_q,
+                            const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R,
+                            bool causal, double scale, double dropout_p, uint64_t seed, int64_t impl) {
+    Checked c{};
+    const OptionalViews opt(std::nullopt, std::nullopt, head_mask);
+    std::string err = nezha::make_varlen_attn_args(view_of(q), view_of(k), view_of(v), view_of(table), opt.hm_ptr,
+                                                   view_of(cu_seqlens_q), view_of(cu_seqlens_k), max_seqlen_q,
+                                                   max_seqlen_k, R, causal, scale, dropout_p, seed,
+                                                   nezha::DeviceKind::CUDA, c.a, c.dtype);
+    TORCH_CHECK(err.empty(), err);
+    err = nezha::impl_of(impl, c.impl);
+    TORCH_CHECK(err.empty(), err);
+    return c;
+}
+
+std::vector<Tensor> forward_varlen(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
+                                   const std::optional<Tensor>& head_mask, const Tensor& cu_seqlens_q,
+                                   const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R,
+                                   bool causal, double scale, double dropout_p, uint64_t seed, int64_t stream,
+                                   int64_t impl) {
+    const Checked c = checked_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                          max_seqlen_k, R, causal, scale, dropout_p, seed, impl);
+    const nezha::AttnArgs& a = c.a;
+    Tensor out = torch::empty({a.Tq, a.H, a.D}, q.options());
+    Tensor lse = torch::empty({2, a.H, a.Tq}, q.options().dtype(torch::kFloat));  // row max, log row sum
+    const char* err = nezha::relattn_fwd(a, c.dtype, c.impl, out.data_ptr(), lse.data_ptr<float>(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda forward failed: ", err ? err : "");
+    return {out, lse};
+}
+
+std::vector<Tensor> backward_varlen(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& table, const std::optional<Tensor>& head_mask, const Tensor& lse,
+                                    const Tensor& delta, const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+                                    int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R, bool causal, double scale,
+                                    double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
+    const Checked c = checked_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                          max_seqlen_k, R, causal, scale, dropout_p, seed, impl);
+    const nezha::AttnArgs& a = c.a;
+    const std::string bad = nezha::check_varlen_backward_inputs(a, view_of(q), view_of(dout), view_of(lse),
+                                                                view_of(delta), nezha::DeviceKind::CUDA);
+    TORCH_CHECK(bad.empty(), bad);
+    // Every row is written: a sequence without keys gets dq = 0, one without queries dk = dv = 0.
+    Tensor dq = torch::empty(q.sizes(), q.options());
+    Tensor dk = torch::empty(k.sizes(), q.options());
+    Tensor dv = torch::empty(k.sizes(), q.options());
+    const char* err = nezha::relattn_bwd(a, c.dtype, c.impl, dout.data_ptr(), lse.data_ptr<float>(),
+                                         delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                         q.device().index(), reinterpret_cast<void*>(stream));
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+    return {dq, dk, dv};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -122,4 +178,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("lse"), py::arg("delta"), py::arg("R"),
           py::arg("q_offset"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
           py::arg("stream"), py::arg("impl"));
+    m.def("forward_varlen", &forward_varlen, "(out [Tq,H,D], lse [2,H,Tq] f32) = forward_varlen(q, k, v, table, "
+          "head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed, "
+          "stream, impl)",
+          py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"), py::arg("cu_seqlens_q"),
+          py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"),
+          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"));
+    m.def("backward_varlen", &backward_varlen, "(dq [Tq,H,D], dk, dv [Tk,H,D]) = backward_varlen(dout, q, k, v, "
+          "table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, "
+          "dropout_p, seed, stream, impl)",
+          py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"),
+          py::arg("lse"), py::arg("delta"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"),
+          py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"),
+          py::arg("seed"), py::arg("stream"), py::arg("impl"));
 }

@@ -1,7 +1,8 @@
 // Torch-free launch API of the relative-attention kernels: raw pointers, sizes, strides, a stream.
 //
 // Layout: q [B, H, Lq, D], k/v [B, H, Lk, D] with any (batch, head, row) strides and unit stride on D;
-// table [2R+1, D] contiguous; outputs contiguous. Every launcher returns nullptr on success or a static
+// table [2R+1, D] contiguous; outputs contiguous. Padding-free (varlen) calls, cu_seqlens_q set: q [Tq, H, D],
+// k/v [Tk, H, D] (any head / row strides, batch strides unused), outputs in the same packed layout. Every launcher returns nullptr on success or a static
 // error message (kernels failing to launch report the CUDA error string).
 #pragma once
 
@@ -30,16 +31,24 @@ struct AttnArgs {
     float dropout_p;                          // 0 = no dropout
     uint64_t dropout_seed;
     const float* head_mask;                   // float32 [B, H] contiguous, or nullptr
+    // Padding-free batches (both set, or both nullptr = dense): int32 [B + 1] on the device, sequence b is rows
+    // cu[b] .. cu[b + 1] of q (keys: of k / v), its query i at position i + Lk_b - Lq_b (q_offset unused). Lq / Lk
+    // then hold max_seqlen_q / max_seqlen_k (they size the grid), Tq the total query rows; no key_padding or
+    // additive_mask.
+    const int32_t* cu_seqlens_q;
+    const int32_t* cu_seqlens_k;
+    int Tq;
 };
 
-// o [B, H, Lq, D] contiguous in q's dtype; lse [2, B, H, Lq] float32: lse[0] the row max m of the scores,
+// o [B, H, Lq, D] (varlen: [Tq, H, D]) contiguous in q's dtype; lse [2, B, H, Lq] (varlen: [2, H, Tq]) float32: lse[0] the row max m of the scores,
 // lse[1] log of the row sum l. Kept apart, not m + log l: a fully masked row has m = finfo.min, where
 // m + log l == m in float32, and the backward would recompute weights 1 instead of 1 / Lk.
 const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, float* lse, int device, void* stream);
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream);
 
 // dout [B, H, Lq, D] contiguous; lse [2, B, H, Lq] from the forward; delta [B, H, Lq] float32 = rowsum(dout * o).
-// dq [B, H, Lq, D], dk/dv [B, H, Lk, D] contiguous in q's dtype, every element written.
+// dq [B, H, Lq, D], dk/dv [B, H, Lk, D] contiguous in q's dtype, every element written. Varlen: dout / dq
+// [Tq, H, D], lse [2, H, Tq], delta [H, Tq], dk / dv [Tk, H, D]; every row of a sequence written.
 const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* dout, const float* lse,
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream);
 const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,

@@ -15,7 +15,7 @@
 
 namespace nezha {
 
-enum class ScalarKind : int { F16 = 0, BF16 = 1, F32 = 2, BOOL = 3, OTHER = 4 };
+enum class ScalarKind : int { F16 = 0, BF16 = 1, F32 = 2, BOOL = 3, OTHER = 4, INT32 = 5 };
 enum class DeviceKind : int { CPU = 0, CUDA = 1, OTHER = 2 };
 
 constexpr int MAX_VIEW_RANK = 4;
@@ -39,6 +39,7 @@ inline const char* dtype_name(int dtype) {
         case ScalarKind::BF16: return "bfloat16";
         case ScalarKind::F32: return "float32";
         case ScalarKind::BOOL: return "bool";
+        case ScalarKind::INT32: return "int32";
         default: return "an unsupported dtype";
     }
 }
@@ -207,6 +208,101 @@ inline std::string impl_of(int64_t code, Impl& impl) {
     if (code != 0 && code != 1)
         return std::string(args_detail::PREFIX) + "impl must be 0 (simt) or 1 (tc), got " + std::to_string(code);
     impl = static_cast<Impl>(code);
+    return "";
+}
+
+// ---- padding-free (varlen) calls ----
+
+// Fills `a` and `dtype` from q [Tq, H, D], k / v [Tk, H, D] (any head and row strides; unit stride on D), table
+// [2R+1, D] contiguous, cu_seqlens_q / cu_seqlens_k int32 [B + 1] contiguous and head_mask float32 [B, H]
+// contiguous (nullptr when absent); max_seqlen_q / max_seqlen_k size the grid (Lq / Lk of AttnArgs). The contents
+// of cu_seqlens (0 .. T, non-decreasing) and max_seqlen >= every length are checked in Python
+// (prepare_varlen_inputs): reading them here would synchronize with the device. "" or what is wrong.
+inline std::string make_varlen_attn_args(const TensorView& q, const TensorView& k, const TensorView& v,
+                                         const TensorView& table, const TensorView* head_mask,
+                                         const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                                         int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R, bool causal,
+                                         double scale, double dropout_p, uint64_t seed, DeviceKind device,
+                                         AttnArgs& a, DType& dtype) {
+    using namespace args_detail;
+    if (q.dtype != static_cast<int>(ScalarKind::F16) && q.dtype != static_cast<int>(ScalarKind::BF16) &&
+        q.dtype != static_cast<int>(ScalarKind::F32))
+        return std::string(PREFIX) + "q must be float16, bfloat16 or float32, got " + dtype_name(q.dtype);
+    const TensorView* qkv[] = {&q, &k, &v};
+    const char* names[] = {"q", "k", "v"};
+    for (int t = 0; t < 3; ++t) {
+        std::string err = check_placement(names[t], *qkv[t], q, device, q.dtype);
+        if (!err.empty()) return err;
+        if (qkv[t]->ndim != 3) return shape_error(names[t], *qkv[t], "3-D [T, H, D] (padding-free)");
+        if (qkv[t]->strides[2] != 1) return std::string(PREFIX) + names[t] + " must have unit stride on the head dim";
+    }
+    const int64_t Tq = q.sizes[0], H = q.sizes[1], D = q.sizes[2], Tk = k.sizes[0];
+    if (!has_shape(k, {Tk, H, D}) || !has_shape(v, {Tk, H, D}))
+        return std::string(PREFIX) + "k and v must be [Tk, H, D] matching q " + shape_of(q) + ", got k " +
+               shape_of(k) + " and v " + shape_of(v);
+    const TensorView* cus[] = {&cu_seqlens_q, &cu_seqlens_k};
+    const char* cu_names[] = {"cu_seqlens_q", "cu_seqlens_k"};
+    for (int t = 0; t < 2; ++t) {
+        std::string err = check_placement(cu_names[t], *cus[t], q, device, static_cast<int>(ScalarKind::INT32));
+        if (!err.empty()) return err;
+        if (cus[t]->ndim != 1 || cus[t]->sizes[0] < 1 || cus[t]->sizes[0] != cu_seqlens_q.sizes[0] ||
+            !is_contiguous(*cus[t]))
+            return shape_error(cu_names[t], *cus[t], "a contiguous int32 [B + 1] tensor, as long as cu_seqlens_q");
+    }
+    const int64_t B = cu_seqlens_q.sizes[0] - 1;
+    // 32-bit rows, positions (i + Lk_b - Lq_b within (-Tq, Tk)) and indices, grid axis y = B * H.
+    const int64_t limit = int64_t{1} << 31;
+    const bool in_range = R >= 0 && R < limit && B < 65536 && H < 65536 && B * H < 65536 && Tq + Tk + 2 * R < limit &&
+                          max_seqlen_q >= 0 && max_seqlen_q < limit && max_seqlen_k >= 0 && max_seqlen_k < limit;
+    if (!in_range)
+        return std::string(PREFIX) + "sizes exceed the kernels' 32-bit index range / grid (B * H < 65536, " +
+               "Tq + Tk + 2R < 2^31, 0 <= max_seqlen < 2^31)";
+    std::string err = check_placement("rel_table", table, q, device, q.dtype);
+    if (!err.empty()) return err;
+    if (!has_shape(table, {2 * R + 1, D}) || !is_contiguous(table))
+        return shape_error("rel_table", table, ("a contiguous [2R+1, D] = [" + std::to_string(2 * R + 1) + ", " +
+                                                std::to_string(D) + "] tensor").c_str());
+
+    a = AttnArgs{};
+    a.B = static_cast<int>(B); a.H = static_cast<int>(H); a.D = static_cast<int>(D); a.R = static_cast<int>(R);
+    a.Lq = static_cast<int>(max_seqlen_q); a.Lk = static_cast<int>(max_seqlen_k); a.Tq = static_cast<int>(Tq);
+    a.causal = causal;
+    a.scale = static_cast<float>(scale);
+    a.q = q.data; a.q_sh = q.strides[1]; a.q_sl = q.strides[0];
+    a.k = k.data; a.k_sh = k.strides[1]; a.k_sl = k.strides[0];
+    a.v = v.data; a.v_sh = v.strides[1]; a.v_sl = v.strides[0];
+    a.table = table.data;
+    a.cu_seqlens_q = static_cast<const int32_t*>(cu_seqlens_q.data);
+    a.cu_seqlens_k = static_cast<const int32_t*>(cu_seqlens_k.data);
+    if (head_mask) {
+        const TensorView& hm = *head_mask;
+        if (!(err = check_placement("head_mask", hm, q, device, static_cast<int>(ScalarKind::F32))).empty())
+            return err;
+        if (!has_shape(hm, {B, H}) || !is_contiguous(hm))
+            return shape_error("head_mask", hm, "a contiguous float32 [B, H] tensor");
+        a.head_mask = static_cast<const float*>(hm.data);
+    }
+    a.dropout_p = static_cast<float>(dropout_p);
+    a.dropout_seed = seed;
+    dtype = static_cast<DType>(q.dtype);
+    return "";
+}
+
+// The padding-free backward's extra inputs: dout contiguous with q's shape and dtype, lse float32 [2, H, Tq] and
+// delta float32 [H, Tq], both contiguous; "" or what is wrong.
+inline std::string check_varlen_backward_inputs(const AttnArgs& a, const TensorView& q, const TensorView& dout,
+                                                const TensorView& lse, const TensorView& delta, DeviceKind device) {
+    using namespace args_detail;
+    std::string err = check_placement("dout", dout, q, device, q.dtype);
+    if (!err.empty()) return err;
+    if (!has_shape(dout, {a.Tq, a.H, a.D}) || !is_contiguous(dout))
+        return shape_error("dout", dout, "contiguous with q's shape");
+    if (!(err = check_placement("lse", lse, q, device, static_cast<int>(ScalarKind::F32))).empty()) return err;
+    if (!has_shape(lse, {2, a.H, a.Tq}) || !is_contiguous(lse))
+        return shape_error("lse", lse, "contiguous float32 [2, H, Tq]");
+    if (!(err = check_placement("delta", delta, q, device, static_cast<int>(ScalarKind::F32))).empty()) return err;
+    if (!has_shape(delta, {a.H, a.Tq}) || !is_contiguous(delta))
+        return shape_error("delta", delta, "contiguous float32 [H, Tq]");
     return "";
 }
 

@@ -8,13 +8,14 @@
 //     dV_j  = sum_i p_ij f_ij dO_i
 // Two kernels recompute the scores instead of accumulating dQ with atomics: deterministic and simple.
 // The table terms use the same band / far-field split as the forward (edge rows via per-row scalars).
+// Padding-free calls run the same code on one sequence per grid row (sequence_args); a block past it returns.
 #include "relattn_tile.cuh"
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dq_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                       const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
@@ -26,23 +27,26 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     float* Ts = Vs + BN * DP;
     float* dSs = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM;
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
     const int pos = a.q_offset + i;
     const int E = 2 * a.R;
     const HeadInputs<T> in = head_inputs<T>(a, head);
-    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const T* dog = dout + query_row(a, head, 0) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
 
     load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
-    load_tile<T, D, NT>(dOs, dog, D, q0, BM, a.Lq);
+    load_tile<T, D, NT>(dOs, dog, do_sl, q0, BM, a.Lq);
     __syncthreads();
     float q_left, q_right, do_left, do_right;
     edge_dots<T, D, TPR>(Qs + row * DP, in.table, a.R, sub, q_left, q_right);
     edge_dots<T, D, TPR>(dOs + row * DP, in.table, a.R, sub, do_left, do_right);
-    const RowStats stats = load_row_stats(a, lse, delta, head.bh, i);
+    const RowStats stats = load_row_stats(a, lse, delta, head, i);
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     FarField far_ds = {0.0f, 0.0f};  // dS of the row's far-field pairs
@@ -80,7 +84,7 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
 
     far_ds.reduce<TPR>();
     if (row_valid) {
-        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + i) * D;
+        T* g = dq + query_row(a, head, i) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
@@ -89,9 +93,9 @@ relattn_bwd_dq_kernel(const AttnArgs a, const T* __restrict__ dout, const float*
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dkdv_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                         const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
     using C = TileConfig<D>;
     // Own rows are keys (BM), the streamed tiles are queries (BN).
@@ -112,14 +116,17 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     float* do_right = do_left + BN;
     RowStats* stats_s = reinterpret_cast<RowStats*>(do_right + BN);
 
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int k0 = blockIdx.x * BM;
+    if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int krow = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int j = k0 + krow;
     const bool key_valid = j < a.Lk;
     const int E = 2 * a.R;
     const HeadInputs<T> in = head_inputs<T>(a, head);
-    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const T* dog = dout + query_row(a, head, 0) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     load_tile<T, D, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
@@ -129,11 +136,11 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     for (int c = 0; c < C::DPT; ++c) acc_k[c] = acc_v[c] = 0.0f;
 
     for (int q0 = 0; q0 < a.Lq; q0 += BN) {
-        stage_query_tile_stats<BN>(stats_s, a, lse, delta, head.bh, q0);
+        stage_query_tile_stats<BN>(stats_s, a, lse, delta, head, q0);
         if (causal_future_tile(a, q0, BN, k0) && rows_skip_future_keys<BN>(stats_s, q0, a.Lq)) continue;
         const int pos_first = a.q_offset + q0;
         load_tile<T, D, NT>(Qs, in.q, a.q_sl, q0, BN, a.Lq);
-        load_tile<T, D, NT>(dOs, dog, D, q0, BN, a.Lq);
+        load_tile<T, D, NT>(dOs, dog, do_sl, q0, BN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + BN - 1, k0, k0 + BM - 1, a.R);
         load_band_rows<T, D, NT>(Ts, in.table, tr, a.R, E);
         __syncthreads();
@@ -184,7 +191,7 @@ relattn_bwd_dkdv_kernel(const AttnArgs a, const T* __restrict__ dout, const floa
     }
 
     if (key_valid) {
-        const int64_t base = (static_cast<int64_t>(head.bh) * a.Lk + j) * D;
+        const int64_t base = key_row(a, head, j) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
@@ -215,11 +222,14 @@ const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* d
         constexpr int D = decltype(head_dim)::value;
         using C = TileConfig<D>;
         const T* go = static_cast<const T*>(dout);
-        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_kernel<T, D>, a.Lq, dq_smem_bytes<D>(), a, device,
-                                                   stream, go, lse, delta, static_cast<T*>(dq)))
-            return err;
-        return launch_row_blocks<C>(relattn_bwd_dkdv_kernel<T, D>, a.Lk, dkdv_smem_bytes<D>(), a, device, stream, go,
-                                    lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        return dispatch_layout(a, [&](auto packed) -> const char* {
+            constexpr bool P = decltype(packed)::value;
+            if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_kernel<T, D, P>, a.Lq, dq_smem_bytes<D>(), a,
+                                                       device, stream, go, lse, delta, static_cast<T*>(dq)))
+                return err;
+            return launch_row_blocks<C>(relattn_bwd_dkdv_kernel<T, D, P>, a.Lk, dkdv_smem_bytes<D>(), a, device,
+                                        stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        });
     });
 }
 

@@ -10,13 +10,14 @@
 // relattn_bwd_dkdv_tc_kernel: warp = 16 keys, query tiles of 32. S^T = K.Q^T and dP^T = V.dO^T by mma; the
 //   block computes Q.T_slice^T and dO.T_slice^T once per tile into shared memory ([query][table row]);
 //   dV += W^T.dO and dK += dS^T.Q with W, dS from the accumulators (no table term in dK, dV).
+// Padding-free calls: one sequence per grid row, as in the SIMT kernels (sequence_args).
 #include "relattn_tc.cuh"
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                          const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN_DQ, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
@@ -32,19 +33,22 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
     float* qt = scratch + warp * 2 * 16 * C::QT_LD;
     float* dot_s = qt + 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
     const LaneQueries rows = lane_queries(a, wrow0, lane);
     RowStats rstats[2];  // the forward's row statistics
 #pragma unroll
-    for (int r = 0; r < 2; ++r) rstats[r] = load_row_stats(a, lse, delta, head.bh, rows.i[r]);
+    for (int r = 0; r < 2; ++r) rstats[r] = load_row_stats(a, lse, delta, head, rows.i[r]);
     const HeadInputs<T> in = head_inputs<T>(a, head);
-    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const T* dog = dout + query_row(a, head, 0) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
-    stage_rows<T, D, LD, NT>(dOs, dog, D, q0, BM, a.Lq);
+    stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, BM, a.Lq);
 
     FarField far_ds[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // dS of each row's far-field pairs
     float acc[NTD][4];
@@ -113,16 +117,16 @@ relattn_bwd_dq_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const flo
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rows.valid[r]) continue;
-        T* g = dq + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
+        T* g = dq + query_row(a, head, rows.i[r]) * D;
         for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
             g[d] = from_f<T>(a.scale * far_ds[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
         });
     }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                            const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
     using C = TcConfig<D>;
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
@@ -139,8 +143,10 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
+    if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int E = 2 * a.R;
     int kj[2];
     bool kvalid[2];
@@ -150,7 +156,8 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
         kvalid[r] = kj[r] < a.Lk;
     }
     const HeadInputs<T> in = head_inputs<T>(a, head);
-    const T* dog = dout + static_cast<int64_t>(head.bh) * a.Lq * D;
+    const T* dog = dout + query_row(a, head, 0) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
     const float kept_scale = kept_weight_scale(a, head.bh);
 
     stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
@@ -160,11 +167,11 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
     zero_acc(acc_v);
 
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
-        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head.bh, q0);
+        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head, q0);
         if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) continue;
         const int pos_first = a.q_offset + q0;
         stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
-        stage_rows<T, D, LD, NT>(dOs, dog, D, q0, QN, a.Lq);
+        stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
         stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
@@ -235,7 +242,7 @@ relattn_bwd_dkdv_tc_kernel(const AttnArgs a, const T* __restrict__ dout, const f
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!kvalid[r]) continue;
-        const int64_t base = (static_cast<int64_t>(head.bh) * a.Lk + kj[r]) * D;
+        const int64_t base = key_row(a, head, kj[r]) * D;
         for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
             dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
             dv[base + d] = from_f<T>(acc_v[nt][e]);
@@ -262,11 +269,14 @@ const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, con
         constexpr int D = decltype(head_dim)::value;
         using C = TcConfig<D>;
         const T* go = static_cast<const T*>(dout);
-        if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D>, a.Lq, dq_tc_smem_bytes<D>(), a,
-                                                   device, stream, go, lse, delta, static_cast<T*>(dq)))
-            return err;
-        return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D>, a.Lk, dkdv_tc_smem_bytes<D>(), a, device,
-                                    stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        return dispatch_layout(a, [&](auto packed) -> const char* {
+            constexpr bool P = decltype(packed)::value;
+            if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D, P>, a.Lq, dq_tc_smem_bytes<D>(),
+                                                       a, device, stream, go, lse, delta, static_cast<T*>(dq)))
+                return err;
+            return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D, P>, a.Lk, dkdv_tc_smem_bytes<D>(), a,
+                                        device, stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+        });
     });
 }
 

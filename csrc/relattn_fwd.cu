@@ -6,13 +6,14 @@
 // BM + BN - 1 rows, loaded only for tiles that touch the band). Value side: far-field weights only add to
 // two per-row masses (rescaled like the accumulator) that become mass * T[0] / T[2R] at the end; band
 // weights add w * T[idx]. The [Lq, Lk, D] table is never built. SIMT with fp32 accumulation.
+// Padding-free calls run the same code on one sequence per grid row (sequence_args); a block past it returns.
 #include "relattn_tile.cuh"
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TileConfig<D>::NT, 1)
-relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
+relattn_fwd_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TileConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, TPR = C::TPR, DP = C::DP, SP = C::SP;
     NZ_DYNAMIC_SMEM(float, smem);
@@ -22,8 +23,10 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     float* Ts = Vs + BN * DP;
     float* Ps = Ts + C::TROWS * DP;
 
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM;
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
     const int i = q0 + row;
     const bool row_valid = i < a.Lq;
@@ -94,14 +97,14 @@ relattn_fwd_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ ls
     l = group_sum<TPR>(l);
     far.reduce<TPR>();
     if (row_valid) {
-        const float f = kept_weight_scale(a, head.bh) / l;
-        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + i) * D;
+        const float f = PACKED && l == 0.0f ? 0.0f : kept_weight_scale(a, head.bh) / l;  // 0: a sequence without keys
+        T* og = out + query_row(a, head, i) * D;
 #pragma unroll
         for (int c = 0; c < C::DPT; ++c) {
             const int d = sub + TPR * c;
             og[d] = from_f<T>(f * far.plus_edge_rows<T, D>(acc[c], in.table, a.R, d));
         }
-        if (sub == 0) store_row_stats(a, lse, head.bh, i, m, l);
+        if (sub == 0) store_row_stats(a, lse, head, i, m, l);
     }
 }
 
@@ -116,8 +119,10 @@ const char* relattn_fwd(const AttnArgs& a, DType dtype, Impl impl, void* o, floa
     return dispatch_kernel<Impl::SIMT>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
-        return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D>, a.Lq, fwd_smem_bytes<D>(), a, device, stream,
-                                                static_cast<T*>(o), lse);
+        return dispatch_layout(a, [&](auto packed) {
+            return launch_row_blocks<TileConfig<D>>(relattn_fwd_kernel<T, D, decltype(packed)::value>, a.Lq,
+                                                    fwd_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+        });
     });
 }
 

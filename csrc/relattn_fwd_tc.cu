@@ -8,14 +8,15 @@
 //   O    += P.V                                     (P from the score accumulators, V rows k-major)
 //   O    += Bucket.T_slice                          (Bucket[row][idx - lo] = weight for interior pairs;
 //           edge weights go to two per-row masses, added as mass * T[0] / T[2R] at the end)
-// Online softmax, masks, dropout (Philox spec), head_mask and the log-sum-exp are those of the SIMT kernel.
+// Online softmax, masks, dropout (Philox spec), head_mask, the log-sum-exp and the padding-free sequences
+// (sequence_args) are those of the SIMT kernel.
 #include "relattn_tc.cuh"
 
 namespace nezha {
 
-template <typename T, int D>
+template <typename T, int D, bool PACKED>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
-relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
+relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcConfig<D>;
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
@@ -28,8 +29,10 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
-    const HeadIndex head = block_head(a);
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
+    if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
     const LaneQueries rows = lane_queries(a, wrow0, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
@@ -119,12 +122,12 @@ relattn_fwd_tc_kernel(const AttnArgs a, T* __restrict__ out, float* __restrict__
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!rows.valid[r]) continue;
-        const float f = kept_scale / l[r];
-        T* og = out + (static_cast<int64_t>(head.bh) * a.Lq + rows.i[r]) * D;
+        const float f = PACKED && l[r] == 0.0f ? 0.0f : kept_scale / l[r];  // 0: a sequence without keys
+        T* og = out + query_row(a, head, rows.i[r]) * D;
         for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
             og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
         });
-        if ((lane & 3) == 0) store_row_stats(a, lse, head.bh, rows.i[r], m[r], l[r]);
+        if ((lane & 3) == 0) store_row_stats(a, lse, head, rows.i[r], m[r], l[r]);
     }
 }
 
@@ -138,8 +141,10 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
     return dispatch_kernel<Impl::TC>(dtype, a.D, [&](auto element, auto head_dim) {
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
-        return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D>, a.Lq, fwd_tc_smem_bytes<D>(), a, device,
-                                              stream, static_cast<T*>(o), lse);
+        return dispatch_layout(a, [&](auto packed) {
+            return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D, decltype(packed)::value>, a.Lq,
+                                                  fwd_tc_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+        });
     });
 }
 

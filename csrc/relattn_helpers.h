@@ -87,6 +87,31 @@ NZ_HD float softmax_weight(float s, float m, float log_l) {
 #endif
 }
 
+// ---- padding-free (varlen) batches: cu_seqlens [B + 1], sequence b is rows cu[b] .. cu[b + 1] ----
+
+// Sequence b's first row in the packed [T, H, D] tensor and its length.
+struct SeqSpan {
+    int first;
+    int len;
+};
+
+NZ_HD SeqSpan sequence_span(const int32_t* cu, int b) {
+    SeqSpan s;
+    s.first = cu[b];
+    s.len = cu[b + 1] - cu[b];
+    return s;
+}
+
+// Bottom-right alignment (flash-attention's): query i of a sequence of Lq queries and Lk keys sits at position
+// i + Lk - Lq, so the last query sees the last key (a cached decode step).
+NZ_HD int bottom_right_offset(int Lq, int Lk) { return Lk - Lq; }
+
+// Row (of D elements) of row i of head h of a sequence starting at `first` in a contiguous [T, H, D] tensor.
+NZ_HD int64_t packed_row(int first, int i, int H, int h) { return (static_cast<int64_t>(first) + i) * H + h; }
+
+// Index of that row's entry in a contiguous [H, T] statistic (lse[0], lse[1], delta).
+NZ_HD int64_t packed_stat(int first, int i, int T, int h) { return static_cast<int64_t>(h) * T + first + i; }
+
 // ---- Philox-4x32-10 (Random123), the dropout spec of nezha_kernels/dropout.py ----
 constexpr uint32_t PHILOX_ROUND_A = 0xD2511F53u;
 constexpr uint32_t PHILOX_ROUND_B = 0xCD9E8D57u;

@@ -64,21 +64,61 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 // ---- per-(batch, head) setup ----
 
-// The (batch, head) of this block (grid y = B * H): b and h index the inputs and masks, bh = b * H + h the
-// outputs, the row statistics and the dropout stream.
+// The (batch, head) of this block (grid y = B * H; for a padding-free call b is the sequence): b and h index the
+// inputs and masks, bh = b * H + h the dense outputs, the row statistics and the dropout stream (counter
+// (j, i, bh, 0) with i, j within the sequence, as the dense kernels on the padded batch). packed: a padding-free
+// call (the kernels' compile-time PACKED, so the dense kernels carry none of it); q_first / k_first: the sequence's
+// first rows in the packed [T, H, D] tensors (0 when dense).
 struct HeadIndex {
     int b;
     int h;
     int bh;
+    bool packed;
+    int q_first;
+    int k_first;
 };
 
+template <bool PACKED>
 __device__ __forceinline__ HeadIndex block_head(const AttnArgs& a) {
     HeadIndex head;
     head.bh = blockIdx.y;
     head.b = head.bh / a.H;
     head.h = head.bh % a.H;
+    head.packed = PACKED;
+    head.q_first = PACKED ? a.cu_seqlens_q[head.b] : 0;
+    head.k_first = PACKED ? a.cu_seqlens_k[head.b] : 0;
     return head;
 }
+
+// The AttnArgs of a padding-free call's sequence b alone (Lq_b, Lk_b, its bottom-right offset q_offset = Lk_b -
+// Lq_b, q / k / v at its first rows, batch strides 0). The PACKED kernels overwrite their parameter with it and run
+// the dense code, returning at once when their tile starts past the sequence (no pad tile is computed). The dense
+// kernels never write their parameter: a local copy of AttnArgs cost them up to +58 registers (fwd_tc).
+template <typename T>
+__device__ __forceinline__ AttnArgs sequence_args(const AttnArgs& args, HeadIndex head) {
+    if (!head.packed) return args;
+    AttnArgs a = args;
+    a.Lq = sequence_span(args.cu_seqlens_q, head.b).len;
+    a.Lk = sequence_span(args.cu_seqlens_k, head.b).len;
+    a.q_offset = bottom_right_offset(a.Lq, a.Lk);
+    a.q = static_cast<const T*>(args.q) + head.q_first * args.q_sl;
+    a.k = static_cast<const T*>(args.k) + head.k_first * args.k_sl;
+    a.v = static_cast<const T*>(args.v) + head.k_first * args.v_sl;
+    a.q_sb = a.k_sb = a.v_sb = 0;
+    return a;
+}
+
+// Output rows (of D elements) of the block's query i / key j: dense [B, H, L, D] contiguous, bh * L + i; varlen
+// [T, H, D] contiguous, packed_row. row_step: rows between consecutive queries (keys) of one head.
+__device__ __forceinline__ int64_t query_row(const AttnArgs& a, HeadIndex head, int i) {
+    return head.packed ? packed_row(head.q_first, i, a.H, head.h) : static_cast<int64_t>(head.bh) * a.Lq + i;
+}
+
+__device__ __forceinline__ int64_t key_row(const AttnArgs& a, HeadIndex head, int j) {
+    return head.packed ? packed_row(head.k_first, j, a.H, head.h) : static_cast<int64_t>(head.bh) * a.Lk + j;
+}
+
+__device__ __forceinline__ int row_step(const AttnArgs& a, HeadIndex head) { return head.packed ? a.H : 1; }
 
 // The global inputs of one (batch, head): q, k, v at their strides, and the table every head shares.
 template <typename T>
@@ -104,8 +144,8 @@ __device__ __forceinline__ float kept_weight_scale(const AttnArgs& a, int bh) {
     return dropout_rescale(a.dropout_p) * (a.head_mask != nullptr ? a.head_mask[bh] : 1.0f);
 }
 
-// A query row's forward statistics, lse [2, B, H, Lq]: lse[0] the row max, lse[1] log of the row sum (apart, see
-// relattn.h), and the backward's delta = dO . O [B, H, Lq].
+// A query row's forward statistics, lse [2, B, H, Lq] (varlen [2, H, Tq]): lse[0] the row max, lse[1] log of the
+// row sum (apart, see relattn.h), and the backward's delta = dO . O [B, H, Lq] (varlen [H, Tq]).
 struct RowStats {
     float max;
     float log_sum;
@@ -113,20 +153,30 @@ struct RowStats {
 };
 static_assert(sizeof(RowStats) == 3 * sizeof(float), "the shared-memory sizes count 3 floats per staged row");
 
-__device__ __forceinline__ void store_row_stats(const AttnArgs& a, float* lse, int bh, int i, float m, float l) {
-    const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+// Index of query i's statistics in lse[0] / delta, and the distance from lse[0] to lse[1].
+__device__ __forceinline__ int64_t stat_index(const AttnArgs& a, HeadIndex head, int i) {
+    return head.packed ? packed_stat(head.q_first, i, a.Tq, head.h) : static_cast<int64_t>(head.bh) * a.Lq + i;
+}
+
+__device__ __forceinline__ int64_t stat_half(const AttnArgs& a, HeadIndex head) {
+    return head.packed ? static_cast<int64_t>(a.H) * a.Tq : static_cast<int64_t>(a.B) * a.H * a.Lq;
+}
+
+__device__ __forceinline__ void store_row_stats(const AttnArgs& a, float* lse, HeadIndex head, int i, float m,
+                                                float l) {
+    const int64_t row = stat_index(a, head, i);
     lse[row] = m;
-    lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row] = logf(l);
+    lse[stat_half(a, head) + row] = logf(l);
 }
 
 // Statistics of query row i (zeros past Lq).
 __device__ __forceinline__ RowStats load_row_stats(const AttnArgs& a, const float* __restrict__ lse,
-                                                   const float* __restrict__ delta, int bh, int i) {
+                                                   const float* __restrict__ delta, HeadIndex head, int i) {
     RowStats s = {0.0f, 0.0f, 0.0f};
     if (i < a.Lq) {
-        const int64_t row = static_cast<int64_t>(bh) * a.Lq + i;
+        const int64_t row = stat_index(a, head, i);
         s.max = lse[row];
-        s.log_sum = lse[static_cast<int64_t>(a.B) * a.H * a.Lq + row];
+        s.log_sum = lse[stat_half(a, head) + row];
         s.delta = delta[row];
     }
     return s;
@@ -150,9 +200,9 @@ __device__ __forceinline__ bool rows_skip_future_keys(const RowStats* stats, int
 // barriers that keep it from the previous tile's readers and from its own.
 template <int ROWS>
 __device__ __forceinline__ void stage_query_tile_stats(RowStats* stats_s, const AttnArgs& a, const float* lse,
-                                                       const float* delta, int bh, int q0) {
+                                                       const float* delta, HeadIndex head, int q0) {
     __syncthreads();  // previous tile fully consumed
-    if (threadIdx.x < ROWS) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, bh, q0 + threadIdx.x);
+    if (threadIdx.x < ROWS) stats_s[threadIdx.x] = load_row_stats(a, lse, delta, head, q0 + threadIdx.x);
     __syncthreads();
 }
 
@@ -384,8 +434,9 @@ inline const char* launch_status() {
 }
 
 // Launches `kernel(a, args...)` on `device` and `stream` (the caller's current device is kept) with one block of
-// C::NT threads per C::BM own rows (of `rows`) and (batch, head), and `smem` bytes of dynamic shared memory;
-// nullptr or the error message.
+// C::NT threads per C::BM own rows (of `rows`: the longest sequence's for varlen) and (batch, head), and `smem`
+// bytes of dynamic shared memory; nullptr or the error message. An empty grid (no rows, or no heads) launches
+// nothing.
 template <typename C, typename K, typename... Args>
 inline const char* launch_row_blocks(K kernel, int rows, size_t smem, const AttnArgs& a, int device, void* stream,
                                      Args... args) {
@@ -393,6 +444,7 @@ inline const char* launch_row_blocks(K kernel, int rows, size_t smem, const Attn
     if (guard.error()) return guard.error();
     if (const char* err = prepare_launch(kernel, device, smem)) return err;
     const dim3 grid((rows + C::BM - 1) / C::BM, a.B * a.H);
+    if (grid.x == 0 || grid.y == 0) return nullptr;
     NZ_LAUNCH(kernel, grid, C::NT, smem, static_cast<cudaStream_t>(stream), a, args...);
     return launch_status();
 }
@@ -409,6 +461,12 @@ inline const char* dispatch_head_dim(int head_dim, F& launch) {
         case 128: return launch(ElementType<T>{}, HeadDim<128>{});
         default: return "head dim must be 32, 64 or 128";
     }
+}
+
+// launch(std::bool_constant<PACKED>{}): the kernels' compile-time layout, padding-free (cu_seqlens set) or dense.
+template <typename F>
+inline const char* dispatch_layout(const AttnArgs& a, F&& launch) {
+    return a.cu_seqlens_q != nullptr ? launch(std::true_type{}) : launch(std::false_type{});
 }
 
 // launch(ElementType<T>{}, HeadDim<D>{}) for the runtime dtype and head dim: every kernel instantiation of a

@@ -274,15 +274,6 @@ def test_launchers_restore_the_callers_current_device(family, emulated_backend):
     assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))
 
 
-def test_launchers_refuse_packed_inputs(emulated_backend):
-    """Dense kernels only: cu_seqlens would make them read [T, H, D] rows as [B, H, L, D]."""
-    q = torch.randn(7, 2, 32)
-    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        launch.relattn_fwd(q, q, q, torch.randn(9, 32), None, None, None, cu, cu, 4, 4, 4, False, 0, 0.2, 0.0, 0,
-                           family="simt")
-
-
 def test_every_feature_and_family_is_covered():
     cases = CASES.values()
     for impl, dtypes in (("simt", {F32, F16, BF16}), ("tc", {F16, BF16})):

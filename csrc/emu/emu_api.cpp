@@ -92,6 +92,56 @@ const char* nezha_emu_bwd(const TensorView* dout, const TensorView* q, const Ten
     return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
 }
 
+// The binding's forward_varlen / backward_varlen on emulated device `device` (q [Tq, H, D], k / v [Tk, H, D],
+// cu_seqlens int32 [B + 1]; outputs allocated by the caller): nullptr or the error message.
+const char* nezha_emu_fwd_varlen(const TensorView* q, const TensorView* k, const TensorView* v,
+                                 const TensorView* table, const TensorView* head_mask, const TensorView* cu_seqlens_q,
+                                 const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                 int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
+                                 int64_t impl_code, const TensorView* out, const TensorView* lse, int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_varlen_attn_args(*q, *k, *v, *table, head_mask, *cu_seqlens_q, *cu_seqlens_k,
+                                                   max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed,
+                                                   DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_output("out", *out, *q, DeviceKind::CPU, q->dtype, {a.Tq, a.H, a.D});
+    if (err.empty())
+        err = nezha::check_output("lse", *lse, *q, DeviceKind::CPU, static_cast<int>(nezha::ScalarKind::F32),
+                                  {2, a.H, a.Tq});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_fwd(a, dtype, impl, const_cast<void*>(out->data),
+                                            static_cast<float*>(const_cast<void*>(lse->data)), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda forward failed: ") + launch) : nullptr;
+}
+
+const char* nezha_emu_bwd_varlen(const TensorView* dout, const TensorView* q, const TensorView* k,
+                                 const TensorView* v, const TensorView* table, const TensorView* head_mask,
+                                 const TensorView* lse, const TensorView* delta, const TensorView* cu_seqlens_q,
+                                 const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
+                                 int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
+                                 int64_t impl_code, const TensorView* dq, const TensorView* dk, const TensorView* dv,
+                                 int device) {
+    nezha::AttnArgs a;
+    nezha::DType dtype;
+    nezha::Impl impl;
+    std::string err = nezha::make_varlen_attn_args(*q, *k, *v, *table, head_mask, *cu_seqlens_q, *cu_seqlens_k,
+                                                   max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed,
+                                                   DeviceKind::CPU, a, dtype);
+    if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = nezha::check_varlen_backward_inputs(a, *q, *dout, *lse, *delta, DeviceKind::CPU);
+    const int64_t Tk = k->sizes[0];
+    if (err.empty()) err = nezha::check_output("dq", *dq, *q, DeviceKind::CPU, q->dtype, {a.Tq, a.H, a.D});
+    if (err.empty()) err = nezha::check_output("dk", *dk, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
+    if (err.empty()) err = nezha::check_output("dv", *dv, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
+    if (!err.empty()) return fail(err);
+    const char* launch = nezha::relattn_bwd(a, dtype, impl, dout->data, static_cast<const float*>(lse->data),
+                                            static_cast<const float*>(delta->data), const_cast<void*>(dq->data),
+                                            const_cast<void*>(dk->data), const_cast<void*>(dv->data), device, nullptr);
+    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
+}
+
 // The calling thread's current emulated device (cudaGetDevice / cudaSetDevice): -1 on an invalid ordinal.
 int nezha_emu_get_device() {
     int device = -1;

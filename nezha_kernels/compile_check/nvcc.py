@@ -27,8 +27,10 @@ _ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
-# relattn_fwd_kernel<__half, 64> mangles as ..._kernelI6__halfLi64EE...
-_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)EE")
+# relattn_fwd_kernel<__half, 64, PACKED> mangles as ..._kernelI6__halfLi64ELb0EE...; the padding-free (PACKED =
+# true, Lb1) instantiations are reported as <kernel>_varlen.
+_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?E")
+_VARLEN = "_varlen"
 _DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
@@ -42,6 +44,7 @@ _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
     """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
+    kernel = kernel.removesuffix(_VARLEN)  # same tiles either layout
     dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
     if kernel == "relattn_fwd_kernel":
         return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
@@ -71,6 +74,7 @@ def parse_ptxas(log: str) -> list[dict]:
             if mangled:
                 n, rest = int(mangled.group(1)), mangled.group(2)
                 name = rest[:n] if len(rest) >= n else rest
+                name += _VARLEN if mangled.group(5) == "1" else ""
                 current = {"kernel": name, "dtype": _DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
             else:
                 current = {"kernel": entry.group(1), "dtype": "?", "head_dim": 0}

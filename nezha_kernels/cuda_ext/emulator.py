@@ -145,7 +145,7 @@ class _TensorView(ctypes.Structure):
 
 
 # nezha::ScalarKind and nezha::DeviceKind codes (csrc/relattn_args.h).
-_SCALAR_KINDS = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.bool: 3}
+_SCALAR_KINDS = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.bool: 3, torch.int32: 5}
 _OTHER_KIND = 4
 _DEVICE_KINDS = {"cpu": 0, "cuda": 1}
 _OTHER_DEVICE = 2
@@ -186,6 +186,13 @@ def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     lib.nezha_emu_fwd.restype = ctypes.c_char_p
     lib.nezha_emu_bwd.argtypes = [view] * 10 + scalars + [view, view, view, i]
     lib.nezha_emu_bwd.restype = ctypes.c_char_p
+    # varlen: q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k (bwd: dout first, lse and delta before cu),
+    # then max_seqlen_q, max_seqlen_k and the scalars from R (no q_offset).
+    varlen_scalars = [i64, i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
+    lib.nezha_emu_fwd_varlen.argtypes = [view] * 7 + varlen_scalars + [view, view, i]
+    lib.nezha_emu_fwd_varlen.restype = ctypes.c_char_p
+    lib.nezha_emu_bwd_varlen.argtypes = [view] * 10 + varlen_scalars + [view, view, view, i]
+    lib.nezha_emu_bwd_varlen.restype = ctypes.c_char_p
     lib.nezha_emu_get_device.argtypes = []
     lib.nezha_emu_get_device.restype = i
     lib.nezha_emu_set_device.argtypes = [i]
@@ -246,6 +253,27 @@ class EmulatedExtension:
         _raise_on(self._lib.nezha_emu_bwd(*map(_view, tensors), R, q_offset, causal, scale, dropout_p,
                                           int(seed) & (2**64 - 1), impl, _view(dq), _view(dk), _view(dv),
                                           self.device))
+        return [dq, dk, dv]
+
+    def forward_varlen(self, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
+                       causal, scale, dropout_p, seed, stream, impl):
+        """[out [Tq, H, D] in q's dtype, lse [2, H, Tq] float32]: a padding-free call."""
+        out = _poisoned(q.shape, q.dtype)
+        lse = _poisoned((2, q.shape[1], q.shape[0]) if q.dim() == 3 else (1,), torch.float32)
+        tensors = (q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k)
+        _raise_on(self._lib.nezha_emu_fwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
+                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(out), _view(lse),
+                                                 self.device))
+        return [out, lse]
+
+    def backward_varlen(self, dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, R, causal, scale, dropout_p, seed, stream, impl):
+        """[dq [Tq, H, D], dk, dv [Tk, H, D]] in q's dtype."""
+        dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
+        tensors = (dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k)
+        _raise_on(self._lib.nezha_emu_bwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
+                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(dq), _view(dk),
+                                                 _view(dv), self.device))
         return [dq, dk, dv]
 
     def round_to(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -8,7 +8,9 @@ memory (device, dtype, shape, strides, index range).
 
 Layouts handed to the extension: q, k, v with any (batch, head, row) strides and unit stride on D; the table
 contiguous; key_padding bool [B, Lk] contiguous; the additive mask as float32 [B, H, Lq, Lk] with stride 0 on
-its broadcast dims (only its distinct entries are copied); head_mask float32 [B, H] contiguous.
+its broadcast dims (only its distinct entries are copied); head_mask float32 [B, H] contiguous. Padding-free
+calls (cu_seqlens_q given): q [Tq, H, D], k / v [Tk, H, D] (any head / row strides), cu_seqlens int32 [B+1]
+contiguous, max_seqlen_q / max_seqlen_k sizing the grid; out [Tq, H, D], lse [2, H, Tq].
 
 The extension module comes from ``extension(device)``: the built one (AOT or JIT, nezha_kernels/cuda_ext/build.py),
 or, inside ``use_extension(...)`` (nezha_kernels/cuda_ext/emulator.emulated_cuda_backend), the CPU emulation.
@@ -62,13 +64,6 @@ def _family_code(family: str) -> int:
     return FAMILIES[family]
 
 
-def _dense_only(cu_seqlens_q, cu_seqlens_k) -> None:
-    # The kernels index [B, H, L, D] tensors; packed [T, H, D] rows would be read out of bounds.
-    if cu_seqlens_q is not None or cu_seqlens_k is not None:
-        raise ValueError("the CUDA kernels take dense [B, H, L, D] inputs only: cu_seqlens_q / cu_seqlens_k "
-                         "(padding-free batches) are not supported by backend 'cuda'")
-
-
 def _stream(t: torch.Tensor) -> int:
     """torch's current stream on t's device, as the integer the binding takes (0 for CPU tensors: emulator)."""
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
@@ -87,14 +82,17 @@ def _compact_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return base.to(torch.float32).expand(mask.shape)
 
 
-def _canonical(q, k, v, table, key_padding, additive_mask, head_mask) -> tuple:
-    b, h = q.shape[0], q.shape[1]
+def _canonical(q, k, v, table, key_padding, additive_mask, head_mask, batch: int) -> tuple:
     return (
         _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(),
         key_padding.contiguous() if key_padding is not None else None,
         _compact_mask(additive_mask),
-        head_mask.to(torch.float32).expand(b, h).contiguous() if head_mask is not None else None,
+        head_mask.to(torch.float32).expand(batch, q.shape[1]).contiguous() if head_mask is not None else None,
     )
+
+
+def _batch(q, cu_seqlens_q) -> int:
+    return q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1
 
 
 def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -103,13 +101,20 @@ def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlen
     """(out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32: row max, log of the row sum).
 
     q: [B, H, Lq, D], k / v: [B, H, Lk, D], table: [2R+1, D] in q's dtype; seed: int (0 without dropout).
-    max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the kernels.
+    max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the dense kernels. Padding-free
+    (cu_seqlens_q given): q [Tq, H, D], k / v [Tk, H, D] -> out [Tq, H, D], lse [2, H, Tq]; q_offset unused.
     """
-    _dense_only(cu_seqlens_q, cu_seqlens_k)
     impl = _family_code(family)
-    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
-    out, lse = extension(q.device).forward(*args, max_relative_position, q_offset, causal, scale, dropout_p,
-                                           int(seed), _stream(q), impl)
+    ext = extension(q.device)
+    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
+    if cu_seqlens_q is not None:
+        q, k, v, table, _, _, head_mask = args
+        out, lse = ext.forward_varlen(q, k, v, table, head_mask, cu_seqlens_q.contiguous(),
+                                      cu_seqlens_k.contiguous(), int(max_seqlen_q), int(max_seqlen_k),
+                                      max_relative_position, causal, scale, dropout_p, int(seed), _stream(q), impl)
+    else:
+        out, lse = ext.forward(*args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed),
+                               _stream(q), impl)
     return out, lse
 
 
@@ -117,12 +122,21 @@ def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, 
                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p,
                 seed, *, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments."""
-    _dense_only(cu_seqlens_q, cu_seqlens_k)
     impl = _family_code(family)
     grad_out = grad_out.contiguous()
-    # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term.
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()
-    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask)
-    dq, dk, dv = extension(q.device).backward(grad_out, *args, lse.contiguous(), delta, max_relative_position,
-                                              q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl)
+    # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term, laid out like lse[0]
+    # ([B, H, Lq]; padding-free [H, Tq]).
+    delta = (grad_out.float() * out.float()).sum(-1)
+    delta = (delta if cu_seqlens_q is None else delta.t()).contiguous()
+    ext = extension(q.device)
+    args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
+    if cu_seqlens_q is not None:
+        q, k, v, table, _, _, head_mask = args
+        dq, dk, dv = ext.backward_varlen(grad_out, q, k, v, table, head_mask, lse.contiguous(), delta,
+                                         cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
+                                         int(max_seqlen_k), max_relative_position, causal, scale, dropout_p,
+                                         int(seed), _stream(q), impl)
+    else:
+        dq, dk, dv = ext.backward(grad_out, *args, lse.contiguous(), delta, max_relative_position, q_offset, causal,
+                                  scale, dropout_p, int(seed), _stream(q), impl)
     return dq, dk, dv
