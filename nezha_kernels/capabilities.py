@@ -91,7 +91,7 @@ CAPABILITIES: dict[str, Capability] = {
     ),
     "cuda": Capability(
         name="cuda", devices="CUDA sm_80+", dtypes=_GPU_FLOAT, head_dims=(32, 64, 128),
-        table_grad=False, head_mask_grad=False, varlen=False,
+        table_grad=False, head_mask_grad=False,
         max_batch_heads=65535, max_position=_INT32_LIMIT,
         note="hand-written CUDA C++: tensor-core (fp16/bf16) and SIMT kernels",
     ),

@@ -111,3 +111,18 @@ def test_interpreted_public_op_goes_through_the_one_op(monkeypatch):
     ref = nk.relative_attention(q, q, q, max_relative_position=3, backend="reference")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     assert seen == ["triton"]
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the emulator cases run in the main process")
+def test_public_varlen_op_dispatches_to_cuda(emulated):
+    # Sequences of 5, 0 and 17 tokens; the capability table sends padding-free calls to the CUDA kernels.
+    g = torch.Generator().manual_seed(3)
+    cu = torch.tensor([0, 5, 5, 22], dtype=torch.int32)
+    q, k, v = (torch.randn(22, 2, 32, generator=g).requires_grad_() for _ in range(3))
+    out = nk.relative_attention_varlen(q, k, v, cu, max_relative_position=4, causal=True, backend="cuda")
+    ref = nk.relative_attention_varlen(q, k, v, cu, max_relative_position=4, causal=True, backend="reference")
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    want = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for got, exp in zip(grads, want):
+        torch.testing.assert_close(got, exp, atol=5e-5, rtol=5e-5)
