@@ -138,6 +138,59 @@ def draw_dropout_seed(generator: torch.Generator | None) -> int | torch.Tensor:
     return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64).item())
 
 
+def check_qkv(q, k, v, rank: int, layout: str) -> None:
+    """q, k and v are floating tensors of rank ``rank`` (``layout`` names the dims), one dtype, one device."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t)
+        if t.dim() != rank:
+            raise ValueError(f"{name} must be {rank}-D {layout}, got {t.dim()}-D with shape {list(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def check_table(rel_table: torch.Tensor | None, r: int, q: torch.Tensor) -> torch.Tensor:
+    """The table of a call: the op's cached default for q's (R, D, dtype, device), or a checked rel_table."""
+    d = q.shape[-1]
+    if rel_table is None:
+        if d % 2:
+            raise ValueError(f"the default sinusoid table needs an even head dim, got D = {d}; pass rel_table")
+        # int(): under torch.jit.trace sizes are 0-d tensors; the head dim is fixed by the weights anyway.
+        return default_table(r, int(d), q.dtype, q.device)
+    table = _check_tensor("rel_table", rel_table)
+    if tuple(table.shape) != (2 * r + 1, d):
+        raise ValueError(
+            f"rel_table must have shape [2R+1, D] = [{2 * r + 1}, {d}] for max_relative_position={r}, "
+            f"got {list(table.shape)}"
+        )
+    if table.dtype != q.dtype:
+        raise TypeError(f"rel_table dtype {table.dtype} differs from q's {q.dtype}")
+    if table.device != q.device:
+        raise ValueError(f"rel_table is on {table.device} but q is on {q.device}")
+    return table
+
+
+def check_scalars(causal: object, dropout_p: object, scale: object, d: int) -> tuple[float, float]:
+    """(dropout_p, scale) after checking causal, dropout_p in [0, 1) and scale (default 1/sqrt(D))."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
+    dropout_p = float(dropout_p)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return dropout_p, float(scale)
+
+
 def prepare_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -154,16 +207,7 @@ def prepare_inputs(
     generator: torch.Generator | None = None,
 ) -> AttentionInputs:
     """Check every argument of ``relative_attention`` and return its canonical form."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t)
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D [B, H, L, D], got {t.dim()}-D with shape {list(t.shape)}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv(q, k, v, 4, "[B, H, L, D]")
     b, h, lq, d = q.shape
     if tuple(k.shape[:2]) != (b, h) or tuple(v.shape[:2]) != (b, h):
         raise ValueError(
@@ -178,39 +222,10 @@ def prepare_inputs(
         raise ValueError(f"empty dimension in q {list(q.shape)} / k {list(k.shape)}")
 
     r = _check_int("max_relative_position", max_relative_position, minimum=1)
-    if rel_table is None:
-        if d % 2:
-            raise ValueError(f"the default sinusoid table needs an even head dim, got D = {d}; pass rel_table")
-        # int(): under torch.jit.trace sizes are 0-d tensors; the head dim is fixed by the weights anyway.
-        table = default_table(r, int(d), q.dtype, q.device)
-    else:
-        table = _check_tensor("rel_table", rel_table)
-        if tuple(table.shape) != (2 * r + 1, d):
-            raise ValueError(
-                f"rel_table must have shape [2R+1, D] = [{2 * r + 1}, {d}] for max_relative_position={r}, "
-                f"got {list(table.shape)}"
-            )
-        if table.dtype != q.dtype:
-            raise TypeError(f"rel_table dtype {table.dtype} differs from q's {q.dtype}")
-        if table.device != q.device:
-            raise ValueError(f"rel_table is on {table.device} but q is on {q.device}")
+    table = check_table(rel_table, r, q)
 
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     offset = _check_int("q_offset", q_offset, minimum=0)
-
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
-    dropout_p = float(dropout_p)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    dropout_p, scale = check_scalars(causal, dropout_p, scale, d)
 
     key_padding = additive = None
     if attention_mask is not None:

@@ -13,15 +13,13 @@ caller's responsibility there.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
 import torch
 
 from .attention import _autocast_inputs
 from .backends import resolve_backend
-from .inputs import _FLOAT_DTYPES, _check_int, _check_tensor, _normalize_head_mask, draw_dropout_seed
-from .table import sinusoidal_table
+from .inputs import (_check_int, _check_tensor, _normalize_head_mask, check_qkv, check_scalars, check_table,
+                     draw_dropout_seed)
 
 __all__ = ["VarlenInputs", "prepare_varlen_inputs", "relative_attention_varlen"]
 
@@ -65,44 +63,6 @@ class VarlenInputs:
     @property
     def table_requires_grad(self) -> bool:
         return self.table.requires_grad
-
-
-# --- scalar and table checks, as prepare_inputs does them (to move into inputs.py as shared helpers) ---
-
-def _check_table(rel_table, r: int, q: torch.Tensor) -> torch.Tensor:
-    d = q.shape[-1]
-    if rel_table is None:
-        if d % 2:
-            raise ValueError(f"the default sinusoid table needs an even head dim, got D = {d}; pass rel_table")
-        return sinusoidal_table(r, d, dtype=q.dtype, device=q.device)
-    table = _check_tensor("rel_table", rel_table)
-    if tuple(table.shape) != (2 * r + 1, d):
-        raise ValueError(
-            f"rel_table must have shape [2R+1, D] = [{2 * r + 1}, {d}] for max_relative_position={r}, "
-            f"got {list(table.shape)}"
-        )
-    if table.dtype != q.dtype:
-        raise TypeError(f"rel_table dtype {table.dtype} differs from q's {q.dtype}")
-    if table.device != q.device:
-        raise ValueError(f"rel_table is on {table.device} but q is on {q.device}")
-    return table
-
-
-def _check_scalars(causal, dropout_p, scale, d: int) -> tuple[float, float]:
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a float, got {type(dropout_p).__name__}")
-    dropout_p = float(dropout_p)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return dropout_p, float(scale)
 
 
 # --- cu_seqlens ---
@@ -162,16 +122,7 @@ def prepare_varlen_inputs(
     generator: torch.Generator | None = None,
 ) -> VarlenInputs:
     """Check every argument of ``relative_attention_varlen`` and return its canonical form."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t)
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be 3-D [T, H, D], got {t.dim()}-D with shape {list(t.shape)}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    check_qkv(q, k, v, 3, "[T, H, D]")
     tq, h, d = q.shape
     tk = k.shape[0]
     if tuple(k.shape[1:]) != (h, d) or tuple(v.shape[1:]) != (h, d):
@@ -208,8 +159,8 @@ def prepare_varlen_inputs(
     max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k, tk)
 
     r = _check_int("max_relative_position", max_relative_position, minimum=1)
-    table = _check_table(rel_table, r, q)
-    dropout_p, scale = _check_scalars(causal, dropout_p, scale, d)
+    table = check_table(rel_table, r, q)
+    dropout_p, scale = check_scalars(causal, dropout_p, scale, d)
     batch = cu_q.shape[0] - 1
     hm = _normalize_head_mask(head_mask, batch, h, q.device) if head_mask is not None else None
     if generator is not None and not isinstance(generator, torch.Generator):
