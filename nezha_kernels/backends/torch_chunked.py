@@ -198,7 +198,8 @@ class _Chunk:
         self.probs = torch.softmax(scores, dim=-1)
         self.keep = None
         if inputs.dropout_p > 0.0:
-            self.keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, rows, lk, device, bh_offset)
+            self.keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, range(start, stop), lk, device,
+                                  bh_offset)
         return self
 
     @classmethod
