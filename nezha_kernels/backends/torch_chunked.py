@@ -250,7 +250,8 @@ def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: 
 
 
 def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm) -> None:
-    w = c.weights()
+    dropped = c.dropped()  # probs * keep / (1 - p): a copy when there is a mask (dS needs the probs too)
+    w = dropped if c.head_mask is None else dropped * c.head_mask
     # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
     dw = torch.matmul(go_c, v.transpose(-1, -2))
     dw += c.band.gather(torch.matmul(go_c, table.t()))
@@ -259,7 +260,7 @@ def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm)
         dt += torch.einsum("bhim,bhid->md", c.bucket(w), go_c)
     # dS = p (dP - D) with dP = dW keep / (1 - p) hm and D_i = sum_j w_ij dW_ij (= dO_i . O_i, computed in full
     # precision from the pieces): t = dW * w, so dS = t - p D. In place on dW: no new [chunk, Lk] tensors.
-    t = dw.mul_(c.dropped() if c.keep is not None else c.probs)
+    t = dw.mul_(dropped)
     if dhm is not None:
         dhm += t.sum(dim=(2, 3))
     if c.head_mask is not None:
