@@ -10,7 +10,8 @@ row the kernels miss, or a scratch slot read before it is written, fails the com
 kernels equal the dense kernels on the padded batch for one seed, and the public relative_attention_varlen(...,
 backend="triton") runs through dispatch and the op (forward and gradients).
 
-As tests/test_triton_interpreter.py: a plain run runs this file again in a TRITON_INTERPRET=1 subprocess.
+As tests/test_triton_interpreter.py: a plain run runs this file again in a TRITON_INTERPRET=1 subprocess with the
+interpreter's 16 x 16 tile, and a third time with the GPU's main tiles (a few cases; ~35 s in all on 2 cores).
 """
 
 from __future__ import annotations
@@ -34,13 +35,28 @@ from triton_parity import TOL, run_interpreted  # noqa: E402
 F32, BF16 = torch.float32, torch.bfloat16
 FMIN = torch.finfo(torch.float32).min
 SEED = 0x1234_5678_9ABC  # 63-bit dropout seed, split into the Philox key's two words by the kernels
-STATS_TOL = {F32: dict(atol=1e-4, rtol=1e-5), BF16: dict(atol=1e-2, rtol=1e-2)}
+STATS_TOL = {F32: dict(atol=1e-4, rtol=1e-5), torch.float16: dict(atol=5e-3, rtol=5e-3),
+             BF16: dict(atol=1e-2, rtol=1e-2)}
+
+
+from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
+
+# The GPU's own tiles (INTERPRETER_TILES_ENV=gpu, one config each) in a second subprocess.
+GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
+gpu_tiles_only = pytest.mark.skipif(
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_varlen_interpreter_gpu_tiles_suite")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_varlen_interpreter_suite():
-    run_interpreted(__file__, {}, "not interpreter_suite")
+    run_interpreted(__file__, {}, "not interpreter_suite and not gpu_tiles")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+def test_varlen_interpreter_gpu_tiles_suite():
+    run_interpreted(__file__, {INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,13 +187,11 @@ def _assert_close_scaled(got, want, tol, what):
     torch.testing.assert_close(got.double() / s, want / s, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
 
 
-@interpreted_only
-@pytest.mark.parametrize("name", list(CASES))
-def test_varlen_kernels_match_formula_per_sequence(name):
+def _check_case(case: Case, seed: int):
+    """The launchers on one case (NaN-poisoned allocations) against the formula per sequence."""
     from nezha_kernels.triton_kernels import launch
 
-    case = CASES[name]
-    q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, sum(map(ord, name)))
+    q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, seed)
     scale = case.d ** -0.5
     tail = _launcher_tail(case, head_mask, cu_q, cu_k, scale)
     with _nan_poisoned_allocations():
@@ -195,6 +209,32 @@ def test_varlen_kernels_match_formula_per_sequence(name):
     for name_, got, want, like in zip("qkv", grads, ref_grads, (q, k, v)):
         assert got.shape == like.shape and got.dtype == case.dtype and got.is_contiguous()
         _assert_close_scaled(got, want, TOL[case.dtype]["grad"], f"d{name_}")
+
+
+@interpreted_only
+@pytest.mark.parametrize("name", list(CASES))
+def test_varlen_kernels_match_formula_per_sequence(name):
+    _check_case(CASES[name], sum(map(ord, name)))
+
+
+# The GPU's main tiles (64-row forward and dQ, 32x32 dK/dV; 16x32 / 32x32 backward for D = 128): several 64-row
+# blocks in one sequence with a ragged tail, sequences shorter than one block, empty ones, R = 64 block-band mode.
+GPU_TILE_CASES = {
+    "bf16_d64_r64_causal_dropout_head_mask": Case(BF16, (70, 0, 1, 33), (70, 0, 4, 40), 1, 64, 64, causal=True,
+                                                  dropout_p=0.2, head_mask=True),
+    "fp16_d128_r64_lq_gt_lk_causal": Case(torch.float16, (81, 5), (47, 0), 1, 128, 64, causal=True),
+    "fp32_d32_r7_dropout": Case(F32, (37, 0, 1, 65), (37, 2, 1, 65), 2, 32, 7, dropout_p=0.3),
+}
+
+
+@interpreted_only
+@gpu_tiles_only
+@pytest.mark.parametrize("name", list(GPU_TILE_CASES))
+def test_varlen_gpu_tiles(name):
+    from nezha_kernels.triton_kernels import configs, launch
+
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
+    _check_case(GPU_TILE_CASES[name], sum(map(ord, name)))
 
 
 @interpreted_only

@@ -2,7 +2,8 @@
 interpreter tests (CPU tensors, TRITON_INTERPRET=1) and the GPU tests (CUDA tensors).
 
 Every check draws fresh random inputs, runs the public op forward and backward, and compares the
-output and the gradients of q, k and v with the formula's autograd in float64.
+output and the gradients of q, k and v with the formula's autograd in float64. run_interpreted runs a
+test file's interpreted tests in a TRITON_INTERPRET=1 subprocess.
 """
 
 from __future__ import annotations
