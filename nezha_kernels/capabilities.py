@@ -84,7 +84,7 @@ CAPABILITIES: dict[str, Capability] = {
     ),
     "triton": Capability(
         name="triton", devices="CUDA sm_80+ (CPU under TRITON_INTERPRET=1)", dtypes=_GPU_FLOAT,
-        max_head_dim=256, table_grad=False, head_mask_grad=False, varlen=False,
+        max_head_dim=256, table_grad=False, head_mask_grad=False,
         # Grid axis 1 (query / key blocks) is limited to 65535 programs of at least 16 rows.
         max_query_blocks=65535 * 16, max_position=_INT32_LIMIT,
         note="fused flash-style kernels, fp32 accumulation",

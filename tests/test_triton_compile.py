@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from nezha_kernels.compile_check import triton_aot  # noqa: E402
+from nezha_kernels.compile_check import config_role, triton_aot  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,20 @@ def test_fp32_d128_forward_does_not_spill(rows):
 
 def test_d128_half_precision_backward_does_not_spill(rows):
     # Head dim 128 training: dK/dV and dQ run their wide-head tiles (configs.WIDE_HEAD_TILES), spill-free.
-    d128 = [r for r in rows if r.config.startswith("fp16 D=128")]
+    d128 = [r for r in rows if r.config.startswith("fp16 D=128") and not r.config.endswith(" varlen")]
     assert {(r.kernel, r.arch) for r in d128} == {(k, a) for k in ("bwd_dkdv", "bwd_dq") for a in (80, 90)}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in d128 if r.spill_bytes]
     assert not spilling, "\n".join(spilling)
 
+
+
+def test_varlen_main_configs_compile_without_spills(rows):
+    # The padding-free kernels (VARLEN: cu_seqlens, head_mask, causal, dropout) on each kernel's main tile, fp16 and
+    # bf16, D = 64 and 128: spill-free like their dense twins (benchmarks/NOTES.md, Triton padding-free kernels).
+    varlen = [r for r in rows if r.config.endswith(" varlen")]
+    assert {(r.kernel, r.config.split()[0], r.config.split()[1], r.arch) for r in varlen} == {
+        (k, t, f"D={d}", a) for k in ("fwd", "bwd_dkdv", "bwd_dq") for t in ("fp16", "bf16") for d in (64, 128)
+        for a in (80, 90)}
+    assert {config_role(r) for r in varlen} == {"main"}
+    spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in varlen if r.spill_bytes]
+    assert not spilling, "\n".join(spilling)

@@ -9,9 +9,6 @@ is not skipped here); inside that subprocess the parity tests run and the launch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +20,7 @@ interpreted_only = pytest.mark.skipif(
 pytest.importorskip("triton")
 
 from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
+from triton_parity import run_interpreted  # noqa: E402
 
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
@@ -30,25 +28,15 @@ gpu_tiles_only = pytest.mark.skipif(
     not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
 
 
-def _run_interpreted(extra_env: dict, select: str):
-    env = {**os.environ, "TRITON_INTERPRET": "1", **extra_env}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select,
-           str(Path(__file__).resolve())]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout
-
-
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_suite():
-    _run_interpreted({}, "not gpu_tiles")
+    run_interpreted(__file__, {}, "not gpu_tiles")
 
 
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_gpu_tiles_suite():
     # The main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...), one config each.
-    _run_interpreted({INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
+    run_interpreted(__file__, {INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
 
 
 if INTERPRETED:

@@ -2,10 +2,16 @@
 interpreter tests (CPU tensors, TRITON_INTERPRET=1) and the GPU tests (CUDA tensors).
 
 Every check draws fresh random inputs, runs the public op forward and backward, and compares the
-output and the gradients of q, k and v with the formula's autograd in float64.
+output and the gradients of q, k and v with the formula's autograd in float64. run_interpreted runs a
+test file's interpreted tests in a TRITON_INTERPRET=1 subprocess.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -21,6 +27,20 @@ TOL = {
     torch.float16: dict(fwd=5e-3, grad=2e-2),
     torch.bfloat16: dict(fwd=4e-2, grad=1.2e-1),
 }
+
+
+def run_interpreted(test_file: str, extra_env: dict, select: str) -> None:
+    """Run the tests of ``test_file`` matching ``-k select`` in a subprocess with TRITON_INTERPRET=1.
+
+    TRITON_INTERPRET is read when the kernels are decorated: the interpreted tests need a process that set it
+    before importing them, while the AOT compile tests need it unset.
+    """
+    env = {**os.environ, "TRITON_INTERPRET": "1", **extra_env}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select, str(Path(test_file).resolve())]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
 
 
 def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None, additive=None, causal=False,

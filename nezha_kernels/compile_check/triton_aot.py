@@ -24,6 +24,7 @@ FULL_GRID_HEAD_DIM = 64
 DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
 MAIN_R = 64  # max_relative_position of every public NEZHA checkpoint: block-band mode, BAND_P = 128
 BLOCK_BAND_KERNELS = ("fwd", "bwd_dq")
+VARLEN_HEAD_DIMS = (64, 128)  # the padding-free rows: main configs, fp16 and bf16, both grids
 
 # Pointer arguments and their element types (None: the input dtype).
 _POINTERS = {
@@ -90,6 +91,7 @@ def _jobs(archs, grid: str = "full"):
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
+    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128.
     """
     from ..triton_kernels import configs
 
@@ -104,6 +106,9 @@ def _jobs(archs, grid: str = "full"):
                  HAS_DROPOUT=False, VARLEN=False)
     # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
     causal_skip = dict(plain, CAUSAL=True, CAUSAL_SKIP=True)
+    # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
+    # so causal skips future tiles).
+    varlen = dict(causal_skip, HAS_HMASK=True, HAS_DROPOUT=True, VARLEN=True)
     jobs = []
 
     def add(kernel, d, dtype, tile, features, variant, arch):
@@ -129,6 +134,9 @@ def _jobs(archs, grid: str = "full"):
                     add(kernel, 64, dtype, tile, every, "all-features", arch)
             add(kernel, 64, "fp16", tiles[0], plain, "plain", arch)
             add(kernel, 64, "fp16", tiles[0], causal_skip, "causal-skip", arch)
+            for d in VARLEN_HEAD_DIMS:
+                for dtype in ("fp16", "bf16"):
+                    add(kernel, d, dtype, configs.candidates(kernel, tiles, d, 2)[0], varlen, "varlen", arch)
             if grid == "full":
                 for d in (16, 32, 128):
                     for dtype in ("fp16", "fp32") if d == 128 else ("fp16",):

@@ -170,12 +170,15 @@ def _relattn_fwd_kernel(
         tl.debug_barrier()  # the slots were written by other threads' layouts
         # In column chunks (a runtime loop, like the prologue): bounds the live [BLOCK_M, chunk] tile.
         hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+        m_band = m_i
+        if VARLEN:
+            m_band = tl.where(m_i > float("-inf"), m_i, 0.0)  # a row without keys: exp(-inf - -inf) would be NaN
         for c in range(0, BAND_P // BAND_CHUNK):
             offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
             j = pos[:, None] + offs_r[None, :] - (R - 1)
             # Slots of keys the loop never visited still hold QTb: mask them out.
             seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < lk) & (j < hi_tiles)
-            w_band = tl.exp(tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=float("-inf")) - m_i[:, None])
+            w_band = tl.exp(tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=float("-inf")) - m_band[:, None])
             if HAS_DROPOUT:
                 w_band = w_band * dropout_scale
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)

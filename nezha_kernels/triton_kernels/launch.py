@@ -167,7 +167,6 @@ def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlen
     Varlen (cu_seqlens_q given): see relattn_fwd_varlen.
     """
     if cu_seqlens_q is not None:
-        raise NotImplementedError("cu_seqlens: the triton varlen launchers are not enabled yet")
         return relattn_fwd_varlen(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k, max_relative_position, causal, scale, dropout_p, seed)
     _check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
@@ -191,7 +190,6 @@ def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, 
     Varlen (cu_seqlens_q given): see relattn_bwd_varlen.
     """
     if cu_seqlens_q is not None:
-        raise NotImplementedError("cu_seqlens: the triton varlen launchers are not enabled yet")
         return relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k,
                                   max_seqlen_q, max_seqlen_k, max_relative_position, causal, scale, dropout_p,
                                   seed)
@@ -284,6 +282,6 @@ def relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens
     pointers, strides, tail, meta = _common_args(qv, kv, vv, table, None, None, head_mask, max_relative_position,
                                                  causal, 0, dropout_p, seed, scale, (cu_seqlens_q, cu_seqlens_k))
     tail = tail[:-2] + (_length_key(max_seqlen_q), _length_key(max_seqlen_k))
-    _launch_bwd(_varlen_view(grad_out), qv, kv, vv, table, _varlen_view(out), lse.view(2, 1, h, tq), dq, dk, dv,
+    _launch_bwd(_varlen_view(grad_out), qv, kv, vv, table, _varlen_view(out), lse.reshape(2, 1, h, tq), dq, dk, dv,
                 (pointers, strides, tail, meta), b * h, max_seqlen_q, max_seqlen_k, max_relative_position)
     return dq, dk, dv
