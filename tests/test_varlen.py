@@ -98,6 +98,21 @@ def test_causal_and_head_mask(backend, head_mask_shape):
     _parity(backend, torch.float32, LENGTHS_Q, LENGTHS_K, 3, 32, 7, causal=True, head_mask_shape=head_mask_shape)
 
 
+@pytest.mark.parametrize("group_tokens, keep_probabilities", [(1, True), (6, False), (14, True)])
+def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_probabilities):
+    # The torch backend batches the table-side matmuls over groups of sequences: groups that split anywhere
+    # (1: every sequence alone; 6 and 14: groups of several, a sequence longer than a group alone) and small
+    # chunks (several per sequence) give the formula's output and gradients, table and head_mask included.
+    from nezha_kernels.backends import torch_chunked, torch_varlen
+
+    monkeypatch.setattr(torch_varlen, "GROUP_TOKENS", group_tokens)
+    monkeypatch.setattr(torch_chunked, "CPU_CHUNK_ELEMENTS", 3 * 40)
+    if not keep_probabilities:  # the backward recomputes them (large sequences do)
+        monkeypatch.setattr(torch_chunked, "SAVE_ELEMENTS", 0)
+    _parity("torch", torch.float32, LENGTHS_Q, LENGTHS_K, 3, 32, 7, causal=True, head_mask_shape=(8, 3))
+    _parity("torch", torch.float32, [7, 2, 11, 0, 6], [7, 2, 11, 0, 6], 2, 16, 3, seed=4)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_long_sequence_beyond_the_distance_range(backend):
     """Distances beyond +-R in both directions, several torch chunks per sequence."""

@@ -168,13 +168,14 @@ class _Chunk:
 
     @classmethod
     def compute(cls, inputs: AttentionInputs, q, k, table, start: int, stop: int, scratch: _Scratch,
-                bh_offset: int = 0) -> "_Chunk":
+                bh_offset: int = 0, qt: torch.Tensor | None = None) -> "_Chunk":
+        """``qt``: the chunk's rows of Q T^T when the caller computed them for many rows at once (varlen)."""
         self = cls(inputs, q, start, stop, scratch)
         b, h, _, lk, _ = inputs.shape
         device = q.device
         rows = torch.arange(start, stop, device=device)
         base = torch.matmul(self.q, k.transpose(-1, -2))
-        base += self.band.gather(torch.matmul(self.q, table.t()))
+        base += self.band.gather(qt if qt is not None else torch.matmul(self.q, table.t()))
         base *= inputs.scale
         # torch.jit.trace's checker re-traces under no_grad: a trace takes one branch in both grad modes.
         tracking = (torch.is_grad_enabled() and base.requires_grad) or torch.jit.is_tracing()
@@ -249,15 +250,28 @@ def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: 
     return out
 
 
-def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm) -> None:
+class RelativeRows:
+    """The table side of a chunk's backward when the caller batches it over many rows (varlen): ``go_t`` the
+    chunk's rows of dO T^T (given); ``w_bucket`` / ``ds_bucket`` receive bucket(weights) (when dt is wanted) and
+    bucket(dS), which the caller multiplies by the table (dq) and reduces into dt once for all rows."""
+
+    def __init__(self, go_t: torch.Tensor, w_bucket: torch.Tensor | None, ds_bucket: torch.Tensor):
+        self.go_t, self.w_bucket, self.ds_bucket = go_t, w_bucket, ds_bucket
+
+
+def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm,
+                    rel: RelativeRows | None = None) -> None:
     dropped = c.dropped()  # probs * keep / (1 - p): a copy when there is a mask (dS needs the probs too)
     w = dropped if c.head_mask is None else dropped * c.head_mask
     # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
     dw = torch.matmul(go_c, v.transpose(-1, -2))
-    dw += c.band.gather(torch.matmul(go_c, table.t()))
+    dw += c.band.gather(rel.go_t if rel is not None else torch.matmul(go_c, table.t()))
     dv += torch.matmul(w.transpose(-1, -2), go_c)
     if dt is not None:
-        dt += torch.einsum("bhim,bhid->md", c.bucket(w), go_c)
+        if rel is not None:
+            rel.w_bucket.copy_(c.bucket(w))
+        else:
+            dt += torch.einsum("bhim,bhid->md", c.bucket(w), go_c)
     # dS = p (dP - D) with dP = dW keep / (1 - p) hm and D_i = sum_j w_ij dW_ij (= dO_i . O_i, computed in full
     # precision from the pieces): t = dW * w, so dS = t - p D. In place on dW: no new [chunk, Lk] tensors.
     t = dw.mul_(dropped)
@@ -268,8 +282,12 @@ def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm)
     delta = t.sum(dim=-1, keepdim=True)
     ds = t.addcmul_(c.probs, delta, value=-1.0)
     ds_bucket = c.bucket(ds)
-    dq_c.copy_((torch.matmul(ds, k) + torch.matmul(ds_bucket, table)) * inputs.scale)
     dk += torch.matmul(ds.transpose(-1, -2), c.q) * inputs.scale
+    if rel is not None:
+        dq_c.copy_(torch.matmul(ds, k).mul_(inputs.scale))
+        rel.ds_bucket.copy_(ds_bucket)
+        return
+    dq_c.copy_((torch.matmul(ds, k) + torch.matmul(ds_bucket, table)) * inputs.scale)
     if dt is not None:
         dt += torch.einsum("bhim,bhid->md", ds_bucket, c.q) * inputs.scale
 

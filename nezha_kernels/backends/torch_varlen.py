@@ -9,6 +9,12 @@ autograd.Function runs the same code and also keeps the small sequences' probabi
 Sequence b of the packed batch is the dense problem [1, H, Lq_b, D] x [1, H, Lk_b, D] with
 q_offset = Lk_b - Lq_b (bottom-right alignment) and dropout counters b * H + h: the chunks of
 torch_chunked run on it unchanged, so the backend's memory bound (a few CHUNK_ELEMENTS tensors) holds.
+
+The table side is batched: short sequences are overhead-bound (a dozen small ops each), and the two
+products with the table (Q T^T on the way in, bucket(W) T on the way out; dO T^T, bucket(dS) T and the
+table gradient in the backward) are 2/3 of their FLOPs. So consecutive sequences are taken in groups of
+at most GROUP_TOKENS query rows, and each of those products is one matmul over the group's rows
+([H, rows, 2R+1] tensors: a few MiB) instead of one per sequence and chunk.
 """
 
 from __future__ import annotations
@@ -49,22 +55,75 @@ def _sequences(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal,
         )
 
 
+# Query rows per group of sequences sharing the table-side matmuls ([H, rows, 2R+1] float32: 6 MiB at H=12).
+GROUP_TOKENS = 1024
+
+
+def _groups(sequences: list) -> Iterator[list]:
+    """Consecutive sequences (from _sequences) in lists of at most GROUP_TOKENS query rows (a longer one alone)."""
+    group, rows = [], 0
+    for item in sequences:
+        n = item[2] - item[1]
+        if group and rows + n > GROUP_TOKENS:
+            yield group
+            group, rows = [], 0
+        group.append(item)
+        rows += n
+    if group:
+        yield group
+
+
+def _chunks(seq: AttentionInputs) -> Iterator[tuple[int, int]]:
+    b, h, lq, lk, _ = seq.shape
+    step = torch_chunked.chunk_length(b, h, lk, lq, seq.q.device)
+    for start in range(0, lq, step):
+        yield start, min(lq, start + step)
+
+
+def _forward_heads_first(qh, kh, vh, tc, sequences: list, h: int, saved: dict | None = None) -> torch.Tensor:
+    """out [1, H, Tq, D] from the heads-first tensors; ``saved``: {b: chunks' (probs, keep)} is filled for the
+    sequences small enough to keep them (torch_chunked.saves_probabilities)."""
+    out = qh.new_zeros(qh.shape)
+    scratch = torch_chunked._Scratch()
+    for group in _groups(sequences):
+        g0, g1 = group[0][1], group[-1][2]
+        qt = torch.matmul(qh[:, :, g0:g1], tc.t())  # [1, H, rows, 2R+1]: Q T^T of the whole group
+        buckets = torch.zeros_like(qt)               # bucket(W) of every row, times T once at the end
+        for b, q0, q1, _, _, seq in group:
+            save = saved is not None and torch_chunked.saves_probabilities(h, q1 - q0, seq.shape[3])
+            for start, stop in _chunks(seq):
+                rows = slice(q0 - g0 + start, q0 - g0 + stop)
+                c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=b * h,
+                                                 qt=qt[:, :, rows])
+                w = c.weights(in_place=not save)
+                out[:, :, q0 + start : q0 + stop] = torch.matmul(w, seq.v)
+                buckets[:, :, rows] = c.bucket(w)
+                if save:
+                    saved.setdefault(b, []).append((c.probs, c.keep))
+        out[:, :, g0:g1] += torch.matmul(buckets, tc)
+    return out
+
+
+def _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
+                    dropout_p, seed, saved: dict | None = None) -> torch.Tensor:
+    cd = torch_chunked._compute_dtype(q.dtype)
+    qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
+    tc = table.to(cd)
+    hm = head_mask.to(cd) if head_mask is not None else None
+    sequences = list(_sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
+                                dropout_p, seed))
+    out = _forward_heads_first(qh, kh, vh, tc, sequences, q.shape[1], saved)
+    return out[0].transpose(0, 1).to(q.dtype).contiguous()
+
+
 @torch.library.custom_op("nezha_kernels::torch_varlen_fwd", mutates_args=())
 def varlen_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, head_mask: torch.Tensor | None,
     cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_relative_position: int, causal: bool,
     scale: float, dropout_p: float, seed: torch.Tensor,
 ) -> torch.Tensor:
-    cd = torch_chunked._compute_dtype(q.dtype)
-    qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
-    tc = table.to(cd)
-    hm = head_mask.to(cd) if head_mask is not None else None
-    out = qh.new_zeros(qh.shape)
-    h = q.shape[1]
-    for b, q0, q1, _, _, seq in _sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position,
-                                           causal, scale, dropout_p, seed):
-        out[:, :, q0:q1] = torch_chunked._forward(seq, seq.q, seq.k, seq.v, tc, bh_offset=b * h)
-    return out[0].transpose(0, 1).to(q.dtype).contiguous()
+    return _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal,
+                           scale, dropout_p, seed)
 
 
 @varlen_fwd.register_fake
@@ -96,13 +155,37 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
     dt = torch.zeros_like(tc) if table_grad else None
     dhm = torch.zeros(head_mask.shape, dtype=cd, device=q.device) if head_mask_grad else None
     h = q.shape[1]
-    for b, q0, q1, k0, k1, seq in _sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k,
-                                             max_relative_position, causal, scale, dropout_p, seed):
-        torch_chunked._backward(
-            seq, seq.q, seq.k, seq.v, tc, go[:, :, q0:q1], dq[:, :, q0:q1], dk[:, :, k0:k1], dv[:, :, k0:k1],
-            dt, dhm[b : b + 1] if dhm is not None else None, bh_offset=b * h,
-            saved=probabilities.get(b) if probabilities else None,
-        )
+    scratch = torch_chunked._Scratch()
+    sequences = list(_sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
+                                dropout_p, seed))
+    for group in _groups(sequences):
+        g0, g1 = group[0][1], group[-1][2]
+        go_t = torch.matmul(go[:, :, g0:g1], tc.t())        # dO T^T of the group's rows
+        ds_buckets = torch.zeros_like(go_t)                  # bucket(dS): times T into dq, and into dt
+        w_buckets = torch.zeros_like(go_t) if dt is not None else None
+        qt = None
+        for b, q0, q1, k0, k1, seq in group:
+            kept = probabilities.get(b) if probabilities else None
+            if kept is None and qt is None:
+                qt = torch.matmul(qh[:, :, g0:g1], tc.t())  # to recompute the probabilities
+            for index, (start, stop) in enumerate(_chunks(seq)):
+                rows = slice(q0 - g0 + start, q0 - g0 + stop)
+                if kept is not None:
+                    c = torch_chunked._Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
+                else:
+                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=b * h,
+                                                     qt=qt[:, :, rows])
+                rel = torch_chunked.RelativeRows(go_t[:, :, rows],
+                                                 w_buckets[:, :, rows] if w_buckets is not None else None,
+                                                 ds_buckets[:, :, rows])
+                torch_chunked._chunk_backward(
+                    seq, c, seq.k, seq.v, tc, go[:, :, q0 + start : q0 + stop], dq[:, :, q0 + start : q0 + stop],
+                    dk[:, :, k0:k1], dv[:, :, k0:k1], dt, dhm[b : b + 1] if dhm is not None else None, rel=rel,
+                )
+        dq[:, :, g0:g1] += torch.matmul(ds_buckets, tc).mul_(scale)
+        if dt is not None:
+            dt += torch.einsum("bhim,bhid->md", w_buckets, go[:, :, g0:g1])
+            dt += torch.einsum("bhim,bhid->md", ds_buckets, qh[:, :, g0:g1]) * scale
     back = lambda t, like: t[0].transpose(0, 1).to(like.dtype).contiguous()
     return (
         back(dq, q), back(dk, k), back(dv, v),
@@ -148,23 +231,13 @@ class _EagerVarlen(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, table, head_mask, inputs: VarlenInputs):
-        cd = torch_chunked._compute_dtype(q.dtype)
-        qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
-        tc = table.to(cd)
-        hm = head_mask.to(cd) if head_mask is not None else None
-        out = qh.new_zeros(qh.shape)
-        h = q.shape[1]
         saved = {}
-        for b, q0, q1, _, _, seq in _sequences(qh, kh, vh, tc, hm, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
-                                               inputs.max_relative_position, inputs.causal, inputs.scale,
-                                               inputs.dropout_p, seed_tensor(inputs.dropout_seed)):
-            save = [] if torch_chunked.saves_probabilities(h, q1 - q0, seq.shape[3]) else None
-            out[:, :, q0:q1] = torch_chunked._forward(seq, seq.q, seq.k, seq.v, tc, bh_offset=b * h, save=save)
-            if save is not None:
-                saved[b] = save
+        out = _varlen_forward(q, k, v, table, head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
+                              inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
+                              seed_tensor(inputs.dropout_seed), saved)
         ctx.save_for_backward(q, k, v, table, head_mask)
         ctx.inputs, ctx.probabilities = inputs, saved
-        return out[0].transpose(0, 1).to(q.dtype).contiguous()
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
