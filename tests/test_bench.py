@@ -321,6 +321,25 @@ def test_cli_bench_dry_run_ops(tmp_path, capsys):
     assert len(json.loads((tmp_path / "results.json").read_text())) == len(rows)
 
 
+@pytest.mark.slow
+def test_cli_bench_dry_run_length_mix(tmp_path):
+    # Model rows (ours padding-free / padded / transformers, infer and train) and op rows (varlen vs dense-padded)
+    # on the length mix and on a full batch (every token real: the varlen bookkeeping alone).
+    assert bench_main(["--dry-run", "--only", "length-mix", "--device", "cpu", "--out", str(tmp_path), "--fresh"]) == 0
+    rows = rows_from_records(read_csv(tmp_path / "results.csv"))
+    assert {r.bench for r in rows} == {"length-mix"}
+    models = [r for r in rows if r.op != "relative_attention"]
+    assert {r.provider for r in models} == {"ours padding-free", "ours padded", "hf-4.57.6"}
+    assert {r.mode for r in models} == {"infer", "train"} and all(r.status == "ok" for r in models)
+    ops = [r for r in rows if r.op == "relative_attention"]
+    full = [r for r in ops if r.note.startswith("full batch")]
+    mix = [r for r in ops if not r.note.startswith("full batch")]
+    assert {(r.provider, r.mode) for r in full} == {(p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")}
+    assert {(r.provider, r.mode) for r in mix} == {(p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")}
+    assert all(r.status == "ok" and r.median_ms > 0 for r in ops)
+    assert {(r.batch, r.seq_len) for r in full} == {(2, 16)} and all("real (" in r.note for r in mix)
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         bench_main(["--device", "tpu", "--out", str(tmp_path)])

@@ -50,16 +50,21 @@ class LengthMixGrid:
     dtype: str  # "float32" or "bf16-autocast"
     backend: str  # our attention backend ("auto" picks the first that supports the call)
     rounds: int  # interleaved timing rounds (CPU; at least)
+    # Op rows on full batches, (batch, length) with every sequence at that length: varlen vs dense with no
+    # padding at all, the cost of the varlen bookkeeping alone (the GPU goal: within 5% of dense).
+    full_ops: tuple[tuple[int, int], ...] = ()
 
 
 def length_mix_grid(device: str, *, full: bool = False, dry_run: bool = False) -> LengthMixGrid:
     """Default: batch 16, 2 layers (about a minute on 2 CPU cores); --full: batches 16 and 64, 4 layers."""
     on_gpu = torch.device(device).type == "cuda"
     if dry_run:
-        return LengthMixGrid((4,), (4,), 1, "nezha-tiny", "float32", "auto", 2)
+        return LengthMixGrid((4,), (4,), 1, "nezha-tiny", "float32", "auto", 2, full_ops=((2, 16),))
     dtype = "bf16-autocast" if on_gpu else "float32"
-    if full or on_gpu:
-        return LengthMixGrid((16, 64), (16, 64), 4, "nezha-base", dtype, "auto", 3)
+    if on_gpu:
+        return LengthMixGrid((16, 64), (16, 64), 4, "nezha-base", dtype, "auto", 3, full_ops=((16, 512), (4, 2048)))
+    if full:
+        return LengthMixGrid((16, 64), (16, 64), 4, "nezha-base", dtype, "auto", 3, full_ops=((4, 256),))
     return LengthMixGrid((16,), (16,), 2, "nezha-base", dtype, "auto", 3)
 
 
@@ -71,8 +76,17 @@ def sample_lengths(batch: int, seed: int = SEED) -> list[int]:
     return [int(n) for n in lengths]
 
 
+def _op_lengths(spec: dict) -> list[int]:
+    """The op rows' lengths: the length mix of spec["batch"], or a full batch at spec["full_length"]."""
+    if spec.get("full_length"):
+        return [spec["full_length"]] * spec["batch"]
+    return sample_lengths(spec["batch"])
+
+
 def _workload_note(lengths: list[int]) -> str:
     real, padded = sum(lengths), len(lengths) * max(lengths)
+    if len(set(lengths)) == 1:
+        return f"full batch: {len(lengths)} x {lengths[0]}, every token real (varlen bookkeeping vs dense)"
     return (f"{real} of {padded} tokens real ({100 * real / padded:.0f}%); lengths log-normal median {MEDIAN} "
             f"sigma {SIGMA} in [{MIN_LENGTH}, {MAX_LENGTH}], seed {SEED}")
 
@@ -215,7 +229,7 @@ def _op_steps(provider: str, spec: dict, device: torch.device) -> dict:
     from ..attention import relative_attention
     from ..varlen import relative_attention_varlen
 
-    lengths = sample_lengths(spec["batch"])
+    lengths = _op_lengths(spec)
     b, length = len(lengths), max(lengths)
     dtype = torch.bfloat16 if spec["dtype"] == "bf16-autocast" else torch.float32
     gen = torch.Generator().manual_seed(3)
@@ -305,8 +319,8 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
     op_name = f"{grid.size}-{grid.layers}L"
     rows: list[Row] = []
 
-    def base(bench_op, provider, batch, heads, head_dim):
-        lengths = sample_lengths(batch)
+    def base(bench_op, provider, batch, heads, head_dim, full_length=None):
+        lengths = [full_length] * batch if full_length else sample_lengths(batch)
         return dict(bench="length-mix", op=bench_op, provider=provider, dtype=grid.dtype, batch=batch, heads=heads,
                     seq_len=max(lengths), head_dim=head_dim, **env), _workload_note(lengths)
 
@@ -341,9 +355,9 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
         if progress is not None:
             progress.advance(f"length-mix models, batch {batch}")
 
-    for batch in grid.op_batches:
+    for batch, full_length in [(b, None) for b in grid.op_batches] + list(grid.full_ops):
         spec = dict(batch=batch, backend=grid.backend, dtype=grid.dtype, device=device, rounds=grid.rounds,
-                    budget_s=cpu_budget_s)
+                    budget_s=cpu_budget_s, full_length=full_length)
         if out_of_time():
             memory = {p: {"status": "skipped: time budget"} for p in OP_PROVIDERS}
             timed = {"status": "skipped: time budget"}
@@ -352,7 +366,7 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
                       for p in OP_PROVIDERS}
             timed = _run("time_ops", spec, on_gpu, limit_gib, cell_timeout_s)
         for p in OP_PROVIDERS:
-            fields, note = base("relative_attention", p, batch, HEADS, HEAD_DIM)
+            fields, note = base("relative_attention", p, batch, HEADS, HEAD_DIM, full_length)
             for mode in ("fwd", "fwd+bwd"):
                 status = memory[p]["status"] if memory[p]["status"] != OK else timed["status"]
                 if status != OK:
@@ -361,10 +375,10 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
                 rows.append(Row(mode=mode, peak_mib=memory[p]["result"][mode], note=f"{note}; {timed['result']['load']}",
                                 **timed["result"]["cells"][p][mode], **fields))
         if progress is not None:
-            progress.advance(f"length-mix ops, batch {batch}")
+            progress.advance(f"length-mix ops, batch {batch}" + (f" x {full_length} (full)" if full_length else ""))
     return rows
 
 
 def steps_of(grid: LengthMixGrid) -> int:
     """Progress steps of one run: one per model batch and per op batch."""
-    return len(grid.batches) + len(grid.op_batches)
+    return len(grid.batches) + len(grid.op_batches) + len(grid.full_ops)
