@@ -36,6 +36,7 @@ def _fwd_bwd(b, h, length, d, backend):
 def test_torch_backend_peak_tensor_is_one_chunk(monkeypatch):
     b, h, length, d, rows = 1, 2, 300, 16, 32
     monkeypatch.setattr(torch_chunked, "CHUNK_ELEMENTS", b * h * length * rows)
+    monkeypatch.setattr(torch_chunked, "MATERIALIZE_ELEMENTS", 0)  # the chunked form (small calls materialize)
     largest = _fwd_bwd(b, h, length, d, "torch")
     assert largest <= b * h * rows * length
     # The reference materializes the table of relative vectors: [L, L, D].
@@ -47,3 +48,13 @@ def test_torch_backend_4096_tokens_without_the_table():
     b, h, length, d = 1, 12, 4096, 64
     largest = _fwd_bwd(b, h, length, d, "torch")
     assert largest <= torch_chunked.CHUNK_ELEMENTS < length * length * d
+
+
+def test_torch_backend_materializes_only_small_calls(monkeypatch):
+    # Up to MATERIALIZE_ELEMENTS of [Lq, Lk, D] the torch backend runs the materialized form (faster there on a
+    # CPU); above it, never a table of that size.
+    b, h, d = 1, 2, 16
+    small = int((torch_chunked.MATERIALIZE_ELEMENTS // d) ** 0.5)
+    assert _fwd_bwd(b, h, small, d, "torch") >= small * small * d
+    monkeypatch.setattr(torch_chunked, "MATERIALIZE_ELEMENTS", small * small * d - 1)
+    assert _fwd_bwd(b, h, small, d, "torch") < small * small * d

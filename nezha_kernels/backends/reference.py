@@ -67,7 +67,7 @@ def probabilities(
     scores = scores.clamp(min=MASKED_SCORE) + (base - base.detach())
     probs = torch.softmax(scores, dim=-1)
     if inputs.dropout_p > 0.0:
-        keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, torch.arange(lq), lk, q.device, bh_offset)
+        keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, range(lq), lk, q.device, bh_offset)
         probs = probs * keep / (1.0 - inputs.dropout_p)
     if inputs.head_mask is not None:
         probs = probs * inputs.head_mask.to(compute_dtype).view(b, h, 1, 1)

@@ -21,6 +21,7 @@ import torch
 
 from ..dropout import keep_mask
 from ..inputs import MASKED_SCORE, AttentionInputs
+from . import reference  # the materialized form, for small calls
 from . import torch_varlen  # padding-free calls; it builds on _forward / _backward below
 
 if TYPE_CHECKING:
@@ -365,7 +366,20 @@ class _TorchRelativeAttention(torch.autograd.Function):
         )
 
 
+# Up to this many elements of the [Lq, Lk, D] table (L = 181 at D = 64) the materialized form, the reference's
+# math under autograd, is faster than the skewed band on a CPU: a handful of large ops instead of a few dozen
+# smaller ones, and its table costs at most 8 MiB. Measured in benchmarks/NOTES.md ("torch backend by size").
+MATERIALIZE_ELEMENTS = 1 << 21
+
+
+def materializes(inputs: AttentionInputs) -> bool:
+    _, _, lq, lk, d = inputs.shape
+    return inputs.q.device.type == "cpu" and lq * lk * d <= MATERIALIZE_ELEMENTS
+
+
 def forward(inputs: AttentionInputs) -> torch.Tensor:
+    if materializes(inputs) and not torch.compiler.is_compiling():
+        return reference.forward(inputs)
     if torch.jit.is_tracing() or torch.compiler.is_exporting():
         # A trace or an export must hold for every shape: the chunk loop's trip count would be baked in
         # (or specialize a dynamic length), and torch.jit.trace cannot record the autograd.Function.
