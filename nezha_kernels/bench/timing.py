@@ -128,5 +128,7 @@ def timing_warnings(rows, peak_load: float | None = None, cores: int | None = No
                      f"{cells}{more}. Other work probably competed for the machine: rerun before comparing them.")
     if peak_load is not None and peak_load > cores:
         lines.append(f"warning: the load average reached {peak_load:.1f} on {cores} core(s) during the run: other "
-                     "processes competed for the CPU, so the times are inflated and noisy. Rerun on a quiet machine before comparing.")
+                     "processes competed for the CPU, so the times are inflated and noisy (PyTorch's OpenMP threads spin at "
+                     "every barrier for a thread that is not running: small ops can take 10-30x longer). Rerun on a quiet "
+                     "machine before comparing; on a shared one, OMP_WAIT_POLICY=PASSIVE avoids the worst of it.")
     return lines
