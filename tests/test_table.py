@@ -92,3 +92,18 @@ def test_default_table_cached_in_inference_mode_serves_autograd_later():
     qg = q.clone().requires_grad_()
     nk.relative_attention(qg, qg, qg, max_relative_position=2, backend="reference").sum().backward()
     assert torch.isfinite(qg.grad).all()
+
+
+def test_sinusoidal_table_against_huawei_float64_construction():
+    # Huawei's TensorFlow code builds the table in float64 (numpy) and casts it to float32; ours, as transformers',
+    # computes in float32. The two differ by float32 rounding of sin/cos arguments up to 2R = 128: a few 1e-6.
+    import numpy as np
+
+    for r, d in [(64, 64), (64, 128)]:
+        t = np.zeros([2 * r + 1, d])
+        for pos in range(2 * r + 1):
+            for i in range(d // 2):
+                t[pos, 2 * i] = np.sin(pos / np.power(10000, 2 * i / d))
+                t[pos, 2 * i + 1] = np.cos(pos / np.power(10000, 2 * i / d))
+        diff = (torch.from_numpy(t.astype(np.float32)) - sinusoidal_table(r, d)).abs().max().item()
+        assert 1e-7 < diff < 1e-5, diff
