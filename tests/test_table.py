@@ -105,5 +105,5 @@ def test_sinusoidal_table_against_huawei_float64_construction():
             for i in range(d // 2):
                 t[pos, 2 * i] = np.sin(pos / np.power(10000, 2 * i / d))
                 t[pos, 2 * i + 1] = np.cos(pos / np.power(10000, 2 * i / d))
-        diff = (torch.from_numpy(t.astype(np.float32)) - sinusoidal_table(r, d)).abs().max().item()
+        diff = (torch.from_numpy(t.astype(np.float32)) - nk.sinusoidal_table(r, d)).abs().max().item()
         assert 1e-7 < diff < 1e-5, diff
