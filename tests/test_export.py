@@ -1,6 +1,6 @@
 """Our NEZHA models exported for serving, each run at another batch and length than it was captured at and
 compared with eager PyTorch: torch.export (all 8 classes, dynamic batch and length), torch.jit.trace, and ONNX
-(torch.onnx.export(dynamo=True)) run in ONNX Runtime.
+(torch.onnx.export, dynamo=True and the TorchScript exporter) run in ONNX Runtime.
 
 Captured models take the dense path (packing has data-dependent shapes). They are captured on the "reference"
 attention backend, whose math holds for every length: the "torch" backend's banded gather sizes its pieces from
@@ -90,18 +90,22 @@ def test_torch_export_dynamic_batch_and_length(name):
         assert max_diff(tuple(got), want) <= TOL_TORCH, (name, b, length)
 
 
+class Positional(torch.nn.Module):
+    """Positional tensors in, logits out: what torch.jit.trace (and the TorchScript ONNX exporter) take.
+    Built in eval mode: exporting restores the wrapper's training flag on every submodule."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.inner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+
+
 def test_jit_trace_task_model_at_other_shapes():
     name = "NezhaForTokenClassification"
     model = _model(name, seed=2)
-
-    class Positional(torch.nn.Module):  # jit.trace passes positional tensors and wants tensors back
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
     with _captured(model), torch.no_grad():
         traced = torch.jit.trace(Positional(model), tuple(_inputs(name, *CAPTURE, seed=3).values()))
     for i, (b, length) in enumerate(RUNS):
@@ -144,3 +148,22 @@ def test_onnx_runtime_matches_eager(tmp_path, name):
         want = _eager(model, inputs)
         assert len(got) == len(want)
         assert max_diff(tuple(torch.from_numpy(g) for g in got), want) <= TOL_ORT, (name, b, length)
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+def test_onnx_torchscript_exporter_matches_eager(tmp_path):
+    """The older exporter (dynamo=False, dynamic_axes) on the same wrapper jit.trace takes."""
+    ort = pytest.importorskip("onnxruntime", reason="onnx / onnxruntime are in the test extra")
+    name = "NezhaForSequenceClassification"
+    model = _model(name, seed=6)
+    inputs = _inputs(name, *CAPTURE, seed=7)
+    path = str(tmp_path / "model.onnx")
+    with _captured(model):
+        torch.onnx.export(Positional(model), tuple(inputs.values()), path, input_names=list(inputs),
+                          dynamic_axes={k: {0: "batch", 1: "length"} for k in inputs}, dynamo=False)
+    assert not model.training
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for i, (b, length) in enumerate(RUNS):
+        inputs = _inputs(name, b, length, seed=40 + i)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        assert max_diff(torch.from_numpy(got), _eager(model, inputs)[0]) <= TOL_ORT, (b, length)
