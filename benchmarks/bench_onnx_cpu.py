@@ -8,8 +8,9 @@ on its real tokens only) and padded (config.padding_free = False, the dense path
 
 Shapes: 1 x 128 and 8 x 128 with no padding (padding-free then has nothing to drop), and 8 x 128 with a
 realistic mask (log-normal lengths, median 48, sigma 0.6, in [8, 128], one row full). Timing: one process,
-every provider once per round, rotating the order each round, after warm-up; medians with min / max over
-the rounds. The load average is printed before and after (the machine may be shared).
+every provider once per round in a shuffled order, after warm-up; medians with min / max over the rounds
+(ORT's thread pool does not spin between calls, so it leaves the cores to the next provider). The load
+average is printed before and after (the machine may be shared).
 
     python benchmarks/bench_onnx_cpu.py [--repeats 15] [--out rows.json]
 """
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -91,6 +93,8 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # In one process a spinning ORT pool would keep both cores busy into the next provider's call.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def eager(padding_free: bool):
@@ -112,9 +116,10 @@ def main() -> None:
             run(inputs)
         diffs[label] = max(float(np.abs(outputs[n] - outputs["eager padded"]).max()) for n in providers)
         times = {name: [] for name in providers}
-        order = list(providers)
-        for r in range(args.repeats):
-            for name in order[r % len(order):] + order[: r % len(order)]:
+        order, shuffle = list(providers), random.Random(0).shuffle
+        for _ in range(args.repeats):
+            shuffle(order)  # a fresh order each round: no provider always runs right after the same other one
+            for name in order:
                 t0 = time.perf_counter()
                 providers[name](inputs)
                 times[name].append(time.perf_counter() - t0)
