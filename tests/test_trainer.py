@@ -148,6 +148,26 @@ def test_nezha_trainer_checkpoints_load_back_and_resume(tmp_path, task, caplog):
         assert fresh.cls.predictions.decoder.weight is fresh.nezha.embeddings.word_embeddings.weight
 
 
+def test_gradient_accumulation_scales_the_mean_loss(tmp_path):
+    """Our losses are batch means (accepts_loss_kwargs = False): Trainer divides them by the accumulation steps,
+    so 2 x 4 accumulated rows make the same SGD step as 8 rows at once."""
+    task = "NezhaForSequenceClassification"
+    train = _examples(task, 8, seed=12)
+    updates = []
+    for rows, steps in ((8, 1), (4, 2)):
+        model = _model(task, seed=13, hidden_dropout_prob=0.0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        args = _args(tmp_path, max_steps=1, optim="sgd", learning_rate=0.5, per_device_train_batch_size=rows,
+                     gradient_accumulation_steps=steps, max_grad_norm=0.0, logging_steps=1)
+        transformers.Trainer(model=model, args=args, train_dataset=train).train()
+        updates.append({n: p.detach() - before[n] for n, p in model.named_parameters()})
+    whole, accumulated = updates
+    size = max(u.abs().max().item() for u in whole.values())
+    assert size > 1e-3
+    for name, u in whole.items():
+        assert max_diff(accumulated[name], u) <= 1e-5 * size, name
+
+
 # ---- gradient checkpointing and pruning, as transformers offers them ------------------------------------
 
 
@@ -182,13 +202,56 @@ def test_reentrant_gradient_checkpointing_same_gradients(frozen_embeddings):
 
 def test_trainer_passes_reentrant_checkpointing(tmp_path):
     model = _model("NezhaForSequenceClassification")
-    args = _args(tmp_path, max_steps=2, gradient_checkpointing=True,
-                 gradient_checkpointing_kwargs={"use_reentrant": True})
+    if "activation_checkpointing" in transformers.TrainingArguments.__dataclass_fields__:  # transformers 5
+        args = _args(tmp_path, max_steps=2, activation_checkpointing=True,
+                     activation_checkpointing_kwargs={"use_reentrant": True, "every_n_layers": 2})
+    else:
+        args = _args(tmp_path, max_steps=2, gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": True})
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_examples(model.__class__.__name__, 16, 9))
     trainer.train()
-    assert model.is_gradient_checkpointing and model.nezha.encoder.checkpoint_kwargs["use_reentrant"] is True
+    assert model.is_gradient_checkpointing and model.nezha.encoder.checkpoint_kwargs == {"use_reentrant": True}
+    assert model.nezha.encoder.checkpoint_every == (2 if args.__dict__.get("activation_checkpointing") else 1)
 
 
+def test_checkpointing_every_n_layers_and_offload_same_gradients(monkeypatch):
+    """transformers 5's options: every_n_layers recomputes only layers 0, n, ...; offload saves to the host."""
+    model = _model("NezhaForTokenClassification", seed=14, num_hidden_layers=3, attention_probs_dropout_prob=0.2)
+    randomize_(model, torch.Generator().manual_seed(15))
+    model.train()
+    ids, mask, _ = batch(seed=16, length=17, fully_masked=False)
+    labels = torch.randint(0, 3, ids.shape, generator=torch.Generator().manual_seed(17))
+    loss_plain, grads_plain = _grads(model, ids, mask, labels)
+    calls = [0] * 3
+    for i, layer in enumerate(model.nezha.encoder.layer):
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    offloads = []
+    save_on_cpu = torch.autograd.graph.save_on_cpu
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", lambda **kw: offloads.append(kw) or save_on_cpu(**kw))
+    model.activation_checkpointing_enable(every_n_layers=2, offload=True)
+    assert model.is_activation_checkpointing
+    loss_ckpt, grads_ckpt = _grads(model, ids, mask, labels)
+    assert calls == [2, 1, 2]  # layers 0 and 2 ran again in the backward pass
+    assert offloads == [{"pin_memory": False}] * 2
+    assert torch.equal(loss_plain, loss_ckpt) and grads_ckpt.keys() == grads_plain.keys()
+    for name, g in grads_plain.items():
+        assert max_diff(grads_ckpt[name], g) <= 1e-6 * max(1.0, g.abs().max().item()), name
+    model.activation_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    with pytest.raises(ValueError, match="every_n_layers must be a positive int, got 0"):
+        model.gradient_checkpointing_enable(every_n_layers=0)
+
+
+def test_num_parameters_exclude_embeddings():
+    model = _model("NezhaForMaskedLM")  # the decoder weight is the word embedding: counted once, then excluded
+    named = dict(model.named_parameters())
+    assert model.num_parameters() == sum(p.numel() for p in named.values())
+    without = sum(p.numel() for n, p in named.items() if not n.endswith("_embeddings.weight"))
+    assert model.num_parameters(exclude_embeddings=True) == without
+    assert without == model.num_parameters() - (SMALL["vocab_size"] + SMALL["type_vocab_size"]) * SMALL["hidden_size"]
+
+
+@pytest.mark.skipif(not hasattr(transformers, "NezhaModel"), reason="transformers 5 has no NEZHA (the oracle)")
 def test_prune_heads_negative_layer_index_as_transformers():
     hf, model = twin_models("NezhaModel", seed=10)
     model.prune_heads({-1: [0, 2], 0: [1]})

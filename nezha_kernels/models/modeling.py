@@ -8,6 +8,7 @@ buffer: the attention op works from the (2R+1)-row sinusoid table, so inputs lon
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Callable
@@ -323,6 +324,13 @@ class NezhaEncoder(nn.Module):
         self.layer = nn.ModuleList([NezhaLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
         self.checkpoint_kwargs: dict[str, Any] = {"use_reentrant": False}
+        self.checkpoint_every, self.checkpoint_offload = 1, False
+
+    def _offloaded(self, hidden_states: torch.Tensor):
+        """Where a checkpointed layer keeps its saved inputs: host memory when offloading (pinned on CUDA)."""
+        if not self.checkpoint_offload:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.save_on_cpu(pin_memory=hidden_states.is_cuda)
 
     def forward(self, hidden_states, key_padding=None, head_masks=None, encoder_hidden_states=None,
                 encoder_key_padding=None, past_key_values=None, use_cache=False, output_attentions=False,
@@ -341,14 +349,15 @@ class NezhaEncoder(nn.Module):
                     encoder_hidden_states, encoder_key_padding,
                     past_key_values[i] if past_key_values is not None else None,
                     output_attentions, q_offset, causal, packed)
-            if checkpointing:
+            if checkpointing and i % self.checkpoint_every == 0:
                 # Both kinds of checkpointing restore the RNG state on recomputation, so the attention
                 # dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
                 if self.checkpoint_kwargs.get("use_reentrant") and not args[0].requires_grad:
                     # Reentrant checkpointing only backpropagates into a layer whose input requires grad
                     # (frozen embeddings): nothing flows upstream of it anyway, so make it a leaf that does.
                     args = (args[0].detach().requires_grad_(),) + args[1:]
-                hidden_states, weights, cross, present = checkpoint(layer, *args, **self.checkpoint_kwargs)
+                with self._offloaded(args[0]):
+                    hidden_states, weights, cross, present = checkpoint(layer, *args, **self.checkpoint_kwargs)
             else:
                 hidden_states, weights, cross, present = layer(*args)
             if cache is not None:
@@ -387,6 +396,9 @@ class NezhaPreTrainedModel(nn.Module):
     base_model_prefix = "nezha"
     main_input_name = "input_ids"  # transformers' Trainer reads it (e.g. to count input tokens)
     supports_gradient_checkpointing = True
+    # forward takes **kwargs (the flattened-batch keywords), from which Trainer would infer that it takes
+    # num_items_in_batch; our losses are batch means, so Trainer must scale them for gradient accumulation.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: NezhaConfig, *args, **kwargs):
         super().__init__()
@@ -453,8 +465,11 @@ class NezhaPreTrainedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        unique = {id(p): p for p in self.parameters() if p.requires_grad or not only_trainable}
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (tied ones too); ``exclude_embeddings`` leaves out the nn.Embedding tables
+        (transformers 5's Trainer counts FLOPs with it)."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        unique = {id(p): p for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in skip}
         return sum(p.numel() for p in unique.values())
 
     def set_attn_backend(self, name: str) -> None:
@@ -463,23 +478,40 @@ class NezhaPreTrainedModel(nn.Module):
             raise ValueError(f"attn_backend must be one of {('auto',) + BACKENDS}, got {name!r}")
         self.config.attn_backend = name
 
-    # ---- gradient checkpointing -----------------------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each layer in the backward pass instead of keeping its activations.
+    # ---- gradient (activation) checkpointing ----------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recompute encoder layers in the backward pass instead of keeping their activations.
 
         ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``; the default is
-        ``{"use_reentrant": False}`` (transformers defaults to reentrant; both give the same gradients here).
+        ``{"use_reentrant": False}`` (transformers 4 defaults to reentrant; both give the same gradients here).
+        ``every_n_layers``: checkpoint layers 0, n, 2n, ... only; ``offload``: keep the activations saved for
+        the recompute in host memory (``torch.autograd.graph.save_on_cpu``). Both as in transformers 5.
         """
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.base_model.encoder.checkpoint_kwargs = kwargs
-        self.base_model.encoder.gradient_checkpointing = True
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
+        if not isinstance(offload, bool):
+            raise TypeError(f"offload must be a bool, got {type(offload).__name__}")
+        encoder = self.base_model.encoder
+        encoder.checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        encoder.checkpoint_every, encoder.checkpoint_offload = every_n_layers, offload
+        encoder.gradient_checkpointing = True
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers 5's name (its Trainer calls it): the same as :meth:`gradient_checkpointing_enable`."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
     def gradient_checkpointing_disable(self) -> None:
         self.base_model.encoder.gradient_checkpointing = False
 
+    activation_checkpointing_disable = gradient_checkpointing_disable
+
     @property
     def is_gradient_checkpointing(self) -> bool:
         return self.base_model.encoder.gradient_checkpointing
+
+    is_activation_checkpointing = is_gradient_checkpointing
 
     # ---- surgery ----------------------------------------------------------------------------------
     def resize_token_embeddings(
