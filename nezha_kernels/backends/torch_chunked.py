@@ -115,7 +115,7 @@ class _Band:
         strides, step = [], self.n * self.width
         for size in reversed(lead):
             strides.append(step)
-            step *= size
+            step = step * size  # not in place: under torch.jit.trace sizes are traced tensors
         return e.as_strided((*lead, self.n, self.lk), (*reversed(strides), self.width - 1, 1), self.n - 1)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,13 +378,14 @@ def materializes(inputs: AttentionInputs) -> bool:
 
 
 def forward(inputs: AttentionInputs) -> torch.Tensor:
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        # A trace or an export must hold for every shape: the chunk loop's trip count and the band's pieces
+        # (sized in Python from L and R) would be baked in, and torch.jit.trace cannot record the
+        # autograd.Function. The materialized form is plain ops whose shapes follow L symbolically; the
+        # exported graph then holds an [Lq, Lk, D] table per layer, as transformers' model does.
+        return reference.forward(inputs)
     if materializes(inputs) and not torch.compiler.is_compiling():
         return reference.forward(inputs)
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
-        # A trace or an export must hold for every shape: the chunk loop's trip count would be baked in
-        # (or specialize a dynamic length), and torch.jit.trace cannot record the autograd.Function.
-        # One chunk of plain, differentiable ops instead.
-        return forward_with_probs(inputs)[0]
     return _TorchRelativeAttention.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
 
 
