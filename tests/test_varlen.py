@@ -111,6 +111,10 @@ def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_proba
         monkeypatch.setattr(torch_chunked, "SAVE_ELEMENTS", 0)
     _parity("torch", torch.float32, LENGTHS_Q, LENGTHS_K, 3, 32, 7, causal=True, head_mask_shape=(8, 3))
     _parity("torch", torch.float32, [7, 2, 11, 0, 6], [7, 2, 11, 0, 6], 2, 16, 3, seed=4)
+    # Runs of equal lengths (one dense call of several sequences), split where a group ends; dropout and
+    # head_mask rows follow each sequence's index.
+    _parity("torch", torch.float32, [5, 5, 5, 3, 3, 0, 4, 4], [5, 5, 5, 3, 3, 0, 6, 6], 2, 16, 3, causal=True,
+            head_mask_shape=(8, 2), seed=5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,10 +134,11 @@ def _padded(t, lengths):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("causal", [False, True])
-def test_dropout_reproduces_the_padded_dense_op(backend, causal):
-    """Same seed: the same entries drop as in the dense op on the padded batch (outputs and grads agree to fp64)."""
-    lengths, h, d, r, p = [7, 1, 12, 5], 3, 16, 4, 0.4
+@pytest.mark.parametrize("causal, lengths", [(False, [7, 1, 12, 5]), (True, [7, 1, 12, 5]), (False, [6, 6, 6, 2, 2])])
+def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
+    """Same seed: the same entries drop as in the dense op on the padded batch (outputs and grads agree to fp64);
+    equal lengths make runs the torch backend computes as one dense call."""
+    h, d, r, p = 3, 16, 4, 0.4
     q, k, v = (t.requires_grad_() for t in _packed(lengths, lengths, h, d, torch.float64, seed=4))
     hm = torch.rand(len(lengths), h, dtype=torch.float64).add_(0.5).requires_grad_()
     cu = _cu(lengths)

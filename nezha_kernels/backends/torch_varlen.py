@@ -19,6 +19,7 @@ at most GROUP_TOKENS query rows, and each of those products is one matmul over t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -38,39 +39,83 @@ def _heads_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).transpose(0, 1).contiguous().unsqueeze(0)
 
 
-def _sequences(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scale, dropout_p, seed
-               ) -> Iterator[tuple[int, int, int, int, int, AttentionInputs]]:
-    """(b, q0, q1, k0, k1, the sequence's dense AttentionInputs) for every sequence with queries and keys."""
+def _rows(t: torch.Tensor, r0: int, n: int, length: int) -> torch.Tensor:
+    """The [n, H, length, X] view of rows r0 .. r0 + n * length of a [1, H, T, X] tensor: n consecutive sequences
+    of one length as a dense batch (no copy)."""
+    _, h, _, x = t.shape
+    return t[0, :, r0 : r0 + n * length].view(h, n, length, x).transpose(0, 1)
+
+
+def _dense(t: torch.Tensor, r0: int, n: int, length: int) -> torch.Tensor:
+    """_rows as an operand: a run of several sequences is copied to a contiguous [n, H, length, X] (a strided
+    view would be copied by every matmul over it: its n and H dims do not merge); one sequence stays a view."""
+    view = _rows(t, r0, n, length)
+    return view.contiguous() if n > 1 else view
+
+
+@dataclasses.dataclass
+class _Run:
+    """Sequences b .. b + n - 1, consecutive and all of one shape (Lq, Lk): one dense call of batch n, q rows
+    q0 .. q0 + n * lq and k rows k0 .. k0 + n * lk of the packed tensors. Dropout counters (b + i) * H + h and
+    head_mask rows b .. b + n - 1 are those of the dense op on the padded batch."""
+
+    b: int
+    n: int
+    q0: int
+    lq: int
+    k0: int
+    lk: int
+    seq: AttentionInputs | None = None
+
+
+def _runs(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scale, dropout_p, seed) -> list[_Run]:
+    """Every sequence with queries and keys, in runs of equal shapes (a batch of equal lengths is one run)."""
     starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    seed = int(seed) if dropout_p > 0.0 else None
+    runs: list[_Run] = []
     for b in range(len(starts_q) - 1):
-        q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
-        if q1 == q0 or k1 == k0:  # no rows, or no keys (the rows' output is zero)
+        q0, k0 = starts_q[b], starts_k[b]
+        lq, lk = starts_q[b + 1] - q0, starts_k[b + 1] - k0
+        if lq == 0 or lk == 0:  # no rows, or no keys (the rows' output is zero)
             continue
-        yield b, q0, q1, k0, k1, AttentionInputs(
-            q=q[:, :, q0:q1], k=k[:, :, k0:k1], v=v[:, :, k0:k1], table=table, max_relative_position=r,
-            key_padding=None, additive_mask=None, causal=causal, q_offset=(k1 - k0) - (q1 - q0),
-            dropout_p=dropout_p, dropout_seed=seed, scale=scale,
-            head_mask=head_mask[b : b + 1] if head_mask is not None else None,
+        last = runs[-1] if runs else None
+        if last and last.b + last.n == b and (last.lq, last.lk) == (lq, lk) and (last.n + 1) * lq <= GROUP_TOKENS \
+                and last.q0 + last.n * lq == q0 and last.k0 + last.n * lk == k0:
+            last.n += 1
+        else:
+            runs.append(_Run(b, 1, q0, lq, k0, lk))
+    seed = int(seed) if dropout_p > 0.0 else None
+    for run in runs:
+        run.seq = AttentionInputs(
+            q=_dense(q, run.q0, run.n, run.lq), k=_dense(k, run.k0, run.n, run.lk), v=_dense(v, run.k0, run.n, run.lk),
+            table=table, max_relative_position=r, key_padding=None, additive_mask=None, causal=causal,
+            q_offset=run.lk - run.lq, dropout_p=dropout_p, dropout_seed=seed, scale=scale,
+            head_mask=head_mask[run.b : run.b + run.n] if head_mask is not None else None,
         )
+    return runs
 
 
-# Query rows per group of sequences sharing the table-side matmuls ([H, rows, 2R+1] float32: 6 MiB at H=12).
-GROUP_TOKENS = 1024
+# Query rows per group of sequences sharing the table-side matmuls ([H, rows, 2R+1] float32: 3 MiB at H = 12;
+# larger groups made the matmuls slower on the 2-core CPU, smaller ones more numerous).
+GROUP_TOKENS = 512
 
 
-def _groups(sequences: list) -> Iterator[list]:
-    """Consecutive sequences (from _sequences) in lists of at most GROUP_TOKENS query rows (a longer one alone)."""
-    group, rows = [], 0
-    for item in sequences:
-        n = item[2] - item[1]
-        if group and rows + n > GROUP_TOKENS:
-            yield group
+def _groups(runs: list[_Run]) -> Iterator[tuple[int, int, list[_Run]]]:
+    """(first row, end row, runs): consecutive runs of at most GROUP_TOKENS query rows together (a longer run alone)."""
+    group: list[_Run] = []
+    rows = 0
+    for run in runs:
+        if group and rows + run.n * run.lq > GROUP_TOKENS:
+            yield group[0].q0, group[-1].q0 + group[-1].n * group[-1].lq, group
             group, rows = [], 0
-        group.append(item)
-        rows += n
+        group.append(run)
+        rows += run.n * run.lq
     if group:
-        yield group
+        yield group[0].q0, group[-1].q0 + group[-1].n * group[-1].lq, group
+
+
+def _long(group: list[_Run]) -> bool:
+    """A single sequence longer than GROUP_TOKENS: its table products stay per chunk (memory bounded as dense)."""
+    return group[0].n * group[0].lq > GROUP_TOKENS
 
 
 def _chunks(seq: AttentionInputs) -> Iterator[tuple[int, int]]:
@@ -80,26 +125,36 @@ def _chunks(seq: AttentionInputs) -> Iterator[tuple[int, int]]:
         yield start, min(lq, start + step)
 
 
-def _forward_heads_first(qh, kh, vh, tc, sequences: list, h: int, saved: dict | None = None) -> torch.Tensor:
+def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict | None = None) -> torch.Tensor:
     """out [1, H, Tq, D] from the heads-first tensors; ``saved``: {b: chunks' (probs, keep)} is filled for the
-    sequences small enough to keep them (torch_chunked.saves_probabilities)."""
+    runs small enough to keep them (torch_chunked.saves_probabilities)."""
     out = qh.new_zeros(qh.shape)
     scratch = torch_chunked._Scratch()
-    for group in _groups(sequences):
-        g0, g1 = group[0][1], group[-1][2]
-        qt = torch.matmul(qh[:, :, g0:g1], tc.t())  # [1, H, rows, 2R+1]: Q T^T of the whole group
+    tc_t = tc.t().contiguous()  # a transposed operand slows the large matmuls (1.6 vs 0.9 ms at 12288 rows)
+    for g0, g1, group in _groups(runs):
+        if _long(group):
+            run = group[0]
+            save = [] if saved is not None and torch_chunked.saves_probabilities(h, run.lq, run.lk) else None
+            _rows(out, run.q0, 1, run.lq).copy_(torch_chunked._forward(run.seq, run.seq.q, run.seq.k, run.seq.v, tc,
+                                                                      bh_offset=run.b * h, save=save))
+            if save is not None:
+                saved[run.b] = save
+            continue
+        qt = torch.matmul(qh[:, :, g0:g1], tc_t)  # [1, H, rows, 2R+1]: Q T^T of the whole group
         buckets = torch.zeros_like(qt)               # bucket(W) of every row, times T once at the end
-        for b, q0, q1, _, _, seq in group:
-            save = saved is not None and torch_chunked.saves_probabilities(h, q1 - q0, seq.shape[3])
+        for run in group:
+            seq = run.seq
+            save = saved is not None and torch_chunked.saves_probabilities(run.n * h, run.lq, run.lk)
+            out_run, qt_run = _rows(out, run.q0, run.n, run.lq), _rows(qt, run.q0 - g0, run.n, run.lq)
+            buckets_run = _rows(buckets, run.q0 - g0, run.n, run.lq)
             for start, stop in _chunks(seq):
-                rows = slice(q0 - g0 + start, q0 - g0 + stop)
-                c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=b * h,
-                                                 qt=qt[:, :, rows])
+                c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h,
+                                                 qt=qt_run[:, :, start:stop])
                 w = c.weights(in_place=not save)
-                out[:, :, q0 + start : q0 + stop] = torch.matmul(w, seq.v)
-                buckets[:, :, rows] = c.bucket(w)
+                out_run[:, :, start:stop] = torch.matmul(w, seq.v)
+                buckets_run[:, :, start:stop] = c.bucket(w)
                 if save:
-                    saved.setdefault(b, []).append((c.probs, c.keep))
+                    saved.setdefault(run.b, []).append((c.probs, c.keep))
         out[:, :, g0:g1] += torch.matmul(buckets, tc)
     return out
 
@@ -110,9 +165,8 @@ def _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_r
     qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
     tc = table.to(cd)
     hm = head_mask.to(cd) if head_mask is not None else None
-    sequences = list(_sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
-                                dropout_p, seed))
-    out = _forward_heads_first(qh, kh, vh, tc, sequences, q.shape[1], saved)
+    runs = _runs(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed)
+    out = _forward_heads_first(qh, kh, vh, tc, runs, q.shape[1], saved)
     return out[0].transpose(0, 1).to(q.dtype).contiguous()
 
 
@@ -156,31 +210,42 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
     dhm = torch.zeros(head_mask.shape, dtype=cd, device=q.device) if head_mask_grad else None
     h = q.shape[1]
     scratch = torch_chunked._Scratch()
-    sequences = list(_sequences(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
-                                dropout_p, seed))
-    for group in _groups(sequences):
-        g0, g1 = group[0][1], group[-1][2]
-        go_t = torch.matmul(go[:, :, g0:g1], tc.t())        # dO T^T of the group's rows
+    tc_t = tc.t().contiguous()
+    runs = _runs(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed)
+    for g0, g1, group in _groups(runs):
+        if _long(group):
+            run = group[0]
+            torch_chunked._backward(
+                run.seq, run.seq.q, run.seq.k, run.seq.v, tc, _rows(go, run.q0, 1, run.lq), _rows(dq, run.q0, 1, run.lq),
+                _rows(dk, run.k0, 1, run.lk), _rows(dv, run.k0, 1, run.lk), dt,
+                dhm[run.b : run.b + 1] if dhm is not None else None, bh_offset=run.b * h,
+                saved=probabilities.get(run.b) if probabilities else None,
+            )
+            continue
+        go_t = torch.matmul(go[:, :, g0:g1], tc_t)        # dO T^T of the group's rows
         ds_buckets = torch.zeros_like(go_t)                  # bucket(dS): times T into dq, and into dt
         w_buckets = torch.zeros_like(go_t) if dt is not None else None
         qt = None
-        for b, q0, q1, k0, k1, seq in group:
-            kept = probabilities.get(b) if probabilities else None
+        for run in group:
+            seq = run.seq
+            kept = probabilities.get(run.b) if probabilities else None
             if kept is None and qt is None:
-                qt = torch.matmul(qh[:, :, g0:g1], tc.t())  # to recompute the probabilities
+                qt = torch.matmul(qh[:, :, g0:g1], tc_t)  # to recompute the probabilities
+            view = lambda t, rel=True: _rows(t, run.q0 - (g0 if rel else 0), run.n, run.lq)
+            go_run, dq_run = _dense(go, run.q0, run.n, run.lq), view(dq, False)
+            dk_run, dv_run = _rows(dk, run.k0, run.n, run.lk), _rows(dv, run.k0, run.n, run.lk)
             for index, (start, stop) in enumerate(_chunks(seq)):
-                rows = slice(q0 - g0 + start, q0 - g0 + stop)
                 if kept is not None:
                     c = torch_chunked._Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
                 else:
-                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=b * h,
-                                                     qt=qt[:, :, rows])
-                rel = torch_chunked.RelativeRows(go_t[:, :, rows],
-                                                 w_buckets[:, :, rows] if w_buckets is not None else None,
-                                                 ds_buckets[:, :, rows])
+                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch,
+                                                     bh_offset=run.b * h, qt=view(qt)[:, :, start:stop])
+                rel = torch_chunked.RelativeRows(view(go_t)[:, :, start:stop],
+                                                 view(w_buckets)[:, :, start:stop] if w_buckets is not None else None,
+                                                 view(ds_buckets)[:, :, start:stop])
                 torch_chunked._chunk_backward(
-                    seq, c, seq.k, seq.v, tc, go[:, :, q0 + start : q0 + stop], dq[:, :, q0 + start : q0 + stop],
-                    dk[:, :, k0:k1], dv[:, :, k0:k1], dt, dhm[b : b + 1] if dhm is not None else None, rel=rel,
+                    seq, c, seq.k, seq.v, tc, go_run[:, :, start:stop], dq_run[:, :, start:stop], dk_run, dv_run, dt,
+                    dhm[run.b : run.b + run.n] if dhm is not None else None, rel=rel,
                 )
         dq[:, :, g0:g1] += torch.matmul(ds_buckets, tc).mul_(scale)
         if dt is not None:
