@@ -81,7 +81,7 @@ def op_grid(device: str, *, full: bool = False, dry_run: bool = False) -> OpGrid
 # name -> (positional sides computed, legend label)
 PROVIDERS: dict[str, tuple[int, str]] = {
     "reference": (2, "reference (HF math)"),
-    "torch": (2, "torch (chunked)"),
+    "torch": (2, "torch (banded; L <= 181: materialized)"),
     "triton": (2, "triton"),
     "cuda": (2, "cuda"),
     "sdpa": (0, "SDPA, no relative terms"),
