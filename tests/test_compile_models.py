@@ -38,6 +38,7 @@ def test_compiled_inference_matches_eager(cls):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_training_step_matches_eager():
     torch._dynamo.reset()
     ids, mask = _batch()
@@ -56,6 +57,7 @@ def test_compiled_training_step_matches_eager():
         torch.testing.assert_close(grads_c[name], grads_e[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow
 def test_compiled_training_with_attention_dropout_is_whole_and_reproducible():
     """The dropout seed is drawn inside the graph (no .item()): fullgraph holds, manual_seed reproduces."""
     torch._dynamo.reset()

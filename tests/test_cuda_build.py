@@ -50,6 +50,7 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
         assert 0 < r.shared_bytes <= 163 * 1024
 
 
+@pytest.mark.slow
 def test_tc_kernels_emit_mma_sync_ptx():
     """The TC sources really emit tensor-core instructions (PTX mma.sync m16n8k16 for f16 and bf16)."""
     nvcc = find_nvcc()

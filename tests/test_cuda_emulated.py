@@ -403,6 +403,7 @@ ASAN_CASES = ("simt_fp32_d128_additive_hf", "tc_fp16_d128_fully_padded_batch", "
               "tc_fp16_decode_one_query", "simt_fp32_one_key", "tc_bf16_dropout_head_mask")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SANITIZED, reason="already running under a sanitizer")
 def test_address_sanitizer_subset(tmp_path):
     """Out-of-bounds global or shared memory accesses of the kernels abort the subprocess with a report."""

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
+              pytest.mark.slow]  # two processes: the quick subset leaves it to CI
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nezha_kernels.dropout import keep_mask, philox_uniform
@@ -39,6 +40,7 @@ def test_keep_mask_rows_are_counter_based():
     assert 0.5 < frac < 0.7
 
 
+@pytest.mark.slow
 def test_compiled_mask_is_bit_identical_to_eager(monkeypatch):
     import nezha_kernels.dropout as dropout
 

@@ -17,6 +17,8 @@ import torch
 import nezha_kernels.models as ours
 from _nezha_helpers import CLASS_NAMES, SMALL, batch, max_diff, randomize_
 
+pytestmark = pytest.mark.slow  # the quick subset (-m "not slow") leaves these to CI
+
 EXPORT_BACKEND = "torch"  # the default on a CPU (auto); capture needs no switch
 # fp32 throughout: the exported graph and eager differ in the backend's summation order only.
 TOL_TORCH = 1e-5

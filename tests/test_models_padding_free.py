@@ -258,6 +258,7 @@ def test_flattened_batch_bad_inputs():
                                    model(ids).last_hidden_state, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_compiled_flattened_batch_no_recompile_per_length():
     """fullgraph=True; T marked dynamic: two flattened batches of different T compile once, equal eager."""
     from torch._dynamo.testing import CompileCounterWithBackend
@@ -278,6 +279,7 @@ def test_compiled_flattened_batch_no_recompile_per_length():
     assert counter.frame_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_flattened_cu_seq_lens_stays_packed_without_a_recompile_per_length():
     """cu_seq_lens_q needs no gather: compiled, it runs the varlen op (default backend) with a dynamic T."""
     from torch._dynamo.testing import CompileCounterWithBackend

@@ -79,6 +79,7 @@ def test_cuda_impls_pass_opcheck_and_compile(emulated, impl, dtype):
     _check_op(_dense_args(dtype, impl), exact_compile=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_triton_impl_suite():
     env = {**os.environ, "TRITON_INTERPRET": "1"}

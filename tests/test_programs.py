@@ -99,6 +99,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, metric, chance, margin", CASES)
 def test_program_beats_chance(script, args, metric, chance, margin, tmp_path):
     name, value, output = run_program(script, *args, "--output-dir", str(tmp_path / "model"))
@@ -109,6 +110,7 @@ def test_program_beats_chance(script, args, metric, chance, margin, tmp_path):
     assert (tmp_path / "model" / "vocab.txt").is_file()
 
 
+@pytest.mark.slow
 def test_model_dir_fine_tunes_and_predicts(tmp_path):
     """A checkpoint directory written by one run is fine-tuned by --model-dir (on explicit --train / --dev), and
     --predict classifies with the result: one line per sentence."""

@@ -1,5 +1,6 @@
 """The torch backend never builds an [Lq, Lk, D] tensor, nor an [Lq, Lk] one per head beyond a chunk."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -43,6 +44,7 @@ def test_torch_backend_peak_tensor_is_one_chunk(monkeypatch):
     assert _fwd_bwd(b, h, length, d, "reference") >= length * length * d
 
 
+@pytest.mark.slow
 def test_torch_backend_4096_tokens_without_the_table():
     """[1, 12, 4096, 64] forward+backward: the reference would need a 4 GiB [L, L, D] table."""
     b, h, length, d = 1, 12, 4096, 64

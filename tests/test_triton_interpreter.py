@@ -28,11 +28,13 @@ gpu_tiles_only = pytest.mark.skipif(
     not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_suite():
     run_interpreted(__file__, {}, "not gpu_tiles")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_gpu_tiles_suite():
     # The main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...), one config each.
