@@ -117,6 +117,13 @@ def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_proba
             head_mask_shape=(8, 2), seed=5)
 
 
+@pytest.mark.parametrize("lengths_q, lengths_k", [([9, 9, 9], [9, 9, 9]), ([4, 4], [11, 11]), ([200, 200], [200, 200])])
+def test_torch_backend_equal_lengths_run_dense(lengths_q, lengths_k):
+    # Every sequence of one shape: the torch backend computes the call as the dense op on [B, H, L, D] (200: the
+    # banded form, shorter: the materialized one), with the formula's output and gradients, table and head_mask too.
+    _parity("torch", torch.float32, lengths_q, lengths_k, 2, 16, 5, causal=True, head_mask_shape=(len(lengths_q), 2))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_long_sequence_beyond_the_distance_range(backend):
     """Distances beyond +-R in both directions, several torch chunks per sequence."""
@@ -134,7 +141,8 @@ def _padded(t, lengths):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("causal, lengths", [(False, [7, 1, 12, 5]), (True, [7, 1, 12, 5]), (False, [6, 6, 6, 2, 2])])
+@pytest.mark.parametrize("causal, lengths", [(False, [7, 1, 12, 5]), (True, [7, 1, 12, 5]), (False, [6, 6, 6, 2, 2]),
+                                             (True, [6, 6, 6])])
 def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
     """Same seed: the same entries drop as in the dense op on the padded batch (outputs and grads agree to fp64);
     equal lengths make runs the torch backend computes as one dense call."""
