@@ -60,3 +60,11 @@ def test_torch_backend_materializes_only_small_calls(monkeypatch):
     assert _fwd_bwd(b, h, small, d, "torch") >= small * small * d
     monkeypatch.setattr(torch_chunked, "MATERIALIZE_ELEMENTS", small * small * d - 1)
     assert _fwd_bwd(b, h, small, d, "torch") < small * small * d
+
+
+def test_torch_backend_materializes_no_batch_whose_scores_exceed_the_banded_form():
+    # A small table but a large batch: the scores autograd would keep (B * H * L^2) exceed SAVE_ELEMENTS, so the
+    # banded form runs (its chunks bound every tensor).
+    b, h, length, d = 24, 12, 128, 16
+    assert b * h * length * length > torch_chunked.SAVE_ELEMENTS
+    assert _fwd_bwd(b, h, length, d, "torch") < b * h * length * length
