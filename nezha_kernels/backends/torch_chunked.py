@@ -373,10 +373,15 @@ MATERIALIZE_ELEMENTS = 1 << 21
 
 
 def materializes(inputs: AttentionInputs) -> bool:
-    """Small calls on a CPU: the table within MATERIALIZE_ELEMENTS, and the scores autograd keeps for the backward
-    within what the banded form keeps anyway (SAVE_ELEMENTS), so peak memory stays that of the banded form."""
+    """Small calls on a CPU: the table within MATERIALIZE_ELEMENTS and, when autograd records the call, the scores
+    it keeps for the backward within what the banded form keeps anyway (SAVE_ELEMENTS), so a training step's peak
+    memory stays that of the banded form (inference keeps nothing)."""
     b, h, lq, lk, d = inputs.shape
-    return inputs.q.device.type == "cpu" and lq * lk * d <= MATERIALIZE_ELEMENTS and b * h * lq * lk <= SAVE_ELEMENTS
+    if inputs.q.device.type != "cpu" or lq * lk * d > MATERIALIZE_ELEMENTS:
+        return False
+    leaves = (inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask)
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
+    return not recorded or b * h * lq * lk <= SAVE_ELEMENTS
 
 
 def forward(inputs: AttentionInputs) -> torch.Tensor:
