@@ -20,17 +20,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import formula
+import varlen_reference as vref
 from nezha_kernels import ops
 from nezha_kernels.cuda_ext import emulator, launch
-from nezha_kernels.dropout import keep_mask, seed_tensor
+from nezha_kernels.dropout import seed_tensor
 from nezha_kernels.table import sinusoidal_table
 
 pytestmark = pytest.mark.skipif(emulator.find_cxx() is None, reason="the CUDA emulator needs g++ (C++20)")
 
 F32, BF16 = torch.float32, torch.bfloat16
-FMIN = torch.finfo(torch.float32).min
-SEED = 0x1234_5678_9ABC  # 63-bit dropout seed, split into the Philox key's two words by the kernels
 
 # (atol, rtol) for the output and for the gradients (divided by max(1, max |grad|)), as tests/test_cuda_emulated.py.
 TOLERANCES = {
@@ -90,10 +88,6 @@ def emulated_backend():
         yield ext
 
 
-def _cu(lens) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-
-
 def _packed(case: Case, g: torch.Generator):
     tq, tk = sum(case.lens_q), sum(case.lens_k)
     h, d = case.heads, case.d
@@ -107,70 +101,12 @@ def _packed(case: Case, g: torch.Generator):
 def _case_tensors(case: Case, seed: int):
     g = torch.Generator().manual_seed(seed)
     q, k, v = _packed(case, g)
-    cu_q, cu_k = _cu(case.lens_q), _cu(case.lens_k)
+    cu_q, cu_k = vref.cu_seqlens(case.lens_q), vref.cu_seqlens(case.lens_k)
     table = sinusoidal_table(case.r, case.d).to(case.dtype)
     b = len(case.lens_q)
     head_mask = torch.rand(b, case.heads, generator=g) if case.head_mask else None
     grad_out = torch.randn(q.shape, generator=g).to(case.dtype)
     return q, k, v, cu_q, cu_k, table, head_mask, grad_out
-
-
-def _launcher_tail(case: Case, head_mask, cu_q, cu_k, scale: float) -> tuple:
-    """The launchers' arguments after the tensors (key_padding ... seed) for a padding-free call."""
-    seed = SEED if case.dropout_p > 0.0 else 0
-    return (None, None, head_mask, cu_q, cu_k, max(case.lens_q), max(case.lens_k), case.r, case.causal, 0, scale,
-            case.dropout_p, seed)
-
-
-def _padded_keep(case: Case) -> torch.Tensor | None:
-    """The dense op's keep mask on the padded batch [B, H, max Lq, max Lk]: sequence b's block is its mask."""
-    if case.dropout_p == 0.0:
-        return None
-    return keep_mask(SEED, case.dropout_p, len(case.lens_q), case.heads, torch.arange(max(case.lens_q)),
-                     max(case.lens_k), torch.device("cpu"))
-
-
-def _row_stats(q, k, table, r, scale, causal, q_offset):
-    """float64 [2, H, Lq] of one sequence: row max and log sum exp(s - max) of the finfo.min-masked scores."""
-    lq, lk = q.shape[1], k.shape[1]
-    i = torch.arange(lq).view(-1, 1) + q_offset
-    j = torch.arange(lk).view(1, -1)
-    a = table[(j - i).clamp(-r, r) + r]
-    s = (torch.einsum("hid,hjd->hij", q, k) + torch.einsum("hid,ijd->hij", q, a)) * scale
-    if causal:
-        s = torch.where(j > i, torch.full_like(s, FMIN), s)
-    m = s.amax(dim=-1)
-    return torch.stack([m, (s - m.unsqueeze(-1)).exp().sum(-1).log()])
-
-
-def _expected(case: Case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale):
-    """Per sequence through formula.attention: out [Tq, H, D], dq, dk, dv (float64), and the row statistics of
-    the sequences that have keys as {sequence: [2, H, Lq_b]}."""
-    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    t64 = table.double()
-    keep = _padded_keep(case)
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    grads = [torch.zeros(t.shape, dtype=torch.float64) for t in (q, k, v)]
-    stats = {}
-    for b in range(len(case.lens_q)):
-        qs, qe, ks, ke = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
-        lq, lk = qe - qs, ke - ks
-        if lq == 0:
-            continue
-        seq = [ref[0][qs:qe], ref[1][ks:ke], ref[2][ks:ke]]
-        dense = [t.transpose(0, 1).unsqueeze(0) for t in seq]  # [1, H, L, D]
-        o = formula.attention(*dense, t64, r=case.r, causal=case.causal, q_offset=lk - lq, scale=scale,
-                              keep=None if keep is None else keep[b:b + 1, :, :lq, :lk], dropout_p=case.dropout_p,
-                              head_mask=None if head_mask is None else head_mask[b:b + 1])
-        o = o[0].transpose(0, 1)
-        out[qs:qe] = o.detach()
-        if lk > 0:
-            g = torch.autograd.grad(o, seq, grad_out[qs:qe].double())
-            for full, part, (s, e) in zip(grads, g, ((qs, qe), (ks, ke), (ks, ke))):
-                full[s:e] = part
-            stats[b] = _row_stats(*(t.detach().transpose(0, 1) for t in seq[:2]), t64, case.r, scale, case.causal,
-                                  lk - lq)
-    return out, grads, stats
 
 
 def _assert_grads_close(grads, want, dtype):
@@ -186,11 +122,11 @@ def test_varlen_kernels_match_formula_per_sequence(name, emulated_backend):
     case = CASES[name]
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, sum(map(ord, name)))
     scale = case.d ** -0.5
-    tail = _launcher_tail(case, head_mask, cu_q, cu_k, scale)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
 
     out, lse = launch.relattn_fwd(q, k, v, table, *tail, family=case.family)
     grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, *tail, family=case.family)
-    expected, ref_grads, stats = _expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
+    expected, ref_grads, stats = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
 
     (oa, orr), _ = TOLERANCES[case.dtype]
     assert out.shape == q.shape and out.dtype == case.dtype and torch.isfinite(out).all()
@@ -208,7 +144,7 @@ def test_varlen_matches_the_dense_kernels_on_the_padded_batch(emulated_backend):
     case = Case("simt", F32, (11, 6), (11, 6), 2, 32, 7, dropout_p=0.4, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, _ = _case_tensors(case, 3)
     scale = case.d ** -0.5
-    out, _ = launch.relattn_fwd(q, k, v, table, *_launcher_tail(case, head_mask, cu_q, cu_k, scale), family="simt")
+    out, _ = launch.relattn_fwd(q, k, v, table, *vref.launcher_tail(case, head_mask, cu_q, cu_k, scale), family="simt")
 
     b, lmax = len(case.lens_q), max(case.lens_q)
     dense = [torch.zeros(b, case.heads, lmax, case.d) for _ in range(3)]
@@ -219,7 +155,7 @@ def test_varlen_matches_the_dense_kernels_on_the_padded_batch(emulated_backend):
             full[i, :, :n] = packed[s:s + n].transpose(0, 1)
         padding[i, :n] = True
     out_dense, _ = launch.relattn_fwd(*dense, table, padding, None, head_mask, None, None, lmax, lmax, case.r,
-                                      False, 0, scale, case.dropout_p, SEED, family="simt")
+                                      False, 0, scale, case.dropout_p, vref.SEED, family="simt")
     for i, n in enumerate(case.lens_q):
         s = int(cu_q[i])
         torch.testing.assert_close(out[s:s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
@@ -232,7 +168,7 @@ def test_varlen_through_the_op_passes_opcheck(emulated_backend):
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, 8)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     scale = case.d ** -0.5
-    tail = _launcher_tail(case, head_mask, cu_q, cu_k, scale)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     args = (q, k, v, table, *tail[:-1], seed_tensor(tail[-1]), "cuda-tc")
     torch.library.opcheck(torch.ops.nezha_kernels.relattn_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
@@ -246,7 +182,7 @@ def test_varlen_through_the_op_passes_opcheck(emulated_backend):
     torch.testing.assert_close(out, want_out, atol=0, rtol=0)
     for got, ref in zip(grads, want):
         torch.testing.assert_close(got, ref, atol=0, rtol=0)
-    expected, ref_grads, _ = _expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
+    expected, ref_grads, _ = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
     (oa, orr), _ = TOLERANCES[BF16]
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr)
     _assert_grads_close(grads, ref_grads, BF16)

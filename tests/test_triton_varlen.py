@@ -31,10 +31,9 @@ pytest.importorskip("triton")
 
 import formula  # noqa: E402
 from triton_parity import TOL, run_interpreted  # noqa: E402
+import varlen_reference as vref  # noqa: E402
 
 F32, BF16 = torch.float32, torch.bfloat16
-FMIN = torch.finfo(torch.float32).min
-SEED = 0x1234_5678_9ABC  # 63-bit dropout seed, split into the Philox key's two words by the kernels
 STATS_TOL = {F32: dict(atol=1e-4, rtol=1e-5), torch.float16: dict(atol=5e-3, rtol=5e-3),
              BF16: dict(atol=1e-2, rtol=1e-2)}
 
@@ -92,10 +91,6 @@ CASES = {
 }
 
 
-def _cu(lens) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-
-
 def _case_tensors(case: Case, seed: int):
     g = torch.Generator().manual_seed(seed)
     tq, tk, h, d = sum(case.lens_q), sum(case.lens_k), case.heads, case.d
@@ -107,14 +102,7 @@ def _case_tensors(case: Case, seed: int):
     table = formula.nezha_table(case.r, d).to(case.dtype)
     head_mask = torch.rand(len(case.lens_q), h, generator=g) + 0.25 if case.head_mask else None
     grad_out = torch.randn(q.shape, generator=g).to(case.dtype)
-    return q, k, v, _cu(case.lens_q), _cu(case.lens_k), table, head_mask, grad_out
-
-
-def _launcher_tail(case: Case, head_mask, cu_q, cu_k, scale: float) -> tuple:
-    """The launchers' arguments after the tensors (key_padding ... seed) for a padding-free call."""
-    seed = SEED if case.dropout_p > 0.0 else 0
-    return (None, None, head_mask, cu_q, cu_k, max(case.lens_q), max(case.lens_k), case.r, case.causal, 0, scale,
-            case.dropout_p, seed)
+    return q, k, v, vref.cu_seqlens(case.lens_q), vref.cu_seqlens(case.lens_k), table, head_mask, grad_out
 
 
 @contextlib.contextmanager
@@ -133,53 +121,6 @@ def _nan_poisoned_allocations():
         torch.empty, torch.empty_like = empty, empty_like
 
 
-def _row_stats(q, k, table, r, scale, causal, q_offset):
-    """float64 [2, H, Lq] of one sequence: row max and log sum exp(s - max) of the finfo.min-masked scores."""
-    lq, lk = q.shape[1], k.shape[1]
-    i = torch.arange(lq).view(-1, 1) + q_offset
-    j = torch.arange(lk).view(1, -1)
-    a = table[(j - i).clamp(-r, r) + r]
-    s = (torch.einsum("hid,hjd->hij", q, k) + torch.einsum("hid,ijd->hij", q, a)) * scale
-    if causal:
-        s = torch.where(j > i, torch.full_like(s, FMIN), s)
-    m = s.amax(dim=-1)
-    return torch.stack([m, (s - m.unsqueeze(-1)).exp().sum(-1).log()])
-
-
-def _expected(case: Case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale):
-    """Per sequence through formula.attention: out [Tq, H, D], dq, dk, dv (float64; zeros where a sequence has no
-    query or no key), and the row statistics of the sequences that have keys as {sequence: [2, H, Lq_b]}."""
-    from nezha_kernels.dropout import keep_mask
-
-    ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    t64 = table.double()
-    keep = None
-    if case.dropout_p > 0.0:  # the dense op's keep mask on the padded batch [B, H, max Lq, max Lk]
-        keep = keep_mask(SEED, case.dropout_p, len(case.lens_q), case.heads, torch.arange(max(case.lens_q)),
-                         max(case.lens_k), torch.device("cpu"))
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    grads = [torch.zeros(t.shape, dtype=torch.float64) for t in (q, k, v)]
-    stats = {}
-    for b in range(len(case.lens_q)):
-        qs, qe, ks, ke = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
-        lq, lk = qe - qs, ke - ks
-        if lq == 0 or lk == 0:
-            continue
-        seq = [ref[0][qs:qe], ref[1][ks:ke], ref[2][ks:ke]]
-        dense = [t.transpose(0, 1).unsqueeze(0) for t in seq]  # [1, H, L, D]
-        o = formula.attention(*dense, t64, r=case.r, causal=case.causal, q_offset=lk - lq, scale=scale,
-                              keep=None if keep is None else keep[b:b + 1, :, :lq, :lk], dropout_p=case.dropout_p,
-                              head_mask=None if head_mask is None else head_mask[b:b + 1])
-        o = o[0].transpose(0, 1)
-        out[qs:qe] = o.detach()
-        g = torch.autograd.grad(o, seq, grad_out[qs:qe].double())
-        for full, part, (s, e) in zip(grads, g, ((qs, qe), (ks, ke), (ks, ke))):
-            full[s:e] = part
-        stats[b] = _row_stats(*(t.detach().transpose(0, 1) for t in seq[:2]), t64, case.r, scale, case.causal,
-                              lk - lq)
-    return out, grads, stats
-
-
 def _assert_close_scaled(got, want, tol, what):
     """Values of order max(1, max |want|): tolerances relative to that scale."""
     assert torch.isfinite(got).all(), f"{what} has unwritten or non-finite rows"
@@ -193,11 +134,11 @@ def _check_case(case: Case, seed: int):
 
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, seed)
     scale = case.d ** -0.5
-    tail = _launcher_tail(case, head_mask, cu_q, cu_k, scale)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     with _nan_poisoned_allocations():
         out, lse = launch.relattn_fwd(q, k, v, table, *tail)
         grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, *tail)
-    expected, ref_grads, stats = _expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
+    expected, ref_grads, stats = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
 
     assert out.shape == q.shape and out.dtype == case.dtype
     _assert_close_scaled(out, expected, TOL[case.dtype]["fwd"], "output")
@@ -246,7 +187,7 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
     case = Case(F32, (19, 6, 1), (19, 6, 1), 2, 32, 7, causal=True, dropout_p=0.4, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, 3)
     scale = case.d ** -0.5
-    tail = _launcher_tail(case, head_mask, cu_q, cu_k, scale)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     out, lse = launch.relattn_fwd(q, k, v, table, *tail)
     grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, *tail)
 
@@ -258,7 +199,7 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
         for full, packed in zip(dense, (q, k, v, grad_out)):
             full[i, :, :n] = packed[s:s + n].transpose(0, 1)
         padding[i, :n] = True
-    dense_tail = (padding, None, head_mask, None, None, lmax, lmax, case.r, True, 0, scale, case.dropout_p, SEED)
+    dense_tail = (padding, None, head_mask, None, None, lmax, lmax, case.r, True, 0, scale, case.dropout_p, vref.SEED)
     out_dense, lse_dense = launch.relattn_fwd(*dense[:3], table, *dense_tail)
     grads_dense = launch.relattn_bwd(dense[3], *dense[:3], table, out_dense, lse_dense, *dense_tail)
     for i, (s, n) in enumerate(spans):
@@ -281,7 +222,7 @@ def test_public_varlen_op_through_dispatch():
                                        head_mask=head_mask, backend="triton")
     grads = torch.autograd.grad(out, leaves, grad_out)
     table = nk.sinusoidal_table(case.r, case.d)
-    expected, ref_grads, _ = _expected(case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out,
+    expected, ref_grads, _ = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out,
                                        case.d ** -0.5)
     _assert_close_scaled(out.detach(), expected, TOL[F32]["fwd"], "output")
     for name, got, want in zip("qkv", grads, ref_grads):
@@ -303,7 +244,7 @@ def test_varlen_op_passes_opcheck():
     case = Case(F32, (5, 0, 9), (7, 0, 9), 1, 32, 7, causal=True, dropout_p=0.1, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, _ = _case_tensors(case, 8)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    tail = _launcher_tail(case, head_mask, cu_q, cu_k, case.d ** -0.5)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, case.d ** -0.5)
     args = (q, k, v, table, *tail[:-1], seed_tensor(tail[-1]), "triton")
     torch.library.opcheck(torch.ops.nezha_kernels.relattn_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
