@@ -57,24 +57,19 @@ def probabilities(
     rel = inputs.table.to(compute_dtype)[idx]  # [Lq, Lk, D]: what the original model builds
     base = (torch.matmul(q, k.transpose(-1, -2)) + torch.einsum("bhid,ijd->bhij", q, rel)) * inputs.scale
     masked = score_mask(inputs)
-    if not base.requires_grad:
-        # No autograd: the same values in place (the torch backend runs small calls through here).
-        if inputs.additive_mask is not None:
-            base += inputs.additive_mask.to(compute_dtype)
-        if masked is not None:
-            base.masked_fill_(masked, MASKED_SCORE)
-        if inputs.additive_mask is not None:  # only an additive mask can hold -inf
-            base.clamp_(min=MASKED_SCORE)
-        scores = base
-    else:
-        scores = base.detach()
-        if inputs.additive_mask is not None:
-            scores = scores + inputs.additive_mask.to(compute_dtype)
-        if masked is not None:
-            scores = scores.masked_fill(masked, MASKED_SCORE)
-        # Raising -inf to finfo.min keeps a fully masked row uniform instead of NaN. The gradient reaches
-        # every score unchanged, masked ones included, as with the original model's additive mask.
-        scores = scores.clamp(min=MASKED_SCORE) + (base - base.detach())
+    # In place from here: on a copy under autograd, on base itself without (the torch backend's small calls).
+    tracked = base.requires_grad
+    scores = base.detach().clone() if tracked else base
+    if inputs.additive_mask is not None:
+        scores += inputs.additive_mask.to(compute_dtype)
+    if masked is not None:
+        scores.masked_fill_(masked, MASKED_SCORE)
+    if tracked or inputs.additive_mask is not None:
+        # Raising -inf (only an additive mask holds it) to finfo.min keeps a fully masked row uniform instead of NaN.
+        scores.clamp_(min=MASKED_SCORE)
+    if tracked:
+        # The gradient reaches every score unchanged, masked ones included, as with the original model's additive mask.
+        scores = scores + (base - base.detach())
     probs = torch.softmax(scores, dim=-1)
     if inputs.dropout_p > 0.0:
         keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, range(lq), lk, q.device, bh_offset)

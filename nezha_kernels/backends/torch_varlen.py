@@ -78,8 +78,8 @@ def _runs(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scal
         if lq == 0 or lk == 0:  # no rows, or no keys (the rows' output is zero)
             continue
         last = runs[-1] if runs else None
-        if last and last.b + last.n == b and (last.lq, last.lk) == (lq, lk) and (last.n + 1) * lq <= GROUP_TOKENS \
-                and last.q0 + last.n * lq == q0 and last.k0 + last.n * lk == k0:
+        # b follows the run directly (nothing skipped between), so its rows follow the run's rows too
+        if last and last.b + last.n == b and (last.lq, last.lk) == (lq, lk) and (last.n + 1) * lq <= GROUP_TOKENS:
             last.n += 1
         else:
             runs.append(_Run(b, 1, q0, lq, k0, lk))
@@ -216,8 +216,8 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
         if _long(group):
             run = group[0]
             torch_chunked._backward(
-                run.seq, run.seq.q, run.seq.k, run.seq.v, tc, _rows(go, run.q0, 1, run.lq), _rows(dq, run.q0, 1, run.lq),
-                _rows(dk, run.k0, 1, run.lk), _rows(dv, run.k0, 1, run.lk), dt,
+                run.seq, run.seq.q, run.seq.k, run.seq.v, tc, _rows(go, run.q0, 1, run.lq),
+                _rows(dq, run.q0, 1, run.lq), _rows(dk, run.k0, 1, run.lk), _rows(dv, run.k0, 1, run.lk), dt,
                 dhm[run.b : run.b + 1] if dhm is not None else None, bh_offset=run.b * h,
                 saved=probabilities.get(run.b) if probabilities else None,
             )

@@ -320,7 +320,7 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
     rows: list[Row] = []
 
     def base(bench_op, provider, batch, heads, head_dim, full_length=None):
-        lengths = [full_length] * batch if full_length else sample_lengths(batch)
+        lengths = _op_lengths(dict(batch=batch, full_length=full_length))
         return dict(bench="length-mix", op=bench_op, provider=provider, dtype=grid.dtype, batch=batch, heads=heads,
                     seq_len=max(lengths), head_dim=head_dim, **env), _workload_note(lengths)
 
