@@ -73,8 +73,11 @@ print(json.dumps({"provider": provider, "version": version, "model_mib": round(m
 
 
 def run(provider: str, batch: int, length: int, repeats: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, provider, str(batch), str(length), str(repeats), str(ROOT)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, provider, str(batch), str(length), str(repeats), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         if "No module named 'transformers'" in proc.stderr:
@@ -98,8 +101,15 @@ def main() -> None:
     rows = []
     for provider in ("nezha_kernels", "transformers"):
         row = run(provider, args.batch, args.length, args.repeats)
-        row.update(batch=args.batch, length=args.length, dtype="float32", model="nezha-base",
-                   torch=torch.__version__, threads=torch.get_num_threads(), machine=machine)
+        row.update(
+            batch=args.batch,
+            length=args.length,
+            dtype="float32",
+            model="nezha-base",
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            machine=machine,
+        )
         rows.append(row)
         print(json.dumps(row))
     path = Path(args.csv)
@@ -112,9 +122,11 @@ def main() -> None:
     ok = {r["provider"]: r for r in rows if r["status"] == "ok"}
     if len(ok) == 2:
         a, b = ok["nezha_kernels"], ok["transformers"]
-        print(f"model memory: {a['model_mib']} vs {b['model_mib']} MiB; forward peak: {a['forward_peak_mib']} vs "
-              f"{b['forward_peak_mib']} MiB; forward median: {a['median_s']} vs {b['median_s']} s "
-              f"(nezha_kernels vs transformers)")
+        print(
+            f"model memory: {a['model_mib']} vs {b['model_mib']} MiB; forward peak: {a['forward_peak_mib']} vs "
+            f"{b['forward_peak_mib']} MiB; forward median: {a['median_s']} vs {b['median_s']} s "
+            f"(nezha_kernels vs transformers)"
+        )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,16 @@ def export_onnx(model, example: dict[str, torch.Tensor], path: str) -> float:
 
     dims = {0: Dim("batch", min=1, max=256), 1: Dim("length", min=1, max=512)}
     t0 = time.perf_counter()
-    torch.onnx.export(model, (), path, kwargs=example, dynamic_shapes={k: dims for k in NAMES},
-                      input_names=list(NAMES), dynamo=True, verbose=False)
+    torch.onnx.export(
+        model,
+        (),
+        path,
+        kwargs=example,
+        dynamic_shapes={k: dims for k in NAMES},
+        input_names=list(NAMES),
+        dynamo=True,
+        verbose=False,
+    )
     return time.perf_counter() - t0
 
 
@@ -98,6 +106,7 @@ def main() -> None:
             model.config.padding_free = padding_free
             with torch.no_grad():
                 return model(**inputs).logits.numpy()
+
         return run
 
     providers = {
@@ -121,25 +130,45 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
         real = int(inputs["attention_mask"].sum())
         for name, ts in times.items():
-            rows.append(dict(shape=label, provider=name, real_tokens=real,
-                             median_ms=round(1e3 * statistics.median(ts), 1), min_ms=round(1e3 * min(ts), 1),
-                             max_ms=round(1e3 * max(ts), 1), max_logit_diff_vs_padded=diffs[label]))
+            rows.append(
+                dict(
+                    shape=label,
+                    provider=name,
+                    real_tokens=real,
+                    median_ms=round(1e3 * statistics.median(ts), 1),
+                    min_ms=round(1e3 * min(ts), 1),
+                    max_ms=round(1e3 * max(ts), 1),
+                    max_logit_diff_vs_padded=diffs[label],
+                )
+            )
     load_after = os.getloadavg()
 
-    print(f"nezha-base NezhaForSequenceClassification, float32, {threads} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}); torch {torch.__version__}, onnxruntime {ort.__version__}, "
-          f"nezha_kernels {nezha_kernels.__version__}; ONNX export {export_s:.0f} s")
+    print(
+        f"nezha-base NezhaForSequenceClassification, float32, {threads} threads, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}); torch {torch.__version__}, onnxruntime {ort.__version__}, "
+        f"nezha_kernels {nezha_kernels.__version__}; ONNX export {export_s:.0f} s"
+    )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); {args.repeats} rounds")
     print("| batch x length (real tokens) | provider | median ms | min - max ms |")
     print("|---|---|---|---|")
     for row in rows:
-        print(f"| {row['shape']} ({row['real_tokens']}) | {row['provider']} | {row['median_ms']} | "
-              f"{row['min_ms']} - {row['max_ms']} |")
-    print("largest |logit difference| against eager padded, per shape:",
-          {label: f"{d:.1e}" for label, d in diffs.items()})
+        print(
+            f"| {row['shape']} ({row['real_tokens']}) | {row['provider']} | {row['median_ms']} | "
+            f"{row['min_ms']} - {row['max_ms']} |"
+        )
+    print(
+        "largest |logit difference| against eager padded, per shape:", {label: f"{d:.1e}" for label, d in diffs.items()}
+    )
     if args.out:
-        meta = dict(threads=threads, cpus=os.cpu_count(), torch=torch.__version__, onnxruntime=ort.__version__,
-                    load_before=load_before, load_after=load_after, export_s=round(export_s, 1))
+        meta = dict(
+            threads=threads,
+            cpus=os.cpu_count(),
+            torch=torch.__version__,
+            onnxruntime=ort.__version__,
+            load_before=load_before,
+            load_after=load_after,
+            export_s=round(export_s, 1),
+        )
         args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 
 

@@ -70,8 +70,9 @@ def varlen_cell(n: int, dropout_p: float):
 
     def run(name):
         if name == "torch-padded":
-            out = nk.relative_attention(pq, pk, pv, attention_mask=mask, max_relative_position=R,
-                                        dropout_p=dropout_p, backend="torch")
+            out = nk.relative_attention(
+                pq, pk, pv, attention_mask=mask, max_relative_position=R, dropout_p=dropout_p, backend="torch"
+            )
             torch.autograd.grad(out, (pq, pk, pv), pgrad)
             return
         out = nk.relative_attention_varlen(q, k, v, cu, max_relative_position=R, dropout_p=dropout_p, backend=name)
@@ -85,7 +86,7 @@ def measure(run, providers, repeats: int) -> dict[str, float]:
         run(name)
     times = {name: [] for name in providers}
     for rep in range(repeats):
-        order = providers[rep % len(providers):] + providers[: rep % len(providers)]
+        order = providers[rep % len(providers) :] + providers[: rep % len(providers)]
         for name in order:
             start = time.perf_counter()
             run(name)
@@ -99,14 +100,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--only", choices=("dense", "varlen"), default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 isolates the work from OpenMP waits on a busy shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 isolates the work from OpenMP waits on a busy shared machine)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     before = load_before(args.before) if args.before else None
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dropout_p={args.dropout}, "
-          f"median of {args.repeats}, fwd+bwd ms")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, dropout_p={args.dropout}, "
+        f"median of {args.repeats}, fwd+bwd ms"
+    )
     if args.only != "varlen":
         providers = ["reference", "torch"] + (["torch-before"] if before else [])
         for b, length in ((4, 128), (2, 256), (1, 512)):

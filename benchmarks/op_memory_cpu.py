@@ -41,16 +41,23 @@ print(json.dumps({"peak_mib": (peak - base) / 1024, "fwd_s": t1 - t0, "bwd_s": t
 
 
 def measure(backend: str, length: int, heads: int, dim: int, limit_gib: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, backend, str(length), str(heads), str(dim), str(limit_gib)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, backend, str(length), str(heads), str(dim), str(limit_gib)],
+        capture_output=True,
+        text=True,
+    )
     row = {"backend": backend, "B": 1, "H": heads, "L": length, "D": dim, "dtype": "float32"}
     if proc.returncode == 0:
         row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
         row["status"] = "ok"
     else:
         oom = "MemoryError" in proc.stderr or "alloc" in proc.stderr.lower() or proc.returncode < 0
-        row.update(peak_mib=None, fwd_s=None, bwd_s=None,
-                   status=f"OOM (> {limit_gib} GiB)" if oom else "error: " + proc.stderr.strip().splitlines()[-1][:120])
+        row.update(
+            peak_mib=None,
+            fwd_s=None,
+            bwd_s=None,
+            status=f"OOM (> {limit_gib} GiB)" if oom else "error: " + proc.stderr.strip().splitlines()[-1][:120],
+        )
     return row
 
 
@@ -74,8 +81,10 @@ def main() -> None:
             peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
             fwd = "-" if row["fwd_s"] is None else f"{row['fwd_s']:.2f}"
             bwd = "-" if row["bwd_s"] is None else f"{row['bwd_s']:.2f}"
-            print(f"| {backend:<9} | [1, {args.heads}, {length}, {args.dim}] | {peak:>8} MiB | fwd {fwd:>6} s | bwd {bwd:>6} s | {row['status']}",
-                  flush=True)
+            print(
+                f"| {backend:<9} | [1, {args.heads}, {length}, {args.dim}] | {peak:>8} MiB | fwd {fwd:>6} s | bwd {bwd:>6} s | {row['status']}",
+                flush=True,
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

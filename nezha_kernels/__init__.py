@@ -33,9 +33,16 @@ __all__ = [
 
 # The NEZHA models are exported here too, imported on first use so that `import nezha_kernels` stays light.
 _MODEL_EXPORTS = (
-    "NezhaConfig", "NezhaModel", "NezhaPreTrainedModel", "NezhaForPreTraining", "NezhaForMaskedLM",
-    "NezhaForNextSentencePrediction", "NezhaForSequenceClassification", "NezhaForMultipleChoice",
-    "NezhaForTokenClassification", "NezhaForQuestionAnswering",
+    "NezhaConfig",
+    "NezhaModel",
+    "NezhaPreTrainedModel",
+    "NezhaForPreTraining",
+    "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction",
+    "NezhaForSequenceClassification",
+    "NezhaForMultipleChoice",
+    "NezhaForTokenClassification",
+    "NezhaForQuestionAnswering",
 )
 __all__ += list(_MODEL_EXPORTS)
 # Also lazy: transformers itself is only imported when a patch is applied.

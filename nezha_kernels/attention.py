@@ -59,9 +59,18 @@ def relative_attention(
     """
     q, k, v, rel_table = _autocast_inputs(q, k, v, rel_table)
     inputs = prepare_inputs(
-        q, k, v, attention_mask=attention_mask, max_relative_position=max_relative_position,
-        rel_table=rel_table, causal=causal, q_offset=q_offset, dropout_p=dropout_p, scale=scale,
-        head_mask=head_mask, generator=generator,
+        q,
+        k,
+        v,
+        attention_mask=attention_mask,
+        max_relative_position=max_relative_position,
+        rel_table=rel_table,
+        causal=causal,
+        q_offset=q_offset,
+        dropout_p=dropout_p,
+        scale=scale,
+        head_mask=head_mask,
+        generator=generator,
     )
     module = resolve_backend(backend, inputs)
     # Backends choose their own precision (fp32 accumulation); autocast must not re-cast their matmuls.

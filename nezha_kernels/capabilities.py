@@ -24,16 +24,16 @@ class Capability:
     """The calls one backend supports. ``None`` for a limit means: no limit of its own."""
 
     name: str
-    devices: str                              # for the README
+    devices: str  # for the README
     dtypes: tuple[torch.dtype, ...]
     head_dims: tuple[int, ...] | None = None  # exactly these, or any up to max_head_dim
     max_head_dim: int | None = None
-    table_grad: bool = True                   # gradient to a rel_table that requires grad
-    head_mask_grad: bool = True               # gradient to a head_mask that requires grad
-    varlen: bool = True                       # relative_attention_varlen (cu_seqlens)
-    max_batch_heads: int | None = None        # B * H
-    max_query_blocks: int | None = None       # ceil(L / smallest tile rows) per grid axis
-    max_position: int | None = None           # largest position + 2R, for 32-bit index math
+    table_grad: bool = True  # gradient to a rel_table that requires grad
+    head_mask_grad: bool = True  # gradient to a head_mask that requires grad
+    varlen: bool = True  # relative_attention_varlen (cu_seqlens)
+    max_batch_heads: int | None = None  # B * H
+    max_query_blocks: int | None = None  # ceil(L / smallest tile rows) per grid axis
+    max_position: int | None = None  # largest position + 2R, for 32-bit index math
     note: str = ""
 
     def unsupported_reason(self, inputs) -> str | None:
@@ -75,24 +75,38 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 CAPABILITIES: dict[str, Capability] = {
     "reference": Capability(
-        name="reference", devices="any", dtypes=_ANY_FLOAT,
+        name="reference",
+        devices="any",
+        dtypes=_ANY_FLOAT,
         note="HF math with the materialized [Lq, Lk, D] table; the oracle, never fast",
     ),
     "torch": Capability(
-        name="torch", devices="any", dtypes=_ANY_FLOAT,
+        name="torch",
+        devices="any",
+        dtypes=_ANY_FLOAT,
         note="pure PyTorch, no [Lq, Lk, D] table, chunked: memory bounded",
     ),
     "triton": Capability(
-        name="triton", devices="CUDA sm_80+ (CPU under TRITON_INTERPRET=1)", dtypes=_GPU_FLOAT,
-        max_head_dim=256, table_grad=False, head_mask_grad=False,
+        name="triton",
+        devices="CUDA sm_80+ (CPU under TRITON_INTERPRET=1)",
+        dtypes=_GPU_FLOAT,
+        max_head_dim=256,
+        table_grad=False,
+        head_mask_grad=False,
         # Grid axis 1 (query / key blocks) is limited to 65535 programs of at least 16 rows.
-        max_query_blocks=65535 * 16, max_position=_INT32_LIMIT,
+        max_query_blocks=65535 * 16,
+        max_position=_INT32_LIMIT,
         note="fused flash-style kernels, fp32 accumulation",
     ),
     "cuda": Capability(
-        name="cuda", devices="CUDA sm_80+", dtypes=_GPU_FLOAT, head_dims=(32, 64, 128),
-        table_grad=False, head_mask_grad=False,
-        max_batch_heads=65535, max_position=_INT32_LIMIT,
+        name="cuda",
+        devices="CUDA sm_80+",
+        dtypes=_GPU_FLOAT,
+        head_dims=(32, 64, 128),
+        table_grad=False,
+        head_mask_grad=False,
+        max_batch_heads=65535,
+        max_position=_INT32_LIMIT,
         note="hand-written CUDA C++: tensor-core (fp16/bf16) and SIMT kernels",
     ),
 }

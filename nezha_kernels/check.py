@@ -37,11 +37,13 @@ class CheckRow:
 
 def _run(backend, dtype, device, b, h, lq, lk, d, r, opts, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    q, k, v = (torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype).requires_grad_() for n in (lq, lk, lk))
+    q, k, v = (
+        torch.randn(b, h, n, d, generator=g).to(device=device, dtype=dtype).requires_grad_() for n in (lq, lk, lk)
+    )
     kwargs = dict(max_relative_position=r, causal=opts.get("causal", False), q_offset=opts.get("q_offset", 0))
     if opts.get("padding"):
         mask = torch.ones(b, lk, dtype=torch.bool)
-        mask[1, lk // 2:] = False
+        mask[1, lk // 2 :] = False
         mask[-1, :] = False
         kwargs["attention_mask"] = mask.to(device)
     if opts.get("head_mask"):
@@ -102,6 +104,8 @@ def format_rows(rows: list[CheckRow]) -> str:
     header = f"{'backend':<10}{'dtype':<10}{'case':<24}{'max|fwd err|':>14}{'max|grad err|':>15}{'tol':>9}  result"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.backend:<10}{r.dtype:<10}{r.case:<24}{r.fwd_err:>14.2e}{r.grad_err:>15.2e}"
-                     f"{r.tolerance:>9.0e}  {'ok' if r.ok else 'FAIL'}")
+        lines.append(
+            f"{r.backend:<10}{r.dtype:<10}{r.case:<24}{r.fwd_err:>14.2e}{r.grad_err:>15.2e}"
+            f"{r.tolerance:>9.0e}  {'ok' if r.ok else 'FAIL'}"
+        )
     return "\n".join(lines)

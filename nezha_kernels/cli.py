@@ -98,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(fn=_check)
     build = sub.add_parser("build", help="build the CUDA extension ahead of time (instead of on first use)")
     build.add_argument("--archs", default=None, help="SM archs, e.g. 80,90 (default: the local GPU's, else 80)")
-    build.add_argument("--build-dir", default=None, help="cache directory (default $NEZHA_KERNELS_BUILD_DIR or "
-                       "~/.cache/nezha_kernels; a build elsewhere is used only with that variable set)")
+    build.add_argument(
+        "--build-dir",
+        default=None,
+        help="cache directory (default $NEZHA_KERNELS_BUILD_DIR or "
+        "~/.cache/nezha_kernels; a build elsewhere is used only with that variable set)",
+    )
     build.add_argument("--verbose", action="store_true", help="show the compiler commands")
     build.set_defaults(fn=_build)
     sub.add_parser("compile-check", help="compile every GPU kernel for sm_80/sm_90 without a GPU (see --help)")

@@ -18,8 +18,13 @@ __all__ = ["from_transformers", "to_transformers"]
 
 # Task class names are identical on both sides.
 _CLASSES = (
-    "NezhaModel", "NezhaForPreTraining", "NezhaForMaskedLM", "NezhaForNextSentencePrediction",
-    "NezhaForSequenceClassification", "NezhaForMultipleChoice", "NezhaForTokenClassification",
+    "NezhaModel",
+    "NezhaForPreTraining",
+    "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction",
+    "NezhaForSequenceClassification",
+    "NezhaForMultipleChoice",
+    "NezhaForTokenClassification",
     "NezhaForQuestionAnswering",
 )
 

@@ -96,12 +96,17 @@ def keep_mask(
     masks are built one sequence at a time).
     """
     if isinstance(query_rows, range):
-        if (torch.device(device).type == "cpu" and query_rows.step == 1 and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing()):
+        if (
+            torch.device(device).type == "cpu"
+            and query_rows.step == 1
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+        ):
             from .dropout_cpu import keep_mask_cpu
 
-            keep = keep_mask_cpu(int(seed), dropout_p, batch, heads, query_rows.start, len(query_rows), key_length,
-                                 bh_offset)
+            keep = keep_mask_cpu(
+                int(seed), dropout_p, batch, heads, query_rows.start, len(query_rows), key_length, bh_offset
+            )
             if keep is not None:
                 return keep
         query_rows = torch.arange(query_rows.start, query_rows.stop, query_rows.step, device=device)

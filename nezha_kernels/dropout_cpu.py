@@ -114,7 +114,7 @@ def _build(cc: str) -> str:
     raise RuntimeError("; ".join(errors))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_library() -> tuple[ctypes.CDLL | None, str]:
     """(the loaded library or None, why not)."""
     if os.environ.get(ENV, "1") == "0":
@@ -128,8 +128,14 @@ def native_library() -> tuple[ctypes.CDLL | None, str]:
         return None, f"build failed: {exc}"
     fn = lib.nezha_philox_keep
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, *([ctypes.c_int64] * 5), ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
-                   ctypes.c_int]
+    fn.argtypes = [
+        ctypes.c_void_p,
+        *([ctypes.c_int64] * 5),
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_int,
+    ]
     return lib, ""
 
 
@@ -139,20 +145,31 @@ def threshold(dropout_p: float) -> int:
     return min(max(math.ceil(p32 * (1 << 24)), 0), 1 << 24)
 
 
-def keep_mask_cpu(seed: int, dropout_p: float, batch: int, heads: int, row0: int, n_rows: int, key_length: int,
-                  bh_offset: int = 0) -> torch.Tensor | None:
+def keep_mask_cpu(
+    seed: int, dropout_p: float, batch: int, heads: int, row0: int, n_rows: int, key_length: int, bh_offset: int = 0
+) -> torch.Tensor | None:
     """Bool keep mask [batch, heads, n_rows, key_length] for query rows row0 .. row0 + n_rows, or None when the
     native loop is unavailable. Counters and bits as dropout.keep_mask."""
     lib, why = native_library()
     if lib is None:
         if not _warned["done"] and os.environ.get(ENV, "1") != "0":
             _warned["done"] = True
-            warnings.warn(f"native CPU dropout mask unavailable ({why}); using the PyTorch path (slower, same bits)",
-                          stacklevel=3)
+            warnings.warn(
+                f"native CPU dropout mask unavailable ({why}); using the PyTorch path (slower, same bits)", stacklevel=3
+            )
         return None
     out = torch.empty((batch, heads, n_rows, key_length), dtype=torch.uint8)
     if out.numel():
-        lib.nezha_philox_keep(out.data_ptr(), batch * heads, bh_offset, row0, n_rows, key_length,
-                              seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, threshold(dropout_p),
-                              torch.get_num_threads())
+        lib.nezha_philox_keep(
+            out.data_ptr(),
+            batch * heads,
+            bh_offset,
+            row0,
+            n_rows,
+            key_length,
+            seed & 0xFFFFFFFF,
+            (seed >> 32) & 0xFFFFFFFF,
+            threshold(dropout_p),
+            torch.get_num_threads(),
+        )
     return out.view(torch.bool)

@@ -19,7 +19,10 @@ __all__ = ["is_hub_id", "resolve_checkpoint", "cached_file"]
 CONFIG_NAME = "config.json"
 # The loader's order (checkpoint._WEIGHT_FILES); an index is followed by the shards it lists.
 WEIGHT_NAMES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 # "name" or "org/name", the repo ids the Hub accepts (letters, digits, "-", "_", "."; at most 96 characters).
@@ -72,8 +75,12 @@ class _Fetcher:
         self.cache_misses: list[str] = []  # files absent from the cache while the Hub could not be asked
         self.cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
         self.kwargs = dict(
-            revision=revision, cache_dir=cache_dir, local_files_only=self.offline, token=token,
-            library_name="nezha_kernels", library_version=__version__,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=self.offline,
+            token=token,
+            library_name="nezha_kernels",
+            library_version=__version__,
         )
 
     def _where(self) -> str:
@@ -81,8 +88,11 @@ class _Fetcher:
         return f"{self.repo_id!r}{rev}"
 
     def not_cached(self, what: str) -> FileNotFoundError:
-        why = ("offline mode is on (HF_HUB_OFFLINE / local_files_only=True)" if self.offline
-               else "the Hugging Face Hub could not be reached")
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE / local_files_only=True)"
+            if self.offline
+            else "the Hugging Face Hub could not be reached"
+        )
         return FileNotFoundError(
             f"cannot load {self._where()}: it is not a local directory, {why}, and the Hub cache "
             f"({self.cache}) {what}. " + _what_to_do(self.repo_id)
@@ -111,8 +121,11 @@ class _Fetcher:
             gated = isinstance(exc, e.GatedRepoError)
             raise FileNotFoundError(
                 f"cannot load {self._where()}: it is not a local directory, and "
-                + ("the Hub repo is gated: accept its conditions on huggingface.co and pass token=" if gated else
-                   "there is no such model on the Hugging Face Hub (or it is private: pass token=)")
+                + (
+                    "the Hub repo is gated: accept its conditions on huggingface.co and pass token="
+                    if gated
+                    else "there is no such model on the Hugging Face Hub (or it is private: pass token=)"
+                )
             ) from None
         except e.HfHubHTTPError as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

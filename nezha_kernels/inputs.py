@@ -210,9 +210,7 @@ def prepare_inputs(
     check_qkv(q, k, v, 4, "[B, H, L, D]")
     b, h, lq, d = q.shape
     if tuple(k.shape[:2]) != (b, h) or tuple(v.shape[:2]) != (b, h):
-        raise ValueError(
-            f"batch and head dimensions differ: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
-        )
+        raise ValueError(f"batch and head dimensions differ: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
     if k.shape[3] != d or v.shape[3] != d:
         raise ValueError(f"head dim D differs: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
     if k.shape[2] != v.shape[2]:
@@ -236,7 +234,17 @@ def prepare_inputs(
     seed = draw_dropout_seed(generator) if dropout_p > 0.0 else None
 
     return AttentionInputs(
-        q=q, k=k, v=v, table=table, max_relative_position=r,
-        key_padding=key_padding, additive_mask=additive, causal=causal, q_offset=offset,
-        dropout_p=dropout_p, dropout_seed=seed, scale=float(scale), head_mask=hm,
+        q=q,
+        k=k,
+        v=v,
+        table=table,
+        max_relative_position=r,
+        key_padding=key_padding,
+        additive_mask=additive,
+        causal=causal,
+        q_offset=offset,
+        dropout_p=dropout_p,
+        dropout_seed=seed,
+        scale=float(scale),
+        head_mask=hm,
     )

@@ -36,7 +36,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, dict]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _launchers(impl: str):
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
@@ -47,20 +47,68 @@ def _launchers(impl: str):
 
 @torch.library.custom_op("nezha_kernels::relattn_fwd", mutates_args=())
 def relattn_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-    key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
-    max_relative_position: int, causal: bool, q_offset: int, scale: float, dropout_p: float,
-    seed: torch.Tensor, impl: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    key_padding: torch.Tensor | None,
+    additive_mask: torch.Tensor | None,
+    head_mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    max_relative_position: int,
+    causal: bool,
+    q_offset: int,
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     forward, _ = _launchers(impl)
-    return forward(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k,
-                   max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p, int(seed))
+    return forward(
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        additive_mask,
+        head_mask,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        max_relative_position,
+        causal,
+        q_offset,
+        scale,
+        dropout_p,
+        int(seed),
+    )
 
 
 @relattn_fwd.register_fake
-def _(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-      max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p, seed, impl):
+def _(
+    q,
+    k,
+    v,
+    table,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    impl,
+):
     if cu_seqlens_q is not None:
         tq, h, d = q.shape
         return q.new_empty((tq, h, d)), q.new_empty((2, h, tq), dtype=torch.float32)
@@ -70,22 +118,77 @@ def _(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_se
 
 @torch.library.custom_op("nezha_kernels::relattn_bwd", mutates_args=())
 def relattn_bwd(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-    out: torch.Tensor, lse: torch.Tensor,
-    key_padding: torch.Tensor | None, additive_mask: torch.Tensor | None, head_mask: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, max_seqlen_q: int, max_seqlen_k: int,
-    max_relative_position: int, causal: bool, q_offset: int, scale: float, dropout_p: float,
-    seed: torch.Tensor, impl: str,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_padding: torch.Tensor | None,
+    additive_mask: torch.Tensor | None,
+    head_mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    max_relative_position: int,
+    causal: bool,
+    q_offset: int,
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _, backward = _launchers(impl)
-    return backward(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q,
-                    cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale,
-                    dropout_p, int(seed))
+    return backward(
+        grad_out,
+        q,
+        k,
+        v,
+        table,
+        out,
+        lse,
+        key_padding,
+        additive_mask,
+        head_mask,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        max_relative_position,
+        causal,
+        q_offset,
+        scale,
+        dropout_p,
+        int(seed),
+    )
 
 
 @relattn_bwd.register_fake
-def _(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k,
-      max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p, seed, impl):
+def _(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    out,
+    lse,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    impl,
+):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -97,16 +200,32 @@ def _setup_context(ctx, inputs, output):
     q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k = inputs[:_N_TENSOR_ARGS]
     *scalars, seed, impl = inputs[_N_TENSOR_ARGS:]
     out, lse = output
-    ctx.save_for_backward(q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q,
-                          cu_seqlens_k, seed)
+    ctx.save_for_backward(
+        q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, seed
+    )
     ctx.scalars = tuple(scalars)
     ctx.impl = impl
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_q, cu_k, seed = ctx.saved_tensors
-    dq, dk, dv = relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_q, cu_k,
-                             *ctx.scalars, seed, ctx.impl)
+    dq, dk, dv = relattn_bwd(
+        grad_out,
+        q,
+        k,
+        v,
+        table,
+        out,
+        lse,
+        key_padding,
+        additive_mask,
+        head_mask,
+        cu_q,
+        cu_k,
+        *ctx.scalars,
+        seed,
+        ctx.impl,
+    )
     return (dq, dk, dv) + (None,) * 15
 
 
@@ -121,8 +240,23 @@ def run(inputs, impl: str) -> torch.Tensor:
     else:
         cu_k, max_q, max_k = None, inputs.q.shape[2], inputs.k.shape[2]
     out, _ = relattn_fwd(
-        inputs.q, inputs.k, inputs.v, inputs.table, inputs.key_padding, inputs.additive_mask, inputs.head_mask,
-        cu_q, cu_k, max_q, max_k, inputs.max_relative_position, inputs.causal, inputs.q_offset, inputs.scale,
-        inputs.dropout_p, seed_tensor(inputs.dropout_seed), impl,
+        inputs.q,
+        inputs.k,
+        inputs.v,
+        inputs.table,
+        inputs.key_padding,
+        inputs.additive_mask,
+        inputs.head_mask,
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
+        inputs.max_relative_position,
+        inputs.causal,
+        inputs.q_offset,
+        inputs.scale,
+        inputs.dropout_p,
+        seed_tensor(inputs.dropout_seed),
+        impl,
     )
     return out

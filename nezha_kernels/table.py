@@ -46,9 +46,7 @@ def _check_table_args(max_relative_position, head_dim, dtype) -> None:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype}")
 
 
-def default_table(
-    max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
+def default_table(max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The op's own read-only default table: the cached tensor itself, never handed to users.
 
     Inside a compiled graph it is built afresh (dynamo cannot trace an lru_cache; the build is

@@ -18,8 +18,15 @@ import torch
 
 from .attention import _autocast_inputs
 from .backends import resolve_backend
-from .inputs import (_check_int, _check_tensor, _normalize_head_mask, check_qkv, check_scalars, check_table,
-                     draw_dropout_seed)
+from .inputs import (
+    _check_int,
+    _check_tensor,
+    _normalize_head_mask,
+    check_qkv,
+    check_scalars,
+    check_table,
+    draw_dropout_seed,
+)
 
 __all__ = ["VarlenInputs", "prepare_varlen_inputs", "relative_attention_varlen"]
 
@@ -66,6 +73,7 @@ class VarlenInputs:
 
 
 # --- cu_seqlens ---
+
 
 def _check_cu_seqlens_tensor(name: str, cu: object, device: torch.device) -> torch.Tensor:
     cu = _check_tensor(name, cu)
@@ -144,8 +152,7 @@ def prepare_varlen_inputs(
         cu_k = _check_cu_seqlens_tensor("cu_seqlens_k", cu_seqlens_k, q.device)
         if cu_k.shape != cu_q.shape:
             raise ValueError(
-                f"cu_seqlens_q and cu_seqlens_k must have the same length B+1, got {cu_q.shape[0]} and "
-                f"{cu_k.shape[0]}"
+                f"cu_seqlens_q and cu_seqlens_k must have the same length B+1, got {cu_q.shape[0]} and {cu_k.shape[0]}"
             )
     longest_q = longest_k = None
     if not torch.compiler.is_compiling():
@@ -153,8 +160,9 @@ def prepare_varlen_inputs(
         values = (torch.cat((cu_q, cu_k)) if cu_k is not cu_q else cu_q).tolist()
         n = cu_q.shape[0]
         longest_q = _check_cu_seqlens_values("cu_seqlens_q", values[:n], tq, "q")
-        longest_k = (_check_cu_seqlens_values("cu_seqlens_k", values[n:], tk, "k and v")
-                     if cu_k is not cu_q else longest_q)
+        longest_k = (
+            _check_cu_seqlens_values("cu_seqlens_k", values[n:], tk, "k and v") if cu_k is not cu_q else longest_q
+        )
     max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q, tq)
     max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k, tk)
 
@@ -168,9 +176,20 @@ def prepare_varlen_inputs(
     seed = draw_dropout_seed(generator) if dropout_p > 0.0 else None
 
     return VarlenInputs(
-        q=q, k=k, v=v, table=table, max_relative_position=r, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-        max_seqlen_q=max_q, max_seqlen_k=max_k, causal=causal, dropout_p=dropout_p, dropout_seed=seed,
-        scale=scale, head_mask=hm,
+        q=q,
+        k=k,
+        v=v,
+        table=table,
+        max_relative_position=r,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
+        causal=causal,
+        dropout_p=dropout_p,
+        dropout_seed=seed,
+        scale=scale,
+        head_mask=hm,
     )
 
 
@@ -221,9 +240,20 @@ def relative_attention_varlen(
     """
     q, k, v, rel_table = _autocast_inputs(q, k, v, rel_table)
     inputs = prepare_varlen_inputs(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-        max_relative_position=max_relative_position, rel_table=rel_table, causal=causal, dropout_p=dropout_p,
-        scale=scale, head_mask=head_mask, generator=generator,
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        max_relative_position=max_relative_position,
+        rel_table=rel_table,
+        causal=causal,
+        dropout_p=dropout_p,
+        scale=scale,
+        head_mask=head_mask,
+        generator=generator,
     )
     module = resolve_backend(backend, inputs)
     with torch.autocast(inputs.q.device.type, enabled=False):

@@ -15,7 +15,8 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -49,11 +50,12 @@ class Tokenizer:
         if missing:
             raise ValueError(f"{vocab_file} lacks the special tokens {missing}")
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-            self._tok.token_to_id(t) for t in SPECIAL_TOKENS)
+            self._tok.token_to_id(t) for t in SPECIAL_TOKENS
+        )
         self.vocab_size = self._tok.get_vocab_size()
 
     @classmethod
-    def from_directory(cls, directory: str) -> "Tokenizer":
+    def from_directory(cls, directory: str) -> Tokenizer:
         path = os.path.join(directory, VOCAB_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--model-dir {directory!r} has no {VOCAB_FILE}: the tokenizer needs it")
@@ -74,8 +76,9 @@ class Tokenizer:
         shutil.copyfile(self.vocab_file, os.path.join(directory, VOCAB_FILE))
 
 
-def pair_inputs(tokenizer: Tokenizer, first: list[int], second: list[int] | None, max_length: int
-                ) -> tuple[list[int], list[int]]:
+def pair_inputs(
+    tokenizer: Tokenizer, first: list[int], second: list[int] | None, max_length: int
+) -> tuple[list[int], list[int]]:
     """[CLS] first [SEP] (second [SEP]) and the token types, truncating the longer side first to max_length."""
     first, second = list(first), list(second) if second is not None else None
     budget = max_length - (3 if second is not None else 2)
@@ -150,13 +153,13 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random |
     order = list(range(len(lengths)))
     if rng is None:
         order.sort(key=lambda i: lengths[i])
-        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(order)
     chunk = 50 * batch_size
     batches = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c: c + chunk], key=lambda i: lengths[i])
-        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -170,14 +173,20 @@ def parser(description: str, task: str) -> argparse.ArgumentParser:
     """The options every program takes. Defaults left None are filled by :func:`resolve` (they depend on
     whether a real checkpoint is fine-tuned or a tiny model is trained from scratch on the shipped data)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", help="a NEZHA checkpoint directory (config.json, weights, vocab.txt); "
-                                       "default: a tiny model from scratch on the shipped vocab")
+    p.add_argument(
+        "--model-dir",
+        help="a NEZHA checkpoint directory (config.json, weights, vocab.txt); "
+        "default: a tiny model from scratch on the shipped vocab",
+    )
     p.add_argument("--train", default=os.path.join(DATA_DIR, task, "train.jsonl"), help="training JSONL")
     p.add_argument("--dev", default=os.path.join(DATA_DIR, task, "dev.jsonl"), help="evaluation JSONL")
     p.add_argument("--output-dir", help="where the fine-tuned model is saved (default: a temporary directory)")
     p.add_argument("--epochs", type=int, help="passes over the training data")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs; the "
-                                                          "schedule spans them)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="stop after this many optimizer steps (overrides --epochs; the schedule spans them)",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of AdamW")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps with linear warm-up")
@@ -188,8 +197,12 @@ def parser(description: str, task: str) -> argparse.ArgumentParser:
     p.add_argument("--backend", help="attention backend (auto, reference, torch, triton, cuda)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads of torch (default: 1 for the tiny model, whose "
-                                               "small matrices gain nothing from more; else torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of torch (default: 1 for the tiny model, whose "
+        "small matrices gain nothing from more; else torch's default)",
+    )
     return p
 
 
@@ -220,8 +233,15 @@ def resolve(args: argparse.Namespace, scratch: dict[str, Any], pretrained: dict[
 # ---- model ---------------------------------------------------------------------------------
 # The model trained from scratch when no --model-dir is given. No attention dropout: on a CPU its
 # counter-based mask costs more than the rest of so small a model (hidden dropout stays at 0.1).
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-            max_position_embeddings=512, max_relative_position=32, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=256,
+    max_position_embeddings=512,
+    max_relative_position=32,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 def load_tokenizer(args: argparse.Namespace) -> Tokenizer:
@@ -234,8 +254,9 @@ def build_model(model_class, args: argparse.Namespace, tokenizer: Tokenizer, **c
     if args.model_dir:
         model = model_class.from_pretrained(args.model_dir, attn_backend=args.backend, **config)
         if model.config.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"{args.model_dir}: vocab.txt has {tokenizer.vocab_size} tokens, the model "
-                             f"{model.config.vocab_size}")
+            raise ValueError(
+                f"{args.model_dir}: vocab.txt has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
+            )
     else:
         backend = {"attn_backend": args.backend} if args.backend else {}
         model = model_class(NezhaConfig(vocab_size=tokenizer.vocab_size, **TINY, **backend, **config))
@@ -262,10 +283,12 @@ def save_and_reload(model, tokenizer: Tokenizer, args: argparse.Namespace, keep:
 # ---- training ------------------------------------------------------------------------------
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -275,14 +298,20 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
-def fit(model: torch.nn.Module, features: list[dict], collate: Callable[[list[dict]], dict[str, torch.Tensor]],
-        evaluate: Callable[[torch.nn.Module], dict[str, float]], args: argparse.Namespace,
-        lengths: Sequence[int] | None = None,
-        loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None) -> dict[str, float]:
+def fit(
+    model: torch.nn.Module,
+    features: list[dict],
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    evaluate: Callable[[torch.nn.Module], dict[str, float]],
+    args: argparse.Namespace,
+    lengths: Sequence[int] | None = None,
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+) -> dict[str, float]:
     """AdamW, linear warm-up and decay, gradient clipping; evaluate after every epoch (and at --max-steps).
 
     Returns the last evaluation. ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``.
@@ -294,8 +323,10 @@ def fit(model: torch.nn.Module, features: list[dict], collate: Callable[[list[di
     scheduler = linear_schedule(optimizer, int(args.warmup_ratio * total), total)
     rng = random.Random(args.seed)
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
-    print(f"{len(features)} training features, {total} steps of batch {args.batch_size}, lr {args.lr:g}, "
-          f"device {args.device}")
+    print(
+        f"{len(features)} training features, {total} steps of batch {args.batch_size}, lr {args.lr:g}, "
+        f"device {args.device}"
+    )
     step, metrics, start = 0, {}, time.perf_counter()
     for epoch in range(1, math.ceil(total / steps_per_epoch) + 1):
         model.train()
@@ -313,18 +344,24 @@ def fit(model: torch.nn.Module, features: list[dict], collate: Callable[[list[di
         model.eval()
         metrics = evaluate(model)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"epoch {epoch}  step {step}  train loss {running / seen:.4f}  dev {shown}  "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch}  step {step}  train loss {running / seen:.4f}  dev {shown}  "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         if step == total:
             break
     return metrics
 
 
-def batched_eval(model, features: list[dict], collate, batch_size: int, device: torch.device
-                 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], Any]]:
+def batched_eval(
+    model, features: list[dict], collate, batch_size: int, device: torch.device
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], Any]]:
     """(indices, batch, model output) over ``features`` sorted by length, without gradients."""
-    lengths = [len(f["input_ids"]) if not isinstance(f["input_ids"][0], list) else max(map(len, f["input_ids"]))
-               for f in features]
+    lengths = [
+        len(f["input_ids"]) if not isinstance(f["input_ids"][0], list) else max(map(len, f["input_ids"]))
+        for f in features
+    ]
     with torch.no_grad():
         for indices in length_batches(lengths, batch_size, None):
             batch = to_device(collate([features[i] for i in indices]), device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from typing import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 
 def classification_metrics(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> dict[str, float]:

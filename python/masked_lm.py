@@ -19,9 +19,9 @@ import math
 import random
 import sys
 
+import _common as common
 import torch
 
-import _common as common
 from nezha_kernels.models import NezhaForMaskedLM
 
 SCRATCH = dict(epochs=12, batch_size=32, lr=2e-3, max_length=64)
@@ -48,8 +48,14 @@ def word_groups(offsets: list[tuple[int, int]], words: list[tuple[int, int]]) ->
     return list(groups.values())
 
 
-def whole_word_mask(ids: list[int], groups: list[list[int]], rng: random.Random, tokenizer: common.Tokenizer,
-                    ratio: float = MASK_RATIO, always_mask: bool = False) -> tuple[list[int], list[int]]:
+def whole_word_mask(
+    ids: list[int],
+    groups: list[list[int]],
+    rng: random.Random,
+    tokenizer: common.Tokenizer,
+    ratio: float = MASK_RATIO,
+    always_mask: bool = False,
+) -> tuple[list[int], list[int]]:
     """(inputs, labels): whole words picked until ratio of the pieces is covered; labels -100 elsewhere."""
     target = max(1, round(ratio * sum(len(g) for g in groups)))
     inputs, labels = list(ids), [-100] * len(ids)
@@ -79,7 +85,7 @@ def featurize(texts: list[str], tokenizer: common.Tokenizer, max_length: int) ->
         groups = word_groups(offsets, word_spans(text))
         for start in range(0, max(len(ids), 1), window):
             chunk = [[p - start for p in g if start <= p < start + window] for g in groups]
-            features.append({"ids": ids[start: start + window], "groups": [g for g in chunk if g]})
+            features.append({"ids": ids[start : start + window], "groups": [g for g in chunk if g]})
     return [f for f in features if f["ids"]]
 
 
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = common.read_jsonl(path)
         for number, row in enumerate(rows, 1):
             if not isinstance(row.get("text"), str):
-                raise ValueError(f"{path}:{number}: needs a string \"text\", has {sorted(row)}")
+                raise ValueError(f'{path}:{number}: needs a string "text", has {sorted(row)}')
         texts[split] = [row["text"] for row in rows]
     train_features = featurize(texts["train"], tokenizer, args.max_length)
     dev_rng = random.Random(args.seed + 1)
@@ -119,10 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
     model = common.build_model(NezhaForMaskedLM, args, tokenizer)
     train_rng = random.Random(args.seed + 2)  # fresh masks every time a feature is batched
-    collate = lambda fs: common.collate_padded([masked(f, train_rng, tokenizer) for f in fs],  # noqa: E731
-                                               tokenizer.pad_id, ["labels"])
-    common.fit(model, train_features, collate, lambda m: evaluate(m, dev, tokenizer, args), args,
-               lengths=[len(f["ids"]) + 2 for f in train_features])
+    collate = lambda fs: common.collate_padded(
+        [masked(f, train_rng, tokenizer) for f in fs],  # noqa: E731
+        tokenizer.pad_id,
+        ["labels"],
+    )
+    common.fit(
+        model,
+        train_features,
+        collate,
+        lambda m: evaluate(m, dev, tokenizer, args),
+        args,
+        lengths=[len(f["ids"]) + 2 for f in train_features],
+    )
 
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)
@@ -132,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             best = reloaded(**batch).logits[0].argmax(-1).tolist()
             ids = feature["input_ids"]
             shown = "".join(tokenizer.tokens(ids[1:-1]))
-            filled = "".join(tokenizer.tokens([best[i] if lab != -100 else t
-                                               for i, (t, lab) in enumerate(zip(ids, feature["labels"]))][1:-1]))
+            filled = "".join(
+                tokenizer.tokens(
+                    [best[i] if lab != -100 else t for i, (t, lab) in enumerate(zip(ids, feature["labels"]))][1:-1]
+                )
+            )
             print(f"  {shown}  -> {filled}")
     print(common.final_line(evaluate(reloaded, dev, tokenizer, args), "masked_accuracy"))
     return 0

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import sys
 
+import _common as common
 import torch
 
-import _common as common
 from nezha_kernels.models import NezhaForMultipleChoice
 
 SCRATCH = dict(epochs=15, batch_size=16, lr=2e-3, max_length=64)
@@ -32,7 +32,7 @@ def read(path: str) -> list[dict]:
         context = row["context"] if isinstance(row["context"], str) else "".join(row["context"])
         choices = row["choice"]
         if not isinstance(choices, list) or len(choices) < 2:
-            raise ValueError(f"{where}: \"choice\" must be a list of at least 2 strings, got {choices!r}")
+            raise ValueError(f'{where}: "choice" must be a list of at least 2 strings, got {choices!r}')
         if "answer" in row:
             if row["answer"] not in choices:
                 raise ValueError(f"{where}: answer {row['answer']!r} is not one of the choices {choices}")
@@ -40,7 +40,7 @@ def read(path: str) -> list[dict]:
         elif isinstance(row.get("label"), int) and 0 <= row["label"] < len(choices):
             label = row["label"]
         else:
-            raise ValueError(f"{where}: needs \"answer\" (one of the choices) or an integer \"label\" index")
+            raise ValueError(f'{where}: needs "answer" (one of the choices) or an integer "label" index')
         out.append({"context": context, "question": row["question"], "choices": choices, "label": label})
     return out
 
@@ -70,9 +70,13 @@ def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         types.append(common.pad_to(type_rows, 0, width))
         masks.append(common.pad_to([[1] * len(r) for r in rows], 0, width))
         choice_mask.append([1] * len(f["input_ids"]) + [0] * (n_choices - len(f["input_ids"])))
-    return {"input_ids": torch.stack(ids), "token_type_ids": torch.stack(types), "attention_mask": torch.stack(masks),
-            "choice_mask": torch.tensor(choice_mask, dtype=torch.bool),
-            "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
+    return {
+        "input_ids": torch.stack(ids),
+        "token_type_ids": torch.stack(types),
+        "attention_mask": torch.stack(masks),
+        "choice_mask": torch.tensor(choice_mask, dtype=torch.bool),
+        "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long),
+    }
 
 
 def choice_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -107,8 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         return torch.nn.functional.cross_entropy(choice_logits(model, batch), batch["labels"])
 
     model = common.build_model(NezhaForMultipleChoice, args, tokenizer)
-    common.fit(model, train_features, lambda fs: collate(fs, tokenizer.pad_id), evaluate, args,
-               lengths=[max(map(len, f["input_ids"])) for f in train_features], loss_fn=loss_fn)
+    common.fit(
+        model,
+        train_features,
+        lambda fs: collate(fs, tokenizer.pad_id),
+        evaluate,
+        args,
+        lengths=[max(map(len, f["input_ids"])) for f in train_features],
+        loss_fn=loss_fn,
+    )
 
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)

@@ -18,10 +18,11 @@ all windows of the question. Last line: ``dev f1: F em: E``.
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import _common as common
 from _metrics import qa_metrics
+
 from nezha_kernels.models import NezhaForQuestionAnswering
 
 SCRATCH = dict(epochs=20, batch_size=32, lr=2e-3, max_length=48, doc_stride=12, max_query_length=16)
@@ -52,8 +53,11 @@ def char_to_token_span(offsets: Sequence[tuple[int, int]], start: int, end: int)
     return (inside[0], inside[-1]) if inside else None
 
 
-def best_span(windows: Sequence[tuple[Sequence[float], Sequence[float], Sequence[Offset]]],
-              max_answer_tokens: int = 30, top_k: int = 20) -> tuple[int, int, float] | None:
+def best_span(
+    windows: Sequence[tuple[Sequence[float], Sequence[float], Sequence[Offset]]],
+    max_answer_tokens: int = 30,
+    top_k: int = 20,
+) -> tuple[int, int, float] | None:
     """The best answer over a question's windows: (char_start, char_end_exclusive, score).
 
     windows: (start_logits, end_logits, offsets) per window, one entry per input position; only
@@ -89,10 +93,11 @@ def read(path: str) -> list[dict]:
         if not pairs:
             raise ValueError(f"{where}: no answer")
         for text, start in pairs:
-            if row["context"][start: start + len(text)] != text:
+            if row["context"][start : start + len(text)] != text:
                 raise ValueError(f"{where}: answer {text!r} is not at character {start} of the context")
-        out.append({"id": row.get("id", str(number)), "context": row["context"], "question": row["question"],
-                    "answers": pairs})
+        out.append(
+            {"id": row.get("id", str(number)), "context": row["context"], "question": row["question"], "answers": pairs}
+        )
     return out
 
 
@@ -110,8 +115,12 @@ def featurize(records: list[dict], tokenizer: common.Tokenizer, args, training: 
         for ws, we in doc_windows(len(context), window, args.doc_stride):
             ids, types = common.pair_inputs(tokenizer, question, context[ws:we], args.max_length)
             first = len(question) + 2  # input position of context piece ws
-            feature = {"input_ids": ids, "token_type_ids": types, "example": index,
-                       "offsets": [None] * first + list(offsets[ws:we]) + [None]}
+            feature = {
+                "input_ids": ids,
+                "token_type_ids": types,
+                "example": index,
+                "offsets": [None] * first + list(offsets[ws:we]) + [None],
+            }
             if training:
                 if answer is None:
                     continue
@@ -133,7 +142,7 @@ def predict(model, records: list[dict], features: list[dict], tokenizer, args) -
     answers = []
     for r, windows in zip(records, per_example):
         span = best_span(windows, args.max_answer_tokens)
-        answers.append(r["context"][span[0]: span[1]] if span else "")
+        answers.append(r["context"][span[0] : span[1]] if span else "")
     return answers
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
 import _common as common
+import torch
 from _metrics import classification_metrics
+
 from nezha_kernels.models import NezhaForSequenceClassification
 
 SCRATCH = dict(epochs=12, batch_size=32, lr=2e-3, max_length=64)
@@ -29,14 +29,15 @@ def read(path: str) -> list[dict]:
     for number, row in enumerate(common.read_jsonl(path), 1):
         text = row.get("sentence", row.get("text"))
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{number}: needs a string \"sentence\" (or \"text\"), has {sorted(row)}")
+            raise ValueError(f'{path}:{number}: needs a string "sentence" (or "text"), has {sorted(row)}')
         common.require(row, ["label"], f"{path}:{number}")
         out.append({"sentence": text, "sentence2": row.get("sentence2"), "label": str(row["label"])})
     return out
 
 
-def featurize(records: list[dict], tokenizer: common.Tokenizer, max_length: int,
-              label2id: dict[str, int] | None) -> list[dict]:
+def featurize(
+    records: list[dict], tokenizer: common.Tokenizer, max_length: int, label2id: dict[str, int] | None
+) -> list[dict]:
     features = []
     for r in records:
         second = tokenizer.ids(r["sentence2"]) if r["sentence2"] is not None else None
@@ -67,8 +68,9 @@ def evaluate(model, features: list[dict], tokenizer, batch_size: int, device) ->
 def predict_only(args) -> int:
     """--predict: classify the given sentences with --model-dir, no training."""
     tokenizer = common.Tokenizer.from_directory(args.model_dir)
-    model = NezhaForSequenceClassification.from_pretrained(args.model_dir, attn_backend=args.backend,
-                                                           device=args.device).eval()
+    model = NezhaForSequenceClassification.from_pretrained(
+        args.model_dir, attn_backend=args.backend, device=args.device
+    ).eval()
     records = [{"sentence": s, "sentence2": None, "label": ""} for s in args.predict]
     features = featurize(records, tokenizer, args.max_length, None)
     with torch.no_grad():
@@ -96,11 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     train_features = featurize(train, tokenizer, args.max_length, label2id)
     dev_features = featurize(dev, tokenizer, args.max_length, label2id)
 
-    model = common.build_model(NezhaForSequenceClassification, args, tokenizer, num_labels=len(labels),
-                               id2label=dict(enumerate(labels)), label2id=label2id)
+    model = common.build_model(
+        NezhaForSequenceClassification,
+        args,
+        tokenizer,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id=label2id,
+    )
     collate = lambda fs: common.collate_padded(fs, tokenizer.pad_id, ["labels"])  # noqa: E731
-    common.fit(model, train_features, collate,
-               lambda m: evaluate(m, dev_features, tokenizer, args.batch_size, args.device), args)
+    common.fit(
+        model,
+        train_features,
+        collate,
+        lambda m: evaluate(m, dev_features, tokenizer, args.batch_size, args.device),
+        args,
+    )
 
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)

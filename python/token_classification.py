@@ -18,6 +18,7 @@ import sys
 
 import _common as common
 from _metrics import bio_to_spans, span_f1
+
 from nezha_kernels.models import NezhaForTokenClassification
 
 SCRATCH = dict(epochs=10, batch_size=32, lr=2e-3, max_length=64)
@@ -37,16 +38,20 @@ def read(path: str) -> list[dict]:
             for kind, entities in (row["label"] or {}).items():
                 for entity, positions in entities.items():
                     for start, end in positions:
-                        if row["text"][start: end + 1] != entity:
-                            raise ValueError(f"{where}: span [{start}, {end}] of {kind} is "
-                                             f"{row['text'][start: end + 1]!r}, not {entity!r}")
+                        if row["text"][start : end + 1] != entity:
+                            raise ValueError(
+                                f"{where}: span [{start}, {end}] of {kind} is "
+                                f"{row['text'][start : end + 1]!r}, not {entity!r}"
+                            )
                         spans.append((start, end + 1, kind))
             out.append({"text": row["text"], "spans": sorted(spans)})
         else:
             tags = row.get("tags", row.get("ner_tags"))
             if "tokens" not in row or tags is None or len(tags) != len(row["tokens"]):
-                raise ValueError(f"{where}: needs \"text\" + \"label\" (CLUENER) or \"tokens\" + \"tags\" of equal "
-                                 f"length (BIO), has {sorted(row)}")
+                raise ValueError(
+                    f'{where}: needs "text" + "label" (CLUENER) or "tokens" + "tags" of equal '
+                    f"length (BIO), has {sorted(row)}"
+                )
             starts = [0]
             for token in row["tokens"]:
                 starts.append(starts[-1] + len(token))
@@ -73,8 +78,9 @@ def pieces_to_chars(tags: list[str], offsets: list[tuple[int, int]]) -> list[Spa
     return [(offsets[s][0], offsets[e - 1][1], kind) for s, e, kind in bio_to_spans(tags)]
 
 
-def featurize(records: list[dict], tokenizer: common.Tokenizer, max_length: int, label2id: dict[str, int]
-              ) -> list[dict]:
+def featurize(
+    records: list[dict], tokenizer: common.Tokenizer, max_length: int, label2id: dict[str, int]
+) -> list[dict]:
     features = []
     for r in records:
         ids, offsets = tokenizer.encode(r["text"])
@@ -83,20 +89,26 @@ def featurize(records: list[dict], tokenizer: common.Tokenizer, max_length: int,
         unknown = sorted({t for t in tags if t not in label2id})
         if unknown:
             raise ValueError(f"entity tags {unknown} are not among the training tags")
-        features.append({"input_ids": [tokenizer.cls_id] + ids + [tokenizer.sep_id],
-                         "labels": [-100] + [label2id[t] for t in tags] + [-100], "offsets": offsets})
+        features.append(
+            {
+                "input_ids": [tokenizer.cls_id] + ids + [tokenizer.sep_id],
+                "labels": [-100] + [label2id[t] for t in tags] + [-100],
+                "offsets": offsets,
+            }
+        )
     return features
 
 
-def predict_spans(model, features: list[dict], tokenizer, id2label: dict[int, str], batch_size: int, device
-                  ) -> list[list[Span]]:
+def predict_spans(
+    model, features: list[dict], tokenizer, id2label: dict[int, str], batch_size: int, device
+) -> list[list[Span]]:
     out_spans: list[list[Span]] = [[] for _ in features]
     collate = lambda fs: common.collate_padded(fs, tokenizer.pad_id)  # noqa: E731
     for indices, _, out in common.batched_eval(model, features, collate, batch_size, device):
         best = out.logits.argmax(-1).tolist()
         for row, i in enumerate(indices):
             n = len(features[i]["offsets"])
-            tags = [id2label[t] for t in best[row][1: n + 1]]
+            tags = [id2label[t] for t in best[row][1 : n + 1]]
             out_spans[i] = pieces_to_chars(tags, features[i]["offsets"])
     return out_spans
 
@@ -117,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate(model) -> dict[str, float]:
         return span_f1(gold, predict_spans(model, dev_features, tokenizer, id2label, args.batch_size, args.device))
 
-    model = common.build_model(NezhaForTokenClassification, args, tokenizer, num_labels=len(labels),
-                               id2label=id2label, label2id=label2id)
+    model = common.build_model(
+        NezhaForTokenClassification, args, tokenizer, num_labels=len(labels), id2label=id2label, label2id=label2id
+    )
     collate = lambda fs: common.collate_padded(fs, tokenizer.pad_id, ["labels"])  # noqa: E731
     common.fit(model, train_features, collate, evaluate, args)
 

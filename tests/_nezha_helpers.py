@@ -9,13 +9,24 @@ import nezha_kernels.models as ours
 # Small enough that the three model test files run in well under two minutes on 2 cores. HF builds a
 # [max_position_embeddings, max_position_embeddings, head_dim] buffer per layer, so keep that small too.
 SMALL = dict(
-    vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=72,
-    max_position_embeddings=40, max_relative_position=6, type_vocab_size=3,
+    vocab_size=97,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=72,
+    max_position_embeddings=40,
+    max_relative_position=6,
+    type_vocab_size=3,
 )
 
 CLASS_NAMES = (
-    "NezhaModel", "NezhaForPreTraining", "NezhaForMaskedLM", "NezhaForNextSentencePrediction",
-    "NezhaForSequenceClassification", "NezhaForMultipleChoice", "NezhaForTokenClassification",
+    "NezhaModel",
+    "NezhaForPreTraining",
+    "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction",
+    "NezhaForSequenceClassification",
+    "NezhaForMultipleChoice",
+    "NezhaForTokenClassification",
     "NezhaForQuestionAnswering",
 )
 
@@ -51,7 +62,7 @@ def batch(seed: int = 0, b: int = 3, length: int = 23, vocab: int = SMALL["vocab
     ids = torch.randint(1, vocab, (b, length), generator=g)
     mask = torch.ones(b, length, dtype=torch.long)
     for i in range(b):
-        mask[i, length - 1 - 2 * i * (length // 7):] = 0
+        mask[i, length - 1 - 2 * i * (length // 7) :] = 0
         mask[i, 0] = 1
     if fully_masked and b > 1:
         mask[-1] = 0

@@ -14,7 +14,7 @@ def _skip_reason(report) -> tuple[str, str]:
         path, reason = longrepr[0], longrepr[2]
     else:
         path, reason = report.nodeid, str(longrepr)
-    reason = reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    reason = reason[len("Skipped: ") :] if reason.startswith("Skipped: ") else reason
     return Path(str(path).split("::")[0]).name, reason
 
 
@@ -25,7 +25,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     chars = config.option.reportchars or ""
     if "s" in chars or "a" in chars or "A" in chars:
         return
-    folded: "OrderedDict[str, OrderedDict[str, int]]" = OrderedDict()
+    folded: OrderedDict[str, OrderedDict[str, int]] = OrderedDict()
     for report in terminalreporter.stats.get("skipped", []):
         name, reason = _skip_reason(report)
         files = folded.setdefault(reason, OrderedDict())

@@ -19,10 +19,19 @@ from nezha_kernels.models import NezhaConfig, NezhaForSequenceClassification  # 
 def make_model_and_batch():
     """Identical on every rank and in the single-process run: seeded weights and a global batch of 8."""
     torch.manual_seed(0)
-    config = NezhaConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=48, max_relative_position=8, num_labels=3,
-                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
-                         attn_backend="torch")
+    config = NezhaConfig(
+        vocab_size=101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_relative_position=8,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        attn_backend="torch",
+    )
     model = NezhaForSequenceClassification(config)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 101, (8, 19), generator=g)

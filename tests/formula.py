@@ -25,8 +25,23 @@ def nezha_table(r: int, d: int) -> torch.Tensor:
     return t
 
 
-def attention(q, k, v, table, *, r, key_padding=None, additive=None, causal=False, q_offset=0,
-              scale=None, keep=None, dropout_p=0.0, head_mask=None, return_weights=False):
+def attention(
+    q,
+    k,
+    v,
+    table,
+    *,
+    r,
+    key_padding=None,
+    additive=None,
+    causal=False,
+    q_offset=0,
+    scale=None,
+    keep=None,
+    dropout_p=0.0,
+    head_mask=None,
+    return_weights=False,
+):
     """float64 output [B, H, Lq, D] (autograd-capable) of the formula; keep is a bool [B, H, Lq, Lk] dropout mask."""
     q, k, v, table = (x.double() for x in (q, k, v, table))
     b, h, lq, d = q.shape
@@ -34,8 +49,8 @@ def attention(q, k, v, table, *, r, key_padding=None, additive=None, causal=Fals
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     i = torch.arange(lq).view(-1, 1) + q_offset
     j = torch.arange(lk).view(1, -1)
-    idx = (j - i).clamp(-r, r) + r                      # [Lq, Lk]
-    a = table[idx]                                       # [Lq, Lk, D]
+    idx = (j - i).clamp(-r, r) + r  # [Lq, Lk]
+    a = table[idx]  # [Lq, Lk, D]
     base = (torch.einsum("bhid,bhjd->bhij", q, k) + torch.einsum("bhid,ijd->bhij", q, a)) * scale
     s = base.detach().clone()
     if additive is not None:

@@ -1,11 +1,10 @@
 """torch.autocast through the op: inputs are cast to the autocast dtype, the op keeps its fp32 accumulation."""
 
+import formula
 import pytest
 import torch
 
 import nezha_kernels as nk
-
-import formula
 
 
 def _project(x, lin, heads):
@@ -24,8 +23,9 @@ def _amp_case(device, backend, amp_dtype):
     with torch.autocast(device.type if isinstance(device, torch.device) else device, dtype=amp_dtype):
         q, k, v = _project(x, lin, 4)
         assert q.dtype == amp_dtype
-        out = nk.relative_attention(q, k, v, attention_mask=mask, max_relative_position=8, rel_table=table,
-                                    backend=backend)
+        out = nk.relative_attention(
+            q, k, v, attention_mask=mask, max_relative_position=8, rel_table=table, backend=backend
+        )
     assert out.dtype == amp_dtype
     out.float().square().sum().backward()
     grad = lin.weight.grad.clone()
@@ -39,6 +39,7 @@ def _amp_case(device, backend, amp_dtype):
     torch.testing.assert_close(out.double().cpu(), expected, atol=5e-2, rtol=5e-2)
     ref_grad = lin64.weight.grad
     torch.testing.assert_close(grad.double().cpu(), ref_grad, atol=0.1 * ref_grad.abs().max().item(), rtol=0.1)
+
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_autocast_bf16_cpu(backend):

@@ -18,7 +18,7 @@ import torch
 
 from nezha_kernels.bench import main as bench_main
 from nezha_kernels.bench.memory import is_oom, run_child
-from nezha_kernels.bench.op_bench import (OpGrid, attention_flops, flex_keyside_attention, run_op_bench)
+from nezha_kernels.bench.op_bench import OpGrid, attention_flops, flex_keyside_attention, run_op_bench
 from nezha_kernels.bench.plots import _plain_log_y, log_ticks, plot_all, tick_labels
 from nezha_kernels.bench.progress import Progress, shorten
 from nezha_kernels.bench.results import FIELDS, Row, read_csv, rows_from_records, write_csv, write_json
@@ -27,26 +27,42 @@ from nezha_kernels.bench.timing import time_cpu, timing_warnings
 from nezha_kernels.table import sinusoidal_table
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = dict(device="cpu", device_name="test-cpu", nezha_kernels="0", torch=torch.__version__, triton="x",
-           python="3", run_id="t")
+ENV = dict(
+    device="cpu", device_name="test-cpu", nezha_kernels="0", torch=torch.__version__, triton="x", python="3", run_id="t"
+)
 
 
 def _row(provider="torch", mode="fwd", seq_len=128, status="ok", median=1.5, peak=10.0, bench="op", dtype="float32"):
     ok = status == "ok"
-    return Row(bench=bench, op="relative_attention" if bench == "op" else "nezha-base", provider=provider,
-               mode=mode, dtype=dtype, batch=4, heads=12, seq_len=seq_len, head_dim=64, status=status,
-               median_ms=median if ok else None, p20_ms=median * 0.9 if ok else None,
-               p80_ms=median * 1.2 if ok else None, reps=5 if ok else None, tflops=0.5 if ok else None,
-               peak_mib=peak if ok else None, **ENV)
+    return Row(
+        bench=bench,
+        op="relative_attention" if bench == "op" else "nezha-base",
+        provider=provider,
+        mode=mode,
+        dtype=dtype,
+        batch=4,
+        heads=12,
+        seq_len=seq_len,
+        head_dim=64,
+        status=status,
+        median_ms=median if ok else None,
+        p20_ms=median * 0.9 if ok else None,
+        p80_ms=median * 1.2 if ok else None,
+        reps=5 if ok else None,
+        tflops=0.5 if ok else None,
+        peak_mib=peak if ok else None,
+        **ENV,
+    )
 
 
 # --- FLOP formula -------------------------------------------------------------------------------------
 
+
 def _count_flops(b, h, lq, lk, d, r, sides):
     """Independent count: a multiply-add is 2 FLOPs; each output element of a matmul costs 2*K."""
-    qk = b * h * lq * lk * (2 * d)           # S = Q K^T: [Lq, Lk] outputs, K = D
-    pv = b * h * lq * d * (2 * lk)           # O = P V:   [Lq, D] outputs, K = Lk
-    key_side = b * h * lq * (2 * r + 1) * (2 * d)    # q . table[m] for the 2R+1 distinct rows
+    qk = b * h * lq * lk * (2 * d)  # S = Q K^T: [Lq, Lk] outputs, K = D
+    pv = b * h * lq * d * (2 * lk)  # O = P V:   [Lq, D] outputs, K = Lk
+    key_side = b * h * lq * (2 * r + 1) * (2 * d)  # q . table[m] for the 2R+1 distinct rows
     value_side = b * h * lq * d * (2 * (2 * r + 1))  # bucketed weights [Lq, 2R+1] @ table [2R+1, D]
     return qk + pv + (key_side if sides >= 1 else 0) + (value_side if sides == 2 else 0)
 
@@ -69,6 +85,7 @@ def test_flop_formula_bad_arguments():
 
 
 # --- timing and OOM detection ---------------------------------------------------------------------------
+
 
 def test_time_cpu_statistics():
     timing = time_cpu(lambda: time.sleep(0.003), warmup=1, min_reps=4, max_reps=6, budget_s=0.0)
@@ -126,6 +143,7 @@ def test_child_failure_is_reported():
 
 # --- providers -------------------------------------------------------------------------------------
 
+
 def test_triton_interpreter_is_never_timed(monkeypatch):
     from nezha_kernels.bench.op_bench import provider_availability
 
@@ -155,6 +173,7 @@ def test_flex_keyside_matches_float64_formula():
 
 
 # --- results files, table, plots -------------------------------------------------------------------------
+
 
 def test_results_csv_json_roundtrip_and_append(tmp_path):
     first = [_row("torch", m, L) for m in ("fwd", "bwd") for L in (128, 256)] + [_row("reference", "fwd", 256, "OOM")]
@@ -189,11 +208,15 @@ def test_results_csv_with_other_columns_is_merged(tmp_path):
 
 
 def test_table_layout():
-    rows = [_row("reference", "fwd", 128, median=12.0), _row("torch", "fwd", 128, median=3.25),
-            _row("reference", "fwd", 256, "OOM (> 16 GiB)"), _row("torch", "fwd", 256, median=6.5),
-            _row("cuda", "fwd", 128, "skipped: needs a CUDA device"),
-            _row("cuda", "fwd", 256, "skipped: needs a CUDA device"),
-            _row("hf-4.57.6", "infer", 1024, "n/a: HF NEZHA's relative table covers 512 tokens", bench="model")]
+    rows = [
+        _row("reference", "fwd", 128, median=12.0),
+        _row("torch", "fwd", 128, median=3.25),
+        _row("reference", "fwd", 256, "OOM (> 16 GiB)"),
+        _row("torch", "fwd", 256, median=6.5),
+        _row("cuda", "fwd", 128, "skipped: needs a CUDA device"),
+        _row("cuda", "fwd", 256, "skipped: needs a CUDA device"),
+        _row("hf-4.57.6", "infer", 1024, "n/a: HF NEZHA's relative table covers 512 tokens", bench="model"),
+    ]
     text = format_table(rows)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("B x L"))
@@ -207,13 +230,20 @@ def test_table_layout():
 
 
 def test_plots_written(tmp_path):
-    rows = [_row(p, m, L, median=L / 64 * (1 + i), peak=L / 8 * (1 + i))
-            for i, p in enumerate(("reference", "torch", "sdpa")) for m in ("fwd", "bwd", "fwd+bwd")
-            for L in (128, 256, 512)]
+    rows = [
+        _row(p, m, L, median=L / 64 * (1 + i), peak=L / 8 * (1 + i))
+        for i, p in enumerate(("reference", "torch", "sdpa"))
+        for m in ("fwd", "bwd", "fwd+bwd")
+        for L in (128, 256, 512)
+    ]
     rows += [_row("reference", m, 1024, "OOM (> 16 GiB)") for m in ("fwd", "bwd", "fwd+bwd")]
     rows += [_row("torch", m, 1024, median=40.0) for m in ("fwd", "bwd", "fwd+bwd")]
-    rows += [_row(p, mode, L, median=float(L), peak=float(L), bench="model")
-             for p in ("torch", "hf-4.57.6") for mode in ("infer", "train") for L in (128, 512)]
+    rows += [
+        _row(p, mode, L, median=float(L), peak=float(L), bench="model")
+        for p in ("torch", "hf-4.57.6")
+        for mode in ("infer", "train")
+        for L in (128, 512)
+    ]
     rows += [_row("hf-4.57.6", mode, 1024, "n/a: too long", bench="model") for mode in ("infer", "train")]
     paths = plot_all(rows, tmp_path)
     assert [p.name for p in paths] == ["ops_float32.png", "models_float32.png"]
@@ -222,8 +252,9 @@ def test_plots_written(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
 
-@pytest.mark.parametrize("low, high", [(156.0, 168.0), (40.0, 180.0), (1.2, 160.0), (0.013, 0.9), (1400.0, 1455.0),
-                                       (10.0, 11.0), (2.0, 9.0)])
+@pytest.mark.parametrize(
+    "low, high", [(156.0, 168.0), (40.0, 180.0), (1.2, 160.0), (0.013, 0.9), (1400.0, 1455.0), (10.0, 11.0), (2.0, 9.0)]
+)
 def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
     ticks = log_ticks(low, high)
     labels = tick_labels(ticks)
@@ -232,8 +263,11 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
     assert not any("e" in label or "^" in label for label in labels)
     assert [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks)
     if high / low >= 10:  # across decades: round 1-2-5 values
-        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} \
-            <= {1.0, 2.0, 5.0}
+        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} <= {
+            1.0,
+            2.0,
+            5.0,
+        }
 
 
 def test_plot_axis_labels_are_distinct():
@@ -301,6 +335,7 @@ def test_bench_help_and_readme_agree_on_the_run_time():
 
 # --- end to end ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_cli_bench_dry_run_ops(tmp_path, capsys):
     assert bench_main(["--dry-run", "--only", "op", "--device", "cpu", "--out", str(tmp_path), "--fresh"]) == 0
@@ -334,8 +369,12 @@ def test_cli_bench_dry_run_length_mix(tmp_path):
     ops = [r for r in rows if r.op == "relative_attention"]
     full = [r for r in ops if r.note.startswith("full batch")]
     mix = [r for r in ops if not r.note.startswith("full batch")]
-    assert {(r.provider, r.mode) for r in full} == {(p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")}
-    assert {(r.provider, r.mode) for r in mix} == {(p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")}
+    assert {(r.provider, r.mode) for r in full} == {
+        (p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")
+    }
+    assert {(r.provider, r.mode) for r in mix} == {
+        (p, m) for p in ("varlen", "dense-padded") for m in ("fwd", "fwd+bwd")
+    }
     assert all(r.status == "ok" and r.median_ms > 0 for r in ops)
     assert {(r.batch, r.seq_len) for r in full} == {(2, 16)} and all("real (" in r.note for r in mix)
 
@@ -356,12 +395,19 @@ def test_cli_rejects_bad_arguments(tmp_path):
 def test_gpu_suite_dry_run(tmp_path):
     out = tmp_path / "suite"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8
-    assert {"log.txt", "status.txt", "results.csv", "results.json", "ops_float32.png", "models_float32.png"} <= set(files)
+    assert {"log.txt", "status.txt", "results.csv", "results.json", "ops_float32.png", "models_float32.png"} <= set(
+        files
+    )
     status = (out / "status.txt").read_text().split("\n")
     assert [line.split()[0] for line in status if line] == ["install", "info", "gpu-tests", "bench"]
     assert all(" rc=0 " in line for line in status if line)

@@ -23,6 +23,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messa
 
 # --- check ---------------------------------------------------------------------------------------------
 
+
 @no_cuda
 def test_check_on_missing_cuda_is_a_clean_error(capsys):
     assert main(["check", "--device", "cuda"]) == 2
@@ -43,13 +44,19 @@ def test_check_rejects_unknown_devices(capsys, device):
 @pytest.mark.slow
 def test_check_console_command_prints_no_traceback():
     """The real entry point in a fresh interpreter, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "nezha_kernels", "check", "--device", "cuda"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nezha_kernels", "check", "--device", "cuda"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "no CUDA device is available" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --- compile-check: help, roles, table -------------------------------------------------------------------
+
 
 def test_compile_check_help_is_for_users(capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -57,15 +64,22 @@ def test_compile_check_help_is_for_users(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "run(archs)" not in text and "CompileRow" not in text
-    for words in ("without a GPU", "--arch", "--only", "cold cache", "Exit status", "main:", "candidate:",
-                  "spill B"):
+    for words in ("without a GPU", "--arch", "--only", "cold cache", "Exit status", "main:", "candidate:", "spill B"):
         assert words in text, words
 
 
 def _triton_row(kernel, dtype, d, tile, arch=80, spill=0, variant="all-features"):
     bm, bn, warps, stages = tile
-    return CompileRow("triton", kernel, f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}", arch, "ok",
-                      registers=128, shared_bytes=32768, spill_bytes=spill)
+    return CompileRow(
+        "triton",
+        kernel,
+        f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}",
+        arch,
+        "ok",
+        registers=128,
+        shared_bytes=32768,
+        spill_bytes=spill,
+    )
 
 
 def test_config_roles_follow_the_tile_tables():
@@ -88,14 +102,27 @@ def test_config_roles_follow_the_tile_tables():
 def test_table_marks_roles_and_explains_spills():
     from nezha_kernels.triton_kernels import configs
 
-    rows = [_triton_row("fwd", "fp16", 64, configs.FWD_TILES[0]),
-            _triton_row("fwd", "fp16", 64, configs.FWD_TILES[1], spill=80),
-            _triton_row("bwd_dq", "fp16", 64, configs.DQ_TILES[0], spill=16),
-            CompileRow("cuda", "relattn_fwd_kernel", "fp32 D=64", 90, "error", 255, 40000, 24,
-                       "register spills: 24 bytes")]
+    rows = [
+        _triton_row("fwd", "fp16", 64, configs.FWD_TILES[0]),
+        _triton_row("fwd", "fp16", 64, configs.FWD_TILES[1], spill=80),
+        _triton_row("bwd_dq", "fp16", 64, configs.DQ_TILES[0], spill=16),
+        CompileRow("cuda", "relattn_fwd_kernel", "fp32 D=64", 90, "error", 255, 40000, 24, "register spills: 24 bytes"),
+    ]
     lines = format_table(rows).splitlines()
-    assert lines[0].split() == ["component", "kernel", "config", "arch", "role", "status", "regs", "smem", "B",
-                                "spill", "B", "message"]
+    assert lines[0].split() == [
+        "component",
+        "kernel",
+        "config",
+        "arch",
+        "role",
+        "status",
+        "regs",
+        "smem",
+        "B",
+        "spill",
+        "B",
+        "message",
+    ]
     main_line, candidate_line, main_spill_line, cuda_line = lines[2:]
     assert " main " in main_line and "spills" not in main_line
     assert " candidate " in candidate_line and candidate_line.endswith("spills (autotune candidate)")
@@ -106,6 +133,7 @@ def test_table_marks_roles_and_explains_spills():
 
 # --- compile-check: progress ----------------------------------------------------------------------------
 
+
 def _stand_in(monkeypatch, name, run):
     module = types.ModuleType(f"nezha_test_component_{name}")
     module.run = run
@@ -115,6 +143,7 @@ def _stand_in(monkeypatch, name, run):
 
 def test_silent_component_gets_a_heartbeat(monkeypatch, capsys):
     """A component with no progress hook (a cold triton cache: minutes) still shows it is alive."""
+
     def run(archs):
         time.sleep(0.6)
         return [CompileRow("slow", "k", "c", a, "ok") for a in archs]
@@ -151,8 +180,10 @@ def test_nvcc_component_reports_rows_as_they_finish(monkeypatch):
     from nezha_kernels.compile_check import nvcc
 
     def fake_compile(_nvcc, source, arch, _out_dir):
-        log = (f"ptxas info    : Compiling entry function '_ZN5nezha18relattn_fwd_kernelI6__halfLi64EEEvNS_8AttnArgs'"
-               f" for 'sm_{arch}'\nptxas info    : Used 90 registers, used 1 barriers, 256 bytes smem\n")
+        log = (
+            f"ptxas info    : Compiling entry function '_ZN5nezha18relattn_fwd_kernelI6__halfLi64EEEvNS_8AttnArgs'"
+            f" for 'sm_{arch}'\nptxas info    : Used 90 registers, used 1 barriers, 256 bytes smem\n"
+        )
         return source, arch, 0, log
 
     monkeypatch.setattr(nvcc, "find_nvcc", lambda: "nvcc")

@@ -8,8 +8,16 @@ from nezha_kernels.models import NezhaConfig, NezhaForSequenceClassification, Ne
 
 def _model(cls, **kw):
     torch.manual_seed(0)
-    settings = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=40, max_relative_position=6, num_labels=3, attn_backend="torch")
+    settings = dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_relative_position=6,
+        num_labels=3,
+        attn_backend="torch",
+    )
     config = NezhaConfig(**{**settings, **kw})
     return cls(config)
 
@@ -45,8 +53,12 @@ def test_compiled_training_step_matches_eager():
     labels = torch.tensor([0, 2])
     results = []
     for compile_it in (False, True):
-        model = _model(NezhaForSequenceClassification, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                       classifier_dropout=0.0).train()
+        model = _model(
+            NezhaForSequenceClassification,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0,
+        ).train()
         step = torch.compile(model, fullgraph=True, backend="aot_eager") if compile_it else model
         loss = step(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -63,8 +75,12 @@ def test_compiled_training_with_attention_dropout_is_whole_and_reproducible():
     torch._dynamo.reset()
     ids, mask = _batch()
     labels = torch.tensor([0, 2])
-    model = _model(NezhaForSequenceClassification, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.3,
-                   classifier_dropout=0.0).train()
+    model = _model(
+        NezhaForSequenceClassification,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.3,
+        classifier_dropout=0.0,
+    ).train()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     losses = []
     for seed in (5, 5, 6):
@@ -85,8 +101,17 @@ def test_compiled_model_on_gpu_backend_matches_eager(backend):
     if not status.available:
         pytest.skip(f"{backend}: {status.reason}")
     torch._dynamo.reset()
-    model = _model(NezhaForSequenceClassification, hidden_size=128, hidden_dropout_prob=0.0,  # head dim 32
-                   attention_probs_dropout_prob=0.0, classifier_dropout=0.0).cuda().train()
+    model = (
+        _model(
+            NezhaForSequenceClassification,
+            hidden_size=128,
+            hidden_dropout_prob=0.0,  # head dim 32
+            attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0,
+        )
+        .cuda()
+        .train()
+    )
     model.set_attn_backend(backend)
     ids, mask = (t.cuda() for t in _batch())
     labels = torch.tensor([0, 2], device="cuda")

@@ -13,8 +13,9 @@ def test_compiled_op_matches_eager_fwd_and_bwd():
     mask[1, 15:] = False
 
     def fn(q, k, v, mask):
-        return nk.relative_attention(q, k, v, attention_mask=mask, max_relative_position=5, causal=True,
-                                     q_offset=8, backend="torch")
+        return nk.relative_attention(
+            q, k, v, attention_mask=mask, max_relative_position=5, causal=True, q_offset=8, backend="torch"
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     out = compiled(q, k, v, mask)

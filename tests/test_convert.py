@@ -8,14 +8,28 @@ if not hasattr(transformers, "NezhaModel"):
 from nezha_kernels import models  # noqa: E402
 from nezha_kernels.convert import from_transformers, to_transformers  # noqa: E402
 
-CLASSES = ["NezhaModel", "NezhaForMaskedLM", "NezhaForSequenceClassification", "NezhaForQuestionAnswering",
-           "NezhaForPreTraining", "NezhaForNextSentencePrediction", "NezhaForTokenClassification",
-           "NezhaForMultipleChoice"]
+CLASSES = [
+    "NezhaModel",
+    "NezhaForMaskedLM",
+    "NezhaForSequenceClassification",
+    "NezhaForQuestionAnswering",
+    "NezhaForPreTraining",
+    "NezhaForNextSentencePrediction",
+    "NezhaForTokenClassification",
+    "NezhaForMultipleChoice",
+]
 
 
 def _config():
-    return transformers.NezhaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=40, max_relative_position=6, num_labels=2)
+    return transformers.NezhaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_relative_position=6,
+        num_labels=2,
+    )
 
 
 @pytest.mark.parametrize("name", CLASSES)

@@ -38,10 +38,20 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
     bad = [r for r in rows if not r.ok]
     assert not bad, "\n".join(f"{r.kernel} {r.config} sm_{r.arch}: {r.message}" for r in bad)
     seen = {(r.kernel, r.config, r.arch) for r in rows}
-    expected = {(k, f"{dt} D={d}", arch) for k in KERNELS for dt in ("fp16", "bf16", "fp32")
-                for d in (32, 64, 128) for arch in (80, 90)}
-    expected |= {(k, f"{dt} D={d}", arch) for k in TC_KERNELS for dt in ("fp16", "bf16")
-                 for d in (32, 64, 128) for arch in (80, 90)}
+    expected = {
+        (k, f"{dt} D={d}", arch)
+        for k in KERNELS
+        for dt in ("fp16", "bf16", "fp32")
+        for d in (32, 64, 128)
+        for arch in (80, 90)
+    }
+    expected |= {
+        (k, f"{dt} D={d}", arch)
+        for k in TC_KERNELS
+        for dt in ("fp16", "bf16")
+        for d in (32, 64, 128)
+        for arch in (80, 90)
+    }
     # Every kernel also has its padding-free (PACKED) instantiation, reported as <kernel>_varlen.
     expected |= {(f"{k}_varlen", config, arch) for k, config, arch in expected}
     assert seen == expected
@@ -58,8 +68,21 @@ def test_tc_kernels_emit_mma_sync_ptx():
         pytest.skip("nvcc not found")
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "fwd_tc.ptx"
-        subprocess.run([nvcc, "-ptx", str(CSRC / "relattn_fwd_tc.cu"), "-o", str(ptx), "-std=c++17", "-O3",
-                        f"-I{CSRC}", "-arch=compute_80"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                nvcc,
+                "-ptx",
+                str(CSRC / "relattn_fwd_tc.cu"),
+                "-o",
+                str(ptx),
+                "-std=c++17",
+                "-O3",
+                f"-I{CSRC}",
+                "-arch=compute_80",
+            ],
+            check=True,
+            capture_output=True,
+        )
         text = ptx.read_text()
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in text
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in text
@@ -100,8 +123,15 @@ def test_parse_ptxas_reads_registers_spills_and_names():
         "ptxas info    : Used 90 registers, used 1 barriers, 256 bytes smem\n"
     )
     (row,) = parse_ptxas(log)
-    assert row == {"kernel": "relattn_fwd_kernel", "dtype": "fp16", "head_dim": 64, "arch": 90,
-                   "registers": 90, "spill_bytes": 16, "static_smem": 256}
+    assert row == {
+        "kernel": "relattn_fwd_kernel",
+        "dtype": "fp16",
+        "head_dim": 64,
+        "arch": 90,
+        "registers": 90,
+        "spill_bytes": 16,
+        "static_smem": 256,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +153,20 @@ def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
         with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
             extension.forward(*_call_args(q, table, 4), impl)
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
-        extension.backward(q, *_call_args(q, table, 4)[:7], torch.zeros(1, 2, 9), torch.zeros(1, 2, 9),
-                           4, 0, False, 0.125, 0.0, 0, 0, 1)
+        extension.backward(
+            q,
+            *_call_args(q, table, 4)[:7],
+            torch.zeros(1, 2, 9),
+            torch.zeros(1, 2, 9),
+            4,
+            0,
+            False,
+            0.125,
+            0.0,
+            0,
+            0,
+            1,
+        )
 
 
 def test_binding_links_every_kernel_symbol(extension):
@@ -132,8 +174,9 @@ def test_binding_links_every_kernel_symbol(extension):
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not found")
-    undefined = subprocess.run([nm, "-D", "--undefined-only", extension.__file__], capture_output=True, text=True,
-                               check=True).stdout
+    undefined = subprocess.run(
+        [nm, "-D", "--undefined-only", extension.__file__], capture_output=True, text=True, check=True
+    ).stdout
     assert "5nezha" not in undefined, [line for line in undefined.splitlines() if "5nezha" in line]
 
 
@@ -184,8 +227,20 @@ def helper_binary(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")
     exe = tmp_path_factory.mktemp("helpers") / "test_helpers"
-    subprocess.run(["g++", "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{CSRC}",
-                    str(CSRC / "tests" / "test_helpers.cpp"), "-o", str(exe)], check=True)
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            f"-I{CSRC}",
+            str(CSRC / "tests" / "test_helpers.cpp"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     return exe
 
 
@@ -198,8 +253,12 @@ def test_cpp_helper_unit_tests_pass(helper_binary):
 @pytest.mark.parametrize("seed, bh", [(0, 0), (2**63 - 25, 5), (0x1234_5678_9ABC_DEF, 77)])
 def test_cpp_philox_matches_python_dropout_spec(helper_binary, seed, bh):
     rows, keys = 13, 17
-    proc = subprocess.run([str(helper_binary), "philox", str(seed), str(bh), str(rows), str(keys)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [str(helper_binary), "philox", str(seed), str(bh), str(rows), str(keys)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     got = torch.tensor([float(x) for x in proc.stdout.split()], dtype=torch.float32).view(rows, keys)
     want = philox_uniform(seed, torch.arange(keys).view(1, -1), torch.arange(rows).view(-1, 1), torch.tensor(bh))
     assert torch.equal(got, want)

@@ -22,10 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import formula
 import pytest
 import torch
 
-import formula
 import nezha_kernels as nk
 from nezha_kernels.backends import cuda_backend
 from nezha_kernels.cuda_ext import emulator, launch
@@ -51,25 +51,26 @@ STATS_TOL = dict(atol=1e-3, rtol=1e-5)  # the forward's fp32 row max and log row
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    impl: str                      # "simt" | "tc" (fp32 always runs SIMT)
+    impl: str  # "simt" | "tc" (fp32 always runs SIMT)
     dtype: torch.dtype
-    shape: tuple[int, int, int, int, int]   # B, H, Lq, Lk, D
+    shape: tuple[int, int, int, int, int]  # B, H, Lq, Lk, D
     r: int
     causal: bool = False
     q_offset: int = 0
-    padding: str | None = None     # "random" | "batch_all_masked" | "prefix" (batch 0's first 50 keys)
-    additive: str | None = None    # "hf" ([B, 1, 1, Lk]: finfo.min, an all-masked batch, -inf) | "dense" [1, H, Lq, Lk]
+    padding: str | None = None  # "random" | "batch_all_masked" | "prefix" (batch 0's first 50 keys)
+    additive: str | None = None  # "hf" ([B, 1, 1, Lk]: finfo.min, an all-masked batch, -inf) | "dense" [1, H, Lq, Lk]
     dropout_p: float = 0.0
-    head_mask: str | None = None   # "random" | "zero_head" (one head's weights all 0)
-    layout: str = "contiguous"     # | "fused" (views of [B, L, 3, H, D]) | "padded" (rows of [B, H, L, D + 3])
-    table: str = "nezha"           # | "random"
+    head_mask: str | None = None  # "random" | "zero_head" (one head's weights all 0)
+    layout: str = "contiguous"  # | "fused" (views of [B, L, 3, H, D]) | "padded" (rows of [B, H, L, D + 3])
+    table: str = "nezha"  # | "random"
     scale: float | None = None
 
 
 CASES = {
     "simt_fp32_odd_lengths": Case("simt", F32, (2, 2, 37, 45, 32), 8),
-    "simt_fp16_causal_q_offset_custom_table": Case("simt", F16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8,
-                                                   table="random", scale=0.37),
+    "simt_fp16_causal_q_offset_custom_table": Case(
+        "simt", F16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8, table="random", scale=0.37
+    ),
     "simt_bf16_fully_padded_batch": Case("simt", BF16, (3, 1, 37, 45, 32), 8, padding="batch_all_masked"),
     "simt_fp32_d128_additive_hf": Case("simt", F32, (2, 2, 33, 41, 128), 5, additive="hf"),
     "simt_fp16_dropout_head_mask": Case("simt", F16, (2, 2, 37, 45, 32), 8, dropout_p=0.3, head_mask="random"),
@@ -81,8 +82,9 @@ CASES = {
     "simt_fp32_one_key": Case("simt", F32, (1, 2, 45, 1, 32), 2),
     "simt_fp32_causal_fully_masked_rows": Case("simt", F32, (2, 1, 40, 200, 32), 6, causal=True, padding="prefix"),
     "tc_fp16_odd_lengths": Case("tc", F16, (2, 2, 37, 45, 32), 8),
-    "tc_bf16_causal_q_offset_custom_table": Case("tc", BF16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8,
-                                                 table="random", scale=0.37),
+    "tc_bf16_causal_q_offset_custom_table": Case(
+        "tc", BF16, (1, 2, 37, 45, 64), 3, causal=True, q_offset=8, table="random", scale=0.37
+    ),
     "tc_fp16_d128_fully_padded_batch": Case("tc", F16, (3, 1, 37, 45, 128), 8, padding="batch_all_masked"),
     "tc_bf16_additive_dense_broadcast": Case("tc", BF16, (2, 2, 33, 41, 64), 5, additive="dense"),
     "tc_fp16_additive_hf": Case("tc", F16, (3, 1, 33, 41, 32), 5, additive="hf"),
@@ -113,16 +115,28 @@ def _qkv(case: Case, g: torch.Generator):
         fused = torch.randn(b, lq, 3, h, d, generator=g).to(case.dtype)
         return [fused[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
     if case.layout == "padded":  # rows of stride D + 3 starting one element in: no 16-byte vector loads
-        return [torch.randn(b, h, n, d + 3, generator=g).to(case.dtype)[..., 1:d + 1] for n in (lq, lk, lk)]
+        return [torch.randn(b, h, n, d + 3, generator=g).to(case.dtype)[..., 1 : d + 1] for n in (lq, lk, lk)]
     return [torch.randn(b, h, n, d, generator=g).to(case.dtype) for n in (lq, lk, lk)]
 
 
 def launcher_tail(inputs) -> tuple:
     """The launchers' arguments after the tensors (key_padding ... seed) for a dense AttentionInputs."""
     lq, lk = inputs.q.shape[2], inputs.k.shape[2]
-    return (inputs.key_padding, inputs.additive_mask, inputs.head_mask, None, None, lq, lk,
-            inputs.max_relative_position, inputs.causal, inputs.q_offset, inputs.scale, inputs.dropout_p,
-            int(inputs.dropout_seed or 0))
+    return (
+        inputs.key_padding,
+        inputs.additive_mask,
+        inputs.head_mask,
+        None,
+        None,
+        lq,
+        lk,
+        inputs.max_relative_position,
+        inputs.causal,
+        inputs.q_offset,
+        inputs.scale,
+        inputs.dropout_p,
+        int(inputs.dropout_seed or 0),
+    )
 
 
 def _op_kwargs(case: Case, g: torch.Generator) -> dict:
@@ -140,7 +154,7 @@ def _op_kwargs(case: Case, g: torch.Generator) -> dict:
         kw["attention_mask"] = pad
     if case.additive == "hf":
         hf = torch.zeros(b, 1, 1, lk)
-        hf[0, ..., lk // 2:] = FMIN
+        hf[0, ..., lk // 2 :] = FMIN
         hf[-1, ..., min(3, lk - 1)] = float("-inf")
         if b > 2:
             hf[1] = FMIN  # every key masked: uniform weights
@@ -195,12 +209,30 @@ def test_emulated_kernels_match_formula(name, emulated_backend):
         keep = keep_mask(inputs.dropout_seed, case.dropout_p, b, h, torch.arange(lq), lk, torch.device("cpu"))
     ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
     table = inputs.table.detach().double()
-    expected = formula.attention(*ref, table, r=case.r, key_padding=inputs.key_padding,
-                                 additive=inputs.additive_mask, causal=case.causal, q_offset=case.q_offset,
-                                 scale=inputs.scale, keep=keep, dropout_p=case.dropout_p, head_mask=inputs.head_mask)
+    expected = formula.attention(
+        *ref,
+        table,
+        r=case.r,
+        key_padding=inputs.key_padding,
+        additive=inputs.additive_mask,
+        causal=case.causal,
+        q_offset=case.q_offset,
+        scale=inputs.scale,
+        keep=keep,
+        dropout_p=case.dropout_p,
+        head_mask=inputs.head_mask,
+    )
     ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
-    expected_stats = _oracle_row_stats(*(t.detach() for t in ref[:2]), table, case.r, inputs.scale,
-                                       inputs.key_padding, inputs.additive_mask, case.causal, case.q_offset)
+    expected_stats = _oracle_row_stats(
+        *(t.detach() for t in ref[:2]),
+        table,
+        case.r,
+        inputs.scale,
+        inputs.key_padding,
+        inputs.additive_mask,
+        case.causal,
+        case.q_offset,
+    )
 
     (oa, orr), (ga, gr) = TOLERANCES[case.dtype]
     assert out.dtype == case.dtype and torch.isfinite(out).all()
@@ -240,8 +272,19 @@ def test_public_op_runs_backend_cuda_on_the_emulator(impl, dtype, emulated_backe
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
     inputs = prepare_inputs(q, k, v, **kwargs)
-    expected = formula.attention(*ref, inputs.table.double(), r=5, key_padding=pad, additive=None, causal=True,
-                                 q_offset=7, scale=inputs.scale, keep=None, dropout_p=0.0, head_mask=None)
+    expected = formula.attention(
+        *ref,
+        inputs.table.double(),
+        r=5,
+        key_padding=pad,
+        additive=None,
+        causal=True,
+        q_offset=7,
+        scale=inputs.scale,
+        keep=None,
+        dropout_p=0.0,
+        head_mask=None,
+    )
     ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
     (oa, orr), (ga, gr) = TOLERANCES[dtype]
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr)
@@ -256,8 +299,25 @@ def test_launchers_restore_the_callers_current_device(family, emulated_backend):
     two devices; the launches target device 0 while the caller's current device is 1)."""
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 2, n, 32, generator=g).to(F16) for n in (17, 20, 20))
-    args = (q, k, v, torch.randn(7, 32, generator=g).to(F16), None, None, None, None, None, 17, 20, 3, False, 0,
-            0.2, 0.0, 0)
+    args = (
+        q,
+        k,
+        v,
+        torch.randn(7, 32, generator=g).to(F16),
+        None,
+        None,
+        None,
+        None,
+        None,
+        17,
+        20,
+        3,
+        False,
+        0,
+        0.2,
+        0.0,
+        0,
+    )
     want_out, want_lse = launch.relattn_fwd(*args, family=family)
     grad_out = torch.randn(q.shape, generator=g).to(F16)
     want_grads = launch.relattn_bwd(grad_out, *args[:4], want_out, want_lse, *args[4:], family=family)
@@ -283,16 +343,38 @@ def test_every_feature_and_family_is_covered():
 
 # ---- the emulator itself ----
 
+
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
 def test_emulated_conversions_round_like_torch(dtype):
     g = torch.Generator().manual_seed(3)
     info = torch.finfo(dtype)
-    x = torch.cat([
-        torch.randn(4000, generator=g) * 10.0 ** torch.randint(-9, 6, (4000,), generator=g),
-        torch.tensor([0.0, -0.0, info.max, -info.max, info.tiny, info.tiny / 4, float("inf"), float("-inf"), 65520.0,
-                      65519.99, 2.0**-25, 2.0**-25 * 1.0001, 2.0**-24 * 1.5, 2.0**-24 * 2.5, 1 + 2.0**-11,
-                      1 + 3 * 2.0**-11, 1 + 2.0**-8, 1 + 3 * 2.0**-8]),
-    ])
+    x = torch.cat(
+        [
+            torch.randn(4000, generator=g) * 10.0 ** torch.randint(-9, 6, (4000,), generator=g),
+            torch.tensor(
+                [
+                    0.0,
+                    -0.0,
+                    info.max,
+                    -info.max,
+                    info.tiny,
+                    info.tiny / 4,
+                    float("inf"),
+                    float("-inf"),
+                    65520.0,
+                    65519.99,
+                    2.0**-25,
+                    2.0**-25 * 1.0001,
+                    2.0**-24 * 1.5,
+                    2.0**-24 * 2.5,
+                    1 + 2.0**-11,
+                    1 + 3 * 2.0**-11,
+                    1 + 2.0**-8,
+                    1 + 3 * 2.0**-8,
+                ]
+            ),
+        ]
+    )
     # Exact ties between neighbouring representable values: round to even.
     ulp_grid = x.to(dtype).float()
     ties = (ulp_grid[:-1] + ulp_grid[1:]) / 2
@@ -302,8 +384,9 @@ def test_emulated_conversions_round_like_torch(dtype):
     assert torch.isnan(emulator.emulated_extension().round_to(torch.tensor([float("nan")]), dtype)).all()
 
 
-@pytest.mark.parametrize("name, dtype", [("mma_f16", F16), ("mma_bf16", BF16), ("mma_f16_kmajor", F16),
-                                         ("mma_bf16_kmajor", BF16)])
+@pytest.mark.parametrize(
+    "name, dtype", [("mma_f16", F16), ("mma_bf16", BF16), ("mma_f16_kmajor", F16), ("mma_bf16_kmajor", BF16)]
+)
 def test_kernel_fragment_loaders_agree_with_emulated_mma(name, dtype):
     """One m16n8k16 through the kernels' loaders (relattn_mma.h) and the emulator's PTX layout = A @ B."""
     g = torch.Generator().manual_seed(5)
@@ -320,13 +403,16 @@ def test_emulator_runs_correct_barriers_and_shuffles():
     assert out[0].item() == sum(range(128)) and out[1].item() == 1.0
 
 
-@pytest.mark.parametrize("name, message", [
-    ("early_exit", "thread 5 (warp 0, lane 5) exited while"),
-    ("divergent_barrier", "divergent block barrier"),
-    ("deadlock", "deadlock: every live thread waits"),
-    ("partial_mask", "member mask 65535"),
-    ("smem_limit", "above the kernel's limit of 49152"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("early_exit", "thread 5 (warp 0, lane 5) exited while"),
+        ("divergent_barrier", "divergent block barrier"),
+        ("deadlock", "deadlock: every live thread waits"),
+        ("partial_mask", "member mask 65535"),
+        ("smem_limit", "above the kernel's limit of 49152"),
+    ],
+)
 def test_emulator_reports_barrier_bugs_instead_of_hanging(name, message):
     err, _ = emulator.run_selftest(name)
     assert err is not None and message in err, err
@@ -348,28 +434,46 @@ def test_unwritten_shared_memory_reads_nan():
 def _fwd_args(**overrides):
     """The extension's forward arguments for q = k = v (impl 0, SIMT), with ``overrides`` by name."""
     q = overrides.get("q", torch.randn(1, 1, 8, 32))
-    args = dict(q=q, k=q, v=q, table=torch.randn(9, 32), key_padding=None, additive_mask=None, head_mask=None, R=4,
-                q_offset=0, causal=False, scale=0.1, dropout_p=0.0, seed=0, stream=0, impl=0)
+    args = dict(
+        q=q,
+        k=q,
+        v=q,
+        table=torch.randn(9, 32),
+        key_padding=None,
+        additive_mask=None,
+        head_mask=None,
+        R=4,
+        q_offset=0,
+        causal=False,
+        scale=0.1,
+        dropout_p=0.0,
+        seed=0,
+        stream=0,
+        impl=0,
+    )
     return {**args, **overrides}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(q=torch.randn(1, 1, 8, 48), table=torch.randn(9, 48)), "head dim must be 32, 64 or 128"),
-    (dict(q=torch.randn(1, 1, 32, 8).transpose(2, 3)), "q must have unit stride on the head dim"),
-    (dict(q=torch.randn(8, 32)), "q must be 4-D"),
-    (dict(q=torch.randn(1, 1, 8, 32).double()), "q must be float16, bfloat16 or float32, got an unsupported"),
-    (dict(v=torch.randn(1, 1, 9, 32)), "k and v must be [B, H, Lk, D]"),
-    (dict(table=torch.randn(32, 9).t()), "rel_table must be a contiguous [2R+1, D] = [9, 32]"),
-    (dict(R=3), "rel_table must be a contiguous [2R+1, D] = [7, 32]"),
-    (dict(table=torch.randn(9, 32).half()), "rel_table must be float32, got float16"),
-    (dict(key_padding=torch.ones(1, 7, dtype=torch.bool)), "key_padding must be bool [B, Lk], got shape [1, 7]"),
-    (dict(key_padding=torch.ones(1, 8)), "key_padding must be bool, got float32"),
-    (dict(additive_mask=torch.zeros(1, 1, 1, 8)), "additive_mask must be a float32 view of shape [B, H, Lq, Lk]"),
-    (dict(head_mask=torch.ones(2, 1).t()), "head_mask must be a contiguous float32 [B, H]"),
-    (dict(q_offset=2**31), "32-bit index range"),
-    (dict(impl=2), "impl must be 0 (simt) or 1 (tc)"),
-    (dict(impl=1), "tensor-core kernels take float16 / bfloat16"),  # the family is chosen in Python, not here
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(q=torch.randn(1, 1, 8, 48), table=torch.randn(9, 48)), "head dim must be 32, 64 or 128"),
+        (dict(q=torch.randn(1, 1, 32, 8).transpose(2, 3)), "q must have unit stride on the head dim"),
+        (dict(q=torch.randn(8, 32)), "q must be 4-D"),
+        (dict(q=torch.randn(1, 1, 8, 32).double()), "q must be float16, bfloat16 or float32, got an unsupported"),
+        (dict(v=torch.randn(1, 1, 9, 32)), "k and v must be [B, H, Lk, D]"),
+        (dict(table=torch.randn(32, 9).t()), "rel_table must be a contiguous [2R+1, D] = [9, 32]"),
+        (dict(R=3), "rel_table must be a contiguous [2R+1, D] = [7, 32]"),
+        (dict(table=torch.randn(9, 32).half()), "rel_table must be float32, got float16"),
+        (dict(key_padding=torch.ones(1, 7, dtype=torch.bool)), "key_padding must be bool [B, Lk], got shape [1, 7]"),
+        (dict(key_padding=torch.ones(1, 8)), "key_padding must be bool, got float32"),
+        (dict(additive_mask=torch.zeros(1, 1, 1, 8)), "additive_mask must be a float32 view of shape [B, H, Lq, Lk]"),
+        (dict(head_mask=torch.ones(2, 1).t()), "head_mask must be a contiguous float32 [B, H]"),
+        (dict(q_offset=2**31), "32-bit index range"),
+        (dict(impl=2), "impl must be 0 (simt) or 1 (tc)"),
+        (dict(impl=1), "tensor-core kernels take float16 / bfloat16"),  # the family is chosen in Python, not here
+    ],
+)
 def test_emulated_extension_checks_arguments_with_the_bindings_code(overrides, message):
     """The emulated extension runs csrc/relattn_args.h, the binding's argument handling: each memory-safety check
     gives a RuntimeError naming the argument (on the device the binding expects CUDA tensors)."""
@@ -399,8 +503,14 @@ def test_emulated_extension_checks_the_backward_and_grid_limits():
 
 # Cases re-run under AddressSanitizer in CI: both families, the largest shared-memory layouts (D = 128), the
 # element-wise staging path, one query, one key, dropout; plus the mma self-test.
-ASAN_CASES = ("simt_fp32_d128_additive_hf", "tc_fp16_d128_fully_padded_batch", "tc_fp16_unaligned_rows",
-              "tc_fp16_decode_one_query", "simt_fp32_one_key", "tc_bf16_dropout_head_mask")
+ASAN_CASES = (
+    "simt_fp32_d128_additive_hf",
+    "tc_fp16_d128_fully_padded_batch",
+    "tc_fp16_unaligned_rows",
+    "tc_fp16_decode_one_query",
+    "simt_fp32_one_key",
+    "tc_bf16_dropout_head_mask",
+)
 
 
 @pytest.mark.slow
@@ -413,8 +523,12 @@ def test_address_sanitizer_subset(tmp_path):
         pytest.skip(f"no AddressSanitizer runtime: {exc}")
     here = Path(__file__).resolve()
     preload = ":".join(p for p in (runtime, os.environ.get("LD_PRELOAD")) if p)
-    env = {**os.environ, emulator.SANITIZE_ENV: "address", "LD_PRELOAD": preload,
-           "ASAN_OPTIONS": f"detect_leaks=0:log_path={tmp_path / 'asan'}"}
+    env = {
+        **os.environ,
+        emulator.SANITIZE_ENV: "address",
+        "LD_PRELOAD": preload,
+        "ASAN_OPTIONS": f"detect_leaks=0:log_path={tmp_path / 'asan'}",
+    }
     tests = [f"{here}::test_emulated_kernels_match_formula[{name}]" for name in ASAN_CASES]
     tests.append(f"{here}::test_kernel_fragment_loaders_agree_with_emulated_mma")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]

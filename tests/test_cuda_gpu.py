@@ -40,8 +40,7 @@ def cuda_backend_available():
 
 def _inputs(dtype, b, h, lq, lk, d, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.float32, generator=g).to(dtype)
-               for n in (lq, lk, lk))
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.float32, generator=g).to(dtype) for n in (lq, lk, lk))
     return q, k, v, g
 
 
@@ -77,8 +76,20 @@ def _features(b, h, lq, lk, d, dtype, g):
     }
 
 
-FEATURES = ["plain", "key_padding", "all_masked_rows", "additive_hf", "additive_full_fp16", "causal",
-            "causal_q_offset_padding", "custom_table_small_r", "r1", "dropout", "head_mask", "scale"]
+FEATURES = [
+    "plain",
+    "key_padding",
+    "all_masked_rows",
+    "additive_hf",
+    "additive_full_fp16",
+    "causal",
+    "causal_q_offset_padding",
+    "custom_table_small_r",
+    "r1",
+    "dropout",
+    "head_mask",
+    "scale",
+]
 
 
 def _compare(dtype, shape, feature, other="reference"):
@@ -96,8 +107,9 @@ def _compare(dtype, shape, feature, other="reference"):
     torch.testing.assert_close(out, ref_out, atol=oa, rtol=orr, msg=lambda m: f"output ({feature}): {m}")
     for name, got, want in zip("qkv", grads, ref_grads):
         scale = max(1.0, want.abs().max().item())
-        torch.testing.assert_close(got / scale, want / scale, atol=ga, rtol=gr,
-                                   msg=lambda m: f"d{name} ({feature}): {m}")
+        torch.testing.assert_close(
+            got / scale, want / scale, atol=ga, rtol=gr, msg=lambda m: f"d{name} ({feature}): {m}"
+        )
 
 
 @pytest.fixture(params=IMPLS)
@@ -134,8 +146,14 @@ def test_tc_matches_simt(monkeypatch, dtype, d):
     q, k, v, g = _inputs(dtype, b, h, lq, lk, d, seed=77 + d)
     grad_out = torch.randn(b, h, lq, d, device="cuda", generator=g).to(dtype)
     pad = torch.rand(b, lk, device="cuda", generator=g) > 0.2
-    kwargs = lambda: {"attention_mask": pad, "causal": True, "q_offset": 9, "dropout_p": 0.2,
-                      "generator": torch.Generator().manual_seed(5), "max_relative_position": 7}
+    kwargs = lambda: {
+        "attention_mask": pad,
+        "causal": True,
+        "q_offset": 9,
+        "dropout_p": 0.2,
+        "generator": torch.Generator().manual_seed(5),
+        "max_relative_position": 7,
+    }
     results = {}
     for name in IMPLS:
         monkeypatch.setenv(IMPL_ENV, name)

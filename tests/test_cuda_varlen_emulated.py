@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import varlen_reference as vref
+
 from nezha_kernels import ops
 from nezha_kernels.cuda_ext import emulator, launch
 from nezha_kernels.dropout import seed_tensor
@@ -40,33 +40,34 @@ STATS_TOL = dict(atol=1e-3, rtol=1e-5)
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    family: str                    # "simt" | "tc"
+    family: str  # "simt" | "tc"
     dtype: torch.dtype
     lens_q: tuple[int, ...]
-    lens_k: tuple[int, ...]        # same as lens_q unless given
+    lens_k: tuple[int, ...]  # same as lens_q unless given
     heads: int
     d: int
     r: int
     causal: bool = False
     dropout_p: float = 0.0
     head_mask: bool = False
-    fused: bool = False            # q, k, v as views of one packed [T, 3, H, D] projection (row stride 3 H D)
+    fused: bool = False  # q, k, v as views of one packed [T, 3, H, D] projection (row stride 3 H D)
 
 
 CASES = {
     # 37 rows: two SIMT blocks in sequence 0; a zero-length and a one-row sequence.
     "simt_fp32_d32_r7_odd_zero_one": Case("simt", F32, (37, 0, 1, 5), (37, 0, 1, 5), 2, 32, 7),
     "simt_fp32_d64_r1_lq_ne_lk_causal": Case("simt", F32, (20, 1, 33), (29, 3, 40), 1, 64, 1, causal=True),
-    "simt_fp32_d128_r64_dropout_head_mask": Case("simt", F32, (9, 17), (14, 17), 2, 128, 64, dropout_p=0.3,
-                                                 head_mask=True),
-    "simt_bf16_d32_r7_causal_fused": Case("simt", BF16, (13, 0, 34), (13, 0, 34), 2, 32, 7, causal=True,
-                                          fused=True),
+    "simt_fp32_d128_r64_dropout_head_mask": Case(
+        "simt", F32, (9, 17), (14, 17), 2, 128, 64, dropout_p=0.3, head_mask=True
+    ),
+    "simt_bf16_d32_r7_causal_fused": Case("simt", BF16, (13, 0, 34), (13, 0, 34), 2, 32, 7, causal=True, fused=True),
     # Queries without keys (Lk_b = 0 < Lq_b): zero output, zero dq.
     "simt_fp32_d32_r1_no_keys": Case("simt", F32, (3, 6), (0, 7), 1, 32, 1),
     # 70 queries: two tensor-core blocks in sequence 1 (BM = 64).
     "tc_bf16_d32_r7_odd_lq_ne_lk": Case("tc", BF16, (1, 70, 0), (5, 45, 2), 1, 32, 7),
-    "tc_bf16_d64_r64_causal_dropout_head_mask": Case("tc", BF16, (23, 1, 0, 31), (23, 1, 0, 40), 2, 64, 64,
-                                                     causal=True, dropout_p=0.2, head_mask=True),
+    "tc_bf16_d64_r64_causal_dropout_head_mask": Case(
+        "tc", BF16, (23, 1, 0, 31), (23, 1, 0, 40), 2, 64, 64, causal=True, dropout_p=0.2, head_mask=True
+    ),
     "tc_bf16_d128_r1_causal": Case("tc", BF16, (17, 8), (11, 19), 1, 128, 1, causal=True),
 }
 
@@ -76,8 +77,20 @@ CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 def test_varlen_row_arithmetic_cpp_unit_tests(tmp_path):
     exe = tmp_path / "test_varlen_rows"
-    subprocess.run([emulator.find_cxx(), "-std=c++17", "-O1", "-Wall", "-Werror", f"-I{CSRC}",
-                    str(CSRC / "tests" / "test_varlen_rows.cpp"), "-o", str(exe)], check=True)
+    subprocess.run(
+        [
+            emulator.find_cxx(),
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            f"-I{CSRC}",
+            str(CSRC / "tests" / "test_varlen_rows.cpp"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     result = subprocess.run([str(exe)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ok: "), result.stdout
 
@@ -121,7 +134,7 @@ def _assert_grads_close(grads, want, dtype):
 def test_varlen_kernels_match_formula_per_sequence(name, emulated_backend):
     case = CASES[name]
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, sum(map(ord, name)))
-    scale = case.d ** -0.5
+    scale = case.d**-0.5
     tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
 
     out, lse = launch.relattn_fwd(q, k, v, table, *tail, family=case.family)
@@ -133,7 +146,7 @@ def test_varlen_kernels_match_formula_per_sequence(name, emulated_backend):
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr, msg=lambda m: f"output: {m}")
     assert lse.shape == (2, case.heads, q.shape[0])
     for b, want in stats.items():
-        got = lse[:, :, int(cu_q[b]):int(cu_q[b + 1])].double()
+        got = lse[:, :, int(cu_q[b]) : int(cu_q[b + 1])].double()
         torch.testing.assert_close(got, want, **STATS_TOL, msg=lambda m: f"sequence {b} row max / log sum: {m}")
     _assert_grads_close(grads, ref_grads, case.dtype)
 
@@ -143,7 +156,7 @@ def test_varlen_matches_the_dense_kernels_on_the_padded_batch(emulated_backend):
     right aligned: q_offset = Lk - Lq with equal lengths 0), dropout and head_mask included."""
     case = Case("simt", F32, (11, 6), (11, 6), 2, 32, 7, dropout_p=0.4, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, _ = _case_tensors(case, 3)
-    scale = case.d ** -0.5
+    scale = case.d**-0.5
     out, _ = launch.relattn_fwd(q, k, v, table, *vref.launcher_tail(case, head_mask, cu_q, cu_k, scale), family="simt")
 
     b, lmax = len(case.lens_q), max(case.lens_q)
@@ -152,13 +165,29 @@ def test_varlen_matches_the_dense_kernels_on_the_padded_batch(emulated_backend):
     for i, n in enumerate(case.lens_q):
         s = int(cu_q[i])
         for full, packed in zip(dense, (q, k, v)):
-            full[i, :, :n] = packed[s:s + n].transpose(0, 1)
+            full[i, :, :n] = packed[s : s + n].transpose(0, 1)
         padding[i, :n] = True
-    out_dense, _ = launch.relattn_fwd(*dense, table, padding, None, head_mask, None, None, lmax, lmax, case.r,
-                                      False, 0, scale, case.dropout_p, vref.SEED, family="simt")
+    out_dense, _ = launch.relattn_fwd(
+        *dense,
+        table,
+        padding,
+        None,
+        head_mask,
+        None,
+        None,
+        lmax,
+        lmax,
+        case.r,
+        False,
+        0,
+        scale,
+        case.dropout_p,
+        vref.SEED,
+        family="simt",
+    )
     for i, n in enumerate(case.lens_q):
         s = int(cu_q[i])
-        torch.testing.assert_close(out[s:s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[s : s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_varlen_through_the_op_passes_opcheck(emulated_backend):
@@ -167,17 +196,21 @@ def test_varlen_through_the_op_passes_opcheck(emulated_backend):
     case = Case("tc", BF16, (5, 0, 9), (7, 0, 9), 1, 32, 7, causal=True, dropout_p=0.1, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, 8)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    scale = case.d ** -0.5
+    scale = case.d**-0.5
     tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     args = (q, k, v, table, *tail[:-1], seed_tensor(tail[-1]), "cuda-tc")
-    torch.library.opcheck(torch.ops.nezha_kernels.relattn_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.nezha_kernels.relattn_fwd.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
     out, lse = ops.relattn_fwd(*args)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     want_out, want_lse = launch.relattn_fwd(q.detach(), k.detach(), v.detach(), table, *tail, family="tc")
-    want = launch.relattn_bwd(grad_out, q.detach(), k.detach(), v.detach(), table, want_out, want_lse, *tail,
-                              family="tc")
+    want = launch.relattn_bwd(
+        grad_out, q.detach(), k.detach(), v.detach(), table, want_out, want_lse, *tail, family="tc"
+    )
     assert out.shape == q.shape and lse.shape == (2, 1, q.shape[0])
     torch.testing.assert_close(out, want_out, atol=0, rtol=0)
     for got, ref in zip(grads, want):
@@ -208,8 +241,9 @@ def test_extension_refuses_layouts_that_would_read_out_of_bounds(emulated_backen
     cu = torch.tensor([0, 3, 7], dtype=torch.int32)
 
     def call(q=q, k=q, cu_q=cu, cu_k=cu, max_q=4, head_mask=None):
-        return emulated_backend.forward_varlen(q, k, k, table, head_mask, cu_q, cu_k, max_q, 4, 4, False, 0.2, 0.0, 0,
-                                               0, 0)
+        return emulated_backend.forward_varlen(
+            q, k, k, table, head_mask, cu_q, cu_k, max_q, 4, 4, False, 0.2, 0.0, 0, 0, 0
+        )
 
     call()  # the valid call runs
     with pytest.raises(RuntimeError, match="q must be 3-D"):

@@ -8,10 +8,10 @@ Skipped without a CUDA device (and when the extension cannot be built there, wit
 
 from __future__ import annotations
 
+import formula
 import pytest
 import torch
 
-import formula
 from nezha_kernels.backends import available_backends
 from nezha_kernels.cuda_ext import launch
 from nezha_kernels.dropout import keep_mask
@@ -47,13 +47,27 @@ def _cu(lens):
 
 def _call(dtype, d, r, *, causal, dropout_p, heads=2, lens_q=LENS_Q, lens_k=LENS_K, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    q, k, v = (torch.randn(n, heads, d, device="cuda", generator=g).to(dtype)
-               for n in (sum(lens_q), sum(lens_k), sum(lens_k)))
+    q, k, v = (
+        torch.randn(n, heads, d, device="cuda", generator=g).to(dtype) for n in (sum(lens_q), sum(lens_k), sum(lens_k))
+    )
     head_mask = torch.rand(len(lens_q), heads, device="cuda", generator=g)
     grad_out = torch.randn(q.shape, device="cuda", generator=g).to(dtype)
     table = sinusoidal_table(r, d).to(device="cuda", dtype=dtype)
-    tail = (None, None, head_mask, _cu(lens_q), _cu(lens_k), max(lens_q), max(lens_k), r, causal, 0, d ** -0.5,
-            dropout_p, SEED if dropout_p else 0)
+    tail = (
+        None,
+        None,
+        head_mask,
+        _cu(lens_q),
+        _cu(lens_k),
+        max(lens_q),
+        max(lens_k),
+        r,
+        causal,
+        0,
+        d**-0.5,
+        dropout_p,
+        SEED if dropout_p else 0,
+    )
     return q, k, v, table, grad_out, tail
 
 
@@ -70,7 +84,7 @@ def _pad(t, cu, lmax):
     out = t.new_zeros(b, t.shape[1], lmax, t.shape[2])
     for i in range(b):
         s, e = int(cu[i]), int(cu[i + 1])
-        out[i, :, :e - s] = t[s:e].transpose(0, 1)
+        out[i, :, : e - s] = t[s:e].transpose(0, 1)
     return out
 
 
@@ -84,8 +98,11 @@ def test_varlen_matches_formula_per_sequence(dtype, d):
     r = {32: 1, 64: 7, 128: 64}[d]
     q, k, v, table, grad_out, tail = _call(dtype, d, r, causal=d == 64, dropout_p=0.2 if d == 32 else 0.0, seed=d)
     head_mask, cu_q, cu_k, causal, scale, p = tail[2], tail[3], tail[4], tail[8], tail[10], tail[11]
-    keep = keep_mask(SEED, p, len(LENS_Q), q.shape[1], torch.arange(max(LENS_Q)), max(LENS_K),
-                     torch.device("cpu")) if p else None
+    keep = (
+        keep_mask(SEED, p, len(LENS_Q), q.shape[1], torch.arange(max(LENS_Q)), max(LENS_K), torch.device("cpu"))
+        if p
+        else None
+    )
     (oa, orr), (ga, gr) = TOLERANCES[dtype]
     for family in _families(dtype):
         out, _, grads = _run(q, k, v, table, grad_out, tail, family)
@@ -93,11 +110,21 @@ def test_varlen_matches_formula_per_sequence(dtype, d):
             qs, qe, ks, ke = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
             if qe == qs:
                 continue
-            seq = [t.detach().cpu().double()[s:e].transpose(0, 1).unsqueeze(0).requires_grad_()
-                   for t, (s, e) in zip((q, k, v), ((qs, qe), (ks, ke), (ks, ke)))]
-            want = formula.attention(*seq, table.cpu().double(), r=r, causal=causal, q_offset=(ke - ks) - (qe - qs),
-                                     scale=scale, keep=None if keep is None else keep[b:b + 1, :, :qe - qs, :ke - ks],
-                                     dropout_p=p, head_mask=head_mask[b:b + 1].cpu())
+            seq = [
+                t.detach().cpu().double()[s:e].transpose(0, 1).unsqueeze(0).requires_grad_()
+                for t, (s, e) in zip((q, k, v), ((qs, qe), (ks, ke), (ks, ke)))
+            ]
+            want = formula.attention(
+                *seq,
+                table.cpu().double(),
+                r=r,
+                causal=causal,
+                q_offset=(ke - ks) - (qe - qs),
+                scale=scale,
+                keep=None if keep is None else keep[b : b + 1, :, : qe - qs, : ke - ks],
+                dropout_p=p,
+                head_mask=head_mask[b : b + 1].cpu(),
+            )
             got = out[qs:qe].transpose(0, 1).unsqueeze(0).cpu().double()
             torch.testing.assert_close(got, want.detach(), atol=oa, rtol=orr, msg=lambda m: f"{family} seq {b}: {m}")
             if ke == ks:
@@ -107,8 +134,9 @@ def test_varlen_matches_formula_per_sequence(dtype, d):
             for name, g_all, w, (s, e) in zip("qkv", grads, ref, ((qs, qe), (ks, ke), (ks, ke))):
                 gb = g_all[s:e].transpose(0, 1).unsqueeze(0).cpu().double()
                 sc = max(1.0, w.abs().max().item())
-                torch.testing.assert_close(gb / sc, w / sc, atol=ga, rtol=gr,
-                                           msg=lambda m: f"{family} seq {b} d{name}: {m}")
+                torch.testing.assert_close(
+                    gb / sc, w / sc, atol=ga, rtol=gr, msg=lambda m: f"{family} seq {b} d{name}: {m}"
+                )
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])
@@ -131,5 +159,4 @@ def test_varlen_equals_dense_kernels_on_the_padded_batch(dtype):
         tol = dict(atol=1e-5, rtol=1e-5) if dtype == F32 else dict(atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(_pad(out, cu, lmax).float(), (out_d * padding[:, None, :, None]).float(), **tol)
         for got, want in zip(grads, grads_d):
-            torch.testing.assert_close(_pad(got, cu, lmax).float(), (want * padding[:, None, :, None]).float(),
-                                       **tol)
+            torch.testing.assert_close(_pad(got, cu, lmax).float(), (want * padding[:, None, :, None]).float(), **tol)

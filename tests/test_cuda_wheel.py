@@ -46,10 +46,12 @@ def test_wheel_ships_the_cuda_sources(tmp_path):
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "*.egg-info")
     for part in SDIST_PARTS:
-        (shutil.copytree if (REPO / part).is_dir() else shutil.copy2)(REPO / part, src / part, **(
-            {"ignore": ignore} if (REPO / part).is_dir() else {}))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
-          src])
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy2)(
+            REPO / part, src / part, **({"ignore": ignore} if (REPO / part).is_dir() else {})
+        )
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src]
+    )
     (wheel,) = (tmp_path / "dist").glob("nezha_kernels-*.whl")
 
     venv = tmp_path / "venv"

@@ -69,10 +69,26 @@ def test_native_cpu_mask_is_bit_identical_to_the_pytorch_philox():
     lib, why = native_library()
     assert lib is not None, f"the native CPU dropout loop did not build here: {why}"
     g = torch.Generator().manual_seed(3)
-    cases = [(2**40 + 17, 0.3, 2, 3, 5, 35, 33, 0), (0, 0.1, 1, 12, 0, 1, 1, 0), (2**64 - 1, 0.5, 3, 2, 7, 19, 130, 24),
-             (12345, 1e-9, 1, 2, 0, 9, 9, 0), (99, 0.999, 2, 2, 500, 8, 65, 2**31)]
-    cases += [(int(torch.randint(0, 2**62, (1,), generator=g)), float(torch.rand((), generator=g)), 2, 3,
-               int(torch.randint(0, 1000, (1,), generator=g)), 13, 37, 6) for _ in range(4)]
+    cases = [
+        (2**40 + 17, 0.3, 2, 3, 5, 35, 33, 0),
+        (0, 0.1, 1, 12, 0, 1, 1, 0),
+        (2**64 - 1, 0.5, 3, 2, 7, 19, 130, 24),
+        (12345, 1e-9, 1, 2, 0, 9, 9, 0),
+        (99, 0.999, 2, 2, 500, 8, 65, 2**31),
+    ]
+    cases += [
+        (
+            int(torch.randint(0, 2**62, (1,), generator=g)),
+            float(torch.rand((), generator=g)),
+            2,
+            3,
+            int(torch.randint(0, 1000, (1,), generator=g)),
+            13,
+            37,
+            6,
+        )
+        for _ in range(4)
+    ]
     for seed, p, b, h, row0, n, lk, off in cases:
         native = keep_mask_cpu(seed, p, b, h, row0, n, lk, off)
         assert native.dtype == torch.bool and native.shape == (b, h, n, lk)

@@ -13,9 +13,9 @@ import contextlib
 
 import pytest
 import torch
+from _nezha_helpers import CLASS_NAMES, SMALL, batch, max_diff, randomize_
 
 import nezha_kernels.models as ours
-from _nezha_helpers import CLASS_NAMES, SMALL, batch, max_diff, randomize_
 
 pytestmark = pytest.mark.slow  # the quick subset (-m "not slow") leaves these to CI
 
@@ -24,14 +24,13 @@ EXPORT_BACKEND = "torch"  # the default on a CPU (auto); capture needs no switch
 TOL_TORCH = 1e-5
 TOL_ORT = 1e-4  # ONNX Runtime's own matmul / softmax kernels
 CHOICES = 2
-CAPTURE = (3, 23)                  # batch x length the model is captured at
-RUNS = ((5, 31), (1, 4), (2, 9))   # and run at: longer, shorter than max_relative_position, in between
+CAPTURE = (3, 23)  # batch x length the model is captured at
+RUNS = ((5, 31), (1, 4), (2, 9))  # and run at: longer, shorter than max_relative_position, in between
 
 
 def _model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = ours.NezhaConfig(**SMALL, num_labels=2 if name == "NezhaForQuestionAnswering" else 3,
-                              attn_backend="torch")
+    config = ours.NezhaConfig(**SMALL, num_labels=2 if name == "NezhaForQuestionAnswering" else 3, attn_backend="torch")
     model = getattr(ours, name)(config).eval()
     randomize_(model, torch.Generator().manual_seed(seed + 1))
     return model
@@ -119,8 +118,12 @@ def test_jit_trace_task_model_at_other_shapes():
 # ---- ONNX ------------------------------------------------------------------------------------------------
 
 # Multiple choice: the one with [B, C, L] inputs. The other four export as well (checked by hand; ~5 s each).
-ONNX_CLASSES = ("NezhaForSequenceClassification", "NezhaForTokenClassification", "NezhaForQuestionAnswering",
-                "NezhaForMultipleChoice")
+ONNX_CLASSES = (
+    "NezhaForSequenceClassification",
+    "NezhaForTokenClassification",
+    "NezhaForQuestionAnswering",
+    "NezhaForMultipleChoice",
+)
 
 
 def _onnx_session(model, name, path):
@@ -131,8 +134,16 @@ def _onnx_session(model, name, path):
     dims = (Dim("batch", min=1, max=64), Dim("length", min=1, max=512))
     inputs = _inputs(name, *CAPTURE, seed=4)
     with _captured(model):
-        torch.onnx.export(model, (), str(path), kwargs=inputs, dynamic_shapes=_dynamic_shapes(name, dims),
-                          input_names=list(inputs), dynamo=True, verbose=False)
+        torch.onnx.export(
+            model,
+            (),
+            str(path),
+            kwargs=inputs,
+            dynamic_shapes=_dynamic_shapes(name, dims),
+            input_names=list(inputs),
+            dynamo=True,
+            verbose=False,
+        )
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -160,8 +171,14 @@ def test_onnx_torchscript_exporter_matches_eager(tmp_path):
     inputs = _inputs(name, *CAPTURE, seed=7)
     path = str(tmp_path / "model.onnx")
     with _captured(model):
-        torch.onnx.export(Positional(model), tuple(inputs.values()), path, input_names=list(inputs),
-                          dynamic_axes={k: {0: "batch", 1: "length"} for k in inputs}, dynamo=False)
+        torch.onnx.export(
+            Positional(model),
+            tuple(inputs.values()),
+            path,
+            input_names=list(inputs),
+            dynamic_axes={k: {0: "batch", 1: "length"} for k in inputs},
+            dynamo=False,
+        )
     assert not model.training
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for i, (b, length) in enumerate(RUNS):

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 import torch
+from _nezha_helpers import SMALL, batch, randomize_
 
 import nezha_kernels.models as ours
-from _nezha_helpers import SMALL, batch, randomize_
 
 pytest.importorskip("huggingface_hub", reason="Hub ids go through the optional huggingface_hub package")
 from huggingface_hub import constants  # noqa: E402
@@ -117,8 +117,13 @@ def test_local_files_only_default_cache_and_cache_dir(tmp_path, monkeypatch, onl
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(default_cache))
     model = _model(3)
     # Sharded safetensors in the cache: the index and every shard it lists are resolved.
-    snapshot = _fill_cache(cache=default_cache, model=model, commit=COMMIT_A, max_shard_size=20_000,
-                           extra_files=[("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")])
+    snapshot = _fill_cache(
+        cache=default_cache,
+        model=model,
+        commit=COMMIT_A,
+        max_shard_size=20_000,
+        extra_files=[("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")],
+    )
     assert (snapshot / "model.safetensors.index.json").exists()
     cls = ours.NezhaForSequenceClassification
     assert _same_weights(cls.from_pretrained(REPO, local_files_only=True), model)

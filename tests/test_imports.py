@@ -35,6 +35,12 @@ print("clean")
 @pytest.mark.parametrize("interpret", ["0", "1"])
 def test_import_and_model_load_no_tooling(interpret):
     env = {**os.environ, "TRITON_INTERPRET": interpret}
-    result = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert result.returncode == 0 and "clean" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import torch
+from _nezha_helpers import SMALL
 
 import nezha_kernels.models as ours
-from _nezha_helpers import SMALL
 
 
 def test_mismatched_weights_are_named_once_with_their_shapes(tmp_path, caplog):
@@ -15,7 +15,8 @@ def test_mismatched_weights_are_named_once_with_their_shapes(tmp_path, caplog):
     ours.NezhaForSequenceClassification(ours.NezhaConfig(**SMALL, num_labels=3)).save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="nezha_kernels.models"):
         model, info = ours.NezhaForSequenceClassification.from_pretrained(
-            tmp_path, num_labels=7, ignore_mismatched_sizes=True, output_loading_info=True)
+            tmp_path, num_labels=7, ignore_mismatched_sizes=True, output_loading_info=True
+        )
     assert model.classifier.out_features == 7
     assert sorted(k for k, _, _ in info.mismatched_keys) == ["classifier.bias", "classifier.weight"]
     text = caplog.text

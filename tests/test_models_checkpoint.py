@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
+from _nezha_helpers import SMALL, batch, hf_module, max_diff, randomize_, twin_models
 
 import nezha_kernels.models as ours
-from _nezha_helpers import SMALL, batch, hf_module, max_diff, randomize_, twin_models
 
 transformers = hf_module()
 TOL = 1e-5  # float32 max abs difference of outputs
@@ -86,7 +86,8 @@ def test_base_checkpoint_into_task_model_reports_new_head(tmp_path, caplog):
     hf_base.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="nezha_kernels.models"):
         model, info = ours.NezhaForSequenceClassification.from_pretrained(
-            tmp_path, output_loading_info=True, num_labels=5)
+            tmp_path, output_loading_info=True, num_labels=5
+        )
     assert info.missing_keys == ["classifier.bias", "classifier.weight"]
     assert "newly initialized" in caplog.text and "classifier.weight" in caplog.text
     assert model.classifier.out_features == 5
@@ -143,8 +144,9 @@ def test_pickle_save_and_pruned_model_round_trip(tmp_path):
 def test_from_pretrained_options(tmp_path):
     hf = _hf("NezhaModel", seed=10)
     hf.save_pretrained(tmp_path)
-    model = ours.NezhaModel.from_pretrained(tmp_path, attn_backend="reference", torch_dtype=torch.bfloat16,
-                                            device="cpu", layer_norm_eps=1e-7)
+    model = ours.NezhaModel.from_pretrained(
+        tmp_path, attn_backend="reference", torch_dtype=torch.bfloat16, device="cpu", layer_norm_eps=1e-7
+    )
     assert model.config.attn_backend == "reference" and model.config.layer_norm_eps == 1e-7
     assert model.dtype == torch.bfloat16
     out = _outputs(model)
@@ -164,9 +166,15 @@ def test_config_round_trip_keeps_unknown_keys(tmp_path):
     assert back == config
     assert transformers.NezhaConfig.from_pretrained(tmp_path / "again").my_custom_key == {"a": [1, 2]}
     defaults = ours.NezhaConfig()
-    assert (defaults.vocab_size, defaults.hidden_size, defaults.max_relative_position, defaults.hidden_act,
-            defaults.classifier_dropout, defaults.bos_token_id, defaults.eos_token_id) == (
-        21128, 768, 64, "gelu", 0.1, 2, 3)
+    assert (
+        defaults.vocab_size,
+        defaults.hidden_size,
+        defaults.max_relative_position,
+        defaults.hidden_act,
+        defaults.classifier_dropout,
+        defaults.bos_token_id,
+        defaults.eos_token_id,
+    ) == (21128, 768, 64, "gelu", 0.1, 2, 3)
 
 
 # ---- errors -----------------------------------------------------------------------------------------
@@ -195,7 +203,8 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"word_embeddings.weight: checkpoint \[97, 48\] vs model \[120, 48\]"):
         ours.NezhaForSequenceClassification.from_pretrained(tmp_path, vocab_size=120)
     model, info = ours.NezhaForSequenceClassification.from_pretrained(
-        tmp_path, num_labels=7, ignore_mismatched_sizes=True, output_loading_info=True)
+        tmp_path, num_labels=7, ignore_mismatched_sizes=True, output_loading_info=True
+    )
     assert [k for k, _, _ in info.mismatched_keys] == ["classifier.bias", "classifier.weight"]
     assert model.classifier.out_features == 7
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 import torch
+from _nezha_helpers import SMALL, batch, hf_module, max_diff, randomize_, twin_models
 
 import nezha_kernels.models as ours
-from _nezha_helpers import SMALL, batch, hf_module, max_diff, randomize_, twin_models
 
 TOL = 1e-5  # float32 max abs difference
 
@@ -82,8 +82,12 @@ def test_prune_heads_matches_hf_and_head_mask():
     hf, model = twin_models("NezhaModel", seed=4)
     ids, mask, types = batch(seed=5, length=17)
     with torch.no_grad():
-        masked = model(ids, attention_mask=mask, token_type_ids=types,
-                       head_mask=torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])).last_hidden_state
+        masked = model(
+            ids,
+            attention_mask=mask,
+            token_type_ids=types,
+            head_mask=torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]),
+        ).last_hidden_state
     model.prune_heads({0: [1, 3], 1: [0]})
     hf.prune_heads({0: [1, 3], 1: [0]})
     assert model.encoder.layer[0].attention.self.query.out_features == 2 * SMALL["hidden_size"] // 4
@@ -156,8 +160,12 @@ def test_kv_cache_decoding_equals_full_forward():
         out = model(ids[:, :prefix], attention_mask=mask[:, :prefix], token_type_ids=types[:, :prefix])
         steps, past = [out.last_hidden_state], out.past_key_values
         for t in range(prefix, ids.shape[1]):
-            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], token_type_ids=types[:, t:t + 1],
-                        past_key_values=past)
+            out = model(
+                ids[:, t : t + 1],
+                attention_mask=mask[:, : t + 1],
+                token_type_ids=types[:, t : t + 1],
+                past_key_values=past,
+            )
             steps.append(out.last_hidden_state)
             past = out.past_key_values
     assert past[0][0].shape[2] == ids.shape[1]
@@ -177,10 +185,12 @@ def test_cross_attention_matches_hf_at_equal_lengths():
     enc_mask = torch.ones(3, 11, dtype=torch.long)
     enc_mask[0, 7:] = 0
     with torch.no_grad():
-        want = hf(ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-                  output_attentions=True)
-        got = model(ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask,
-                    output_attentions=True)
+        want = hf(
+            ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, output_attentions=True
+        )
+        got = model(
+            ids, attention_mask=mask, encoder_hidden_states=enc, encoder_attention_mask=enc_mask, output_attentions=True
+        )
         other_len = model(ids, encoder_hidden_states=enc[:, :5]).last_hidden_state
     assert max_diff(got.last_hidden_state, want.last_hidden_state) <= TOL
     assert max_diff(got.cross_attentions, want.cross_attentions) <= TOL
@@ -207,14 +217,26 @@ def test_outputs_behave_like_tuples():
         (dict(input_ids=torch.tensor([[1, -1, 3]])), ValueError, "input_ids"),
         (dict(input_ids=torch.tensor([[1.0, 2.0]])), TypeError, "input_ids must be an integer"),
         (dict(input_ids=torch.tensor([1, 2, 3])), ValueError, r"input_ids must be a \[batch, seq_len\]"),
-        (dict(input_ids=torch.tensor([[1, 2, 3]]), token_type_ids=torch.tensor([[0, 3, 1]])), ValueError,
-         r"token_type_ids has values in \[0, 3\].*type_vocab_size = 3"),
-        (dict(input_ids=torch.tensor([[1, 2, 3]]), token_type_ids=torch.tensor([[0, 1]])), ValueError,
-         "token_type_ids must have shape"),
-        (dict(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4)), ValueError,
-         r"attention_mask must have shape \[batch, key length\] = \[1, 3\]"),
-        (dict(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 1, 1, 3)), ValueError,
-         "attention_mask must have shape"),
+        (
+            dict(input_ids=torch.tensor([[1, 2, 3]]), token_type_ids=torch.tensor([[0, 3, 1]])),
+            ValueError,
+            r"token_type_ids has values in \[0, 3\].*type_vocab_size = 3",
+        ),
+        (
+            dict(input_ids=torch.tensor([[1, 2, 3]]), token_type_ids=torch.tensor([[0, 1]])),
+            ValueError,
+            "token_type_ids must have shape",
+        ),
+        (
+            dict(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4)),
+            ValueError,
+            r"attention_mask must have shape \[batch, key length\] = \[1, 3\]",
+        ),
+        (
+            dict(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 1, 1, 3)),
+            ValueError,
+            "attention_mask must have shape",
+        ),
         (dict(input_ids=torch.tensor([[1, 2]]), inputs_embeds=torch.randn(1, 2, 48)), ValueError, "not both"),
         (dict(), ValueError, "neither"),
         (dict(inputs_embeds=torch.randn(1, 2, 47)), ValueError, "hidden_size=48"),
@@ -280,8 +302,10 @@ def test_top_level_exports_are_lazy():
     import subprocess
     import sys
 
-    code = ("import sys, nezha_kernels as nk; assert 'nezha_kernels.models' not in sys.modules; "
-            "assert nk.NezhaForQuestionAnswering is __import__('nezha_kernels.models').models.NezhaForQuestionAnswering")
+    code = (
+        "import sys, nezha_kernels as nk; assert 'nezha_kernels.models' not in sys.modules; "
+        "assert nk.NezhaForQuestionAnswering is __import__('nezha_kernels.models').models.NezhaForQuestionAnswering"
+    )
     from pathlib import Path
 
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

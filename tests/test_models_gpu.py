@@ -19,9 +19,18 @@ def test_model_on_gpu_backend_matches_torch_backend(backend, dtype):
     if not status.available:
         pytest.skip(f"{backend}: {status.reason}")
     torch.manual_seed(0)
-    config = NezhaConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=512, num_labels=3, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0, classifier_dropout=0.0, attn_backend="torch")
+    config = NezhaConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        attn_backend="torch",
+    )
     model = NezhaForSequenceClassification(config).to(device="cuda", dtype=dtype)
     ids = torch.randint(1, 1000, (3, 700), device="cuda")  # past 512 tokens
     mask = torch.ones(3, 700, dtype=torch.long, device="cuda")

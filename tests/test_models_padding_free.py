@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _nezha_helpers import CLASS_NAMES, SMALL, hf_module, max_diff, randomize_, twin_models
 
 import nezha_kernels.models as ours
-from _nezha_helpers import CLASS_NAMES, SMALL, hf_module, max_diff, randomize_, twin_models
 
 TOL = {torch.float32: 1e-5}  # max abs difference, fp32, against transformers or our dense path
 LENGTHS = (23, 1, 16, 9)  # ragged, with a one-token sequence; the longest sets L
@@ -85,8 +85,13 @@ def test_padded_batch_matches_hf_and_dense_path_at_real_tokens(name):
     if name == "NezhaForQuestionAnswering":
         # Padded positions' logits are qa_outputs(0) = its bias, so the loss moves by their softmax share;
         # ours still equals the dense loss computed from the same logits.
-        loss = sum(torch.nn.functional.cross_entropy(logits, pos, ignore_index=ids.shape[1]) for logits, pos in
-                   ((got.start_logits, kw["start_positions"]), (got.end_logits, kw["end_positions"]))) / 2
+        loss = (
+            sum(
+                torch.nn.functional.cross_entropy(logits, pos, ignore_index=ids.shape[1])
+                for logits, pos in ((got.start_logits, kw["start_positions"]), (got.end_logits, kw["end_positions"]))
+            )
+            / 2
+        )
         assert abs(got.loss.item() - loss.item()) <= TOL[torch.float32]
 
 
@@ -112,8 +117,13 @@ def test_padding_free_gradients_equal_dense_path():
 
 def test_attention_dropout_drops_the_same_entries_padded_or_not():
     """Same seed, attention dropout on: padding-free training reproduces padded training (shared Philox)."""
-    _, model = twin_models("NezhaForTokenClassification", seed=10, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.3, classifier_dropout=0.0)
+    _, model = twin_models(
+        "NezhaForTokenClassification",
+        seed=10,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.3,
+        classifier_dropout=0.0,
+    )
     ids, mask, types = _right_padded(seed=11)
     kw = _task_kwargs("NezhaForTokenClassification", ids, mask, types, seed=12)
     model.train()
@@ -219,7 +229,8 @@ def test_flattened_batch_from_the_real_collator_equals_padded_batch(keywords):
     _, model = twin_models("NezhaForMaskedLM", seed=21)
     features = _features(seed=22)
     collator = transformers.DataCollatorWithFlattening(
-        return_position_ids=keywords == "position_ids", return_flash_attn_kwargs=keywords == "cu_seq_lens")
+        return_position_ids=keywords == "position_ids", return_flash_attn_kwargs=keywords == "cu_seq_lens"
+    )
     flat = collator(features)
     assert flat["input_ids"].shape[0] == 1 and ("position_ids" in flat) == (keywords == "position_ids")
     ids, mask, labels = _padded_from_features(features)
@@ -249,13 +260,20 @@ def test_flattened_batch_bad_inputs():
     with pytest.raises(ValueError, match="ends at 5"):
         model(ids, cu_seq_lens_q=torch.tensor([0, 2, 5], dtype=torch.int32), max_length_q=3)
     with pytest.raises(ValueError, match="cu_seq_lens_k must equal"):
-        model(ids, cu_seq_lens_q=torch.tensor([0, 2, 6], dtype=torch.int32),
-              cu_seq_lens_k=torch.tensor([0, 3, 6], dtype=torch.int32))
+        model(
+            ids,
+            cu_seq_lens_q=torch.tensor([0, 2, 6], dtype=torch.int32),
+            cu_seq_lens_k=torch.tensor([0, 3, 6], dtype=torch.int32),
+        )
     with pytest.raises(TypeError, match="unexpected keyword"):
         model(ids, cu_seqlens=torch.tensor([0, 6], dtype=torch.int32))
     with torch.no_grad():  # position_ids without a restart mark one sequence: nothing changes
-        torch.testing.assert_close(model(ids, position_ids=torch.arange(6)[None]).last_hidden_state,
-                                   model(ids).last_hidden_state, atol=0, rtol=0)
+        torch.testing.assert_close(
+            model(ids, position_ids=torch.arange(6)[None]).last_hidden_state,
+            model(ids).last_hidden_state,
+            atol=0,
+            rtol=0,
+        )
 
 
 @pytest.mark.slow

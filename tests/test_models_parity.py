@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _nezha_helpers import CLASS_NAMES, SMALL, batch, hf_module, max_diff, twin_models
 
 hf_module()

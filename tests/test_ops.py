@@ -34,8 +34,26 @@ def _dense_args(dtype, impl, *, d=32, dropout=0.1, g=None):
     key_padding = torch.ones(b, lk, dtype=torch.bool)
     key_padding[0, 21:] = False
     head_mask = torch.rand(b, h, generator=g).to(dtype)
-    return (q, k, v, table, key_padding, None, head_mask, None, None, lq, lk, 4, True, lk - lq, 0.3, dropout,
-            seed_tensor(1234), impl)
+    return (
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        None,
+        head_mask,
+        None,
+        None,
+        lq,
+        lk,
+        4,
+        True,
+        lk - lq,
+        0.3,
+        dropout,
+        seed_tensor(1234),
+        impl,
+    )
 
 
 def _check_op(args, *, exact_compile: bool):
@@ -83,10 +101,20 @@ def test_cuda_impls_pass_opcheck_and_compile(emulated, impl, dtype):
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_triton_impl_suite():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interpreted",
-           str(Path(__file__).resolve())]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).resolve().parent.parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "interpreted",
+        str(Path(__file__).resolve()),
+    ]
+    result = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent
+    )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 

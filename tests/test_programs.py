@@ -30,8 +30,15 @@ import masked_lm  # noqa: E402
 import multiple_choice  # noqa: E402
 import question_answering as qa  # noqa: E402
 import token_classification as ner  # noqa: E402
-from _metrics import (answer_units, bio_to_spans, classification_metrics, qa_exact_match, qa_f1,  # noqa: E402
-                      qa_metrics, span_f1)
+from _metrics import (
+    answer_units,
+    bio_to_spans,
+    classification_metrics,
+    qa_exact_match,
+    qa_f1,  # noqa: E402
+    qa_metrics,
+    span_f1,
+)
 
 LAST_LINE = re.compile(r"^dev (\w+): (-?[0-9.]+)(?: \w+: -?[0-9.]+)*$")
 
@@ -42,8 +49,14 @@ def dev_rows(task: str) -> list[dict]:
 
 def run_program(script: str, *args: str) -> tuple[str, float, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(PROGRAMS / script), "--device", "cpu", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(PROGRAMS / script), "--device", "cpu", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     last = proc.stdout.strip().splitlines()[-1]
     match = LAST_LINE.match(last)
@@ -63,7 +76,7 @@ def chance_question_answering() -> float:
     scores = []
     for r in dev_rows("question_answering"):
         gold, context = r["answers"]["text"][0], r["context"]
-        spans = [context[i: i + len(gold)] for i in range(len(context) - len(gold) + 1)]
+        spans = [context[i : i + len(gold)] for i in range(len(context) - len(gold) + 1)]
         scores.append(sum(qa_f1(s, [gold]) for s in spans) / len(spans))
     return sum(scores) / len(scores)
 
@@ -83,19 +96,40 @@ def chance_multiple_choice() -> float:
 # (script, reduced run, metric, chance level, margin the metric must clear it by)
 CASES = [
     # chance 0.435 (majority label); 0.25 above it needs the polarity, not only neutral vs opinion (<= 0.72)
-    pytest.param("text_classification.py", ["--epochs", "8"], "accuracy", chance_text_classification, 0.25,
-                 id="text_classification"),
+    pytest.param(
+        "text_classification.py",
+        ["--epochs", "8"],
+        "accuracy",
+        chance_text_classification,
+        0.25,
+        id="text_classification",
+    ),
     # chance 0: a tagger that finds no entity, or random tags, scores ~0 entity-level F1
-    pytest.param("token_classification.py", ["--epochs", "4"], "entity_f1", lambda: 0.0, 0.6,
-                 id="token_classification"),
+    pytest.param(
+        "token_classification.py", ["--epochs", "4"], "entity_f1", lambda: 0.0, 0.6, id="token_classification"
+    ),
     # chance 0.137 (a random span of the right length)
-    pytest.param("question_answering.py", ["--epochs", "5"], "f1", chance_question_answering, 0.25,
-                 id="question_answering", marks=pytest.mark.slow),
+    pytest.param(
+        "question_answering.py",
+        ["--epochs", "5"],
+        "f1",
+        chance_question_answering,
+        0.25,
+        id="question_answering",
+        marks=pytest.mark.slow,
+    ),
     # chance 0.060 (the most frequent character)
     pytest.param("masked_lm.py", ["--epochs", "5"], "masked_accuracy", chance_masked_lm, 0.15, id="masked_lm"),
     # chance 0.25 (4 choices); 150 dev questions: 0.1 above it is ~3 standard deviations of a guesser
-    pytest.param("multiple_choice.py", ["--epochs", "6"], "accuracy", chance_multiple_choice, 0.1,
-                 id="multiple_choice", marks=pytest.mark.slow),
+    pytest.param(
+        "multiple_choice.py",
+        ["--epochs", "6"],
+        "accuracy",
+        chance_multiple_choice,
+        0.1,
+        id="multiple_choice",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
@@ -116,14 +150,43 @@ def test_model_dir_fine_tunes_and_predicts(tmp_path):
     --predict classifies with the result: one line per sentence."""
     run_program("text_classification.py", "--max-steps", "3", "--output-dir", str(tmp_path / "a"))
     train, dev = DATA / "text_classification" / "train.jsonl", DATA / "text_classification" / "dev.jsonl"
-    name, value, output = run_program("text_classification.py", "--model-dir", str(tmp_path / "a"), "--train",
-                                      str(train), "--dev", str(dev), "--max-steps", "2", "--batch-size", "8",
-                                      "--lr", "1e-3", "--max-length", "48", "--output-dir", str(tmp_path / "b"))
+    name, value, output = run_program(
+        "text_classification.py",
+        "--model-dir",
+        str(tmp_path / "a"),
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "48",
+        "--output-dir",
+        str(tmp_path / "b"),
+    )
     assert name == "accuracy" and 0.0 <= value <= 1.0 and "2 steps of batch 8" in output
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(PROGRAMS / "text_classification.py"), "--model-dir", str(tmp_path / "b"),
-                           "--predict", "这家酒店很干净。", "--predict", "菜不好吃。"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROGRAMS / "text_classification.py"),
+            "--model-dir",
+            str(tmp_path / "b"),
+            "--predict",
+            "这家酒店很干净。",
+            "--predict",
+            "菜不好吃。",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].endswith("这家酒店很干净。") and lines[0].split()[0] in {"正面", "负面", "中性"}
@@ -199,18 +262,22 @@ def test_qa_features_point_at_the_answer():
     """A long context in several windows: the windows holding the answer label its pieces exactly."""
     tokenizer = common.Tokenizer(str(DATA / "vocab.txt"))
     context = "那天天气很好。" * 6 + "王伟在星海银行工作。" + "大家都很开心。" * 4
-    record = {"id": "x", "context": context, "question": "王伟在哪里工作？",
-              "answers": [("星海银行", context.index("星海银行"))]}
+    record = {
+        "id": "x",
+        "context": context,
+        "question": "王伟在哪里工作？",
+        "answers": [("星海银行", context.index("星海银行"))],
+    }
     args = type("Args", (), dict(max_length=32, doc_stride=8, max_query_length=16))
     features = qa.featurize([record], tokenizer, args, training=True)
     assert len(features) > 3
     positive = [f for f in features if f["start_positions"] > 0]
     assert positive and len(positive) < len(features)
     for f in positive:
-        pieces = f["input_ids"][f["start_positions"]: f["end_positions"] + 1]
+        pieces = f["input_ids"][f["start_positions"] : f["end_positions"] + 1]
         assert "".join(tokenizer.tokens(pieces)) == "星海银行"
         s, e = f["offsets"][f["start_positions"]], f["offsets"][f["end_positions"]]
-        assert context[s[0]: e[1]] == "星海银行"
+        assert context[s[0] : e[1]] == "星海银行"
     assert all(len(f["input_ids"]) <= 32 for f in features)
 
 
@@ -225,13 +292,22 @@ def test_ner_alignment_through_offsets():
 
 def test_ner_formats_agree(tmp_path):
     cluener = tmp_path / "c.jsonl"
-    cluener.write_text(json.dumps({"text": "王伟去了上海。", "label": {"name": {"王伟": [[0, 1]]},
-                                                                  "address": {"上海": [[4, 5]]}}}) + "\n")
+    cluener.write_text(
+        json.dumps({"text": "王伟去了上海。", "label": {"name": {"王伟": [[0, 1]]}, "address": {"上海": [[4, 5]]}}})
+        + "\n"
+    )
     bio = tmp_path / "b.jsonl"
-    bio.write_text(json.dumps({"tokens": list("王伟去了上海。"),
-                               "tags": ["B-name", "I-name", "O", "O", "B-address", "I-address", "O"]}) + "\n")
-    assert ner.read(str(cluener)) == ner.read(str(bio)) == [
-        {"text": "王伟去了上海。", "spans": [(0, 2, "name"), (4, 6, "address")]}]
+    bio.write_text(
+        json.dumps(
+            {"tokens": list("王伟去了上海。"), "tags": ["B-name", "I-name", "O", "O", "B-address", "I-address", "O"]}
+        )
+        + "\n"
+    )
+    assert (
+        ner.read(str(cluener))
+        == ner.read(str(bio))
+        == [{"text": "王伟去了上海。", "spans": [(0, 2, "name"), (4, 6, "address")]}]
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "王伟去了上海。", "label": {"name": {"王伟": [[1, 2]]}}}) + "\n")
     with pytest.raises(ValueError, match="not '王伟'"):
@@ -263,9 +339,15 @@ def test_word_groups_without_jieba():
 
 def test_multiple_choice_padding_never_predicted():
     tokenizer = common.Tokenizer(str(DATA / "vocab.txt"))
-    records = [{"context": "王伟喜欢游泳。", "question": "王伟喜欢什么？", "choices": ["游泳", "唱歌"], "label": 0},
-               {"context": "李娜在北京工作。", "question": "李娜在哪里工作？", "choices": ["上海", "北京", "天津", "西安"],
-                "label": 1}]
+    records = [
+        {"context": "王伟喜欢游泳。", "question": "王伟喜欢什么？", "choices": ["游泳", "唱歌"], "label": 0},
+        {
+            "context": "李娜在北京工作。",
+            "question": "李娜在哪里工作？",
+            "choices": ["上海", "北京", "天津", "西安"],
+            "label": 1,
+        },
+    ]
     features = multiple_choice.featurize(records, tokenizer, 32)
     batch = multiple_choice.collate(features, tokenizer.pad_id)
     assert batch["input_ids"].shape[:2] == (2, 4)
@@ -312,7 +394,10 @@ def test_linear_schedule():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="--epochs"):
-        common.resolve(common.parser("x", "text_classification").parse_args(["--epochs", "0"]), {
-            "epochs": 1, "batch_size": 1, "max_length": 8}, {})
+        common.resolve(
+            common.parser("x", "text_classification").parse_args(["--epochs", "0"]),
+            {"epochs": 1, "batch_size": 1, "max_length": 8},
+            {},
+        )
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         common.Tokenizer.from_directory(str(ROOT / "tests"))

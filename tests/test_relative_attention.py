@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import formula
 import pytest
 import torch
 
@@ -9,13 +10,15 @@ import nezha_kernels as nk
 from nezha_kernels.backends import torch_chunked
 from nezha_kernels.dropout import keep_mask
 
-import formula
-
 BACKENDS = ["reference", "torch"]
 # Absolute tolerances by dtype, relative to values of order 1 (inputs ~ N(0, 1)).
 # bfloat16 has an 8-bit mantissa: inputs themselves are rounded by ~4e-3 relative.
-TOL = {torch.float32: dict(fwd=2e-5, grad=5e-5), torch.bfloat16: dict(fwd=3e-2, grad=6e-2),
-       torch.float16: dict(fwd=4e-3, grad=8e-3), torch.float64: dict(fwd=1e-10, grad=1e-9)}
+TOL = {
+    torch.float32: dict(fwd=2e-5, grad=5e-5),
+    torch.bfloat16: dict(fwd=3e-2, grad=6e-2),
+    torch.float16: dict(fwd=4e-3, grad=8e-3),
+    torch.float64: dict(fwd=1e-10, grad=1e-9),
+}
 
 
 def _inputs(b, h, lq, lk, d, dtype, seed=0):
@@ -24,8 +27,25 @@ def _inputs(b, h, lq, lk, d, dtype, seed=0):
     return q, k, v
 
 
-def _check(backend, dtype, b, h, lq, lk, d, r, *, custom_table=False, learn_table=False, key_padding=None,
-           additive=None, causal=False, q_offset=0, head_mask=None, scale=None):
+def _check(
+    backend,
+    dtype,
+    b,
+    h,
+    lq,
+    lk,
+    d,
+    r,
+    *,
+    custom_table=False,
+    learn_table=False,
+    key_padding=None,
+    additive=None,
+    causal=False,
+    q_offset=0,
+    head_mask=None,
+    scale=None,
+):
     q, k, v = _inputs(b, h, lq, lk, d, dtype)
     if custom_table:
         table = torch.randn(2 * r + 1, d, generator=torch.Generator().manual_seed(5)).to(dtype)
@@ -35,15 +55,32 @@ def _check(backend, dtype, b, h, lq, lk, d, r, *, custom_table=False, learn_tabl
     table_leaf = table.clone().requires_grad_(learn_table)
     hm_leaf = head_mask.clone().requires_grad_() if head_mask is not None else None
     out = nk.relative_attention(
-        *leaves, rel_table=table_leaf, max_relative_position=r, attention_mask=key_padding if key_padding is not None else additive,
-        causal=causal, q_offset=q_offset, head_mask=hm_leaf, scale=scale, backend=backend)
+        *leaves,
+        rel_table=table_leaf,
+        max_relative_position=r,
+        attention_mask=key_padding if key_padding is not None else additive,
+        causal=causal,
+        q_offset=q_offset,
+        head_mask=hm_leaf,
+        scale=scale,
+        backend=backend,
+    )
     assert out.dtype == dtype and out.shape == (b, h, lq, d)
 
     ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref_table = table.detach().double().requires_grad_(learn_table)
     ref_hm = head_mask.double().requires_grad_() if head_mask is not None else None
-    expected = formula.attention(*ref_leaves, ref_table, r=r, key_padding=key_padding, additive=additive,
-                                 causal=causal, q_offset=q_offset, scale=scale, head_mask=ref_hm)
+    expected = formula.attention(
+        *ref_leaves,
+        ref_table,
+        r=r,
+        key_padding=key_padding,
+        additive=additive,
+        causal=causal,
+        q_offset=q_offset,
+        scale=scale,
+        head_mask=ref_hm,
+    )
     tol = TOL[dtype]
     torch.testing.assert_close(out.double(), expected, atol=tol["fwd"], rtol=tol["fwd"])
 
@@ -54,8 +91,13 @@ def _check(backend, dtype, b, h, lq, lk, d, r, *, custom_table=False, learn_tabl
     ref_grads = torch.autograd.grad(expected, want, grad_out.double())
     for name, g, rg in zip(["q", "k", "v", "table", "head_mask"], grads, ref_grads):
         scale_ref = max(1.0, rg.abs().max().item())  # table/head_mask gradients sum over many terms
-        torch.testing.assert_close(g.double() / scale_ref, rg / scale_ref, atol=tol["grad"], rtol=tol["grad"],
-                                   msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            g.double() / scale_ref,
+            rg / scale_ref,
+            atol=tol["grad"],
+            rtol=tol["grad"],
+            msg=lambda m: f"grad {name}: {m}",
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,8 +145,9 @@ def test_additive_mask_and_head_mask_and_scale(backend):
     additive[0, 0, :, :5] = torch.finfo(torch.float32).min
     additive[1, 0, 4, :] = float("-inf")  # a whole row at -inf: uniform, not NaN
     head_mask = torch.rand(b, h, generator=g) + 0.5
-    _check(backend, torch.float32, b, h, lq, lk, 16, 7, additive=additive, head_mask=head_mask, scale=0.3,
-           learn_table=True)
+    _check(
+        backend, torch.float32, b, h, lq, lk, 16, 7, additive=additive, head_mask=head_mask, scale=0.3, learn_table=True
+    )
     _check(backend, torch.float32, b, h, lq, lk, 16, 7, head_mask=torch.tensor([1.0, 0.0, 0.5]))
 
 
@@ -178,8 +221,9 @@ def test_dropout_reproducible_and_backends_agree():
 
 def test_dropout_expected_keep_fraction_and_unbiased():
     b, h, lq, lk, p = 2, 4, 64, 64, 0.3
-    _, weights = nk.relative_attention_with_weights(*_inputs(b, h, lq, lk, 32, torch.float32), dropout_p=p,
-                                                    generator=torch.Generator().manual_seed(0))
+    _, weights = nk.relative_attention_with_weights(
+        *_inputs(b, h, lq, lk, 32, torch.float32), dropout_p=p, generator=torch.Generator().manual_seed(0)
+    )
     kept = (weights != 0).float().mean().item()
     n = b * h * lq * lk
     assert abs(kept - (1 - p)) < 5 * ((p * (1 - p) / n) ** 0.5)  # 5 sigma
@@ -198,14 +242,32 @@ def test_gradcheck_float64(backend):
     pad = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
 
     def fn(q, k, v, table, hm):
-        return nk.relative_attention(q, k, v, rel_table=table, max_relative_position=3, attention_mask=pad,
-                                     causal=True, q_offset=3, head_mask=hm, backend=backend)
+        return nk.relative_attention(
+            q,
+            k,
+            v,
+            rel_table=table,
+            max_relative_position=3,
+            attention_mask=pad,
+            causal=True,
+            q_offset=3,
+            head_mask=hm,
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v, table, hm))
 
     def fn_dropout(q, k, v, table):
-        return nk.relative_attention(q, k, v, rel_table=table, max_relative_position=3, dropout_p=0.3,
-                                     generator=torch.Generator().manual_seed(2), backend=backend)
+        return nk.relative_attention(
+            q,
+            k,
+            v,
+            rel_table=table,
+            max_relative_position=3,
+            dropout_p=0.3,
+            generator=torch.Generator().manual_seed(2),
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn_dropout, (q, k, v, table))
 

@@ -1,11 +1,10 @@
 import math
 
+import formula
 import pytest
 import torch
 
 import nezha_kernels as nk
-
-import formula
 
 
 @pytest.mark.parametrize("r,d", [(1, 2), (7, 16), (64, 64), (200, 128)])

@@ -72,8 +72,7 @@ def test_values_match_tensorflow(tf_tensors):
 
 @pytest.mark.parametrize("form", ["dir", "prefix", "index", "data"])
 def test_path_forms_resolve(form):
-    path = {"dir": FIXTURE, "prefix": PREFIX, "index": f"{PREFIX}.index",
-            "data": f"{PREFIX}.data-00000-of-00001"}[form]
+    path = {"dir": FIXTURE, "prefix": PREFIX, "index": f"{PREFIX}.index", "data": f"{PREFIX}.data-00000-of-00001"}[form]
     assert tfc.resolve_tf_checkpoint(path) == str(PREFIX)
 
 
@@ -153,7 +152,9 @@ def test_layers_compute_what_tensorflow_computes(tf_tensors):
         ref = x12 @ _tf(tensors, L + "output/dense/kernel") + _tf(tensors, L + "output/dense/bias")
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
         got = model.cls.seq_relationship(x8)
-        ref = x8 @ _tf(tensors, "cls/seq_relationship/output_weights").t() + _tf(tensors, "cls/seq_relationship/output_bias")
+        ref = x8 @ _tf(tensors, "cls/seq_relationship/output_weights").t() + _tf(
+            tensors, "cls/seq_relationship/output_bias"
+        )
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
         got = model.cls.predictions.decoder(x8)
         ref = x8 @ _tf(tensors, "bert/embeddings/word_embeddings").t() + _tf(tensors, "cls/predictions/output_bias")
@@ -173,7 +174,8 @@ def test_other_task_classes_report_keys(caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nezha_kernels.models"):
         model, info = ours.NezhaForSequenceClassification.from_tf_checkpoint(
-            FIXTURE, output_loading_info=True, num_labels=3)
+            FIXTURE, output_loading_info=True, num_labels=3
+        )
     assert info.missing_keys == ["classifier.bias", "classifier.weight"]
     assert any("newly initialized" in r.getMessage() for r in caplog.records)
     assert model.config.num_labels == 3
@@ -185,22 +187,31 @@ def test_load_into_existing_model():
     info = tfc.load_tf_checkpoint(model, FIXTURE)
     # The MLM model has no pooler and no NSP head (as in Hugging Face): those TF weights are unused.
     assert info.missing_keys == [] and info.unexpected_keys == [
-        "cls.seq_relationship.bias", "cls.seq_relationship.weight", "nezha.pooler.dense.bias", "nezha.pooler.dense.weight"]
+        "cls.seq_relationship.bias",
+        "cls.seq_relationship.weight",
+        "nezha.pooler.dense.bias",
+        "nezha.pooler.dense.weight",
+    ]
     tensors, _ = tfc.read_tf_checkpoint(FIXTURE, names=["bert/pooler/dense/kernel"])
     assert list(tensors) == ["bert/pooler/dense/kernel"]
 
 
 def test_no_tensorflow_import():
-    code = ("import sys, nezha_kernels.models as m; m.NezhaForPreTraining.from_tf_checkpoint(sys.argv[1]); "
-            "assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys, nezha_kernels.models as m; m.NezhaForPreTraining.from_tf_checkpoint(sys.argv[1]); "
+        "assert 'tensorflow' not in sys.modules"
+    )
     root = str(Path(__file__).resolve().parent.parent)
-    subprocess.run([sys.executable, "-c", code, str(FIXTURE)], check=True, cwd=root,
-                   env={**os.environ, "PYTHONPATH": root})
+    subprocess.run(
+        [sys.executable, "-c", code, str(FIXTURE)], check=True, cwd=root, env={**os.environ, "PYTHONPATH": root}
+    )
 
 
 def test_name_mapping_rules():
     assert tfc.tf_name_to_torch("bert/encoder/layer_11/attention/self/query/kernel") == (
-        "nezha.encoder.layer.11.attention.self.query.weight", True)
+        "nezha.encoder.layer.11.attention.self.query.weight",
+        True,
+    )
     assert tfc.tf_name_to_torch("cls/predictions/output_bias") == ("cls.predictions.bias", False)
     assert tfc.tf_name_to_torch("output_weights") == ("classifier.weight", False)  # run_classifier.py head
     assert tfc.tf_name_to_torch("bert/embeddings/word_embeddings/adam_m") is None
@@ -248,13 +259,18 @@ def test_corrupt_data(copy):
         tfc.read_tf_checkpoint(copy)
     tensors, _ = tfc.read_tf_checkpoint(copy, verify_checksums=False)
     assert tensors["bert/pooler/dense/bias"].double().sum().item() != pytest.approx(
-        EXPECTED["bert/pooler/dense/bias"]["sum"], rel=1e-9)
+        EXPECTED["bert/pooler/dense/bias"]["sum"], rel=1e-9
+    )
 
 
 def test_shapes_that_do_not_fit():
     with pytest.raises(ValueError, match=r"word_embeddings.weight: checkpoint \[20, 8\] vs model \[21, 8\]"):
         ours.NezhaForPreTraining.from_tf_checkpoint(FIXTURE, vocab_size=21)
     model, info = ours.NezhaForPreTraining.from_tf_checkpoint(
-        FIXTURE, vocab_size=21, ignore_mismatched_sizes=True, output_loading_info=True)
-    assert {k for k, _, _ in info.mismatched_keys} == {"nezha.embeddings.word_embeddings.weight", "cls.predictions.bias"}
+        FIXTURE, vocab_size=21, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert {k for k, _, _ in info.mismatched_keys} == {
+        "nezha.embeddings.word_embeddings.weight",
+        "cls.predictions.bias",
+    }
     assert np.isfinite(model.nezha.embeddings.word_embeddings.weight.detach().numpy()).all()

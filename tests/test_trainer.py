@@ -9,9 +9,9 @@ import os
 
 import pytest
 import torch
+from _nezha_helpers import SMALL, batch, max_diff, randomize_, twin_models
 
 import nezha_kernels.models as ours
-from _nezha_helpers import SMALL, batch, max_diff, randomize_, twin_models
 
 transformers = pytest.importorskip("transformers", reason="transformers==4.57.6 is in the test extra")
 pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
@@ -19,8 +19,13 @@ pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate
 from nezha_kernels.integrations.trainer import NezhaTrainer  # noqa: E402
 
 LENGTH, CHOICES, MASK_ID = 12, 3, 4
-TASKS = ("NezhaForSequenceClassification", "NezhaForTokenClassification", "NezhaForQuestionAnswering",
-         "NezhaForMaskedLM", "NezhaForMultipleChoice")
+TASKS = (
+    "NezhaForSequenceClassification",
+    "NezhaForTokenClassification",
+    "NezhaForQuestionAnswering",
+    "NezhaForMaskedLM",
+    "NezhaForMultipleChoice",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +39,7 @@ def _ids(g, n, length=LENGTH):
     ids = torch.randint(5, SMALL["vocab_size"], (n, length), generator=g)
     ids[:, 0] = 2
     mask = torch.ones(n, length, dtype=torch.long)
-    mask[1::2, length - 3:] = 0
+    mask[1::2, length - 3 :] = 0
     ids[mask == 0] = 0
     return ids, mask
 
@@ -77,16 +82,32 @@ def _examples(task: str, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 def _model(task: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    config = ours.NezhaConfig(**{**SMALL, "num_labels": 2 if task == "NezhaForQuestionAnswering" else 3,
-                                 "attention_probs_dropout_prob": 0.0, **overrides})
+    config = ours.NezhaConfig(
+        **{
+            **SMALL,
+            "num_labels": 2 if task == "NezhaForQuestionAnswering" else 3,
+            "attention_probs_dropout_prob": 0.0,
+            **overrides,
+        }
+    )
     return getattr(ours, task)(config)
 
 
 def _args(tmp_path, **overrides):
     kwargs = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[], disable_tqdm=True, seed=0,
-        per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=1e-2, warmup_steps=0,
-        max_steps=12, logging_steps=4, save_strategy="no", dataloader_num_workers=0,
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        max_steps=12,
+        logging_steps=4,
+        save_strategy="no",
+        dataloader_num_workers=0,
     )
     kwargs.update(overrides)
     return transformers.TrainingArguments(**kwargs)
@@ -97,8 +118,9 @@ def test_plain_trainer_trains_and_evaluates(tmp_path, task):
     model = _model(task)
     assert model.main_input_name == "input_ids"
     train, dev = _examples(task, 96, seed=1), _examples(task, 32, seed=2)
-    trainer = transformers.Trainer(model=model, args=_args(tmp_path, include_num_input_tokens_seen=True),
-                                   train_dataset=train, eval_dataset=dev)
+    trainer = transformers.Trainer(
+        model=model, args=_args(tmp_path, include_num_input_tokens_seen=True), train_dataset=train, eval_dataset=dev
+    )
     expected_labels = ["start_positions", "end_positions"] if task == "NezhaForQuestionAnswering" else ["labels"]
     assert trainer.label_names == expected_labels
     before = trainer.evaluate()["eval_loss"]
@@ -117,8 +139,16 @@ def test_plain_trainer_trains_and_evaluates(tmp_path, task):
 def test_nezha_trainer_checkpoints_load_back_and_resume(tmp_path, task, caplog):
     model = _model(task, hidden_dropout_prob=0.0)
     train, dev = _examples(task, 64, seed=3), _examples(task, 16, seed=4)
-    args = _args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2,
-                 load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    args = _args(
+        tmp_path,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+    )
     trainer = NezhaTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
     trainer.train()
     ckpt = tmp_path / "out" / "checkpoint-4"
@@ -139,8 +169,9 @@ def test_nezha_trainer_checkpoints_load_back_and_resume(tmp_path, task, caplog):
         assert final.cls.predictions.decoder.weight is final.nezha.embeddings.word_embeddings.weight
     # Resuming reads the checkpoint back into a fresh model (the tied keys it lacks are re-tied, no warning).
     fresh = _model(task, seed=5, hidden_dropout_prob=0.0)
-    resumed = NezhaTrainer(model=fresh, args=_args(tmp_path, max_steps=6, save_strategy="no"),
-                           train_dataset=train, eval_dataset=dev)
+    resumed = NezhaTrainer(
+        model=fresh, args=_args(tmp_path, max_steps=6, save_strategy="no"), train_dataset=train, eval_dataset=dev
+    )
     with caplog.at_level(logging.WARNING, logger="transformers.trainer"):
         assert resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2")).global_step == 6
     assert "missing keys" not in caplog.text
@@ -157,8 +188,16 @@ def test_gradient_accumulation_scales_the_mean_loss(tmp_path):
     for rows, steps in ((8, 1), (4, 2)):
         model = _model(task, seed=13, hidden_dropout_prob=0.0)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        args = _args(tmp_path, max_steps=1, optim="sgd", learning_rate=0.5, per_device_train_batch_size=rows,
-                     gradient_accumulation_steps=steps, max_grad_norm=0.0, logging_steps=1)
+        args = _args(
+            tmp_path,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            per_device_train_batch_size=rows,
+            gradient_accumulation_steps=steps,
+            max_grad_norm=0.0,
+            logging_steps=1,
+        )
         transformers.Trainer(model=model, args=args, train_dataset=train).train()
         updates.append({n: p.detach() - before[n] for n, p in model.named_parameters()})
     whole, accumulated = updates
@@ -203,11 +242,16 @@ def test_reentrant_gradient_checkpointing_same_gradients(frozen_embeddings):
 def test_trainer_passes_reentrant_checkpointing(tmp_path):
     model = _model("NezhaForSequenceClassification")
     if "activation_checkpointing" in transformers.TrainingArguments.__dataclass_fields__:  # transformers 5
-        args = _args(tmp_path, max_steps=2, activation_checkpointing=True,
-                     activation_checkpointing_kwargs={"use_reentrant": True, "every_n_layers": 2})
+        args = _args(
+            tmp_path,
+            max_steps=2,
+            activation_checkpointing=True,
+            activation_checkpointing_kwargs={"use_reentrant": True, "every_n_layers": 2},
+        )
     else:
-        args = _args(tmp_path, max_steps=2, gradient_checkpointing=True,
-                     gradient_checkpointing_kwargs={"use_reentrant": True})
+        args = _args(
+            tmp_path, max_steps=2, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}
+        )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_examples(model.__class__.__name__, 16, 9))
     trainer.train()
     assert model.is_gradient_checkpointing and model.nezha.encoder.checkpoint_kwargs == {"use_reentrant": True}

@@ -12,14 +12,29 @@ from nezha_kernels.integrations.transformers_nezha import (  # noqa: E402
     unpatch_transformers_nezha,
 )
 
-HEADS = ["NezhaModel", "NezhaForPreTraining", "NezhaForMaskedLM", "NezhaForNextSentencePrediction",
-         "NezhaForSequenceClassification", "NezhaForMultipleChoice", "NezhaForTokenClassification",
-         "NezhaForQuestionAnswering"]
+HEADS = [
+    "NezhaModel",
+    "NezhaForPreTraining",
+    "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction",
+    "NezhaForSequenceClassification",
+    "NezhaForMultipleChoice",
+    "NezhaForTokenClassification",
+    "NezhaForQuestionAnswering",
+]
 
 
 def _config(**kw):
-    base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                max_position_embeddings=64, max_relative_position=8, num_labels=3)
+    base = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        max_relative_position=8,
+        num_labels=3,
+    )
     base.update(kw)
     return transformers.NezhaConfig(**base)
 
@@ -106,7 +121,9 @@ def test_class_patch_builds_without_buffers_and_runs_past_512():
         torch.testing.assert_close(fast(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
         # Past max_position_embeddings = 64. transformers' embeddings keep a [1, 64] token-type buffer,
         # so token_type_ids must be passed explicitly at such lengths.
-        long_inputs = dict(input_ids=torch.randint(1, 99, (1, 100)), token_type_ids=torch.zeros(1, 100, dtype=torch.long))
+        long_inputs = dict(
+            input_ids=torch.randint(1, 99, (1, 100)), token_type_ids=torch.zeros(1, 100, dtype=torch.long)
+        )
         assert torch.isfinite(fast(**long_inputs).logits).all()
         with pytest.raises(RuntimeError):
             reference(**long_inputs)

@@ -48,8 +48,11 @@ def test_compile_check_leaves_the_environment_alone(monkeypatch):
 
 
 def _spilling(rows, keep):
-    return [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in rows
-            if "D=64" in r.config and r.spill_bytes and keep(r)]
+    return [
+        f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B"
+        for r in rows
+        if "D=64" in r.config and r.spill_bytes and keep(r)
+    ]
 
 
 def test_main_d64_half_precision_configs_do_not_spill(rows):
@@ -87,14 +90,17 @@ def test_d128_half_precision_backward_does_not_spill(rows):
     assert not spilling, "\n".join(spilling)
 
 
-
 def test_varlen_main_configs_compile_without_spills(rows):
     # The padding-free kernels (VARLEN: cu_seqlens, head_mask, causal, dropout) on each kernel's main tile, fp16 and
     # bf16, D = 64 and 128: spill-free like their dense twins (benchmarks/NOTES.md, Triton padding-free kernels).
     varlen = [r for r in rows if r.config.endswith(" varlen")]
     assert {(r.kernel, r.config.split()[0], r.config.split()[1], r.arch) for r in varlen} == {
-        (k, t, f"D={d}", a) for k in ("fwd", "bwd_dkdv", "bwd_dq") for t in ("fp16", "bf16") for d in (64, 128)
-        for a in (80, 90)}
+        (k, t, f"D={d}", a)
+        for k in ("fwd", "bwd_dkdv", "bwd_dq")
+        for t in ("fp16", "bf16")
+        for d in (64, 128)
+        for a in (80, 90)
+    }
     assert {config_role(r) for r in varlen} == {"main"}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in varlen if r.spill_bytes]
     assert not spilling, "\n".join(spilling)

@@ -20,7 +20,9 @@ def test_fp32_and_wide_heads_prune_to_small_tiles():
 def test_autotune_off_runs_the_main_tile_that_fits(monkeypatch):
     monkeypatch.setenv(configs.AUTOTUNE_ENV, "0")
     cfgs = [configs.make_config(*t) for t in configs.tiles("fwd")]
-    assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.bfloat16)})) == [configs.FWD_TILES[0]]
+    assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.bfloat16)})) == [
+        configs.FWD_TILES[0]
+    ]
     assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
 
 
@@ -59,6 +61,7 @@ class _GridRecorder:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.grids[self.name] = grid
+
         return launch
 
 
@@ -74,12 +77,13 @@ def test_grids_put_batch_times_heads_on_axis_0(monkeypatch):
     k = v = torch.zeros(b, h, lk, d)
     table = torch.zeros(2 * r + 1, d)
     out, lse = launch.relattn_fwd(q, k, v, table, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
-    launch.relattn_bwd(out, q, k, v, table, out, lse, None, None, None, None, None, lq, lk, r, False, 0, 0.25,
-                       0.0, 0)
+    launch.relattn_bwd(out, q, k, v, table, out, lse, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16}
     shapes = {name: grid(cfg) if callable(grid) else grid for name, grid in grids.items()}
     rows_per_delta = launch.DELTA_ROWS_INTERPRETED if configs.interpreted() else launch.DELTA_ROWS_GPU
     assert shapes == {
-        "_fwd": (b * h, 3), "_bwd_dq": (b * h, 3), "_bwd_dkdv": (b * h, 2),
+        "_fwd": (b * h, 3),
+        "_bwd_dq": (b * h, 3),
+        "_bwd_dkdv": (b * h, 2),
         "_relattn_bwd_delta_kernel": (b * h, -(-lq // rows_per_delta)),
     }

@@ -6,17 +6,17 @@ import os
 
 import pytest
 import torch
+from triton_parity import check
 
 import nezha_kernels as nk
-
-import triton_parity
-from triton_parity import check
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1",
-                       reason="TRITON_INTERPRET=1 would run the interpreter, not the compiled kernels"),
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET", "0") == "1",
+        reason="TRITON_INTERPRET=1 would run the interpreter, not the compiled kernels",
+    ),
 ]
 CUDA = "cuda"
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -33,8 +33,21 @@ def test_shapes_dtypes_head_dims(dtype, d, lq, lk, r, q_offset):
 def test_causal_padding_additive_dropout_head_mask(dtype):
     kp = torch.rand(2, 190, generator=torch.Generator().manual_seed(1)) > 0.2
     kp[1, :40] = False  # with causal, the first rows of batch 1 are fully masked
-    check(CUDA, dtype, 2, 3, 150, 190, 64, 64, key_padding=kp, causal=True, q_offset=40,
-          dropout_p=0.2, head_mask=torch.tensor([1.0, 0.5, 0.0]))
+    check(
+        CUDA,
+        dtype,
+        2,
+        3,
+        150,
+        190,
+        64,
+        64,
+        key_padding=kp,
+        causal=True,
+        q_offset=40,
+        dropout_p=0.2,
+        head_mask=torch.tensor([1.0, 0.5, 0.0]),
+    )
     add = torch.randn(1, 3, 150, 190, generator=torch.Generator().manual_seed(2))
     check(CUDA, dtype, 2, 3, 150, 190, 64, 5, additive=add, table="random")
 

@@ -15,17 +15,20 @@ import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 interpreted_only = pytest.mark.skipif(
-    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_interpreter_suite")
+    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_interpreter_suite"
+)
 
 pytest.importorskip("triton")
 
-from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
 from triton_parity import run_interpreted  # noqa: E402
+
+from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
 
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
 gpu_tiles_only = pytest.mark.skipif(
-    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite")
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite"
+)
 
 
 @pytest.mark.slow
@@ -42,15 +45,13 @@ def test_interpreter_gpu_tiles_suite():
 
 
 if INTERPRETED:
-    import nezha_kernels as nk
-    from nezha_kernels.backends import available_backends
-
+    import formula
     import triton
     import triton.language as tl
-    import formula
-    import triton_parity
     from triton_parity import check
 
+    import nezha_kernels as nk
+    from nezha_kernels.backends import available_backends
     from nezha_kernels.triton_kernels.dot import dot
 
     @triton.jit
@@ -59,6 +60,7 @@ if INTERPRETED:
         a = tl.load(a_ptr + r[:, None] * N + r[None, :])
         b = tl.load(b_ptr + r[:, None] * N + r[None, :])
         tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, "tf32"))
+
 
 CPU = "cpu"
 F32 = torch.float32
@@ -71,14 +73,17 @@ def test_available_backends_reports_interpreted():
 
 
 @interpreted_only
-@pytest.mark.parametrize("lq,lk,d,r,q_offset", [
-    (45, 45, 32, 64, 0),     # every tile in the band
-    (70, 17, 64, 3, 0),      # far-field tiles on both sides, Lq > Lk
-    (17, 70, 16, 5, 53),     # Lq < Lk with an offset (decoding a chunk)
-    (1, 45, 32, 8, 44),      # one query row
-    (45, 1, 16, 2, 0),       # one key
-    (30, 41, 16, 70, 5),     # R > 64: per-tile table slices instead of the block-band scratch
-])
+@pytest.mark.parametrize(
+    "lq,lk,d,r,q_offset",
+    [
+        (45, 45, 32, 64, 0),  # every tile in the band
+        (70, 17, 64, 3, 0),  # far-field tiles on both sides, Lq > Lk
+        (17, 70, 16, 5, 53),  # Lq < Lk with an offset (decoding a chunk)
+        (1, 45, 32, 8, 44),  # one query row
+        (45, 1, 16, 2, 0),  # one key
+        (30, 41, 16, 70, 5),  # R > 64: per-tile table slices instead of the block-band scratch
+    ],
+)
 def test_forward_backward_shapes(lq, lk, d, r, q_offset):
     check(CPU, F32, 2, 2, lq, lk, d, r, q_offset=q_offset)
 
@@ -155,8 +160,20 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
     # Far-field tiles on both sides (R = 3), a fully padded batch row, dropout and head_mask in bf16.
     kp = torch.rand(2, 45, generator=torch.Generator().manual_seed(9)) > 0.25
     kp[1] = False
-    check(CPU, torch.bfloat16, 2, 2, 70, 45, 64, 3, key_padding=kp, dropout_p=0.2,
-          head_mask=torch.tensor([0.5, 1.0]), q_offset=4)
+    check(
+        CPU,
+        torch.bfloat16,
+        2,
+        2,
+        70,
+        45,
+        64,
+        3,
+        key_padding=kp,
+        dropout_p=0.2,
+        head_mask=torch.tensor([0.5, 1.0]),
+        q_offset=4,
+    )
 
 
 @interpreted_only
@@ -181,8 +198,9 @@ def test_gpu_tiles(dtype, d):
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
     kp = torch.rand(2, 141, generator=torch.Generator().manual_seed(13)) > 0.2
     kp[1] = False
-    check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1,
-          head_mask=torch.tensor([1.0, 0.5]))
+    check(
+        CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=torch.tensor([1.0, 0.5])
+    )
     check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
 
 
@@ -218,12 +236,12 @@ def test_launchers_take_the_op_arguments_in_order():
     q, k, v = (torch.randn(b, h, n, d, generator=g) for n in (lq, lk, lk))
     table = torch.randn(2 * r + 1, d, generator=g)
     hm = torch.tensor([[1.0, 0.5], [0.0, 2.0]])
-    out, lse = launch.relattn_fwd(q, k, v, table, None, None, hm, None, None, lq, lk, r, True, q_offset, scale, p,
-                                  seed)
+    out, lse = launch.relattn_fwd(q, k, v, table, None, None, hm, None, None, lq, lk, r, True, q_offset, scale, p, seed)
     keep = keep_mask(seed, p, b, h, torch.arange(lq), lk, torch.device("cpu"))
     ref = [t.double().requires_grad_() for t in (q, k, v)]
-    expected = formula.attention(*ref, table, r=r, causal=True, q_offset=q_offset, scale=scale, keep=keep,
-                                 dropout_p=p, head_mask=hm)
+    expected = formula.attention(
+        *ref, table, r=r, causal=True, q_offset=q_offset, scale=scale, keep=keep, dropout_p=p, head_mask=hm
+    )
     torch.testing.assert_close(out.double(), expected, atol=3e-5, rtol=3e-5)
     i, j = torch.arange(lq).view(-1, 1) + q_offset, torch.arange(lk).view(1, -1)
     a = table.double()[(j - i).clamp(-r, r) + r]
@@ -233,7 +251,8 @@ def test_launchers_take_the_op_arguments_in_order():
     torch.testing.assert_close(lse[0].double(), scores.amax(-1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close((lse[0] + lse[1]).double(), torch.logsumexp(scores, -1), atol=1e-5, rtol=1e-5)
     grad_out = torch.randn(b, h, lq, d, generator=g)
-    grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, None, None, hm, None, None, lq, lk, r, True,
-                               q_offset, scale, p, seed)
+    grads = launch.relattn_bwd(
+        grad_out, q, k, v, table, out, lse, None, None, hm, None, None, lq, lk, r, True, q_offset, scale, p, seed
+    )
     for name, got, want in zip("qkv", grads, torch.autograd.grad(expected, ref, grad_out.double())):
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=lambda m: f"d{name}: {m}")

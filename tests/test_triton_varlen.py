@@ -25,17 +25,21 @@ import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 interpreted_only = pytest.mark.skipif(
-    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_varlen_interpreter_suite")
+    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_varlen_interpreter_suite"
+)
 
 pytest.importorskip("triton")
 
 import formula  # noqa: E402
-from triton_parity import TOL, run_interpreted  # noqa: E402
 import varlen_reference as vref  # noqa: E402
+from triton_parity import TOL, run_interpreted  # noqa: E402
 
 F32, BF16 = torch.float32, torch.bfloat16
-STATS_TOL = {F32: dict(atol=1e-4, rtol=1e-5), torch.float16: dict(atol=5e-3, rtol=5e-3),
-             BF16: dict(atol=1e-2, rtol=1e-2)}
+STATS_TOL = {
+    F32: dict(atol=1e-4, rtol=1e-5),
+    torch.float16: dict(atol=5e-3, rtol=5e-3),
+    BF16: dict(atol=1e-2, rtol=1e-2),
+}
 
 
 from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
@@ -43,7 +47,8 @@ from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu, one config each) in a second subprocess.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
 gpu_tiles_only = pytest.mark.skipif(
-    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_varlen_interpreter_gpu_tiles_suite")
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_varlen_interpreter_gpu_tiles_suite"
+)
 
 
 @pytest.mark.slow
@@ -86,8 +91,9 @@ CASES = {
     "fp32_d32_r7_no_key_rows": Case(F32, (3, 2), (0, 0), 2, 32, 7, causal=True),
     "fp32_d32_r70_per_tile_causal": Case(F32, (30, 5), (41, 9), 1, 32, 70, causal=True),
     "bf16_d32_r7_causal_fused": Case(BF16, (13, 0, 34), (13, 0, 34), 2, 32, 7, causal=True, fused=True),
-    "bf16_d64_r64_causal_dropout_head_mask": Case(BF16, (23, 1, 0, 31), (23, 1, 0, 40), 2, 64, 64, causal=True,
-                                                  dropout_p=0.2, head_mask=True),
+    "bf16_d64_r64_causal_dropout_head_mask": Case(
+        BF16, (23, 1, 0, 31), (23, 1, 0, 40), 2, 64, 64, causal=True, dropout_p=0.2, head_mask=True
+    ),
 }
 
 
@@ -133,7 +139,7 @@ def _check_case(case: Case, seed: int):
     from nezha_kernels.triton_kernels import launch
 
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, seed)
-    scale = case.d ** -0.5
+    scale = case.d**-0.5
     tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     with _nan_poisoned_allocations():
         out, lse = launch.relattn_fwd(q, k, v, table, *tail)
@@ -144,9 +150,10 @@ def _check_case(case: Case, seed: int):
     _assert_close_scaled(out, expected, TOL[case.dtype]["fwd"], "output")
     assert lse.shape == (2, case.heads, q.shape[0]) and lse.dtype == F32
     for b, want in stats.items():
-        got = lse[:, :, int(cu_q[b]):int(cu_q[b + 1])].double()
-        torch.testing.assert_close(got, want, **STATS_TOL[case.dtype],
-                                   msg=lambda m: f"sequence {b} row max / log sum: {m}")
+        got = lse[:, :, int(cu_q[b]) : int(cu_q[b + 1])].double()
+        torch.testing.assert_close(
+            got, want, **STATS_TOL[case.dtype], msg=lambda m: f"sequence {b} row max / log sum: {m}"
+        )
     for name_, got, want, like in zip("qkv", grads, ref_grads, (q, k, v)):
         assert got.shape == like.shape and got.dtype == case.dtype and got.is_contiguous()
         _assert_close_scaled(got, want, TOL[case.dtype]["grad"], f"d{name_}")
@@ -161,8 +168,9 @@ def test_varlen_kernels_match_formula_per_sequence(name):
 # The GPU's main tiles (64-row forward and dQ, 32x32 dK/dV; 16x32 / 32x32 backward for D = 128): several 64-row
 # blocks in one sequence with a ragged tail, sequences shorter than one block, empty ones, R = 64 block-band mode.
 GPU_TILE_CASES = {
-    "bf16_d64_r64_causal_dropout_head_mask": Case(BF16, (70, 0, 1, 33), (70, 0, 4, 40), 1, 64, 64, causal=True,
-                                                  dropout_p=0.2, head_mask=True),
+    "bf16_d64_r64_causal_dropout_head_mask": Case(
+        BF16, (70, 0, 1, 33), (70, 0, 4, 40), 1, 64, 64, causal=True, dropout_p=0.2, head_mask=True
+    ),
     "fp16_d128_r64_lq_gt_lk_causal": Case(torch.float16, (81, 5), (47, 0), 1, 128, 64, causal=True),
     "fp32_d32_r7_dropout": Case(F32, (37, 0, 1, 65), (37, 2, 1, 65), 2, 32, 7, dropout_p=0.3),
 }
@@ -186,7 +194,7 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
 
     case = Case(F32, (19, 6, 1), (19, 6, 1), 2, 32, 7, causal=True, dropout_p=0.4, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, grad_out = _case_tensors(case, 3)
-    scale = case.d ** -0.5
+    scale = case.d**-0.5
     tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
     out, lse = launch.relattn_fwd(q, k, v, table, *tail)
     grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, *tail)
@@ -197,15 +205,15 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
     spans = [(int(cu_q[i]), n) for i, n in enumerate(case.lens_q)]
     for i, (s, n) in enumerate(spans):
         for full, packed in zip(dense, (q, k, v, grad_out)):
-            full[i, :, :n] = packed[s:s + n].transpose(0, 1)
+            full[i, :, :n] = packed[s : s + n].transpose(0, 1)
         padding[i, :n] = True
     dense_tail = (padding, None, head_mask, None, None, lmax, lmax, case.r, True, 0, scale, case.dropout_p, vref.SEED)
     out_dense, lse_dense = launch.relattn_fwd(*dense[:3], table, *dense_tail)
     grads_dense = launch.relattn_bwd(dense[3], *dense[:3], table, out_dense, lse_dense, *dense_tail)
     for i, (s, n) in enumerate(spans):
-        torch.testing.assert_close(out[s:s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[s : s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
         for got, want in zip(grads, grads_dense):
-            torch.testing.assert_close(got[s:s + n], want[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[s : s + n], want[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
 @interpreted_only
@@ -218,19 +226,30 @@ def test_public_varlen_op_through_dispatch():
     q, k, v, cu_q, cu_k, _, _, grad_out = _case_tensors(case, 5)
     head_mask = torch.tensor([0.5, 1.5])
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out = nk.relative_attention_varlen(*leaves, cu_q, cu_k, max_relative_position=case.r, causal=True,
-                                       head_mask=head_mask, backend="triton")
+    out = nk.relative_attention_varlen(
+        *leaves, cu_q, cu_k, max_relative_position=case.r, causal=True, head_mask=head_mask, backend="triton"
+    )
     grads = torch.autograd.grad(out, leaves, grad_out)
     table = nk.sinusoidal_table(case.r, case.d)
-    expected, ref_grads, _ = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out,
-                                       case.d ** -0.5)
+    expected, ref_grads, _ = vref.expected(
+        case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out, case.d**-0.5
+    )
     _assert_close_scaled(out.detach(), expected, TOL[F32]["fwd"], "output")
     for name, got, want in zip("qkv", grads, ref_grads):
         _assert_close_scaled(got, want, TOL[F32]["grad"], f"d{name}")
 
     def dropped(backend):
-        return nk.relative_attention_varlen(q, k, v, cu_q, cu_k, max_relative_position=case.r, dropout_p=0.3,
-                                            generator=torch.Generator().manual_seed(21), backend=backend)
+        return nk.relative_attention_varlen(
+            q,
+            k,
+            v,
+            cu_q,
+            cu_k,
+            max_relative_position=case.r,
+            dropout_p=0.3,
+            generator=torch.Generator().manual_seed(21),
+            backend=backend,
+        )
 
     torch.testing.assert_close(dropped("triton"), dropped("torch"), atol=3e-5, rtol=3e-5)
 
@@ -244,10 +263,13 @@ def test_varlen_op_passes_opcheck():
     case = Case(F32, (5, 0, 9), (7, 0, 9), 1, 32, 7, causal=True, dropout_p=0.1, head_mask=True)
     q, k, v, cu_q, cu_k, table, head_mask, _ = _case_tensors(case, 8)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, case.d ** -0.5)
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, case.d**-0.5)
     args = (q, k, v, table, *tail[:-1], seed_tensor(tail[-1]), "triton")
-    torch.library.opcheck(torch.ops.nezha_kernels.relattn_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.nezha_kernels.relattn_fwd.default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 def test_cases_cover_the_brief():

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from formula import attention as formula
 
 import nezha_kernels as nk
-from formula import attention as formula
 
 BACKENDS = ("reference", "torch")
 
@@ -61,8 +61,16 @@ def _parity(backend, dtype, lengths_q, lengths_k, h, d, r, *, causal=False, head
         head_mask = (torch.rand(head_mask_shape, generator=g) + 0.5).to(dtype).requires_grad_()
     leaves = [t.requires_grad_() for t in (q, k, v, table)] + ([head_mask] if head_mask is not None else [])
     out = nk.relative_attention_varlen(
-        q, k, v, _cu(lengths_q), _cu(lengths_k), max_relative_position=r, rel_table=table, causal=causal,
-        head_mask=head_mask, backend=backend,
+        q,
+        k,
+        v,
+        _cu(lengths_q),
+        _cu(lengths_k),
+        max_relative_position=r,
+        rel_table=table,
+        causal=causal,
+        head_mask=head_mask,
+        backend=backend,
     )
     assert out.shape == q.shape and out.dtype == dtype
     grad_out = torch.randn(out.shape, generator=g).to(dtype)
@@ -70,8 +78,17 @@ def _parity(backend, dtype, lengths_q, lengths_k, h, d, r, *, causal=False, head
 
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     rq, rk, rv, rt = ref_leaves[:4]
-    expected = _expected(rq, rk, rv, rt, lengths_q, lengths_k, r, causal=causal,
-                         head_mask=ref_leaves[4] if head_mask is not None else None)
+    expected = _expected(
+        rq,
+        rk,
+        rv,
+        rt,
+        lengths_q,
+        lengths_k,
+        r,
+        causal=causal,
+        head_mask=ref_leaves[4] if head_mask is not None else None,
+    )
     ref_grads = torch.autograd.grad(expected, ref_leaves, grad_out.double(), allow_unused=True)
     _close(out, expected, dtype, lambda m: f"output: {m}")
     for name, a, b in zip(("q", "k", "v", "table", "head_mask"), grads, ref_grads):
@@ -113,8 +130,18 @@ def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_proba
     _parity("torch", torch.float32, [7, 2, 11, 0, 6], [7, 2, 11, 0, 6], 2, 16, 3, seed=4)
     # Runs of equal lengths (one dense call of several sequences), split where a group ends; dropout and
     # head_mask rows follow each sequence's index.
-    _parity("torch", torch.float32, [5, 5, 5, 3, 3, 0, 4, 4], [5, 5, 5, 3, 3, 0, 6, 6], 2, 16, 3, causal=True,
-            head_mask_shape=(8, 2), seed=5)
+    _parity(
+        "torch",
+        torch.float32,
+        [5, 5, 5, 3, 3, 0, 4, 4],
+        [5, 5, 5, 3, 3, 0, 6, 6],
+        2,
+        16,
+        3,
+        causal=True,
+        head_mask_shape=(8, 2),
+        seed=5,
+    )
 
 
 @pytest.mark.parametrize("lengths_q, lengths_k", [([9, 9, 9], [9, 9, 9]), ([4, 4], [11, 11]), ([200, 200], [200, 200])])
@@ -141,8 +168,9 @@ def _padded(t, lengths):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("causal, lengths", [(False, [7, 1, 12, 5]), (True, [7, 1, 12, 5]), (False, [6, 6, 6, 2, 2]),
-                                             (True, [6, 6, 6])])
+@pytest.mark.parametrize(
+    "causal, lengths", [(False, [7, 1, 12, 5]), (True, [7, 1, 12, 5]), (False, [6, 6, 6, 2, 2]), (True, [6, 6, 6])]
+)
 def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
     """Same seed: the same entries drop as in the dense op on the padded batch (outputs and grads agree to fp64);
     equal lengths make runs the torch backend computes as one dense call."""
@@ -150,16 +178,36 @@ def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
     q, k, v = (t.requires_grad_() for t in _packed(lengths, lengths, h, d, torch.float64, seed=4))
     hm = torch.rand(len(lengths), h, dtype=torch.float64).add_(0.5).requires_grad_()
     cu = _cu(lengths)
-    out = nk.relative_attention_varlen(q, k, v, cu, max_relative_position=r, causal=causal, dropout_p=p,
-                                       head_mask=hm, generator=torch.Generator().manual_seed(9), backend=backend)
+    out = nk.relative_attention_varlen(
+        q,
+        k,
+        v,
+        cu,
+        max_relative_position=r,
+        causal=causal,
+        dropout_p=p,
+        head_mask=hm,
+        generator=torch.Generator().manual_seed(9),
+        backend=backend,
+    )
     pq, pk, pv = (_padded(t.detach(), lengths).requires_grad_() for t in (q, k, v))
     mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
-    dense = nk.relative_attention(pq, pk, pv, attention_mask=mask, max_relative_position=r, causal=causal,
-                                  dropout_p=p, head_mask=hm, generator=torch.Generator().manual_seed(9),
-                                  backend=backend)
+    dense = nk.relative_attention(
+        pq,
+        pk,
+        pv,
+        attention_mask=mask,
+        max_relative_position=r,
+        causal=causal,
+        dropout_p=p,
+        head_mask=hm,
+        generator=torch.Generator().manual_seed(9),
+        backend=backend,
+    )
     real = _padded(out, lengths)
-    torch.testing.assert_close(real[:, :, :][mask[:, None, :].expand(-1, h, -1)],
-                               dense[mask[:, None, :].expand(-1, h, -1)], atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        real[:, :, :][mask[:, None, :].expand(-1, h, -1)], dense[mask[:, None, :].expand(-1, h, -1)], atol=1e-12, rtol=0
+    )
     grad_out = torch.randn(out.shape, dtype=torch.float64)
     g_var = torch.autograd.grad(out, (q, k, v, hm), grad_out)
     padded_go = _padded(grad_out, lengths) * mask[:, None, :, None]
@@ -193,9 +241,20 @@ def test_gradcheck_float64(backend):
     cq, ck = _cu(lengths_q), _cu(lengths_k)
 
     def fn(q, k, v, table, hm):
-        return nk.relative_attention_varlen(q, k, v, cq, ck, max_relative_position=r, rel_table=table, causal=True,
-                                            dropout_p=0.25, head_mask=hm, generator=torch.Generator().manual_seed(1),
-                                            backend=backend)
+        return nk.relative_attention_varlen(
+            q,
+            k,
+            v,
+            cq,
+            ck,
+            max_relative_position=r,
+            rel_table=table,
+            causal=True,
+            dropout_p=0.25,
+            head_mask=hm,
+            generator=torch.Generator().manual_seed(1),
+            backend=backend,
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v, table, hm), eps=1e-6, atol=1e-6, fast_mode=True)
 
@@ -217,8 +276,9 @@ def test_strided_inputs_from_a_fused_projection():
     qkv = torch.randn(sum(lengths), 3, 2, 16)
     q, k, v = qkv.unbind(1)
     out = nk.relative_attention_varlen(q, k, v, _cu(lengths), max_relative_position=4, backend="torch")
-    ref = nk.relative_attention_varlen(q.contiguous(), k.contiguous(), v.contiguous(), _cu(lengths),
-                                       max_relative_position=4, backend="reference")
+    ref = nk.relative_attention_varlen(
+        q.contiguous(), k.contiguous(), v.contiguous(), _cu(lengths), max_relative_position=4, backend="reference"
+    )
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -244,8 +304,9 @@ def test_compiles_fullgraph_without_a_recompile_per_token_count():
     counter = CompileCounterWithBackend("aot_eager")
 
     def fn(q, k, v, cu, table):
-        return nk.relative_attention_varlen(q, k, v, cu, max_relative_position=3, rel_table=table, causal=True,
-                                            backend="torch")
+        return nk.relative_attention_varlen(
+            q, k, v, cu, max_relative_position=3, rel_table=table, causal=True, backend="torch"
+        )
 
     compiled = torch.compile(fn, fullgraph=True, backend=counter)
     table = torch.randn(7, 16, requires_grad=True)
@@ -260,13 +321,17 @@ def test_compiles_fullgraph_without_a_recompile_per_token_count():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert counter.frame_count <= 2, f"{counter.frame_count} compiles for 3 token counts"
     # Dropout traces too (the seed is drawn inside the graph).
-    drop = torch.compile(lambda q, cu: nk.relative_attention_varlen(q, q, q, cu, dropout_p=0.5, backend="torch"),
-                         fullgraph=True, backend="aot_eager")
+    drop = torch.compile(
+        lambda q, cu: nk.relative_attention_varlen(q, q, q, cu, dropout_p=0.5, backend="torch"),
+        fullgraph=True,
+        backend="aot_eager",
+    )
     out = drop(q.detach(), _cu(lengths))
     assert out.shape == q.shape and torch.isfinite(out).all()
 
 
 # ---- bad input ----
+
 
 def _good():
     lengths = [3, 4]
@@ -274,12 +339,15 @@ def _good():
     return q, k, v, _cu(lengths)
 
 
-@pytest.mark.parametrize("cu, match", [
-    ([1, 3, 7], "cu_seqlens_q must start at 0"),
-    ([0, 5, 3, 7], "cu_seqlens_q must be non-decreasing"),
-    ([0, 3, 6], r"cu_seqlens_q must end at the number of q rows \(7\)"),
-    ([0, 3, 8], "cu_seqlens_q must end"),
-])
+@pytest.mark.parametrize(
+    "cu, match",
+    [
+        ([1, 3, 7], "cu_seqlens_q must start at 0"),
+        ([0, 5, 3, 7], "cu_seqlens_q must be non-decreasing"),
+        ([0, 3, 6], r"cu_seqlens_q must end at the number of q rows \(7\)"),
+        ([0, 3, 8], "cu_seqlens_q must end"),
+    ],
+)
 def test_bad_cu_seqlens_values(cu, match):
     q, k, v, _ = _good()
     with pytest.raises(ValueError, match=match):

@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import formula
 import torch
 
 import nezha_kernels as nk
 from nezha_kernels.dropout import keep_mask
-
-import formula
 
 # Absolute/relative tolerances by dtype for values of order 1 (inputs ~ N(0, 1)). Low-precision
 # kernels round p to the input dtype before the p @ V and bucket @ T dots, as flash attention does.
@@ -37,14 +36,34 @@ def run_interpreted(test_file: str, extra_env: dict, select: str) -> None:
     """
     env = {**os.environ, "TRITON_INTERPRET": "1", **extra_env}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select, str(Path(test_file).resolve())]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent
+    )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
-def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None, additive=None, causal=False,
-          q_offset=0, head_mask=None, scale=None, dropout_p=0.0, strided=False, seed=0):
+def check(
+    device,
+    dtype,
+    b,
+    h,
+    lq,
+    lk,
+    d,
+    r,
+    *,
+    table="nezha",
+    key_padding=None,
+    additive=None,
+    causal=False,
+    q_offset=0,
+    head_mask=None,
+    scale=None,
+    dropout_p=0.0,
+    strided=False,
+    seed=0,
+):
     """Run backend="triton" and the formula on the same inputs; assert output and dq, dk, dv agree."""
     g = torch.Generator().manual_seed(seed)
     if strided:
@@ -68,9 +87,18 @@ def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None,
         leaves = [fused_leaf[:, :, i].permute(0, 2, 1, 3) for i in range(3)]
         assert not leaves[0].is_contiguous()
     torch.manual_seed(seed + 1)  # the op draws its dropout seed from torch's default generator
-    out = nk.relative_attention(*leaves, rel_table=tab, max_relative_position=r, attention_mask=mask,
-                                causal=causal, q_offset=q_offset, head_mask=hm, scale=scale,
-                                dropout_p=dropout_p, backend="triton")
+    out = nk.relative_attention(
+        *leaves,
+        rel_table=tab,
+        max_relative_position=r,
+        attention_mask=mask,
+        causal=causal,
+        q_offset=q_offset,
+        head_mask=hm,
+        scale=scale,
+        dropout_p=dropout_p,
+        backend="triton",
+    )
     assert out.dtype == dtype and out.shape == (b, h, lq, d) and out.device.type == torch.device(device).type
 
     keep = None
@@ -79,9 +107,19 @@ def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None,
         drop_seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
         keep = keep_mask(drop_seed, dropout_p, b, h, torch.arange(lq), lk, torch.device("cpu"))
     ref = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
-    expected = formula.attention(*ref, tab.cpu(), r=r, key_padding=key_padding, additive=additive,
-                                 causal=causal, q_offset=q_offset, scale=scale, keep=keep, dropout_p=dropout_p,
-                                 head_mask=head_mask)
+    expected = formula.attention(
+        *ref,
+        tab.cpu(),
+        r=r,
+        key_padding=key_padding,
+        additive=additive,
+        causal=causal,
+        q_offset=q_offset,
+        scale=scale,
+        keep=keep,
+        dropout_p=dropout_p,
+        head_mask=head_mask,
+    )
     tol = TOL[dtype]
     torch.testing.assert_close(out.detach().cpu().double(), expected, atol=tol["fwd"], rtol=tol["fwd"])
 
@@ -91,6 +129,7 @@ def check(device, dtype, b, h, lq, lk, d, r, *, table="nezha", key_padding=None,
         grads = [grads[0][:, :, i].permute(0, 2, 1, 3) for i in range(3)]
     ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
     for name, got, want in zip("qkv", grads, ref_grads):
-        torch.testing.assert_close(got.cpu().double(), want, atol=tol["grad"], rtol=tol["grad"],
-                                   msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(
+            got.cpu().double(), want, atol=tol["grad"], rtol=tol["grad"], msg=lambda m: f"grad {name}: {m}"
+        )
     return out

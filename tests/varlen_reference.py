@@ -8,9 +8,9 @@ on the padded batch, so the kernels must drop what the padded dense op drops.
 
 from __future__ import annotations
 
+import formula
 import torch
 
-import formula
 from nezha_kernels.dropout import keep_mask
 
 FMIN = torch.finfo(torch.float32).min
@@ -24,16 +24,36 @@ def cu_seqlens(lens) -> torch.Tensor:
 def launcher_tail(case, head_mask, cu_q, cu_k, scale: float) -> tuple:
     """The launchers' arguments after the tensors (key_padding ... seed) for a padding-free call."""
     seed = SEED if case.dropout_p > 0.0 else 0
-    return (None, None, head_mask, cu_q, cu_k, max(case.lens_q), max(case.lens_k), case.r, case.causal, 0, scale,
-            case.dropout_p, seed)
+    return (
+        None,
+        None,
+        head_mask,
+        cu_q,
+        cu_k,
+        max(case.lens_q),
+        max(case.lens_k),
+        case.r,
+        case.causal,
+        0,
+        scale,
+        case.dropout_p,
+        seed,
+    )
 
 
 def padded_keep(case) -> torch.Tensor | None:
     """The dense op's keep mask on the padded batch [B, H, max Lq, max Lk]: sequence b's block is its mask."""
     if case.dropout_p == 0.0:
         return None
-    return keep_mask(SEED, case.dropout_p, len(case.lens_q), case.heads, torch.arange(max(case.lens_q)),
-                     max(case.lens_k), torch.device("cpu"))
+    return keep_mask(
+        SEED,
+        case.dropout_p,
+        len(case.lens_q),
+        case.heads,
+        torch.arange(max(case.lens_q)),
+        max(case.lens_k),
+        torch.device("cpu"),
+    )
 
 
 def row_stats(q, k, table, r, scale, causal, q_offset):
@@ -65,14 +85,21 @@ def expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale):
             continue
         seq = [ref[0][qs:qe], ref[1][ks:ke], ref[2][ks:ke]]
         dense = [t.transpose(0, 1).unsqueeze(0) for t in seq]  # [1, H, L, D]
-        o = formula.attention(*dense, t64, r=case.r, causal=case.causal, q_offset=lk - lq, scale=scale,
-                              keep=None if keep is None else keep[b:b + 1, :, :lq, :lk], dropout_p=case.dropout_p,
-                              head_mask=None if head_mask is None else head_mask[b:b + 1])
+        o = formula.attention(
+            *dense,
+            t64,
+            r=case.r,
+            causal=case.causal,
+            q_offset=lk - lq,
+            scale=scale,
+            keep=None if keep is None else keep[b : b + 1, :, :lq, :lk],
+            dropout_p=case.dropout_p,
+            head_mask=None if head_mask is None else head_mask[b : b + 1],
+        )
         o = o[0].transpose(0, 1)
         out[qs:qe] = o.detach()
         g = torch.autograd.grad(o, seq, grad_out[qs:qe].double())
         for full, part, (s, e) in zip(grads, g, ((qs, qe), (ks, ke), (ks, ke))):
             full[s:e] = part
-        stats[b] = row_stats(*(t.detach().transpose(0, 1) for t in seq[:2]), t64, case.r, scale, case.causal,
-                             lk - lq)
+        stats[b] = row_stats(*(t.detach().transpose(0, 1) for t in seq[:2]), t64, case.r, scale, case.causal, lk - lq)
     return out, grads, stats

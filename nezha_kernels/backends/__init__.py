@@ -23,16 +23,22 @@ import dataclasses
 import importlib
 import os
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator
 
 import torch
 
 from ..capabilities import CAPABILITIES, Capability, unsupported_reason
 
 __all__ = [
-    "BACKENDS", "BackendStatus", "available_backends", "get_backend", "set_backend",
-    "use_backend", "resolve_backend", "ENV_VAR",
+    "BACKENDS",
+    "BackendStatus",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "resolve_backend",
+    "ENV_VAR",
 ]
 
 ENV_VAR = "NEZHA_KERNELS_BACKEND"
@@ -174,5 +180,10 @@ def resolve_backend(requested: str, inputs) -> ModuleType:
 # import the pure-PyTorch backends now, and the GPU ones too where they can matter (a CUDA build of
 # torch, or the Triton interpreter), without touching the GPU. A CPU-only install skips triton's import cost.
 for _name in BACKENDS:
-    if _name in ("reference", "torch") or torch.version.cuda or torch.version.hip or os.environ.get("TRITON_INTERPRET") == "1":
+    if (
+        _name in ("reference", "torch")
+        or torch.version.cuda
+        or torch.version.hip
+        or os.environ.get("TRITON_INTERPRET") == "1"
+    ):
         _load(_name)

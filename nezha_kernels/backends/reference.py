@@ -107,10 +107,18 @@ def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
             continue
         rows = lambda t, start, stop: t[start:stop].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
         sequence = AttentionInputs(
-            q=rows(inputs.q, q0, q1), k=rows(inputs.k, k0, k1), v=rows(inputs.v, k0, k1), table=inputs.table,
-            max_relative_position=inputs.max_relative_position, key_padding=None, additive_mask=None,
-            causal=inputs.causal, q_offset=(k1 - k0) - (q1 - q0), dropout_p=inputs.dropout_p,
-            dropout_seed=inputs.dropout_seed, scale=inputs.scale,
+            q=rows(inputs.q, q0, q1),
+            k=rows(inputs.k, k0, k1),
+            v=rows(inputs.v, k0, k1),
+            table=inputs.table,
+            max_relative_position=inputs.max_relative_position,
+            key_padding=None,
+            additive_mask=None,
+            causal=inputs.causal,
+            q_offset=(k1 - k0) - (q1 - q0),
+            dropout_p=inputs.dropout_p,
+            dropout_seed=inputs.dropout_seed,
+            scale=inputs.scale,
             head_mask=inputs.head_mask[b : b + 1] if inputs.head_mask is not None else None,
         )
         outputs.append(_output(sequence, bh_offset=b * h)[0].transpose(0, 1))

@@ -21,8 +21,10 @@ import torch
 
 from ..dropout import keep_mask
 from ..inputs import MASKED_SCORE, AttentionInputs
-from . import reference  # the materialized form, for small calls
-from . import torch_varlen  # padding-free calls; it builds on _forward / _backward below
+from . import (
+    reference,  # the materialized form, for small calls
+    torch_varlen,  # padding-free calls; it builds on _forward / _backward below
+)
 
 if TYPE_CHECKING:
     from ..varlen import VarlenInputs
@@ -50,8 +52,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 CPU_CHUNK_ELEMENTS = 1 << 20
 
 
-def chunk_length(batch: int, heads: int, key_length: int, query_length: int, device: torch.device | None = None
-                 ) -> int:
+def chunk_length(batch: int, heads: int, key_length: int, query_length: int, device: torch.device | None = None) -> int:
     """Most query rows n with B * H * n * (n + Lk - 1) <= the chunk budget (at least 1)."""
     elements = CHUNK_ELEMENTS
     if device is not None and device.type == "cpu":
@@ -105,7 +106,7 @@ class _Band:
         self.n, self.lk, self.r = n, key_length, r
         self.width = n + key_length - 1
         self.raw0 = r - (n - 1) - p0
-        self.lo = min(max(-self.raw0, 0), self.width)           # columns before lo read table row 0
+        self.lo = min(max(-self.raw0, 0), self.width)  # columns before lo read table row 0
         self.hi = min(max(2 * r + 1 - self.raw0, 0), self.width)  # columns from hi read row 2R
         self.scratch = scratch
 
@@ -160,16 +161,25 @@ class _Chunk:
     def __init__(self, inputs: AttentionInputs, q, start: int, stop: int, scratch: _Scratch):
         self.inputs = inputs
         self.q = q[:, :, start:stop]
-        self.band = _Band(stop - start, inputs.shape[3], start + inputs.q_offset, inputs.max_relative_position,
-                          scratch)
+        self.band = _Band(stop - start, inputs.shape[3], start + inputs.q_offset, inputs.max_relative_position, scratch)
         self.head_mask = None
         if inputs.head_mask is not None:
             b, h = inputs.shape[:2]
             self.head_mask = inputs.head_mask.to(q.dtype).view(b, h, 1, 1)
 
     @classmethod
-    def compute(cls, inputs: AttentionInputs, q, k, table, start: int, stop: int, scratch: _Scratch,
-                bh_offset: int = 0, qt: torch.Tensor | None = None) -> "_Chunk":
+    def compute(
+        cls,
+        inputs: AttentionInputs,
+        q,
+        k,
+        table,
+        start: int,
+        stop: int,
+        scratch: _Scratch,
+        bh_offset: int = 0,
+        qt: torch.Tensor | None = None,
+    ) -> _Chunk:
         """``qt``: the chunk's rows of Q T^T when the caller computed them for many rows at once (varlen)."""
         self = cls(inputs, q, start, stop, scratch)
         b, h, _, lk, _ = inputs.shape
@@ -200,12 +210,13 @@ class _Chunk:
         self.probs = torch.softmax(scores, dim=-1)
         self.keep = None
         if inputs.dropout_p > 0.0:
-            self.keep = keep_mask(inputs.dropout_seed, inputs.dropout_p, b, h, range(start, stop), lk, device,
-                                  bh_offset)
+            self.keep = keep_mask(
+                inputs.dropout_seed, inputs.dropout_p, b, h, range(start, stop), lk, device, bh_offset
+            )
         return self
 
     @classmethod
-    def saved(cls, inputs: AttentionInputs, q, start: int, stop: int, probs, keep, scratch: _Scratch) -> "_Chunk":
+    def saved(cls, inputs: AttentionInputs, q, start: int, stop: int, probs, keep, scratch: _Scratch) -> _Chunk:
         """The chunk from the forward's probabilities (and keep mask): nothing recomputed."""
         self = cls(inputs, q, start, stop, scratch)
         self.probs, self.keep = probs, keep
@@ -235,8 +246,7 @@ def _chunk_output(c: _Chunk, v, table, in_place: bool) -> tuple[torch.Tensor, to
     return torch.matmul(w, v) + torch.matmul(c.bucket(w), table), w
 
 
-def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: list | None = None
-             ) -> torch.Tensor:
+def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: list | None = None) -> torch.Tensor:
     """The output [B, H, Lq, D]; with ``save`` (a list), appends each chunk's (probs, keep or None) to it."""
     b, h, lq, lk, d = inputs.shape
     out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
@@ -260,8 +270,9 @@ class RelativeRows:
         self.go_t, self.w_bucket, self.ds_bucket = go_t, w_bucket, ds_bucket
 
 
-def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm,
-                    rel: RelativeRows | None = None) -> None:
+def _chunk_backward(
+    inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm, rel: RelativeRows | None = None
+) -> None:
     dropped = c.dropped()  # probs * keep / (1 - p): a copy when there is a mask (dS needs the probs too)
     w = dropped if c.head_mask is None else dropped * c.head_mask
     # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
@@ -293,8 +304,9 @@ def _chunk_backward(inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm,
         dt += torch.einsum("bhim,bhid->md", ds_bucket, c.q) * inputs.scale
 
 
-def _backward(inputs: AttentionInputs, q, k, v, table, go, dq, dk, dv, dt, dhm, bh_offset: int = 0,
-              saved: list | None = None) -> None:
+def _backward(
+    inputs: AttentionInputs, q, k, v, table, go, dq, dk, dv, dt, dhm, bh_offset: int = 0, saved: list | None = None
+) -> None:
     """Accumulates the gradients into dq (written), dk, dv, dt and dhm (added to; dt / dhm may be None).
 
     All in the compute dtype; dq, dk, dv are [B, H, L, D] (views are fine), dhm [B, H]. ``saved``: the
@@ -359,7 +371,9 @@ class _TorchRelativeAttention(torch.autograd.Function):
         pairs = [(saved[i], saved[i + 1] if saved[i + 1].numel() else None) for i in range(0, len(saved), 2)]
         _backward(inputs, qc, kc, vc, tc, grad_out.to(cd), dq, dk, dv, dt, dhm, saved=pairs or None)
         return (
-            dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+            dq.to(q.dtype),
+            dk.to(k.dtype),
+            dv.to(v.dtype),
             dt.to(table.dtype) if dt is not None else None,
             dhm.to(ctx.head_mask_dtype) if dhm is not None else None,
             None,

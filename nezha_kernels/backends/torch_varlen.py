@@ -20,7 +20,8 @@ at most GROUP_TOKENS query rows, and each of those products is one matmul over t
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -86,9 +87,18 @@ def _runs(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scal
     seed = int(seed) if dropout_p > 0.0 else None
     for run in runs:
         run.seq = AttentionInputs(
-            q=_dense(q, run.q0, run.n, run.lq), k=_dense(k, run.k0, run.n, run.lk), v=_dense(v, run.k0, run.n, run.lk),
-            table=table, max_relative_position=r, key_padding=None, additive_mask=None, causal=causal,
-            q_offset=run.lk - run.lq, dropout_p=dropout_p, dropout_seed=seed, scale=scale,
+            q=_dense(q, run.q0, run.n, run.lq),
+            k=_dense(k, run.k0, run.n, run.lk),
+            v=_dense(v, run.k0, run.n, run.lk),
+            table=table,
+            max_relative_position=r,
+            key_padding=None,
+            additive_mask=None,
+            causal=causal,
+            q_offset=run.lk - run.lq,
+            dropout_p=dropout_p,
+            dropout_seed=seed,
+            scale=scale,
             head_mask=head_mask[run.b : run.b + run.n] if head_mask is not None else None,
         )
     return runs
@@ -135,21 +145,23 @@ def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict |
         if _long(group):
             run = group[0]
             save = [] if saved is not None and torch_chunked.saves_probabilities(h, run.lq, run.lk) else None
-            _rows(out, run.q0, 1, run.lq).copy_(torch_chunked._forward(run.seq, run.seq.q, run.seq.k, run.seq.v, tc,
-                                                                      bh_offset=run.b * h, save=save))
+            _rows(out, run.q0, 1, run.lq).copy_(
+                torch_chunked._forward(run.seq, run.seq.q, run.seq.k, run.seq.v, tc, bh_offset=run.b * h, save=save)
+            )
             if save is not None:
                 saved[run.b] = save
             continue
         qt = torch.matmul(qh[:, :, g0:g1], tc_t)  # [1, H, rows, 2R+1]: Q T^T of the whole group
-        buckets = torch.zeros_like(qt)               # bucket(W) of every row, times T once at the end
+        buckets = torch.zeros_like(qt)  # bucket(W) of every row, times T once at the end
         for run in group:
             seq = run.seq
             save = saved is not None and torch_chunked.saves_probabilities(run.n * h, run.lq, run.lk)
             out_run, qt_run = _rows(out, run.q0, run.n, run.lq), _rows(qt, run.q0 - g0, run.n, run.lq)
             buckets_run = _rows(buckets, run.q0 - g0, run.n, run.lq)
             for start, stop in _chunks(seq):
-                c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h,
-                                                 qt=qt_run[:, :, start:stop])
+                c = torch_chunked._Chunk.compute(
+                    seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h, qt=qt_run[:, :, start:stop]
+                )
                 w = c.weights(in_place=not save)
                 out_run[:, :, start:stop] = torch.matmul(w, seq.v)
                 buckets_run[:, :, start:stop] = c.bucket(w)
@@ -159,8 +171,21 @@ def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict |
     return out
 
 
-def _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
-                    dropout_p, seed, saved: dict | None = None) -> torch.Tensor:
+def _varlen_forward(
+    q,
+    k,
+    v,
+    table,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_relative_position,
+    causal,
+    scale,
+    dropout_p,
+    seed,
+    saved: dict | None = None,
+) -> torch.Tensor:
     cd = torch_chunked._compute_dtype(q.dtype)
     qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
     tc = table.to(cd)
@@ -172,34 +197,85 @@ def _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_r
 
 @torch.library.custom_op("nezha_kernels::torch_varlen_fwd", mutates_args=())
 def varlen_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, head_mask: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_relative_position: int, causal: bool,
-    scale: float, dropout_p: float, seed: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    head_mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_relative_position: int,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor,
 ) -> torch.Tensor:
-    return _varlen_forward(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal,
-                           scale, dropout_p, seed)
+    return _varlen_forward(
+        q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed
+    )
 
 
 @varlen_fwd.register_fake
-def _(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p,
-      seed):
+def _(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed):
     return q.new_empty(q.shape)
 
 
 @torch.library.custom_op("nezha_kernels::torch_varlen_bwd", mutates_args=())
 def varlen_bwd(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-    head_mask: torch.Tensor | None, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-    max_relative_position: int, causal: bool, scale: float, dropout_p: float, seed: torch.Tensor,
-    table_grad: bool, head_mask_grad: bool,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    head_mask: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_relative_position: int,
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor,
+    table_grad: bool,
+    head_mask_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dtable or an empty tensor, dhead_mask [B, H] or an empty tensor)."""
-    return _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position,
-                            causal, scale, dropout_p, seed, table_grad, head_mask_grad)
+    return _varlen_backward(
+        grad_out,
+        q,
+        k,
+        v,
+        table,
+        head_mask,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_relative_position,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        table_grad,
+        head_mask_grad,
+    )
 
 
-def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position,
-                     causal, scale, dropout_p, seed, table_grad, head_mask_grad, probabilities=None):
+def _varlen_backward(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_relative_position,
+    causal,
+    scale,
+    dropout_p,
+    seed,
+    table_grad,
+    head_mask_grad,
+    probabilities=None,
+):
     """varlen_bwd's body; ``probabilities``: {b: the forward's saved chunks of sequence b} where kept."""
     cd = torch_chunked._compute_dtype(q.dtype)
     qh, kh, vh, go = (_heads_first(t, cd) for t in (q, k, v, grad_out))
@@ -216,14 +292,23 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
         if _long(group):
             run = group[0]
             torch_chunked._backward(
-                run.seq, run.seq.q, run.seq.k, run.seq.v, tc, _rows(go, run.q0, 1, run.lq),
-                _rows(dq, run.q0, 1, run.lq), _rows(dk, run.k0, 1, run.lk), _rows(dv, run.k0, 1, run.lk), dt,
-                dhm[run.b : run.b + 1] if dhm is not None else None, bh_offset=run.b * h,
+                run.seq,
+                run.seq.q,
+                run.seq.k,
+                run.seq.v,
+                tc,
+                _rows(go, run.q0, 1, run.lq),
+                _rows(dq, run.q0, 1, run.lq),
+                _rows(dk, run.k0, 1, run.lk),
+                _rows(dv, run.k0, 1, run.lk),
+                dt,
+                dhm[run.b : run.b + 1] if dhm is not None else None,
+                bh_offset=run.b * h,
                 saved=probabilities.get(run.b) if probabilities else None,
             )
             continue
-        go_t = torch.matmul(go[:, :, g0:g1], tc_t)        # dO T^T of the group's rows
-        ds_buckets = torch.zeros_like(go_t)                  # bucket(dS): times T into dq, and into dt
+        go_t = torch.matmul(go[:, :, g0:g1], tc_t)  # dO T^T of the group's rows
+        ds_buckets = torch.zeros_like(go_t)  # bucket(dS): times T into dq, and into dt
         w_buckets = torch.zeros_like(go_t) if dt is not None else None
         qt = None
         for run in group:
@@ -238,14 +323,27 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
                 if kept is not None:
                     c = torch_chunked._Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
                 else:
-                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch,
-                                                     bh_offset=run.b * h, qt=view(qt)[:, :, start:stop])
-                rel = torch_chunked.RelativeRows(view(go_t)[:, :, start:stop],
-                                                 view(w_buckets)[:, :, start:stop] if w_buckets is not None else None,
-                                                 view(ds_buckets)[:, :, start:stop])
+                    c = torch_chunked._Chunk.compute(
+                        seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h, qt=view(qt)[:, :, start:stop]
+                    )
+                rel = torch_chunked.RelativeRows(
+                    view(go_t)[:, :, start:stop],
+                    view(w_buckets)[:, :, start:stop] if w_buckets is not None else None,
+                    view(ds_buckets)[:, :, start:stop],
+                )
                 torch_chunked._chunk_backward(
-                    seq, c, seq.k, seq.v, tc, go_run[:, :, start:stop], dq_run[:, :, start:stop], dk_run, dv_run, dt,
-                    dhm[run.b : run.b + run.n] if dhm is not None else None, rel=rel,
+                    seq,
+                    c,
+                    seq.k,
+                    seq.v,
+                    tc,
+                    go_run[:, :, start:stop],
+                    dq_run[:, :, start:stop],
+                    dk_run,
+                    dv_run,
+                    dt,
+                    dhm[run.b : run.b + run.n] if dhm is not None else None,
+                    rel=rel,
                 )
         dq[:, :, g0:g1] += torch.matmul(ds_buckets, tc).mul_(scale)
         if dt is not None:
@@ -253,17 +351,36 @@ def _varlen_backward(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqle
             dt += torch.einsum("bhim,bhid->md", ds_buckets, qh[:, :, g0:g1]) * scale
     back = lambda t, like: t[0].transpose(0, 1).to(like.dtype).contiguous()
     return (
-        back(dq, q), back(dk, k), back(dv, v),
+        back(dq, q),
+        back(dk, k),
+        back(dv, v),
         dt.to(table.dtype) if dt is not None else q.new_empty(0),  # outputs must not alias: two empties
         dhm.to(head_mask.dtype) if dhm is not None else q.new_empty(0),
     )
 
 
 @varlen_bwd.register_fake
-def _(grad_out, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale,
-      dropout_p, seed, table_grad, head_mask_grad):
+def _(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_relative_position,
+    causal,
+    scale,
+    dropout_p,
+    seed,
+    table_grad,
+    head_mask_grad,
+):
     return (
-        q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
         table.new_empty(table.shape) if table_grad else q.new_empty(0),
         head_mask.new_empty(head_mask.shape) if head_mask_grad else q.new_empty(0),
     )
@@ -280,8 +397,9 @@ def _backward(ctx, grad_out):
     table_grad = ctx.needs_input_grad[3]
     head_mask_grad = head_mask is not None and ctx.needs_input_grad[4]
     with torch.autocast(grad_out.device.type, enabled=False):
-        dq, dk, dv, dt, dhm = varlen_bwd(grad_out, q, k, v, table, head_mask, cu_q, cu_k, *ctx.scalars, seed,
-                                         table_grad, head_mask_grad)
+        dq, dk, dv, dt, dhm = varlen_bwd(
+            grad_out, q, k, v, table, head_mask, cu_q, cu_k, *ctx.scalars, seed, table_grad, head_mask_grad
+        )
     return (dq, dk, dv, dt if table_grad else None, dhm if head_mask_grad else None) + (None,) * 7
 
 
@@ -297,9 +415,21 @@ class _EagerVarlen(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, head_mask, inputs: VarlenInputs):
         saved = {}
-        out = _varlen_forward(q, k, v, table, head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
-                              inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
-                              seed_tensor(inputs.dropout_seed), saved)
+        out = _varlen_forward(
+            q,
+            k,
+            v,
+            table,
+            head_mask,
+            inputs.cu_seqlens_q,
+            inputs.cu_seqlens_k,
+            inputs.max_relative_position,
+            inputs.causal,
+            inputs.scale,
+            inputs.dropout_p,
+            seed_tensor(inputs.dropout_seed),
+            saved,
+        )
         ctx.save_for_backward(q, k, v, table, head_mask)
         ctx.inputs, ctx.probabilities = inputs, saved
         return out
@@ -310,14 +440,34 @@ class _EagerVarlen(torch.autograd.Function):
         q, k, v, table, head_mask = ctx.saved_tensors
         inputs: VarlenInputs = ctx.inputs
         with torch.autocast(grad_out.device.type, enabled=False):
-            grads = _varlen_backward(grad_out, q, k, v, table, head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
-                                     inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
-                                     seed_tensor(inputs.dropout_seed), ctx.needs_input_grad[3],
-                                     head_mask is not None and ctx.needs_input_grad[4], ctx.probabilities)
+            grads = _varlen_backward(
+                grad_out,
+                q,
+                k,
+                v,
+                table,
+                head_mask,
+                inputs.cu_seqlens_q,
+                inputs.cu_seqlens_k,
+                inputs.max_relative_position,
+                inputs.causal,
+                inputs.scale,
+                inputs.dropout_p,
+                seed_tensor(inputs.dropout_seed),
+                ctx.needs_input_grad[3],
+                head_mask is not None and ctx.needs_input_grad[4],
+                ctx.probabilities,
+            )
         ctx.probabilities = None
         dq, dk, dv, dt, dhm = grads
-        return (dq, dk, dv, dt if ctx.needs_input_grad[3] else None,
-                dhm if head_mask is not None and ctx.needs_input_grad[4] else None, None)
+        return (
+            dq,
+            dk,
+            dv,
+            dt if ctx.needs_input_grad[3] else None,
+            dhm if head_mask is not None and ctx.needs_input_grad[4] else None,
+            None,
+        )
 
 
 def _equal_lengths(inputs: VarlenInputs) -> AttentionInputs | None:
@@ -332,10 +482,19 @@ def _equal_lengths(inputs: VarlenInputs) -> AttentionInputs | None:
     # [B, H, L, D] copies of [T, H, D]: as views, every matmul over them would copy (their B and H dims do not merge)
     batch = lambda t, length: t.view(b, length, h, d).transpose(1, 2).contiguous()
     return AttentionInputs(
-        q=batch(inputs.q, lq), k=batch(inputs.k, lk), v=batch(inputs.v, lk), table=inputs.table,
-        max_relative_position=inputs.max_relative_position, key_padding=None, additive_mask=None,
-        causal=inputs.causal, q_offset=lk - lq, dropout_p=inputs.dropout_p, dropout_seed=inputs.dropout_seed,
-        scale=inputs.scale, head_mask=inputs.head_mask,
+        q=batch(inputs.q, lq),
+        k=batch(inputs.k, lk),
+        v=batch(inputs.v, lk),
+        table=inputs.table,
+        max_relative_position=inputs.max_relative_position,
+        key_padding=None,
+        additive_mask=None,
+        causal=inputs.causal,
+        q_offset=lk - lq,
+        dropout_p=inputs.dropout_p,
+        dropout_seed=inputs.dropout_seed,
+        scale=inputs.scale,
+        head_mask=inputs.head_mask,
     )
 
 
@@ -347,7 +506,16 @@ def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
             return out.transpose(1, 2).reshape(inputs.q.shape)
         return _EagerVarlen.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
     return varlen_fwd(
-        inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs.cu_seqlens_q, inputs.cu_seqlens_k,
-        inputs.max_relative_position, inputs.causal, inputs.scale, inputs.dropout_p,
+        inputs.q,
+        inputs.k,
+        inputs.v,
+        inputs.table,
+        inputs.head_mask,
+        inputs.cu_seqlens_q,
+        inputs.cu_seqlens_k,
+        inputs.max_relative_position,
+        inputs.causal,
+        inputs.scale,
+        inputs.dropout_p,
         seed_tensor(inputs.dropout_seed),
     )

@@ -23,32 +23,73 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     from .op_bench import PROVIDERS
 
-    p = argparse.ArgumentParser(prog="nezha-kernels bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="nezha-kernels bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the whole grid (lengths 128..16384, all model points)")
     size.add_argument("--dry-run", action="store_true", help="a tiny grid: checks the pipeline in seconds")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present, else cpu)")
     p.add_argument("--out", default="bench-results", help="results folder (default: bench-results)")
-    p.add_argument("--only", choices=("op", "model", "length-mix", "all"), default="all",
-                   help="which benchmarks to run")
-    p.add_argument("--providers", nargs="+", choices=tuple(PROVIDERS), default=None,
-                   help="op-benchmark providers (default: all; unusable ones are listed as skipped)")
-    p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="L",
-                   help="op-benchmark sequence lengths instead of the grid's, e.g. 512 1024 2048")
-    p.add_argument("--dtypes", nargs="+", choices=("float16", "bfloat16", "float32"), default=None,
-                   help="op-benchmark dtypes instead of the grid's")
-    p.add_argument("--head-dim", type=int, default=None, metavar="D",
-                   help="op-benchmark head dim instead of the grid's 64 (e.g. 128)")
-    p.add_argument("--model-points", nargs="+", default=None, metavar="BxL",
-                   help="model batch x length points instead of the grid's, e.g. 4x512 1x2048")
-    p.add_argument("--model-backends", nargs="+", default=None, choices=("reference", "torch", "triton", "cuda"),
-                   help="our attention backends for the model benchmark (default: the grid's)")
+    p.add_argument(
+        "--only", choices=("op", "model", "length-mix", "all"), default="all", help="which benchmarks to run"
+    )
+    p.add_argument(
+        "--providers",
+        nargs="+",
+        choices=tuple(PROVIDERS),
+        default=None,
+        help="op-benchmark providers (default: all; unusable ones are listed as skipped)",
+    )
+    p.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="L",
+        help="op-benchmark sequence lengths instead of the grid's, e.g. 512 1024 2048",
+    )
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=("float16", "bfloat16", "float32"),
+        default=None,
+        help="op-benchmark dtypes instead of the grid's",
+    )
+    p.add_argument(
+        "--head-dim",
+        type=int,
+        default=None,
+        metavar="D",
+        help="op-benchmark head dim instead of the grid's 64 (e.g. 128)",
+    )
+    p.add_argument(
+        "--model-points",
+        nargs="+",
+        default=None,
+        metavar="BxL",
+        help="model batch x length points instead of the grid's, e.g. 4x512 1x2048",
+    )
+    p.add_argument(
+        "--model-backends",
+        nargs="+",
+        default=None,
+        choices=("reference", "torch", "triton", "cuda"),
+        help="our attention backends for the model benchmark (default: the grid's)",
+    )
     p.add_argument("--fresh", action="store_true", help="overwrite results.csv/json instead of appending")
-    p.add_argument("--limit-gib", type=float, default=None,
-                   help="CPU: address-space cap per measurement; above it a cell is OOM (default: min(16, 75%% of RAM))")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole run; cells not started by then are marked 'skipped: time budget'")
+    p.add_argument(
+        "--limit-gib",
+        type=float,
+        default=None,
+        help="CPU: address-space cap per measurement; above it a cell is OOM (default: min(16, 75%% of RAM))",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run; cells not started by then are marked 'skipped: time budget'",
+    )
     p.add_argument("--cell-timeout", type=float, default=600.0, help="CPU: seconds before a cell is marked timeout")
     return p
 
@@ -67,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from .memory import default_limit_gib
     from .length_mix import length_mix_grid, run_length_mix_bench, steps_of
+    from .memory import default_limit_gib
     from .model_bench import model_grid, run_model_bench
     from .op_bench import PROVIDERS, op_grid, run_op_bench
     from .plots import plot_all
@@ -109,16 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     providers = tuple(args.providers or PROVIDERS)
     run_ops, run_models = args.only in ("op", "all"), args.only in ("model", "all")
     run_mix = args.only in ("length-mix", "all")
-    steps = (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0) + \
-            ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0) + (steps_of(lgrid) if run_mix else 0)
-    print(f"nezha-kernels bench on {env['device_name']} ({device}); torch {env['torch']}, triton {env['triton']}; "
-          f"{'dry run' if args.dry_run else 'full grid' if args.full else 'default grid'}", flush=True)
+    steps = (
+        (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0)
+        + ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0)
+        + (steps_of(lgrid) if run_mix else 0)
+    )
+    print(
+        f"nezha-kernels bench on {env['device_name']} ({device}); torch {env['torch']}, triton {env['triton']}; "
+        f"{'dry run' if args.dry_run else 'full grid' if args.full else 'default grid'}",
+        flush=True,
+    )
     # Short CPU timing budgets: each cell already runs a forward+backward for its memory pass (the warm-up).
     budget = 0.05 if args.dry_run else 0.5
     progress = Progress(steps)  # also samples the load average at every step
     if dev.type == "cpu" and progress.peak_load is not None and progress.peak_load > cpu_cores():
-        print(f"warning: load average {progress.peak_load:.1f} on {cpu_cores()} core(s): the machine is busy, "
-              "times will be inflated", flush=True)
+        print(
+            f"warning: load average {progress.peak_load:.1f} on {cpu_cores()} core(s): the machine is busy, "
+            "times will be inflated",
+            flush=True,
+        )
     start = time.perf_counter()
     deadline = op_deadline = None
     if args.time_budget is not None:
@@ -130,14 +180,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         if run_ops:
-            rows += run_op_bench(ogrid, device, env, providers=providers, progress=progress, limit_gib=limit_gib,
-                                 cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=op_deadline)
+            rows += run_op_bench(
+                ogrid,
+                device,
+                env,
+                providers=providers,
+                progress=progress,
+                limit_gib=limit_gib,
+                cell_timeout_s=args.cell_timeout,
+                cpu_budget_s=budget,
+                deadline=op_deadline,
+            )
         if run_models:
-            rows += run_model_bench(mgrid, device, env, progress=progress, limit_gib=limit_gib,
-                                    cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=deadline)
+            rows += run_model_bench(
+                mgrid,
+                device,
+                env,
+                progress=progress,
+                limit_gib=limit_gib,
+                cell_timeout_s=args.cell_timeout,
+                cpu_budget_s=budget,
+                deadline=deadline,
+            )
         if run_mix:
-            rows += run_length_mix_bench(lgrid, device, env, progress=progress, limit_gib=limit_gib,
-                                         cell_timeout_s=args.cell_timeout, cpu_budget_s=budget, deadline=deadline)
+            rows += run_length_mix_bench(
+                lgrid,
+                device,
+                env,
+                progress=progress,
+                limit_gib=limit_gib,
+                cell_timeout_s=args.cell_timeout,
+                cpu_budget_s=budget,
+                deadline=deadline,
+            )
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
@@ -146,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in timing_warnings(rows, progress.peak_load if dev.type == "cpu" else None):
         print("\n" + line)
     out = Path(args.out)
-    written = [write_csv(rows, out / "results.csv", append=not args.fresh),
-               write_json(rows, out / "results.json", append=not args.fresh)]
+    written = [
+        write_csv(rows, out / "results.csv", append=not args.fresh),
+        write_json(rows, out / "results.json", append=not args.fresh),
+    ]
     written += plot_all(rows, out)
     print(f"\n{len(rows)} rows in {elapsed:.0f} s; wrote " + ", ".join(str(p) for p in written))
     return 0 if any(r.status == "ok" for r in rows) else 1

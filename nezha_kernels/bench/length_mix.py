@@ -31,8 +31,19 @@ import torch
 from .results import OK, Row
 
 __all__ = [
-    "MEDIAN", "SIGMA", "MIN_LENGTH", "MAX_LENGTH", "SEED", "LengthMixGrid", "length_mix_grid", "sample_lengths",
-    "run_length_mix_bench", "time_models", "model_memory", "time_ops", "op_memory",
+    "MEDIAN",
+    "SIGMA",
+    "MIN_LENGTH",
+    "MAX_LENGTH",
+    "SEED",
+    "LengthMixGrid",
+    "length_mix_grid",
+    "sample_lengths",
+    "run_length_mix_bench",
+    "time_models",
+    "model_memory",
+    "time_ops",
+    "op_memory",
 ]
 
 MEDIAN, SIGMA, MIN_LENGTH, MAX_LENGTH, SEED = 48, 0.6, 8, 512, 2024
@@ -87,8 +98,10 @@ def _workload_note(lengths: list[int]) -> str:
     real, padded = sum(lengths), len(lengths) * max(lengths)
     if len(set(lengths)) == 1:
         return f"full batch: {len(lengths)} x {lengths[0]}, every token real (varlen bookkeeping vs dense)"
-    return (f"{real} of {padded} tokens real ({100 * real / padded:.0f}%); lengths log-normal median {MEDIAN} "
-            f"sigma {SIGMA} in [{MIN_LENGTH}, {MAX_LENGTH}], seed {SEED}")
+    return (
+        f"{real} of {padded} tokens real ({100 * real / padded:.0f}%); lengths log-normal median {MEDIAN} "
+        f"sigma {SIGMA} in [{MIN_LENGTH}, {MAX_LENGTH}], seed {SEED}"
+    )
 
 
 def _load() -> str:
@@ -123,7 +136,7 @@ def _interleaved(fns: dict, device: torch.device, rounds: int, budget_s: float) 
     r = 0
     max_rounds = 50 if cuda else 30
     while r < max_rounds and (r < rounds or time.perf_counter() - start < budget_s):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
             fns[n]()
@@ -135,6 +148,7 @@ def _interleaved(fns: dict, device: torch.device, rounds: int, budget_s: float) 
 
 
 # ---- models -------------------------------------------------------------------------------------------
+
 
 def _config_kwargs(spec: dict) -> dict:
     from .model_bench import MODEL_SIZES
@@ -225,6 +239,7 @@ def model_memory(spec: dict) -> dict:
 
 # ---- ops ---------------------------------------------------------------------------------------------
 
+
 def _op_steps(provider: str, spec: dict, device: torch.device) -> dict:
     from ..attention import relative_attention
     from ..varlen import relative_attention_varlen
@@ -246,8 +261,15 @@ def _op_steps(provider: str, spec: dict, device: torch.device) -> dict:
 
     def forward():
         if provider == "varlen":
-            return relative_attention_varlen(*inputs, cu, cu, max_seqlen_q=length, max_seqlen_k=length,
-                                             max_relative_position=R, backend=spec["backend"])
+            return relative_attention_varlen(
+                *inputs,
+                cu,
+                cu,
+                max_seqlen_q=length,
+                max_seqlen_k=length,
+                max_relative_position=R,
+                backend=spec["backend"],
+            )
         return relative_attention(*inputs, attention_mask=keep, max_relative_position=R, backend=spec["backend"])
 
     def fwd():
@@ -291,6 +313,7 @@ def op_memory(spec: dict) -> dict:
 
 # ---- the rows -----------------------------------------------------------------------------------------
 
+
 def _run(target: str, spec: dict, on_gpu: bool, limit_gib: float, timeout_s: float) -> dict:
     """{"status": "ok", "result": ...} or {"status": why}; CPU work runs in a fresh capped process."""
     from .memory import _call, is_oom, run_child
@@ -305,9 +328,17 @@ def _run(target: str, spec: dict, on_gpu: bool, limit_gib: float, timeout_s: flo
         torch.cuda.empty_cache()
 
 
-def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progress=None, limit_gib: float = 16.0,
-                         cell_timeout_s: float = 600.0, cpu_budget_s: float = 0.5,
-                         deadline: float | None = None) -> list[Row]:
+def run_length_mix_bench(
+    grid: LengthMixGrid,
+    device: str,
+    env: dict,
+    *,
+    progress=None,
+    limit_gib: float = 16.0,
+    cell_timeout_s: float = 600.0,
+    cpu_budget_s: float = 0.5,
+    deadline: float | None = None,
+) -> list[Row]:
     """Model rows then op rows of the length mix (bench = "length-mix")."""
     from ..models import NezhaConfig
     from .model_bench import MODEL_SIZES, hf_nezha_status
@@ -321,16 +352,34 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
 
     def base(bench_op, provider, batch, heads, head_dim, full_length=None):
         lengths = _op_lengths(dict(batch=batch, full_length=full_length))
-        return dict(bench="length-mix", op=bench_op, provider=provider, dtype=grid.dtype, batch=batch, heads=heads,
-                    seq_len=max(lengths), head_dim=head_dim, **env), _workload_note(lengths)
+        return dict(
+            bench="length-mix",
+            op=bench_op,
+            provider=provider,
+            dtype=grid.dtype,
+            batch=batch,
+            heads=heads,
+            seq_len=max(lengths),
+            head_dim=head_dim,
+            **env,
+        ), _workload_note(lengths)
 
     def out_of_time() -> bool:
         return deadline is not None and time.monotonic() >= deadline
 
     for batch in grid.batches:
         providers = [p for p in MODEL_PROVIDERS if p != "hf" or hf_ok]
-        spec = dict(size=grid.size, layers=grid.layers, batch=batch, backend=grid.backend, dtype=grid.dtype,
-                    device=device, rounds=grid.rounds, budget_s=cpu_budget_s, providers=providers)
+        spec = dict(
+            size=grid.size,
+            layers=grid.layers,
+            batch=batch,
+            backend=grid.backend,
+            dtype=grid.dtype,
+            device=device,
+            rounds=grid.rounds,
+            budget_s=cpu_budget_s,
+            providers=providers,
+        )
         if out_of_time():
             results = {p: {"status": "skipped: time budget"} for p in providers}
             timed = {"status": "skipped: time budget"}
@@ -350,20 +399,35 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
                     rows.append(Row(mode=mode, status=timed["status"], note=note, **fields))
                 else:
                     stats = timed["result"]["cells"][p][mode]
-                    rows.append(Row(mode=mode, peak_mib=results[p]["result"][mode],
-                                    note=f"{note}; {timed['result']['load']}", **stats, **fields))
+                    rows.append(
+                        Row(
+                            mode=mode,
+                            peak_mib=results[p]["result"][mode],
+                            note=f"{note}; {timed['result']['load']}",
+                            **stats,
+                            **fields,
+                        )
+                    )
         if progress is not None:
             progress.advance(f"length-mix models, batch {batch}")
 
     for batch, full_length in [(b, None) for b in grid.op_batches] + list(grid.full_ops):
-        spec = dict(batch=batch, backend=grid.backend, dtype=grid.dtype, device=device, rounds=grid.rounds,
-                    budget_s=cpu_budget_s, full_length=full_length)
+        spec = dict(
+            batch=batch,
+            backend=grid.backend,
+            dtype=grid.dtype,
+            device=device,
+            rounds=grid.rounds,
+            budget_s=cpu_budget_s,
+            full_length=full_length,
+        )
         if out_of_time():
             memory = {p: {"status": "skipped: time budget"} for p in OP_PROVIDERS}
             timed = {"status": "skipped: time budget"}
         else:
-            memory = {p: _run("op_memory", dict(spec, provider=p), on_gpu, limit_gib, cell_timeout_s)
-                      for p in OP_PROVIDERS}
+            memory = {
+                p: _run("op_memory", dict(spec, provider=p), on_gpu, limit_gib, cell_timeout_s) for p in OP_PROVIDERS
+            }
             timed = _run("time_ops", spec, on_gpu, limit_gib, cell_timeout_s)
         for p in OP_PROVIDERS:
             fields, note = base("relative_attention", p, batch, HEADS, HEAD_DIM, full_length)
@@ -372,8 +436,15 @@ def run_length_mix_bench(grid: LengthMixGrid, device: str, env: dict, *, progres
                 if status != OK:
                     rows.append(Row(mode=mode, status=status, note=note, **fields))
                     continue
-                rows.append(Row(mode=mode, peak_mib=memory[p]["result"][mode], note=f"{note}; {timed['result']['load']}",
-                                **timed["result"]["cells"][p][mode], **fields))
+                rows.append(
+                    Row(
+                        mode=mode,
+                        peak_mib=memory[p]["result"][mode],
+                        note=f"{note}; {timed['result']['load']}",
+                        **timed["result"]["cells"][p][mode],
+                        **fields,
+                    )
+                )
         if progress is not None:
             progress.advance(f"length-mix ops, batch {batch}" + (f" x {full_length} (full)" if full_length else ""))
     return rows

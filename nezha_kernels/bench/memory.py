@@ -18,8 +18,8 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -45,8 +45,9 @@ def is_oom(exc: BaseException) -> bool:
     if oom_cls is not None and isinstance(exc, oom_cls):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                               or "failed to allocate" in text)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text
+    )
 
 
 def cuda_peak_mib(fn: Callable[[], object], device: torch.device | str) -> float:
@@ -185,11 +186,16 @@ def _run_spawned(target: str, spec: dict, limit_gib: float, timeout_s: float) ->
         return {"status": "timeout"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_RESULT_TAG):
-            return {"status": "ok", "result": json.loads(line[len(_RESULT_TAG):])}
+            return {"status": "ok", "result": json.loads(line[len(_RESULT_TAG) :])}
     err = proc.stderr.strip()
     lowered = err.lower()
     # -9: SIGKILL, what the kernel's OOM killer sends.
-    if proc.returncode == -9 or "memoryerror" in lowered or "can't allocate memory" in lowered or "out of memory" in lowered:
+    if (
+        proc.returncode == -9
+        or "memoryerror" in lowered
+        or "can't allocate memory" in lowered
+        or "out of memory" in lowered
+    ):
         return {"status": "OOM"}
     last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
     return {"status": "error: " + last[:160]}
@@ -211,8 +217,9 @@ def run_child(target: str, spec: dict, *, limit_gib: float, timeout_s: float, me
     raise ValueError(f"method must be 'fork' or 'spawn', got {method!r}")
 
 
-def measure_in_place_or_child(target: str, spec: dict, modes, *, on_gpu: bool, limit_gib: float,
-                              timeout_s: float) -> dict:
+def measure_in_place_or_child(
+    target: str, spec: dict, modes, *, on_gpu: bool, limit_gib: float, timeout_s: float
+) -> dict:
     """Run a cell measurement ``target`` ("module:function") on ``spec``.
 
     On a GPU in this process (peak memory comes from the CUDA allocator; the cache is emptied after);

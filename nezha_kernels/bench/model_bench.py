@@ -23,8 +23,14 @@ MODEL_MODES = ("infer", "train")
 MODEL_SIZES = {
     "nezha-base": {},
     # max_position_embeddings=32 so that the dry run also exercises HF's too-long marking at 64 tokens
-    "nezha-tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=128, max_position_embeddings=32),
+    "nezha-tiny": dict(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+    ),
 }
 
 
@@ -142,14 +148,27 @@ def measure_model_cell(spec: dict) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        out["modes"][mode].update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
-                                  reps=timing.reps, peak_mib=peaks[mode])
+        out["modes"][mode].update(
+            median_ms=timing.median_ms,
+            p20_ms=timing.p20_ms,
+            p80_ms=timing.p80_ms,
+            reps=timing.reps,
+            peak_mib=peaks[mode],
+        )
     return out
 
 
-def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, limit_gib: float = 16.0,
-                    cell_timeout_s: float = 600.0, cpu_budget_s: float = 0.5,
-                    deadline: float | None = None) -> list[Row]:
+def run_model_bench(
+    grid: ModelGrid,
+    device: str,
+    env: dict,
+    *,
+    progress=None,
+    limit_gib: float = 16.0,
+    cell_timeout_s: float = 600.0,
+    cpu_budget_s: float = 0.5,
+    deadline: float | None = None,
+) -> list[Row]:
     """Rows for every (point, provider, mode): ours per backend, then transformers' NEZHA.
 
     Points are the outer loop: past ``deadline`` (time.monotonic()) the largest points are left out.
@@ -161,8 +180,15 @@ def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, l
     hf_ok, hf_name = hf_nezha_status()
     providers = [(b, statuses[b].available, statuses[b].reason, b) for b in grid.backends]
     if not on_gpu:  # the Triton interpreter (TRITON_INTERPRET=1) is for correctness, never timed
-        providers = [(b, ok and b != "triton", why if b != "triton" else "CPU runs only under the Triton interpreter, "
-                      "which is never timed", label) for b, ok, why, label in providers]
+        providers = [
+            (
+                b,
+                ok and b != "triton",
+                why if b != "triton" else "CPU runs only under the Triton interpreter, which is never timed",
+                label,
+            )
+            for b, ok, why, label in providers
+        ]
     providers.append(("hf", hf_ok, hf_name, hf_name if hf_ok else "hf"))
     config = MODEL_SIZES[grid.size]
     from ..models import NezhaConfig
@@ -171,16 +197,26 @@ def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, l
     rows: list[Row] = []
     for batch, length in grid.points:
         for provider, usable, reason, label in providers:
-            base = dict(bench="model", op=grid.size, provider=label, dtype=grid.dtype, batch=batch,
-                        heads=shape_config.num_attention_heads, seq_len=length,
-                        head_dim=shape_config.hidden_size // shape_config.num_attention_heads, **env)
+            base = dict(
+                bench="model",
+                op=grid.size,
+                provider=label,
+                dtype=grid.dtype,
+                batch=batch,
+                heads=shape_config.num_attention_heads,
+                seq_len=length,
+                head_dim=shape_config.hidden_size // shape_config.num_attention_heads,
+                **env,
+            )
             status = None
             left = None if deadline is None else deadline - time.monotonic()
             if not usable:
                 status = f"skipped: {reason}"
             elif provider == "hf" and length > shape_config.max_position_embeddings:
-                status = (f"n/a: HF NEZHA's relative table covers max_position_embeddings="
-                          f"{shape_config.max_position_embeddings} tokens")
+                status = (
+                    f"n/a: HF NEZHA's relative table covers max_position_embeddings="
+                    f"{shape_config.max_position_embeddings} tokens"
+                )
             elif left is not None and left <= 0:
                 status = "skipped: time budget"
             if status is not None:
@@ -188,11 +224,25 @@ def run_model_bench(grid: ModelGrid, device: str, env: dict, *, progress=None, l
                 if progress is not None:
                     progress.advance(f"model {label} {batch}x{length}: {status.split(':')[0]}")
                 continue
-            spec = dict(provider=provider, size=grid.size, device=device, dtype=grid.dtype, batch=batch,
-                        seq_len=length, modes=list(grid.modes), cpu_budget_s=cpu_budget_s)
+            spec = dict(
+                provider=provider,
+                size=grid.size,
+                device=device,
+                dtype=grid.dtype,
+                batch=batch,
+                seq_len=length,
+                modes=list(grid.modes),
+                cpu_budget_s=cpu_budget_s,
+            )
             timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
-            measured = measure_in_place_or_child("nezha_kernels.bench.model_bench:measure_model_cell", spec,
-                                                 grid.modes, on_gpu=on_gpu, limit_gib=limit_gib, timeout_s=timeout)
+            measured = measure_in_place_or_child(
+                "nezha_kernels.bench.model_bench:measure_model_cell",
+                spec,
+                grid.modes,
+                on_gpu=on_gpu,
+                limit_gib=limit_gib,
+                timeout_s=timeout,
+            )
             for mode in grid.modes:
                 cell = dict(measured["modes"][mode])
                 if cell["status"] == "OOM" and not on_gpu:

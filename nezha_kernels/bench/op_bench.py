@@ -14,7 +14,7 @@ import dataclasses
 import importlib
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,8 +22,17 @@ from .memory import RssProbe, cuda_peak_mib, is_oom, measure_in_place_or_child
 from .results import OK, Row
 from .timing import time_fn
 
-__all__ = ["attention_flops", "OpGrid", "op_grid", "PROVIDERS", "provider_availability", "make_provider_fn",
-           "flex_keyside_attention", "measure_cell", "run_op_bench"]
+__all__ = [
+    "attention_flops",
+    "OpGrid",
+    "op_grid",
+    "PROVIDERS",
+    "provider_availability",
+    "make_provider_fn",
+    "flex_keyside_attention",
+    "measure_cell",
+    "run_op_bench",
+]
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 OP_NAME = "relative_attention"
@@ -31,8 +40,16 @@ OP_NAME = "relative_attention"
 BWD_FLOP_RATIO = 2.5
 
 
-def attention_flops(batch: int, heads: int, lq: int, lk: int, head_dim: int, max_relative_position: int,
-                    mode: str, positional_sides: int = 2) -> float:
+def attention_flops(
+    batch: int,
+    heads: int,
+    lq: int,
+    lk: int,
+    head_dim: int,
+    max_relative_position: int,
+    mode: str,
+    positional_sides: int = 2,
+) -> float:
     """FLOPs of one call (a multiply-add counts 2).
 
     forward = 4*B*H*Lq*Lk*D                      QK^T and PV, 2*B*H*Lq*Lk*D each
@@ -128,8 +145,15 @@ def _flex_keyside(q, k, v, qa, max_relative_position: int):
 _compiled_flex: Callable | None = None
 
 
-def flex_keyside_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-                           max_relative_position: int, *, compiled: bool = True) -> torch.Tensor:
+def flex_keyside_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    max_relative_position: int,
+    *,
+    compiled: bool = True,
+) -> torch.Tensor:
     """softmax((q.k + q.a_ij) / sqrt(D)) @ v: NEZHA's key-side term only (no value-side term).
 
     q, k, v: [B, H, L, D]; table: [2R+1, D]. qa = q @ table^T is [B, H, Lq, 2R+1]: the 2R+1 distinct
@@ -151,8 +175,9 @@ def flex_keyside_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ta
     return _compiled_flex(q, k, v, qa, max_relative_position)
 
 
-def make_provider_fn(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     max_relative_position: int) -> tuple[Callable[[], torch.Tensor], str]:
+def make_provider_fn(
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_relative_position: int
+) -> tuple[Callable[[], torch.Tensor], str]:
     """A zero-argument call of provider ``name`` on (q, k, v) [B, H, L, D], and a note for the row."""
     if name in ("reference", "torch", "triton", "cuda"):
         from ..attention import relative_attention
@@ -179,7 +204,9 @@ def make_provider_fn(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def _error_text(exc: BaseException) -> str:
-    return "OOM" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:140] if str(exc) else ''}"
+    return (
+        "OOM" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:140] if str(exc) else ''}"
+    )
 
 
 def measure_cell(spec: dict) -> dict:
@@ -251,8 +278,12 @@ def measure_cell(spec: dict) -> dict:
                 timing = time_fn(fn, device, cpu_budget_s=budget)
             elif mode == "bwd":
                 result = fn()
-                timing = time_fn(lambda: result.backward(grad, retain_graph=True), device,
-                                 grad_to_none=[q, k, v], cpu_budget_s=budget)
+                timing = time_fn(
+                    lambda: result.backward(grad, retain_graph=True),
+                    device,
+                    grad_to_none=[q, k, v],
+                    cpu_budget_s=budget,
+                )
                 del result
             else:
                 timing = time_fn(lambda: fn().backward(grad), device, grad_to_none=[q, k, v], cpu_budget_s=budget)
@@ -263,14 +294,28 @@ def measure_cell(spec: dict) -> dict:
             continue
         finally:
             clear_grads()
-        out["modes"][mode].update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
-                                  reps=timing.reps, peak_mib=peaks[mode])
+        out["modes"][mode].update(
+            median_ms=timing.median_ms,
+            p20_ms=timing.p20_ms,
+            p80_ms=timing.p80_ms,
+            reps=timing.reps,
+            peak_mib=peaks[mode],
+        )
     return out
 
 
-def run_op_bench(grid: OpGrid, device: str, env: dict, *, providers: tuple[str, ...] | None = None,
-                 progress=None, limit_gib: float = 16.0, cell_timeout_s: float = 600.0,
-                 cpu_budget_s: float = 0.5, deadline: float | None = None) -> list[Row]:
+def run_op_bench(
+    grid: OpGrid,
+    device: str,
+    env: dict,
+    *,
+    providers: tuple[str, ...] | None = None,
+    progress=None,
+    limit_gib: float = 16.0,
+    cell_timeout_s: float = 600.0,
+    cpu_budget_s: float = 0.5,
+    deadline: float | None = None,
+) -> list[Row]:
     """Every (dtype, length, provider, mode) of ``grid`` as Rows; unusable providers give skipped rows.
 
     Lengths are the outer loop, so when ``deadline`` (a time.monotonic() value) passes, the longest
@@ -285,8 +330,17 @@ def run_op_bench(grid: OpGrid, device: str, env: dict, *, providers: tuple[str, 
             batch = grid.batch(length)
             for name in providers:
                 usable, reason = status_of[name]
-                base = dict(bench="op", op=OP_NAME, provider=name, dtype=dtype, batch=batch, heads=grid.heads,
-                            seq_len=length, head_dim=grid.head_dim, **env)
+                base = dict(
+                    bench="op",
+                    op=OP_NAME,
+                    provider=name,
+                    dtype=dtype,
+                    batch=batch,
+                    heads=grid.heads,
+                    seq_len=length,
+                    head_dim=grid.head_dim,
+                    **env,
+                )
                 left = None if deadline is None else deadline - time.monotonic()
                 if not usable or (left is not None and left <= 0):
                     status = f"skipped: {reason}" if not usable else "skipped: time budget"
@@ -294,20 +348,43 @@ def run_op_bench(grid: OpGrid, device: str, env: dict, *, providers: tuple[str, 
                     if progress is not None:
                         progress.advance(f"op {name} {dtype} L={length}: {status}")
                     continue
-                spec = dict(provider=name, device=device, dtype=dtype, batch=batch, heads=grid.heads,
-                            seq_len=length, head_dim=grid.head_dim, max_relative_position=grid.max_relative_position,
-                            modes=list(grid.modes), cpu_budget_s=cpu_budget_s)
+                spec = dict(
+                    provider=name,
+                    device=device,
+                    dtype=dtype,
+                    batch=batch,
+                    heads=grid.heads,
+                    seq_len=length,
+                    head_dim=grid.head_dim,
+                    max_relative_position=grid.max_relative_position,
+                    modes=list(grid.modes),
+                    cpu_budget_s=cpu_budget_s,
+                )
                 timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
-                measured = measure_in_place_or_child("nezha_kernels.bench.op_bench:measure_cell", spec, grid.modes,
-                                                     on_gpu=on_gpu, limit_gib=limit_gib, timeout_s=timeout)
+                measured = measure_in_place_or_child(
+                    "nezha_kernels.bench.op_bench:measure_cell",
+                    spec,
+                    grid.modes,
+                    on_gpu=on_gpu,
+                    limit_gib=limit_gib,
+                    timeout_s=timeout,
+                )
                 for mode in grid.modes:
                     cell = dict(measured["modes"][mode])
                     if cell["status"] == "OOM" and not on_gpu:
                         cell["status"] = f"OOM (> {limit_gib:g} GiB)"
                     row = Row(mode=mode, note=measured["note"], **base, **cell)
                     if row.status == OK:
-                        flops = attention_flops(batch, grid.heads, length, length, grid.head_dim,
-                                                grid.max_relative_position, mode, PROVIDERS[name][0])
+                        flops = attention_flops(
+                            batch,
+                            grid.heads,
+                            length,
+                            length,
+                            grid.head_dim,
+                            grid.max_relative_position,
+                            mode,
+                            PROVIDERS[name][0],
+                        )
                         row.tflops = flops / (row.median_ms * 1e-3) / 1e12
                     rows.append(row)
                 if progress is not None:

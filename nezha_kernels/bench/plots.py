@@ -8,8 +8,8 @@ A cell that could not run (OOM, timeout, n/a, error) is an "x" on the top edge i
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .results import OK, Row
 
@@ -43,16 +43,37 @@ def _draw(ax, members: list[Row], xkey, metric: str, colors: dict, xlabels: dict
         # log axes: a zero peak (a rise below the RSS resolution, tiny shapes) cannot be drawn
         ok = [r for r in mine if r.status == OK and getattr(r, metric) is not None and getattr(r, metric) > 0]
         if ok:
-            ax.plot([xkey(r) for r in ok], [getattr(r, metric) for r in ok], marker="o", ms=4, color=color,
-                    label=_label(provider))
+            ax.plot(
+                [xkey(r) for r in ok],
+                [getattr(r, metric) for r in ok],
+                marker="o",
+                ms=4,
+                color=color,
+                label=_label(provider),
+            )
             if metric == "median_ms":
-                ax.fill_between([xkey(r) for r in ok], [r.p20_ms for r in ok], [r.p80_ms for r in ok],
-                                color=color, alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    [xkey(r) for r in ok],
+                    [r.p20_ms for r in ok],
+                    [r.p80_ms for r in ok],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
         failed = [r for r in mine if r.status != OK and not r.status.startswith("skipped")]
         if failed:
-            ax.plot([xkey(r) for r in failed], [0.97] * len(failed), linestyle="none", marker="x", ms=8, mew=2,
-                    color=color, transform=top_edge, clip_on=False,
-                    label=None if ok else f"{_label(provider)} (did not run)")
+            ax.plot(
+                [xkey(r) for r in failed],
+                [0.97] * len(failed),
+                linestyle="none",
+                marker="x",
+                ms=8,
+                mew=2,
+                color=color,
+                transform=top_edge,
+                clip_on=False,
+                label=None if ok else f"{_label(provider)} (did not run)",
+            )
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -71,15 +92,20 @@ def log_ticks(low: float, high: float) -> list[float]:
         raise ValueError(f"log_ticks: need 0 < low < high, got {low}, {high}")
     ticks: list[float] = []
     for steps in _LOG_STEPS:
-        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-                 for m in steps if low <= m * 10.0 ** e <= high]
+        ticks = [
+            m * 10.0**e
+            for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+            for m in steps
+            if low <= m * 10.0**e <= high
+        ]
         if len(ticks) >= _MIN_LABELS:
             return ticks
     from matplotlib.ticker import MaxNLocator
 
     for bins in range(4, 10):
-        ticks = [float(t) for t in MaxNLocator(nbins=bins, steps=[1, 2, 5, 10]).tick_values(low, high)
-                 if low <= t <= high]
+        ticks = [
+            float(t) for t in MaxNLocator(nbins=bins, steps=[1, 2, 5, 10]).tick_values(low, high) if low <= t <= high
+        ]
         if len(ticks) >= _MIN_LABELS:
             break
     return ticks
@@ -121,8 +147,9 @@ def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 8.4), squeeze=False)
         for col, mode in enumerate(modes):
             members = [r for r in mine if r.mode == mode]
-            for row_i, (metric, ylabel) in enumerate((("median_ms", "time (ms, median; band p20-p80)"),
-                                                      ("peak_mib", "peak memory rise (MiB)"))):
+            for row_i, (metric, ylabel) in enumerate(
+                (("median_ms", "time (ms, median; band p20-p80)"), ("peak_mib", "peak memory rise (MiB)"))
+            ):
                 ax = axes[row_i][col]
                 _draw(ax, members, lambda r: r.seq_len, metric, colors)
                 ax.set_xscale("log", base=2)
@@ -134,8 +161,10 @@ def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
         sample = mine[0]
-        title = (f"relative_attention, {dtype}, H={sample.heads}, D={sample.head_dim}, "
-                 f"B*L = {sample.batch * sample.seq_len} tokens  (x = OOM / not run)\n{sample.device_name}")
+        title = (
+            f"relative_attention, {dtype}, H={sample.heads}, D={sample.head_dim}, "
+            f"B*L = {sample.batch * sample.seq_len} tokens  (x = OOM / not run)\n{sample.device_name}"
+        )
         paths.append(_finish(plt, fig, axes, title, Path(out_dir) / f"ops_{dtype}.png"))
     return paths
 
@@ -169,8 +198,9 @@ def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(2, len(modes), figsize=(5.6 * len(modes), 8.0), squeeze=False)
         for col, mode in enumerate(modes):
             members = [r for r in mine if r.mode == mode]
-            for row_i, (metric, ylabel) in enumerate((("median_ms", "time per step (ms)"),
-                                                      ("peak_mib", "peak memory rise (MiB)"))):
+            for row_i, (metric, ylabel) in enumerate(
+                (("median_ms", "time per step (ms)"), ("peak_mib", "peak memory rise (MiB)"))
+            ):
                 ax = axes[row_i][col]
                 _draw(ax, members, lambda r: position[(r.batch, r.seq_len)], metric, colors)
                 _plain_log_y(ax)
@@ -179,8 +209,10 @@ def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
                 ax.set_xlabel("batch x length")
                 ax.set_ylabel(ylabel)
                 ax.set_title(f"{mode}" if row_i == 0 else f"{mode}: memory")
-        title = (f"{mine[0].op} (random weights), {dtype}; train = AdamW step, dropout on  "
-                 f"(x = OOM / n/a)\n{mine[0].device_name}")
+        title = (
+            f"{mine[0].op} (random weights), {dtype}; train = AdamW step, dropout on  "
+            f"(x = OOM / n/a)\n{mine[0].device_name}"
+        )
         paths.append(_finish(plt, fig, axes, title, Path(out_dir) / f"models_{dtype}.png"))
     return paths
 

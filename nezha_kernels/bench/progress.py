@@ -55,8 +55,12 @@ class Progress:
         width = 24
         filled = width * self.done // max(self.total, 1)
         elapsed = time.perf_counter() - self.start
-        print(f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:6.1f}s  "
-              f"{shorten(label, columns - _PLAIN_PREFIX)}", file=self.stream, flush=True)
+        print(
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {elapsed:6.1f}s  "
+            f"{shorten(label, columns - _PLAIN_PREFIX)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -12,8 +12,8 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["Row", "FIELDS", "environment", "write_csv", "write_json", "read_csv", "rows_from_records", "is_ok"]
 

@@ -7,7 +7,7 @@ their status (OOM, n/a, timeout, error). Providers skipped everywhere are listed
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 from .results import OK, Row
 
@@ -42,7 +42,7 @@ def format_table(rows: Iterable[Row]) -> str:
     lines: list[str] = []
     skipped: dict[str, str] = {}
     errors: list[str] = []
-    groups: "OrderedDict[tuple, list[Row]]" = OrderedDict()
+    groups: OrderedDict[tuple, list[Row]] = OrderedDict()
     for row in rows:
         groups.setdefault((row.bench, row.op, row.dtype, row.mode), []).append(row)
     for (bench, op, dtype, mode), members in groups.items():
@@ -50,9 +50,10 @@ def format_table(rows: Iterable[Row]) -> str:
         shown = [p for p in providers if not all(r.status.startswith("skipped") for r in members if r.provider == p)]
         for p in providers:
             if p not in shown:
-                skipped[p] = next(r.status for r in members if r.provider == p)[len("skipped: "):]
-        errors += [f"{r.provider} {r.dtype} {r.mode} {r.shape}: {r.status}" for r in members
-                   if r.status.startswith("error")]
+                skipped[p] = next(r.status for r in members if r.provider == p)[len("skipped: ") :]
+        errors += [
+            f"{r.provider} {r.dtype} {r.mode} {r.shape}: {r.status}" for r in members if r.status.startswith("error")
+        ]
         if not shown:
             continue
         shapes = list(OrderedDict.fromkeys((r.batch, r.seq_len) for r in members))
@@ -65,7 +66,9 @@ def format_table(rows: Iterable[Row]) -> str:
         unit = f"[B, {members[0].heads}, L, {members[0].head_dim}]" if bench == "op" else "batch x length"
         lines.append(f"\n{bench} {op} {unit}  dtype={dtype}  mode={mode}  ({members[0].device_name})")
         for i, line in enumerate(table):
-            lines.append("  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths))))
+            lines.append(
+                "  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths)))
+            )
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
     if skipped:

@@ -9,12 +9,21 @@ import dataclasses
 import os
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["Timing", "time_cpu", "time_cuda", "time_fn", "WIDE_SPREAD", "relative_spread", "load_average",
-           "cpu_cores", "timing_warnings"]
+__all__ = [
+    "Timing",
+    "time_cpu",
+    "time_cuda",
+    "time_fn",
+    "WIDE_SPREAD",
+    "relative_spread",
+    "load_average",
+    "cpu_cores",
+    "timing_warnings",
+]
 
 # (p80 - p20) / median above which a timing is flagged. A quiet machine stays well under it: on 2 cores
 # a quiet run's widest is ~0.4 (a 6 ms op); a busy one reached 0.6-1.5 (the reference at L = 512).
@@ -37,8 +46,9 @@ def _quantile(sorted_ms: Sequence[float], q: float) -> float:
     return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
-def time_cpu(fn: Callable[[], object], *, warmup: int = 1, min_reps: int = 3, max_reps: int = 30,
-             budget_s: float = 1.0) -> Timing:
+def time_cpu(
+    fn: Callable[[], object], *, warmup: int = 1, min_reps: int = 3, max_reps: int = 30, budget_s: float = 1.0
+) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then at least ``min_reps`` timed runs, continuing while the
     timed total stays under ``budget_s`` (so cheap calls get many samples, costly ones a few)."""
     if min_reps < 1 or max_reps < min_reps:
@@ -57,19 +67,29 @@ def time_cpu(fn: Callable[[], object], *, warmup: int = 1, min_reps: int = 3, ma
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), len(samples))
 
 
-def time_cuda(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100,
-              grad_to_none: Sequence[torch.Tensor] | None = None) -> Timing:
+def time_cuda(
+    fn: Callable[[], object],
+    *,
+    warmup_ms: int = 25,
+    rep_ms: int = 100,
+    grad_to_none: Sequence[torch.Tensor] | None = None,
+) -> Timing:
     """CUDA-event timing through triton.testing.do_bench (it flushes L2 between runs)."""
     from triton.testing import do_bench
 
-    median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none,
-                                quantiles=[0.5, 0.2, 0.8])
+    median, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
     return Timing(float(median), float(p20), float(p80), None)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device | str, *,
-            grad_to_none: Sequence[torch.Tensor] | None = None, cpu_budget_s: float = 1.0,
-            cpu_min_reps: int = 3, cpu_warmup: int = 1) -> Timing:
+def time_fn(
+    fn: Callable[[], object],
+    device: torch.device | str,
+    *,
+    grad_to_none: Sequence[torch.Tensor] | None = None,
+    cpu_budget_s: float = 1.0,
+    cpu_min_reps: int = 3,
+    cpu_warmup: int = 1,
+) -> Timing:
     """Time ``fn`` on ``device``: do_bench on CUDA, repeated wall-clock timing on CPU (``cpu_warmup``
     untimed calls first: 0 when the caller has just run ``fn``, e.g. for its memory pass)."""
     if torch.device(device).type == "cuda":
@@ -111,24 +131,38 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def timing_warnings(rows, peak_load: float | None = None, cores: int | None = None,
-                    limit: float = WIDE_SPREAD) -> list[str]:
+def timing_warnings(
+    rows, peak_load: float | None = None, cores: int | None = None, limit: float = WIDE_SPREAD
+) -> list[str]:
     """Warnings for a run's result rows (``median_ms``, ``p20_ms``, ``p80_ms``, ``status`` fields): the cells
     whose spread exceeds ``limit``, and a load average above the core count (``peak_load``: the highest
     sampled during the run; None: not checked)."""
     cores = cores or cpu_cores()
     lines = []
-    wide = [r for r in rows if r.status == "ok" and r.median_ms and r.p20_ms is not None and r.p80_ms is not None
-            and relative_spread(r.median_ms, r.p20_ms, r.p80_ms) > limit]
+    wide = [
+        r
+        for r in rows
+        if r.status == "ok"
+        and r.median_ms
+        and r.p20_ms is not None
+        and r.p80_ms is not None
+        and relative_spread(r.median_ms, r.p20_ms, r.p80_ms) > limit
+    ]
     if wide:
-        cells = ", ".join(f"{r.provider} {r.mode} {r.batch}x{r.seq_len} ({r.median_ms:.3g} ms "
-                          f"[{r.p20_ms:.3g}-{r.p80_ms:.3g}])" for r in wide[:6])
+        cells = ", ".join(
+            f"{r.provider} {r.mode} {r.batch}x{r.seq_len} ({r.median_ms:.3g} ms [{r.p20_ms:.3g}-{r.p80_ms:.3g}])"
+            for r in wide[:6]
+        )
         more = f" and {len(wide) - 6} more" if len(wide) > 6 else ""
-        lines.append(f"warning: {len(wide)} timing(s) vary widely (p20-p80 wider than {limit:.0%} of the median): "
-                     f"{cells}{more}. Other work probably competed for the machine: rerun before comparing them.")
+        lines.append(
+            f"warning: {len(wide)} timing(s) vary widely (p20-p80 wider than {limit:.0%} of the median): "
+            f"{cells}{more}. Other work probably competed for the machine: rerun before comparing them."
+        )
     if peak_load is not None and peak_load > cores:
-        lines.append(f"warning: the load average reached {peak_load:.1f} on {cores} core(s) during the run: other "
-                     "processes competed for the CPU, so the times are inflated and noisy (PyTorch's OpenMP threads spin at "
-                     "every barrier for a thread that is not running: small ops can take 10-30x longer). Rerun on a quiet "
-                     "machine before comparing; on a shared one, OMP_WAIT_POLICY=PASSIVE avoids the worst of it.")
+        lines.append(
+            f"warning: the load average reached {peak_load:.1f} on {cores} core(s) during the run: other "
+            "processes competed for the CPU, so the times are inflated and noisy (PyTorch's OpenMP threads spin at "
+            "every barrier for a thread that is not running: small ops can take 10-30x longer). Rerun on a quiet "
+            "machine before comparing; on a shared one, OMP_WAIT_POLICY=PASSIVE avoids the worst of it."
+        )
     return lines

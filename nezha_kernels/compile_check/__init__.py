@@ -54,14 +54,14 @@ spill B  bytes per thread of local memory (stack frame + spill stores): values t
 
 @dataclasses.dataclass
 class CompileRow:
-    component: str        # "triton" or "cuda"
-    kernel: str           # kernel name
-    config: str           # tile config / dtype / head dim, human readable
-    arch: int             # 80, 90
-    status: str           # "ok" or "error"
+    component: str  # "triton" or "cuda"
+    kernel: str  # kernel name
+    config: str  # tile config / dtype / head dim, human readable
+    arch: int  # 80, 90
+    status: str  # "ok" or "error"
     registers: int | None = None
     shared_bytes: int | None = None
-    spill_bytes: int | None = None   # stack + local memory; > 0 means spills
+    spill_bytes: int | None = None  # stack + local memory; > 0 means spills
     message: str = ""
 
     @property
@@ -75,7 +75,7 @@ _ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 def config_role(row: CompileRow) -> str:
-    """"main", "candidate" or "single" (see LEGEND); "" when the label does not say."""
+    """ "main", "candidate" or "single" (see LEGEND); "" when the label does not say."""
     if row.component == "cuda" or row.kernel == "bwd_delta":
         return "single"
     label = _TRITON_LABEL.match(row.config)
@@ -119,15 +119,19 @@ class _Reporter:
         while not self._stop.wait(min(1.0, self.heartbeat_s / 2)):
             if time.monotonic() - self._last >= self.heartbeat_s:
                 done = f", {self.count} rows done" if self.count else ""
-                self._say(f"  {self.component}: still compiling, {time.monotonic() - self.begin:.0f} s{done} "
-                          "(a cold cache takes minutes; a warm one, seconds)")
+                self._say(
+                    f"  {self.component}: still compiling, {time.monotonic() - self.begin:.0f} s{done} "
+                    "(a cold cache takes minutes; a warm one, seconds)"
+                )
 
     def row(self, row: CompileRow) -> None:
         """Count a finished row; say so every few seconds (errors at once) rather than once per row."""
         self.count += 1
         if not row.ok or time.monotonic() - self._last >= PROGRESS_EVERY_S:
-            self._say(f"  {self.component}: {self.count} done, {time.monotonic() - self.begin:.0f} s "
-                      f"(last: {row.kernel} {row.config} sm_{row.arch}: {row.status})")
+            self._say(
+                f"  {self.component}: {self.count} done, {time.monotonic() - self.begin:.0f} s "
+                f"(last: {row.kernel} {row.config} sm_{row.arch}: {row.status})"
+            )
 
     def finish(self, rows: int) -> None:
         self._stop.set()
@@ -182,11 +186,20 @@ def format_table(rows: list[CompileRow]) -> str:
     body = []
     for r in rows:
         role = config_role(r)
-        body.append((r.component, r.kernel, r.config, f"sm_{r.arch}", role, r.status,
-                     "" if r.registers is None else str(r.registers),
-                     "" if r.shared_bytes is None else str(r.shared_bytes),
-                     "" if r.spill_bytes is None else str(r.spill_bytes),
-                     _note(r, role)))
+        body.append(
+            (
+                r.component,
+                r.kernel,
+                r.config,
+                f"sm_{r.arch}",
+                role,
+                r.status,
+                "" if r.registers is None else str(r.registers),
+                "" if r.shared_bytes is None else str(r.shared_bytes),
+                "" if r.spill_bytes is None else str(r.spill_bytes),
+                _note(r, role),
+            )
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -195,26 +208,39 @@ def format_table(rows: list[CompileRow]) -> str:
 
 
 def summary(rows: list[CompileRow]) -> str:
-    """"N ok, M failed", plus how many main / candidate configs spill."""
+    """ "N ok, M failed", plus how many main / candidate configs spill."""
     failed = sum(not r.ok for r in rows)
     text = f"{len(rows) - failed} ok, {failed} failed"
     spilling = [config_role(r) for r in rows if r.ok and r.spill_bytes]
     if spilling:
-        text += (f"; {spilling.count('main')} main config(s) and {spilling.count('candidate')} autotune "
-                 f"candidate(s) spill")
+        text += (
+            f"; {spilling.count('main')} main config(s) and {spilling.count('candidate')} autotune candidate(s) spill"
+        )
     return text
 
 
 def _parser():
     import argparse
 
-    parser = argparse.ArgumentParser(prog="nezha-kernels compile-check", description=DESCRIPTION,
-                                     epilog="Columns of the table:\n" + LEGEND,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", type=int, action="append", metavar="SM",
-                        help="compute capability to compile for, as 80 or 90 (repeatable; default: 80 and 90)")
-    parser.add_argument("--only", choices=sorted(COMPONENTS), action="append",
-                        help="check only this component (repeatable; default: all)")
+    parser = argparse.ArgumentParser(
+        prog="nezha-kernels compile-check",
+        description=DESCRIPTION,
+        epilog="Columns of the table:\n" + LEGEND,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--arch",
+        type=int,
+        action="append",
+        metavar="SM",
+        help="compute capability to compile for, as 80 or 90 (repeatable; default: 80 and 90)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=sorted(COMPONENTS),
+        action="append",
+        help="check only this component (repeatable; default: all)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 

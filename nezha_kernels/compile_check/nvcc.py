@@ -17,9 +17,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import CompileRow
 from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_digest
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
+from . import CompileRow
 
 __all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
 
@@ -147,9 +147,19 @@ def run(archs: tuple[int, ...], progress=None) -> list[CompileRow]:
                     status, message = "error", f"register spills: {p['spill_bytes']} bytes"
                 elif smem > (163 if arch < 90 else 227) * 1024:
                     status, message = "error", "shared memory above the per-block limit"
-                rows.append(CompileRow(
-                    "cuda", p["kernel"], f"{p['dtype']} D={p['head_dim']}", p["arch"], status,
-                    registers=p["registers"], shared_bytes=smem, spill_bytes=p["spill_bytes"], message=message))
+                rows.append(
+                    CompileRow(
+                        "cuda",
+                        p["kernel"],
+                        f"{p['dtype']} D={p['head_dim']}",
+                        p["arch"],
+                        status,
+                        registers=p["registers"],
+                        shared_bytes=smem,
+                        spill_bytes=p["spill_bytes"],
+                        message=message,
+                    )
+                )
             if progress is not None:
                 for row in rows[done:]:
                     progress(row)

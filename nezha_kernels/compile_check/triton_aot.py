@@ -28,9 +28,24 @@ VARLEN_HEAD_DIMS = (64, 128)  # the padding-free rows: main configs, fp16 and bf
 
 # Pointer arguments and their element types (None: the input dtype).
 _POINTERS = {
-    "Q": None, "K": None, "V": None, "T": None, "OUT": None, "DOUT": None, "DQ": None, "DK": None, "DV": None,
-    "ROW_MAX": "fp32", "ROW_LOGSUM": "fp32", "WS": "fp32", "DELTA": "fp32", "KPAD": "u8", "AMASK": "fp32", "HMASK": "fp32",
-    "CU_Q": "i32", "CU_K": "i32",
+    "Q": None,
+    "K": None,
+    "V": None,
+    "T": None,
+    "OUT": None,
+    "DOUT": None,
+    "DQ": None,
+    "DK": None,
+    "DV": None,
+    "ROW_MAX": "fp32",
+    "ROW_LOGSUM": "fp32",
+    "WS": "fp32",
+    "DELTA": "fp32",
+    "KPAD": "u8",
+    "AMASK": "fp32",
+    "HMASK": "fp32",
+    "CU_Q": "i32",
+    "CU_K": "i32",
 }
 _FLOATS = {"scale", "dropout_p", "dropout_scale"}
 
@@ -39,11 +54,28 @@ _FLOATS = {"scale", "dropout_p", "dropout_scale"}
 # masks as attention.py builds them): integer arguments equal to 1 become constants, pointers and
 # integers divisible by 16 get tt.divisibility = 16. Compiling without these (every stride a generic
 # i32) builds a 64-bit address per element and over-reports registers: it is not the code a GPU runs.
-_UNIT_STRIDES = {"stride_qd", "stride_kd", "stride_vd", "stride_td", "stride_od", "stride_gd", "stride_pn",
-                 "stride_an"}
-_DIVISIBLE_INTS = {"stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn",
-                   "stride_vb", "stride_vh", "stride_vn", "stride_tr", "stride_ob", "stride_oh", "stride_om",
-                   "stride_gb", "stride_gh", "stride_gm", "R", "LQ_KEY", "LK_KEY"}
+_UNIT_STRIDES = {"stride_qd", "stride_kd", "stride_vd", "stride_td", "stride_od", "stride_gd", "stride_pn", "stride_an"}
+_DIVISIBLE_INTS = {
+    "stride_qb",
+    "stride_qh",
+    "stride_qm",
+    "stride_kb",
+    "stride_kh",
+    "stride_kn",
+    "stride_vb",
+    "stride_vh",
+    "stride_vn",
+    "stride_tr",
+    "stride_ob",
+    "stride_oh",
+    "stride_om",
+    "stride_gb",
+    "stride_gh",
+    "stride_gm",
+    "R",
+    "LQ_KEY",
+    "LK_KEY",
+}
 
 
 def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict, dict]:
@@ -74,8 +106,9 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            [str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     reg = re.search(r"REG:(\d+)", text)
     stack = re.search(r"STACK:(\d+)", text)
     local = re.search(r"LOCAL:(\d+)", text)
@@ -100,10 +133,18 @@ def _jobs(archs, grid: str = "full"):
         "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.gpu_tiles("bwd_dkdv")),
         "bwd_dq": ("_relattn_bwd_dq_kernel", configs.gpu_tiles("bwd_dq")),
     }
-    every = dict(HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True,
-                 VARLEN=False)
-    plain = dict(HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False,
-                 HAS_DROPOUT=False, VARLEN=False)
+    every = dict(
+        HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True, VARLEN=False
+    )
+    plain = dict(
+        HAS_KPAD=False,
+        HAS_AMASK=False,
+        HAS_HMASK=False,
+        CAUSAL=False,
+        CAUSAL_SKIP=False,
+        HAS_DROPOUT=False,
+        VARLEN=False,
+    )
     # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
     causal_skip = dict(plain, CAUSAL=True, CAUSAL_SKIP=True)
     # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
@@ -115,8 +156,15 @@ def _jobs(archs, grid: str = "full"):
         fn_name = kernels[kernel][0]
         bm, bn, warps, stages = tile
         stages = configs.stages_for(stages, arch // 10)  # what the autotuner runs on this arch
-        constexprs = dict(HEAD_DIM=d, BLOCK_D=max(16, d), DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_P=configs.block_p(bm, bn), **features)
+        constexprs = dict(
+            HEAD_DIM=d,
+            BLOCK_D=max(16, d),
+            DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_P=configs.block_p(bm, bn),
+            **features,
+        )
         if kernel in BLOCK_BAND_KERNELS:
             constexprs["BAND_P"] = configs.band_p(MAIN_R)
         label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
@@ -143,12 +191,24 @@ def _jobs(archs, grid: str = "full"):
                         kept = configs.candidates(kernel, tiles, d, DTYPES[dtype])
                         add(kernel, d, dtype, kept[0], every, "all-features", arch)
         if grid == "main":
-            add("fwd", 128, "fp32", configs.candidates("fwd", kernels["fwd"][1], 128, 4)[0], every, "all-features", arch)
+            add(
+                "fwd", 128, "fp32", configs.candidates("fwd", kernels["fwd"][1], 128, 4)[0], every, "all-features", arch
+            )
             for kernel in ("bwd_dkdv", "bwd_dq"):  # head dim 128 training in fp16 / bf16: the wide-head tiles
                 tile = configs.candidates(kernel, kernels[kernel][1], 128, 2)[0]
                 add(kernel, 128, "fp16", tile, every, "all-features", arch)
-        jobs.append(("bwd_delta", "_relattn_bwd_delta_kernel", "fp16 D=64 64 rows", arch, "fp16",
-                     dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64), 4, 1))
+        jobs.append(
+            (
+                "bwd_delta",
+                "_relattn_bwd_delta_kernel",
+                "fp16 D=64 64 rows",
+                arch,
+                "fp16",
+                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64),
+                4,
+                1,
+            )
+        )
     return jobs
 
 
@@ -173,8 +233,9 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     try:
         signature, consts, attrs = _signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": warps, "num_stages": stages})
+        compiled = triton.compile(
+            src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages}
+        )
         regs, spill = _resources(compiled.asm["cubin"])
     except Exception as exc:  # report, don't stop: the table shows every failure
         return f"{type(exc).__name__}: {exc}"
@@ -204,7 +265,8 @@ def run(archs=(80, 90), grid: str = "full", jobs=None) -> list[CompileRow]:
     jobs = _jobs(archs, grid) if jobs is None else list(jobs)
     workers = max(1, min(4, os.cpu_count() or 1, len(jobs)))
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                initializer=_worker_environment) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_environment
+    ) as pool:
         results = list(pool.map(_compile, jobs))
     return [_row(job, result) for job, result in zip(jobs, results)]

@@ -22,10 +22,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .sources import BINDING_SOURCE, EXTENSION_FILES, HEADERS, KERNEL_SOURCES, source_dir
+from .sources import BINDING_SOURCE, EXTENSION_FILES, KERNEL_SOURCES, source_dir
 
-__all__ = ["CudaBuildError", "CSRC", "KERNEL_SOURCES", "find_nvcc", "gencode_flags", "nvcc_flags",
-           "load_extension", "build_extension", "extension_status", "cached_build", "aot_extension"]
+__all__ = [
+    "CudaBuildError",
+    "CSRC",
+    "KERNEL_SOURCES",
+    "find_nvcc",
+    "gencode_flags",
+    "nvcc_flags",
+    "load_extension",
+    "build_extension",
+    "extension_status",
+    "cached_build",
+    "aot_extension",
+]
 
 CSRC = source_dir()  # the checkout's csrc/, or the copy a wheel ships (nezha_kernels/_csrc)
 BUILD_DIR_ENV = "NEZHA_KERNELS_BUILD_DIR"
@@ -51,8 +62,12 @@ def find_nvcc() -> str | None:
 
 def cuda_root(nvcc: str) -> Path:
     """Toolkit root holding lib64/libcudart*: $CUDA_HOME, nvcc's parent or /usr/local/cuda."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
-                  str(Path(os.path.realpath(nvcc)).parent.parent), "/usr/local/cuda"]
+    candidates = [
+        os.environ.get("CUDA_HOME"),
+        os.environ.get("CUDA_PATH"),
+        str(Path(os.path.realpath(nvcc)).parent.parent),
+        "/usr/local/cuda",
+    ]
     for c in candidates:
         if c and any((Path(c) / "lib64").glob("libcudart*")):
             return Path(c)
@@ -83,8 +98,11 @@ def sources_digest(names) -> str:
 
 def cache_root(build_dir: str | os.PathLike | None = None) -> Path:
     """Where builds are cached: ``build_dir``, else $NEZHA_KERNELS_BUILD_DIR, else ~/.cache/nezha_kernels."""
-    return Path(build_dir or os.environ.get(BUILD_DIR_ENV)
-                or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels")
+    return Path(
+        build_dir
+        or os.environ.get(BUILD_DIR_ENV)
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nezha_kernels"
+    )
 
 
 def default_archs() -> tuple[int, ...]:
@@ -123,8 +141,9 @@ def _compile_kernels(nvcc: str, archs: tuple[int, ...], out_dir: Path) -> list[P
             continue
         tmp = obj.with_suffix(".o.tmp")
         cmd = [nvcc, "-c", str(CSRC / name), "-o", str(tmp), *nvcc_flags(archs)]
-        procs.append((obj, tmp, cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True)))
+        procs.append(
+            (obj, tmp, cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        )
     for obj, tmp, cmd, proc in procs:
         log, _ = proc.communicate()
         if proc.returncode != 0:
@@ -137,8 +156,7 @@ def jit_key() -> str:
     """Cache key of a JIT build: torch's version and CUDA version (the binding's ABI) and every source."""
     import torch
 
-    text = "|".join([torch.__version__, str(torch.version.cuda),
-                     sources_digest(EXTENSION_FILES)])
+    text = "|".join([torch.__version__, str(torch.version.cuda), sources_digest(EXTENSION_FILES)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -192,9 +210,13 @@ def _compile_binding(objects: list[Path], out_dir: Path, nvcc: str, verbose: boo
         runtime = [f"-L{lib}", "-lcudart"]
     try:
         return cpp_extension.load(
-            name=_module_name(out_dir), sources=[str(CSRC / BINDING_SOURCE)],
-            extra_include_paths=[str(CSRC)], extra_cflags=["-O2"],
-            extra_ldflags=[*map(str, objects), *runtime], build_directory=str(out_dir), verbose=verbose,
+            name=_module_name(out_dir),
+            sources=[str(CSRC / BINDING_SOURCE)],
+            extra_include_paths=[str(CSRC)],
+            extra_cflags=["-O2"],
+            extra_ldflags=[*map(str, objects), *runtime],
+            build_directory=str(out_dir),
+            verbose=verbose,
         )
     except Exception as exc:  # compiler output is in the message
         raise CudaBuildError(f"building the CUDA extension's binding failed: {exc}") from exc
@@ -208,18 +230,22 @@ def _toolchain() -> str:
     if nvcc is None:
         raise CudaBuildError(
             "the CUDA backend needs nvcc (CUDA toolkit 12+): none found on PATH, $CUDA_HOME or /usr/local/cuda; "
-            f"set ${NVCC_ENV} or CUDA_HOME, or use backend='triton'/'torch'")
+            f"set ${NVCC_ENV} or CUDA_HOME, or use backend='triton'/'torch'"
+        )
     if not cpp_extension.is_ninja_available():
         raise CudaBuildError("the CUDA backend's JIT build needs ninja: pip install ninja")
     missing = [name for name in EXTENSION_FILES if not (CSRC / name).is_file()]
     if missing:
-        raise CudaBuildError(f"CUDA sources missing from {CSRC}: {', '.join(missing)} (a broken install: "
-                             "reinstall nezha_kernels, or use a source checkout)")
+        raise CudaBuildError(
+            f"CUDA sources missing from {CSRC}: {', '.join(missing)} (a broken install: "
+            "reinstall nezha_kernels, or use a source checkout)"
+        )
     return nvcc
 
 
-def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.PathLike | None = None,
-                    verbose: bool = False):
+def build_extension(
+    archs: tuple[int, ...] | None = None, build_dir: str | os.PathLike | None = None, verbose: bool = False
+):
     """JIT-build (or reuse the cached build of) the extension module for ``archs``; returns the module.
 
     Says on stderr when it compiles (minutes); ``nezha-kernels build`` runs this ahead of time.
@@ -228,9 +254,12 @@ def build_extension(archs: tuple[int, ...] | None = None, build_dir: str | os.Pa
     archs = tuple(sorted(set(archs or default_archs())))
     out_dir = jit_build_dir(archs, build_dir)
     if not (out_dir / f"{_module_name(out_dir)}.so").is_file():
-        print(f"nezha_kernels: building the CUDA extension for {', '.join(f'sm_{a}' for a in archs)} in {out_dir} "
-              "(once per source version; takes minutes; `nezha-kernels build` does it ahead of time)",
-              file=sys.stderr, flush=True)
+        print(
+            f"nezha_kernels: building the CUDA extension for {', '.join(f'sm_{a}' for a in archs)} in {out_dir} "
+            "(once per source version; takes minutes; `nezha-kernels build` does it ahead of time)",
+            file=sys.stderr,
+            flush=True,
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     objects = _compile_kernels(nvcc, archs, out_dir)
     return _compile_binding(objects, out_dir, nvcc, verbose)
@@ -262,16 +291,18 @@ def aot_extension():
     try:
         return _import_aot()
     except ImportError as exc:
-        raise CudaBuildError(f"the ahead-of-time CUDA extension {AOT_MODULE} is installed but does not import "
-                             f"({exc}); reinstall it (NEZHA_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .) "
-                             "or remove it to use a JIT build") from exc
+        raise CudaBuildError(
+            f"the ahead-of-time CUDA extension {AOT_MODULE} is installed but does not import "
+            f"({exc}); reinstall it (NEZHA_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation .) "
+            "or remove it to use a JIT build"
+        ) from exc
 
 
 _failure: dict[int, str] = {}  # arch -> why loading the extension failed in this process
 _status: dict[int, tuple[bool, str]] = {}  # arch -> extension_status, probed once per process
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension(arch: int | None = None):
     """The extension module: the AOT build if installed, else a cached JIT build, else a JIT build (minutes).
 
@@ -318,5 +349,6 @@ def _probe(arch: int) -> tuple[bool, str]:
         _toolchain()
     except CudaBuildError as exc:
         return False, str(exc)
-    return True, (f"JIT-builds the extension for sm_{arch} on first use (minutes), "
-                  "or ahead of time with `nezha-kernels build`")
+    return True, (
+        f"JIT-builds the extension for sm_{arch} on first use (minutes), or ahead of time with `nezha-kernels build`"
+    )

@@ -34,14 +34,31 @@ import torch
 from .build import CSRC, cache_root, sources_digest
 from .sources import EMU_SOURCES, EMULATOR_FILES
 
-__all__ = ["EmulatorBuildError", "SANITIZE_ENV", "find_cxx", "build_emulator", "load_emulator", "sanitizer_runtime",
-           "EmulatedExtension", "emulated_extension", "emulated_cuda_backend", "run_selftest"]
+__all__ = [
+    "EmulatorBuildError",
+    "SANITIZE_ENV",
+    "find_cxx",
+    "build_emulator",
+    "load_emulator",
+    "sanitizer_runtime",
+    "EmulatedExtension",
+    "emulated_extension",
+    "emulated_cuda_backend",
+    "run_selftest",
+]
 
 SANITIZE_ENV = "NEZHA_EMU_SANITIZE"
 CXX_ENV = "NEZHA_EMU_CXX"
 _SANITIZERS = ("address", "thread", "undefined")
-_BASE_FLAGS = ("-std=c++20", "-pthread", "-fPIC", "-DNEZHA_CUDA_EMULATE", "-fno-strict-aliasing", "-Wall",
-               "-Wno-unknown-pragmas")
+_BASE_FLAGS = (
+    "-std=c++20",
+    "-pthread",
+    "-fPIC",
+    "-DNEZHA_CUDA_EMULATE",
+    "-fno-strict-aliasing",
+    "-Wall",
+    "-Wno-unknown-pragmas",
+)
 
 
 class EmulatorBuildError(RuntimeError):
@@ -138,8 +155,12 @@ class _TensorView(ctypes.Structure):
     table on load. The checks of the arguments are the binding's own, in C++."""
 
     _fields_ = [
-        ("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("device_type", ctypes.c_int),
-        ("device_index", ctypes.c_int), ("ndim", ctypes.c_int), ("sizes", ctypes.c_int64 * 4),
+        ("data", ctypes.c_void_p),
+        ("dtype", ctypes.c_int),
+        ("device_type", ctypes.c_int),
+        ("device_index", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("sizes", ctypes.c_int64 * 4),
         ("strides", ctypes.c_int64 * 4),
     ]
 
@@ -174,7 +195,7 @@ def _check_layout(lib: ctypes.CDLL) -> None:
         raise EmulatorBuildError(f"TensorView layout mismatch: library {list(out[:n])}, ctypes {want}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     """The built library, loaded with its C API typed (cached per sanitizer set)."""
     lib = ctypes.CDLL(str(build_emulator(sanitize)))
@@ -235,58 +256,187 @@ class EmulatedExtension:
         if self._lib.nezha_emu_set_device(device) != 0:
             raise RuntimeError(f"invalid emulated device {device}")
 
-    def forward(self, q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p,
-                seed, stream, impl):
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        additive_mask,
+        head_mask,
+        R,
+        q_offset,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        stream,
+        impl,
+    ):
         """[out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32 (row max, log of the row sum)]."""
         out = _poisoned(q.shape, q.dtype)
         lse = _poisoned((2, *q.shape[:-1]), torch.float32)
         tensors = (q, k, v, table, key_padding, additive_mask, head_mask)
-        _raise_on(self._lib.nezha_emu_fwd(*map(_view, tensors), R, q_offset, causal, scale, dropout_p,
-                                          int(seed) & (2**64 - 1), impl, _view(out), _view(lse), self.device))
+        _raise_on(
+            self._lib.nezha_emu_fwd(
+                *map(_view, tensors),
+                R,
+                q_offset,
+                causal,
+                scale,
+                dropout_p,
+                int(seed) & (2**64 - 1),
+                impl,
+                _view(out),
+                _view(lse),
+                self.device,
+            )
+        )
         return [out, lse]
 
-    def backward(self, dout, q, k, v, table, key_padding, additive_mask, head_mask, lse, delta, R, q_offset, causal,
-                 scale, dropout_p, seed, stream, impl):
+    def backward(
+        self,
+        dout,
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        additive_mask,
+        head_mask,
+        lse,
+        delta,
+        R,
+        q_offset,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        stream,
+        impl,
+    ):
         """[dq, dk, dv], contiguous, in q's dtype."""
         dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
         tensors = (dout, q, k, v, table, key_padding, additive_mask, head_mask, lse, delta)
-        _raise_on(self._lib.nezha_emu_bwd(*map(_view, tensors), R, q_offset, causal, scale, dropout_p,
-                                          int(seed) & (2**64 - 1), impl, _view(dq), _view(dk), _view(dv),
-                                          self.device))
+        _raise_on(
+            self._lib.nezha_emu_bwd(
+                *map(_view, tensors),
+                R,
+                q_offset,
+                causal,
+                scale,
+                dropout_p,
+                int(seed) & (2**64 - 1),
+                impl,
+                _view(dq),
+                _view(dk),
+                _view(dv),
+                self.device,
+            )
+        )
         return [dq, dk, dv]
 
-    def forward_varlen(self, q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R,
-                       causal, scale, dropout_p, seed, stream, impl):
+    def forward_varlen(
+        self,
+        q,
+        k,
+        v,
+        table,
+        head_mask,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        R,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        stream,
+        impl,
+    ):
         """[out [Tq, H, D] in q's dtype, lse [2, H, Tq] float32]: a padding-free call."""
         out = _poisoned(q.shape, q.dtype)
         lse = _poisoned((2, q.shape[1], q.shape[0]) if q.dim() == 3 else (1,), torch.float32)
         tensors = (q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k)
-        _raise_on(self._lib.nezha_emu_fwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
-                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(out), _view(lse),
-                                                 self.device))
+        _raise_on(
+            self._lib.nezha_emu_fwd_varlen(
+                *map(_view, tensors),
+                max_seqlen_q,
+                max_seqlen_k,
+                R,
+                causal,
+                scale,
+                dropout_p,
+                int(seed) & (2**64 - 1),
+                impl,
+                _view(out),
+                _view(lse),
+                self.device,
+            )
+        )
         return [out, lse]
 
-    def backward_varlen(self, dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                        max_seqlen_k, R, causal, scale, dropout_p, seed, stream, impl):
+    def backward_varlen(
+        self,
+        dout,
+        q,
+        k,
+        v,
+        table,
+        head_mask,
+        lse,
+        delta,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        R,
+        causal,
+        scale,
+        dropout_p,
+        seed,
+        stream,
+        impl,
+    ):
         """[dq [Tq, H, D], dk, dv [Tk, H, D]] in q's dtype."""
         dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
         tensors = (dout, q, k, v, table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k)
-        _raise_on(self._lib.nezha_emu_bwd_varlen(*map(_view, tensors), max_seqlen_q, max_seqlen_k, R, causal, scale,
-                                                 dropout_p, int(seed) & (2**64 - 1), impl, _view(dq), _view(dk),
-                                                 _view(dv), self.device))
+        _raise_on(
+            self._lib.nezha_emu_bwd_varlen(
+                *map(_view, tensors),
+                max_seqlen_q,
+                max_seqlen_k,
+                R,
+                causal,
+                scale,
+                dropout_p,
+                int(seed) & (2**64 - 1),
+                impl,
+                _view(dq),
+                _view(dk),
+                _view(dv),
+                self.device,
+            )
+        )
         return [dq, dk, dv]
 
     def round_to(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """x (float32) rounded through the emulated __float2half_rn / __float2bfloat16_rn and back."""
         x = x.to(torch.float32).contiguous()
         out = torch.empty_like(x)
-        self._lib.nezha_emu_round({torch.float16: 0, torch.bfloat16: 1}[dtype], x.data_ptr(), out.data_ptr(),
-                                  x.numel())
+        self._lib.nezha_emu_round({torch.float16: 0, torch.bfloat16: 1}[dtype], x.data_ptr(), out.data_ptr(), x.numel())
         return out
 
 
-def run_selftest(name: str, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-                 out_numel: int = 128, sanitize: str | None = None) -> tuple[str | None, torch.Tensor]:
+def run_selftest(
+    name: str,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    out_numel: int = 128,
+    sanitize: str | None = None,
+) -> tuple[str | None, torch.Tensor]:
     """(error or None, float32 outputs) of the emulator's self-test kernel ``name`` (csrc/emu/emu_selftest.cpp)."""
     lib = load_emulator(sanitize)
     a = a.to(torch.float32).contiguous() if a is not None else torch.zeros(1)

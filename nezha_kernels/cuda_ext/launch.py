@@ -19,7 +19,7 @@ or, inside ``use_extension(...)`` (nezha_kernels/cuda_ext/emulator.emulated_cuda
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -84,7 +84,10 @@ def _compact_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 def _canonical(q, k, v, table, key_padding, additive_mask, head_mask, batch: int) -> tuple:
     return (
-        _unit_stride(q), _unit_stride(k), _unit_stride(v), table.contiguous(),
+        _unit_stride(q),
+        _unit_stride(k),
+        _unit_stride(v),
+        table.contiguous(),
         key_padding.contiguous() if key_padding is not None else None,
         _compact_mask(additive_mask),
         head_mask.to(torch.float32).expand(batch, q.shape[1]).contiguous() if head_mask is not None else None,
@@ -95,9 +98,27 @@ def _batch(q, cu_seqlens_q) -> int:
     return q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1
 
 
-def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p, seed, *,
-                family: str) -> tuple[torch.Tensor, torch.Tensor]:
+def relattn_fwd(
+    q,
+    k,
+    v,
+    table,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    *,
+    family: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32: row max, log of the row sum).
 
     q: [B, H, Lq, D], k / v: [B, H, Lk, D], table: [2R+1, D] in q's dtype; seed: int (0 without dropout).
@@ -109,18 +130,55 @@ def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlen
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
     if cu_seqlens_q is not None:
         q, k, v, table, _, _, head_mask = args
-        out, lse = ext.forward_varlen(q, k, v, table, head_mask, cu_seqlens_q.contiguous(),
-                                      cu_seqlens_k.contiguous(), int(max_seqlen_q), int(max_seqlen_k),
-                                      max_relative_position, causal, scale, dropout_p, int(seed), _stream(q), impl)
+        out, lse = ext.forward_varlen(
+            q,
+            k,
+            v,
+            table,
+            head_mask,
+            cu_seqlens_q.contiguous(),
+            cu_seqlens_k.contiguous(),
+            int(max_seqlen_q),
+            int(max_seqlen_k),
+            max_relative_position,
+            causal,
+            scale,
+            dropout_p,
+            int(seed),
+            _stream(q),
+            impl,
+        )
     else:
-        out, lse = ext.forward(*args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed),
-                               _stream(q), impl)
+        out, lse = ext.forward(
+            *args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl
+        )
     return out, lse
 
 
-def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q,
-                cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p,
-                seed, *, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def relattn_bwd(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    out,
+    lse,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    *,
+    family: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments."""
     impl = _family_code(family)
     grad_out = grad_out.contiguous()
@@ -132,11 +190,40 @@ def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, 
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
     if cu_seqlens_q is not None:
         q, k, v, table, _, _, head_mask = args
-        dq, dk, dv = ext.backward_varlen(grad_out, q, k, v, table, head_mask, lse.contiguous(), delta,
-                                         cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), int(max_seqlen_q),
-                                         int(max_seqlen_k), max_relative_position, causal, scale, dropout_p,
-                                         int(seed), _stream(q), impl)
+        dq, dk, dv = ext.backward_varlen(
+            grad_out,
+            q,
+            k,
+            v,
+            table,
+            head_mask,
+            lse.contiguous(),
+            delta,
+            cu_seqlens_q.contiguous(),
+            cu_seqlens_k.contiguous(),
+            int(max_seqlen_q),
+            int(max_seqlen_k),
+            max_relative_position,
+            causal,
+            scale,
+            dropout_p,
+            int(seed),
+            _stream(q),
+            impl,
+        )
     else:
-        dq, dk, dv = ext.backward(grad_out, *args, lse.contiguous(), delta, max_relative_position, q_offset, causal,
-                                  scale, dropout_p, int(seed), _stream(q), impl)
+        dq, dk, dv = ext.backward(
+            grad_out,
+            *args,
+            lse.contiguous(),
+            delta,
+            max_relative_position,
+            q_offset,
+            causal,
+            scale,
+            dropout_p,
+            int(seed),
+            _stream(q),
+            impl,
+        )
     return dq, dk, dv

@@ -24,7 +24,7 @@ PACKAGED_FILES = (*EXTENSION_FILES, *EMU_SOURCES, *EMU_HEADERS)
 PACKAGED_DIR = "_csrc"
 
 _HERE = Path(__file__).resolve().parent
-CHECKOUT_DIR = _HERE.parents[1] / "csrc"      # a source checkout: <repo>/csrc
+CHECKOUT_DIR = _HERE.parents[1] / "csrc"  # a source checkout: <repo>/csrc
 PACKAGE_DATA_DIR = _HERE.parent / PACKAGED_DIR  # an installed wheel: nezha_kernels/_csrc
 
 

@@ -36,7 +36,9 @@ def _nezha_module():
 
             version = transformers.__version__
         except ImportError:
-            raise ImportError("patch_transformers_nezha needs transformers <= 4.57 (with NEZHA); it is not installed") from exc
+            raise ImportError(
+                "patch_transformers_nezha needs transformers <= 4.57 (with NEZHA); it is not installed"
+            ) from exc
         raise ImportError(
             f"transformers {version} has no NEZHA (it was removed in transformers 5); use nezha_kernels.models "
             "instead, or install transformers<=4.57"
@@ -117,7 +119,8 @@ _fast_classes: dict[type, type] = {}
 def _fast_class(original: type) -> type:
     if original not in _fast_classes:
         _fast_classes[original] = type(
-            "FastNezhaSelfAttention", (original,),
+            "FastNezhaSelfAttention",
+            (original,),
             {"forward": _fast_forward, "_nezha_kernels_original_class": original, "__module__": __name__},
         )
     return _fast_classes[original]
@@ -140,7 +143,8 @@ def _unpatch_instance(module: nn.Module, config) -> None:
     mod = _nezha_module()
     ref = next(module.parameters())
     module.relative_positions_encoding = mod.NezhaRelativePositionsEncoding(
-        length=config.max_position_embeddings, depth=module.attention_head_size,
+        length=config.max_position_embeddings,
+        depth=module.attention_head_size,
         max_relative_position=config.max_relative_position,
     ).to(device=ref.device, dtype=ref.dtype)
     module.__class__ = original

@@ -21,8 +21,16 @@ import torch
 from .configuration import NezhaConfig
 
 __all__ = [
-    "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME",
-    "LoadingInfo", "read_state_dict", "load_pretrained", "save_pretrained", "save_config", "unsaved_keys",
+    "SAFE_WEIGHTS_NAME",
+    "SAFE_WEIGHTS_INDEX_NAME",
+    "WEIGHTS_NAME",
+    "WEIGHTS_INDEX_NAME",
+    "LoadingInfo",
+    "read_state_dict",
+    "load_pretrained",
+    "save_pretrained",
+    "save_config",
+    "unsaved_keys",
 ]
 
 logger = logging.getLogger("nezha_kernels.models")
@@ -82,9 +90,7 @@ def _weight_files(directory: str) -> list[str]:
         if missing:
             raise FileNotFoundError(f"{path!r} lists shard files that are missing: {missing}")
         return [os.path.join(directory, s) for s in shards]
-    raise FileNotFoundError(
-        f"no weights in {directory!r}: expected one of {list(_WEIGHT_FILES)}"
-    )
+    raise FileNotFoundError(f"no weights in {directory!r}: expected one of {list(_WEIGHT_FILES)}")
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -117,7 +123,7 @@ def _align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
         return {prefix + k: v for k, v in state.items()}
     if not model_has_base and state_has_prefix:
         # Head weights (cls.*, classifier.*) of a task checkpoint stay unprefixed and end up unexpected.
-        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+        return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
     return state
 
 
@@ -211,25 +217,36 @@ def load_pretrained(
     if unexpected:
         logger.warning(
             "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-            directory, name, unexpected,
+            directory,
+            name,
+            unexpected,
         )
     # Mismatched weights were dropped from the state, so they are in `missing` too: name each once, and
     # those with their two shapes (as transformers does).
     resized = {k for k, _, _ in mismatched}
     newly_initialized = [k for k in missing if k not in resized]
-    advice = ("You should probably TRAIN this model on a down-stream task to be able to use it for predictions "
-              "and inference.")
+    advice = (
+        "You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference."
+    )
     if newly_initialized:
         logger.warning(
-            "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-            "initialized: %s\n%s", name, directory, newly_initialized, advice,
+            "Some weights of %s were not initialized from the model checkpoint at %s and are newly initialized: %s\n%s",
+            name,
+            directory,
+            newly_initialized,
+            advice,
         )
     if mismatched:
-        shapes = "\n".join(f"- {k}: found shape {list(a)} in the checkpoint and {list(b)} in the model"
-                           for k, a, b in mismatched)
+        shapes = "\n".join(
+            f"- {k}: found shape {list(a)} in the checkpoint and {list(b)} in the model" for k, a, b in mismatched
+        )
         logger.warning(
             "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-            "initialized because the shapes did not match:\n%s\n%s", name, directory, shapes, advice,
+            "initialized because the shapes did not match:\n%s\n%s",
+            name,
+            directory,
+            shapes,
+            advice,
         )
     if torch_dtype is not None or device is not None:
         model.to(device=device, dtype=torch_dtype)
@@ -305,9 +322,11 @@ def save_pretrained(
     limit = _parse_size(max_shard_size) if max_shard_size is not None else None
     shards = _shards(state, limit)
     base, ext = ("model", "safetensors") if safe_serialization else ("pytorch_model", "bin")
-    names = [f"{base}.{ext}"] if len(shards) == 1 else [
-        f"{base}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))
-    ]
+    names = (
+        [f"{base}.{ext}"]
+        if len(shards) == 1
+        else [f"{base}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+    )
     # Stale files of another layout would shadow (or mix with) the new ones on load.
     for stale in _WEIGHT_FILES:
         path = os.path.join(directory, stale)

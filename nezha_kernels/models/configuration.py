@@ -143,8 +143,15 @@ class NezhaConfig:
 
     def validate(self) -> None:
         """ValueError naming the first key whose value cannot build a model."""
-        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "type_vocab_size", "max_relative_position"):
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "type_vocab_size",
+            "max_relative_position",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NezhaConfig.{key} must be a positive int, got {value!r}")
@@ -177,7 +184,7 @@ class NezhaConfig:
         return out
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "NezhaConfig":
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> NezhaConfig:
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"config has model_type {model_type!r}, expected {cls.model_type!r}")
@@ -195,15 +202,17 @@ class NezhaConfig:
             f.write(self.to_json_string())
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "NezhaConfig":
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> NezhaConfig:
         return cls.from_dict(read_json_object(path), **overrides)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "NezhaConfig":
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> NezhaConfig:
         """Read ``directory/config.json`` (FileNotFoundError naming the path when it is missing)."""
         path = os.path.join(os.fspath(directory), CONFIG_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(directory)!r}: a NEZHA checkpoint directory needs one")
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {os.fspath(directory)!r}: a NEZHA checkpoint directory needs one"
+            )
         return cls.from_json_file(path, **overrides)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

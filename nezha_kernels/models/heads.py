@@ -28,8 +28,12 @@ from .outputs import (
 )
 
 __all__ = [
-    "NezhaForPreTraining", "NezhaForMaskedLM", "NezhaForNextSentencePrediction",
-    "NezhaForSequenceClassification", "NezhaForMultipleChoice", "NezhaForTokenClassification",
+    "NezhaForPreTraining",
+    "NezhaForMaskedLM",
+    "NezhaForNextSentencePrediction",
+    "NezhaForSequenceClassification",
+    "NezhaForMultipleChoice",
+    "NezhaForTokenClassification",
     "NezhaForQuestionAnswering",
 ]
 
@@ -105,13 +109,29 @@ def _pack(return_dict: bool, output_cls, loss, logits: tuple, outputs):
 class _TaskModel(NezhaPreTrainedModel):
     """Shared forward plumbing of the heads: run self.nezha, forward the optional outputs."""
 
-    def _run_base(self, input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                  output_attentions, output_hidden_states, return_dict, **extra):
+    def _run_base(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        head_mask,
+        inputs_embeds,
+        output_attentions,
+        output_hidden_states,
+        return_dict,
+        **extra,
+    ):
         """``extra``: position_ids and the flattened-batch keywords (cu_seq_lens_q, ...) pass through."""
         return self.nezha(
-            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, head_mask=head_mask,
-            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=return_dict, **extra,
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **extra,
         )
 
     def _return_dict(self, return_dict):
@@ -136,20 +156,42 @@ class NezhaForPreTraining(_TaskModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, next_sentence_label=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, position_ids=None, **flattening):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        next_sentence_label=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **flattening,
+    ):
         """labels [B, L] (-100 = ignored), next_sentence_label [B]. prediction_logits [B, L, vocab],
         seq_relationship_logits [B, 2]. The loss needs both labels, as in Hugging Face."""
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 position_ids=position_ids, **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            position_ids=position_ids,
+            **flattening,
+        )
         prediction_scores, seq_relationship_score = self.cls(outputs[0], outputs[1])
         loss = None
         if labels is not None and next_sentence_label is not None:
             loss = _mlm_loss(prediction_scores, labels, self.config.vocab_size) + F.cross_entropy(
-                seq_relationship_score.view(-1, 2), next_sentence_label.view(-1).to(seq_relationship_score.device))
+                seq_relationship_score.view(-1, 2), next_sentence_label.view(-1).to(seq_relationship_score.device)
+            )
         return _pack(return_dict, NezhaForPreTrainingOutput, loss, (prediction_scores, seq_relationship_score), outputs)
 
 
@@ -167,17 +209,38 @@ class NezhaForMaskedLM(_TaskModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                encoder_hidden_states=None, encoder_attention_mask=None, labels=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None,
-                position_ids=None, **flattening):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **flattening,
+    ):
         """labels [B, L] (-100 = ignored). logits [B, L, vocab]."""
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 encoder_hidden_states=encoder_hidden_states,
-                                 encoder_attention_mask=encoder_attention_mask, position_ids=position_ids,
-                                 **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            position_ids=position_ids,
+            **flattening,
+        )
         logits = self.cls(outputs[0])
         loss = _mlm_loss(logits, labels, self.config.vocab_size) if labels is not None else None
         return _pack(return_dict, MaskedLMOutput, loss, (logits,), outputs)
@@ -192,17 +255,37 @@ class NezhaForNextSentencePrediction(_TaskModel):
         self.cls = NezhaOnlyNSPHead(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                position_ids=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **kwargs,
+    ):
         """labels [B] in {0, 1} (``next_sentence_label`` accepted as an old alias). logits [B, 2]."""
         if "next_sentence_label" in kwargs:
             labels = kwargs.pop("next_sentence_label")
         flattening = kwargs
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 position_ids=position_ids, **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            position_ids=position_ids,
+            **flattening,
+        )
         logits = self.cls(outputs[1])
         loss = F.cross_entropy(logits.view(-1, 2), labels.view(-1).to(logits.device)) if labels is not None else None
         return _pack(return_dict, NextSentencePredictorOutput, loss, (logits,), outputs)
@@ -224,14 +307,34 @@ class NezhaForSequenceClassification(_TaskModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                position_ids=None, **flattening):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **flattening,
+    ):
         """labels: [B] long (classification), [B] float (regression) or [B, num_labels] float (multi-label)."""
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 position_ids=position_ids, **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            position_ids=position_ids,
+            **flattening,
+        )
         logits = self.classifier(self.dropout(outputs[1]))
         loss = None
         if labels is not None:
@@ -272,8 +375,18 @@ class NezhaForMultipleChoice(_TaskModel):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
         """input_ids / attention_mask / token_type_ids [B, C, L] or inputs_embeds [B, C, L, hidden]; labels [B]."""
         return_dict = self._return_dict(return_dict)
         source = input_ids if input_ids is not None else inputs_embeds
@@ -289,9 +402,14 @@ class NezhaForMultipleChoice(_TaskModel):
             return t.reshape(-1, t.shape[-1]) if t is not None else None
 
         outputs = self._run_base(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), head_mask,
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            head_mask,
             inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:]) if inputs_embeds is not None else None,
-            output_attentions, output_hidden_states, return_dict,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
         )
         logits = self.classifier(self.dropout(outputs[1])).view(-1, num_choices)
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
@@ -309,14 +427,34 @@ class NezhaForTokenClassification(_TaskModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                position_ids=None, **flattening):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **flattening,
+    ):
         """labels [B, L] in [0, num_labels) or -100."""
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 position_ids=position_ids, **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            position_ids=position_ids,
+            **flattening,
+        )
         logits = self.classifier(self.dropout(outputs[0]))
         loss = None
         if labels is not None:
@@ -334,14 +472,35 @@ class NezhaForQuestionAnswering(_TaskModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, head_mask=None, inputs_embeds=None,
-                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, position_ids=None, **flattening):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        position_ids=None,
+        **flattening,
+    ):
         """start_positions / end_positions [B] (or [B, 1]); positions outside [0, L) are ignored in the loss."""
         return_dict = self._return_dict(return_dict)
-        outputs = self._run_base(input_ids, attention_mask, token_type_ids, head_mask, inputs_embeds,
-                                 output_attentions, output_hidden_states, return_dict,
-                                 position_ids=position_ids, **flattening)
+        outputs = self._run_base(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            position_ids=position_ids,
+            **flattening,
+        )
         logits = self.qa_outputs(outputs[0])
         if logits.shape[-1] != 2:
             raise ValueError(f"NezhaForQuestionAnswering needs config.num_labels == 2, got {logits.shape[-1]}")
@@ -356,6 +515,8 @@ class NezhaForQuestionAnswering(_TaskModel):
             # Positions beyond the input (truncated answers) become L, which the loss ignores.
             start_positions = start_positions.to(logits.device).clamp(0, ignored)
             end_positions = end_positions.to(logits.device).clamp(0, ignored)
-            loss = (F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
-                    + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)) / 2
+            loss = (
+                F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
+                + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
+            ) / 2
         return _pack(return_dict, QuestionAnsweringModelOutput, loss, (start_logits, end_logits), outputs)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,15 @@ from .packing import (
 )
 
 __all__ = [
-    "ACT2FN", "NezhaEmbeddings", "NezhaSelfAttention", "NezhaAttention", "NezhaLayer", "NezhaEncoder",
-    "NezhaPooler", "NezhaPreTrainedModel", "NezhaModel",
+    "ACT2FN",
+    "NezhaEmbeddings",
+    "NezhaSelfAttention",
+    "NezhaAttention",
+    "NezhaLayer",
+    "NezhaEncoder",
+    "NezhaPooler",
+    "NezhaPreTrainedModel",
+    "NezhaModel",
 ]
 
 
@@ -169,8 +177,9 @@ class NezhaSelfAttention(nn.Module):
         context = context.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
         return context, weights, present
 
-    def _packed_forward(self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None, causal: bool,
-                        packed: PackedBatch) -> torch.Tensor:
+    def _packed_forward(
+        self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None, causal: bool, packed: PackedBatch
+    ) -> torch.Tensor:
         """[T, hidden] -> [T, hidden]: q, k, v stay [T, H, D] (no transposes), one varlen call."""
         from ..varlen import relative_attention_varlen
 
@@ -180,11 +189,18 @@ class NezhaSelfAttention(nn.Module):
             return x.view(tokens, self.num_attention_heads, self.attention_head_size)
 
         context = relative_attention_varlen(
-            heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states)),
-            packed.cu_seqlens, packed.cu_seqlens, max_seqlen_q=packed.max_seqlen, max_seqlen_k=packed.max_seqlen,
-            max_relative_position=self.config.max_relative_position, causal=causal,
+            heads(self.query(hidden_states)),
+            heads(self.key(hidden_states)),
+            heads(self.value(hidden_states)),
+            packed.cu_seqlens,
+            packed.cu_seqlens,
+            max_seqlen_q=packed.max_seqlen,
+            max_seqlen_k=packed.max_seqlen,
+            max_relative_position=self.config.max_relative_position,
+            causal=causal,
             dropout_p=self.config.attention_probs_dropout_prob if self.training else 0.0,
-            head_mask=head_mask, backend=self.config.attn_backend,
+            head_mask=head_mask,
+            backend=self.config.attn_backend,
         )
         return context.reshape(tokens, self.all_head_size)
 
@@ -246,12 +262,30 @@ class NezhaAttention(nn.Module):
         att.all_head_size = size * att.num_attention_heads
         self.pruned_heads |= heads
 
-    def forward(self, hidden_states, key_padding=None, head_mask=None, encoder_hidden_states=None,
-                encoder_key_padding=None, past_key_value=None, output_attentions=False, q_offset=0, causal=False,
-                packed=None):
+    def forward(
+        self,
+        hidden_states,
+        key_padding=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_key_padding=None,
+        past_key_value=None,
+        output_attentions=False,
+        q_offset=0,
+        causal=False,
+        packed=None,
+    ):
         context, weights, present = self.self(
-            hidden_states, key_padding, head_mask, encoder_hidden_states, encoder_key_padding,
-            past_key_value, output_attentions, q_offset, causal, packed,
+            hidden_states,
+            key_padding,
+            head_mask,
+            encoder_hidden_states,
+            encoder_key_padding,
+            past_key_value,
+            output_attentions,
+            q_offset,
+            causal,
+            packed,
         )
         return self.output(context, hidden_states), weights, present
 
@@ -290,15 +324,31 @@ class NezhaLayer(nn.Module):
         self.intermediate = NezhaIntermediate(config)
         self.output = NezhaOutput(config)
 
-    def forward(self, hidden_states, key_padding=None, head_mask=None, encoder_hidden_states=None,
-                encoder_key_padding=None, past_key_value=None, output_attentions=False, q_offset=0,
-                causal=False, packed=None):
+    def forward(
+        self,
+        hidden_states,
+        key_padding=None,
+        head_mask=None,
+        encoder_hidden_states=None,
+        encoder_key_padding=None,
+        past_key_value=None,
+        output_attentions=False,
+        q_offset=0,
+        causal=False,
+        packed=None,
+    ):
         """Returns (hidden [B, L, hidden] or [T, hidden] when packed, self weights | None,
         cross weights | None, present cache | None)."""
         self_past = past_key_value[:2] if past_key_value is not None else None
         attention_output, weights, present = self.attention(
-            hidden_states, key_padding, head_mask, past_key_value=self_past,
-            output_attentions=output_attentions, q_offset=q_offset, causal=causal, packed=packed,
+            hidden_states,
+            key_padding,
+            head_mask,
+            past_key_value=self_past,
+            output_attentions=output_attentions,
+            q_offset=q_offset,
+            causal=causal,
+            packed=packed,
         )
         cross_weights = None
         if encoder_hidden_states is not None:
@@ -309,8 +359,14 @@ class NezhaLayer(nn.Module):
                 )
             cross_past = past_key_value[2:4] if past_key_value is not None and len(past_key_value) == 4 else None
             attention_output, cross_weights, cross_present = self.crossattention(
-                attention_output, None, head_mask, encoder_hidden_states, encoder_key_padding,
-                cross_past, output_attentions, q_offset,
+                attention_output,
+                None,
+                head_mask,
+                encoder_hidden_states,
+                encoder_key_padding,
+                cross_past,
+                output_attentions,
+                q_offset,
             )
             present = present + cross_present if present is not None else None
         layer_output = self.output(self.intermediate(attention_output), attention_output)
@@ -332,9 +388,21 @@ class NezhaEncoder(nn.Module):
             return contextlib.nullcontext()
         return torch.autograd.graph.save_on_cpu(pin_memory=hidden_states.is_cuda)
 
-    def forward(self, hidden_states, key_padding=None, head_masks=None, encoder_hidden_states=None,
-                encoder_key_padding=None, past_key_values=None, use_cache=False, output_attentions=False,
-                output_hidden_states=False, q_offset=0, causal=False, packed=None):
+    def forward(
+        self,
+        hidden_states,
+        key_padding=None,
+        head_masks=None,
+        encoder_hidden_states=None,
+        encoder_key_padding=None,
+        past_key_values=None,
+        use_cache=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        q_offset=0,
+        causal=False,
+        packed=None,
+    ):
         """head_masks: one [H] tensor or None per layer; packed: hidden_states are the [T, hidden] tokens
         of that PackedBatch. Returns a dict of the collected outputs."""
         all_hidden = [] if output_hidden_states else None
@@ -345,10 +413,18 @@ class NezhaEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            args = (hidden_states, key_padding, head_masks[i] if head_masks is not None else None,
-                    encoder_hidden_states, encoder_key_padding,
-                    past_key_values[i] if past_key_values is not None else None,
-                    output_attentions, q_offset, causal, packed)
+            args = (
+                hidden_states,
+                key_padding,
+                head_masks[i] if head_masks is not None else None,
+                encoder_hidden_states,
+                encoder_key_padding,
+                past_key_values[i] if past_key_values is not None else None,
+                output_attentions,
+                q_offset,
+                causal,
+                packed,
+            )
             if checkpointing and i % self.checkpoint_every == 0:
                 # Both kinds of checkpointing restore the RNG state on recomputation, so the attention
                 # dropout seed (drawn from torch's generator) and nn.Dropout repeat exactly.
@@ -430,7 +506,7 @@ class NezhaPreTrainedModel(nn.Module):
             self.prune_heads(self.config.pruned_heads)
 
     @property
-    def base_model(self) -> "NezhaModel":
+    def base_model(self) -> NezhaModel:
         return getattr(self, self.base_model_prefix, self)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -479,8 +555,9 @@ class NezhaPreTrainedModel(nn.Module):
         self.config.attn_backend = name
 
     # ---- gradient (activation) checkpointing ----------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
-                                      every_n_layers: int = 1, offload: bool = False) -> None:
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         """Recompute encoder layers in the backward pass instead of keeping their activations.
 
         ``gradient_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``; the default is
@@ -497,8 +574,9 @@ class NezhaPreTrainedModel(nn.Module):
         encoder.checkpoint_every, encoder.checkpoint_offload = every_n_layers, offload
         encoder.gradient_checkpointing = True
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
-                                        every_n_layers: int = 1, offload: bool = False) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         """transformers 5's name (its Trainer calls it): the same as :meth:`gradient_checkpointing_enable`."""
         self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
@@ -530,15 +608,20 @@ class NezhaPreTrainedModel(nn.Module):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"new_num_tokens must be a positive int, got {new_num_tokens!r}")
         if pad_to_multiple_of is not None:
-            if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+            if (
+                isinstance(pad_to_multiple_of, bool)
+                or not isinstance(pad_to_multiple_of, int)
+                or pad_to_multiple_of < 1
+            ):
                 raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
             n = math.ceil(n / pad_to_multiple_of) * pad_to_multiple_of
         pad = self.config.pad_token_id
         if pad is not None and pad >= n:
             raise ValueError(f"new_num_tokens={n} would drop the padding token id {pad}")
         keep = min(n, old.num_embeddings)
-        new = nn.Embedding(n, old.embedding_dim, padding_idx=old.padding_idx,
-                           device=old.weight.device, dtype=old.weight.dtype)
+        new = nn.Embedding(
+            n, old.embedding_dim, padding_idx=old.padding_idx, device=old.weight.device, dtype=old.weight.dtype
+        )
         with torch.no_grad():
             if n > keep:
                 if mean_resizing:
@@ -595,21 +678,40 @@ class NezhaPreTrainedModel(nn.Module):
 
     # ---- checkpoint IO (see checkpoint.py) ----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                        token: str | bool | None = None, attn_backend: str | None = None,
-                        torch_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                        config: NezhaConfig | None = None, ignore_mismatched_sizes: bool = False,
-                        output_loading_info: bool = False, **config_overrides: Any):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        attn_backend: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        config: NezhaConfig | None = None,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        **config_overrides: Any,
+    ):
         """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base");
         see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(
-            cls, pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
-            local_files_only=local_files_only, token=token, attn_backend=attn_backend, torch_dtype=torch_dtype,
-            device=device, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes,
-            output_loading_info=output_loading_info, **config_overrides,
+            cls,
+            pretrained_model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            attn_backend=attn_backend,
+            torch_dtype=torch_dtype,
+            device=device,
+            config=config,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            output_loading_info=output_loading_info,
+            **config_overrides,
         )
 
     @classmethod
@@ -619,8 +721,13 @@ class NezhaPreTrainedModel(nn.Module):
 
         return from_tf_checkpoint(cls, path_or_dir, config, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True,
-                        max_shard_size: int | str | None = None) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        safe_serialization: bool = True,
+        max_shard_size: int | str | None = None,
+    ) -> None:
         """Write config.json and the weights; see :func:`nezha_kernels.models.checkpoint.save_pretrained`."""
         from .checkpoint import save_pretrained
 
@@ -710,8 +817,9 @@ class NezhaModel(NezhaPreTrainedModel):
         return cls._key_padding(mask, "attention_mask", batch, key_length), None
 
     @staticmethod
-    def _flattened_batch(position_ids, flattening: dict, keep, needs_dense: bool, batch: int, length: int,
-                         has_past: bool) -> tuple[PackedBatch | None, torch.Tensor | None]:
+    def _flattened_batch(
+        position_ids, flattening: dict, keep, needs_dense: bool, batch: int, length: int, has_past: bool
+    ) -> tuple[PackedBatch | None, torch.Tensor | None]:
         """(PackedBatch, None) for a flattened batch run packed; (None, block-diagonal additive mask) for one
         on the dense path; (None, None) for an ordinary batch.
 
@@ -743,8 +851,14 @@ class NezhaModel(NezhaPreTrainedModel):
             return None, block_diagonal_mask(sequences, keep)
         device = (cu_q if cu_q is not None else position_ids).device
         if cu_q is not None:
-            packed = pack_from_cu_seqlens(cu_q, flattening.get("cu_seq_lens_k"), flattening.get("max_length_q"),
-                                          flattening.get("max_length_k"), length, device)
+            packed = pack_from_cu_seqlens(
+                cu_q,
+                flattening.get("cu_seq_lens_k"),
+                flattening.get("max_length_q"),
+                flattening.get("max_length_k"),
+                length,
+                device,
+            )
         else:
             packed = pack_from_position_ids(position_ids, length)
         return packed, None
@@ -793,13 +907,18 @@ class NezhaModel(NezhaPreTrainedModel):
             raise ValueError("pass input_ids or inputs_embeds (neither was given)")
         if input_ids is not None:
             if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be a [batch, seq_len] tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
+                raise ValueError(
+                    f"input_ids must be a [batch, seq_len] tensor, got {getattr(input_ids, 'shape', input_ids)!r}"
+                )
             check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
             batch, length = input_ids.shape
             device = input_ids.device
         else:
-            if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 \
-                    or inputs_embeds.shape[-1] != config.hidden_size:
+            if (
+                not isinstance(inputs_embeds, torch.Tensor)
+                or inputs_embeds.dim() != 3
+                or inputs_embeds.shape[-1] != config.hidden_size
+            ):
                 raise ValueError(
                     f"inputs_embeds must be [batch, seq_len, hidden_size={config.hidden_size}], "
                     f"got {list(getattr(inputs_embeds, 'shape', []))}"
@@ -836,11 +955,17 @@ class NezhaModel(NezhaPreTrainedModel):
             )
 
         # The dense path where packing cannot apply (see the class docstring).
-        needs_dense = output_attentions or use_cache or past_key_values is not None \
-            or encoder_hidden_states is not None or additive_mask is not None
+        needs_dense = (
+            output_attentions
+            or use_cache
+            or past_key_values is not None
+            or encoder_hidden_states is not None
+            or additive_mask is not None
+        )
         dense = dense_only() or needs_dense
-        packed, flat_mask = self._flattened_batch(position_ids, flattening, key_padding, needs_dense, batch, length,
-                                                  past_key_values is not None)
+        packed, flat_mask = self._flattened_batch(
+            position_ids, flattening, key_padding, needs_dense, batch, length, past_key_values is not None
+        )
         if flat_mask is not None:
             key_padding = flat_mask
         elif packed is None and config.padding_free and key_padding is not None and not dense:
@@ -855,9 +980,18 @@ class NezhaModel(NezhaPreTrainedModel):
 
         embedding_output = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         enc = self.encoder(
-            embedding_output, key_padding, self._layer_head_masks(head_mask), encoder_hidden_states,
-            encoder_key_padding, past_key_values, use_cache, output_attentions, output_hidden_states,
-            q_offset=past_length, causal=config.is_decoder and additive_mask is None, packed=packed,
+            embedding_output,
+            key_padding,
+            self._layer_head_masks(head_mask),
+            encoder_hidden_states,
+            encoder_key_padding,
+            past_key_values,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            q_offset=past_length,
+            causal=config.is_decoder and additive_mask is None,
+            packed=packed,
         )
         if packed is not None:
             enc["last_hidden_state"] = scatter_tokens(enc["last_hidden_state"], packed)
@@ -866,11 +1000,14 @@ class NezhaModel(NezhaPreTrainedModel):
         sequence_output = enc["last_hidden_state"]
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         if not return_dict:
-            rest = tuple(enc[k] for k in ("past_key_values", "hidden_states", "attentions", "cross_attentions")
-                         if enc[k] is not None)
+            rest = tuple(
+                enc[k]
+                for k in ("past_key_values", "hidden_states", "attentions", "cross_attentions")
+                if enc[k] is not None
+            )
             return (sequence_output, pooled_output) + rest
         return BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output, pooler_output=pooled_output, **{
-                k: enc[k] for k in ("hidden_states", "past_key_values", "attentions", "cross_attentions")
-            },
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            **{k: enc[k] for k in ("hidden_states", "past_key_values", "attentions", "cross_attentions")},
         )

@@ -8,7 +8,8 @@ are None, and ``output["logits"]`` looks a field up by name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -152,8 +153,13 @@ def _register_pytree_nodes() -> None:
     import torch.utils._pytree as pytree
 
     for cls in (
-        BaseModelOutputWithPoolingAndCrossAttentions, NezhaForPreTrainingOutput, MaskedLMOutput,
-        NextSentencePredictorOutput, SequenceClassifierOutput, MultipleChoiceModelOutput, TokenClassifierOutput,
+        BaseModelOutputWithPoolingAndCrossAttentions,
+        NezhaForPreTrainingOutput,
+        MaskedLMOutput,
+        NextSentencePredictorOutput,
+        SequenceClassifierOutput,
+        MultipleChoiceModelOutput,
+        TokenClassifierOutput,
         QuestionAnsweringModelOutput,
     ):
         pytree.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")

@@ -25,8 +25,15 @@ import torch.nn.functional as F
 from ..inputs import MASKED_SCORE
 
 __all__ = [
-    "PackedBatch", "dense_only", "pack_padded", "pack_from_position_ids", "pack_from_cu_seqlens",
-    "sequence_ids_from_positions", "sequence_ids_from_cu_seqlens", "block_diagonal_mask", "gather_tokens",
+    "PackedBatch",
+    "dense_only",
+    "pack_padded",
+    "pack_from_position_ids",
+    "pack_from_cu_seqlens",
+    "sequence_ids_from_positions",
+    "sequence_ids_from_cu_seqlens",
+    "block_diagonal_mask",
+    "gather_tokens",
     "scatter_tokens",
 ]
 
@@ -93,8 +100,13 @@ def pack_from_position_ids(position_ids: torch.Tensor, length: int) -> PackedBat
     restarts (nothing to do). Restarts are accepted in a [1, T] batch, the collator's output.
     One device-to-host copy of the ids.
     """
-    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[1] != length \
-            or position_ids.dtype.is_floating_point or position_ids.dtype == torch.bool:
+    if (
+        not isinstance(position_ids, torch.Tensor)
+        or position_ids.dim() != 2
+        or position_ids.shape[1] != length
+        or position_ids.dtype.is_floating_point
+        or position_ids.dtype == torch.bool
+    ):
         raise ValueError(
             f"position_ids must be an integer [batch, seq_len] tensor with seq_len = {length}, "
             f"got {getattr(position_ids, 'dtype', type(position_ids).__name__)} {list(getattr(position_ids, 'shape', []))}"
@@ -121,9 +133,14 @@ def pack_from_position_ids(position_ids: torch.Tensor, length: int) -> PackedBat
     return PackedBatch(None, cu, int(seqlens.max()), 1, length)
 
 
-def pack_from_cu_seqlens(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tensor | None,
-                         max_length_q: int | None, max_length_k: int | None, length: int,
-                         device: torch.device) -> PackedBatch:
+def pack_from_cu_seqlens(
+    cu_seq_lens_q: torch.Tensor,
+    cu_seq_lens_k: torch.Tensor | None,
+    max_length_q: int | None,
+    max_length_k: int | None,
+    length: int,
+    device: torch.device,
+) -> PackedBatch:
     """The collator's ``cu_seq_lens_q/k`` (int32 [B+1], 0 .. T) and ``max_length_q/k`` keywords.
 
     Self-attention over one set of tokens: q and k must describe the same sequences. Values are read
@@ -134,8 +151,11 @@ def pack_from_cu_seqlens(cu_seq_lens_q: torch.Tensor, cu_seq_lens_k: torch.Tenso
         raise ValueError(f"cu_seq_lens_q must be a 1-D int32 tensor [B + 1], got {cu_seq_lens_q!r}")
     reads = not dense_only() and cu_seq_lens_q.device.type == "cpu"
     if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q:
-        if not isinstance(cu_seq_lens_k, torch.Tensor) or cu_seq_lens_k.shape != cu_seq_lens_q.shape or (
-                reads and cu_seq_lens_k.device.type == "cpu" and not torch.equal(cu_seq_lens_k, cu_seq_lens_q)):
+        if (
+            not isinstance(cu_seq_lens_k, torch.Tensor)
+            or cu_seq_lens_k.shape != cu_seq_lens_q.shape
+            or (reads and cu_seq_lens_k.device.type == "cpu" and not torch.equal(cu_seq_lens_k, cu_seq_lens_q))
+        ):
             raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q: NEZHA's self-attention packs one set of tokens")
     if max_length_k is not None and max_length_q is not None and max_length_k != max_length_q:
         raise ValueError(f"max_length_k ({max_length_k}) must equal max_length_q ({max_length_q})")

@@ -29,8 +29,15 @@ from .checkpoint import LoadingInfo, _align_prefix, _tied_keys
 from .configuration import NezhaConfig, read_json_object
 
 __all__ = [
-    "TFCheckpointError", "TFTensorInfo", "resolve_tf_checkpoint", "list_tf_variables", "read_tf_checkpoint",
-    "tf_name_to_torch", "config_from_bert_json", "load_tf_checkpoint", "from_tf_checkpoint",
+    "TFCheckpointError",
+    "TFTensorInfo",
+    "resolve_tf_checkpoint",
+    "list_tf_variables",
+    "read_tf_checkpoint",
+    "tf_name_to_torch",
+    "config_from_bert_json",
+    "load_tf_checkpoint",
+    "from_tf_checkpoint",
 ]
 
 logger = logging.getLogger("nezha_kernels.models")
@@ -40,11 +47,33 @@ _FOOTER_LEN = 48  # 2 block handles padded to 40 bytes + 8-byte magic
 _BLOCK_TRAILER_LEN = 5  # compression type (1 byte) + masked crc32c (4 bytes)
 _DT_FLOAT = 1
 # tensorflow/core/framework/types.proto, for messages only.
-_DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-                9: "int64", 10: "bool", 14: "bfloat16", 19: "float16"}
+_DTYPE_NAMES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    19: "float16",
+}
 # Variables of the optimizer / training loop, not of the model (as in HF's BERT conversion).
-_SKIPPED_SEGMENTS = {"adam_m", "adam_v", "AdamWeightDecayOptimizer", "AdamWeightDecayOptimizer_1",
-                     "lamb_m", "lamb_v", "global_step", "Momentum", "bad_steps", "good_steps", "loss_scale"}
+_SKIPPED_SEGMENTS = {
+    "adam_m",
+    "adam_v",
+    "AdamWeightDecayOptimizer",
+    "AdamWeightDecayOptimizer_1",
+    "lamb_m",
+    "lamb_v",
+    "global_step",
+    "Momentum",
+    "bad_steps",
+    "good_steps",
+    "loss_scale",
+}
 
 
 class TFCheckpointError(ValueError):
@@ -116,12 +145,12 @@ def _proto_fields(buf: bytes, what: str) -> dict[int, list]:
         if wire == 0:
             value, pos = _varint(buf, pos, what)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos, what)
-            value, pos = bytes(buf[pos:pos + length]), pos + length
+            value, pos = bytes(buf[pos : pos + length]), pos + length
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise TFCheckpointError(f"unsupported protobuf wire type {wire} in {what}")
         if pos > len(buf):
@@ -152,9 +181,14 @@ def _parse_entry(name: str, value: bytes) -> TFTensorInfo:
         shape = tuple(_proto_fields(d, f"shape of {name!r}").get(1, [0])[0] for d in dims)
     dtype = f.get(1, [0])[0]
     return TFTensorInfo(
-        name=name, dtype=_DTYPE_NAMES.get(dtype, f"dtype_enum_{dtype}"), shape=shape,
-        shard_id=f.get(3, [0])[0], offset=f.get(4, [0])[0], size=f.get(5, [0])[0],
-        crc32c=f[6][0] if 6 in f else None, sliced=7 in f,
+        name=name,
+        dtype=_DTYPE_NAMES.get(dtype, f"dtype_enum_{dtype}"),
+        shape=shape,
+        shard_id=f.get(3, [0])[0],
+        offset=f.get(4, [0])[0],
+        size=f.get(5, [0])[0],
+        crc32c=f[6][0] if 6 in f else None,
+        sliced=7 in f,
     )
 
 
@@ -164,13 +198,15 @@ def _read_block(data: bytes, handle: tuple[int, int], path: str) -> bytes:
     end = offset + size + _BLOCK_TRAILER_LEN
     if end > len(data) - _FOOTER_LEN:
         raise TFCheckpointError(f"{path}: block at {offset} (+{size}) runs past the end of the file (truncated?)")
-    block = data[offset:offset + size]
+    block = data[offset : offset + size]
     ctype = data[offset + size]
-    stored = int.from_bytes(data[offset + size + 1:end], "little")
-    if _crc32c_py(data[offset:offset + size + 1]) != _unmask(stored):
+    stored = int.from_bytes(data[offset + size + 1 : end], "little")
+    if _crc32c_py(data[offset : offset + size + 1]) != _unmask(stored):
         raise TFCheckpointError(f"{path}: checksum mismatch in the block at offset {offset}: the file is corrupt")
     if ctype != 0:
-        raise TFCheckpointError(f"{path}: block at {offset} uses compression type {ctype} (only uncompressed is supported)")
+        raise TFCheckpointError(
+            f"{path}: block at {offset} uses compression type {ctype} (only uncompressed is supported)"
+        )
     return block
 
 
@@ -189,9 +225,9 @@ def _block_entries(block: bytes, path: str):
         vlen, pos = _varint(block, pos, path)
         if shared > len(key) or pos + unshared + vlen > limit:
             raise TFCheckpointError(f"{path}: block entry at {pos} is corrupt")
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        yield key, block[pos:pos + vlen]
+        yield key, block[pos : pos + vlen]
         pos += vlen
 
 
@@ -209,8 +245,10 @@ def _read_index(path: str) -> tuple[dict, dict[str, TFTensorInfo]]:
     footer = data[-_FOOTER_LEN:]
     magic = int.from_bytes(footer[-8:], "little")
     if magic != _TABLE_MAGIC:
-        raise TFCheckpointError(f"{path}: bad magic number {magic:#018x} (expected {_TABLE_MAGIC:#018x}): "
-                                "not a TF V2 checkpoint index, or corrupt")
+        raise TFCheckpointError(
+            f"{path}: bad magic number {magic:#018x} (expected {_TABLE_MAGIC:#018x}): "
+            "not a TF V2 checkpoint index, or corrupt"
+        )
     _, pos = _handle(footer, 0, path)  # metaindex: unused by TF bundles
     index_handle, _ = _handle(footer, pos, path)
     header: dict = {}
@@ -259,7 +297,7 @@ def resolve_tf_checkpoint(path: str | os.PathLike) -> str:
                     f"cannot pick a TF checkpoint in {path!r}: expected one *.index file (or a 'checkpoint' file "
                     f"naming one), found {found}; pass the prefix, e.g. {os.path.join(path, 'model.ckpt-1000')!r}"
                 )
-            prefix = indexes[0][:-len(".index")]
+            prefix = indexes[0][: -len(".index")]
         path = prefix
     path = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", path)
     if not os.path.isfile(path + ".index"):
@@ -288,8 +326,9 @@ def _skip_reason(info: TFTensorInfo) -> str | None:
     return None
 
 
-def read_tf_checkpoint(path: str | os.PathLike, *, verify_checksums: bool = True,
-                       names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tf_checkpoint(
+    path: str | os.PathLike, *, verify_checksums: bool = True, names: list[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read the float32 tensors of a TF V2 checkpoint.
 
     Args:
@@ -389,8 +428,13 @@ def config_from_bert_json(path: str | os.PathLike, **overrides) -> NezhaConfig:
 
 
 # ---- loading ------------------------------------------------------------------------------------------
-def load_tf_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, verify_checksums: bool = True,
-                       ignore_mismatched_sizes: bool = False) -> LoadingInfo:
+def load_tf_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    verify_checksums: bool = True,
+    ignore_mismatched_sizes: bool = False,
+) -> LoadingInfo:
     """Copy a TF checkpoint's weights into ``model`` (any NEZHA task class or NezhaModel), in place.
 
     Returns a :class:`LoadingInfo`: ``unexpected_keys`` are mapped names the model lacks (e.g. ``cls.*``
@@ -415,12 +459,17 @@ def load_tf_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, verif
     state = _align_prefix(state, model)
 
     expected = model.state_dict()
-    mismatched = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
-                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    mismatched = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if mismatched and not ignore_mismatched_sizes:
         lines = "\n".join(f"  {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched)
-        raise ValueError(f"weights in TF checkpoint {prefix!r} do not fit the model's config:\n{lines}\n"
-                         "Fix the config (bert_config.json), or pass ignore_mismatched_sizes=True.")
+        raise ValueError(
+            f"weights in TF checkpoint {prefix!r} do not fit the model's config:\n{lines}\n"
+            "Fix the config (bert_config.json), or pass ignore_mismatched_sizes=True."
+        )
     for k, _, _ in mismatched:
         del state[k]
     tied = _tied_keys(model)
@@ -434,19 +483,31 @@ def load_tf_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, verif
         model.tie_weights()
     name = type(model).__name__
     if unexpected:
-        logger.warning("Some weights of the TF checkpoint at %s were not used when initializing %s: %s",
-                       prefix, name, unexpected)
+        logger.warning(
+            "Some weights of the TF checkpoint at %s were not used when initializing %s: %s", prefix, name, unexpected
+        )
     newly = missing + [k for k, _, _ in mismatched]
     if newly:
-        logger.warning("Some weights of %s were not initialized from the TF checkpoint at %s and are newly "
-                       "initialized: %s", name, prefix, newly)
+        logger.warning(
+            "Some weights of %s were not initialized from the TF checkpoint at %s and are newly initialized: %s",
+            name,
+            prefix,
+            newly,
+        )
     dropped = [f"{k} ({r})" for k, r in sorted(skipped.items())]
     return LoadingInfo(missing, unexpected, mismatched, dropped)
 
 
-def from_tf_checkpoint(cls, path: str | os.PathLike, config: NezhaConfig | None = None, *,
-                       verify_checksums: bool = True, ignore_mismatched_sizes: bool = False,
-                       output_loading_info: bool = False, **config_overrides):
+def from_tf_checkpoint(
+    cls,
+    path: str | os.PathLike,
+    config: NezhaConfig | None = None,
+    *,
+    verify_checksums: bool = True,
+    ignore_mismatched_sizes: bool = False,
+    output_loading_info: bool = False,
+    **config_overrides,
+):
     """Build ``cls`` from a TF checkpoint directory or prefix (config: bert_config.json next to it)."""
     prefix = resolve_tf_checkpoint(path)
     if config is None:
@@ -455,7 +516,8 @@ def from_tf_checkpoint(cls, path: str | os.PathLike, config: NezhaConfig | None 
         for key, value in config_overrides.items():
             setattr(config, key, value)
     model = cls(config)
-    info = load_tf_checkpoint(model, prefix, verify_checksums=verify_checksums,
-                              ignore_mismatched_sizes=ignore_mismatched_sizes)
+    info = load_tf_checkpoint(
+        model, prefix, verify_checksums=verify_checksums, ignore_mismatched_sizes=ignore_mismatched_sizes
+    )
     model.eval()
     return (model, info) if output_loading_info else model

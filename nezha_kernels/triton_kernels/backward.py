@@ -19,11 +19,22 @@ from .sequence import sequence_window
 
 @triton.jit
 def _relattn_bwd_delta_kernel(
-    OUT, DOUT, DELTA,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_gb, stride_gh, stride_gm, stride_gd,
-    H, LQ,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    OUT,
+    DOUT,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_gb,
+    stride_gh,
+    stride_gm,
+    stride_gd,
+    H,
+    LQ,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """delta [B*H, Lq] fp32 = rowsum(dO * O)."""
     pid_m = tl.program_id(1)
@@ -33,24 +44,80 @@ def _relattn_bwd_delta_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < LQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
-    g = tl.load(DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
-                + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
+    o = tl.load(
+        OUT
+        + b.to(tl.int64) * stride_ob
+        + h.to(tl.int64) * stride_oh
+        + offs_m[:, None].to(tl.int64) * stride_om
+        + offs_d[None, :] * stride_od,
+        mask=mask,
+        other=0.0,
+    )
+    g = tl.load(
+        DOUT
+        + b.to(tl.int64) * stride_gb
+        + h.to(tl.int64) * stride_gh
+        + offs_m[:, None].to(tl.int64) * stride_gm
+        + offs_d[None, :] * stride_gd,
+        mask=mask,
+        other=0.0,
+    )
     delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
     tl.store(DELTA + bh.to(tl.int64) * LQ + offs_m, delta, mask=offs_m < LQ)
 
 
 @triton.jit
 def _tile_grads(
-    q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
-    row_max, row_logsum, delta, hm,
-    b, h, bh, offs_m, offs_n, m_valid, n_valid, pos, pos0, j0,
-    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-    R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
-    HEAD_DIM: tl.constexpr, HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
+    q,
+    do,
+    k,
+    v,
+    T,
+    stride_tr,
+    stride_td,
+    t_left,
+    t_right,
+    offs_d,
+    row_max,
+    row_logsum,
+    delta,
+    hm,
+    b,
+    h,
+    bh,
+    offs_m,
+    offs_n,
+    m_valid,
+    n_valid,
+    pos,
+    pos0,
+    j0,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    R,
+    scale,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    ws,
+    ws_row,
+    HEAD_DIM: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
 ):
     """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N].
 
@@ -70,10 +137,16 @@ def _tile_grads(
             slot_ptrs = ws + (ws_row + (rel + (R - 1)))
             slot_mask = near & m_valid[:, None] & n_valid[None, :]
             left = rel < 0
-            q_edge = tl.where(left, tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                              tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)[:, None])
-            do_edge = tl.where(left, tl.sum(do.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                               tl.sum(do.to(tl.float32) * t_right[None, :], axis=1)[:, None])
+            q_edge = tl.where(
+                left,
+                tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)[:, None],
+                tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)[:, None],
+            )
+            do_edge = tl.where(
+                left,
+                tl.sum(do.to(tl.float32) * t_left[None, :], axis=1)[:, None],
+                tl.sum(do.to(tl.float32) * t_right[None, :], axis=1)[:, None],
+            )
             s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
             dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
         else:
@@ -84,16 +157,35 @@ def _tile_grads(
         t_edge = tl.where(rel_min >= R, t_right, t_left)
         s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
         dw += tl.sum(do.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
-    s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
-                    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-                    HAS_KPAD, HAS_AMASK, CAUSAL)
+    s = mask_scores(
+        s * scale,
+        rel,
+        b,
+        h,
+        offs_m,
+        offs_n,
+        m_valid,
+        n_valid,
+        KPAD,
+        stride_pb,
+        stride_pn,
+        AMASK,
+        stride_ab,
+        stride_ah,
+        stride_am,
+        stride_an,
+        HAS_KPAD,
+        HAS_AMASK,
+        CAUSAL,
+    )
     # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
     p = tl.exp((s - row_max[:, None]) - row_logsum[:, None])
     p = tl.where(m_valid[:, None] & n_valid[None, :], p, 0.0)
     coef = tl.zeros_like(p) + hm
     if HAS_DROPOUT:
-        u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
-                           offs_m[:, None] + 0 * offs_n[None, :], bh)
+        u = philox_uniform(
+            seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None], offs_m[:, None] + 0 * offs_n[None, :], bh
+        )
         coef = coef * tl.where(u >= dropout_p, dropout_scale, 0.0)  # fp32 factor, see forward.py
     ds = p * (dw * coef - delta[:, None])
     return p * coef, ds
@@ -101,24 +193,72 @@ def _tile_grads(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_bwd_dkdv_kernel(
-    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DK, DV,
-    KPAD, AMASK, HMASK, CU_Q, CU_K,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_tr, stride_td,
-    stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_pb, stride_pn,
-    stride_ab, stride_ah, stride_am, stride_an,
-    stride_hb, stride_hh,
-    H, LQ, LK, R, Q_OFFSET,
-    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
-    LQ_KEY, LK_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
-    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    Q,
+    K,
+    V,
+    T,
+    DOUT,
+    ROW_MAX,
+    ROW_LOGSUM,
+    DELTA,
+    DK,
+    DV,
+    KPAD,
+    AMASK,
+    HMASK,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_tr,
+    stride_td,
+    stride_gb,
+    stride_gh,
+    stride_gm,
+    stride_gd,
+    stride_pb,
+    stride_pn,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    stride_hb,
+    stride_hh,
+    H,
+    LQ,
+    LK,
+    R,
+    Q_OFFSET,
+    scale,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    LQ_KEY,
+    LK_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """Per key block of one (b, h): dK, dV by a loop over query tiles.
 
@@ -129,8 +269,7 @@ def _relattn_bwd_dkdv_kernel(
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
-    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET,
-                                                                    VARLEN)
+    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN)
     j0 = pid_n * BLOCK_N
     if VARLEN:
         if j0 >= lk:
@@ -141,10 +280,16 @@ def _relattn_bwd_dkdv_kernel(
     d_valid = offs_d < HEAD_DIM
     kv_mask = n_valid[:, None] & d_valid[None, :]
     k_rows = (k_start + offs_n)[:, None].to(tl.int64)
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + k_rows * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + k_rows * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    k = tl.load(
+        K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_rows * stride_kn + offs_d[None, :] * stride_kd,
+        mask=kv_mask,
+        other=0.0,
+    )
+    v = tl.load(
+        V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_rows * stride_vn + offs_d[None, :] * stride_vd,
+        mask=kv_mask,
+        other=0.0,
+    )
     t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
     t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
     hm = 1.0
@@ -164,21 +309,67 @@ def _relattn_bwd_dkdv_kernel(
         offs_m = i0 + tl.arange(0, BLOCK_M)
         m_valid = offs_m < lq
         qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=qd_mask, other=0.0)
-        do = tl.load(g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd,
-                     mask=qd_mask, other=0.0)
+        q = tl.load(
+            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
+        )
+        do = tl.load(
+            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
+        )
         row = stat_row0 + offs_m
         row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
         row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
         delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
         w, ds = _tile_grads(
-            q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
-            row_max, row_logsum, delta, hm,
-            b, h, bh, offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, q_offset + i0, j0,
-            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, Q, 0,
-            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, 0,
+            q,
+            do,
+            k,
+            v,
+            T,
+            stride_tr,
+            stride_td,
+            t_left,
+            t_right,
+            offs_d,
+            row_max,
+            row_logsum,
+            delta,
+            hm,
+            b,
+            h,
+            bh,
+            offs_m,
+            offs_n,
+            m_valid,
+            n_valid,
+            q_offset + offs_m,
+            q_offset + i0,
+            j0,
+            KPAD,
+            stride_pb,
+            stride_pn,
+            AMASK,
+            stride_ab,
+            stride_ah,
+            stride_am,
+            stride_an,
+            R,
+            scale,
+            dropout_p,
+            dropout_scale,
+            seed_lo,
+            seed_hi,
+            Q,
+            0,
+            HEAD_DIM,
+            HAS_KPAD,
+            HAS_AMASK,
+            CAUSAL,
+            HAS_DROPOUT,
+            DOT_PRECISION,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_P,
+            0,
         )
         dv += dot(tl.trans(w).to(do.dtype), do, None, DOT_PRECISION)
         dk += dot(tl.trans(ds).to(q.dtype), q, None, DOT_PRECISION)
@@ -193,24 +384,73 @@ def _relattn_bwd_dkdv_kernel(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_bwd_dq_kernel(
-    Q, K, V, T, DOUT, ROW_MAX, ROW_LOGSUM, DELTA, DQ, WS,
-    KPAD, AMASK, HMASK, CU_Q, CU_K,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_tr, stride_td,
-    stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_pb, stride_pn,
-    stride_ab, stride_ah, stride_am, stride_an,
-    stride_hb, stride_hh,
-    H, LQ, LK, R, Q_OFFSET,
-    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
-    LQ_KEY, LK_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
-    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
+    Q,
+    K,
+    V,
+    T,
+    DOUT,
+    ROW_MAX,
+    ROW_LOGSUM,
+    DELTA,
+    DQ,
+    WS,
+    KPAD,
+    AMASK,
+    HMASK,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_tr,
+    stride_td,
+    stride_gb,
+    stride_gh,
+    stride_gm,
+    stride_gd,
+    stride_pb,
+    stride_pn,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    stride_hb,
+    stride_hh,
+    H,
+    LQ,
+    LK,
+    R,
+    Q_OFFSET,
+    scale,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    LQ_KEY,
+    LK_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
 ):
     """Per query block of one (b, h): dQ by a loop over key tiles.
 
@@ -227,8 +467,7 @@ def _relattn_bwd_dq_kernel(
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
-    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET,
-                                                                    VARLEN)
+    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN)
     i0 = pid_m * BLOCK_M
     if VARLEN:
         if i0 >= lq:
@@ -239,10 +478,20 @@ def _relattn_bwd_dq_kernel(
     d_valid = offs_d < HEAD_DIM
     qd_mask = m_valid[:, None] & d_valid[None, :]
     q_rows = (q_start + offs_m)[:, None].to(tl.int64)
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + q_rows * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
-    do = tl.load(DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
-                 + q_rows * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
+    q = tl.load(
+        Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_rows * stride_qm + offs_d[None, :] * stride_qd,
+        mask=qd_mask,
+        other=0.0,
+    )
+    do = tl.load(
+        DOUT
+        + b.to(tl.int64) * stride_gb
+        + h.to(tl.int64) * stride_gh
+        + q_rows * stride_gm
+        + offs_d[None, :] * stride_gd,
+        mask=qd_mask,
+        other=0.0,
+    )
     row = stat_row0 + offs_m
     row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
     row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
@@ -278,17 +527,63 @@ def _relattn_bwd_dq_kernel(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
         kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0)
+        k = tl.load(
+            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
+        )
+        v = tl.load(
+            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
+        )
         w, ds = _tile_grads(
-            q, do, k, v, T, stride_tr, stride_td, t_left, t_right, offs_d,
-            row_max, row_logsum, delta, hm,
-            b, h, bh, offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, pos0, j0,
-            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-            R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
-            HEAD_DIM, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+            q,
+            do,
+            k,
+            v,
+            T,
+            stride_tr,
+            stride_td,
+            t_left,
+            t_right,
+            offs_d,
+            row_max,
+            row_logsum,
+            delta,
+            hm,
+            b,
+            h,
+            bh,
+            offs_m,
+            offs_n,
+            m_valid,
+            n_valid,
+            q_offset + offs_m,
+            pos0,
+            j0,
+            KPAD,
+            stride_pb,
+            stride_pn,
+            AMASK,
+            stride_ab,
+            stride_ah,
+            stride_am,
+            stride_an,
+            R,
+            scale,
+            dropout_p,
+            dropout_scale,
+            seed_lo,
+            seed_hi,
+            ws,
+            ws_row,
+            HEAD_DIM,
+            HAS_KPAD,
+            HAS_AMASK,
+            CAUSAL,
+            HAS_DROPOUT,
+            DOT_PRECISION,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_P,
+            BAND_P,
         )
         dq += dot(ds.to(k.dtype), k, None, DOT_PRECISION)
         rel_min = j0 - (pos0 + BLOCK_M - 1)

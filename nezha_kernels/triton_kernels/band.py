@@ -57,10 +57,25 @@ def band_bucket(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.con
 
 @triton.jit
 def mask_scores(
-    s, rel, b, h, offs_m, offs_n, m_valid, n_valid,
-    KPAD, stride_pb, stride_pn,
-    AMASK, stride_ab, stride_ah, stride_am, stride_an,
-    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr,
+    s,
+    rel,
+    b,
+    h,
+    offs_m,
+    offs_n,
+    m_valid,
+    n_valid,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     """Scores after the additive mask, padding / causal masking and the finfo.min floor (fp32 [BM, BN]).
 

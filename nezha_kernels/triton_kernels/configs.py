@@ -165,5 +165,6 @@ def gpu_tiles(kind: str) -> list[tuple[int, int, int, int]]:
 def autotune(kind: str):
     """Decorator: triton.autotune over ``tiles(kind)`` keyed on AUTOTUNE_KEY."""
     configs = [make_config(*t) for t in tiles(kind)]
-    return triton.autotune(configs=configs, key=AUTOTUNE_KEY,
-                           prune_configs_by={"early_config_prune": functools.partial(prune, kind=kind)})
+    return triton.autotune(
+        configs=configs, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": functools.partial(prune, kind=kind)}
+    )

@@ -21,8 +21,7 @@ m + log l, so a fully masked row whose max is finfo.min keeps its exact 1/Lk wei
 import triton
 import triton.language as tl
 
-from .band import (MASKED_SCORE, band_bucket, band_gather, load_band_table, load_table_slice,
-                   mask_scores)
+from .band import band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
 from .dot import dot, dot_nt
 from .philox import philox_uniform
 from .sequence import sequence_window
@@ -30,24 +29,71 @@ from .sequence import sequence_window
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_fwd_kernel(
-    Q, K, V, T, OUT, ROW_MAX, ROW_LOGSUM, WS,
-    KPAD, AMASK, HMASK, CU_Q, CU_K,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_tr, stride_td,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_pb, stride_pn,
-    stride_ab, stride_ah, stride_am, stride_an,
-    stride_hb, stride_hh,
-    H, LQ, LK, R, Q_OFFSET,
-    scale, dropout_p, dropout_scale, seed_lo, seed_hi,
-    LQ_KEY, LK_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, HAS_HMASK: tl.constexpr,
-    CAUSAL: tl.constexpr, CAUSAL_SKIP: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BAND_P: tl.constexpr,
+    Q,
+    K,
+    V,
+    T,
+    OUT,
+    ROW_MAX,
+    ROW_LOGSUM,
+    WS,
+    KPAD,
+    AMASK,
+    HMASK,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_tr,
+    stride_td,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_pb,
+    stride_pn,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    stride_hb,
+    stride_hh,
+    H,
+    LQ,
+    LK,
+    R,
+    Q_OFFSET,
+    scale,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    LQ_KEY,
+    LK_KEY,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    HAS_HMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
@@ -58,8 +104,7 @@ def _relattn_fwd_kernel(
     b = bh // H
     h = bh % H
     # lq, lk, q_offset: this sequence's (see sequence.py); LQ / LK are the tensors' row counts.
-    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET,
-                                                                    VARLEN)
+    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN)
     if VARLEN:
         if pid_m * BLOCK_M >= lq:
             return  # the grid covers the longest sequence: no pad tile of a shorter one is computed
@@ -108,10 +153,12 @@ def _relattn_fwd_kernel(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
         kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0)
+        k = tl.load(
+            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
+        )
+        v = tl.load(
+            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
+        )
         s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
         rel = offs_n[None, :] - pos[:, None]
         rel_min = j0 - (pos0 + BLOCK_M - 1)
@@ -129,9 +176,27 @@ def _relattn_fwd_kernel(
                 s += band_gather(dot(q, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
         else:
             s += tl.where(rel_min >= R, qt_right, qt_left)[:, None]
-        s = mask_scores(s * scale, rel, b, h, offs_m, offs_n, m_valid, n_valid,
-                        KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an,
-                        HAS_KPAD, HAS_AMASK, CAUSAL)
+        s = mask_scores(
+            s * scale,
+            rel,
+            b,
+            h,
+            offs_m,
+            offs_n,
+            m_valid,
+            n_valid,
+            KPAD,
+            stride_pb,
+            stride_pn,
+            AMASK,
+            stride_ab,
+            stride_ah,
+            stride_am,
+            stride_an,
+            HAS_KPAD,
+            HAS_AMASK,
+            CAUSAL,
+        )
         s = tl.where(n_valid[None, :], s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -140,8 +205,9 @@ def _relattn_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         if HAS_DROPOUT:
-            u = philox_uniform(seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None],
-                               offs_m[:, None] + 0 * offs_n[None, :], bh)
+            u = philox_uniform(
+                seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None], offs_m[:, None] + 0 * offs_n[None, :], bh
+            )
             # The keep factor is built as fp32 in u's layout: an i1 tensor crossing layouts fails to
             # compile (fp32 32x32 tiles, "shared-memory element type bit width ... got 1").
             drop = tl.where(u >= dropout_p, dropout_scale, 0.0)

@@ -80,8 +80,9 @@ def _check_dense(q, k, v, table, key_padding, additive_mask, head_mask) -> None:
         raise ValueError(f"q: B*H = {b * h} exceeds the grid limit {MAX_PROGRAMS_AXIS0}")
 
 
-def _common_args(q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset,
-                 dropout_p, seed, scale, cu_seqlens=None) -> tuple[tuple, tuple, tuple, dict]:
+def _common_args(
+    q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset, dropout_p, seed, scale, cu_seqlens=None
+) -> tuple[tuple, tuple, tuple, dict]:
     """(optional-tensor pointers, q/k/v/table strides, trailing strides + scalars, constexpr kwargs).
 
     q, k, v: [B, H, L, D] (strides), or for varlen the [1, H, T, D] views of _varlen_view with
@@ -93,23 +94,48 @@ def _common_args(q, k, v, table, key_padding, additive_mask, head_mask, r, causa
     kpad = key_padding.view(torch.uint8) if key_padding is not None else dummy
     seed_lo, seed_hi = seed_words(seed if dropout_p > 0.0 else 0)
     cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (dummy, dummy)
-    pointers = (kpad, additive_mask if additive_mask is not None else dummy,
-                head_mask if head_mask is not None else dummy, cu_q, cu_k)
+    pointers = (
+        kpad,
+        additive_mask if additive_mask is not None else dummy,
+        head_mask if head_mask is not None else dummy,
+        cu_q,
+        cu_k,
+    )
     strides = (
-        *q.stride(), *k.stride(), *v.stride(), *table.stride(),
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *table.stride(),
     )
     tail = (
-        *_strides(key_padding, 2), *_strides(additive_mask, 4), *_strides(head_mask, 2),
-        h, lq, lk, r, q_offset,
-        float(scale), float(dropout_p), 1.0 / (1.0 - dropout_p), seed_lo, seed_hi,
-        _length_key(lq), _length_key(lk),
+        *_strides(key_padding, 2),
+        *_strides(additive_mask, 4),
+        *_strides(head_mask, 2),
+        h,
+        lq,
+        lk,
+        r,
+        q_offset,
+        float(scale),
+        float(dropout_p),
+        1.0 / (1.0 - dropout_p),
+        seed_lo,
+        seed_hi,
+        _length_key(lq),
+        _length_key(lk),
     )
     has_masks = key_padding is not None or additive_mask is not None
     meta = dict(
-        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        HAS_KPAD=key_padding is not None, HAS_AMASK=additive_mask is not None, HAS_HMASK=head_mask is not None,
-        CAUSAL=causal, CAUSAL_SKIP=causal and not has_masks, HAS_DROPOUT=dropout_p > 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", VARLEN=cu_seqlens is not None,
+        HEAD_DIM=d,
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        HAS_KPAD=key_padding is not None,
+        HAS_AMASK=additive_mask is not None,
+        HAS_HMASK=head_mask is not None,
+        CAUSAL=causal,
+        CAUSAL_SKIP=causal and not has_masks,
+        HAS_DROPOUT=dropout_p > 0.0,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        VARLEN=cu_seqlens is not None,
     )
     return pointers, strides, tail, meta
 
@@ -157,9 +183,25 @@ def _varlen_view(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided((1, x.shape[1], x.shape[0], x.shape[2]), (0, x.stride(1), x.stride(0), x.stride(2)))
 
 
-def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k,
-                max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p,
-                seed) -> tuple[torch.Tensor, torch.Tensor]:
+def relattn_fwd(
+    q,
+    k,
+    v,
+    table,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward. Dense: q [B, H, Lq, D], k, v [B, H, Lk, D], table [2R+1, D] (any strides).
 
     Returns (out [B, H, Lq, D] contiguous in q's dtype, lse [2, B, H, Lq] float32) where lse[0] is each
@@ -167,32 +209,95 @@ def relattn_fwd(q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlen
     Varlen (cu_seqlens_q given): see relattn_fwd_varlen.
     """
     if cu_seqlens_q is not None:
-        return relattn_fwd_varlen(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                  max_seqlen_k, max_relative_position, causal, scale, dropout_p, seed)
+        return relattn_fwd_varlen(
+            q,
+            k,
+            v,
+            table,
+            head_mask,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            max_relative_position,
+            causal,
+            scale,
+            dropout_p,
+            seed,
+        )
     _check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((2, b, h, lq), dtype=torch.float32, device=q.device)
-    pointers, strides, tail, meta = _common_args(q, k, v, table, key_padding, additive_mask, head_mask,
-                                                 max_relative_position, causal, q_offset, dropout_p, seed, scale)
+    pointers, strides, tail, meta = _common_args(
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        additive_mask,
+        head_mask,
+        max_relative_position,
+        causal,
+        q_offset,
+        dropout_p,
+        seed,
+        scale,
+    )
     band_p = configs.band_p(max_relative_position)
     scratch = _band_scratch(q, band_p, 1)
-    _fwd[_grid(b * h, lq, "BLOCK_M")](q, k, v, table, out, lse[0], lse[1], scratch, *pointers, *strides,
-                                      *out.stride(), *tail, BAND_P=band_p, **meta)
+    _fwd[_grid(b * h, lq, "BLOCK_M")](
+        q, k, v, table, out, lse[0], lse[1], scratch, *pointers, *strides, *out.stride(), *tail, BAND_P=band_p, **meta
+    )
     return out, lse
 
 
-def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q,
-                cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale,
-                dropout_p, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def relattn_bwd(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    out,
+    lse,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward: (dq, dk, dv), contiguous, in q's dtype. lse is the forward's [2, B, H, Lq] statistics.
 
     Varlen (cu_seqlens_q given): see relattn_bwd_varlen.
     """
     if cu_seqlens_q is not None:
-        return relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k,
-                                  max_seqlen_q, max_seqlen_k, max_relative_position, causal, scale, dropout_p,
-                                  seed)
+        return relattn_bwd_varlen(
+            grad_out,
+            q,
+            k,
+            v,
+            table,
+            out,
+            lse,
+            head_mask,
+            cu_seqlens_q,
+            cu_seqlens_k,
+            max_seqlen_q,
+            max_seqlen_k,
+            max_relative_position,
+            causal,
+            scale,
+            dropout_p,
+            seed,
+        )
     _check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -202,8 +307,21 @@ def relattn_bwd(grad_out, q, k, v, table, out, lse, key_padding, additive_mask, 
     dq = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, h, lk, d), dtype=k.dtype, device=q.device)
     dv = torch.empty((b, h, lk, d), dtype=v.dtype, device=q.device)
-    args = _common_args(q, k, v, table, key_padding, additive_mask, head_mask, max_relative_position, causal,
-                        q_offset, dropout_p, seed, scale)
+    args = _common_args(
+        q,
+        k,
+        v,
+        table,
+        key_padding,
+        additive_mask,
+        head_mask,
+        max_relative_position,
+        causal,
+        q_offset,
+        dropout_p,
+        seed,
+        scale,
+    )
     _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, b * h, lq, lk, max_relative_position)
     return dq, dk, dv
 
@@ -224,22 +342,74 @@ def _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, programs, 
     delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     delta_rows = DELTA_ROWS_INTERPRETED if configs.interpreted() else DELTA_ROWS_GPU
     _relattn_bwd_delta_kernel[(b * h, triton.cdiv(lq, delta_rows))](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), h, lq,
-        HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=delta_rows,
+        out,
+        grad_out,
+        delta,
+        *out.stride(),
+        *grad_out.stride(),
+        h,
+        lq,
+        HEAD_DIM=d,
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_M=delta_rows,
     )
     pointers, strides, tail, meta = args
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
-        _bwd_dkdv[_grid(programs, blocks_k, "BLOCK_N")](q, k, v, table, grad_out, lse[0], lse[1], delta, dk, dv,
-                                                        *pointers, *strides, *grad_out.stride(), *tail, **meta)
+        _bwd_dkdv[_grid(programs, blocks_k, "BLOCK_N")](
+            q,
+            k,
+            v,
+            table,
+            grad_out,
+            lse[0],
+            lse[1],
+            delta,
+            dk,
+            dv,
+            *pointers,
+            *strides,
+            *grad_out.stride(),
+            *tail,
+            **meta,
+        )
     band_p = configs.band_p(r)
     scratch = _band_scratch(q, band_p, 2)
-    _bwd_dq[_grid(programs, blocks_q, "BLOCK_M")](q, k, v, table, grad_out, lse[0], lse[1], delta, dq, scratch,
-                                                  *pointers, *strides, *grad_out.stride(), *tail, BAND_P=band_p,
-                                                  **meta)
+    _bwd_dq[_grid(programs, blocks_q, "BLOCK_M")](
+        q,
+        k,
+        v,
+        table,
+        grad_out,
+        lse[0],
+        lse[1],
+        delta,
+        dq,
+        scratch,
+        *pointers,
+        *strides,
+        *grad_out.stride(),
+        *tail,
+        BAND_P=band_p,
+        **meta,
+    )
 
 
-def relattn_fwd_varlen(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                       max_relative_position, causal, scale, dropout_p, seed) -> tuple[torch.Tensor, torch.Tensor]:
+def relattn_fwd_varlen(
+    q,
+    k,
+    v,
+    table,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    scale,
+    dropout_p,
+    seed,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen forward: q [Tq, H, D], k, v [Tk, H, D] (any token/head strides), cu_seqlens_q/k int32 [B + 1].
 
     Sequence b is q rows cu_seqlens_q[b] : [b + 1] and k/v rows cu_seqlens_k[b] : [b + 1]; its query i sits at
@@ -253,22 +423,65 @@ def relattn_fwd_varlen(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, ma
     lse = torch.empty((2, h, tq), dtype=torch.float32, device=q.device)
     qv, kv, vv = (_varlen_view(x) for x in (q, k, v))
     # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
-    pointers, strides, tail, meta = _common_args(qv, kv, vv, table, None, None, head_mask, max_relative_position,
-                                                 causal, 0, dropout_p, seed, scale, (cu_seqlens_q, cu_seqlens_k))
+    pointers, strides, tail, meta = _common_args(
+        qv,
+        kv,
+        vv,
+        table,
+        None,
+        None,
+        head_mask,
+        max_relative_position,
+        causal,
+        0,
+        dropout_p,
+        seed,
+        scale,
+        (cu_seqlens_q, cu_seqlens_k),
+    )
     tail = tail[:-2] + (_length_key(max_seqlen_q), _length_key(max_seqlen_k))
     if b * h * max_seqlen_q * tq == 0:
         return out, lse  # no query row (empty grids are not launched)
     band_p = configs.band_p(max_relative_position)
     scratch = _band_scratch(qv, band_p, 1)
-    _fwd[_grid(b * h, max_seqlen_q, "BLOCK_M")](qv, kv, vv, table, _varlen_view(out), lse[0], lse[1], scratch,
-                                                 *pointers, *strides, *_varlen_view(out).stride(), *tail,
-                                                 BAND_P=band_p, **meta)
+    _fwd[_grid(b * h, max_seqlen_q, "BLOCK_M")](
+        qv,
+        kv,
+        vv,
+        table,
+        _varlen_view(out),
+        lse[0],
+        lse[1],
+        scratch,
+        *pointers,
+        *strides,
+        *_varlen_view(out).stride(),
+        *tail,
+        BAND_P=band_p,
+        **meta,
+    )
     return out, lse
 
 
-def relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                       max_seqlen_k, max_relative_position, causal, scale, dropout_p,
-                       seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def relattn_bwd_varlen(
+    grad_out,
+    q,
+    k,
+    v,
+    table,
+    out,
+    lse,
+    head_mask,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    max_relative_position,
+    causal,
+    scale,
+    dropout_p,
+    seed,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Varlen backward: (dq [Tq, H, D], dk, dv [Tk, H, D]) contiguous; lse is the forward's [2, H, Tq]."""
     b = _check_varlen(q, k, v, table, None, None, head_mask, cu_seqlens_q, cu_seqlens_k)
     tq, h, d = q.shape
@@ -279,9 +492,38 @@ def relattn_bwd_varlen(grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     qv, kv, vv = (_varlen_view(x) for x in (q, k, v))
-    pointers, strides, tail, meta = _common_args(qv, kv, vv, table, None, None, head_mask, max_relative_position,
-                                                 causal, 0, dropout_p, seed, scale, (cu_seqlens_q, cu_seqlens_k))
+    pointers, strides, tail, meta = _common_args(
+        qv,
+        kv,
+        vv,
+        table,
+        None,
+        None,
+        head_mask,
+        max_relative_position,
+        causal,
+        0,
+        dropout_p,
+        seed,
+        scale,
+        (cu_seqlens_q, cu_seqlens_k),
+    )
     tail = tail[:-2] + (_length_key(max_seqlen_q), _length_key(max_seqlen_k))
-    _launch_bwd(_varlen_view(grad_out), qv, kv, vv, table, _varlen_view(out), lse.reshape(2, 1, h, tq), dq, dk, dv,
-                (pointers, strides, tail, meta), b * h, max_seqlen_q, max_seqlen_k, max_relative_position)
+    _launch_bwd(
+        _varlen_view(grad_out),
+        qv,
+        kv,
+        vv,
+        table,
+        _varlen_view(out),
+        lse.reshape(2, 1, h, tq),
+        dq,
+        dk,
+        dv,
+        (pointers, strides, tail, meta),
+        b * h,
+        max_seqlen_q,
+        max_seqlen_k,
+        max_relative_position,
+    )
     return dq, dk, dv

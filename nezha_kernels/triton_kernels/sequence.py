@@ -37,4 +37,3 @@ def sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN: tl.constexpr
         q_offset = Q_OFFSET
         stat_row0 = bh.to(tl.int64) * LQ
     return q_start, k_start, lq, lk, q_offset, stat_row0
-

@@ -21,9 +21,17 @@ import tensorflow as tf
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_nezha_tiny")
 STEP = 7
 CONFIG = {  # bert_config.json of Huawei's NEZHA (no max_relative_position key: the loader defaults it to 64)
-    "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "hidden_size": 8, "initializer_range": 0.02, "intermediate_size": 12, "max_position_embeddings": 64,
-    "num_attention_heads": 2, "num_hidden_layers": 1, "type_vocab_size": 2, "vocab_size": 20,
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 8,
+    "initializer_range": 0.02,
+    "intermediate_size": 12,
+    "max_position_embeddings": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 1,
+    "type_vocab_size": 2,
+    "vocab_size": 20,
 }
 
 
@@ -32,27 +40,41 @@ def variables(c):
     shapes = {
         "bert/embeddings/word_embeddings": [v, h],
         "bert/embeddings/token_type_embeddings": [c["type_vocab_size"], h],
-        "bert/embeddings/LayerNorm/gamma": [h], "bert/embeddings/LayerNorm/beta": [h],
+        "bert/embeddings/LayerNorm/gamma": [h],
+        "bert/embeddings/LayerNorm/beta": [h],
     }
     for n in range(c["num_hidden_layers"]):
         p = f"bert/encoder/layer_{n}/"
         for name in ("query", "key", "value"):
             shapes[p + f"attention/self/{name}/kernel"] = [h, h]  # TF kernels are [in, out]
             shapes[p + f"attention/self/{name}/bias"] = [h]
-        shapes.update({
-            p + "attention/output/dense/kernel": [h, h], p + "attention/output/dense/bias": [h],
-            p + "attention/output/LayerNorm/gamma": [h], p + "attention/output/LayerNorm/beta": [h],
-            p + "intermediate/dense/kernel": [h, i], p + "intermediate/dense/bias": [i],
-            p + "output/dense/kernel": [i, h], p + "output/dense/bias": [h],
-            p + "output/LayerNorm/gamma": [h], p + "output/LayerNorm/beta": [h],
-        })
-    shapes.update({
-        "bert/pooler/dense/kernel": [h, h], "bert/pooler/dense/bias": [h],
-        "cls/predictions/transform/dense/kernel": [h, h], "cls/predictions/transform/dense/bias": [h],
-        "cls/predictions/transform/LayerNorm/gamma": [h], "cls/predictions/transform/LayerNorm/beta": [h],
-        "cls/predictions/output_bias": [v],
-        "cls/seq_relationship/output_weights": [2, h], "cls/seq_relationship/output_bias": [2],
-    })
+        shapes.update(
+            {
+                p + "attention/output/dense/kernel": [h, h],
+                p + "attention/output/dense/bias": [h],
+                p + "attention/output/LayerNorm/gamma": [h],
+                p + "attention/output/LayerNorm/beta": [h],
+                p + "intermediate/dense/kernel": [h, i],
+                p + "intermediate/dense/bias": [i],
+                p + "output/dense/kernel": [i, h],
+                p + "output/dense/bias": [h],
+                p + "output/LayerNorm/gamma": [h],
+                p + "output/LayerNorm/beta": [h],
+            }
+        )
+    shapes.update(
+        {
+            "bert/pooler/dense/kernel": [h, h],
+            "bert/pooler/dense/bias": [h],
+            "cls/predictions/transform/dense/kernel": [h, h],
+            "cls/predictions/transform/dense/bias": [h],
+            "cls/predictions/transform/LayerNorm/gamma": [h],
+            "cls/predictions/transform/LayerNorm/beta": [h],
+            "cls/predictions/output_bias": [v],
+            "cls/seq_relationship/output_weights": [2, h],
+            "cls/seq_relationship/output_bias": [2],
+        }
+    )
     return shapes
 
 
@@ -67,7 +89,9 @@ def main():
         # Optimizer slots of two variables, as AdamWeightDecayOptimizer saves them.
         for name in ("bert/embeddings/word_embeddings", "bert/encoder/layer_0/attention/self/query/kernel"):
             for slot in ("adam_m", "adam_v"):
-                tf.compat.v1.get_variable(f"{name}/{slot}", initializer=rng.standard_normal(shapes[name]).astype(np.float32))
+                tf.compat.v1.get_variable(
+                    f"{name}/{slot}", initializer=rng.standard_normal(shapes[name]).astype(np.float32)
+                )
         tf.compat.v1.get_variable("global_step", initializer=np.int64(STEP), dtype=tf.int64)
         saver = tf.compat.v1.train.Saver()
         os.makedirs(OUT, exist_ok=True)
@@ -89,7 +113,8 @@ def main():
     for name, shape in sorted(tf.train.list_variables(prefix)):
         value = reader.get_tensor(name)
         expected["variables"][name] = {
-            "shape": list(shape), "dtype": str(value.dtype),
+            "shape": list(shape),
+            "dtype": str(value.dtype),
             "sum": float(np.sum(value, dtype=np.float64)),
             "abs_sum": float(np.sum(np.abs(value), dtype=np.float64)),
             "first": np.asarray(value).reshape(-1)[:4].tolist(),
