@@ -15,8 +15,6 @@ Padding-free calls (``forward_varlen``) run each sequence through the same chunk
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..dropout import keep_mask
@@ -25,9 +23,6 @@ from . import (
     reference,  # the materialized form, for small calls
     torch_varlen,  # padding-free calls; it builds on _forward / _backward below
 )
-
-if TYPE_CHECKING:
-    from ..varlen import VarlenInputs
 
 NAME = "torch"
 
@@ -39,16 +34,12 @@ def availability(device: torch.device) -> tuple[bool, str]:
     return True, "pure PyTorch, any device"
 
 
-def unsupported_reason(inputs) -> str | None:
-    return None
-
-
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # On a CPU, smaller chunks: allocations above a few MiB come fresh from the OS and pay their page faults
-# every time (on the 2-core machine a fresh 16 MiB tensor costs 3 ms, one of 4 MiB next to nothing).
+# every time (measured in benchmarks/NOTES.md ("Measurements behind code constants")).
 CPU_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -71,8 +62,8 @@ def chunk_length(batch: int, heads: int, key_length: int, query_length: int, dev
 class _Scratch:
     """One reusable buffer for the [.., n, W] skew matrices of a call.
 
-    On a CPU a fresh multi-MiB tensor costs its page faults (4 ms for 6 MiB on the 2-core machine, as much
-    as a 50 MFLOP matmul); reusing one buffer pays them once per call. Off under torch.compile, where
+    On a CPU a fresh multi-MiB tensor costs its page faults (as much as a mid-sized matmul: benchmarks/NOTES.md,
+    "Measurements behind code constants"); reusing one buffer pays them once per call. Off under torch.compile, where
     the compiler plans memory itself.
     """
 
@@ -410,7 +401,7 @@ def forward(inputs: AttentionInputs) -> torch.Tensor:
     return _TorchRelativeAttention.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
 
 
-def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
+def forward_varlen(inputs: AttentionInputs) -> torch.Tensor:
     return torch_varlen.forward_varlen(inputs)
 
 

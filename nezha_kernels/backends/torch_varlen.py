@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,15 +28,17 @@ from ..dropout import seed_tensor
 from ..inputs import AttentionInputs
 from . import torch_chunked
 
-if TYPE_CHECKING:
-    from ..varlen import VarlenInputs
-
 __all__ = ["forward_varlen"]
 
 
 def _heads_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[T, H, D] -> contiguous [1, H, T, D] in ``dtype``: each sequence is then a slice along dim 2."""
     return t.to(dtype).transpose(0, 1).contiguous().unsqueeze(0)
+
+
+def _packed(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[1, H, T, D] -> contiguous [T, H, D] in ``dtype``: the inverse of _heads_first."""
+    return t[0].transpose(0, 1).to(dtype).contiguous()
 
 
 def _rows(t: torch.Tensor, r0: int, n: int, length: int) -> torch.Tensor:
@@ -92,20 +93,18 @@ def _runs(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scal
             v=_dense(v, run.k0, run.n, run.lk),
             table=table,
             max_relative_position=r,
-            key_padding=None,
-            additive_mask=None,
             causal=causal,
-            q_offset=run.lk - run.lq,
             dropout_p=dropout_p,
             dropout_seed=seed,
             scale=scale,
             head_mask=head_mask[run.b : run.b + run.n] if head_mask is not None else None,
+            q_offset=run.lk - run.lq,
         )
     return runs
 
 
 # Query rows per group of sequences sharing the table-side matmuls ([H, rows, 2R+1] float32: 3 MiB at H = 12;
-# larger groups made the matmuls slower on the 2-core CPU, smaller ones more numerous).
+# larger groups made the matmuls slower on a CPU, smaller ones more numerous: benchmarks/NOTES.md ("Measurements behind code constants")).
 GROUP_TOKENS = 512
 
 
@@ -140,7 +139,7 @@ def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict |
     runs small enough to keep them (torch_chunked.saves_probabilities)."""
     out = qh.new_zeros(qh.shape)
     scratch = torch_chunked._Scratch()
-    tc_t = tc.t().contiguous()  # a transposed operand slows the large matmuls (1.6 vs 0.9 ms at 12288 rows)
+    tc_t = tc.t().contiguous()  # a transposed operand slows the large matmuls (NOTES)
     for g0, g1, group in _groups(runs):
         if _long(group):
             run = group[0]
@@ -192,7 +191,7 @@ def _varlen_forward(
     hm = head_mask.to(cd) if head_mask is not None else None
     runs = _runs(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed)
     out = _forward_heads_first(qh, kh, vh, tc, runs, q.shape[1], saved)
-    return out[0].transpose(0, 1).to(q.dtype).contiguous()
+    return _packed(out, q.dtype)
 
 
 @torch.library.custom_op("nezha_kernels::torch_varlen_fwd", mutates_args=())
@@ -316,20 +315,19 @@ def _varlen_backward(
             kept = probabilities.get(run.b) if probabilities else None
             if kept is None and qt is None:
                 qt = torch.matmul(qh[:, :, g0:g1], tc_t)  # to recompute the probabilities
-            view = lambda t, rel=True: _rows(t, run.q0 - (g0 if rel else 0), run.n, run.lq)
-            go_run, dq_run = _dense(go, run.q0, run.n, run.lq), view(dq, False)
+            r0 = run.q0 - g0  # the run's first row within the group's tensors
+            go_run, dq_run = _dense(go, run.q0, run.n, run.lq), _rows(dq, run.q0, run.n, run.lq)
             dk_run, dv_run = _rows(dk, run.k0, run.n, run.lk), _rows(dv, run.k0, run.n, run.lk)
             for index, (start, stop) in enumerate(_chunks(seq)):
                 if kept is not None:
                     c = torch_chunked._Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
                 else:
-                    c = torch_chunked._Chunk.compute(
-                        seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h, qt=view(qt)[:, :, start:stop]
-                    )
+                    qt_c = _rows(qt, r0, run.n, run.lq)[:, :, start:stop]
+                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, run.b * h, qt_c)
                 rel = torch_chunked.RelativeRows(
-                    view(go_t)[:, :, start:stop],
-                    view(w_buckets)[:, :, start:stop] if w_buckets is not None else None,
-                    view(ds_buckets)[:, :, start:stop],
+                    _rows(go_t, r0, run.n, run.lq)[:, :, start:stop],
+                    _rows(w_buckets, r0, run.n, run.lq)[:, :, start:stop] if w_buckets is not None else None,
+                    _rows(ds_buckets, r0, run.n, run.lq)[:, :, start:stop],
                 )
                 torch_chunked._chunk_backward(
                     seq,
@@ -349,11 +347,10 @@ def _varlen_backward(
         if dt is not None:
             dt += torch.einsum("bhim,bhid->md", w_buckets, go[:, :, g0:g1])
             dt += torch.einsum("bhim,bhid->md", ds_buckets, qh[:, :, g0:g1]) * scale
-    back = lambda t, like: t[0].transpose(0, 1).to(like.dtype).contiguous()
     return (
-        back(dq, q),
-        back(dk, k),
-        back(dv, v),
+        _packed(dq, q.dtype),
+        _packed(dk, k.dtype),
+        _packed(dv, v.dtype),
         dt.to(table.dtype) if dt is not None else q.new_empty(0),  # outputs must not alias: two empties
         dhm.to(head_mask.dtype) if dhm is not None else q.new_empty(0),
     )
@@ -413,7 +410,7 @@ class _EagerVarlen(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, table, head_mask, inputs: VarlenInputs):
+    def forward(ctx, q, k, v, table, head_mask, inputs: AttentionInputs):
         saved = {}
         out = _varlen_forward(
             q,
@@ -438,7 +435,7 @@ class _EagerVarlen(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, table, head_mask = ctx.saved_tensors
-        inputs: VarlenInputs = ctx.inputs
+        inputs: AttentionInputs = ctx.inputs
         with torch.autocast(grad_out.device.type, enabled=False):
             grads = _varlen_backward(
                 grad_out,
@@ -470,7 +467,12 @@ class _EagerVarlen(torch.autograd.Function):
         )
 
 
-def _equal_lengths(inputs: VarlenInputs) -> AttentionInputs | None:
+def _batch(t: torch.Tensor, b: int, length: int) -> torch.Tensor:
+    """Packed [b * length, H, D] -> [b, H, length, D]."""
+    return t.view(b, length, *t.shape[1:]).transpose(1, 2).contiguous()
+
+
+def _equal_lengths(inputs: AttentionInputs) -> AttentionInputs | None:
     """The call as one dense problem [B, H, L, D] when every sequence has the same (Lq, Lk), both > 0: a full
     batch, whose packed form costs only bookkeeping (layout copies, per-run slicing) on top of the dense one."""
     starts_q, starts_k = inputs.cu_seqlens_q.tolist(), inputs.cu_seqlens_k.tolist()
@@ -478,27 +480,17 @@ def _equal_lengths(inputs: VarlenInputs) -> AttentionInputs | None:
     lq, lk = starts_q[1] - starts_q[0] if b else 0, starts_k[1] - starts_k[0] if b else 0
     if lq == 0 or lk == 0 or starts_q != list(range(0, b * lq + 1, lq)) or starts_k != list(range(0, b * lk + 1, lk)):
         return None
-    h, d = inputs.q.shape[1:]
     # [B, H, L, D] copies of [T, H, D]: as views, every matmul over them would copy (their B and H dims do not merge)
-    batch = lambda t, length: t.view(b, length, h, d).transpose(1, 2).contiguous()
-    return AttentionInputs(
-        q=batch(inputs.q, lq),
-        k=batch(inputs.k, lk),
-        v=batch(inputs.v, lk),
-        table=inputs.table,
-        max_relative_position=inputs.max_relative_position,
-        key_padding=None,
-        additive_mask=None,
-        causal=inputs.causal,
+    return inputs.dense_part(
+        _batch(inputs.q, b, lq),
+        _batch(inputs.k, b, lk),
+        _batch(inputs.v, b, lk),
         q_offset=lk - lq,
-        dropout_p=inputs.dropout_p,
-        dropout_seed=inputs.dropout_seed,
-        scale=inputs.scale,
         head_mask=inputs.head_mask,
     )
 
 
-def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
+def forward_varlen(inputs: AttentionInputs) -> torch.Tensor:
     if not torch.compiler.is_compiling():
         dense = _equal_lengths(inputs)
         if dense is not None:  # same counters, head_mask rows and offsets: the dense op computes the same numbers
