@@ -58,7 +58,8 @@ def _keep_from_counters(k0: torch.Tensor, k1: torch.Tensor, c0, c1, c2, dropout_
 
 
 # Elementwise integer Philox is about ten times faster once torch.compile fuses its ~100 steps into one loop
-# (measured in benchmarks/NOTES.md ("Measurements behind code constants")). Compiled once per process for masks of at least this many elements, with the seed passed as tensors so no seed or shape triggers a recompile. Identical
+# (benchmarks/NOTES.md, "Measurements behind code constants"). Compiled once per process for masks of at least
+# this many elements, with the seed passed as tensors so no seed or shape triggers a recompile. Identical
 # bits either way; NEZHA_KERNELS_COMPILE_DROPOUT=0 turns it off, and a failed compile falls back to eager.
 COMPILE_MIN_ELEMENTS = 1 << 20
 _compiled = {"fn": None, "failed": False}
