@@ -85,7 +85,10 @@ def _autocast_inputs(q, k, v, rel_table):
     if not torch.is_autocast_enabled(q.device.type):
         return q, k, v, rel_table
     dtype = torch.get_autocast_dtype(q.device.type)
-    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
     return cast(q), cast(k), cast(v), cast(rel_table)
 
 

@@ -100,7 +100,7 @@ def _normalize_mask(
             f"[B, H, Lq, Lk] = [{b}, {h}, {lq}, {lk}] (e.g. [B, 1, 1, Lk]); got shape {list(mask.shape)}. "
             "Pass a bool/integer [B, Lk] tensor for a key-padding mask."
         )
-    for axis, (got, want) in enumerate(zip(mask.shape, (b, h, lq, lk))):
+    for axis, (got, want) in enumerate(zip(mask.shape, (b, h, lq, lk), strict=True)):
         if got not in (1, want):
             raise ValueError(
                 f"attention_mask of shape {list(mask.shape)} is not broadcastable to "

@@ -75,8 +75,8 @@ class VarlenInputs:
 # --- cu_seqlens ---
 
 
-def _check_cu_seqlens_tensor(name: str, cu: object, device: torch.device) -> torch.Tensor:
-    cu = _check_tensor(name, cu)
+def _check_cu_seqlens_tensor(name: str, value: object, device: torch.device) -> torch.Tensor:
+    cu = _check_tensor(name, value)
     if cu.dtype != torch.int32:
         raise ValueError(f"{name} must be an int32 tensor, got {cu.dtype}")
     if cu.dim() != 1 or cu.shape[0] < 2:
@@ -90,7 +90,7 @@ def _check_cu_seqlens_values(name: str, values: list[int], total: int, rows: str
     """The longest sequence of a host copy of cu_seqlens, after checking it against its T."""
     if values[0] != 0:
         raise ValueError(f"{name} must start at 0, got {values[0]}")
-    lengths = [b - a for a, b in zip(values, values[1:])]
+    lengths = [b - a for a, b in zip(values, values[1:], strict=False)]
     for index, length in enumerate(lengths):
         if length < 0:
             raise ValueError(

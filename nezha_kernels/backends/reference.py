@@ -105,7 +105,10 @@ def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
         if k1 == k0:  # no keys: nothing to attend to
             outputs.append(inputs.q.new_zeros(q1 - q0, h, inputs.q.shape[2]))
             continue
-        rows = lambda t, start, stop: t[start:stop].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
+
+        def rows(t, start, stop):
+            return t[start:stop].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
+
         sequence = AttentionInputs(
             q=rows(inputs.q, q0, q1),
             k=rows(inputs.k, k0, k1),

@@ -316,7 +316,10 @@ def _varlen_backward(
             kept = probabilities.get(run.b) if probabilities else None
             if kept is None and qt is None:
                 qt = torch.matmul(qh[:, :, g0:g1], tc_t)  # to recompute the probabilities
-            view = lambda t, rel=True: _rows(t, run.q0 - (g0 if rel else 0), run.n, run.lq)
+
+            def view(t, rel=True, run=run, g0=g0):
+                return _rows(t, run.q0 - (g0 if rel else 0), run.n, run.lq)
+
             go_run, dq_run = _dense(go, run.q0, run.n, run.lq), view(dq, False)
             dk_run, dv_run = _rows(dk, run.k0, run.n, run.lk), _rows(dv, run.k0, run.n, run.lk)
             for index, (start, stop) in enumerate(_chunks(seq)):
@@ -349,7 +352,10 @@ def _varlen_backward(
         if dt is not None:
             dt += torch.einsum("bhim,bhid->md", w_buckets, go[:, :, g0:g1])
             dt += torch.einsum("bhim,bhid->md", ds_buckets, qh[:, :, g0:g1]) * scale
-    back = lambda t, like: t[0].transpose(0, 1).to(like.dtype).contiguous()
+
+    def back(t, like):
+        return t[0].transpose(0, 1).to(like.dtype).contiguous()
+
     return (
         back(dq, q),
         back(dk, k),
@@ -480,7 +486,10 @@ def _equal_lengths(inputs: VarlenInputs) -> AttentionInputs | None:
         return None
     h, d = inputs.q.shape[1:]
     # [B, H, L, D] copies of [T, H, D]: as views, every matmul over them would copy (their B and H dims do not merge)
-    batch = lambda t, length: t.view(b, length, h, d).transpose(1, 2).contiguous()
+
+    def batch(t, length):
+        return t.view(b, length, h, d).transpose(1, 2).contiguous()
+
     return AttentionInputs(
         q=batch(inputs.q, lq),
         k=batch(inputs.k, lk),

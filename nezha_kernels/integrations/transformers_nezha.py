@@ -51,7 +51,8 @@ def _check_layout(module: nn.Module) -> None:
     attrs = ("num_attention_heads", "attention_head_size", "all_head_size", "is_decoder")
     if missing or not all(hasattr(module, a) for a in attrs):
         raise RuntimeError(
-            f"unexpected NezhaSelfAttention layout (missing {sorted(missing) or [a for a in attrs if not hasattr(module, a)]}); "
+            f"unexpected NezhaSelfAttention layout "
+            f"(missing {sorted(missing) or [a for a in attrs if not hasattr(module, a)]}); "
             "refusing to patch this transformers version"
         )
 
@@ -78,7 +79,10 @@ def _fast_forward(
     """NezhaSelfAttention.forward on relative_attention; same arguments and outputs as the original."""
     if past_key_values is None:
         past_key_values = past_key_value
-    split = lambda x: x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def split(x):
+        return x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
     q = split(self.query(hidden_states))
     if encoder_hidden_states is not None:
         if past_key_values is not None:

@@ -716,7 +716,10 @@ class NezhaPreTrainedModel(nn.Module):
 
     @classmethod
     def from_tf_checkpoint(cls, path_or_dir: str | os.PathLike, config: NezhaConfig | None = None, **kwargs: Any):
-        """Load Huawei's original TF checkpoint (no TensorFlow needed); see :mod:`nezha_kernels.models.tf_checkpoint`."""
+        """Load Huawei's original TF checkpoint (no TensorFlow needed).
+
+        See :mod:`nezha_kernels.models.tf_checkpoint`.
+        """
         from .tf_checkpoint import from_tf_checkpoint
 
         return from_tf_checkpoint(cls, path_or_dir, config, **kwargs)
@@ -912,7 +915,6 @@ class NezhaModel(NezhaPreTrainedModel):
                 )
             check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
             batch, length = input_ids.shape
-            device = input_ids.device
         else:
             if (
                 not isinstance(inputs_embeds, torch.Tensor)
@@ -924,7 +926,6 @@ class NezhaModel(NezhaPreTrainedModel):
                     f"got {list(getattr(inputs_embeds, 'shape', []))}"
                 )
             batch, length = inputs_embeds.shape[:2]
-            device = inputs_embeds.device
         if length == 0:
             raise ValueError("the input sequence is empty (seq_len = 0)")
         if token_type_ids is not None:
@@ -941,7 +942,8 @@ class NezhaModel(NezhaPreTrainedModel):
                 raise ValueError("past_key_values needs a decoder model (config.is_decoder=True)")
             if len(past_key_values) != config.num_hidden_layers:
                 raise ValueError(
-                    f"past_key_values must hold one entry per layer ({config.num_hidden_layers}), got {len(past_key_values)}"
+                    f"past_key_values must hold one entry per layer ({config.num_hidden_layers}), "
+                    f"got {len(past_key_values)}"
                 )
             past_length = past_key_values[0][0].shape[2]
         key_padding, additive_mask = self._self_attention_mask(attention_mask, batch, length, past_length + length)
