@@ -95,7 +95,7 @@ def run_checks(device: str | torch.device | None = None, dtypes=None) -> list[Ch
                     print(f"  {name} {dtype} {case}: refused ({exc})")
                     continue
                 fwd = (out - ref_out).abs().max().item()
-                grad = max((g - rg).abs().max().item() for g, rg in zip(grads, ref_grads))
+                grad = max((g - rg).abs().max().item() for g, rg in zip(grads, ref_grads, strict=True))
                 rows.append(CheckRow(name, str(dtype).replace("torch.", ""), case, fwd, grad, TOLERANCE[dtype]))
     return rows
 

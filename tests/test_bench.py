@@ -263,7 +263,10 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
     assert not any("e" in label or "^" in label for label in labels)
     assert [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks)
     if high / low >= 10:  # across decades: round 1-2-5 values
-        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} <= {
+        assert {
+            float(label.replace(",", "")) / 10 ** math.floor(math.log10(t))
+            for label, t in zip(labels, ticks, strict=True)
+        } <= {
             1.0,
             2.0,
             5.0,
@@ -280,7 +283,7 @@ def test_plot_axis_labels_are_distinct():
     _plain_log_y(ax)
     fig.canvas.draw()
     low, high = ax.get_ylim()
-    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high]
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True) if low <= v <= high]
     minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
     plt.close(fig)
     assert len(shown) >= 3 and len(set(shown)) == len(shown) and not minor, (shown, minor)

@@ -29,13 +29,16 @@ def _expected(q, k, v, table, lengths_q, lengths_k, r, head_mask=None, **kwargs)
     cq, ck = _cu(lengths_q).tolist(), _cu(lengths_k).tolist()
     h, d = q.shape[1:]
     outs = []
-    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
+    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k, strict=True)):
         if lq == 0:
             continue
         if lk == 0:
             outs.append(torch.zeros(lq, h, d, dtype=torch.float64) + 0 * q[:1].double().sum())
             continue
-        seq = lambda t, c: t[c[b] : c[b + 1]].transpose(0, 1).unsqueeze(0)
+
+        def seq(t, c, b=b):
+            return t[c[b] : c[b + 1]].transpose(0, 1).unsqueeze(0)
+
         hm = None if head_mask is None else (head_mask if head_mask.dim() == 1 else head_mask[b])
         o = formula(seq(q, cq), seq(k, ck), seq(v, ck), table, r=r, q_offset=lk - lq, head_mask=hm, **kwargs)
         outs.append(o[0].transpose(0, 1))
@@ -91,7 +94,7 @@ def _parity(backend, dtype, lengths_q, lengths_k, h, d, r, *, causal=False, head
     )
     ref_grads = torch.autograd.grad(expected, ref_leaves, grad_out.double(), allow_unused=True)
     _close(out, expected, dtype, lambda m: f"output: {m}")
-    for name, a, b in zip(("q", "k", "v", "table", "head_mask"), grads, ref_grads):
+    for name, a, b in zip(("q", "k", "v", "table", "head_mask"), grads, ref_grads, strict=False):
         b = torch.zeros_like(a, dtype=torch.float64) if b is None else b
         _close(a, b, dtype, lambda m, name=name: f"d{name}: {m}")
 
@@ -212,7 +215,7 @@ def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
     g_var = torch.autograd.grad(out, (q, k, v, hm), grad_out)
     padded_go = _padded(grad_out, lengths) * mask[:, None, :, None]
     g_dense = torch.autograd.grad(dense, (pq, pk, pv, hm), padded_go)
-    for a, b in zip(g_var[:3], g_dense[:3]):
+    for a, b in zip(g_var[:3], g_dense[:3], strict=True):
         expected = b.transpose(1, 2)[mask]  # the real rows, packed
         torch.testing.assert_close(a, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(g_var[3], g_dense[3], atol=1e-12, rtol=0)
@@ -317,7 +320,7 @@ def test_compiles_fullgraph_without_a_recompile_per_token_count():
         ref = fn(q, k, v, _cu(lengths), table)
         ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, table))
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
-        for a, b in zip(grads, ref_grads):
+        for a, b in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert counter.frame_count <= 2, f"{counter.frame_count} compiles for 3 token counts"
     # Dropout traces too (the seed is drawn inside the graph).

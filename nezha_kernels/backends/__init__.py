@@ -88,6 +88,7 @@ def _load(name: str) -> tuple[ModuleType | None, str]:
     """(backend module or None, why not); imported once, then served from a cache."""
     if name in _LOADED:
         return _LOADED[name]
+    result: tuple[ModuleType | None, str]
     try:
         result = importlib.import_module(_MODULES[name]), ""
     except ModuleNotFoundError as exc:

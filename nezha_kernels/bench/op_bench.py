@@ -279,7 +279,7 @@ def measure_cell(spec: dict) -> dict:
             elif mode == "bwd":
                 result = fn()
                 timing = time_fn(
-                    lambda: result.backward(grad, retain_graph=True),
+                    lambda: result.backward(grad, retain_graph=True),  # noqa: B023 (timed within this iteration)
                     device,
                     grad_to_none=[q, k, v],
                     cpu_budget_s=budget,

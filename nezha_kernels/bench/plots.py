@@ -173,10 +173,10 @@ def _finish(plt, fig, axes, title: str, path: Path) -> Path:
     """One legend for every provider of any panel (some fail everywhere in the first), title, save, close."""
     handles, labels = [], []
     for ax in axes.flat:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
@@ -202,7 +202,7 @@ def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
                 (("median_ms", "time per step (ms)"), ("peak_mib", "peak memory rise (MiB)"))
             ):
                 ax = axes[row_i][col]
-                _draw(ax, members, lambda r: position[(r.batch, r.seq_len)], metric, colors)
+                _draw(ax, members, lambda r: position[(r.batch, r.seq_len)], metric, colors)  # noqa: B023 (called at once)
                 _plain_log_y(ax)
                 ax.set_xticks(range(len(points)), [f"{b}x{length}" for b, length in points])
                 ax.set_xlim(-0.5, len(points) - 0.5)
