@@ -87,10 +87,10 @@ def relative_attention_with_weights(
     and head_mask, as Hugging Face's ``output_attentions`` reports them. Always computed by the
     pure-PyTorch path with plain autograd, so it costs O(B * H * Lq * Lk) memory.
     """
-    from .backends import torch_chunked
+    from .backends.torch_backend import forward_with_probs
 
     kwargs.pop("backend", None)
     q, k, v, kwargs["rel_table"] = autocast_inputs(q, k, v, kwargs.get("rel_table"))
     inputs = prepare_inputs(q, k, v, **kwargs)
     with torch.autocast(inputs.q.device.type, enabled=False):
-        return torch_chunked.forward_with_probs(inputs)
+        return forward_with_probs(inputs)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nezha_kernels as nk
-from nezha_kernels.backends import torch_chunked
+from nezha_kernels.backends.torch_backend import chunks
 from nezha_kernels.dropout import keep_mask
 
 BACKENDS = ["reference", "torch"]
@@ -178,7 +178,7 @@ def test_torch_backend_chunking_is_invisible(monkeypatch):
     torch.manual_seed(11)
     whole = nk.relative_attention(q, k, v, **kwargs)
     g_whole = torch.autograd.grad(whole.sum(), (q, k, v))
-    monkeypatch.setattr(torch_chunked, "CHUNK_ELEMENTS", 2 * 2 * 31 * 3)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 2 * 2 * 31 * 3)
     torch.manual_seed(11)
     chunked = nk.relative_attention(q, k, v, **kwargs)
     g_chunked = torch.autograd.grad(chunked.sum(), (q, k, v))

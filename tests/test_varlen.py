@@ -123,12 +123,12 @@ def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_proba
     # The torch backend batches the table-side matmuls over groups of sequences: groups that split anywhere
     # (1: every sequence alone; 6 and 14: groups of several, a sequence longer than a group alone) and small
     # chunks (several per sequence) give the formula's output and gradients, table and head_mask included.
-    from nezha_kernels.backends import torch_chunked, torch_varlen
+    from nezha_kernels.backends.torch_backend import chunks, packed
 
-    monkeypatch.setattr(torch_varlen, "GROUP_TOKENS", group_tokens)
-    monkeypatch.setattr(torch_chunked, "CPU_CHUNK_ELEMENTS", 3 * 40)
+    monkeypatch.setattr(packed, "GROUP_TOKENS", group_tokens)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_ELEMENTS", 3 * 40)
     if not keep_probabilities:  # the backward recomputes them (large sequences do)
-        monkeypatch.setattr(torch_chunked, "SAVE_ELEMENTS", 0)
+        monkeypatch.setattr(chunks, "SAVE_ELEMENTS", 0)
     _parity("torch", torch.float32, LENGTHS_Q, LENGTHS_K, 3, 32, 7, causal=True, head_mask_shape=(8, 3))
     _parity("torch", torch.float32, [7, 2, 11, 0, 6], [7, 2, 11, 0, 6], 2, 16, 3, seed=4)
     # Runs of equal lengths (one dense call of several sequences), split where a group ends; dropout and
@@ -286,7 +286,7 @@ def test_strided_inputs_from_a_fused_projection():
 
 
 def test_opcheck_torch_varlen_ops():
-    from nezha_kernels.backends import torch_varlen
+    from nezha_kernels.backends.torch_backend import varlen as torch_varlen
 
     lengths_q, lengths_k = [3, 0, 5], [4, 0, 5]
     q, k, v = (t.requires_grad_() for t in _packed(lengths_q, lengths_k, 2, 8, torch.float32))

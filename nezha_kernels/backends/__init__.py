@@ -47,7 +47,7 @@ ENV_VAR = "NEZHA_KERNELS_BACKEND"
 BACKENDS = ("reference", "torch", "triton", "cuda")
 _MODULES = {
     "reference": "nezha_kernels.backends.reference",
-    "torch": "nezha_kernels.backends.torch_chunked",
+    "torch": "nezha_kernels.backends.torch_backend",
     "triton": "nezha_kernels.backends.triton_backend",
     "cuda": "nezha_kernels.backends.cuda_backend",
 }

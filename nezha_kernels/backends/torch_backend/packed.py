@@ -1,20 +1,17 @@
-"""Padding-free calls of the "torch" backend: each sequence through the dense chunks, no padding built.
-
-Under torch.compile the forward and backward are torch.library custom ops with register_autograd: opaque
-to the compiler (their fakes give the shapes), so a compiled model traces through them with fullgraph=True
-and no recompile for a new token count, while their bodies read cu_seqlens on the host (free on the CPU;
-one sync each on CUDA, where this backend is a fallback) to slice the sequences. In eager mode an
-autograd.Function runs the same code and also keeps the small sequences' probabilities for the backward.
+"""The computation of the "torch" backend's padding-free calls: each sequence through the dense chunks.
 
 Sequence b of the packed batch is the dense problem [1, H, Lq_b, D] x [1, H, Lk_b, D] with
-q_offset = Lk_b - Lq_b (bottom-right alignment) and dropout counters b * H + h: the chunks of
-torch_chunked run on it unchanged, so the backend's memory bound (a few CHUNK_ELEMENTS tensors) holds.
+q_offset = Lk_b - Lq_b (bottom-right alignment) and dropout counters b * H + h: the chunks (chunks.py)
+run on it unchanged, so the backend's memory bound (a few CHUNK_ELEMENTS tensors) holds.
 
 The table side is batched: short sequences are overhead-bound (a dozen small ops each), and the two
 products with the table (Q T^T on the way in, bucket(W) T on the way out; dO T^T, bucket(dS) T and the
 table gradient in the backward) are 2/3 of their FLOPs. So consecutive sequences are taken in groups of
 at most GROUP_TOKENS query rows, and each of those products is one matmul over the group's rows
 ([H, rows, 2R+1] tensors: a few MiB) instead of one per sequence and chunk.
+
+``packed_forward`` / ``packed_backward`` take the call's tensors and scalars (what the custom ops of varlen.py
+take) and read cu_seqlens on the host.
 """
 
 from __future__ import annotations
@@ -24,11 +21,10 @@ from collections.abc import Iterator
 
 import torch
 
-from ..dropout import seed_tensor
-from ..inputs import AttentionInputs
-from . import torch_chunked
+from ...inputs import AttentionInputs
+from . import chunks
 
-__all__ = ["forward_varlen"]
+__all__ = ["GROUP_TOKENS", "packed_backward", "packed_forward"]
 
 
 def _heads_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -104,7 +100,8 @@ def _runs(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, r, causal, scal
 
 
 # Query rows per group of sequences sharing the table-side matmuls ([H, rows, 2R+1] float32: 3 MiB at H = 12;
-# larger groups made the matmuls slower on a CPU, smaller ones more numerous: benchmarks/NOTES.md ("Measurements behind code constants")).
+# larger groups made the matmuls slower on a CPU, smaller ones more numerous: benchmarks/NOTES.md, "Measurements
+# behind code constants").
 GROUP_TOKENS = 512
 
 
@@ -129,23 +126,23 @@ def _long(group: list[_Run]) -> bool:
 
 def _chunks(seq: AttentionInputs) -> Iterator[tuple[int, int]]:
     b, h, lq, lk, _ = seq.shape
-    step = torch_chunked.chunk_length(b, h, lk, lq, seq.q.device)
+    step = chunks.chunk_length(b, h, lk, lq, seq.q.device)
     for start in range(0, lq, step):
         yield start, min(lq, start + step)
 
 
 def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict | None = None) -> torch.Tensor:
     """out [1, H, Tq, D] from the heads-first tensors; ``saved``: {b: chunks' (probs, keep)} is filled for the
-    runs small enough to keep them (torch_chunked.saves_probabilities)."""
+    runs small enough to keep them (chunks.saves_probabilities)."""
     out = qh.new_zeros(qh.shape)
-    scratch = torch_chunked._Scratch()
+    scratch = chunks.Scratch()
     tc_t = tc.t().contiguous()  # a transposed operand slows the large matmuls (NOTES)
     for g0, g1, group in _groups(runs):
         if _long(group):
             run = group[0]
-            save = [] if saved is not None and torch_chunked.saves_probabilities(h, run.lq, run.lk) else None
+            save = [] if saved is not None and chunks.saves_probabilities(h, run.lq, run.lk) else None
             _rows(out, run.q0, 1, run.lq).copy_(
-                torch_chunked._forward(run.seq, run.seq.q, run.seq.k, run.seq.v, tc, bh_offset=run.b * h, save=save)
+                chunks.forward_chunks(run.seq, run.seq.q, run.seq.k, run.seq.v, tc, bh_offset=run.b * h, save=save)
             )
             if save is not None:
                 saved[run.b] = save
@@ -154,11 +151,11 @@ def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict |
         buckets = torch.zeros_like(qt)  # bucket(W) of every row, times T once at the end
         for run in group:
             seq = run.seq
-            save = saved is not None and torch_chunked.saves_probabilities(run.n * h, run.lq, run.lk)
+            save = saved is not None and chunks.saves_probabilities(run.n * h, run.lq, run.lk)
             out_run, qt_run = _rows(out, run.q0, run.n, run.lq), _rows(qt, run.q0 - g0, run.n, run.lq)
             buckets_run = _rows(buckets, run.q0 - g0, run.n, run.lq)
             for start, stop in _chunks(seq):
-                c = torch_chunked._Chunk.compute(
+                c = chunks.Chunk.compute(
                     seq, seq.q, seq.k, tc, start, stop, scratch, bh_offset=run.b * h, qt=qt_run[:, :, start:stop]
                 )
                 w = c.weights(in_place=not save)
@@ -170,7 +167,7 @@ def _forward_heads_first(qh, kh, vh, tc, runs: list[_Run], h: int, saved: dict |
     return out
 
 
-def _varlen_forward(
+def packed_forward(
     q,
     k,
     v,
@@ -185,7 +182,7 @@ def _varlen_forward(
     seed,
     saved: dict | None = None,
 ) -> torch.Tensor:
-    cd = torch_chunked._compute_dtype(q.dtype)
+    cd = chunks.compute_dtype(q.dtype)
     qh, kh, vh = (_heads_first(t, cd) for t in (q, k, v))
     tc = table.to(cd)
     hm = head_mask.to(cd) if head_mask is not None else None
@@ -194,70 +191,7 @@ def _varlen_forward(
     return _packed(out, q.dtype)
 
 
-@torch.library.custom_op("nezha_kernels::torch_varlen_fwd", mutates_args=())
-def varlen_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    head_mask: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    max_relative_position: int,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: torch.Tensor,
-) -> torch.Tensor:
-    return _varlen_forward(
-        q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed
-    )
-
-
-@varlen_fwd.register_fake
-def _(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed):
-    return q.new_empty(q.shape)
-
-
-@torch.library.custom_op("nezha_kernels::torch_varlen_bwd", mutates_args=())
-def varlen_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    head_mask: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    max_relative_position: int,
-    causal: bool,
-    scale: float,
-    dropout_p: float,
-    seed: torch.Tensor,
-    table_grad: bool,
-    head_mask_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv, dtable or an empty tensor, dhead_mask [B, H] or an empty tensor)."""
-    return _varlen_backward(
-        grad_out,
-        q,
-        k,
-        v,
-        table,
-        head_mask,
-        cu_seqlens_q,
-        cu_seqlens_k,
-        max_relative_position,
-        causal,
-        scale,
-        dropout_p,
-        seed,
-        table_grad,
-        head_mask_grad,
-    )
-
-
-def _varlen_backward(
+def packed_backward(
     grad_out,
     q,
     k,
@@ -276,7 +210,7 @@ def _varlen_backward(
     probabilities=None,
 ):
     """varlen_bwd's body; ``probabilities``: {b: the forward's saved chunks of sequence b} where kept."""
-    cd = torch_chunked._compute_dtype(q.dtype)
+    cd = chunks.compute_dtype(q.dtype)
     qh, kh, vh, go = (_heads_first(t, cd) for t in (q, k, v, grad_out))
     tc = table.to(cd)
     hm = head_mask.to(cd) if head_mask is not None else None
@@ -284,13 +218,13 @@ def _varlen_backward(
     dt = torch.zeros_like(tc) if table_grad else None
     dhm = torch.zeros(head_mask.shape, dtype=cd, device=q.device) if head_mask_grad else None
     h = q.shape[1]
-    scratch = torch_chunked._Scratch()
+    scratch = chunks.Scratch()
     tc_t = tc.t().contiguous()
     runs = _runs(qh, kh, vh, tc, hm, cu_seqlens_q, cu_seqlens_k, max_relative_position, causal, scale, dropout_p, seed)
     for g0, g1, group in _groups(runs):
         if _long(group):
             run = group[0]
-            torch_chunked._backward(
+            chunks.backward_chunks(
                 run.seq,
                 run.seq.q,
                 run.seq.k,
@@ -320,16 +254,16 @@ def _varlen_backward(
             dk_run, dv_run = _rows(dk, run.k0, run.n, run.lk), _rows(dv, run.k0, run.n, run.lk)
             for index, (start, stop) in enumerate(_chunks(seq)):
                 if kept is not None:
-                    c = torch_chunked._Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
+                    c = chunks.Chunk.saved(seq, seq.q, start, stop, *kept[index], scratch)
                 else:
                     qt_c = _rows(qt, r0, run.n, run.lq)[:, :, start:stop]
-                    c = torch_chunked._Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, run.b * h, qt_c)
-                rel = torch_chunked.RelativeRows(
+                    c = chunks.Chunk.compute(seq, seq.q, seq.k, tc, start, stop, scratch, run.b * h, qt_c)
+                rel = chunks.RelativeRows(
                     _rows(go_t, r0, run.n, run.lq)[:, :, start:stop],
                     _rows(w_buckets, r0, run.n, run.lq)[:, :, start:stop] if w_buckets is not None else None,
                     _rows(ds_buckets, r0, run.n, run.lq)[:, :, start:stop],
                 )
-                torch_chunked._chunk_backward(
+                chunks.chunk_backward(
                     seq,
                     c,
                     seq.k,
@@ -353,161 +287,4 @@ def _varlen_backward(
         _packed(dv, v.dtype),
         dt.to(table.dtype) if dt is not None else q.new_empty(0),  # outputs must not alias: two empties
         dhm.to(head_mask.dtype) if dhm is not None else q.new_empty(0),
-    )
-
-
-@varlen_bwd.register_fake
-def _(
-    grad_out,
-    q,
-    k,
-    v,
-    table,
-    head_mask,
-    cu_seqlens_q,
-    cu_seqlens_k,
-    max_relative_position,
-    causal,
-    scale,
-    dropout_p,
-    seed,
-    table_grad,
-    head_mask_grad,
-):
-    return (
-        q.new_empty(q.shape),
-        k.new_empty(k.shape),
-        v.new_empty(v.shape),
-        table.new_empty(table.shape) if table_grad else q.new_empty(0),
-        head_mask.new_empty(head_mask.shape) if head_mask_grad else q.new_empty(0),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, table, head_mask, cu_q, cu_k, r, causal, scale, dropout_p, seed = inputs
-    ctx.save_for_backward(q, k, v, table, head_mask, cu_q, cu_k, seed)
-    ctx.scalars = (r, causal, scale, dropout_p)
-
-
-def _backward(ctx, grad_out):
-    q, k, v, table, head_mask, cu_q, cu_k, seed = ctx.saved_tensors
-    table_grad = ctx.needs_input_grad[3]
-    head_mask_grad = head_mask is not None and ctx.needs_input_grad[4]
-    with torch.autocast(grad_out.device.type, enabled=False):
-        dq, dk, dv, dt, dhm = varlen_bwd(
-            grad_out, q, k, v, table, head_mask, cu_q, cu_k, *ctx.scalars, seed, table_grad, head_mask_grad
-        )
-    return (dq, dk, dv, dt if table_grad else None, dhm if head_mask_grad else None) + (None,) * 7
-
-
-varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerVarlen(torch.autograd.Function):
-    """The eager twin of the custom ops: the forward keeps each sequence's probabilities (and dropout mask)
-    where torch_chunked would for a dense call of that size, so the backward recomputes nothing there and
-    the dropout mask is generated once. (A custom op cannot hand a data-dependent list to its backward.)
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, table, head_mask, inputs: AttentionInputs):
-        saved = {}
-        out = _varlen_forward(
-            q,
-            k,
-            v,
-            table,
-            head_mask,
-            inputs.cu_seqlens_q,
-            inputs.cu_seqlens_k,
-            inputs.max_relative_position,
-            inputs.causal,
-            inputs.scale,
-            inputs.dropout_p,
-            seed_tensor(inputs.dropout_seed),
-            saved,
-        )
-        ctx.save_for_backward(q, k, v, table, head_mask)
-        ctx.inputs, ctx.probabilities = inputs, saved
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, table, head_mask = ctx.saved_tensors
-        inputs: AttentionInputs = ctx.inputs
-        with torch.autocast(grad_out.device.type, enabled=False):
-            grads = _varlen_backward(
-                grad_out,
-                q,
-                k,
-                v,
-                table,
-                head_mask,
-                inputs.cu_seqlens_q,
-                inputs.cu_seqlens_k,
-                inputs.max_relative_position,
-                inputs.causal,
-                inputs.scale,
-                inputs.dropout_p,
-                seed_tensor(inputs.dropout_seed),
-                ctx.needs_input_grad[3],
-                head_mask is not None and ctx.needs_input_grad[4],
-                ctx.probabilities,
-            )
-        ctx.probabilities = None
-        dq, dk, dv, dt, dhm = grads
-        return (
-            dq,
-            dk,
-            dv,
-            dt if ctx.needs_input_grad[3] else None,
-            dhm if head_mask is not None and ctx.needs_input_grad[4] else None,
-            None,
-        )
-
-
-def _batch(t: torch.Tensor, b: int, length: int) -> torch.Tensor:
-    """Packed [b * length, H, D] -> [b, H, length, D]."""
-    return t.view(b, length, *t.shape[1:]).transpose(1, 2).contiguous()
-
-
-def _equal_lengths(inputs: AttentionInputs) -> AttentionInputs | None:
-    """The call as one dense problem [B, H, L, D] when every sequence has the same (Lq, Lk), both > 0: a full
-    batch, whose packed form costs only bookkeeping (layout copies, per-run slicing) on top of the dense one."""
-    starts_q, starts_k = inputs.cu_seqlens_q.tolist(), inputs.cu_seqlens_k.tolist()
-    b = len(starts_q) - 1
-    lq, lk = starts_q[1] - starts_q[0] if b else 0, starts_k[1] - starts_k[0] if b else 0
-    if lq == 0 or lk == 0 or starts_q != list(range(0, b * lq + 1, lq)) or starts_k != list(range(0, b * lk + 1, lk)):
-        return None
-    # [B, H, L, D] copies of [T, H, D]: as views, every matmul over them would copy (their B and H dims do not merge)
-    return inputs.dense_part(
-        _batch(inputs.q, b, lq),
-        _batch(inputs.k, b, lk),
-        _batch(inputs.v, b, lk),
-        q_offset=lk - lq,
-        head_mask=inputs.head_mask,
-    )
-
-
-def forward_varlen(inputs: AttentionInputs) -> torch.Tensor:
-    if not torch.compiler.is_compiling():
-        dense = _equal_lengths(inputs)
-        if dense is not None:  # same counters, head_mask rows and offsets: the dense op computes the same numbers
-            out = torch_chunked.forward(dense)
-            return out.transpose(1, 2).reshape(inputs.q.shape)
-        return _EagerVarlen.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
-    return varlen_fwd(
-        inputs.q,
-        inputs.k,
-        inputs.v,
-        inputs.table,
-        inputs.head_mask,
-        inputs.cu_seqlens_q,
-        inputs.cu_seqlens_k,
-        inputs.max_relative_position,
-        inputs.causal,
-        inputs.scale,
-        inputs.dropout_p,
-        seed_tensor(inputs.dropout_seed),
     )
