@@ -263,7 +263,10 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
     assert not any("e" in label or "^" in label for label in labels)
     assert [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks)
     if high / low >= 10:  # across decades: round 1-2-5 values
-        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} <= {
+        assert {
+            float(label.replace(",", "")) / 10 ** math.floor(math.log10(t))
+            for label, t in zip(labels, ticks, strict=True)
+        } <= {
             1.0,
             2.0,
             5.0,
@@ -280,7 +283,7 @@ def test_plot_axis_labels_are_distinct():
     _plain_log_y(ax)
     fig.canvas.draw()
     low, high = ax.get_ylim()
-    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high]
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True) if low <= v <= high]
     minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
     plt.close(fig)
     assert len(shown) >= 3 and len(set(shown)) == len(shown) and not minor, (shown, minor)
@@ -299,6 +302,49 @@ def test_progress_lines_end_on_a_word(capsys, monkeypatch):
     assert len(line) <= 100 and line.endswith(" ...") and "1/2" in line
     words = label.split()
     assert all(word in words for word in line.split("  ")[-1].split()[:-1])
+
+
+def test_progress_names_the_step_that_is_running(capsys, monkeypatch):
+    """The line that stays up while a step runs names that step (before: the one that had just finished)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    progress = Progress(3, stream=sys.stdout)
+    progress.start("model hf-4.57.6 1x128")
+    assert capsys.readouterr().out.split()[1:] == ["1/3", "0.0s", "model", "hf-4.57.6", "1x128"]
+    progress.advance()
+    assert capsys.readouterr().out == ""  # finishing a step prints nothing: its line already named it
+    progress.advance("op cuda float32 L=128: skipped")  # a step that ends as it starts
+    assert "2/3" in capsys.readouterr().out
+    progress.start("model torch 1x1024")
+    line = capsys.readouterr().out
+    assert "3/3" in line and line.rstrip().endswith("model torch 1x1024") and line.startswith("[################")
+
+
+def test_model_bench_announces_each_cell_before_measuring_it(monkeypatch):
+    from nezha_kernels.bench import model_bench
+
+    class Recorder:
+        running = None
+
+        def start(self, label):
+            self.running = label
+
+        def advance(self, label=None):
+            self.running = None
+
+    recorder, measured_while = Recorder(), []
+
+    def fake_measure(target, spec, modes, **kwargs):
+        measured_while.append((recorder.running, spec["provider"], spec["batch"], spec["seq_len"]))
+        return {
+            "modes": {m: {"status": "ok", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0} for m in modes},
+            "note": "",
+        }
+
+    monkeypatch.setattr(model_bench, "measure_in_place_or_child", fake_measure)
+    monkeypatch.setattr(model_bench, "hf_nezha_status", lambda: (False, "transformers not installed"))
+    grid = model_bench.ModelGrid("nezha-tiny", ((2, 32), (1, 64)), "float32", ("torch",))
+    model_bench.run_model_bench(grid, "cpu", ENV, progress=recorder)
+    assert measured_while == [("model torch 2x32", "torch", 2, 32), ("model torch 1x64", "torch", 1, 64)]
 
 
 def test_timing_warnings():

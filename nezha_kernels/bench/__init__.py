@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise SystemExit(f"--device: {exc}")
+        raise SystemExit(f"--device: {exc}") from None
     if dev.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():

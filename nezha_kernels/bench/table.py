@@ -67,7 +67,9 @@ def format_table(rows: Iterable[Row]) -> str:
         lines.append(f"\n{bench} {op} {unit}  dtype={dtype}  mode={mode}  ({members[0].device_name})")
         for i, line in enumerate(table):
             lines.append(
-                "  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths)))
+                "  ".join(
+                    cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths, strict=True))
+                )
             )
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
