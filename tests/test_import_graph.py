@@ -3,7 +3,8 @@
 Every import counts, at module level and inside functions (a deferred import still ties two modules together), with
 relative imports resolved. ``from package import name`` is an edge to ``package.name`` when that is a module of the
 package, else to ``package``. Only explicit imports are edges: importing ``a.b.c`` also runs ``a/__init__`` and
-``a/b/__init__``, but that is Python's loading order, not a dependency the code chose.
+``a/b/__init__``, but that is Python's loading order, not a dependency the code chose. Imports under
+``if TYPE_CHECKING:`` are not edges: they never run.
 """
 
 from __future__ import annotations
@@ -98,12 +99,27 @@ class _Imports(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes inside ``if TYPE_CHECKING:`` blocks (annotations only; never executed)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else None
+            if name == "TYPE_CHECKING":
+                skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    return skipped
+
+
 def _scan() -> dict[str, _Imports]:
     scans = {}
     for module, (path, tree) in MODULES.items():
         visitor = _Imports(module, path)
+        skipped = _type_checking_only(tree)
         # Imports first (aliases bound anywhere in the file), then attribute uses.
         for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 visitor.visit_Import(node)
             elif isinstance(node, ast.ImportFrom):
@@ -174,3 +190,10 @@ def test_no_private_names_across_modules():
     assert not new, "modules using another module's underscore names:\n" + "\n".join(new)
     stale = sorted(KNOWN_PRIVATE_USES - set(uses))
     assert not stale, f"KNOWN_PRIVATE_USES lists uses that are gone (remove them): {stale}"
+
+
+def test_type_checking_imports_are_not_edges():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import X\nfrom .c import Y\n")
+    skipped = _type_checking_only(tree)
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert [node.module for node in imports if id(node) in skipped] == ["b"]
