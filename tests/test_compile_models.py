@@ -66,7 +66,9 @@ def test_compiled_training_step_matches_eager():
     (loss_e, grads_e), (loss_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e, atol=1e-6, rtol=1e-6)
     for name in grads_e:
-        torch.testing.assert_close(grads_c[name], grads_e[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)
+        torch.testing.assert_close(
+            grads_c[name], grads_e[name], atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.slow

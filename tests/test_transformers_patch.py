@@ -103,7 +103,7 @@ def test_head_mask_output_attentions_and_gradients():
     tol = 1e-6 * max(g.abs().max().item() for g in ref_grads.values())
     for n, p in model.named_parameters():
         if n in ref_grads:
-            torch.testing.assert_close(p.grad, ref_grads[n], atol=tol, rtol=1e-4, msg=lambda m: f"{n}: {m}")  # noqa: B023 (called at once)
+            torch.testing.assert_close(p.grad, ref_grads[n], atol=tol, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_class_patch_builds_without_buffers_and_runs_past_512():

@@ -54,7 +54,8 @@ class NezhaModel(NezhaPreTrainedModel):
     Padding-free (``config.padding_free``, default True): when a right-padded attention_mask has padding,
     the real tokens are gathered once before the embeddings, every layer runs on [T, hidden] (attention
     through ``relative_attention_varlen``) and the outputs are scattered back to [B, L, hidden] with
-    zeros at padded positions. Real-token outputs equal the dense computation. The dense path runs instead
+    zeros at padded positions; the dense path zeroes them too, so every path gives the same tensors.
+    Real-token outputs equal the dense computation. The dense path runs instead
     under torch.compile / torch.export / jit.trace, with output_attentions, past_key_values / use_cache,
     cross-attention, a 3-D mask, and masks that are not right-padded (a padded first token or a hole).
     Flattened batches ([1, T] with position_ids restarting at 0, or cu_seq_lens_q/k + max_length_q/k, as
@@ -141,6 +142,7 @@ class NezhaModel(NezhaPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         position_ids: torch.Tensor | None = None,
+        padding_free: bool | None = None,
         **flattening: Any,
     ):
         """input_ids / token_type_ids [B, L] int (or inputs_embeds [B, L, hidden]); attention_mask [B, L_past + L]
@@ -152,6 +154,11 @@ class NezhaModel(NezhaPreTrainedModel):
         at 0 at each sequence, or the keywords cu_seq_lens_q / cu_seq_lens_k (int32 [S + 1]) and
         max_length_q / max_length_k. NEZHA has no absolute positions: position_ids only mark sequence starts.
         The pooler reads token 0 of the row, as for any [1, T] input.
+
+        padding_free: this call's config.padding_free (None: the config's). When True, the hidden states
+        (last_hidden_state and every hidden_states entry) are zero at the positions a 2-D attention_mask
+        pads, on every path (packed, dense, compiled, exported, traced, cached); the pooler reads token 0
+        before that, as transformers does. When False, padded positions hold the dense computation's values.
 
         Returns BaseModelOutputWithPoolingAndCrossAttentions, or with return_dict=False the tuple
         (last_hidden_state, pooler_output, [past_key_values], [hidden_states], [attentions], [cross_attentions]).
@@ -216,12 +223,17 @@ class NezhaModel(NezhaPreTrainedModel):
                 encoder_attention_mask, "encoder_attention_mask", batch, encoder_hidden_states.shape[1]
             )
 
+        padding_free = config.padding_free if padding_free is None else padding_free
+        if not isinstance(padding_free, bool):
+            raise TypeError(f"padding_free must be a bool or None, got {type(padding_free).__name__}")
+        # The query rows a 2-D mask pads: zero in the output whichever path runs (see the docstring).
+        padded_rows = ~key_padding[:, past_length:, None] if padding_free and key_padding is not None else None
         packed, key_padding = plan_batch(
             key_padding,
             additive_mask,
             position_ids,
             flattening,
-            padding_free=config.padding_free,
+            padding_free=padding_free,
             needs_dense=(
                 output_attentions
                 or use_cache
@@ -258,7 +270,12 @@ class NezhaModel(NezhaPreTrainedModel):
             if enc["hidden_states"] is not None:
                 enc["hidden_states"] = tuple(scatter_tokens(h, packed) for h in enc["hidden_states"])
         sequence_output = enc["last_hidden_state"]
+        # Token 0 as computed (a left-padded row's too, as in transformers); packed, it is a real token.
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if packed is None and padded_rows is not None:
+            sequence_output = sequence_output.masked_fill(padded_rows, 0.0)
+            if enc["hidden_states"] is not None:
+                enc["hidden_states"] = tuple(h.masked_fill(padded_rows, 0.0) for h in enc["hidden_states"])
         if not return_dict:
             rest = tuple(
                 enc[k]
