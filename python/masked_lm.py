@@ -136,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
     model = common.build_model(NezhaForMaskedLM, args, tokenizer)
     train_rng = random.Random(args.seed + 2)  # fresh masks every time a feature is batched
-    collate = lambda fs: common.collate_padded(
-        [masked(f, train_rng, tokenizer) for f in fs],  # noqa: E731
-        tokenizer.pad_id,
-        ["labels"],
-    )
+
+    def collate(fs):
+        return common.collate_padded([masked(f, train_rng, tokenizer) for f in fs], tokenizer.pad_id, ["labels"])
+
     common.fit(
         model,
         train_features,
@@ -160,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = "".join(tokenizer.tokens(ids[1:-1]))
             filled = "".join(
                 tokenizer.tokens(
-                    [best[i] if lab != -100 else t for i, (t, lab) in enumerate(zip(ids, feature["labels"]))][1:-1]
+                    [
+                        best[i] if lab != -100 else t
+                        for i, (t, lab) in enumerate(zip(ids, feature["labels"], strict=True))
+                    ][1:-1]
                 )
             )
             print(f"  {shown}  -> {filled}")

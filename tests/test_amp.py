@@ -8,8 +8,8 @@ import nezha_kernels as nk
 
 
 def _project(x, lin, heads):
-    b, l, _ = x.shape
-    qkv = lin(x).view(b, l, 3, heads, -1)
+    b, length, _ = x.shape
+    qkv = lin(x).view(b, length, 3, heads, -1)
     return [qkv[:, :, i].transpose(1, 2) for i in range(3)]
 
 

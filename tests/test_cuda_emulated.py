@@ -238,10 +238,10 @@ def test_emulated_kernels_match_formula(name, emulated_backend):
     assert out.dtype == case.dtype and torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr, msg=lambda m: f"output: {m}")
     torch.testing.assert_close(lse.double(), expected_stats, **STATS_TOL, msg=lambda m: f"row max / log sum: {m}")
-    for gname, got, want in zip("qkv", grads, ref_grads):
+    for gname, got, want in zip("qkv", grads, ref_grads, strict=True):
         assert got.dtype == case.dtype and torch.isfinite(got).all(), f"d{gname} has non-finite entries"
         s = max(1.0, want.abs().max().item())
-        torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr, msg=lambda m: f"d{gname}: {m}")
+        torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr, msg=lambda m: f"d{gname}: {m}")  # noqa: B023 (called at once)
 
 
 @pytest.mark.parametrize("dtype, family", [(F32, "simt"), (F16, "tc"), (BF16, "tc")])
@@ -288,7 +288,7 @@ def test_public_op_runs_backend_cuda_on_the_emulator(impl, dtype, emulated_backe
     ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
     (oa, orr), (ga, gr) = TOLERANCES[dtype]
     torch.testing.assert_close(out.double(), expected, atol=oa, rtol=orr)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         s = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got.double() / s, want / s, atol=ga, rtol=gr)
 
@@ -331,7 +331,7 @@ def test_launchers_restore_the_callers_current_device(family, emulated_backend):
     finally:
         emulated_backend.set_current_device(0)
     assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
-    assert all(torch.equal(a, b) for a, b in zip(grads, want_grads))
+    assert all(torch.equal(a, b) for a, b in zip(grads, want_grads, strict=True))
 
 
 def test_every_feature_and_family_is_covered():

@@ -97,7 +97,10 @@ def _compare(dtype, shape, feature, other="reference"):
     q, k, v, g = _inputs(dtype, b, h, lq, lk, d, seed=1000 * FEATURES.index(feature) + d + lq)
     kwargs = _features(b, h, lq, lk, d, dtype, g)[feature]
     grad_out = torch.randn(b, h, lq, d, device="cuda", generator=g).to(dtype)
-    seeded = lambda: {**kwargs, **({"generator": torch.Generator().manual_seed(11)} if "generator" in kwargs else {})}
+
+    def seeded():
+        return {**kwargs, **({"generator": torch.Generator().manual_seed(11)} if "generator" in kwargs else {})}
+
     out, grads = _run("cuda", q, k, v, grad_out, seeded())
     ref_out, ref_grads = _run(other, q, k, v, grad_out, seeded())
     (oa, orr), (ga, gr) = TOLERANCES[dtype]
@@ -105,10 +108,14 @@ def _compare(dtype, shape, feature, other="reference"):
         oa, orr, ga, gr = 2 * oa, 2 * orr, 2 * ga, 2 * gr
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, ref_out, atol=oa, rtol=orr, msg=lambda m: f"output ({feature}): {m}")
-    for name, got, want in zip("qkv", grads, ref_grads):
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
         scale = max(1.0, want.abs().max().item())
         torch.testing.assert_close(
-            got / scale, want / scale, atol=ga, rtol=gr, msg=lambda m: f"d{name} ({feature}): {m}"
+            got / scale,
+            want / scale,
+            atol=ga,
+            rtol=gr,
+            msg=lambda m: f"d{name} ({feature}): {m}",  # noqa: B023 (called at once)
         )
 
 
@@ -146,21 +153,24 @@ def test_tc_matches_simt(monkeypatch, dtype, d):
     q, k, v, g = _inputs(dtype, b, h, lq, lk, d, seed=77 + d)
     grad_out = torch.randn(b, h, lq, d, device="cuda", generator=g).to(dtype)
     pad = torch.rand(b, lk, device="cuda", generator=g) > 0.2
-    kwargs = lambda: {
-        "attention_mask": pad,
-        "causal": True,
-        "q_offset": 9,
-        "dropout_p": 0.2,
-        "generator": torch.Generator().manual_seed(5),
-        "max_relative_position": 7,
-    }
+
+    def kwargs():
+        return {
+            "attention_mask": pad,
+            "causal": True,
+            "q_offset": 9,
+            "dropout_p": 0.2,
+            "generator": torch.Generator().manual_seed(5),
+            "max_relative_position": 7,
+        }
+
     results = {}
     for name in IMPLS:
         monkeypatch.setenv(IMPL_ENV, name)
         results[name] = _run("cuda", q, k, v, grad_out, kwargs())
     (oa, orr), (ga, gr) = TOLERANCES[dtype]
     torch.testing.assert_close(results["tc"][0], results["simt"][0], atol=2 * oa, rtol=2 * orr)
-    for got, want in zip(results["tc"][1], results["simt"][1]):
+    for got, want in zip(results["tc"][1], results["simt"][1], strict=True):
         scale = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got / scale, want / scale, atol=2 * ga, rtol=2 * gr)
 
@@ -195,7 +205,7 @@ def test_cuda_runs_on_the_current_stream(impl):
     side.wait_stream(torch.cuda.current_stream())  # q, k, v, grad_out and the NaN fill are done
     with torch.cuda.stream(side):
         torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on this stream before the inputs are written
-        for dst, src in zip(late, (q, k, v)):
+        for dst, src in zip(late, (q, k, v), strict=True):
             dst.copy_(src)
         leaves = [t.requires_grad_() for t in late]
         out = relative_attention(*leaves, backend="cuda")
@@ -203,7 +213,7 @@ def test_cuda_runs_on_the_current_stream(impl):
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     torch.testing.assert_close(out.float(), ref_out, atol=3e-3, rtol=3e-3)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         scale = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got.float() / scale, want / scale, atol=1e-2, rtol=1e-2)
 
@@ -221,6 +231,6 @@ def test_cuda_keeps_the_current_device(impl):
         ref_out, ref_grads = _run("reference", q, k, v, grad_out, {"causal": True, "q_offset": 20})
     assert out.device == torch.device("cuda:1")
     torch.testing.assert_close(out, ref_out, atol=3e-3, rtol=3e-3)
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         scale = max(1.0, want.abs().max().item())
         torch.testing.assert_close(got / scale, want / scale, atol=1e-2, rtol=1e-2)

@@ -78,7 +78,7 @@ def test_resize_token_embeddings_grow_and_shrink():
 
 
 def test_prune_heads_matches_hf_and_head_mask():
-    transformers = hf_module()
+    hf_module()
     hf, model = twin_models("NezhaModel", seed=4)
     ids, mask, types = batch(seed=5, length=17)
     with torch.no_grad():

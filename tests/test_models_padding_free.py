@@ -76,7 +76,7 @@ def test_padded_batch_matches_hf_and_dense_path_at_real_tokens(name):
         if key == "loss" and name == "NezhaForQuestionAnswering":
             continue  # the span softmax runs over all L positions, padded ones too: see below
         for reference in (want[key], dense[key]):
-            pairs = zip(got[key], reference) if key == "hidden_states" else [(got[key], reference)]
+            pairs = zip(got[key], reference, strict=True) if key == "hidden_states" else [(got[key], reference)]
             for a, b in pairs:
                 mask_here = flat_mask if a.dim() and a.shape[0] == flat_mask.shape[0] else mask
                 assert max_diff(_at_real_tokens(a, mask_here), _at_real_tokens(b, mask_here)) <= TOL[torch.float32], key

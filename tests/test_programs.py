@@ -30,12 +30,12 @@ import masked_lm  # noqa: E402
 import multiple_choice  # noqa: E402
 import question_answering as qa  # noqa: E402
 import token_classification as ner  # noqa: E402
-from _metrics import (
+from _metrics import (  # noqa: E402
     answer_units,
     bio_to_spans,
     classification_metrics,
     qa_exact_match,
-    qa_f1,  # noqa: E402
+    qa_f1,
     qa_metrics,
     span_f1,
 )
@@ -238,7 +238,7 @@ def test_doc_windows():
         windows = qa.doc_windows(n, window, stride)
         assert windows[0][0] == 0 and windows[-1][1] == n
         assert all(e - s <= window for s, e in windows)
-        assert all(a[1] - b[0] == stride for a, b in zip(windows, windows[1:-1]))  # all but the last step
+        assert all(a[1] - b[0] == stride for a, b in zip(windows, windows[1:-1], strict=False))  # all but the last step
     with pytest.raises(ValueError, match="doc-stride"):
         qa.doc_windows(10, 4, 4)
 

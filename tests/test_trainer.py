@@ -53,7 +53,7 @@ def _examples(task: str, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
         labels = torch.randint(0, CHOICES, (n,), generator=g)
         ids[:, :, 1] = 6
         ids[torch.arange(n), labels, 1] = 5  # the right choice has token 5 after [CLS], the others 6
-        return [dict(input_ids=i, attention_mask=m, labels=y) for i, m, y in zip(ids, mask, labels)]
+        return [dict(input_ids=i, attention_mask=m, labels=y) for i, m, y in zip(ids, mask, labels, strict=True)]
     ids, mask = _ids(g, n)
     rows = []
     for i in range(n):

@@ -128,8 +128,12 @@ def check(
     if strided:
         grads = [grads[0][:, :, i].permute(0, 2, 1, 3) for i in range(3)]
     ref_grads = torch.autograd.grad(expected, ref, grad_out.double())
-    for name, got, want in zip("qkv", grads, ref_grads):
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(
-            got.cpu().double(), want, atol=tol["grad"], rtol=tol["grad"], msg=lambda m: f"grad {name}: {m}"
+            got.cpu().double(),
+            want,
+            atol=tol["grad"],
+            rtol=tol["grad"],
+            msg=lambda m: f"grad {name}: {m}",  # noqa: B023 (called at once)
         )
     return out

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import get_activation
 from .configuration import NezhaConfig
-from .modeling import NezhaModel, NezhaPreTrainedModel, get_activation
+from .modeling import NezhaModel, NezhaPreTrainedModel
 from .outputs import (
     MaskedLMOutput,
     MultipleChoiceModelOutput,
