@@ -42,11 +42,19 @@ def _scores(rows: int, cols: int, warps: int) -> float:
     return rows * cols / warps
 
 
-def analyze_row(meta: dict, cubin: bytes, function: str | None, out_dir: Path | None, sass_text: str | None = None):
+def analyze_row(
+    meta: dict,
+    cubin: bytes,
+    function: str | None,
+    out_dir: Path | None,
+    sass_text: str | None = None,
+    functions: list | None = None,
+):
     """Fill ``meta`` (kernel, backend, arch, dtype, head_dim, tile, warps, stages, rows, cols, other_trips,
-    compiler, shared_bytes) with the analysis of ``function`` in ``cubin`` (the only one if None)."""
+    compiler, shared_bytes) with the analysis of ``function`` in ``cubin`` (the only one if None).
+    ``sass_text`` / ``functions``: the cubin's listing and its parse, when the caller has them already."""
     text = sass_text if sass_text is not None else profile_analyze.disassemble(cubin)
-    functions = sass.parse(text)
+    functions = functions if functions is not None else sass.parse(text)
     fn = next((f for f in functions if function is None or f.name == function), None)
     if fn is None:
         return {**meta, "status": "error", "message": f"function {function} not in the cubin"}

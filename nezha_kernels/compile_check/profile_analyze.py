@@ -120,6 +120,7 @@ def _entry(fn, loop, role: str, path: sass.Path, scores: float) -> dict:
         "bssy_bsync": sum(i.base in ("BSSY", "BSYNC") for i in path.instrs),
         "inner_loops": path.inner_loops,
         "blocks": len(path.blocks),
+        "rare_blocks": path.rare_blocks,
     }
     return entry
 
@@ -136,14 +137,37 @@ def _picked(fn, loop) -> list[tuple[str, sass.Path]]:
 
 def analyze_function(fn: sass.Function, scores_per_iter: float) -> dict:
     """Loops (one entry per path role), the straight-line part and whole-function summaries of one function.
-    Keys starting with "_" hold model costs (issue_model.Cost), not JSON."""
+    Keys starting with "_" hold model costs (issue_model.Cost), not JSON.
+
+    A loop's inner loops are counted apart (their own entries) and, for the model and the *_with_inner
+    fields, added to each iteration of the enclosing path at one trip each: a lower bound where they run
+    more (row-staging loops over several rows per thread)."""
     sass.analyze_cfg(fn)
     roles.assign_roles(fn)
+    picked = {loop.index: _picked(fn, loop) for loop in fn.loops}
+    memo: dict[int, issue_model.Cost] = {}
+
+    def loop_cost(index: int) -> issue_model.Cost:
+        """One iteration of a loop's first path (far where it has one), its inner loops included."""
+        if index not in memo:
+            paths = picked[index]
+            memo[index] = issue_model.Cost()
+            if paths:
+                path = paths[0][1]
+                memo[index] = path_cost(path.instrs) + sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())
+        return memo[index]
+
     loops, costs = [], []
     for loop in fn.loops:
-        for role, path in _picked(fn, loop):
-            loops.append(_entry(fn, loop, role, path, scores_per_iter))
-            costs.append((role, path_cost(path.instrs)))
+        for role, path in picked[loop.index]:
+            entry = _entry(fn, loop, role, path, scores_per_iter)
+            inner = sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())
+            entry["inner_loop_instructions"] = round(inner.instructions)
+            with_inner = entry["total"] + inner.instructions
+            entry["per_score_with_inner"] = round(with_inner / scores_per_iter, 4) if scores_per_iter else None
+            loops.append(entry)
+            if loop.parent is None:
+                costs.append((role, path_cost(path.instrs) + inner))
     line = sass.straight_line(fn)
     every = Counter(sass.mma_shape(i.opcode) for i in fn.instrs if i.cls == "mma")
     return {
@@ -160,10 +184,10 @@ def analyze_function(fn: sass.Function, scores_per_iter: float) -> dict:
 
 
 def model_costs(analysis: dict, other_trips: int = 1):
-    """(far, band or None, once) per-warp costs for issue_model.predict from ``analyze_function``'s result:
-    far / band the heaviest far / band loop path (None when the kernel has no such loop: a kernel without
-    a far loop gets its heaviest loop as "far"), once the straight-line part plus each "other" loop path
-    ``other_trips`` times."""
+    """(far, band or None, once) per-warp costs for issue_model.predict from ``analyze_function``'s result,
+    over the top-level loops (inner loops inside their parents' costs): far / band the heaviest far / band
+    path (band None when the kernel has none; a kernel without roles gets its heaviest loop as "far"), once
+    the straight-line part plus each "other" loop ``other_trips`` times."""
     costs = analysis["_path_costs"]
     far = [c for role, c in costs if role == "far"]
     band = [c for role, c in costs if role == "band"]

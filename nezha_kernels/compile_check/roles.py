@@ -13,15 +13,20 @@ and CUDA alike), strongest first:
 2. A marker comment on a loop header or an ``if``: ``# profile: far`` / ``band`` / ``other`` (Python) or
    ``// profile: far`` (C++) gives that role to the lines of the statement's block.
 3. Today's kernels (before the rebuild) have one key loop with an in-band branch: an ``if`` whose condition
-   names ``in_band`` (a name ending in ``in_band``), or both ``rel_min`` and ``rel_max`` (the backward's
-   ``if (rel_min < R) & (rel_max > -R)``), marks its body "band" and its ``else`` "far". The loop's far
-   path is then the heaviest path through the loop that avoids band blocks, the band path the one through
-   the most band blocks (see sass.best_paths).
+   names ``in_band`` or ``band`` (also ``tile_in_band(...)``), or both ``rel_min`` and ``rel_max`` (the
+   Triton backward's ``if (rel_min < R) & (rel_max > -R)``), marks its body "band" and its ``else`` "far"
+   (C++: a braced block, or the one statement of a braceless ``if``). The loop's far path is then the
+   heaviest path through the loop that avoids band blocks, the band path the one through the most band
+   blocks (see sass.best_paths).
+4. Role "rare": code the common case (no masks, no dropout) skips. Functions with a ``rare`` word in their
+   name, a ``profile: rare`` marker, a C++ ``if`` whose condition tests a pointer against ``nullptr`` (an
+   optional mask), and today's Philox functions (``philox*``, ``dropout_uniform``). Paths take as few rare
+   blocks as they can, then the heaviest (Triton kernels compile features out as constexprs: no rare code).
 
 The innermost region wins where regions nest. An instruction takes the role of its innermost frame that
-has one (a generic helper such as ``dot`` inlined into a ``*_far_*`` function is "far"). A block takes the
-role most of its roled instructions have. A loop with no band block is "far" when most of its roled
-instructions are far, else "other".
+has one (a generic helper such as ``dot`` inlined into a ``*far_tile*`` function is "far"). A block takes
+the role at least a third of its instructions have (the most common one). A loop with no band block is
+"far" when most of its roled blocks are far, else "other".
 """
 
 from __future__ import annotations
@@ -34,14 +39,19 @@ from pathlib import Path
 __all__ = ["role_map", "instruction_role", "assign_roles", "loop_role", "ROLE_WORD", "MARKER"]
 
 ROLE_WORD = re.compile(r"(?:^|_)(far|band)_(?:loop|tile)")
-MARKER = re.compile(r"(?:#|//)\s*profile:\s*(far|band|other)\b")
+MARKER = re.compile(r"(?:#|//)\s*profile:\s*(far|band|rare|other)\b")
 _LEGACY_TEST = ("rel_min", "rel_max")
-_IN_BAND = re.compile(r"in_band$", re.I)
+_IN_BAND = re.compile(r"(?:^|_)(?:in_)?band$", re.I)
+# Today's CUDA feature code the common case skips: Philox dropout (dropout_keep short-circuits it at p = 0).
+_LEGACY_RARE_FUNCTIONS = re.compile(r"philox|dropout_uniform", re.I)
+_RARE_WORD = re.compile(r"(?:^|_)rare(?:_|$)", re.I)
 
 
 def _name_role(name: str) -> str | None:
     m = ROLE_WORD.search(name.lower())
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    return "rare" if _RARE_WORD.search(name) or _LEGACY_RARE_FUNCTIONS.search(name) else None
 
 
 def _python_regions(text: str) -> list[tuple[int, int, str]]:
@@ -133,21 +143,29 @@ def _cpp_regions(text: str) -> list[tuple[int, int, str]]:
         while j < len(code) and depth:
             depth += {"(": 1, ")": -1}.get(code[j], 0)
             j += 1
-        names = set(re.findall(r"[A-Za-z_]\w*", code[m.end() : j]))
-        if not (any(_IN_BAND.search(n) for n in names) or all(t in names for t in _LEGACY_TEST)):
+        cond = code[m.end() : j]
+        names = set(re.findall(r"[A-Za-z_]\w*", cond))
+        if any(_IN_BAND.search(n) for n in names) or all(t in names for t in _LEGACY_TEST):
+            role, other = "band", "far"
+        elif "nullptr" in names and "==" not in cond:
+            role, other = "rare", None
+        else:
             continue
-        if not code[j:].lstrip().startswith("{"):
+        if not code[j:].lstrip().startswith("{"):  # braceless: the statement up to its ";"
+            end = code.find(";", j)
+            if end > 0:
+                regions.append((line_of(m.start()), line_of(end), role))
             continue
         span = _brace_block(code, j)
         if not span:
             continue
-        regions.append(region(span, "band"))
+        regions.append(region(span, role))
         rest = code[span[1] + 1 :]
-        other = re.match(r"\s*else\s*\{", rest)
-        if other:
-            span2 = _brace_block(code, span[1] + 1 + other.end() - 1)
+        after = re.match(r"\s*else\s*\{", rest)
+        if after and other:
+            span2 = _brace_block(code, span[1] + 1 + after.end() - 1)
             if span2:
-                regions.append(region(span2, "far"))
+                regions.append(region(span2, other))
     return regions
 
 
@@ -181,12 +199,15 @@ def instruction_role(frames) -> str:
 
 
 def assign_roles(fn) -> None:
-    """Set each block's role (sass.Block.role): the role most of its roled instructions have, "" if none."""
+    """Set each block's role (sass.Block.role): the most common role among its instructions when at least a
+    third of them have it (a block of common code that holds the few instructions of an ``if (band)``
+    test stays common), else ""."""
     from collections import Counter
 
     for block in fn.blocks:
         votes = Counter(r for r in (instruction_role(i.frames) for i in block.instrs) if r)
-        block.role = votes.most_common(1)[0][0] if votes else ""
+        top = votes.most_common(1)
+        block.role = top[0][0] if top and 3 * top[0][1] >= len(block.instrs) else ""
 
 
 def loop_role(fn, loop) -> str:
@@ -195,7 +216,7 @@ def loop_role(fn, loop) -> str:
     from collections import Counter
 
     inner = set().union(*(c.body for c in loop.children)) if loop.children else set()
-    votes = Counter(fn.blocks[b].role for b in loop.body - inner if fn.blocks[b].role)
+    votes = Counter(fn.blocks[b].role for b in loop.body - inner if fn.blocks[b].role in ("far", "band", "other"))
     if not votes:
         return "other"
     if set(votes) == {"band"}:

@@ -13,8 +13,9 @@ nvcc and triton put after the last EXIT (``.L_x_9: BRA `(.L_x_9)``) is not a loo
 
 Paths: inside a loop (its inner loops collapsed to one node each, which adds nothing to the outer count) the
 DAG from the header to a latch (a block with an edge back to the header) is searched by dynamic programming
-for the heaviest path that avoids blocks of role "band" (the far path), and for the path with the most band
-blocks (then the heaviest: the band path). Instructions are counted as issued: a predicated-off
+for the path that avoids blocks of role "band" (the far path), and for the path with the most band blocks
+(the band path); each with as few "rare" blocks as it can (code the common case skips: roles.py), then
+the most instructions. Instructions are counted as issued: a predicated-off
 instruction still takes an issue slot.
 """
 
@@ -170,6 +171,7 @@ class Path:
     instrs: list[Instruction]
     inner_loops: list[int]  # indices of the inner loops the path passes (counted apart)
     band_blocks: int = 0
+    rare_blocks: int = 0
 
     def counts(self) -> Counter:
         return Counter(i.cls for i in self.instrs)
@@ -404,7 +406,13 @@ def _make_path(fn: Function, nodes: list) -> Path:
     blocks = [n for n in nodes if isinstance(n, int)]
     inner = [n[1] for n in nodes if not isinstance(n, int)]
     instrs = [i for b in blocks for i in fn.blocks[b].instrs]
-    return Path(blocks, instrs, inner, sum(fn.blocks[b].role == "band" for b in blocks))
+    return Path(
+        blocks,
+        instrs,
+        inner,
+        sum(fn.blocks[b].role == "band" for b in blocks),
+        sum(fn.blocks[b].role == "rare" for b in blocks),
+    )
 
 
 def _weight(fn: Function, n) -> int:
@@ -412,35 +420,48 @@ def _weight(fn: Function, n) -> int:
 
 
 def best_paths(fn: Function, loop: Loop) -> dict[str, Path]:
-    """{"far": heaviest band-free path, "band": path with the most band blocks} of one iteration of ``loop``;
-    a key is missing when no such path exists (no band-free path, or no band block)."""
+    """{"far": the band-free path, "band": the path through the most band blocks} of one iteration of
+    ``loop``; a key is missing when no such path exists (no band-free path, or no band block). Both take as
+    few "rare" blocks (code the common case skips) as they can, then the most instructions."""
     node, succ = _dag_paths(fn, loop.body, loop.children, loop.header, set(), loop.header)
     ends = {node[b] for b in loop.latches}
     start = node[loop.header]
 
-    def is_band(n):
-        return isinstance(n, int) and fn.blocks[n].role == "band"
+    def role(n):
+        return fn.blocks[n].role if isinstance(n, int) else ""
 
     out = {}
-    far = _best(fn, succ, start, ends, lambda n: (_weight(fn, n),), lambda n: not is_band(n))
+    far = _best(fn, succ, start, ends, lambda n: (-int(role(n) == "rare"), _weight(fn, n)), lambda n: role(n) != "band")
     if far is not None:
         out["far"] = _make_path(fn, far)
-    if any(is_band(n) for n in succ):
-        band = _best(fn, succ, start, ends, lambda n: (int(is_band(n)), _weight(fn, n)), lambda n: True)
-        if band is not None and any(is_band(n) for n in band):
+    if any(role(n) == "band" for n in succ):
+        band = _best(
+            fn,
+            succ,
+            start,
+            ends,
+            lambda n: (int(role(n) == "band"), -int(role(n) == "rare"), _weight(fn, n)),
+            lambda n: True,
+        )
+        if band is not None and any(role(n) == "band" for n in band):
             out["band"] = _make_path(fn, band)
     return out
 
 
 def straight_line(fn: Function) -> Path:
-    """The heaviest entry-to-exit path outside every loop (top-level loops collapsed): the prologue and
-    epilogue a program runs once."""
+    """The entry-to-exit path outside every loop (top-level loops collapsed) with the fewest rare blocks, then
+    the most instructions: the prologue and epilogue a program runs once."""
     region = set(range(len(fn.blocks))) - {b.index for b in fn.blocks if _is_trap(b)}
     top = [lp for lp in fn.loops if lp.parent is None]
     node, succ = _dag_paths(fn, region, top, 0, set(), None)
     ends = {node[b.index] for b in fn.blocks if b.index in region and not succ.get(node[b.index])}
+
     # heaviest first; among equal ones, the path through the most loops (the one a real call takes)
-    path = _best(fn, succ, node[0], ends, lambda n: (_weight(fn, n), int(not isinstance(n, int))), lambda n: True)
+    def key(n):
+        rare = isinstance(n, int) and fn.blocks[n].role == "rare"
+        return (-int(rare), _weight(fn, n), int(not isinstance(n, int)))
+
+    path = _best(fn, succ, node[0], ends, key, lambda n: True)
     return _make_path(fn, path or [node[0]])
 
 
