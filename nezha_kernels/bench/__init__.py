@@ -109,7 +109,7 @@ def _point(text: str) -> tuple[int, int]:
 
 
 def _replot(out: Path) -> int:
-    from .figures import plot_all
+    from .plots import plot_all
     from .results import latest_per_cell, read_json
     from .table import format_table
 
@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         return _replot(Path(args.out))
     import torch
 
-    from .figures import plot_all
     from .length_mix import length_mix_grid, run_length_mix_bench, steps_of
     from .memory import default_limit_gib
     from .model_bench import model_grid, run_model_bench
     from .op_bench import PROVIDERS, op_grid, run_op_bench
+    from .plots import plot_all
     from .progress import Progress
     from .results import environment, write_csv, write_json
     from .table import format_table

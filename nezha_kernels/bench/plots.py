@@ -17,18 +17,27 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-from .figure_io import pyplot, save
 from .results import OK, Row
 
 __all__ = [
     "plot_ops",
     "plot_models",
+    "plot_all",
     "ops_figure",
     "models_figure",
     "log_ticks",
     "tick_labels",
     "not_run_text",
 ]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe under pytest
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _label(provider: str) -> str:
@@ -171,7 +180,7 @@ def _plain_log_y(ax) -> None:
 
 def ops_figure(rows: Iterable[Row], dtype: str):
     """The op figure of ``dtype``: axes[0][c] time, axes[1][c] memory, one column per mode."""
-    plt = pyplot()
+    plt = _pyplot()
     mine = [r for r in rows if r.bench == "op" and r.dtype == dtype]
     modes = list(OrderedDict.fromkeys(r.mode for r in mine))
     fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 8.4), squeeze=False)
@@ -205,7 +214,7 @@ def ops_figure(rows: Iterable[Row], dtype: str):
 
 def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
     rows = [r for r in rows if r.bench == "op"]
-    return [save(ops_figure(rows, dtype), Path(out_dir) / f"ops_{dtype}.png") for dtype in _dtypes(rows)]
+    return [_save(ops_figure(rows, dtype), Path(out_dir) / f"ops_{dtype}.png") for dtype in _dtypes(rows)]
 
 
 def _dtypes(rows: list[Row]) -> list[str]:
@@ -225,9 +234,16 @@ def _finish(fig, axes, title: str) -> None:
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def models_figure(rows: Iterable[Row], dtype: str):
     """The model figure of ``dtype``: axes[0][c] time, axes[1][c] memory, one column per mode (infer, train)."""
-    plt = pyplot()
+    plt = _pyplot()
     mine = [r for r in rows if r.bench == "model" and r.dtype == dtype]
     points = sorted(OrderedDict.fromkeys((r.batch, r.seq_len) for r in mine), key=lambda p: (p[1], p[0]))
     position = {p: i for i, p in enumerate(points)}
@@ -258,4 +274,13 @@ def models_figure(rows: Iterable[Row], dtype: str):
 
 def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
     rows = [r for r in rows if r.bench == "model"]
-    return [save(models_figure(rows, dtype), Path(out_dir) / f"models_{dtype}.png") for dtype in _dtypes(rows)]
+    return [_save(models_figure(rows, dtype), Path(out_dir) / f"models_{dtype}.png") for dtype in _dtypes(rows)]
+
+
+def plot_all(rows: Iterable[Row], out_dir: Path) -> list[Path]:
+    """Every figure the rows allow: the headline speed-up first, then ops and models."""
+    from .headline import plot_speedup
+
+    rows = list(rows)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return plot_speedup(rows, out_dir) + plot_ops(rows, out_dir) + plot_models(rows, out_dir)
