@@ -6,7 +6,8 @@
 Data: JSONL, one {"text": "..."} per line; a text longer than --max-length is cut into consecutive pieces.
 Whole-word masking as NEZHA's pretraining: words come from ``jieba`` when it is installed (else every
 character is a word; the first line printed says which); words are picked at random until 15% of the pieces
-are covered, and all pieces of a picked word are replaced together (80% [MASK], 10% a random piece, 10% kept), drawn anew every epoch.
+are covered, and all pieces of a picked word are replaced together (80% [MASK], 10% a random piece, 10% kept),
+drawn anew every epoch.
 Dev is masked once, with a fixed seed and always with [MASK]: masked accuracy is the share of those
 pieces predicted exactly, perplexity exp(mean cross-entropy) over them.
 Last line: ``dev masked_accuracy: A perplexity: P``.
