@@ -31,7 +31,7 @@ MASK_RATIO = 0.15
 
 
 def masking_mode() -> str:
-    """Which masking runs, printed first: without jieba the words are single characters, an easier task that
+    """Which masking runs, printed first: without jieba the words are single characters, a different task that
     scores differently (0.43 vs 0.56 masked accuracy on the shipped data), so a run says which it was."""
     try:
         import jieba
