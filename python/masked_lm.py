@@ -6,7 +6,8 @@
 Data: JSONL, one {"text": "..."} per line; a text longer than --max-length is cut into consecutive pieces.
 Whole-word masking as NEZHA's pretraining: words come from ``jieba`` when it is installed (else every
 character is a word; the first line printed says which); words are picked at random until 15% of the pieces
-are covered, and all pieces of a picked word are replaced together (80% [MASK], 10% a random piece, 10% kept), drawn anew every epoch.
+are covered, and all pieces of a picked word are replaced together (80% [MASK], 10% a random piece, 10% kept),
+drawn anew every epoch.
 Dev is masked once, with a fixed seed and always with [MASK]: masked accuracy is the share of those
 pieces predicted exactly, perplexity exp(mean cross-entropy) over them.
 Last line: ``dev masked_accuracy: A perplexity: P``.
@@ -30,7 +31,7 @@ MASK_RATIO = 0.15
 
 
 def masking_mode() -> str:
-    """Which masking runs, printed first: without jieba the words are single characters, an easier task that
+    """Which masking runs, printed first: without jieba the words are single characters, a different task that
     scores differently (0.43 vs 0.56 masked accuracy on the shipped data), so a run says which it was."""
     try:
         import jieba

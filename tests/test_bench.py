@@ -298,7 +298,7 @@ def test_headline_figure_plots_speedups_with_their_spread():
     whiskers = [seg for coll in infer.collections for seg in coll.get_segments()]
     spans = sorted((round(seg[0][0], 4), round(seg[1][0], 4)) for seg in whiskers)
     assert (round(90 / 60, 4), round(120 / 45, 4)) in spans
-    from nezha_kernels.bench.plots import _pyplot
+    from nezha_kernels.bench.figures import pyplot as _pyplot
 
     _pyplot().close(fig)
 
@@ -313,7 +313,8 @@ def test_table_ends_with_the_speedup_summary():
 
 
 def test_model_figure_joins_no_workloads_and_writes_not_run_cells():
-    from nezha_kernels.bench.plots import _pyplot, models_figure
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import models_figure
 
     fig = models_figure(_plot_rows(), "float32")
     time_ax, memory_ax = fig.axes[0], fig.axes[2]
@@ -336,7 +337,8 @@ def test_model_figure_joins_no_workloads_and_writes_not_run_cells():
 
 
 def test_op_figure_memory_from_zero_and_oom_as_text():
-    from nezha_kernels.bench.plots import _pyplot, ops_figure
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import ops_figure
 
     fig = ops_figure(_plot_rows(), "float32")
     fwd_time, fwd_memory = fig.axes[0], fig.axes[3]
@@ -393,7 +395,7 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
 
 def test_plot_axis_labels_are_distinct():
     """One point per line (a narrow range) used to read "14 14 15 16 16" on the memory axis."""
-    from nezha_kernels.bench.plots import _pyplot
+    from nezha_kernels.bench.figures import pyplot as _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots()
@@ -516,7 +518,8 @@ def test_cli_bench_dry_run_ops(tmp_path, capsys):
             assert r.tflops == pytest.approx(expected, rel=1e-3)
         elif r.provider in ("cuda", "flex"):
             assert r.status.startswith("skipped: ")
-    from nezha_kernels.bench.plots import _pyplot, ops_figure
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import ops_figure
 
     fig = ops_figure(rows, "float32")  # what the PNG shows: one point per measured length of each usable provider
     plotted = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].lines}

@@ -59,7 +59,7 @@ def test_check_compares_banded_cases_on_cpu(monkeypatch):
     """The small cases run the reference's own math on a CPU (0.00e+00 everywhere); the banded cases (past the
     torch backend's materialized size) compare two computations, so their errors are small but not zero."""
     from nezha_kernels import check
-    from nezha_kernels.backends.torch_chunked import MATERIALIZE_ELEMENTS
+    from nezha_kernels.backends.torch_backend.dense import MATERIALIZE_ELEMENTS
 
     banded = [case for case in check.CASES if case[3] * case[4] * case[5] > MATERIALIZE_ELEMENTS]
     assert len(banded) >= 1

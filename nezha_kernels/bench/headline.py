@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from .figures import pyplot, save_figure
 from .results import Row
 from .speedup import speedups
 
@@ -29,12 +30,10 @@ def _ours_label(provider: str) -> str:
 def speedup_figure(rows: Iterable[Row], dtype: str):
     """The headline figure of ``dtype`` (None when nothing compares): axes[c] one per mode; each bar's width is a
     speed-up, each not-run workload a text in the axes."""
-    from .plots import _pyplot
-
     entries = [s for s in speedups(rows) if s.dtype == dtype]
     if not entries:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     workloads = list(OrderedDict.fromkeys(s.workload for s in entries))
     modes = list(OrderedDict.fromkeys(s.mode for s in entries))
     ours = list(OrderedDict.fromkeys(s.ours for s in entries))
@@ -95,12 +94,10 @@ def speedup_figure(rows: Iterable[Row], dtype: str):
 
 
 def plot_speedup(rows: Iterable[Row], out_dir: Path) -> list[Path]:
-    from .plots import _save
-
     rows = list(rows)
     paths = []
     for dtype in OrderedDict.fromkeys(r.dtype for r in rows):
         fig = speedup_figure(rows, dtype)
         if fig is not None:
-            paths.append(_save(fig, Path(out_dir) / f"speedup_{dtype}.png"))
+            paths.append(save_figure(fig, Path(out_dir) / f"speedup_{dtype}.png"))
     return paths

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from .figures import pyplot, save_figure
 from .results import OK, Row
 
 __all__ = [
@@ -29,15 +30,6 @@ __all__ = [
     "tick_labels",
     "not_run_text",
 ]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; also safe under pytest
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _label(provider: str) -> str:
@@ -180,7 +172,7 @@ def _plain_log_y(ax) -> None:
 
 def ops_figure(rows: Iterable[Row], dtype: str):
     """The op figure of ``dtype``: axes[0][c] time, axes[1][c] memory, one column per mode."""
-    plt = _pyplot()
+    plt = pyplot()
     mine = [r for r in rows if r.bench == "op" and r.dtype == dtype]
     modes = list(OrderedDict.fromkeys(r.mode for r in mine))
     fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 8.4), squeeze=False)
@@ -214,7 +206,7 @@ def ops_figure(rows: Iterable[Row], dtype: str):
 
 def plot_ops(rows: Iterable[Row], out_dir: Path) -> list[Path]:
     rows = [r for r in rows if r.bench == "op"]
-    return [_save(ops_figure(rows, dtype), Path(out_dir) / f"ops_{dtype}.png") for dtype in _dtypes(rows)]
+    return [save_figure(ops_figure(rows, dtype), Path(out_dir) / f"ops_{dtype}.png") for dtype in _dtypes(rows)]
 
 
 def _dtypes(rows: list[Row]) -> list[str]:
@@ -234,16 +226,9 @@ def _finish(fig, axes, title: str) -> None:
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
-
-
 def models_figure(rows: Iterable[Row], dtype: str):
     """The model figure of ``dtype``: axes[0][c] time, axes[1][c] memory, one column per mode (infer, train)."""
-    plt = _pyplot()
+    plt = pyplot()
     mine = [r for r in rows if r.bench == "model" and r.dtype == dtype]
     points = sorted(OrderedDict.fromkeys((r.batch, r.seq_len) for r in mine), key=lambda p: (p[1], p[0]))
     position = {p: i for i, p in enumerate(points)}
@@ -274,7 +259,7 @@ def models_figure(rows: Iterable[Row], dtype: str):
 
 def plot_models(rows: Iterable[Row], out_dir: Path) -> list[Path]:
     rows = [r for r in rows if r.bench == "model"]
-    return [_save(models_figure(rows, dtype), Path(out_dir) / f"models_{dtype}.png") for dtype in _dtypes(rows)]
+    return [save_figure(models_figure(rows, dtype), Path(out_dir) / f"models_{dtype}.png") for dtype in _dtypes(rows)]
 
 
 def plot_all(rows: Iterable[Row], out_dir: Path) -> list[Path]:
