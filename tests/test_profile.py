@@ -338,3 +338,27 @@ def test_plain_flash_matches_the_formula_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_inner_loops_join_their_parent_at_one_trip_for_the_model():
+    from nezha_kernels.compile_check import profile_analyze
+
+    (fn,) = sass.parse(NESTED)
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64)
+    outer, inner = analysis["loops"]
+    assert (outer["depth"], inner["depth"]) == (0, 1)
+    assert outer["total"] == 4 and outer["inner_loop_instructions"] == 3
+    assert outer["per_score"] == round(4 / 64, 4) and outer["per_score_with_inner"] == round(7 / 64, 4)
+    far, band, once = profile_analyze.model_costs(analysis)
+    # no roles: the heaviest top-level loop is the per-tile loop; MOV + EXIT run once
+    assert band is None and far.instructions == 7 and far.fma_sync == 16 * 8 * 16 and once.instructions == 2
+    assert far.shared_bytes == 512 + 256
+
+
+def test_profile_flags_need_profile_and_out():
+    from nezha_kernels.compile_check import main
+
+    with pytest.raises(SystemExit):
+        main(["--profile"])
+    with pytest.raises(SystemExit):
+        main(["--out", "somewhere"])

@@ -256,6 +256,12 @@ def _parser():
     profile.add_argument(
         "--head-dim", type=int, action="append", metavar="D", help="with --profile: repeatable (default: 64 and 128)"
     )
+    profile.add_argument(
+        "--listed-stages",
+        action="store_true",
+        help="with --profile: compile the Triton tiles' listed num_stages even where this triton's sm_90 "
+        "pipeliner is known to fail (configs.stages_for lowers them to 1 otherwise)",
+    )
     return parser
 
 
@@ -274,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             args.head_dim or (64, 128),
             args.only or tuple(COMPONENTS),
             quiet=args.quiet,
+            listed_stages=args.listed_stages,
         )
-    if args.out or args.dtype or args.head_dim:
-        parser.error("--out, --dtype and --head-dim go with --profile")
+    if args.out or args.dtype or args.head_dim or args.listed_stages:
+        parser.error("--out, --dtype, --head-dim and --listed-stages go with --profile")
     reporter = None if args.quiet else _Reporter()
     rows = run_all(args.arch or DEFAULT_ARCHS, args.only, reporter)
     if not rows:

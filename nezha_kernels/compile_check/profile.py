@@ -125,6 +125,7 @@ def profile_rows(
     say=None,
     triton_kernels=None,
     plain: bool = True,
+    listed_stages: bool = False,
 ):
     """Every profile row for ``archs`` x ``dtypes`` x ``head_dims`` of the chosen components (Triton: the
     kernels ``triton_kernels``, default all, and the plain flash reference if ``plain``)."""
@@ -138,7 +139,9 @@ def profile_rows(
         except ImportError:
             triton = None
         if triton is not None:
-            jobs = profile_triton.jobs(archs, dtypes, head_dims, triton_kernels or profile_triton.KERNELS, plain)
+            jobs = profile_triton.jobs(
+                archs, dtypes, head_dims, triton_kernels or profile_triton.KERNELS, plain, listed_stages
+            )
             say(f"profile: {len(jobs)} triton compiles (cached ones are instant) ...")
             results = profile_triton.compile_jobs(
                 jobs,
@@ -256,7 +259,9 @@ def format_model(rows: list[dict]) -> str:
     return _table(header, body)
 
 
-def run_profile(out: str, archs, dtypes, head_dims, components, quiet: bool = False) -> int:
+def run_profile(
+    out: str, archs, dtypes, head_dims, components, quiet: bool = False, listed_stages: bool = False
+) -> int:
     """The --profile entry point: write DIR's files, print the tables; 1 if any row failed."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,9 +270,11 @@ def run_profile(out: str, archs, dtypes, head_dims, components, quiet: bool = Fa
         if not quiet:
             print(text, file=sys.stderr, flush=True)
 
-    rows = profile_rows(tuple(archs), tuple(dtypes), tuple(head_dims), tuple(components), out_dir, say)
+    rows = profile_rows(
+        tuple(archs), tuple(dtypes), tuple(head_dims), tuple(components), out_dir, say, listed_stages=listed_stages
+    )
     doc = {
-        "generated_by": "nezha-kernels compile-check --profile",
+        "generated_by": "nezha-kernels compile-check --profile" + (" --listed-stages" if listed_stages else ""),
         "python": platform.python_version(),
         "model": {
             "issue_per_clock": issue_model.ISSUE_PER_CLOCK,

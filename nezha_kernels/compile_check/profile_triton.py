@@ -41,8 +41,10 @@ TILE_GEOMETRY = {
 }
 
 
-def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True) -> list[dict]:
-    """One job dict per (kernel, arch, dtype, head dim), plus the plain flash reference's if ``plain``."""
+def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True, listed_stages: bool = False) -> list[dict]:
+    """One job dict per (kernel, arch, dtype, head dim), plus the plain flash reference's if ``plain``.
+    ``listed_stages``: compile each tile's num_stages as configs lists it, not as configs.stages_for lowers it
+    for this triton and arch (to see whether the pipeliner accepts it)."""
     from ..triton_kernels import configs
     from . import plain_flash, triton_aot
 
@@ -54,6 +56,8 @@ def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True) -> list[
                     tile = configs.candidates(kernel, configs.gpu_tiles(kernel), d, 2 if dtype != "fp32" else 4)[0]
                     job = triton_aot.make_job(kernel, d, dtype, tile, triton_aot.PLAIN_FEATURES, "plain", arch)
                     _, fn_name, label, _, _, constexprs, warps, stages = job
+                    if listed_stages:
+                        stages = tile[3]
                     out.append(
                         dict(
                             kernel=kernel,
