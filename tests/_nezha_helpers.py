@@ -79,4 +79,4 @@ def max_diff(a, b) -> float:
         assert b is None
         return 0.0
     assert isinstance(b, (tuple, list)) and len(a) == len(b), (type(a), type(b), len(a), len(b))
-    return max((max_diff(x, y) for x, y in zip(a, b)), default=0.0)
+    return max((max_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)

@@ -66,7 +66,9 @@ def test_compiled_training_step_matches_eager():
     (loss_e, grads_e), (loss_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e, atol=1e-6, rtol=1e-6)
     for name in grads_e:
-        torch.testing.assert_close(grads_c[name], grads_e[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads_c[name], grads_e[name], atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.slow
@@ -121,5 +123,5 @@ def test_compiled_model_on_gpu_backend_matches_eager(backend):
     loss_e = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     grads_e = torch.autograd.grad(loss_e, list(model.parameters()))
     torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-4)
-    for gc, ge in zip(grads_c, grads_e):
+    for gc, ge in zip(grads_c, grads_e, strict=True):
         torch.testing.assert_close(gc, ge, atol=1e-4, rtol=1e-3)

@@ -78,8 +78,8 @@ def test_resize_token_embeddings_grow_and_shrink():
 
 
 def test_prune_heads_matches_hf_and_head_mask():
-    transformers = hf_module()
-    hf, model = twin_models("NezhaModel", seed=4)
+    hf_module()
+    hf, model = twin_models("NezhaModel", seed=4, padding_free=False)  # HF values at padded positions too
     ids, mask, types = batch(seed=5, length=17)
     with torch.no_grad():
         masked = model(
@@ -114,7 +114,7 @@ def test_longer_than_max_position_embeddings():
     """No absolute positions: 3x max_position_embeddings works and matches HF built with a larger buffer."""
     transformers = hf_module()
     length = 3 * SMALL["max_position_embeddings"] + 7
-    model = _model(seed=6, attn_backend="torch")
+    model = _model(seed=6, attn_backend="torch", padding_free=False)
     big = {**SMALL, "max_position_embeddings": length}
     hf = transformers.NezhaModel(transformers.NezhaConfig(**big)).eval()
     hf.load_state_dict(model.state_dict(), strict=True)
@@ -178,7 +178,9 @@ def test_kv_cache_decoding_equals_full_forward():
 
 def test_cross_attention_matches_hf_at_equal_lengths():
     """add_cross_attention: HF only runs when decoder and encoder lengths agree; there we must match."""
-    hf, model = twin_models("NezhaModel", seed=12, is_decoder=True, add_cross_attention=True)
+    hf, model = twin_models(
+        "NezhaModel", seed=12, is_decoder=True, add_cross_attention=True, padding_free=False
+    )  # HF values at padded positions too
     ids, mask, types = batch(seed=13, length=11, fully_masked=False)
     g = torch.Generator().manual_seed(14)
     enc = torch.randn(3, 11, SMALL["hidden_size"], generator=g)

@@ -1,10 +1,16 @@
-"""Numerical parity of nezha_kernels.models with Hugging Face transformers 4.57.6 NEZHA (random weights)."""
+"""Numerical parity of nezha_kernels.models with Hugging Face transformers 4.57.6 NEZHA (random weights).
+
+The models here are built with ``padding_free=False``: transformers' values at every position, padded ones
+too. The padding-free default (zero hidden states at padded positions) is compared with transformers at
+real tokens in test_models_padding_free.py.
+"""
 
 from __future__ import annotations
 
+import _nezha_helpers
 import pytest
 import torch
-from _nezha_helpers import CLASS_NAMES, SMALL, batch, hf_module, max_diff, twin_models
+from _nezha_helpers import CLASS_NAMES, SMALL, batch, hf_module, max_diff
 
 hf_module()
 
@@ -12,6 +18,11 @@ hf_module()
 # fp32 with a different operation order. bfloat16: see test_bfloat16_close_to_hf.
 TOL = {torch.float32: 1e-5}
 BACKENDS = ("reference", "torch")
+
+
+def twin_models(name: str, seed: int = 0, backend: str = "torch", **overrides):
+    """_nezha_helpers.twin_models with padding_free=False (see the module docstring)."""
+    return _nezha_helpers.twin_models(name, seed, backend, **{"padding_free": False, **overrides})
 
 
 def _kwargs_for(name: str, ids, mask, types, seed: int = 0):

@@ -137,7 +137,7 @@ def test_pretraining_model_loads_with_transposes(tf_tensors, caplog):
 
 
 def test_layers_compute_what_tensorflow_computes(tf_tensors):
-    """TF semantics in float64: dense = x @ kernel + bias, NSP = x @ output_weights^T + b, MLM ties to the embeddings."""
+    """TF semantics in float64: dense = x @ kernel + bias, NSP = x @ output_weights^T + b, MLM tied to embeddings."""
     tensors, _ = tf_tensors
     model = ours.NezhaForPreTraining.from_tf_checkpoint(PREFIX).double()
     g = torch.Generator().manual_seed(3)

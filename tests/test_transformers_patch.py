@@ -72,13 +72,13 @@ def test_patched_instance_matches_original(head):
     with torch.no_grad():
         after = _logits(model(**inputs, output_hidden_states=True))
     assert len(before) == len(after)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     unpatch_transformers_nezha(model)
     assert not is_patched(model)
     with torch.no_grad():
         again = _logits(model(**inputs, output_hidden_states=True))
-    for a, b in zip(before, again):
+    for a, b in zip(before, again, strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -96,14 +96,14 @@ def test_head_mask_output_attentions_and_gradients():
     fast = model(**inputs, head_mask=head_mask, output_attentions=True)
     fast.last_hidden_state.square().sum().backward()
     torch.testing.assert_close(fast.last_hidden_state, out.last_hidden_state, atol=1e-5, rtol=1e-5)
-    for a, b in zip(fast.attentions, out.attentions):
+    for a, b in zip(fast.attentions, out.attentions, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     # float32 rounding, propagated through LayerNorm backward, scales with the largest gradient in the
     # model (~150 here); in float64 the two agree to 2e-15.
     tol = 1e-6 * max(g.abs().max().item() for g in ref_grads.values())
     for n, p in model.named_parameters():
         if n in ref_grads:
-            torch.testing.assert_close(p.grad, ref_grads[n], atol=tol, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(p.grad, ref_grads[n], atol=tol, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_class_patch_builds_without_buffers_and_runs_past_512():

@@ -17,7 +17,7 @@ import threading
 import torch
 from torch import nn
 
-from ..attention import relative_attention, relative_attention_with_weights
+from ..models.self_attention import dense_self_attention
 
 __all__ = ["patch_transformers_nezha", "unpatch_transformers_nezha", "is_patched"]
 
@@ -49,10 +49,10 @@ def _check_layout(module: nn.Module) -> None:
     children = {name for name, _ in module.named_children()}
     missing = _EXPECTED_CHILDREN - children
     attrs = ("num_attention_heads", "attention_head_size", "all_head_size", "is_decoder")
-    if missing or not all(hasattr(module, a) for a in attrs):
+    absent = sorted(missing) or [a for a in attrs if not hasattr(module, a)]
+    if absent:
         raise RuntimeError(
-            f"unexpected NezhaSelfAttention layout (missing {sorted(missing) or [a for a in attrs if not hasattr(module, a)]}); "
-            "refusing to patch this transformers version"
+            f"unexpected NezhaSelfAttention layout (missing {absent}); refusing to patch this transformers version"
         )
 
 
@@ -75,41 +75,31 @@ def _fast_forward(
     output_attentions: bool | None = False,
     past_key_value=None,
 ):
-    """NezhaSelfAttention.forward on relative_attention; same arguments and outputs as the original."""
+    """NezhaSelfAttention.forward on relative_attention; same arguments and outputs as the original.
+
+    The attention itself is nezha_kernels.models' (``dense_self_attention``); this adapts transformers'
+    argument forms: [1 or B, H, 1, 1] head masks, and a [B, 1, Lk, Lk] causal mask while decoding.
+    """
     if past_key_values is None:
         past_key_values = past_key_value
-    split = lambda x: x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size).transpose(1, 2)
-    q = split(self.query(hidden_states))
-    if encoder_hidden_states is not None:
-        if past_key_values is not None:
-            k, v = past_key_values[0], past_key_values[1]
-        else:
-            k, v = split(self.key(encoder_hidden_states)), split(self.value(encoder_hidden_states))
-        attention_mask = encoder_attention_mask
-    else:
-        k, v = split(self.key(hidden_states)), split(self.value(hidden_states))
-        if past_key_values is not None:
-            k = torch.cat([past_key_values[0], k], dim=2)
-            v = torch.cat([past_key_values[1], v], dim=2)
-    lq, lk = q.shape[2], k.shape[2]
-    mask = attention_mask
+    mask = encoder_attention_mask if encoder_hidden_states is not None else attention_mask
+    lq = hidden_states.shape[-2]
     if mask is not None and mask.dim() == 4 and mask.shape[-2] not in (1, lq):
         mask = mask[..., -lq:, :]  # a [B, 1, Lk, Lk] causal mask while decoding: keep the new rows
-    kwargs = dict(
-        attention_mask=mask,
+    context, probs, present = dense_self_attention(
+        self,
+        hidden_states,
+        mask,
+        _head_mask_for_op(head_mask),
+        encoder_hidden_states,
+        past_key_values,
+        bool(output_attentions),
         max_relative_position=self.max_relative_position,
-        q_offset=lk - lq if encoder_hidden_states is None else 0,
         dropout_p=self.dropout.p if self.training else 0.0,
-        head_mask=_head_mask_for_op(head_mask),
     )
-    if output_attentions:
-        context, probs = relative_attention_with_weights(q, k, v, **kwargs)
-    else:
-        context, probs = relative_attention(q, k, v, **kwargs), None
-    context = context.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
     outputs = (context, probs) if output_attentions else (context,)
     if self.is_decoder:
-        outputs = outputs + ((k, v),)
+        outputs = outputs + (present,)
     return outputs
 
 

@@ -332,7 +332,7 @@ def save_pretrained(
         path = os.path.join(directory, stale)
         if os.path.isfile(path) and stale not in names:
             os.remove(path)
-    for shard, name in zip(shards, names):
+    for shard, name in zip(shards, names, strict=True):
         path = os.path.join(directory, name)
         if safe_serialization:
             from safetensors.torch import save_file
@@ -344,7 +344,7 @@ def save_pretrained(
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-            "weight_map": {k: name for shard, name in zip(shards, names) for k in shard},
+            "weight_map": {k: name for shard, name in zip(shards, names, strict=True) for k in shard},
         }
         index_name = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
         with open(os.path.join(directory, index_name), "w", encoding="utf-8") as f:

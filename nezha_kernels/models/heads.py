@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import get_activation
 from .configuration import NezhaConfig
-from .modeling import NezhaModel, NezhaPreTrainedModel, get_activation
+from .modeling import NezhaModel, NezhaPreTrainedModel
 from .outputs import (
     MaskedLMOutput,
     MultipleChoiceModelOutput,
@@ -487,8 +488,16 @@ class NezhaForQuestionAnswering(_TaskModel):
         position_ids=None,
         **flattening,
     ):
-        """start_positions / end_positions [B] (or [B, 1]); positions outside [0, L) are ignored in the loss."""
+        """start_positions / end_positions [B] (or [B, 1]); positions outside [0, L) are ignored in the loss.
+
+        With both positions given (a loss), the call runs as ``padding_free=False`` unless told otherwise:
+        the span softmax runs over all L positions, padded ones too, as in transformers, so their logits
+        must be transformers' (the dense computation's), not ``qa_outputs(0)``. The loss then equals
+        transformers'; without positions (inference) a padded batch runs padding-free.
+        """
         return_dict = self._return_dict(return_dict)
+        if start_positions is not None and end_positions is not None and flattening.get("padding_free") is None:
+            flattening["padding_free"] = False
         outputs = self._run_base(
             input_ids,
             attention_mask,

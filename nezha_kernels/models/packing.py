@@ -109,7 +109,8 @@ def pack_from_position_ids(position_ids: torch.Tensor, length: int) -> PackedBat
     ):
         raise ValueError(
             f"position_ids must be an integer [batch, seq_len] tensor with seq_len = {length}, "
-            f"got {getattr(position_ids, 'dtype', type(position_ids).__name__)} {list(getattr(position_ids, 'shape', []))}"
+            f"got {getattr(position_ids, 'dtype', type(position_ids).__name__)} "
+            f"{list(getattr(position_ids, 'shape', []))}"
         )
     pos = position_ids.detach().cpu()
     expected = torch.cat([torch.zeros_like(pos[:, :1]), pos[:, :-1] + 1], dim=1)
