@@ -10,16 +10,34 @@
 // relattn_bwd_dkdv_tc_kernel: warp = 16 keys, query tiles of 32. S^T = K.Q^T and dP^T = V.dO^T by mma; the
 //   block computes Q.T_slice^T and dO.T_slice^T once per tile into shared memory ([query][table row]);
 //   dV += W^T.dO and dK += dS^T.Q with W, dS from the accumulators (no table term in dK, dV).
-// Padding-free calls: one sequence per grid row, as in the SIMT kernels (sequence_args).
+// Padding-free calls: one sequence per grid row, as in the SIMT kernels (sequence_args). Both kernels are instantiated
+// per feature set (relattn_flash.h): the PLAIN one holds no mask, causal or dropout code per pair.
+#include "relattn_flash.h"
 #include "relattn_tc.cuh"
 
 namespace nezha {
 
-template <typename T, int D, bool PACKED>
+// pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale).
+template <Features F>
+__device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
+                                                      float dot, float dw, const RowStats& row, float kept_scale) {
+    if constexpr (F == Features::GENERAL) {
+        return pair_grad(a, head, i, j, pos, dot, dw, row, kept_scale);
+    } else {
+        const float p = softmax_weight(finalize_score(dot, a.scale, 0.0f, false), row.max, row.log_sum);
+        PairGrad g;
+        g.w = p * kept_scale;
+        g.ds = p * (dw * kept_scale - row.delta);
+        return g;
+    }
+}
+
+template <typename T, int D, bool PACKED, int FEATURES>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                          const float* __restrict__ delta, T* __restrict__ dq) {
     using C = TcConfig<D>;
+    constexpr Features F = static_cast<Features>(FEATURES);
     constexpr int BM = C::BM, BN = C::BN_DQ, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -87,8 +105,8 @@ relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __
             if (rows.valid[r] && j < a.Lk) {
                 const int idx = relative_index(j, rows.pos[r], a.R);
                 const int col = tile_row * C::QT_LD + idx - ws.rows.lo;
-                ds = pair_grad(a, head, rows.i[r], j, rows.pos[r], s[nt][e] + qt[col], dp[nt][e] + dot_s[col],
-                               rstats[r], kept_scale).ds;
+                ds = feature_pair_grad<F>(a, head, rows.i[r], j, rows.pos[r], s[nt][e] + qt[col],
+                                          dp[nt][e] + dot_s[col], rstats[r], kept_scale).ds;
                 far_ds[r].add(idx, E, ds);
             }
             s[nt][e] = ds;
@@ -124,11 +142,12 @@ relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __
     }
 }
 
-template <typename T, int D, bool PACKED>
+template <typename T, int D, bool PACKED, int FEATURES>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
                            const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
     using C = TcConfig<D>;
+    constexpr Features F = static_cast<Features>(FEATURES);
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
     constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8;
     constexpr int TB_LD = C::TB_LD;
@@ -220,8 +239,8 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
                 const int pos = a.q_offset + i, j = kj[r];
                 const int idx = relative_index(j, pos, a.R);
                 const int col = il * TB_LD + idx - tr.lo;
-                const PairGrad g = pair_grad(a, head, i, j, pos, s[nt][e] + qtb[col], dp[nt][e] + dotb[col],
-                                             stats_s[il], kept_scale);
+                const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, s[nt][e] + qtb[col],
+                                                        dp[nt][e] + dotb[col], stats_s[il], kept_scale);
                 w = g.w;
                 ds = g.ds;
             }
@@ -270,12 +289,17 @@ const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, con
         using C = TcConfig<D>;
         const T* go = static_cast<const T*>(dout);
         return dispatch_layout(a, [&](auto packed) -> const char* {
-            constexpr bool P = decltype(packed)::value;
-            if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D, P>, a.Lq, dq_tc_smem_bytes<D>(),
-                                                       a, device, stream, go, lse, delta, static_cast<T*>(dq)))
-                return err;
-            return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D, P>, a.Lk, dkdv_tc_smem_bytes<D>(), a,
-                                        device, stream, go, lse, delta, static_cast<T*>(dk), static_cast<T*>(dv));
+            return dispatch_features(a, [&](auto features) -> const char* {
+                constexpr bool P = decltype(packed)::value;
+                constexpr int F = decltype(features)::value;
+                if (const char* err = launch_row_blocks<C>(relattn_bwd_dq_tc_kernel<T, D, P, F>, a.Lq,
+                                                           dq_tc_smem_bytes<D>(), a, device, stream, go, lse, delta,
+                                                           static_cast<T*>(dq)))
+                    return err;
+                return launch_row_blocks<C>(relattn_bwd_dkdv_tc_kernel<T, D, P, F>, a.Lk, dkdv_tc_smem_bytes<D>(), a,
+                                            device, stream, go, lse, delta, static_cast<T*>(dk),
+                                            static_cast<T*>(dv));
+            });
         });
     });
 }

@@ -1,29 +1,81 @@
-// Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, mma.sync m16n8k16 with
-// fp32 accumulators for every matrix product.
+// Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, flash-attention style.
 //
-// Warp w of a block owns 16 query rows; per key tile of BN = 64:
-//   S     = Q.K^T                                   (mma, A from smem, B = K rows n-major)
-//   band  = Q.T_slice^T -> per-warp scratch [16][<=80], gathered at idx - lo for every pair (edge pairs too:
-//           the slice always covers the warp's indices; a far-field tile's slice is its one edge row)
-//   O    += P.V                                     (P from the score accumulators, V rows k-major)
-//   O    += Bucket.T_slice                          (Bucket[row][idx - lo] = weight for interior pairs;
-//           edge weights go to two per-row masses, added as mass * T[0] / T[2R] at the end)
-// Online softmax, masks, dropout (Philox spec), head_mask, the log-sum-exp and the padding-free sequences
-// (sequence_args) are those of the SIMT kernel.
+// A block owns BM = 64 query rows, warp w the 16 rows w*16 .. w*16 + 15, Q's fragments in registers. Key tiles of
+// BN = 64 rows arrive by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments
+// come from shared memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
+// Key tiles follow relattn_flash.h's schedule:
+//   far tiles (every pair of the block at j - i <= -R, or >= R): plain attention. The relative term q_i . T[0] (or
+//     T[2R]) is a per-row constant computed once, so a score costs one FFMA and one EX2; the row's probability mass
+//     on the side accumulates per tile (its T row joins the output once, at the end);
+//   the other tiles (band, the partial last tile, causal far-right tiles, every tile with masks or dropout):
+//     S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per pair; masks, causal
+//     and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice (Bucket[row][idx - lo] =
+//     weight of interior pairs; edge pairs go to the two per-row masses).
+// Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
+// row max is in natural units (finfo.min kept exact for fully masked rows).
+#include "relattn_async.cuh"
+#include "relattn_flash.h"
 #include "relattn_tc.cuh"
 
 namespace nezha {
 
-template <typename T, int D, bool PACKED>
+// S[NTN][4] = Q.K^T for one warp: Q fragments qf (16 x D) in registers, K rows n-major at ks (stride LD).
+template <typename T, int D, int LD, int NTN>
+__device__ __forceinline__ void warp_qk(float (&s)[NTN][4], const uint32_t (&qf)[D / 16][4], const T* ks, int lane) {
+    zero_acc(s);
+    const T* kl = ks + ldsm_b_nmajor_offset(lane, LD);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int np = 0; np < NTN / 2; ++np) {
+            uint32_t b[4];
+            ldsm_x4(b, kl + np * 16 * LD + kk * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            MmaOp<T>::run(s[2 * np], qf[kk], b0);
+            MmaOp<T>::run(s[2 * np + 1], qf[kk], b1);
+        }
+}
+
+// acc[D/8][4] += P.V: P from the fp32 weights p (rounded to T), V rows k-major at vs (stride LD), ldmatrix.trans.
+template <typename T, int D, int LD, int NTN>
+__device__ __forceinline__ void warp_pv(float (&acc)[D / 8][4], const float (&p)[NTN][4], const T* vs, int lane) {
+    const T* vl = vs + ldsm_b_kmajor_offset(lane, LD);
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk) {
+        uint32_t a[4];
+        acc_to_a<T, NTN>(a, p, kk);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, vl + kk * 16 * LD + dp * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            MmaOp<T>::run(acc[2 * dp], a, b0);
+            MmaOp<T>::run(acc[2 * dp + 1], a, b1);
+        }
+    }
+}
+
+// Score of the in-range pair (query i at pos, key j) from its raw dot product, with only the feature set's masks.
+template <Features F>
+__device__ __forceinline__ float feature_score(const AttnArgs& a, HeadIndex head, int i, int j, int pos, float dot) {
+    if constexpr (F == Features::GENERAL) return pair_score(a, head, i, j, pos, dot);
+    else return finalize_score(dot, a.scale, 0.0f, false);
+}
+
+// A natural-units score in base 2: s * log2(e), kept >= finfo.min (a masked score stays exactly finfo.min).
+__device__ __forceinline__ float score_log2(float s) { return fmaxf(s * LOG2E, MASKED_SCORE); }
+
+template <typename T, int D, bool PACKED, int FEATURES>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
 relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcConfig<D>;
+    constexpr Features F = static_cast<Features>(FEATURES);
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);
-    T* Ks = Qs + BM * LD;
-    T* Vs = Ks + BN * LD;
-    T* Ts = Vs + BN * LD;
+    T* Ks = Qs + BM * LD;      // [2][BN][LD]
+    T* Vs = Ks + 2 * BN * LD;  // [2][BN][LD]
+    T* Ts = Vs + 2 * BN * LD;
     float* scratch = reinterpret_cast<float*>(Ts + C::TS_ROWS * LD);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -36,29 +88,135 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     const int E = 2 * a.R;
     const LaneQueries rows = lane_queries(a, wrow0, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
+    const float scale_log2 = a.scale * LOG2E;
 
-    stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
+    const bool causal = F == Features::GENERAL && a.causal;
+    const bool pair_masks = F == Features::GENERAL && has_pair_masks(a);
+    // Rows that allow 16-byte copies go by cp.async; others (rare strided views) by plain loads, and then every
+    // tile takes the general loop, so that the far loop holds only the cp.async path.
+    const bool kv_async = rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl);
+    const KeySchedule sched = key_schedule(a.q_offset + q0, a.q_offset + min(q0 + BM, a.Lq) - 1, a.Lk, a.R, BN,
+                                           kv_async && !pair_masks, kv_async && !pair_masks && !causal);
+    // K and V of key tile `tile` into pipeline stage `stage`.
+    const AsyncRowCopier<T, D, LD, NT, BN> k_copier(in.k, a.k_sl), v_copier(in.v, a.v_sl);
+    auto load_kv_async = [&](int stage, int tile) {
+        k_copier.copy(Ks + stage * BN * LD, tile, a.Lk);
+        v_copier.copy(Vs + stage * BN * LD, tile, a.Lk);
+        cp_async_commit();
+    };
+    auto load_kv = [&](int stage, int tile) {
+        if (kv_async) {
+            load_kv_async(stage, tile);
+        } else {
+            stage_rows<T, D, LD, NT>(Ks + stage * BN * LD, in.k, a.k_sl, tile * BN, BN, a.Lk);
+            stage_rows<T, D, LD, NT>(Vs + stage * BN * LD, in.v, a.v_sl, tile * BN, BN, a.Lk);
+        }
+    };
 
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // weights of each row's far-field pairs
+    // Prologue: Q, the first key tile, and the table's edge rows T[0], T[2R] (rows 0, 1 of Ts; rows 2-7 zero).
+    if (rows_vectorizable(in.q, a.q_sl)) AsyncRowCopier<T, D, LD, NT, BM>(in.q, a.q_sl).copy(Qs, blockIdx.x, a.Lq);
+    else stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, BM, a.Lq);
+    if (sched.n_tiles > 0) load_kv(0, sched.tile(0));
+    stage_rows<T, D, LD, NT>(Ts, in.table, D, 0, 1, E + 1);
+    stage_rows<T, D, LD, NT>(Ts + LD, in.table, D, E, 1, E + 1);
+    stage_rows<T, D, LD, NT>(Ts + 2 * LD, in.table, D, E + 1, 6, E + 1);
+    cp_async_wait<0>();
+    __syncthreads();
+
+    uint32_t qf[D / 16][4];  // this warp's 16 query rows as mma A fragments
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], Qs + warp * 16 * LD + kk * 16 + ldsm_a_offset(lane, LD));
+    // Per row: (q . T[0]) and (q . T[2R]) * scale * log2(e), the far tiles' relative term.
+    float edge_left[2], edge_right[2];
+    {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t b[2];
+            load_b_nmajor(b, Ts + kk * 16, LD, lane);
+            MmaOp<T>::run(c, qf[kk], b);
+        }
+        const bool col01 = (lane & 3) == 0;  // columns 0 (T[0]) and 1 (T[2R]) live in the quad's first lane
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            edge_left[r] = group_sum<QUAD>(col01 ? c[2 * r] : 0.0f) * scale_log2;
+            edge_right[r] = group_sum<QUAD>(col01 ? c[2 * r + 1] : 0.0f) * scale_log2;
+        }
+    }
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // row max (base 2) and this lane's partial row sum
+    FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};             // this lane's partial far-field masses
     float acc[NTD][4];
     zero_acc(acc);
 
-    for (int k0 = 0; k0 < a.Lk; k0 += BN) {
+    // Far tiles: plain attention, straight-line.
+    const int n_far = sched.n_far();
+    for (int step = 0; step < n_far; ++step) {
+        cp_async_wait<0>();
+        __syncthreads();  // tile `step` visible; every warp done with the stage it replaces
+        if (step + 1 < sched.n_tiles) load_kv_async((step + 1) & 1, sched.tile(step + 1));
+        const T* ks = Ks + (step & 1) * BN * LD;
+        const T* vs = Vs + (step & 1) * BN * LD;
+        const bool right = sched.far_right(step);
+
+        float s[NTN][4];
+        warp_qk<T, D, LD, NTN>(s, qf, ks, lane);
+        float tile_max[2] = {s[0][0], s[0][2]};
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
+        float offset[2], alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float bias = right ? edge_right[r] : edge_left[r];
+            const float m_new = fmaxf(m[r], fmaf(group_max<QUAD>(tile_max[r]), scale_log2, bias));
+            alpha[r] = fast_exp2(m[r] - m_new);  // 0 while m is -inf
+            offset[r] = bias - m_new;
+            m[r] = m_new;
+        }
+        float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, offset[e >> 1]));
+                sum[e >> 1] += s[nt][e];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            l[r] = fmaf(l[r], alpha[r], sum[r]);
+            far[r].left = fmaf(far[r].left, alpha[r], right ? 0.0f : sum[r]);
+            far[r].right = fmaf(far[r].right, alpha[r], right ? sum[r] : 0.0f);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
+        warp_pv<T, D, LD, NTN>(acc, s, vs, lane);
+    }
+
+    // Band, partial and (with masks, dropout or causal) every other tile, ascending.
+    for (int step = n_far; step < sched.n_tiles; ++step) {
+        const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
-        if (causal_future_tile(a, q0, BM, k0) &&
+        if (causal && causal_future_tile(a, q0, BM, k0) &&
             __syncthreads_and(row_skips_future_keys(rows.valid[0], m[0]) && row_skips_future_keys(rows.valid[1], m[1])))
             break;
-        __syncthreads();  // previous tile fully consumed
-        const TableRows tr = stage_key_tile<T, C, BN>(Ks, Vs, Ts, a, in, q0, k0, E);
+        cp_async_wait<0>();
+        __syncthreads();
+        if (step + 1 < sched.n_tiles) load_kv((step + 1) & 1, sched.tile(step + 1));
+        const T* ks = Ks + (step & 1) * BN * LD;
+        const T* vs = Vs + (step & 1) * BN * LD;
+        const int pos_first = a.q_offset + q0;
+        const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
+        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
         __syncthreads();
 
         const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
         warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, ws.ts, LD, (ws.count + 7) / 8, lane);
-
         float s[NTN][4];
-        zero_acc(s);
-        warp_mma_abt<T, D>(s, Qs + warp * 16 * LD, Ks, LD, lane);  // S = Q.K^T
+        warp_qk<T, D, LD, NTN>(s, qf, ks, lane);
         __syncwarp();  // qt visible to the whole warp
 
         float tile_max[2] = {-INFINITY, -INFINITY};
@@ -68,8 +226,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             if (j < a.Lk) {
                 const int idx = relative_index(j, rows.pos[r], a.R);
                 const float dot = s[nt][e] + qt[tile_row * C::QT_LD + idx - ws.rows.lo];
-                sc = rows.valid[r] ? pair_score(a, head, rows.i[r], j, rows.pos[r], dot)
-                                   : finalize_score(dot, a.scale, 0.0f, false);
+                sc = score_log2(rows.valid[r] ? feature_score<F>(a, head, rows.i[r], j, rows.pos[r], dot)
+                                              : finalize_score(dot, a.scale, 0.0f, false));
             }
             s[nt][e] = sc;
             tile_max[r] = fmaxf(tile_max[r], sc);
@@ -78,7 +236,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[r]));
-            alpha[r] = rescale_factor(m[r], m_new);
+            alpha[r] = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - m_new);
             m[r] = m_new;
             l[r] *= alpha[r];
             far[r].rescale(alpha[r]);
@@ -89,29 +247,31 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
 
         const bool band = tile_in_band(ws.rows, a.R);
-        const int ksteps = (ws.count + 15) / 16;
         __syncwarp();  // every lane has read qt: the bucket may overwrite it
         if (band) clear_warp_bucket<C::BK_LD>(bucket, lane);
         for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
             const int r = e >> 1, j = k0 + tile_col;
-            const float p = expf(s[nt][e] - m[r]);
+            const float p = fast_exp2(s[nt][e] - m[r]);
             l[r] += p;
             float w = p;
             if (j < a.Lk && rows.valid[r]) {
-                // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
+                if constexpr (F == Features::GENERAL) {
+                    // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
+                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
+                }
                 const int idx = relative_index(j, rows.pos[r], a.R);
                 if (!far[r].add(idx, E, w)) bucket[tile_row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
             }
             s[nt][e] = w;
         });
 
-        warp_mma_acc_b(acc, s, Vs, LD, lane);  // O += P.V
+        warp_pv<T, D, LD, NTN>(acc, s, vs, lane);
         if (band) {
             __syncwarp();
-            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, ws.ts, LD, ksteps, lane);
+            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, ws.ts, LD, (ws.count + 15) / 16, lane);
         }
     }
+    cp_async_wait<0>();  // a causal exit leaves the prefetch in flight
 
     const float kept_scale = kept_weight_scale(a, head.bh);
 #pragma unroll
@@ -127,14 +287,16 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
             og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
         });
-        if ((lane & 3) == 0) store_row_stats(a, lse, head, rows.i[r], m[r], l[r]);
+        // Natural units; a fully masked row's max stays exactly finfo.min (its scores were clamped to it).
+        const float m_nat = m[r] == MASKED_SCORE ? MASKED_SCORE : m[r] * LN2;
+        if ((lane & 3) == 0) store_row_stats(a, lse, head, rows.i[r], m_nat, l[r]);
     }
 }
 
 template <int D>
 constexpr size_t fwd_tc_smem_bytes() {
     using C = TcConfig<D>;
-    return 2 * (C::BM + 2 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
+    return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
@@ -142,8 +304,11 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
-            return launch_row_blocks<TcConfig<D>>(relattn_fwd_tc_kernel<T, D, decltype(packed)::value>, a.Lq,
-                                                  fwd_tc_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+            return dispatch_features(a, [&](auto features) {
+                return launch_row_blocks<TcConfig<D>>(
+                    relattn_fwd_tc_kernel<T, D, decltype(packed)::value, decltype(features)::value>, a.Lq,
+                    fwd_tc_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+            });
         });
     });
 }

@@ -55,6 +55,8 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
         for d in (32, 64, 128)
         for arch in (80, 90)
     }
+    # The tensor-core kernels also have their GENERAL feature set (masks, causal, dropout; csrc/relattn_flash.h).
+    expected |= {(f"{k}_general", config, arch) for k, config, arch in expected if k in TC_KERNELS}
     # Every kernel also has its padding-free (PACKED) instantiation, reported as <kernel>_varlen.
     expected |= {(f"{k}_varlen", config, arch) for k, config, arch in expected}
     assert seen == expected
@@ -97,8 +99,12 @@ def test_tc_smem_formulas_fit_every_arch():
     for k in TC_KERNELS:
         sizes = [dynamic_smem_bytes(k, d) for d in (32, 64, 128)]
         assert sizes == sorted(sizes) and sizes[-1] <= 163 * 1024, (k, sizes)
-    # fwd D=128: Q, K, V (64 rows each) + 128 table rows at stride 136 halves + 4 warps x 16 x 84 floats.
-    assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 128) == 2 * (64 * 3 + 128) * 136 + 4 * 4 * 16 * 84
+    # fwd D=128: Q (64 rows), two pipeline stages of K and V (64 rows each) + 128 table rows at stride 136 halves
+    # + 4 warps x 16 x 84 floats.
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 128) == 2 * (64 * 5 + 128) * 136 + 4 * 4 * 16 * 84
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_general_varlen", 64) == dynamic_smem_bytes(
+        "relattn_fwd_tc_kernel", 64
+    )
 
 
 def test_impl_switch_env(monkeypatch):
@@ -135,6 +141,18 @@ def test_parse_ptxas_reads_registers_spills_and_names():
         "spill_bytes": 16,
         "static_smem": 256,
     }
+    # The tensor-core forward's feature set (4th template parameter) and layout name the row.
+    (row,) = parse_ptxas(
+        "ptxas info    : Compiling entry function "
+        "'_ZN5nezha21relattn_fwd_tc_kernelI13__nv_bfloat16Li128ELb1ELi1EEEvNS_8AttnArgsEPT_Pf' for 'sm_80'\n"
+        "ptxas info    : Used 200 registers, used 1 barriers\n"
+    )
+    assert (row["kernel"], row["dtype"], row["head_dim"], row["registers"]) == (
+        "relattn_fwd_tc_kernel_general_varlen",
+        "bf16",
+        128,
+        200,
+    )
 
 
 @pytest.fixture(scope="module")

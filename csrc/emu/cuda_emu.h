@@ -185,6 +185,17 @@ enum class MmaType { F16, BF16 };
 void mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file,
                   int line);
 void* dynamic_smem();
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes (src_bytes 0 or 16: 0 zero-fills): the copy is queued in the
+// issuing thread and the destination poisoned (0xFF: NaN in every float type) until a cp_async_wait delivers it,
+// so a read before the wait (or before the barrier that publishes it) shows as NaN. dst must be 16-byte aligned.
+void cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line);
+// cp.async.commit_group: the copies issued since the last commit form one group.
+void cp_async_commit();
+// cp.async.wait_group n: delivers every committed group but the n most recent.
+void cp_async_wait(int n);
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: warp-wide; this lane's row address (lanes 8m .. 8m + 7 give
+// the rows of matrix m), out[m] the lane's 32-bit register of matrix m. Row addresses must be 16-byte aligned.
+void ldmatrix(uint32_t* out, int num, bool trans, const void* row, const char* file, int line);
 
 // ---- launches ----
 using KernelBody = void (*)(const void* closure);

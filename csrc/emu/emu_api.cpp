@@ -1,9 +1,9 @@
 // C API of the emulated CUDA kernels (host pointers), loaded by nezha_kernels/cuda_ext/emulator.py.
 //
-// The four kernel sources are compiled here unchanged, as C++, against the emulator (cuda_emu.h), and
-// run through the binding's argument handling (relattn_args.h: tensor views -> AttnArgs) and the same
-// launchers the extension calls (relattn_fwd / relattn_bwd of relattn.h): the argument checks, shared-memory
-// sizing and dispatch are the code under test too.
+// The four kernel sources are compiled unchanged, as C++, against the emulator (cuda_emu.h), one translation unit
+// each (emu_kernels_*.cpp, built in parallel), and run through the binding's argument handling (relattn_args.h:
+// tensor views -> AttnArgs) and the same launchers the extension calls (relattn_fwd / relattn_bwd of relattn.h):
+// the argument checks, shared-memory sizing and dispatch are the code under test too.
 #ifndef NEZHA_CUDA_EMULATE
 #error "emu_api.cpp builds the CPU emulation: compile with -DNEZHA_CUDA_EMULATE"
 #endif
@@ -12,11 +12,9 @@
 #include <cstdint>
 #include <string>
 
+#include "../relattn.h"
 #include "../relattn_args.h"
-#include "../relattn_bwd.cu"
-#include "../relattn_bwd_tc.cu"
-#include "../relattn_fwd.cu"
-#include "../relattn_fwd_tc.cu"
+#include "cuda_emu.h"
 
 namespace {
 

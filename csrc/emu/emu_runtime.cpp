@@ -79,6 +79,17 @@ struct Warp {
     MmaType mma_type[32];
     float A[16][16];
     float B[16][8];
+    // ldmatrix: each lane deposits its row address; the completing lane gathers every lane's registers.
+    const unsigned char* ldsm_row[32];
+    int ldsm_num[32];
+    bool ldsm_trans[32];
+    uint32_t ldsm_out[32][4];
+};
+
+// One cp.async of 16 bytes, held by its issuing thread until a wait delivers it.
+struct AsyncCopy {
+    unsigned char* dst;
+    unsigned char data[16];
 };
 
 struct ThreadInfo {
@@ -111,6 +122,8 @@ struct ThreadCtx {
     int tid;
     int warp;
     int lane;
+    std::vector<AsyncCopy> open_copies;                 // issued since the last commit
+    std::vector<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first
 };
 
 thread_local ThreadCtx* ctx = nullptr;
@@ -286,7 +299,7 @@ std::chrono::milliseconds watchdog_time() {
 }
 
 void thread_main(Block& b, int tid, dim3 grid, dim3 block, KernelBody body, const void* closure) {
-    ThreadCtx c{&b, tid, tid / 32, tid % 32};
+    ThreadCtx c{&b, tid, tid / 32, tid % 32, {}, {}};
     ctx = &c;
     threadIdx = uint3{tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
     blockIdx = uint3{b.index.x, b.index.y, b.index.z};
@@ -448,6 +461,73 @@ void mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], const uin
 }
 
 void* dynamic_smem() { return current().block->smem; }
+
+void cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line) {
+    ThreadCtx& c = current();
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0 ||
+        (src_bytes != 0 && src_bytes != 16))
+        fail(*c.block, thread_name(*c.block, c.tid) + ": cp.async at " + file + ":" + std::to_string(line) +
+                           " needs 16-byte aligned addresses and a source size of 0 or 16 bytes");
+    AsyncCopy copy{static_cast<unsigned char*>(dst), {}};
+    if (src_bytes == 16) std::memcpy(copy.data, src, 16);
+    std::memset(dst, 0xFF, 16);  // poisoned until delivered
+    c.open_copies.push_back(copy);
+}
+
+void cp_async_commit() {
+    ThreadCtx& c = current();
+    c.copy_groups.push_back(std::move(c.open_copies));
+    c.open_copies.clear();
+}
+
+void cp_async_wait(int n) {
+    ThreadCtx& c = current();
+    while (static_cast<int>(c.copy_groups.size()) > n) {
+        for (const AsyncCopy& copy : c.copy_groups.front()) std::memcpy(copy.dst, copy.data, 16);
+        c.copy_groups.erase(c.copy_groups.begin());
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16, transcribed from the PTX ISA ("Warp-level matrix load
+// instruction: ldmatrix"), independently of the kernels' loaders: threads 8m .. 8m + 7 give the addresses of rows
+// 0 .. 7 of matrix m (each row 8 contiguous 16-bit elements); lane l receives, for each matrix, the elements
+// (row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1) in the low and high halves of one register; with .trans the
+// element (row, col) is read from (col, row), i.e. row 2 (l % 4) and 2 (l % 4) + 1 at column l / 4.
+void ldmatrix(uint32_t* out, int num, bool trans, const void* row, const char* file, int line) {
+    ThreadCtx& t = current();
+    const Site site{"ldmatrix", file, line};
+    require_full_warp(t, 0xffffffffu, site);
+    if (num != 1 && num != 2 && num != 4)
+        fail(*t.block, describe(site) + ": ldmatrix takes .x1, .x2 or .x4");
+    Warp& w = my_warp(t);
+    const int lane = t.lane;
+    // One call site, one shape (the site check of the rendezvous keeps .x / .trans uniform across the warp).
+    if (lane < 8 * num && reinterpret_cast<uintptr_t>(row) % 16 != 0)
+        fail(*t.block, thread_name(*t.block, t.tid) + ": " + describe(site) + " row address not 16-byte aligned");
+    rendezvous(
+        w.bar, site, State::AtWarpBarrier, "warp",
+        [&] {
+            w.ldsm_row[lane] = static_cast<const unsigned char*>(row);
+            w.ldsm_num[lane] = num;
+            w.ldsm_trans[lane] = trans;
+        },
+        [&] {
+            auto elem = [&](int m, int r, int col) {  // element (r, col) of matrix m
+                uint16_t v;
+                std::memcpy(&v, w.ldsm_row[8 * m + r] + 2 * col, 2);
+                return static_cast<uint32_t>(v);
+            };
+            for (int l = 0; l < 32; ++l) {
+                const int g = l / 4, c2 = 2 * (l % 4);
+                for (int m = 0; m < w.ldsm_num[0]; ++m) {
+                    const uint32_t lo = w.ldsm_trans[0] ? elem(m, c2, g) : elem(m, g, c2);
+                    const uint32_t hi = w.ldsm_trans[0] ? elem(m, c2 + 1, g) : elem(m, g, c2 + 1);
+                    w.ldsm_out[l][m] = lo | (hi << 16);
+                }
+            }
+        });
+    for (int m = 0; m < num; ++m) out[m] = w.ldsm_out[lane][m];  // stable until the warp's next collective completes
+}
 
 // ---- runtime API ----
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "relattn_flash.h"
 #include "relattn_helpers.h"
 #include "relattn_mma.h"
 
@@ -394,6 +395,51 @@ static void test_tc_band_decomposition() {
     }
 }
 
+// key_schedule: every tile exactly once, far tiles only where every pair of the block is at one edge index, far
+// tiles full, general tiles ascending, and far tiles as many as the predicate allows.
+static void test_key_schedule() {
+    const int BN = 64;
+    for (int R : {1, 3, 8, 64, 200})
+        for (int Lk : {0, 1, 63, 64, 65, 200, 256, 700})
+            for (int pos_first = -300; pos_first <= 800; pos_first += 37)
+                for (int rows : {1, 17, 64})
+                    for (int mode = 0; mode < 3; ++mode) {
+                        const bool left_ok = mode != 2, right_ok = mode == 0;
+                        const int pos_last = pos_first + rows - 1;
+                        const KeySchedule s = key_schedule(pos_first, pos_last, Lk, R, BN, left_ok, right_ok);
+                        CHECK(s.n_tiles == (Lk + BN - 1) / BN && s.n_full == Lk / BN, "tile counts");
+                        std::vector<int> seen(s.n_tiles + 1, 0);
+                        int prev_general = -1, far_possible = 0;
+                        for (int t = 0; t < s.n_full; ++t) {
+                            const bool all_left = t * BN + BN - 1 - pos_first <= -R;
+                            const bool all_right = t * BN - pos_last >= R;
+                            far_possible += (all_left && left_ok) || (all_right && right_ok);
+                        }
+                        CHECK(s.n_far() == far_possible, "far tiles %d, possible %d (R=%d Lk=%d p=%d mode=%d)",
+                              s.n_far(), far_possible, R, Lk, pos_first, mode);
+                        for (int step = 0; step < s.n_tiles; ++step) {
+                            const int t = s.tile(step);
+                            CHECK(t >= 0 && t < s.n_tiles, "tile in range");
+                            if (t < 0 || t >= s.n_tiles) continue;
+                            ++seen[t];
+                            if (step < s.n_far()) {
+                                const bool right = s.far_right(step);
+                                CHECK(t < s.n_full, "far tiles are full");
+                                if (right) CHECK(right_ok && t * BN - pos_last >= R, "far-right tile %d", t);
+                                else CHECK(left_ok && t * BN + BN - 1 - pos_first <= -R, "far-left tile %d", t);
+                            } else {
+                                CHECK(t > prev_general, "general tiles ascending");
+                                prev_general = t;
+                            }
+                        }
+                        for (int t = 0; t < s.n_tiles; ++t) CHECK(seen[t] == 1, "tile %d seen %d times", t, seen[t]);
+                    }
+    CHECK(floor_div(-1, 64) == -1 && floor_div(-64, 64) == -1 && floor_div(-65, 64) == -2 && floor_div(63, 64) == 0,
+          "floor_div");
+    CHECK(ceil_div(-63, 64) == 0 && ceil_div(1, 64) == 1 && ceil_div(64, 64) == 1 && ceil_div(-64, 64) == -1,
+          "ceil_div");
+}
+
 int main(int argc, char** argv) {
     if (argc == 6 && std::strcmp(argv[1], "philox") == 0) {
         const uint64_t seed = std::strtoull(argv[2], nullptr, 10);
@@ -412,6 +458,7 @@ int main(int argc, char** argv) {
     test_mma_emulated_flash_step();
     test_mma_bank_conflicts();
     test_tc_band_decomposition();
+    test_key_schedule();
     std::printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "ok", checks, failures);
     return failures ? 1 : 0;
 }

@@ -28,9 +28,11 @@ _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 # relattn_fwd_kernel<__half, 64, PACKED> mangles as ..._kernelI6__halfLi64ELb0EE...; the padding-free (PACKED =
-# true, Lb1) instantiations are reported as <kernel>_varlen.
-_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?E")
+# true, Lb1) instantiations are reported as <kernel>_varlen. The tensor-core kernels have a fourth parameter, their
+# feature set (csrc/relattn_flash.h: 0 = PLAIN, 1 = GENERAL: ...Lb0ELi1EE), reported as <kernel>_general.
+_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?(?:Li(\d)E)?E")
 _VARLEN = "_varlen"
+_FEATURES = {None: "", "0": "", "1": "_general"}
 _DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
@@ -44,7 +46,7 @@ _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
     """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
-    kernel = kernel.removesuffix(_VARLEN)  # same tiles either layout
+    kernel = kernel.removesuffix(_VARLEN).removesuffix(_FEATURES["1"])  # same tiles every layout / feature set
     dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
     if kernel == "relattn_fwd_kernel":
         return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
@@ -53,8 +55,8 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
     if kernel == "relattn_bwd_dkdv_kernel":
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 7 * _BN)
     ld = d + 8  # 16-bit elements
-    if kernel == "relattn_fwd_tc_kernel":
-        return 2 * (_TC_BM + 2 * _TC_BN + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
+    if kernel == "relattn_fwd_tc_kernel":  # Q, two pipeline stages of K and V, the table rows, per-warp scratch
+        return 2 * (_TC_BM + 4 * _TC_BN + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dq_tc_kernel":
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ
         return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD
@@ -74,7 +76,7 @@ def parse_ptxas(log: str) -> list[dict]:
             if mangled:
                 n, rest = int(mangled.group(1)), mangled.group(2)
                 name = rest[:n] if len(rest) >= n else rest
-                name += _VARLEN if mangled.group(5) == "1" else ""
+                name += _FEATURES[mangled.group(6)] + (_VARLEN if mangled.group(5) == "1" else "")
                 current = {"kernel": name, "dtype": _DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
             else:
                 current = {"kernel": entry.group(1), "dtype": "?", "head_dim": 0}

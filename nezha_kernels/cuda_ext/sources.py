@@ -12,11 +12,25 @@ from pathlib import Path
 # Kernel translation units: nvcc compiles each to an object; the binding calls their launchers.
 KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
 BINDING_SOURCE = "binding.cpp"
-HEADERS = ("relattn.h", "relattn_args.h", "relattn_helpers.h", "relattn_tile.cuh", "relattn_mma.h", "relattn_tc.cuh")
+HEADERS = (
+    "relattn.h",
+    "relattn_args.h",
+    "relattn_helpers.h",
+    "relattn_tile.cuh",
+    "relattn_mma.h",
+    "relattn_tc.cuh",
+    "relattn_async.cuh",
+    "relattn_flash.h",
+)
 # The extension: every file its build reads.
 EXTENSION_FILES = (BINDING_SOURCE, *KERNEL_SOURCES, *HEADERS)
 # The CPU emulator (g++): its translation units include the kernel sources.
-EMU_SOURCES = ("emu/emu_api.cpp", "emu/emu_runtime.cpp", "emu/emu_selftest.cpp")
+EMU_SOURCES = (
+    "emu/emu_api.cpp",
+    "emu/emu_runtime.cpp",
+    "emu/emu_selftest.cpp",
+    *(f"emu/emu_kernels_{name}.cpp" for name in ("fwd", "fwd_tc", "bwd", "bwd_tc")),
+)
 EMU_HEADERS = ("emu/cuda_emu.h",)
 EMULATOR_FILES = (*EMU_SOURCES, *EMU_HEADERS, *KERNEL_SOURCES, *HEADERS)
 # What a non-editable install ships, under nezha_kernels/<PACKAGED_DIR>/.
