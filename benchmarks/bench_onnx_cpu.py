@@ -2,9 +2,10 @@
 
 NezhaForSequenceClassification with nezha-base's config (12 layers, hidden 768, R = 64), random weights,
 float32, eval, no grad. ONNX: torch.onnx.export(dynamo=True) with dynamic batch and length, captured on the
-default torch backend (its materialized form under export; see README, "Export for serving"), run by onnxruntime's CPU provider with as
-many intra-op threads as torch uses. Eager: the torch backend, padding-free (the default: a padded batch runs
-on its real tokens only) and padded (config.padding_free = False, the dense path the export captures).
+default torch backend (its materialized form under export; see README, "Export for serving"), run by
+onnxruntime's CPU provider with as many intra-op threads as torch uses. Eager: the torch backend, padding-free
+(the default: a padded batch runs on its real tokens only) and padded (config.padding_free = False, the dense
+path the export captures).
 
 Shapes: 1 x 128 and 8 x 128 with no padding (padding-free then has nothing to drop), and 8 x 128 with a
 realistic mask (log-normal lengths, median 48, sigma 0.6, in [8, 128], one row full). Timing: one process,
@@ -117,7 +118,7 @@ def main() -> None:
     rows, diffs = [], {}
     for label, inputs in shapes.items():
         outputs = {name: run(inputs) for name, run in providers.items()}  # warm-up and agreement
-        for name, run in providers.items():
+        for run in providers.values():
             run(inputs)
         diffs[label] = max(float(np.abs(outputs[n] - outputs["eager padded"]).max()) for n in providers)
         times = {name: [] for name in providers}

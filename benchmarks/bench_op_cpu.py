@@ -1,12 +1,13 @@
 """CPU op timings of the torch backend against the reference, side by side, interleaved, medians.
 
-    PYTHONPATH=. python benchmarks/bench_op_cpu.py [--before OLD_torch_chunked.py] [--repeats 7] [--dropout 0.1]
+    PYTHONPATH=. python benchmarks/bench_op_cpu.py [--before OLD/torch_backend] [--repeats 7] [--dropout 0.1]
         [--threads 1] [--only dense|varlen]
 
 Dense cells: [B, 12, L, 64] float32 with B * L = 512 (the `nezha-kernels bench` CPU grid), fwd+bwd.
 Varlen cells: the length mix (log-normal, median 48, sigma 0.6, clipped to [8, 512]) of 16 and 64 sentences,
 fwd+bwd of relative_attention_varlen (torch, reference) and of the dense torch op on the padded batch.
-``--before`` loads an older torch_chunked.py as an extra provider "torch-before", so that a change is
+``--before`` loads an older copy of the backend package (nezha_kernels/backends/torch_backend, e.g. from
+``git worktree add``) as an extra provider "torch-before", so that a change is
 measured against its predecessor in the same run (the machine is shared: every repeat runs every provider
 once, in a rotating order, and the median is reported).
 """
@@ -35,7 +36,10 @@ def length_mix(n: int, seed: int) -> list[int]:
 
 
 def load_before(path: str):
-    spec = importlib.util.spec_from_file_location("nezha_kernels.backends._torch_before", path)
+    """The backend package in directory ``path``, imported as a sibling of nezha_kernels.backends.torch_backend."""
+    spec = importlib.util.spec_from_file_location(
+        "nezha_kernels.backends._torch_before", f"{path}/__init__.py", submodule_search_locations=[path]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -96,7 +100,7 @@ def measure(run, providers, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", help="an older torch_chunked.py to time as 'torch-before'")
+    parser.add_argument("--before", help="an older torch_backend package directory to time as 'torch-before'")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--only", choices=("dense", "varlen"), default=None)

@@ -82,7 +82,8 @@ def main() -> None:
             fwd = "-" if row["fwd_s"] is None else f"{row['fwd_s']:.2f}"
             bwd = "-" if row["bwd_s"] is None else f"{row['bwd_s']:.2f}"
             print(
-                f"| {backend:<9} | [1, {args.heads}, {length}, {args.dim}] | {peak:>8} MiB | fwd {fwd:>6} s | bwd {bwd:>6} s | {row['status']}",
+                f"| {backend:<9} | [1, {args.heads}, {length}, {args.dim}] | {peak:>8} MiB "
+                f"| fwd {fwd:>6} s | bwd {bwd:>6} s | {row['status']}",
                 flush=True,
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .backends import resolve_backend
-from .inputs import prepare_inputs
+from .inputs import autocast_inputs, prepare_inputs
 
 __all__ = ["relative_attention", "relative_attention_with_weights"]
 
@@ -57,7 +57,7 @@ def relative_attention(
         [B, H, Lq, D] in q's dtype. A query row whose keys are all masked attends uniformly to all Lk
         keys (every score equals float32's finfo.min), like the Hugging Face model: finite, never NaN.
     """
-    q, k, v, rel_table = _autocast_inputs(q, k, v, rel_table)
+    q, k, v, rel_table = autocast_inputs(q, k, v, rel_table)
     inputs = prepare_inputs(
         q,
         k,
@@ -78,17 +78,6 @@ def relative_attention(
         return module.forward(inputs)
 
 
-def _autocast_inputs(q, k, v, rel_table):
-    """Under torch.autocast the op runs in the autocast dtype, like scaled_dot_product_attention."""
-    if not isinstance(q, torch.Tensor) or q.device.type not in ("cpu", "cuda"):
-        return q, k, v, rel_table
-    if not torch.is_autocast_enabled(q.device.type):
-        return q, k, v, rel_table
-    dtype = torch.get_autocast_dtype(q.device.type)
-    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-    return cast(q), cast(k), cast(v), cast(rel_table)
-
-
 def relative_attention_with_weights(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,10 +87,10 @@ def relative_attention_with_weights(
     and head_mask, as Hugging Face's ``output_attentions`` reports them. Always computed by the
     pure-PyTorch path with plain autograd, so it costs O(B * H * Lq * Lk) memory.
     """
-    from .backends import torch_chunked
+    from .backends.torch_backend import forward_with_probs
 
     kwargs.pop("backend", None)
-    q, k, v, kwargs["rel_table"] = _autocast_inputs(q, k, v, kwargs.get("rel_table"))
+    q, k, v, kwargs["rel_table"] = autocast_inputs(q, k, v, kwargs.get("rel_table"))
     inputs = prepare_inputs(q, k, v, **kwargs)
     with torch.autocast(inputs.q.device.type, enabled=False):
-        return torch_chunked.forward_with_probs(inputs)
+        return forward_with_probs(inputs)

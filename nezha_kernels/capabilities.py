@@ -12,6 +12,8 @@ import dataclasses
 
 import torch
 
+from .inputs import AttentionInputs
+
 __all__ = ["Capability", "CAPABILITIES", "unsupported_reason", "markdown_table"]
 
 _ANY_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -32,17 +34,15 @@ class Capability:
     head_mask_grad: bool = True  # gradient to a head_mask that requires grad
     varlen: bool = True  # relative_attention_varlen (cu_seqlens)
     max_batch_heads: int | None = None  # B * H
-    max_query_blocks: int | None = None  # ceil(L / smallest tile rows) per grid axis
+    max_rows: int | None = None  # longest Lq or Lk: grid programs per axis x the smallest tile's rows
     max_position: int | None = None  # largest position + 2R, for 32-bit index math
     note: str = ""
 
-    def unsupported_reason(self, inputs) -> str | None:
-        """Why this backend cannot run the call ``inputs`` (AttentionInputs or VarlenInputs), or None."""
-        q = inputs.q
-        d = q.shape[-1]
-        varlen = getattr(inputs, "cu_seqlens_q", None) is not None
-        if q.dtype not in self.dtypes:
-            return f"dtype {q.dtype} is not supported (takes {', '.join(_dtype_name(t) for t in self.dtypes)})"
+    def unsupported_reason(self, inputs: AttentionInputs) -> str | None:
+        """Why this backend cannot run the call ``inputs`` (dense or padding-free), or None."""
+        dtype, d = inputs.q.dtype, inputs.q.shape[-1]
+        if dtype not in self.dtypes:
+            return f"dtype {dtype} is not supported (takes {', '.join(_dtype_name(t) for t in self.dtypes)})"
         if self.head_dims is not None and d not in self.head_dims:
             return f"head dim {d} is not supported (one of {self.head_dims})"
         if self.max_head_dim is not None and d > self.max_head_dim:
@@ -51,20 +51,15 @@ class Capability:
             return "rel_table requires grad, and this backend computes no table gradient"
         if inputs.head_mask is not None and inputs.head_mask.requires_grad and not self.head_mask_grad:
             return "head_mask requires grad, and this backend computes no head_mask gradient"
-        if varlen and not self.varlen:
+        if inputs.varlen and not self.varlen:
             return "padding-free (varlen) calls are not implemented by this backend"
-        if varlen:
-            batch, heads = inputs.cu_seqlens_q.shape[0] - 1, q.shape[1]
-            lq, lk, offset = inputs.max_seqlen_q, inputs.max_seqlen_k, 0
-        else:
-            batch, heads, lq = q.shape[0], q.shape[1], q.shape[2]
-            lk, offset = inputs.k.shape[2], inputs.q_offset
-        if self.max_batch_heads is not None and batch * heads > self.max_batch_heads:
-            return f"B * H = {batch * heads} exceeds the kernels' grid limit ({self.max_batch_heads})"
-        if self.max_query_blocks is not None and max(lq, lk) > self.max_query_blocks:
-            return f"length {max(lq, lk)} exceeds the kernels' grid limit ({self.max_query_blocks} rows)"
+        batch_heads, length = inputs.batch * inputs.heads, max(inputs.lengths)
+        if self.max_batch_heads is not None and batch_heads > self.max_batch_heads:
+            return f"B * H = {batch_heads} exceeds the kernels' grid limit ({self.max_batch_heads})"
+        if self.max_rows is not None and length > self.max_rows:
+            return f"length {length} exceeds the kernels' grid limit ({self.max_rows} rows)"
         if self.max_position is not None:
-            if max(lq, lk) + offset + 2 * inputs.max_relative_position > self.max_position:
+            if length + inputs.q_offset + 2 * inputs.max_relative_position > self.max_position:
                 return "sequence positions exceed the kernels' 32-bit index range"
         return None
 
@@ -94,7 +89,7 @@ CAPABILITIES: dict[str, Capability] = {
         table_grad=False,
         head_mask_grad=False,
         # Grid axis 1 (query / key blocks) is limited to 65535 programs of at least 16 rows.
-        max_query_blocks=65535 * 16,
+        max_rows=65535 * 16,
         max_position=_INT32_LIMIT,
         note="fused flash-style kernels, fp32 accumulation",
     ),
@@ -112,7 +107,7 @@ CAPABILITIES: dict[str, Capability] = {
 }
 
 
-def unsupported_reason(name: str, inputs) -> str | None:
+def unsupported_reason(name: str, inputs: AttentionInputs) -> str | None:
     """Why backend ``name`` cannot run ``inputs``, or None when its capability row supports the call."""
     return CAPABILITIES[name].unsupported_reason(inputs)
 
@@ -135,8 +130,8 @@ def markdown_table() -> str:
         limits = []
         if cap.max_batch_heads is not None:
             limits.append(f"B*H <= {cap.max_batch_heads}")
-        if cap.max_query_blocks is not None:
-            limits.append(f"L <= {cap.max_query_blocks}")
+        if cap.max_rows is not None:
+            limits.append(f"L <= {cap.max_rows}")
         if cap.max_position is not None:
             limits.append("positions < 2^31")
         lines.append(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+
+# What a program killed by SIGPIPE returns (128 + 13), as `yes | head` does: the reader went away.
+BROKEN_PIPE_EXIT = 141
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -19,9 +23,10 @@ def _info(_: argparse.Namespace) -> int:
     try:
         import triton
 
-        print(f"triton        {triton.__version__}")
+        triton_version = triton.__version__
     except Exception as exc:  # triton is optional on some platforms
-        print(f"triton        not importable ({type(exc).__name__})")
+        triton_version = f"not importable ({type(exc).__name__})"
+    print(f"triton        {triton_version}")
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         print(f"device        cuda: {props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB")
@@ -86,7 +91,25 @@ def _bench(rest: list[str]) -> int:
 _PASSTHROUGH = {"compile-check": _compile_check, "bench": _bench}
 
 
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`nezha-kernels info | head`): stop quietly. stdout now points at
+    /dev/null, so the flush at exit does not raise a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's stand-in): nothing to flush into
+        pass
+    return BROKEN_PIPE_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _PASSTHROUGH:
         return _PASSTHROUGH[argv[0]](argv[1:])

@@ -57,8 +57,8 @@ def _keep_from_counters(k0: torch.Tensor, k1: torch.Tensor, c0, c1, c2, dropout_
     return (word >> 8).to(torch.float32) * (1.0 / (1 << 24)) >= dropout_p
 
 
-# Elementwise integer Philox is ~10x faster once torch.compile fuses its ~100 steps into one loop (CPU:
-# 0.17 s instead of 1.6 s for a [4, 12, 512, 512] mask). Compiled once per process for masks of at least
+# Elementwise integer Philox is about ten times faster once torch.compile fuses its ~100 steps into one loop
+# (benchmarks/NOTES.md, "Measurements behind code constants"). Compiled once per process for masks of at least
 # this many elements, with the seed passed as tensors so no seed or shape triggers a recompile. Identical
 # bits either way; NEZHA_KERNELS_COMPILE_DROPOUT=0 turns it off, and a failed compile falls back to eager.
 COMPILE_MIN_ELEMENTS = 1 << 20

@@ -4,7 +4,9 @@
 config.json and weights: the snapshot in the Hub cache (``models--org--name/snapshots/<commit>/``), downloaded
 first when needed. Only the files the loader reads are fetched (config.json, then the first weight format
 present, in the loader's order, with its shards), as transformers does. ``HF_HUB_OFFLINE=1`` (or
-``TRANSFORMERS_OFFLINE=1``), read at every call, and ``local_files_only=True`` use the cache alone. A local
+``TRANSFORMERS_OFFLINE=1``), read at every call, and ``local_files_only=True`` use the cache alone and fail at once
+(no network request, no retries) when it lacks a file; without them an unreachable Hub costs huggingface_hub's
+retries (~25 s) before the same error, which then names HF_HUB_OFFLINE. A local
 directory is returned unchanged, and nothing here imports ``huggingface_hub`` for it.
 """
 
@@ -93,9 +95,11 @@ class _Fetcher:
             if self.offline
             else "the Hugging Face Hub could not be reached"
         )
+        # Unreachable without the offline switch, huggingface_hub retried for ~25 s first: say how to skip that.
+        fast = "" if self.offline else " Set HF_HUB_OFFLINE=1 to use the cache alone, at once, with no retries."
         return FileNotFoundError(
             f"cannot load {self._where()}: it is not a local directory, {why}, and the Hub cache "
-            f"({self.cache}) {what}. " + _what_to_do(self.repo_id)
+            f"({self.cache}) {what}. " + _what_to_do(self.repo_id) + fast
         )
 
     def get(self, filename: str, required: bool = True) -> str | None:

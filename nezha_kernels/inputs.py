@@ -1,7 +1,14 @@
-"""Validation of the public op's arguments and their canonical form for the backends.
+"""The description of one attention call: its checked arguments in canonical form, dense or padding-free.
 
-Every backend receives an :class:`AttentionInputs`: checked tensors, a normalized mask and
-scalars. Backends never re-validate, and bad input never reaches a kernel.
+``prepare_inputs`` (``relative_attention``) and ``prepare_varlen_inputs`` (``relative_attention_varlen``)
+check every argument and return one :class:`AttentionInputs`; dispatch, the capability table and every
+backend read that description and never re-validate, so bad input never reaches a kernel.
+
+Host reads. Checking the values of cu_seqlens (starts at 0, never decreases, ends at T, fits max_seqlen)
+needs them on the host: ``prepare_varlen_inputs`` reads both tensors once, in one copy (on CUDA, one
+host-device synchronization per call). While torch.compile traces, the values are not read (shapes,
+dtypes and devices still are): a compiled graph never syncs on them, and garbage cu_seqlens are the
+caller's responsibility there.
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ import torch
 
 from .table import default_table
 
-__all__ = ["AttentionInputs", "prepare_inputs", "MASKED_SCORE"]
+__all__ = [
+    "AttentionInputs",
+    "MASKED_SCORE",
+    "autocast_inputs",
+    "draw_dropout_seed",
+    "prepare_inputs",
+    "prepare_varlen_inputs",
+]
 
 # Score given to a masked (query, key) pair. Using float32's most negative finite value keeps a
 # row whose keys are all masked finite: every score is equal, so the row attends uniformly to all
@@ -26,14 +40,23 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @dataclasses.dataclass(frozen=True)
 class AttentionInputs:
-    """Validated arguments of one ``relative_attention`` call.
+    """Validated arguments of one ``relative_attention`` or ``relative_attention_varlen`` call.
 
-    q: [B, H, Lq, D]; k, v: [B, H, Lk, D]; table: [2R+1, D], all of one dtype and device.
-    key_padding: bool [B, Lk] (True = attend) or None.
-    additive_mask: float tensor of rank 4 broadcastable to [B, H, Lq, Lk] (expanded view) or None.
-    head_mask: [B, H] in q's dtype family (float) or None.
+    Dense (``varlen`` False): q [B, H, Lq, D]; k, v [B, H, Lk, D].
+    Padding-free (``varlen`` True): q [Tq, H, D]; k, v [Tk, H, D], sequence b being rows
+    ``cu_seqlens[b]:cu_seqlens[b+1]``; query i of sequence b sits at position i + (Lk_b - Lq_b).
+    table: [2R+1, D]; all tensors of one dtype (the masks excepted) and one device.
+    key_padding: bool [B, Lk] (True = attend) or None; dense calls only.
+    additive_mask: float tensor of rank 4 broadcastable to [B, H, Lq, Lk] (expanded view) or None; dense only.
+    q_offset: absolute position of query row 0 of a dense call; 0 for a padding-free one (its offsets are
+        per sequence, above).
+    head_mask: [B, H] (maybe an expanded view of an [H] mask) or None.
     dropout_seed: 63-bit seed of the Philox stream when dropout_p > 0 (an int; a 0-d int64 CPU tensor while
         torch.compile traces), else None.
+    cu_seqlens_q / cu_seqlens_k: int32 [B+1] on q's device, 0 .. T, non-decreasing (the same tensor when the
+        caller gave no cu_seqlens_k); None for a dense call.
+    max_seqlen_q / max_seqlen_k: an upper bound of the sequences' lengths (exact when computed by
+        ``prepare_varlen_inputs``); None for a dense call (see ``lengths``).
     """
 
     q: torch.Tensor
@@ -41,24 +64,71 @@ class AttentionInputs:
     v: torch.Tensor
     table: torch.Tensor
     max_relative_position: int
-    key_padding: torch.Tensor | None
-    additive_mask: torch.Tensor | None
     causal: bool
-    q_offset: int
     dropout_p: float
     dropout_seed: int | torch.Tensor | None
     scale: float
-    head_mask: torch.Tensor | None
+    head_mask: torch.Tensor | None = None
+    key_padding: torch.Tensor | None = None
+    additive_mask: torch.Tensor | None = None
+    q_offset: int = 0
+    cu_seqlens_q: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+    max_seqlen_q: int | None = None
+    max_seqlen_k: int | None = None
+
+    def __post_init__(self):
+        # Internal invariants (user input was checked before): a description is dense or padding-free, never a mix.
+        padding_free = (self.cu_seqlens_q, self.cu_seqlens_k, self.max_seqlen_q, self.max_seqlen_k)
+        if any(x is None for x in padding_free) and any(x is not None for x in padding_free):
+            raise ValueError("cu_seqlens_q/k and max_seqlen_q/k are given together or not at all")
+        if self.varlen and (self.key_padding is not None or self.additive_mask is not None or self.q_offset != 0):
+            raise ValueError("a padding-free call takes no key_padding, additive_mask or q_offset")
+
+    @property
+    def varlen(self) -> bool:
+        """True for a padding-free call (packed sequences with cu_seqlens)."""
+        return self.cu_seqlens_q is not None
+
+    @property
+    def batch(self) -> int:
+        """B: the number of sequences."""
+        return self.cu_seqlens_q.shape[0] - 1 if self.cu_seqlens_q is not None else self.q.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.q.shape[-2] if self.varlen else self.q.shape[1]
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """(Lq, Lk): a dense call's lengths, or a padding-free call's max_seqlen_q / max_seqlen_k (upper bounds)."""
+        if self.max_seqlen_q is not None and self.max_seqlen_k is not None:
+            return self.max_seqlen_q, self.max_seqlen_k
+        return self.q.shape[2], self.k.shape[2]
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
-        """(B, H, Lq, Lk, D)."""
-        b, h, lq, d = self.q.shape
-        return b, h, lq, self.k.shape[2], d
+        """(B, H, Lq, Lk, D), the lengths as in ``lengths``."""
+        lq, lk = self.lengths
+        return self.batch, self.heads, lq, lk, self.q.shape[-1]
 
-    @property
-    def table_requires_grad(self) -> bool:
-        return self.table.requires_grad
+    def dense_part(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: int, head_mask: torch.Tensor | None
+    ) -> AttentionInputs:
+        """The dense description of sequences of a padding-free call: q [n, H, Lq, D], k / v [n, H, Lk, D], their
+        ``q_offset`` (Lk - Lq, maybe negative) and head_mask rows [n, H]; the other arguments are this call's."""
+        return dataclasses.replace(
+            self,
+            q=q,
+            k=k,
+            v=v,
+            q_offset=q_offset,
+            head_mask=head_mask,
+            cu_seqlens_q=None,
+            cu_seqlens_k=None,
+            max_seqlen_q=None,
+            max_seqlen_k=None,
+        )
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:
@@ -100,7 +170,7 @@ def _normalize_mask(
             f"[B, H, Lq, Lk] = [{b}, {h}, {lq}, {lk}] (e.g. [B, 1, 1, Lk]); got shape {list(mask.shape)}. "
             "Pass a bool/integer [B, Lk] tensor for a key-padding mask."
         )
-    for axis, (got, want) in enumerate(zip(mask.shape, (b, h, lq, lk))):
+    for axis, (got, want) in enumerate(zip(mask.shape, (b, h, lq, lk), strict=True)):
         if got not in (1, want):
             raise ValueError(
                 f"attention_mask of shape {list(mask.shape)} is not broadcastable to "
@@ -138,7 +208,7 @@ def draw_dropout_seed(generator: torch.Generator | None) -> int | torch.Tensor:
     return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device, dtype=torch.int64).item())
 
 
-def check_qkv(q, k, v, rank: int, layout: str) -> None:
+def _check_qkv(q, k, v, rank: int, layout: str) -> None:
     """q, k and v are floating tensors of rank ``rank`` (``layout`` names the dims), one dtype, one device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
@@ -152,7 +222,7 @@ def check_qkv(q, k, v, rank: int, layout: str) -> None:
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
 
 
-def check_table(rel_table: torch.Tensor | None, r: int, q: torch.Tensor) -> torch.Tensor:
+def _check_table(rel_table: torch.Tensor | None, r: int, q: torch.Tensor) -> torch.Tensor:
     """The table of a call: the op's cached default for q's (R, D, dtype, device), or a checked rel_table."""
     d = q.shape[-1]
     if rel_table is None:
@@ -173,7 +243,7 @@ def check_table(rel_table: torch.Tensor | None, r: int, q: torch.Tensor) -> torc
     return table
 
 
-def check_scalars(causal: object, dropout_p: object, scale: object, d: int) -> tuple[float, float]:
+def _check_scalars(causal: object, dropout_p: object, scale: object, d: int) -> tuple[float, float]:
     """(dropout_p, scale) after checking causal, dropout_p in [0, 1) and scale (default 1/sqrt(D))."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
@@ -189,6 +259,26 @@ def check_scalars(causal: object, dropout_p: object, scale: object, d: int) -> t
     elif not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return dropout_p, float(scale)
+
+
+def _dropout_seed(dropout_p: float, generator: object) -> int | torch.Tensor | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return draw_dropout_seed(generator) if dropout_p > 0.0 else None
+
+
+def autocast_inputs(q, k, v, rel_table):
+    """(q, k, v, rel_table) in the autocast dtype under torch.autocast (as scaled_dot_product_attention runs)."""
+    if not isinstance(q, torch.Tensor) or q.device.type not in ("cpu", "cuda"):
+        return q, k, v, rel_table
+    if not torch.is_autocast_enabled(q.device.type):
+        return q, k, v, rel_table
+    dtype = torch.get_autocast_dtype(q.device.type)
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return cast(q), cast(k), cast(v), cast(rel_table)
 
 
 def prepare_inputs(
@@ -207,7 +297,7 @@ def prepare_inputs(
     generator: torch.Generator | None = None,
 ) -> AttentionInputs:
     """Check every argument of ``relative_attention`` and return its canonical form."""
-    check_qkv(q, k, v, 4, "[B, H, L, D]")
+    _check_qkv(q, k, v, 4, "[B, H, L, D]")
     b, h, lq, d = q.shape
     if tuple(k.shape[:2]) != (b, h) or tuple(v.shape[:2]) != (b, h):
         raise ValueError(f"batch and head dimensions differ: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
@@ -220,18 +310,16 @@ def prepare_inputs(
         raise ValueError(f"empty dimension in q {list(q.shape)} / k {list(k.shape)}")
 
     r = _check_int("max_relative_position", max_relative_position, minimum=1)
-    table = check_table(rel_table, r, q)
+    table = _check_table(rel_table, r, q)
 
     offset = _check_int("q_offset", q_offset, minimum=0)
-    dropout_p, scale = check_scalars(causal, dropout_p, scale, d)
+    dropout_p, scale = _check_scalars(causal, dropout_p, scale, d)
 
     key_padding = additive = None
     if attention_mask is not None:
         key_padding, additive = _normalize_mask(attention_mask, b, h, lq, lk, q.device)
     hm = _normalize_head_mask(head_mask, b, h, q.device) if head_mask is not None else None
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    seed = draw_dropout_seed(generator) if dropout_p > 0.0 else None
+    seed = _dropout_seed(dropout_p, generator)
 
     return AttentionInputs(
         q=q,
@@ -239,12 +327,131 @@ def prepare_inputs(
         v=v,
         table=table,
         max_relative_position=r,
-        key_padding=key_padding,
-        additive_mask=additive,
         causal=causal,
-        q_offset=offset,
         dropout_p=dropout_p,
         dropout_seed=seed,
         scale=float(scale),
         head_mask=hm,
+        key_padding=key_padding,
+        additive_mask=additive,
+        q_offset=offset,
+    )
+
+
+# --- padding-free calls: cu_seqlens ---
+
+
+def _check_cu_seqlens_tensor(name: str, cu: object, device: torch.device) -> torch.Tensor:
+    cu = _check_tensor(name, cu)
+    if cu.dtype != torch.int32:
+        raise ValueError(f"{name} must be an int32 tensor, got {cu.dtype}")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(f"{name} must be 1-D [B+1] with B >= 1, got shape {list(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but q is on {device}")
+    return cu
+
+
+def _check_cu_seqlens_values(name: str, values: list[int], total: int, rows: str) -> int:
+    """The longest sequence of a host copy of cu_seqlens, after checking it against its T."""
+    if values[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {values[0]}")
+    lengths = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
+    for index, length in enumerate(lengths):
+        if length < 0:
+            raise ValueError(
+                f"{name} must be non-decreasing, but entry {index + 1} ({values[index + 1]}) is below "
+                f"entry {index} ({values[index]})"
+            )
+    if values[-1] != total:
+        raise ValueError(f"{name} must end at the number of {rows} rows ({total}), got {values[-1]}")
+    return max(lengths)
+
+
+def _check_max_seqlen(name: str, given, longest: int | None, total: int) -> int:
+    if given is None:
+        # Under torch.compile the lengths are not read: T bounds every sequence.
+        return longest if longest is not None else total
+    given = _check_int(name, given, minimum=0)
+    if longest is not None and given < longest:
+        raise ValueError(f"{name} = {given} is below the longest sequence's length {longest}")
+    return given
+
+
+def prepare_varlen_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None = None,
+    *,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    max_relative_position: int = 64,
+    rel_table: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    head_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> AttentionInputs:
+    """Check every argument of ``relative_attention_varlen`` and return its canonical form."""
+    _check_qkv(q, k, v, 3, "[T, H, D]")
+    tq, h, d = q.shape
+    tk = k.shape[0]
+    if tuple(k.shape[1:]) != (h, d) or tuple(v.shape[1:]) != (h, d):
+        raise ValueError(f"heads and head dim differ: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    if v.shape[0] != tk:
+        raise ValueError(f"k and v must have the same number of rows Tk, got {tk} and {v.shape[0]}")
+    if h == 0 or d == 0:
+        raise ValueError(f"empty head or head dim in q {list(q.shape)}")
+
+    cu_q = _check_cu_seqlens_tensor("cu_seqlens_q", cu_seqlens_q, q.device)
+    if cu_seqlens_k is None:
+        if tk != tq:
+            raise ValueError(
+                f"cu_seqlens_k is None, so k and v share q's sequences and need Tq = {tq} rows, got {tk}; "
+                "pass cu_seqlens_k"
+            )
+        cu_k = cu_q
+    else:
+        cu_k = _check_cu_seqlens_tensor("cu_seqlens_k", cu_seqlens_k, q.device)
+        if cu_k.shape != cu_q.shape:
+            raise ValueError(
+                f"cu_seqlens_q and cu_seqlens_k must have the same length B+1, got {cu_q.shape[0]} and {cu_k.shape[0]}"
+            )
+    longest_q = longest_k = None
+    if not torch.compiler.is_compiling():
+        # The one host read of the call (one sync on CUDA): both tensors in one copy.
+        values = (torch.cat((cu_q, cu_k)) if cu_k is not cu_q else cu_q).tolist()
+        n = cu_q.shape[0]
+        longest_q = _check_cu_seqlens_values("cu_seqlens_q", values[:n], tq, "q")
+        longest_k = (
+            _check_cu_seqlens_values("cu_seqlens_k", values[n:], tk, "k and v") if cu_k is not cu_q else longest_q
+        )
+    max_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q, tq)
+    max_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k, tk)
+
+    r = _check_int("max_relative_position", max_relative_position, minimum=1)
+    table = _check_table(rel_table, r, q)
+    dropout_p, scale = _check_scalars(causal, dropout_p, scale, d)
+    batch = cu_q.shape[0] - 1
+    hm = _normalize_head_mask(head_mask, batch, h, q.device) if head_mask is not None else None
+    seed = _dropout_seed(dropout_p, generator)
+
+    return AttentionInputs(
+        q=q,
+        k=k,
+        v=v,
+        table=table,
+        max_relative_position=r,
+        causal=causal,
+        dropout_p=dropout_p,
+        dropout_seed=seed,
+        scale=scale,
+        head_mask=hm,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
     )

@@ -25,6 +25,7 @@ import importlib
 import torch
 
 from .dropout import seed_tensor
+from .inputs import AttentionInputs
 
 __all__ = ["IMPLEMENTATIONS", "relattn_fwd", "relattn_bwd", "run"]
 
@@ -232,13 +233,9 @@ def _backward(ctx, grad_out, grad_lse):
 relattn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def run(inputs, impl: str) -> torch.Tensor:
-    """The output of one validated call (``AttentionInputs`` or ``VarlenInputs``) through the op."""
-    cu_q = getattr(inputs, "cu_seqlens_q", None)
-    if cu_q is not None:
-        cu_k, max_q, max_k = inputs.cu_seqlens_k, inputs.max_seqlen_q, inputs.max_seqlen_k
-    else:
-        cu_k, max_q, max_k = None, inputs.q.shape[2], inputs.k.shape[2]
+def run(inputs: AttentionInputs, impl: str) -> torch.Tensor:
+    """The output of one validated call (dense or padding-free) through the op."""
+    max_q, max_k = inputs.lengths
     out, _ = relattn_fwd(
         inputs.q,
         inputs.k,
@@ -247,8 +244,8 @@ def run(inputs, impl: str) -> torch.Tensor:
         inputs.key_padding,
         inputs.additive_mask,
         inputs.head_mask,
-        cu_q,
-        cu_k,
+        inputs.cu_seqlens_q,
+        inputs.cu_seqlens_k,
         max_q,
         max_k,
         inputs.max_relative_position,

@@ -56,8 +56,11 @@ class Tokenizer:
 
     @classmethod
     def from_directory(cls, directory: str) -> Tokenizer:
-        path = os.path.join(directory, VOCAB_FILE)
-        if not os.path.isfile(path):
+        """The vocab.txt of a checkpoint directory or of a Hub id ("org/name", from the Hub cache or downloaded)."""
+        from nezha_kernels.hub import cached_file
+
+        path = cached_file(directory, VOCAB_FILE, required=False)
+        if path is None:
             raise FileNotFoundError(f"--model-dir {directory!r} has no {VOCAB_FILE}: the tokenizer needs it")
         return cls(path)
 
@@ -222,6 +225,13 @@ def resolve(args: argparse.Namespace, scratch: dict[str, Any], pretrained: dict[
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no such data file {path!r}")
     args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        why = (
+            f"this torch ({torch.__version__}) is a CPU-only build"
+            if torch.version.cuda is None
+            else "no CUDA device is visible"
+        )
+        raise ValueError(f"--device {args.device}: {why}; use --device cpu (the default here)")
     threads = args.threads if args.threads is not None else (None if args.model_dir else 1)
     if threads is not None:
         if threads < 1:

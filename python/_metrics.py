@@ -13,12 +13,12 @@ def classification_metrics(gold: Sequence[Hashable], pred: Sequence[Hashable]) -
         raise ValueError(f"gold and pred must have the same length, got {len(gold)} and {len(pred)}")
     if not gold:
         raise ValueError("classification_metrics needs at least one example")
-    correct = sum(g == p for g, p in zip(gold, pred))
+    correct = sum(g == p for g, p in zip(gold, pred, strict=True))
     f1s = []
     for label in set(gold) | set(pred):
-        tp = sum(g == label and p == label for g, p in zip(gold, pred))
-        fp = sum(g != label and p == label for g, p in zip(gold, pred))
-        fn = sum(g == label and p != label for g, p in zip(gold, pred))
+        tp = sum(g == label and p == label for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != label and p == label for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == label and p != label for g, p in zip(gold, pred, strict=True))
         f1s.append(2 * tp / (2 * tp + fp + fn))
     return {"accuracy": correct / len(gold), "macro_f1": sum(f1s) / len(f1s)}
 
@@ -118,8 +118,8 @@ def qa_metrics(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> 
     """Mean EM and F1 over the examples (each with one or more gold answers)."""
     if len(predictions) != len(answers) or not predictions:
         raise ValueError(f"need as many predictions as answer lists (> 0), got {len(predictions)} and {len(answers)}")
-    em = sum(qa_exact_match(p, a) for p, a in zip(predictions, answers)) / len(predictions)
-    f1 = sum(qa_f1(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+    em = sum(qa_exact_match(p, a) for p, a in zip(predictions, answers, strict=True)) / len(predictions)
+    f1 = sum(qa_f1(p, a) for p, a in zip(predictions, answers, strict=True)) / len(predictions)
     return {"f1": f1, "em": em}
 
 

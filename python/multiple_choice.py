@@ -90,7 +90,7 @@ def predict(model, features: list[dict], tokenizer, args) -> list[int]:
         lengths = [max(map(len, f["input_ids"])) for f in features]
         for indices in common.length_batches(lengths, args.batch_size, None):
             batch = common.to_device(collate([features[i] for i in indices], tokenizer.pad_id), args.device)
-            for i, p in zip(indices, choice_logits(model, batch).argmax(-1).tolist()):
+            for i, p in zip(indices, choice_logits(model, batch).argmax(-1).tolist(), strict=True):
                 predictions[i] = p
     return predictions
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate(model) -> dict[str, float]:
         predictions = predict(model, dev_features, tokenizer, args)
-        return {"accuracy": sum(p == r["label"] for p, r in zip(predictions, dev)) / len(dev)}
+        return {"accuracy": sum(p == r["label"] for p, r in zip(predictions, dev, strict=True)) / len(dev)}
 
     def loss_fn(model, batch) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(choice_logits(model, batch), batch["labels"])
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)
-    for r, p in zip(dev[:5], predict(reloaded, dev_features[:5], tokenizer, args)):
+    for r, p in zip(dev[:5], predict(reloaded, dev_features[:5], tokenizer, args), strict=True):
         print(f"  {r['question']} {r['choices']}  -> {r['choices'][p]}  (gold {r['choices'][r['label']]})")
     print(common.final_line(evaluate(reloaded), "accuracy"))
     return 0

@@ -140,7 +140,7 @@ def predict(model, records: list[dict], features: list[dict], tokenizer, args) -
             n = len(features[i]["input_ids"])
             per_example[features[i]["example"]].append((starts[row][:n], ends[row][:n], features[i]["offsets"]))
     answers = []
-    for r, windows in zip(records, per_example):
+    for r, windows in zip(records, per_example, strict=True):
         span = best_span(windows, args.max_answer_tokens)
         answers.append(r["context"][span[0] : span[1]] if span else "")
     return answers
@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)
     shown = dev[:5]
-    for r, answer in zip(shown, predict(reloaded, shown, featurize(shown, tokenizer, args, False), tokenizer, args)):
+    for r, answer in zip(
+        shown, predict(reloaded, shown, featurize(shown, tokenizer, args, False), tokenizer, args), strict=True
+    ):
         print(f"  {r['question']}  -> {answer or '-'}  (gold {r['answers'][0][0]})")
     print(common.final_line(evaluate(reloaded), "f1"))
     return 0

@@ -55,7 +55,7 @@ def predict(model, features: list[dict], tokenizer: common.Tokenizer, batch_size
     predictions = [0] * len(features)
     collate = lambda fs: common.collate_padded(fs, tokenizer.pad_id)  # noqa: E731
     for indices, _, out in common.batched_eval(model, features, collate, batch_size, device):
-        for i, p in zip(indices, out.logits.argmax(-1).tolist()):
+        for i, p in zip(indices, out.logits.argmax(-1).tolist(), strict=True):
             predictions[i] = p
     return predictions
 
@@ -74,7 +74,7 @@ def predict_only(args) -> int:
     records = [{"sentence": s, "sentence2": None, "label": ""} for s in args.predict]
     features = featurize(records, tokenizer, args.max_length, None)
     with torch.no_grad():
-        for text, feature in zip(args.predict, features):
+        for text, feature in zip(args.predict, features, strict=True):
             batch = common.to_device(common.collate_padded([feature], tokenizer.pad_id), args.device)
             probs = model(**batch).logits.float().softmax(-1)[0]
             best = int(probs.argmax())
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)
     shown = dev[:5]
-    for r, p in zip(shown, predict(reloaded, dev_features[:5], tokenizer, args.batch_size, args.device)):
+    for r, p in zip(shown, predict(reloaded, dev_features[:5], tokenizer, args.batch_size, args.device), strict=True):
         print(f"  {r['sentence']}  -> {labels[p]}  (gold {r['label']})")
     print(common.final_line(evaluate(reloaded, dev_features, tokenizer, args.batch_size, args.device), "accuracy"))
     return 0

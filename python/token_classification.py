@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     keep: list = []
     reloaded = common.save_and_reload(model, tokenizer, args, keep)
     predicted = predict_spans(reloaded, dev_features[:5], tokenizer, id2label, args.batch_size, args.device)
-    for r, spans in zip(dev[:5], predicted):
+    for r, spans in zip(dev[:5], predicted, strict=True):
         found = ", ".join(f"{r['text'][s:e]}/{kind}" for s, e, kind in spans) or "-"
         print(f"  {r['text']}  -> {found}")
     print(common.final_line(evaluate(reloaded), "entity_f1"))

@@ -4,6 +4,7 @@ runs and the fresh-interpreter children take most of the time (marked slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 from nezha_kernels.bench import main as bench_main
 from nezha_kernels.bench.memory import is_oom, run_child
 from nezha_kernels.bench.op_bench import OpGrid, attention_flops, flex_keyside_attention, run_op_bench
-from nezha_kernels.bench.plots import _plain_log_y, log_ticks, plot_all, tick_labels
+from nezha_kernels.bench.plots import _plain_log_y, log_ticks, tick_labels
 from nezha_kernels.bench.progress import Progress, shorten
 from nezha_kernels.bench.results import FIELDS, Row, read_csv, rows_from_records, write_csv, write_json
 from nezha_kernels.bench.table import format_table
@@ -229,7 +230,7 @@ def test_table_layout():
     assert any(line.startswith("4 x 1024") and line.rstrip().endswith("n/a") for line in lines)
 
 
-def test_plots_written(tmp_path):
+def _plot_rows():
     rows = [
         _row(p, m, L, median=L / 64 * (1 + i), peak=L / 8 * (1 + i))
         for i, p in enumerate(("reference", "torch", "sdpa"))
@@ -239,17 +240,136 @@ def test_plots_written(tmp_path):
     rows += [_row("reference", m, 1024, "OOM (> 16 GiB)") for m in ("fwd", "bwd", "fwd+bwd")]
     rows += [_row("torch", m, 1024, median=40.0) for m in ("fwd", "bwd", "fwd+bwd")]
     rows += [
-        _row(p, mode, L, median=float(L), peak=float(L), bench="model")
+        _row(p, mode, L, median=float(L) * (1.5 if p == "hf-4.57.6" else 1.0), peak=float(L) + 1400, bench="model")
         for p in ("torch", "hf-4.57.6")
         for mode in ("infer", "train")
         for L in (128, 512)
     ]
-    rows += [_row("hf-4.57.6", mode, 1024, "n/a: too long", bench="model") for mode in ("infer", "train")]
-    paths = plot_all(rows, tmp_path)
-    assert [p.name for p in paths] == ["ops_float32.png", "models_float32.png"]
-    for p in paths:
-        data = p.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    rows += [
+        _row(
+            "hf-4.57.6",
+            mode,
+            1024,
+            "n/a: HF NEZHA's relative table covers max_position_embeddings=512 tokens",
+            bench="model",
+        )
+        for mode in ("infer", "train")
+    ]
+    rows += [_row("torch", mode, 1024, median=3000.0, peak=1500.0, bench="model") for mode in ("infer", "train")]
+    mix = [("ours padding-free", 50.0), ("ours padded", 95.0), ("hf-4.57.6", 100.0)]
+    for provider, median in mix:
+        for mode in ("infer", "train"):
+            row = _row(provider, mode, 106, median=median * (3 if mode == "train" else 1), bench="length-mix")
+            row.op, row.batch, row.note = "nezha-base-2L", 16, "968 of 1696 tokens real (57%); lengths log-normal"
+            rows.append(row)
+    return rows
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_headline_figure_plots_speedups_with_their_spread():
+    """Bars: transformers' median / ours per workload, whiskers their p20 / our p80 .. their p80 / our p20; the
+    workload transformers cannot run is a sentence, not a bar."""
+    from nezha_kernels.bench.headline import speedup_figure
+
+    fig = speedup_figure(_plot_rows(), "float32")
+    infer, train = fig.axes[:2]
+    assert infer.get_title() == "inference" and train.get_title().startswith("training")
+    for ax, scale in ((infer, 1), (train, 3)):
+        widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+        # dense 4x128 and 4x512: 1.5x; length mix: 100/50 padding-free, 100/95 padded (train: both x3)
+        assert widths == sorted([1.5, 1.5, round(100 * scale / (50 * scale), 6), round(100 / 95, 6)])
+        assert ax.get_xlim()[0] == 0 and ax.get_xlim()[1] > 2.0
+        texts = _texts(ax)
+        assert "2.00x" in texts and "1.05x" in texts and texts.count("1.50x") == 2
+        assert [t for t in texts if "cannot run" in t] == [
+            "hf-4.57.6 cannot run here (n/a past its 512 tokens): ours only"
+        ]
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels == [
+            "nezha-base 4 x 128",
+            "nezha-base 4 x 512",
+            "nezha-base 4 x 1024",
+            "nezha-base-2L\nlength mix 16 x 106 (57% real)",
+        ]
+    # the whisker of the padding-free bar: 90 / 60 .. 120 / 45 (the rows' p20 = 0.9 x median, p80 = 1.2 x median)
+    whiskers = [seg for coll in infer.collections for seg in coll.get_segments()]
+    spans = sorted((round(seg[0][0], 4), round(seg[1][0], 4)) for seg in whiskers)
+    assert (round(90 / 60, 4), round(120 / 45, 4)) in spans
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+
+    _pyplot().close(fig)
+
+
+def test_table_ends_with_the_speedup_summary():
+    last = format_table(_plot_rows()).splitlines()[-1]
+    assert last.startswith("speed-up over hf-4.57.6 (its median time / ours, >1 = ours faster): ")
+    assert "infer 1.50x-2.00x, train 1.50x-2.00x" in last
+    assert "best 2.00x: infer on nezha-base-2L length mix 16 x 106 (57% real), ours padding-free" in last
+    assert last.endswith("hf-4.57.6 did not run: nezha-base 4 x 1024 (n/a past its 512 tokens)")
+    assert format_table([_row("torch"), _row("sdpa")]).splitlines()[-1].startswith("4 x 128")  # ops only: no line
+
+
+def test_model_figure_joins_no_workloads_and_writes_not_run_cells():
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import models_figure
+
+    fig = models_figure(_plot_rows(), "float32")
+    time_ax, memory_ax = fig.axes[0], fig.axes[2]
+    for ax in fig.axes:
+        for line in ax.lines:  # markers only: a line joining two batch x length points would have a linestyle
+            assert line.get_linestyle() == "None" or len(line.get_xdata()) <= 2, line
+    markers = sorted(
+        (round(x, 3), y)
+        for line in time_ax.lines
+        if line.get_marker() == "o"
+        for x, y in zip(*line.get_data(), strict=True)
+    )
+    # x: 0, 1, 2 = 4x128, 4x512, 4x1024; ours left (-0.2), transformers right (+0.2); nothing for its n/a cell
+    assert markers == [(-0.2, 128.0), (0.2, 192.0), (0.8, 512.0), (1.2, 768.0), (1.8, 3000.0)]
+    assert "hf-4.57.6: n/a" in _texts(time_ax) and "hf-4.57.6: n/a" in _texts(memory_ax)
+    assert memory_ax.get_ylim()[0] == 0  # memory from zero: 1,528 vs 1,912 MiB must not look like 10x
+    heights = sorted(p.get_height() for p in memory_ax.patches)
+    assert heights == [1500.0, 1528.0, 1528.0, 1912.0, 1912.0]
+    _pyplot().close(fig)
+
+
+def test_op_figure_memory_from_zero_and_oom_as_text():
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import ops_figure
+
+    fig = ops_figure(_plot_rows(), "float32")
+    fwd_time, fwd_memory = fig.axes[0], fig.axes[3]
+    assert fwd_memory.get_ylim()[0] == 0
+    assert "reference (HF math): OOM (> 16 GiB)" in _texts(fwd_time)
+    reference = next(line for line in fwd_time.lines if line.get_label().startswith("reference"))
+    assert list(reference.get_xdata()) == [128, 256, 512]  # the OOM cell is text, not a point
+    _pyplot().close(fig)
+
+
+def test_replot_from_results_json(tmp_path, capsys):
+    """--replot: the table and the plots again from a results.json, nothing measured; an appended older run of
+    the same cell is left out."""
+    rows = _plot_rows()
+    old = [dataclasses.replace(r, run_id="s", median_ms=r.median_ms and r.median_ms * 10) for r in rows]
+    write_json(old, tmp_path / "results.json")
+    write_json(rows, tmp_path / "results.json")  # run_id "t", newer than "s"
+    assert bench_main(["--replot", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(rows)} rows from" in printed
+    assert "infer 1.50x-2.00x" in printed
+    assert printed.rstrip().endswith(
+        "speedup_float32.png, " + str(tmp_path / "ops_float32.png") + ", " + str(tmp_path / "models_float32.png")
+    )
+    from PIL import Image
+
+    for name in ("speedup_float32.png", "ops_float32.png", "models_float32.png"):
+        with Image.open(tmp_path / name) as image:  # a real PNG of a figure's size (dpi 80), not an empty file
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+    with pytest.raises(SystemExit, match="no results.json"):
+        bench_main(["--replot", "--out", str(tmp_path / "missing")])
 
 
 @pytest.mark.parametrize(
@@ -263,7 +383,10 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
     assert not any("e" in label or "^" in label for label in labels)
     assert [float(label.replace(",", "")) for label in labels] == pytest.approx(ticks)
     if high / low >= 10:  # across decades: round 1-2-5 values
-        assert {float(label.replace(",", "")) / 10 ** math.floor(math.log10(t)) for label, t in zip(labels, ticks)} <= {
+        assert {
+            float(label.replace(",", "")) / 10 ** math.floor(math.log10(t))
+            for label, t in zip(labels, ticks, strict=True)
+        } <= {
             1.0,
             2.0,
             5.0,
@@ -272,7 +395,7 @@ def test_log_axis_ticks_are_few_distinct_and_plain(low, high):
 
 def test_plot_axis_labels_are_distinct():
     """One point per line (a narrow range) used to read "14 14 15 16 16" on the memory axis."""
-    from nezha_kernels.bench.plots import _pyplot
+    from nezha_kernels.bench.figures import pyplot as _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots()
@@ -280,7 +403,7 @@ def test_plot_axis_labels_are_distinct():
     _plain_log_y(ax)
     fig.canvas.draw()
     low, high = ax.get_ylim()
-    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high]
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True) if low <= v <= high]
     minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
     plt.close(fig)
     assert len(shown) >= 3 and len(set(shown)) == len(shown) and not minor, (shown, minor)
@@ -299,6 +422,49 @@ def test_progress_lines_end_on_a_word(capsys, monkeypatch):
     assert len(line) <= 100 and line.endswith(" ...") and "1/2" in line
     words = label.split()
     assert all(word in words for word in line.split("  ")[-1].split()[:-1])
+
+
+def test_progress_names_the_step_that_is_running(capsys, monkeypatch):
+    """The line that stays up while a step runs names that step (before: the one that had just finished)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    progress = Progress(3, stream=sys.stdout)
+    progress.start("model hf-4.57.6 1x128")
+    assert capsys.readouterr().out.split()[1:] == ["1/3", "0.0s", "model", "hf-4.57.6", "1x128"]
+    progress.advance()
+    assert capsys.readouterr().out == ""  # finishing a step prints nothing: its line already named it
+    progress.advance("op cuda float32 L=128: skipped")  # a step that ends as it starts
+    assert "2/3" in capsys.readouterr().out
+    progress.start("model torch 1x1024")
+    line = capsys.readouterr().out
+    assert "3/3" in line and line.rstrip().endswith("model torch 1x1024") and line.startswith("[################")
+
+
+def test_model_bench_announces_each_cell_before_measuring_it(monkeypatch):
+    from nezha_kernels.bench import model_bench
+
+    class Recorder:
+        running = None
+
+        def start(self, label):
+            self.running = label
+
+        def advance(self, label=None):
+            self.running = None
+
+    recorder, measured_while = Recorder(), []
+
+    def fake_measure(target, spec, modes, **kwargs):
+        measured_while.append((recorder.running, spec["provider"], spec["batch"], spec["seq_len"]))
+        return {
+            "modes": {m: {"status": "ok", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0} for m in modes},
+            "note": "",
+        }
+
+    monkeypatch.setattr(model_bench, "measure_in_place_or_child", fake_measure)
+    monkeypatch.setattr(model_bench, "hf_nezha_status", lambda: (False, "transformers not installed"))
+    grid = model_bench.ModelGrid("nezha-tiny", ((2, 32), (1, 64)), "float32", ("torch",))
+    model_bench.run_model_bench(grid, "cpu", ENV, progress=recorder)
+    assert measured_while == [("model torch 2x32", "torch", 2, 32), ("model torch 1x64", "torch", 1, 64)]
 
 
 def test_timing_warnings():
@@ -352,7 +518,18 @@ def test_cli_bench_dry_run_ops(tmp_path, capsys):
             assert r.tflops == pytest.approx(expected, rel=1e-3)
         elif r.provider in ("cuda", "flex"):
             assert r.status.startswith("skipped: ")
-    assert (tmp_path / "ops_float32.png").stat().st_size > 20_000
+    from nezha_kernels.bench.figures import pyplot as _pyplot
+    from nezha_kernels.bench.plots import ops_figure
+
+    fig = ops_figure(rows, "float32")  # what the PNG shows: one point per measured length of each usable provider
+    plotted = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].lines}
+    _pyplot().close(fig)
+    assert {label.split(" ")[0]: xs for label, xs in plotted.items()} == {
+        "reference": [32, 64],
+        "torch": [32, 64],
+        "SDPA,": [32, 64],
+    }
+    assert (tmp_path / "ops_float32.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads((tmp_path / "results.json").read_text())) == len(rows)
 
 

@@ -8,7 +8,7 @@ import torch
 import nezha_kernels as nk
 from nezha_kernels import backends
 from nezha_kernels.capabilities import CAPABILITIES, markdown_table, unsupported_reason
-from nezha_kernels.inputs import prepare_inputs
+from nezha_kernels.inputs import AttentionInputs, prepare_inputs, prepare_varlen_inputs
 
 
 def _inputs(dtype=torch.float32, d=64, table_grad=False, head_mask_grad=False, b=2, h=3):
@@ -34,6 +34,37 @@ def test_reasons_come_from_the_table():
     assert "exceeds the maximum 256" in unsupported_reason("triton", _inputs(d=264))
     assert "B * H" in unsupported_reason("cuda", _inputs(d=32, b=65536, h=1))
     assert unsupported_reason("cuda", _inputs(d=32, b=65535, h=1)) is None
+
+
+def _varlen(lengths, h=3, d=32, **kwargs):
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q = torch.randn(int(cu[-1]), h, d)
+    return prepare_varlen_inputs(q, q, q, cu, max_relative_position=4, **kwargs)
+
+
+def test_one_description_for_dense_and_padding_free_calls():
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8)
+    dense = prepare_inputs(q, k, k, max_relative_position=4, q_offset=2)
+    assert not dense.varlen and (dense.batch, dense.heads, dense.lengths) == (2, 3, (5, 7))
+    assert dense.shape == (2, 3, 5, 7, 8) and dense.cu_seqlens_q is None and dense.max_seqlen_q is None
+    packed = _varlen([4, 0, 6], d=8)
+    assert packed.varlen and (packed.batch, packed.heads, packed.lengths) == (3, 3, (6, 6))
+    assert packed.cu_seqlens_k is packed.cu_seqlens_q and packed.q_offset == 0 and packed.key_padding is None
+    part = packed.dense_part(q, k, k, q_offset=-1, head_mask=None)
+    assert not part.varlen and part.lengths == (5, 7) and part.q_offset == -1 and part.table is packed.table
+    # A description is dense or padding-free, never a mix.
+    with pytest.raises(ValueError, match="key_padding"):
+        AttentionInputs(**{**vars(packed), "key_padding": torch.ones(3, 6, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="together"):
+        AttentionInputs(**{**vars(dense), "cu_seqlens_q": packed.cu_seqlens_q})
+
+
+def test_padding_free_calls_meet_the_limits_by_sequences_and_longest_length():
+    assert unsupported_reason("cuda", _varlen([3, 5])) is None
+    # B counts sequences (zero-length ones too), the length is max_seqlen (an upper bound the caller may give).
+    assert "B * H" in unsupported_reason("cuda", _varlen([0] * 65535 + [1], h=1))
+    assert unsupported_reason("triton", _varlen([3, 5], max_seqlen_q=65535 * 16)) is None
+    assert "grid limit" in unsupported_reason("triton", _varlen([3, 5], max_seqlen_q=65535 * 16 + 1))
 
 
 def test_available_backends_carry_their_capability():

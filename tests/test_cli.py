@@ -55,6 +55,59 @@ def test_check_console_command_prints_no_traceback():
     assert "no CUDA device is available" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_check_compares_banded_cases_on_cpu(monkeypatch):
+    """The small cases run the reference's own math on a CPU (0.00e+00 everywhere); the banded cases (past the
+    torch backend's materialized size) compare two computations, so their errors are small but not zero."""
+    from nezha_kernels import check
+    from nezha_kernels.backends.torch_backend.dense import MATERIALIZE_ELEMENTS
+
+    banded = [case for case in check.CASES if case[3] * case[4] * case[5] > MATERIALIZE_ELEMENTS]
+    assert len(banded) >= 1
+    monkeypatch.setattr(check, "CASES", banded)
+    rows = [r for r in check.run_checks("cpu") if r.backend == "torch"]
+    assert [r.case for r in rows] == [case[0] for case in banded]
+    for r in rows:
+        assert r.ok and 0 < r.fwd_err <= 1e-5 and 0 < r.grad_err <= 1e-5, r
+
+
+class _ClosedPipe:
+    """stdout whose reader has gone (`| head`): the first line is taken, the next write fails."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        if self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_info_into_a_closed_pipe_stops_quietly(monkeypatch, capsys):
+    pipe = _ClosedPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    assert main(["info"]) == 141  # as `yes | head`: 128 + SIGPIPE
+    assert pipe.lines[0].startswith("nezha_kernels ")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell pipe")
+def test_info_piped_to_head_prints_no_traceback():
+    proc = subprocess.run(
+        ["bash", "-c", f"PYTHONUNBUFFERED=1 {sys.executable} -m nezha_kernels info | head -2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.splitlines()[0].startswith("nezha_kernels ") and len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
 # --- compile-check: help, roles, table -------------------------------------------------------------------
 
 

@@ -23,5 +23,5 @@ def test_compiled_op_matches_eager_fwd_and_bwd():
     ref = fn(q, k, v, mask)
     ref_grads = torch.autograd.grad((ref * ref).sum(), (q, k, v))
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
-    for a, b in zip(grads, ref_grads):
+    for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -48,11 +48,11 @@ def test_round_trip_same_outputs(name):
     with torch.no_grad():
         expected = [t for t in hf(input_ids=ids, attention_mask=mask).to_tuple() if isinstance(t, torch.Tensor)]
         got = [t for t in ours.eval()(input_ids=ids, attention_mask=mask).to_tuple() if isinstance(t, torch.Tensor)]
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     back = to_transformers(ours).eval()
     assert type(back) is type(hf)
-    for (k1, v1), (k2, v2) in zip(sorted(back.state_dict().items()), sorted(hf.state_dict().items())):
+    for (k1, v1), (k2, v2) in zip(sorted(back.state_dict().items()), sorted(hf.state_dict().items()), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
 
 

@@ -1,7 +1,9 @@
 """CUDA backend checks that need no GPU: nvcc compile of every kernel for sm_80 / sm_90, the binding's
 JIT build and import on CPU torch (with its CPU-tensor error), the C++ helper unit tests, dispatch.
 
-The first extension build takes ~1 min on 2 cores; it is cached (keyed by the sources) in a temp dir.
+The first extension build takes ~1 min on 2 cores; it is cached (keyed by the sources) in a temp dir. Every test that
+runs nvcc is marked slow (the compile check of every kernel alone printed nothing for ~25 min on a cold cache), so the
+quick subset (-m "not slow") never compiles CUDA.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ KERNELS = {"relattn_fwd_kernel", "relattn_bwd_dq_kernel", "relattn_bwd_dkdv_kern
 TC_KERNELS = {"relattn_fwd_tc_kernel", "relattn_bwd_dq_tc_kernel", "relattn_bwd_dkdv_tc_kernel"}
 
 
+@pytest.mark.slow  # nvcc over every kernel, config and arch: ~25 min on 2 cores with a cold cache
 @needs_nvcc
 def test_nvcc_compile_check_every_kernel_sm80_sm90():
     from nezha_kernels.compile_check import nvcc
@@ -145,6 +148,7 @@ def _call_args(q, table, r):
     return (q, q, q, table, None, None, None, r, 0, False, 0.125, 0.0, 0, 0)  # ... seed, stream (impl follows)
 
 
+@pytest.mark.slow  # the extension fixture builds every kernel with nvcc
 def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
     assert callable(extension.forward) and callable(extension.backward)
     q = torch.randn(1, 2, 9, 64, dtype=torch.float16)
@@ -169,6 +173,7 @@ def test_binding_builds_imports_and_rejects_cpu_tensors(extension):
         )
 
 
+@pytest.mark.slow  # the extension fixture builds every kernel with nvcc
 def test_binding_links_every_kernel_symbol(extension):
     """The built module (binding + every listed kernel object) leaves no nezha:: symbol undefined."""
     nm = shutil.which("nm")

@@ -124,10 +124,10 @@ def _case_tensors(case: Case, seed: int):
 
 def _assert_grads_close(grads, want, dtype):
     _, (ga, gr) = TOLERANCES[dtype]
-    for name, got, ref in zip("qkv", grads, want):
+    for name, got, ref in zip("qkv", grads, want, strict=True):
         assert got.dtype == dtype and torch.isfinite(got).all(), f"d{name} has unwritten or non-finite rows"
         s = max(1.0, ref.abs().max().item())
-        torch.testing.assert_close(got.double() / s, ref / s, atol=ga, rtol=gr, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(got.double() / s, ref / s, atol=ga, rtol=gr, msg=lambda m: f"d{name}: {m}")  # noqa: B023 (called at once)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -147,7 +147,7 @@ def test_varlen_kernels_match_formula_per_sequence(name, emulated_backend):
     assert lse.shape == (2, case.heads, q.shape[0])
     for b, want in stats.items():
         got = lse[:, :, int(cu_q[b]) : int(cu_q[b + 1])].double()
-        torch.testing.assert_close(got, want, **STATS_TOL, msg=lambda m: f"sequence {b} row max / log sum: {m}")
+        torch.testing.assert_close(got, want, **STATS_TOL, msg=lambda m: f"sequence {b} row max / log sum: {m}")  # noqa: B023 (called at once)
     _assert_grads_close(grads, ref_grads, case.dtype)
 
 
@@ -164,7 +164,7 @@ def test_varlen_matches_the_dense_kernels_on_the_padded_batch(emulated_backend):
     padding = torch.zeros(b, lmax, dtype=torch.bool)
     for i, n in enumerate(case.lens_q):
         s = int(cu_q[i])
-        for full, packed in zip(dense, (q, k, v)):
+        for full, packed in zip(dense, (q, k, v), strict=True):
             full[i, :, :n] = packed[s : s + n].transpose(0, 1)
         padding[i, :n] = True
     out_dense, _ = launch.relattn_fwd(
@@ -213,7 +213,7 @@ def test_varlen_through_the_op_passes_opcheck(emulated_backend):
     )
     assert out.shape == q.shape and lse.shape == (2, 1, q.shape[0])
     torch.testing.assert_close(out, want_out, atol=0, rtol=0)
-    for got, ref in zip(grads, want):
+    for got, ref in zip(grads, want, strict=True):
         torch.testing.assert_close(got, ref, atol=0, rtol=0)
     expected, ref_grads, _ = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
     (oa, orr), _ = TOLERANCES[BF16]

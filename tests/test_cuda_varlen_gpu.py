@@ -112,7 +112,7 @@ def test_varlen_matches_formula_per_sequence(dtype, d):
                 continue
             seq = [
                 t.detach().cpu().double()[s:e].transpose(0, 1).unsqueeze(0).requires_grad_()
-                for t, (s, e) in zip((q, k, v), ((qs, qe), (ks, ke), (ks, ke)))
+                for t, (s, e) in zip((q, k, v), ((qs, qe), (ks, ke), (ks, ke)), strict=True)
             ]
             want = formula.attention(
                 *seq,
@@ -126,16 +126,20 @@ def test_varlen_matches_formula_per_sequence(dtype, d):
                 head_mask=head_mask[b : b + 1].cpu(),
             )
             got = out[qs:qe].transpose(0, 1).unsqueeze(0).cpu().double()
-            torch.testing.assert_close(got, want.detach(), atol=oa, rtol=orr, msg=lambda m: f"{family} seq {b}: {m}")
+            torch.testing.assert_close(got, want.detach(), atol=oa, rtol=orr, msg=lambda m: f"{family} seq {b}: {m}")  # noqa: B023 (called at once)
             if ke == ks:
                 continue
             go = grad_out[qs:qe].transpose(0, 1).unsqueeze(0).cpu().double()
             ref = torch.autograd.grad(want, seq, go)
-            for name, g_all, w, (s, e) in zip("qkv", grads, ref, ((qs, qe), (ks, ke), (ks, ke))):
+            for name, g_all, w, (s, e) in zip("qkv", grads, ref, ((qs, qe), (ks, ke), (ks, ke)), strict=True):
                 gb = g_all[s:e].transpose(0, 1).unsqueeze(0).cpu().double()
                 sc = max(1.0, w.abs().max().item())
                 torch.testing.assert_close(
-                    gb / sc, w / sc, atol=ga, rtol=gr, msg=lambda m: f"{family} seq {b} d{name}: {m}"
+                    gb / sc,
+                    w / sc,
+                    atol=ga,
+                    rtol=gr,
+                    msg=lambda m: f"{family} seq {b} d{name}: {m}",  # noqa: B023 (called at once)
                 )
 
 
@@ -158,5 +162,5 @@ def test_varlen_equals_dense_kernels_on_the_padded_batch(dtype):
         grads_d = launch.relattn_bwd(dense[3], *dense[:3], table, out_d, lse_d, *dense_tail, family=family)
         tol = dict(atol=1e-5, rtol=1e-5) if dtype == F32 else dict(atol=2e-2, rtol=2e-2)
         torch.testing.assert_close(_pad(out, cu, lmax).float(), (out_d * padding[:, None, :, None]).float(), **tol)
-        for got, want in zip(grads, grads_d):
+        for got, want in zip(grads, grads_d, strict=True):
             torch.testing.assert_close(_pad(got, cu, lmax).float(), (want * padding[:, None, :, None]).float(), **tol)

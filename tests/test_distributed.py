@@ -48,11 +48,11 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert set(result["grads"]) == set(grads)
         for name, g in grads.items():
-            torch.testing.assert_close(result["grads"][name], g, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(result["grads"][name], g, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)
         for name, w in weights.items():
             if name.endswith("attention.self.key.bias"):
                 # Softmax is shift-invariant per row, so q . b_key has zero gradient: the key bias's gradient
                 # is summation-order noise (~1e-9) that AdamW normalizes to +-lr steps with a random sign.
                 # Its gradient is compared above (atol 1e-6); its weight after AdamW is not comparable.
                 continue
-            torch.testing.assert_close(result["weights"][name], w, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(result["weights"][name], w, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023 (called at once)

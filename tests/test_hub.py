@@ -154,6 +154,45 @@ def test_missing_id_names_it_and_says_what_to_do(tmp_path, offline):
         ours.NezhaModel.from_pretrained(REPO, cache_dir=cache)
 
 
+def _record_requests(monkeypatch, raise_with):
+    """Every HTTP request huggingface_hub would make, recorded and failed at once with ``raise_with``."""
+    from huggingface_hub import file_download
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args[:2])
+        raise raise_with
+
+    monkeypatch.setattr(file_download, "_request_wrapper", refuse)
+    monkeypatch.setattr(file_download, "http_backoff", refuse)
+    return calls
+
+
+def test_hf_hub_offline_fails_at_once_without_a_request(tmp_path, offline, monkeypatch, capfd):
+    """HF_HUB_OFFLINE=1: a clear error, no request and so no retries (without it, an unreachable Hub costs
+    huggingface_hub's five retries over ~25 s)."""
+    import time
+
+    calls = _record_requests(monkeypatch, AssertionError("a request was made while HF_HUB_OFFLINE=1"))
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="offline mode is on") as info:
+        ours.NezhaModel.from_pretrained("someorg/nezha-absent", cache_dir=tmp_path)
+    assert calls == [] and time.perf_counter() - start < 5
+    assert "Retrying" not in capfd.readouterr().err
+    assert "no retries" not in str(info.value)  # the hint below is for the online case only
+
+
+def test_unreachable_hub_error_names_the_offline_switch(tmp_path, online_flags, monkeypatch):
+    import requests
+
+    calls = _record_requests(monkeypatch, requests.ConnectionError("Failed to resolve 'huggingface.co'"))
+    with pytest.raises(FileNotFoundError, match="could not be reached") as info:
+        ours.NezhaModel.from_pretrained("someorg/nezha-absent", cache_dir=tmp_path)
+    assert calls, "the Hub was not asked"
+    assert "Set HF_HUB_OFFLINE=1 to use the cache alone, at once, with no retries." in str(info.value)
+
+
 def test_local_directories_and_paths_need_no_hub(tmp_path, monkeypatch):
     model = _model(5)
     model.save_pretrained(tmp_path / "ckpt")

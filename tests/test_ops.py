@@ -69,7 +69,7 @@ def _check_op(args, *, exact_compile: bool):
     torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     want = torch.autograd.grad(expected.float().square().sum(), (q, k, v))
-    for got, ref in zip(grads, want):
+    for got, ref in zip(grads, want, strict=True):
         torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
         assert got.abs().sum() > 0
 
@@ -153,5 +153,5 @@ def test_public_varlen_op_dispatches_to_cuda(emulated):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     want = torch.autograd.grad(ref.square().sum(), (q, k, v))
-    for got, exp in zip(grads, want):
+    for got, exp in zip(grads, want, strict=True):
         torch.testing.assert_close(got, exp, atol=5e-5, rtol=5e-5)

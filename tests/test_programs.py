@@ -30,12 +30,12 @@ import masked_lm  # noqa: E402
 import multiple_choice  # noqa: E402
 import question_answering as qa  # noqa: E402
 import token_classification as ner  # noqa: E402
-from _metrics import (
+from _metrics import (  # noqa: E402
     answer_units,
     bio_to_spans,
     classification_metrics,
     qa_exact_match,
-    qa_f1,  # noqa: E402
+    qa_f1,
     qa_metrics,
     span_f1,
 )
@@ -238,7 +238,7 @@ def test_doc_windows():
         windows = qa.doc_windows(n, window, stride)
         assert windows[0][0] == 0 and windows[-1][1] == n
         assert all(e - s <= window for s, e in windows)
-        assert all(a[1] - b[0] == stride for a, b in zip(windows, windows[1:-1]))  # all but the last step
+        assert all(a[1] - b[0] == stride for a, b in zip(windows, windows[1:-1], strict=False))  # all but the last step
     with pytest.raises(ValueError, match="doc-stride"):
         qa.doc_windows(10, 4, 4)
 
@@ -335,6 +335,39 @@ def test_word_groups_without_jieba():
     offsets = [(0, 1), (1, 3), (3, 4)]
     assert masked_lm.word_groups(offsets, [(0, 3), (3, 4)]) == [[0, 1], [2]]
     assert masked_lm.word_groups(offsets, [(i, i + 1) for i in range(4)]) == [[0], [1], [2]]
+
+
+def test_masked_lm_says_which_masking_runs(monkeypatch):
+    """Without jieba the program masks single characters (and scores differently): it says so first."""
+    pytest.importorskip("jieba")
+    assert masked_lm.masking_mode().startswith("masking: whole words (jieba ")
+    monkeypatch.setitem(sys.modules, "jieba", None)  # import fails: as if not installed
+    assert masked_lm.masking_mode().startswith("masking: single characters (jieba not installed")
+    assert masked_lm.word_spans("清华大学") == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+@pytest.mark.slow  # one training step, an evaluation and a save / reload (~10 s)
+def test_masked_lm_prints_its_masking_first(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "jieba", None)
+    args = ["--max-steps", "1", "--epochs", "1", "--output-dir", str(tmp_path)]
+    assert masked_lm.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == masked_lm.masking_mode() and lines[-1].startswith("dev masked_accuracy: ")
+
+
+def test_device_cuda_on_a_cpu_torch_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    args = common.parser("x", "text_classification").parse_args(["--device", "cuda"])
+    with pytest.raises(ValueError, match=r"--device cuda: this torch \(.*\) is a CPU-only build; use --device cpu"):
+        common.resolve(args, {"epochs": 1, "batch_size": 1, "max_length": 8}, {})
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build on a machine without a visible GPU
+    with pytest.raises(ValueError, match="--device cuda:1: no CUDA device is visible"):
+        common.resolve(
+            common.parser("x", "text_classification").parse_args(["--device", "cuda:1"]),
+            {"epochs": 1, "batch_size": 1, "max_length": 8},
+            {},
+        )
 
 
 def test_multiple_choice_padding_never_predicted():

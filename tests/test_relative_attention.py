@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nezha_kernels as nk
-from nezha_kernels.backends import torch_chunked
+from nezha_kernels.backends.torch_backend import chunks
 from nezha_kernels.dropout import keep_mask
 
 BACKENDS = ["reference", "torch"]
@@ -89,14 +89,14 @@ def _check(
     want = [x for x in ref_leaves + [ref_table, ref_hm] if x is not None and x.requires_grad]
     grads = torch.autograd.grad(out, got, grad_out.to(dtype))
     ref_grads = torch.autograd.grad(expected, want, grad_out.double())
-    for name, g, rg in zip(["q", "k", "v", "table", "head_mask"], grads, ref_grads):
+    for name, g, rg in zip(["q", "k", "v", "table", "head_mask"], grads, ref_grads, strict=False):
         scale_ref = max(1.0, rg.abs().max().item())  # table/head_mask gradients sum over many terms
         torch.testing.assert_close(
             g.double() / scale_ref,
             rg / scale_ref,
             atol=tol["grad"],
             rtol=tol["grad"],
-            msg=lambda m: f"grad {name}: {m}",
+            msg=lambda m: f"grad {name}: {m}",  # noqa: B023 (called at once)
         )
 
 
@@ -178,12 +178,12 @@ def test_torch_backend_chunking_is_invisible(monkeypatch):
     torch.manual_seed(11)
     whole = nk.relative_attention(q, k, v, **kwargs)
     g_whole = torch.autograd.grad(whole.sum(), (q, k, v))
-    monkeypatch.setattr(torch_chunked, "CHUNK_ELEMENTS", 2 * 2 * 31 * 3)
+    monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 2 * 2 * 31 * 3)
     torch.manual_seed(11)
     chunked = nk.relative_attention(q, k, v, **kwargs)
     g_chunked = torch.autograd.grad(chunked.sum(), (q, k, v))
     torch.testing.assert_close(whole, chunked, atol=1e-12, rtol=0)
-    for a, b in zip(g_whole, g_chunked):
+    for a, b in zip(g_whole, g_chunked, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
@@ -200,7 +200,7 @@ def test_dropout_matches_formula_with_the_same_keep_mask(backend):
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     ref_grads = torch.autograd.grad(expected.sum(), ref_leaves)
-    for g, rg in zip(grads, ref_grads):
+    for g, rg in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5)
 
 
@@ -274,8 +274,8 @@ def test_gradcheck_float64(backend):
 
 def test_strided_inputs():
     """q/k/v as views of a fused [B, L, 3, H, D] projection."""
-    b, l, h, d = 2, 23, 3, 16
-    qkv = torch.randn(b, l, 3, h, d)
+    b, length, h, d = 2, 23, 3, 16
+    qkv = torch.randn(b, length, 3, h, d)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     assert not q.is_contiguous()
     for backend in BACKENDS:
@@ -302,5 +302,5 @@ def test_weights_api_gradients_match_op():
     g1 = torch.autograd.grad((out * out).sum(), (q, k, v))
     out2 = nk.relative_attention(q, k, v, attention_mask=pad, max_relative_position=3, backend="torch")
     g2 = torch.autograd.grad((out2 * out2).sum(), (q, k, v))
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -83,14 +83,24 @@ def test_default_table_built_once_per_r_d_dtype_device(monkeypatch):
 
 def test_default_table_cached_in_inference_mode_serves_autograd_later():
     from nezha_kernels import table as table_module
+    from nezha_kernels.inputs import prepare_inputs
 
     table_module._cached_table.cache_clear()
-    q = torch.randn(1, 2, 5, 8)
+    q = torch.randn(1, 2, 5, 8, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         nk.relative_attention(q, q, q, max_relative_position=2, backend="torch")
+    # The cached table holds NEZHA's sinusoid: T[m, 2t] = sin(m w_t), T[m, 2t+1] = cos(m w_t), w_t = 10000^(-2t/8).
+    cached = prepare_inputs(q, q, q, max_relative_position=2).table
+    for m, t in [(0, 0), (1, 0), (3, 1), (4, 2), (4, 3)]:
+        w = 10000.0 ** (-2 * t / 8)
+        assert math.isclose(cached[m, 2 * t].item(), math.sin(m * w), rel_tol=1e-6, abs_tol=1e-7), (m, t)
+        assert math.isclose(cached[m, 2 * t + 1].item(), math.cos(m * w), rel_tol=1e-6, abs_tol=1e-7), (m, t)
     qg = q.clone().requires_grad_()
     nk.relative_attention(qg, qg, qg, max_relative_position=2, backend="reference").sum().backward()
-    assert torch.isfinite(qg.grad).all()
+    # The gradient of the same call in float64 on the formula's own table (q serves as q, k and v).
+    q64 = q.double().requires_grad_()
+    formula.attention(q64, q64, q64, formula.nezha_table(2, 8), r=2).sum().backward()
+    torch.testing.assert_close(qg.grad.double(), q64.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_sinusoidal_table_against_huawei_float64_construction():

@@ -254,5 +254,5 @@ def test_launchers_take_the_op_arguments_in_order():
     grads = launch.relattn_bwd(
         grad_out, q, k, v, table, out, lse, None, None, hm, None, None, lq, lk, r, True, q_offset, scale, p, seed
     )
-    for name, got, want in zip("qkv", grads, torch.autograd.grad(expected, ref, grad_out.double())):
-        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=lambda m: f"d{name}: {m}")
+    for name, got, want in zip("qkv", grads, torch.autograd.grad(expected, ref, grad_out.double()), strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=lambda m: f"d{name}: {m}")  # noqa: B023 (called at once)

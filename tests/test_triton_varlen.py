@@ -152,9 +152,12 @@ def _check_case(case: Case, seed: int):
     for b, want in stats.items():
         got = lse[:, :, int(cu_q[b]) : int(cu_q[b + 1])].double()
         torch.testing.assert_close(
-            got, want, **STATS_TOL[case.dtype], msg=lambda m: f"sequence {b} row max / log sum: {m}"
+            got,
+            want,
+            **STATS_TOL[case.dtype],
+            msg=lambda m: f"sequence {b} row max / log sum: {m}",  # noqa: B023 (called at once)
         )
-    for name_, got, want, like in zip("qkv", grads, ref_grads, (q, k, v)):
+    for name_, got, want, like in zip("qkv", grads, ref_grads, (q, k, v), strict=True):
         assert got.shape == like.shape and got.dtype == case.dtype and got.is_contiguous()
         _assert_close_scaled(got, want, TOL[case.dtype]["grad"], f"d{name_}")
 
@@ -204,7 +207,7 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
     padding = torch.zeros(b, lmax, dtype=torch.bool)
     spans = [(int(cu_q[i]), n) for i, n in enumerate(case.lens_q)]
     for i, (s, n) in enumerate(spans):
-        for full, packed in zip(dense, (q, k, v, grad_out)):
+        for full, packed in zip(dense, (q, k, v, grad_out), strict=True):
             full[i, :, :n] = packed[s : s + n].transpose(0, 1)
         padding[i, :n] = True
     dense_tail = (padding, None, head_mask, None, None, lmax, lmax, case.r, True, 0, scale, case.dropout_p, vref.SEED)
@@ -212,7 +215,7 @@ def test_varlen_equals_the_dense_kernels_on_the_padded_batch():
     grads_dense = launch.relattn_bwd(dense[3], *dense[:3], table, out_dense, lse_dense, *dense_tail)
     for i, (s, n) in enumerate(spans):
         torch.testing.assert_close(out[s : s + n], out_dense[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
-        for got, want in zip(grads, grads_dense):
+        for got, want in zip(grads, grads_dense, strict=True):
             torch.testing.assert_close(got[s : s + n], want[i, :, :n].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
@@ -235,7 +238,7 @@ def test_public_varlen_op_through_dispatch():
         case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out, case.d**-0.5
     )
     _assert_close_scaled(out.detach(), expected, TOL[F32]["fwd"], "output")
-    for name, got, want in zip("qkv", grads, ref_grads):
+    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
         _assert_close_scaled(got, want, TOL[F32]["grad"], f"d{name}")
 
     def dropped(backend):
@@ -278,7 +281,7 @@ def test_cases_cover_the_brief():
     assert {c.dtype for c in cases} == {F32, BF16}
     lens = {n for c in cases for n in (*c.lens_q, *c.lens_k)}
     assert {0, 1} <= lens and any(n % 2 for n in lens)
-    assert any(q > k for c in cases for q, k in zip(c.lens_q, c.lens_k) if c.causal)
-    assert any(q < k for c in cases for q, k in zip(c.lens_q, c.lens_k))
+    assert any(q > k for c in cases for q, k in zip(c.lens_q, c.lens_k, strict=True) if c.causal)
+    assert any(q < k for c in cases for q, k in zip(c.lens_q, c.lens_k, strict=True))
     assert any(n > 32 for c in cases for n in c.lens_q)  # several query blocks in one sequence
     assert any(c.causal for c in cases) and any(c.dropout_p for c in cases) and any(c.head_mask for c in cases)

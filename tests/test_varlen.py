@@ -29,13 +29,16 @@ def _expected(q, k, v, table, lengths_q, lengths_k, r, head_mask=None, **kwargs)
     cq, ck = _cu(lengths_q).tolist(), _cu(lengths_k).tolist()
     h, d = q.shape[1:]
     outs = []
-    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k)):
+    for b, (lq, lk) in enumerate(zip(lengths_q, lengths_k, strict=True)):
         if lq == 0:
             continue
         if lk == 0:
             outs.append(torch.zeros(lq, h, d, dtype=torch.float64) + 0 * q[:1].double().sum())
             continue
-        seq = lambda t, c: t[c[b] : c[b + 1]].transpose(0, 1).unsqueeze(0)
+
+        def seq(t, c, b=b):
+            return t[c[b] : c[b + 1]].transpose(0, 1).unsqueeze(0)
+
         hm = None if head_mask is None else (head_mask if head_mask.dim() == 1 else head_mask[b])
         o = formula(seq(q, cq), seq(k, ck), seq(v, ck), table, r=r, q_offset=lk - lq, head_mask=hm, **kwargs)
         outs.append(o[0].transpose(0, 1))
@@ -91,7 +94,7 @@ def _parity(backend, dtype, lengths_q, lengths_k, h, d, r, *, causal=False, head
     )
     ref_grads = torch.autograd.grad(expected, ref_leaves, grad_out.double(), allow_unused=True)
     _close(out, expected, dtype, lambda m: f"output: {m}")
-    for name, a, b in zip(("q", "k", "v", "table", "head_mask"), grads, ref_grads):
+    for name, a, b in zip(("q", "k", "v", "table", "head_mask"), grads, ref_grads, strict=False):
         b = torch.zeros_like(a, dtype=torch.float64) if b is None else b
         _close(a, b, dtype, lambda m, name=name: f"d{name}: {m}")
 
@@ -120,12 +123,12 @@ def test_torch_backend_groups_of_sequences(monkeypatch, group_tokens, keep_proba
     # The torch backend batches the table-side matmuls over groups of sequences: groups that split anywhere
     # (1: every sequence alone; 6 and 14: groups of several, a sequence longer than a group alone) and small
     # chunks (several per sequence) give the formula's output and gradients, table and head_mask included.
-    from nezha_kernels.backends import torch_chunked, torch_varlen
+    from nezha_kernels.backends.torch_backend import chunks, packed
 
-    monkeypatch.setattr(torch_varlen, "GROUP_TOKENS", group_tokens)
-    monkeypatch.setattr(torch_chunked, "CPU_CHUNK_ELEMENTS", 3 * 40)
+    monkeypatch.setattr(packed, "GROUP_TOKENS", group_tokens)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_ELEMENTS", 3 * 40)
     if not keep_probabilities:  # the backward recomputes them (large sequences do)
-        monkeypatch.setattr(torch_chunked, "SAVE_ELEMENTS", 0)
+        monkeypatch.setattr(chunks, "SAVE_ELEMENTS", 0)
     _parity("torch", torch.float32, LENGTHS_Q, LENGTHS_K, 3, 32, 7, causal=True, head_mask_shape=(8, 3))
     _parity("torch", torch.float32, [7, 2, 11, 0, 6], [7, 2, 11, 0, 6], 2, 16, 3, seed=4)
     # Runs of equal lengths (one dense call of several sequences), split where a group ends; dropout and
@@ -212,7 +215,7 @@ def test_dropout_reproduces_the_padded_dense_op(backend, causal, lengths):
     g_var = torch.autograd.grad(out, (q, k, v, hm), grad_out)
     padded_go = _padded(grad_out, lengths) * mask[:, None, :, None]
     g_dense = torch.autograd.grad(dense, (pq, pk, pv, hm), padded_go)
-    for a, b in zip(g_var[:3], g_dense[:3]):
+    for a, b in zip(g_var[:3], g_dense[:3], strict=True):
         expected = b.transpose(1, 2)[mask]  # the real rows, packed
         torch.testing.assert_close(a, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(g_var[3], g_dense[3], atol=1e-12, rtol=0)
@@ -283,7 +286,7 @@ def test_strided_inputs_from_a_fused_projection():
 
 
 def test_opcheck_torch_varlen_ops():
-    from nezha_kernels.backends import torch_varlen
+    from nezha_kernels.backends.torch_backend import varlen as torch_varlen
 
     lengths_q, lengths_k = [3, 0, 5], [4, 0, 5]
     q, k, v = (t.requires_grad_() for t in _packed(lengths_q, lengths_k, 2, 8, torch.float32))
@@ -317,7 +320,7 @@ def test_compiles_fullgraph_without_a_recompile_per_token_count():
         ref = fn(q, k, v, _cu(lengths), table)
         ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v, table))
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
-        for a, b in zip(grads, ref_grads):
+        for a, b in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert counter.frame_count <= 2, f"{counter.frame_count} compiles for 3 token counts"
     # Dropout traces too (the seed is drawn inside the graph).

@@ -99,7 +99,7 @@ def expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale):
         o = o[0].transpose(0, 1)
         out[qs:qe] = o.detach()
         g = torch.autograd.grad(o, seq, grad_out[qs:qe].double())
-        for full, part, (s, e) in zip(grads, g, ((qs, qe), (ks, ke), (ks, ke))):
+        for full, part, (s, e) in zip(grads, g, ((qs, qe), (ks, ke), (ks, ke)), strict=True):
             full[s:e] = part
         stats[b] = row_stats(*(t.detach().transpose(0, 1) for t in seq[:2]), t64, case.r, scale, case.causal, lk - lq)
     return out, grads, stats

@@ -1,9 +1,10 @@
 """Backend registry and selection.
 
 A backend is a module exposing ``NAME``, ``availability(device) -> (bool, reason)`` (cheap: it never
-builds or compiles anything), ``forward(inputs: AttentionInputs) -> Tensor`` and
-``forward_varlen(inputs: VarlenInputs) -> Tensor``. What each backend supports (dtypes, head dims,
-gradients, padding-free calls, size limits) is its row of nezha_kernels/capabilities.py. Optional
+builds or compiles anything), ``forward(inputs) -> Tensor`` for a dense call and ``forward_varlen(inputs) ->
+Tensor`` for a padding-free one, ``inputs`` being the call's ``AttentionInputs`` (nezha_kernels/inputs.py).
+What each backend supports (dtypes, head dims, gradients, padding-free calls, size limits) is its row of
+nezha_kernels/capabilities.py. Optional
 backends (triton, cuda) are imported lazily, so importing nezha_kernels never needs them and never
 touches a GPU; a backend whose import fails is reported unavailable with the error as reason.
 
@@ -29,6 +30,7 @@ from types import ModuleType
 import torch
 
 from ..capabilities import CAPABILITIES, Capability, unsupported_reason
+from ..inputs import AttentionInputs
 
 __all__ = [
     "BACKENDS",
@@ -45,7 +47,7 @@ ENV_VAR = "NEZHA_KERNELS_BACKEND"
 BACKENDS = ("reference", "torch", "triton", "cuda")
 _MODULES = {
     "reference": "nezha_kernels.backends.reference",
-    "torch": "nezha_kernels.backends.torch_chunked",
+    "torch": "nezha_kernels.backends.torch_backend",
     "triton": "nezha_kernels.backends.triton_backend",
     "cuda": "nezha_kernels.backends.cuda_backend",
 }
@@ -86,6 +88,7 @@ def _load(name: str) -> tuple[ModuleType | None, str]:
     """(backend module or None, why not); imported once, then served from a cache."""
     if name in _LOADED:
         return _LOADED[name]
+    result: tuple[ModuleType | None, str]
     try:
         result = importlib.import_module(_MODULES[name]), ""
     except ModuleNotFoundError as exc:
@@ -145,8 +148,8 @@ def use_backend(name: str) -> Iterator[None]:
         _context.stack.pop()
 
 
-def resolve_backend(requested: str, inputs) -> ModuleType:
-    """The backend module that runs this call (``AttentionInputs`` or ``VarlenInputs``).
+def resolve_backend(requested: str, inputs: AttentionInputs) -> ModuleType:
+    """The backend module that runs this call (its ``AttentionInputs``, dense or padding-free).
 
     A named backend (the argument, ``use_backend``, ``set_backend`` or the environment variable) runs the
     call or raises a ValueError saying why; "auto" takes the first available backend that supports it.

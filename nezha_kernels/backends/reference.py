@@ -8,26 +8,17 @@ Padding-free calls (``forward_varlen``) run that math on each sequence in turn.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..dropout import keep_mask
 from ..inputs import MASKED_SCORE, AttentionInputs
 from ..table import relative_index
 
-if TYPE_CHECKING:
-    from ..varlen import VarlenInputs
-
 NAME = "reference"
 
 
 def availability(device: torch.device) -> tuple[bool, str]:
     return True, "pure PyTorch, any device"
-
-
-def unsupported_reason(inputs: AttentionInputs) -> str | None:
-    return None
 
 
 def score_mask(inputs: AttentionInputs) -> torch.Tensor | None:
@@ -91,7 +82,12 @@ def forward(inputs: AttentionInputs) -> torch.Tensor:
     return _output(inputs)
 
 
-def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
+def _sequence(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows start .. stop of a packed [T, H, D] tensor as a dense [1, H, L, D] view."""
+    return t[start:stop].transpose(0, 1).unsqueeze(0)
+
+
+def forward_varlen(inputs: AttentionInputs) -> torch.Tensor:
     """Each sequence through the dense math: a batch of one with q_offset = Lk_b - Lq_b (maybe negative).
 
     Reads cu_seqlens on the host (a sync on CUDA; a graph break under torch.compile): an oracle, not a fast path.
@@ -106,20 +102,11 @@ def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
         if k1 == k0:  # no keys: nothing to attend to
             outputs.append(inputs.q.new_zeros(q1 - q0, h, inputs.q.shape[2]))
             continue
-        rows = lambda t, start, stop: t[start:stop].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
-        sequence = AttentionInputs(
-            q=rows(inputs.q, q0, q1),
-            k=rows(inputs.k, k0, k1),
-            v=rows(inputs.v, k0, k1),
-            table=inputs.table,
-            max_relative_position=inputs.max_relative_position,
-            key_padding=None,
-            additive_mask=None,
-            causal=inputs.causal,
+        sequence = inputs.dense_part(
+            _sequence(inputs.q, q0, q1),
+            _sequence(inputs.k, k0, k1),
+            _sequence(inputs.v, k0, k1),
             q_offset=(k1 - k0) - (q1 - q0),
-            dropout_p=inputs.dropout_p,
-            dropout_seed=inputs.dropout_seed,
-            scale=inputs.scale,
             head_mask=inputs.head_mask[b : b + 1] if inputs.head_mask is not None else None,
         )
         outputs.append(_output(sequence, bh_offset=b * h)[0].transpose(0, 1))

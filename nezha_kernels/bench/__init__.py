@@ -2,12 +2,14 @@
 padded vs padding-free vs transformers, see bench/length_mix.py) -> table, CSV/JSON, PNG plots.
 
     nezha-kernels bench [--full] [--dry-run] [--device cpu|cuda] [--out DIR] [--only op|model|length-mix]
+    nezha-kernels bench --replot [--out DIR]    # table and plots again from DIR/results.json, nothing run
 
 Default: a quick grid (CPU: about 1.5 minutes on a quiet 2-core CPU, several times that on a busy one;
 model points 1x128 and 1x1024, past transformers' 512 tokens); --full: lengths 128..16384 and every
 model point; --dry-run: a tiny grid that checks the whole pipeline in seconds. Results go to
 DIR/results.csv and DIR/results.json (appended to, so runs sit side by side; --fresh overwrites) and
-DIR/ops_<dtype>.png, DIR/models_<dtype>.png.
+DIR/speedup_<dtype>.png (the headline: speed-up over transformers per workload), DIR/ops_<dtype>.png,
+DIR/models_<dtype>.png.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the whole grid (lengths 128..16384, all model points)")
     size.add_argument("--dry-run", action="store_true", help="a tiny grid: checks the pipeline in seconds")
+    size.add_argument(
+        "--replot",
+        action="store_true",
+        help="run nothing: print the table and redraw the plots from --out's results.json (newest run of each cell)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present, else cpu)")
     p.add_argument("--out", default="bench-results", help="results folder (default: bench-results)")
     p.add_argument(
@@ -101,11 +108,28 @@ def _point(text: str) -> tuple[int, int]:
     return int(batch), int(length)
 
 
+def _replot(out: Path) -> int:
+    from .plots import plot_all
+    from .results import latest_per_cell, read_json
+    from .table import format_table
+
+    source = out / "results.json"
+    if not source.is_file():
+        raise SystemExit(f"--replot: no results.json in {out} (pass the folder of a run with --out)")
+    rows = latest_per_cell(read_json(source))
+    print(format_table(rows))
+    written = plot_all(rows, out)
+    print(f"\n{len(rows)} rows from {source}; wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     if argv[:1] == ["--"]:  # `nezha-kernels bench -- --full` reaches us with the separator
         argv = argv[1:]
     args = _parser().parse_args(argv)
+    if args.replot:
+        return _replot(Path(args.out))
     import torch
 
     from .length_mix import length_mix_grid, run_length_mix_bench, steps_of
@@ -122,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise SystemExit(f"--device: {exc}")
+        raise SystemExit(f"--device: {exc}") from None
     if dev.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda[:N], got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():

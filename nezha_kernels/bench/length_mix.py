@@ -380,6 +380,8 @@ def run_length_mix_bench(
             budget_s=cpu_budget_s,
             providers=providers,
         )
+        if progress is not None:
+            progress.start(f"length-mix models, batch {batch}")
         if out_of_time():
             results = {p: {"status": "skipped: time budget"} for p in providers}
             timed = {"status": "skipped: time budget"}
@@ -409,7 +411,7 @@ def run_length_mix_bench(
                         )
                     )
         if progress is not None:
-            progress.advance(f"length-mix models, batch {batch}")
+            progress.advance()
 
     for batch, full_length in [(b, None) for b in grid.op_batches] + list(grid.full_ops):
         spec = dict(
@@ -421,6 +423,8 @@ def run_length_mix_bench(
             budget_s=cpu_budget_s,
             full_length=full_length,
         )
+        if progress is not None:
+            progress.start(f"length-mix ops, batch {batch}" + (f" x {full_length} (full)" if full_length else ""))
         if out_of_time():
             memory = {p: {"status": "skipped: time budget"} for p in OP_PROVIDERS}
             timed = {"status": "skipped: time budget"}
@@ -446,7 +450,7 @@ def run_length_mix_bench(
                     )
                 )
         if progress is not None:
-            progress.advance(f"length-mix ops, batch {batch}" + (f" x {full_length} (full)" if full_length else ""))
+            progress.advance()
     return rows
 
 

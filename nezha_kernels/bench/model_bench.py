@@ -235,6 +235,8 @@ def run_model_bench(
                 cpu_budget_s=cpu_budget_s,
             )
             timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
+            if progress is not None:
+                progress.start(f"model {label} {batch}x{length}")
             measured = measure_in_place_or_child(
                 "nezha_kernels.bench.model_bench:measure_model_cell",
                 spec,
@@ -249,5 +251,5 @@ def run_model_bench(
                     cell["status"] = f"OOM (> {limit_gib:g} GiB)"
                 rows.append(Row(mode=mode, **base, **cell))
             if progress is not None:
-                progress.advance(f"model {label} {batch}x{length}")
+                progress.advance()
     return rows

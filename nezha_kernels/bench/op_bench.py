@@ -279,7 +279,7 @@ def measure_cell(spec: dict) -> dict:
             elif mode == "bwd":
                 result = fn()
                 timing = time_fn(
-                    lambda: result.backward(grad, retain_graph=True),
+                    lambda result=result: result.backward(grad, retain_graph=True),
                     device,
                     grad_to_none=[q, k, v],
                     cpu_budget_s=budget,
@@ -361,6 +361,8 @@ def run_op_bench(
                     cpu_budget_s=cpu_budget_s,
                 )
                 timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
+                if progress is not None:
+                    progress.start(f"op {name} {dtype} L={length}")
                 measured = measure_in_place_or_child(
                     "nezha_kernels.bench.op_bench:measure_cell",
                     spec,
@@ -388,5 +390,5 @@ def run_op_bench(
                         row.tflops = flops / (row.median_ms * 1e-3) / 1e12
                     rows.append(row)
                 if progress is not None:
-                    progress.advance(f"op {name} {dtype} L={length}")
+                    progress.advance()
     return rows

@@ -15,7 +15,18 @@ import platform
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["Row", "FIELDS", "environment", "write_csv", "write_json", "read_csv", "rows_from_records", "is_ok"]
+__all__ = [
+    "Row",
+    "FIELDS",
+    "environment",
+    "write_csv",
+    "write_json",
+    "read_csv",
+    "read_json",
+    "rows_from_records",
+    "latest_per_cell",
+    "is_ok",
+]
 
 OK = "ok"
 
@@ -145,6 +156,23 @@ def rows_from_records(records: Iterable[dict]) -> list[Row]:
                 kwargs[key] = value
         rows.append(Row(**kwargs))
     return rows
+
+
+def read_json(path: str | os.PathLike) -> list[Row]:
+    """The rows of a results.json (all runs appended to it)."""
+    return rows_from_records(json.loads(Path(path).read_text()))
+
+
+def latest_per_cell(rows: Iterable[Row]) -> list[Row]:
+    """Of rows appended over several runs, the newest run's row of each cell (bench, op, provider, mode, dtype,
+    shape, device name), in first-seen order: what re-plotting a results file shows."""
+    latest: dict[tuple, Row] = {}
+    for row in rows:
+        key = (row.bench, row.op, row.provider, row.mode, row.dtype, row.batch, row.seq_len, row.head_dim)
+        key += (row.note if row.bench == "length-mix" else "", row.device_name)
+        if key not in latest or row.run_id >= latest[key].run_id:
+            latest[key] = row
+    return list(latest.values())
 
 
 def write_csv(rows: Iterable[Row], path: str | os.PathLike, append: bool = True) -> Path:

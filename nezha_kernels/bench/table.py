@@ -1,7 +1,8 @@
 """The printed table: one block per (bench, op, dtype, mode), one line per shape, one column per provider.
 
 A cell reads "median ms [p20-p80] | TFLOP/s | peak MiB" (TFLOP/s for ops only); cells that did not run show
-their status (OOM, n/a, timeout, error). Providers skipped everywhere are listed under the table with why.
+their status (OOM, n/a, timeout, error). Providers skipped everywhere are listed under the table with why; the last
+line sums up the speed-up over transformers (bench/speedup.py) when both ran.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from .results import OK, Row
+from .speedup import summary_line
 
 __all__ = ["format_table", "format_cell"]
 
@@ -67,7 +69,9 @@ def format_table(rows: Iterable[Row]) -> str:
         lines.append(f"\n{bench} {op} {unit}  dtype={dtype}  mode={mode}  ({members[0].device_name})")
         for i, line in enumerate(table):
             lines.append(
-                "  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths)))
+                "  ".join(
+                    cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(line, widths, strict=True))
+                )
             )
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
@@ -77,4 +81,7 @@ def format_table(rows: Iterable[Row]) -> str:
     if errors:
         lines.append("\nerrors:")
         lines += [f"  {e}" for e in errors]
+    summary = summary_line(rows)
+    if summary:
+        lines.append("\n" + summary)
     return "\n".join(lines).lstrip("\n")

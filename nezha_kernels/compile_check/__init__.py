@@ -201,9 +201,9 @@ def format_table(rows: list[CompileRow]) -> str:
             )
         )
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
     return "\n".join(lines)
 
 
@@ -242,11 +242,48 @@ def _parser():
         help="check only this component (repeatable; default: all)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    profile = parser.add_argument_group("static profile (--profile)")
+    profile.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the compile table: the static SASS profile of each kernel's main configs (loops, "
+        "instructions per score by class, MMA, async copies, an H100 issue model's predicted times)",
+    )
+    profile.add_argument("--out", metavar="DIR", help="with --profile: where the .sass files and profile.json go")
+    profile.add_argument(
+        "--dtype", action="append", choices=("bf16", "fp16"), help="with --profile: repeatable (default: bf16)"
+    )
+    profile.add_argument(
+        "--head-dim", type=int, action="append", metavar="D", help="with --profile: repeatable (default: 64 and 128)"
+    )
+    profile.add_argument(
+        "--listed-stages",
+        action="store_true",
+        help="with --profile: compile the Triton tiles' listed num_stages even where this triton's sm_90 "
+        "pipeliner is known to fail (configs.stages_for lowers them to 1 otherwise)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.profile:
+        if not args.out:
+            parser.error("--profile needs --out DIR")
+        from .profile import run_profile
+
+        return run_profile(
+            args.out,
+            args.arch or (90, 80),
+            args.dtype or ("bf16",),
+            args.head_dim or (64, 128),
+            args.only or tuple(COMPONENTS),
+            quiet=args.quiet,
+            listed_stages=args.listed_stages,
+        )
+    if args.out or args.dtype or args.head_dim or args.listed_stages:
+        parser.error("--out, --dtype, --head-dim and --listed-stages go with --profile")
     reporter = None if args.quiet else _Reporter()
     rows = run_all(args.arch or DEFAULT_ARCHS, args.only, reporter)
     if not rows:

@@ -2,8 +2,8 @@
 
 ``run(archs)`` compiles each kernel with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``
 and reads registers / shared memory / spills from the cubin with triton's bundled cuobjdump. The grid is cut
-to keep the runtime to a few minutes on 2 cores (each compile takes ~5 s): see _jobs. Status "error" on a compile failure or shared memory over the arch
-limit (sm_80: 163 KiB, sm_90: 227 KiB).
+to keep the runtime to a few minutes on 2 cores (each compile takes ~5 s): see _jobs. Status "error" on a
+compile failure or shared memory over the arch limit (sm_80: 163 KiB, sm_90: 227 KiB).
 """
 
 from __future__ import annotations
@@ -269,4 +269,4 @@ def run(archs=(80, 90), grid: str = "full", jobs=None) -> list[CompileRow]:
         max_workers=workers, mp_context=context, initializer=_worker_environment
     ) as pool:
         results = list(pool.map(_compile, jobs))
-    return [_row(job, result) for job, result in zip(jobs, results)]
+    return [_row(job, result) for job, result in zip(jobs, results, strict=True)]

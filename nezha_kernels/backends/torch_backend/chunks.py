@@ -1,54 +1,51 @@
-"""The "torch" backend: pure PyTorch that never builds the [Lq, Lk, D] table.
+"""The chunked math of the "torch" backend, shared by its dense and padding-free paths.
 
 Key side: q_i . a_ij = (Q T^T)[i, idx(i, j)], read from an [Lq, 2R+1] matrix.
 Value side: sum_j p_ij a_ij = sum_m Bk[i, m] T[m], Bk = the probabilities bucketed by table row.
 Both maps go through a skewed [chunk, chunk + Lk - 1] matrix whose diagonals are the distances
-(``_Band``): one strided view and contiguous copies, instead of gather / scatter_add over an int64 index
+(``Band``): one strided view and contiguous copies, instead of gather / scatter_add over an int64 index
 (which cost more than the matmuls on a CPU).
 
-Queries are processed in chunks, in the forward AND in a hand-written backward that recomputes
-each chunk's probabilities (nothing of size Lq x Lk is saved for autograd), so the peak extra
-memory is a few tensors of at most CHUNK_ELEMENTS float32. Gradients: q, k, v, the table and head_mask.
-
-Padding-free calls (``forward_varlen``) run each sequence through the same chunks, with no padding.
+Queries are processed in chunks (``Chunk``), in the forward (``forward_chunks``) AND in a hand-written backward
+(``backward_chunks``) that recomputes each chunk's probabilities unless the forward kept them (small calls,
+``saves_probabilities``), so the peak extra memory is a few tensors of at most CHUNK_ELEMENTS float32.
+Gradients: q, k, v, the table and head_mask.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from ..dropout import keep_mask
-from ..inputs import MASKED_SCORE, AttentionInputs
-from . import (
-    reference,  # the materialized form, for small calls
-    torch_varlen,  # padding-free calls; it builds on _forward / _backward below
-)
+from ...dropout import keep_mask
+from ...inputs import MASKED_SCORE, AttentionInputs
 
-if TYPE_CHECKING:
-    from ..varlen import VarlenInputs
-
-NAME = "torch"
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "CPU_CHUNK_ELEMENTS",
+    "SAVE_ELEMENTS",
+    "Band",
+    "Chunk",
+    "RelativeRows",
+    "Scratch",
+    "backward_chunks",
+    "chunk_backward",
+    "chunk_length",
+    "chunk_output",
+    "compute_dtype",
+    "forward_chunks",
+    "saves_probabilities",
+]
 
 # Elements of the largest [B, H, chunk, chunk + Lk - 1] float32 intermediate (64 MiB); the chunk follows.
 CHUNK_ELEMENTS = 1 << 24
 
 
-def availability(device: torch.device) -> tuple[bool, str]:
-    return True, "pure PyTorch, any device"
-
-
-def unsupported_reason(inputs) -> str | None:
-    return None
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # On a CPU, smaller chunks: allocations above a few MiB come fresh from the OS and pay their page faults
-# every time (on the 2-core machine a fresh 16 MiB tensor costs 3 ms, one of 4 MiB next to nothing).
+# every time (measured in benchmarks/NOTES.md ("Measurements behind code constants")).
 CPU_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -68,11 +65,11 @@ def chunk_length(batch: int, heads: int, key_length: int, query_length: int, dev
     return lo
 
 
-class _Scratch:
+class Scratch:
     """One reusable buffer for the [.., n, W] skew matrices of a call.
 
-    On a CPU a fresh multi-MiB tensor costs its page faults (4 ms for 6 MiB on the 2-core machine, as much
-    as a 50 MFLOP matmul); reusing one buffer pays them once per call. Off under torch.compile, where
+    On a CPU a fresh multi-MiB tensor costs its page faults (as much as a mid-sized matmul: benchmarks/NOTES.md,
+    "Measurements behind code constants"); reusing one buffer pays them once per call. Off under torch.compile, where
     the compiler plans memory itself.
     """
 
@@ -93,7 +90,7 @@ class _Scratch:
         return self.buffer[:numel].view(shape)
 
 
-class _Band:
+class Band:
     """The distance map of rows [p0, p0 + n) against keys [0, Lk): idx(r, j) = clamp(j - p0 - r, -R, R) + R.
 
     In the skewed matrix E[r, c] (c = j - r + n - 1, width W = n + Lk - 1) the index depends on c alone,
@@ -102,7 +99,7 @@ class _Band:
     a bucket sum is "write into the view of a zero E, add up each column range".
     """
 
-    def __init__(self, n: int, key_length: int, p0: int, r: int, scratch: _Scratch):
+    def __init__(self, n: int, key_length: int, p0: int, r: int, scratch: Scratch):
         self.n, self.lk, self.r = n, key_length, r
         self.width = n + key_length - 1
         self.raw0 = r - (n - 1) - p0
@@ -128,7 +125,7 @@ class _Band:
             x[..., self.raw0 + self.lo : self.raw0 + self.hi],
             x[..., -1:].expand(*lead, self.width - self.hi),
         )
-        if _Scratch.usable(x):
+        if Scratch.usable(x):
             e = torch.cat(pieces, dim=-1, out=self.scratch.take((*lead, self.width), x))
         else:
             e = torch.cat(pieces, dim=-1)
@@ -136,7 +133,7 @@ class _Band:
 
     def bucket(self, y: torch.Tensor) -> torch.Tensor:
         """[.., n, 2R+1]: y [.., n, Lk] summed by table row, out[.., r, m] = sum_{j: idx(r, j) = m} y[.., r, j]."""
-        if _Scratch.usable(y):
+        if Scratch.usable(y):
             e = self.scratch.take((*y.shape[:-1], self.width), y).zero_()
         else:
             e = y.new_zeros(*y.shape[:-1], self.width)
@@ -150,7 +147,7 @@ class _Band:
         return out
 
 
-class _Chunk:
+class Chunk:
     """Per-chunk quantities of rows [start, stop) of the score matrix: computed, or rebuilt from saved ones.
 
     probs: the softmax; keep: the dropout keep mask (bool) or None; weights() = probs * keep / (1 - p) *
@@ -158,10 +155,10 @@ class _Chunk:
     call is sequence b of a padding-free batch).
     """
 
-    def __init__(self, inputs: AttentionInputs, q, start: int, stop: int, scratch: _Scratch):
+    def __init__(self, inputs: AttentionInputs, q, start: int, stop: int, scratch: Scratch):
         self.inputs = inputs
         self.q = q[:, :, start:stop]
-        self.band = _Band(stop - start, inputs.shape[3], start + inputs.q_offset, inputs.max_relative_position, scratch)
+        self.band = Band(stop - start, inputs.shape[3], start + inputs.q_offset, inputs.max_relative_position, scratch)
         self.head_mask = None
         if inputs.head_mask is not None:
             b, h = inputs.shape[:2]
@@ -176,10 +173,10 @@ class _Chunk:
         table,
         start: int,
         stop: int,
-        scratch: _Scratch,
+        scratch: Scratch,
         bh_offset: int = 0,
         qt: torch.Tensor | None = None,
-    ) -> _Chunk:
+    ) -> Chunk:
         """``qt``: the chunk's rows of Q T^T when the caller computed them for many rows at once (varlen)."""
         self = cls(inputs, q, start, stop, scratch)
         b, h, _, lk, _ = inputs.shape
@@ -216,7 +213,7 @@ class _Chunk:
         return self
 
     @classmethod
-    def saved(cls, inputs: AttentionInputs, q, start: int, stop: int, probs, keep, scratch: _Scratch) -> _Chunk:
+    def saved(cls, inputs: AttentionInputs, q, start: int, stop: int, probs, keep, scratch: Scratch) -> Chunk:
         """The chunk from the forward's probabilities (and keep mask): nothing recomputed."""
         self = cls(inputs, q, start, stop, scratch)
         self.probs, self.keep = probs, keep
@@ -240,22 +237,24 @@ class _Chunk:
         return self.band.bucket(x)
 
 
-def _chunk_output(c: _Chunk, v, table, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_output(c: Chunk, v, table, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(output rows of the chunk, its weights)."""
     w = c.weights(in_place)
     return torch.matmul(w, v) + torch.matmul(c.bucket(w), table), w
 
 
-def _forward(inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: list | None = None) -> torch.Tensor:
+def forward_chunks(
+    inputs: AttentionInputs, q, k, v, table, bh_offset: int = 0, save: list | None = None
+) -> torch.Tensor:
     """The output [B, H, Lq, D]; with ``save`` (a list), appends each chunk's (probs, keep or None) to it."""
     b, h, lq, lk, d = inputs.shape
     out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
-    scratch = _Scratch()
+    scratch = Scratch()
     step = chunk_length(b, h, lk, lq, q.device)
     for start in range(0, lq, step):
         stop = min(lq, start + step)
-        chunk = _Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
-        out[:, :, start:stop] = _chunk_output(chunk, v, table, in_place=save is None)[0]
+        chunk = Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
+        out[:, :, start:stop] = chunk_output(chunk, v, table, in_place=save is None)[0]
         if save is not None:
             save.append((chunk.probs, chunk.keep))
     return out
@@ -270,9 +269,7 @@ class RelativeRows:
         self.go_t, self.w_bucket, self.ds_bucket = go_t, w_bucket, ds_bucket
 
 
-def _chunk_backward(
-    inputs, c: _Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm, rel: RelativeRows | None = None
-) -> None:
+def chunk_backward(inputs, c: Chunk, k, v, table, go_c, dq_c, dk, dv, dt, dhm, rel: RelativeRows | None = None) -> None:
     dropped = c.dropped()  # probs * keep / (1 - p): a copy when there is a mask (dS needs the probs too)
     w = dropped if c.head_mask is None else dropped * c.head_mask
     # dW_ij = dO_i . (v_j + a_ij): the gradient of each weight.
@@ -304,7 +301,7 @@ def _chunk_backward(
         dt += torch.einsum("bhim,bhid->md", ds_bucket, c.q) * inputs.scale
 
 
-def _backward(
+def backward_chunks(
     inputs: AttentionInputs, q, k, v, table, go, dq, dk, dv, dt, dhm, bh_offset: int = 0, saved: list | None = None
 ) -> None:
     """Accumulates the gradients into dq (written), dk, dv, dt and dhm (added to; dt / dhm may be None).
@@ -313,15 +310,15 @@ def _backward(
     forward's per-chunk (probs, keep or None), when it kept them (see SAVE_ELEMENTS); else recomputed.
     """
     b, h, lq, lk, d = inputs.shape
-    scratch = _Scratch()
+    scratch = Scratch()
     step = chunk_length(b, h, lk, lq, q.device)
     for index, start in enumerate(range(0, lq, step)):
         stop = min(lq, start + step)
         if saved is not None:
-            c = _Chunk.saved(inputs, q, start, stop, *saved[index], scratch)
+            c = Chunk.saved(inputs, q, start, stop, *saved[index], scratch)
         else:
-            c = _Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
-        _chunk_backward(inputs, c, k, v, table, go[:, :, start:stop], dq[:, :, start:stop], dk, dv, dt, dhm)
+            c = Chunk.compute(inputs, q, k, table, start, stop, scratch, bh_offset)
+        chunk_backward(inputs, c, k, v, table, go[:, :, start:stop], dq[:, :, start:stop], dk, dv, dt, dhm)
 
 
 # Up to this many score elements (B * H * Lq * Lk; 16 MiB of float32) the forward keeps its chunks'
@@ -332,96 +329,3 @@ SAVE_ELEMENTS = 1 << 22
 
 def saves_probabilities(batch_heads: int, lq: int, lk: int) -> bool:
     return batch_heads * lq * lk <= SAVE_ELEMENTS
-
-
-class _TorchRelativeAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, table, head_mask, inputs: AttentionInputs):
-        cd = _compute_dtype(q.dtype)
-        qc, kc, vc, tc = (t.to(cd) for t in (q, k, v, table))
-        b, h, lq, lk, _ = inputs.shape
-        save = [] if saves_probabilities(b * h, lq, lk) else None
-        out = _forward(inputs, qc, kc, vc, tc, save=save)
-        flat = []
-        for probs, keep in save or ():
-            flat += [probs, keep if keep is not None else probs.new_empty(0, dtype=torch.bool)]
-        ctx.save_for_backward(q, k, v, table, *flat)
-        ctx.inputs = inputs
-        ctx.head_mask_dtype = head_mask.dtype if head_mask is not None else None
-        return out.to(q.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        with torch.autocast(grad_out.device.type, enabled=False):
-            return _TorchRelativeAttention._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        q, k, v, table, *saved = ctx.saved_tensors
-        inputs: AttentionInputs = ctx.inputs
-        b, h = q.shape[:2]
-        cd = _compute_dtype(q.dtype)
-        qc, kc, vc, tc = (t.to(cd) for t in (q, k, v, table))
-        dq = torch.empty_like(qc)
-        dk = torch.zeros_like(kc)
-        dv = torch.zeros_like(vc)
-        dt = torch.zeros_like(tc) if ctx.needs_input_grad[3] else None
-        dhm = torch.zeros(b, h, dtype=cd, device=q.device) if ctx.needs_input_grad[4] else None
-        pairs = [(saved[i], saved[i + 1] if saved[i + 1].numel() else None) for i in range(0, len(saved), 2)]
-        _backward(inputs, qc, kc, vc, tc, grad_out.to(cd), dq, dk, dv, dt, dhm, saved=pairs or None)
-        return (
-            dq.to(q.dtype),
-            dk.to(k.dtype),
-            dv.to(v.dtype),
-            dt.to(table.dtype) if dt is not None else None,
-            dhm.to(ctx.head_mask_dtype) if dhm is not None else None,
-            None,
-        )
-
-
-# Up to this many elements of the [Lq, Lk, D] table (L = 181 at D = 64) the materialized form, the reference's
-# math under autograd, is faster than the skewed band on a CPU: a handful of large ops instead of a few dozen
-# smaller ones, and its table costs at most 8 MiB. Measured in benchmarks/NOTES.md ("torch backend by size").
-MATERIALIZE_ELEMENTS = 1 << 21
-
-
-def materializes(inputs: AttentionInputs) -> bool:
-    """Small calls on a CPU: the table within MATERIALIZE_ELEMENTS and, when autograd records the call, the scores
-    it keeps for the backward within what the banded form keeps anyway (SAVE_ELEMENTS), so a training step's peak
-    memory stays that of the banded form (inference keeps nothing)."""
-    b, h, lq, lk, d = inputs.shape
-    if inputs.q.device.type != "cpu" or lq * lk * d > MATERIALIZE_ELEMENTS:
-        return False
-    leaves = (inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask)
-    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
-    return not recorded or b * h * lq * lk <= SAVE_ELEMENTS
-
-
-def forward(inputs: AttentionInputs) -> torch.Tensor:
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():
-        # A trace or an export must hold for every shape: the chunk loop's trip count and the band's pieces
-        # (sized in Python from L and R) would be baked in, and torch.jit.trace cannot record the
-        # autograd.Function. The materialized form is plain ops whose shapes follow L symbolically; the
-        # exported graph then holds an [Lq, Lk, D] table per layer, as transformers' model does.
-        return reference.forward(inputs)
-    if materializes(inputs) and not torch.compiler.is_compiling():
-        return reference.forward(inputs)
-    return _TorchRelativeAttention.apply(inputs.q, inputs.k, inputs.v, inputs.table, inputs.head_mask, inputs)
-
-
-def forward_varlen(inputs: VarlenInputs) -> torch.Tensor:
-    return torch_varlen.forward_varlen(inputs)
-
-
-def forward_with_probs(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output, attention weights [B, H, Lq, Lk]) through plain autograd, for output_attentions.
-
-    The weights are those the output is built from: after dropout and head_mask.
-    """
-    cd = _compute_dtype(inputs.q.dtype)
-    q, k, v, table = (t.to(cd) for t in (inputs.q, inputs.k, inputs.v, inputs.table))
-    _, _, lq, _, _ = inputs.shape
-    chunk = _Chunk.compute(inputs, q, k, table, 0, lq, _Scratch())
-    out, w = _chunk_output(chunk, v, table, in_place=False)
-    return out.to(inputs.q.dtype), w.to(inputs.q.dtype)

@@ -1,0 +1,300 @@
+"""`nezha-kernels compile-check --profile --out DIR`: the static profile of every GPU kernel, from its SASS.
+
+Each kernel's main configs are compiled for the requested archs as the JIT would (profile_triton,
+profile_cuda), disassembled with triton's nvdisasm, and analysed (profile_analyze, sass, roles): resources,
+MMA kinds, async copies, and per loop and path role (far / band / other, see roles.py for the convention
+kernel authors follow) the warp-instructions of one iteration by class, per score. The H100 issue model
+(issue_model.py) predicts each kernel's time at L = 512 .. 16k for B*H = 16 * 16 heads.
+
+Writes DIR/<kernel>_sm<arch>_<dtype>_d<D>.sass (the nvdisasm listing with line info) and DIR/profile.json
+(one row per kernel, backend, arch, dtype and head dim), prints a table of loops and one of predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from . import issue_model, profile_analyze, sass
+
+__all__ = ["LENGTHS", "HEADS", "R", "profile_rows", "format_loops", "format_model", "run_profile"]
+
+LENGTHS = (512, 1024, 4096, 16384)
+HEADS = (16, 16)  # B, H of the model's predictions
+R = 64  # max_relative_position of every public NEZHA checkpoint
+
+
+def occupancy(registers: int | None, shared: int | None, warps: int, arch: int) -> int | None:
+    """Resident blocks per SM from registers (allocated per warp in 256-register units), shared memory
+    (228 KiB per SM on sm_90, 164 KiB on sm_80, 1 KiB reserved per block) and the 64-warp, 32-block limits."""
+    if not registers:
+        return None
+    per_warp = -(-registers * 32 // 256) * 256
+    by_regs = 65536 // (per_warp * warps)
+    smem_sm = (228 if arch >= 90 else 164) * 1024
+    by_smem = smem_sm // ((shared or 0) + 1024)
+    return max(0, min(by_regs, by_smem, 64 // warps, 32))
+
+
+def _scores(rows: int, cols: int, warps: int) -> float:
+    return rows * cols / warps
+
+
+def analyze_row(
+    meta: dict,
+    cubin: bytes,
+    function: str | None,
+    out_dir: Path | None,
+    sass_text: str | None = None,
+    functions: list | None = None,
+):
+    """Fill ``meta`` (kernel, backend, arch, dtype, head_dim, tile, warps, stages, rows, cols, other_trips,
+    compiler, shared_bytes) with the analysis of ``function`` in ``cubin`` (the only one if None).
+    ``sass_text`` / ``functions``: the cubin's listing and its parse, when the caller has them already."""
+    text = sass_text if sass_text is not None else profile_analyze.disassemble(cubin)
+    functions = functions if functions is not None else sass.parse(text)
+    fn = next((f for f in functions if function is None or f.name == function), None)
+    if fn is None:
+        return {**meta, "status": "error", "message": f"function {function} not in the cubin"}
+    res = profile_analyze.resources(cubin).get(fn.name, {})
+    scores = _scores(meta["rows"], meta["cols"], meta["warps"])
+    analysis = profile_analyze.analyze_function(fn, scores)
+    far, band, once = profile_analyze.model_costs(analysis, meta.get("other_trips", 1))
+    heads = HEADS[0] * HEADS[1]
+    shared = meta.get("shared_bytes")
+    if shared is None:
+        shared = res.get("static_shared")
+    row = {
+        **meta,
+        "status": "ok",
+        "registers": res.get("registers"),
+        "spill_bytes": res.get("spill_bytes"),
+        "shared_bytes": shared,
+        "occupancy_blocks_per_sm": occupancy(res.get("registers"), shared, meta["warps"], meta["arch"]),
+        **{k: v for k, v in analysis.items() if not k.startswith("_")},
+        "model": {
+            "B*H": f"{HEADS[0]}*{HEADS[1]}",
+            "R": R,
+            "per_program_once_instructions": round(once.instructions),
+            "predictions": [
+                issue_model.predict(length, heads, meta["rows"], meta["cols"], meta["warps"], far, band, once, R)
+                for length in LENGTHS
+            ],
+        },
+    }
+    if out_dir is not None:
+        name = f"{meta['kernel']}_sm{meta['arch']}_{meta['dtype']}_d{meta['head_dim']}.sass"
+        (out_dir / name).write_text(_function_text(text, fn.name))
+        row["sass_file"] = name
+    return row
+
+
+def _function_text(text: str, name: str) -> str:
+    """The part of an nvdisasm listing that belongs to one function (the whole listing if not found)."""
+    marker = f".text.{name}"
+    start = text.find(f"//--------------------- {marker} ")
+    if start < 0:
+        return text
+    end = text.find("//--------------------- .text.", start + 10)
+    return text[start : end if end > 0 else len(text)]
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Each forward row's (Triton or CUDA) predicted time over the plain flash forward's (same arch, dtype, D)."""
+    ref = {
+        (r["arch"], r["dtype"], r["head_dim"]): r
+        for r in rows
+        if r["kernel"] == "plain_flash_fwd" and r.get("status") == "ok"
+    }
+    for r in rows:
+        base = ref.get((r["arch"], r["dtype"], r["head_dim"]))
+        if base is None or r.get("status") != "ok" or r is base or "fwd" not in r["kernel"]:
+            continue
+        for p, q in zip(r["model"]["predictions"], base["model"]["predictions"], strict=True):
+            p["vs_plain_flash_fwd"] = round(p["time_us"] / q["time_us"], 2) if q["time_us"] else None
+
+
+def profile_rows(
+    archs,
+    dtypes,
+    head_dims,
+    components=("triton", "cuda"),
+    out_dir: Path | None = None,
+    say=None,
+    triton_kernels=None,
+    plain: bool = True,
+    listed_stages: bool = False,
+):
+    """Every profile row for ``archs`` x ``dtypes`` x ``head_dims`` of the chosen components (Triton: the
+    kernels ``triton_kernels``, default all, and the plain flash reference if ``plain``)."""
+    say = say or (lambda text: None)
+    rows: list[dict] = []
+    if "triton" in components:
+        from . import profile_triton
+
+        try:
+            import triton
+        except ImportError:
+            triton = None
+        if triton is not None:
+            jobs = profile_triton.jobs(
+                archs, dtypes, head_dims, triton_kernels or profile_triton.KERNELS, plain, listed_stages
+            )
+            say(f"profile: {len(jobs)} triton compiles (cached ones are instant) ...")
+            results = profile_triton.compile_jobs(
+                jobs,
+                progress=lambda job, res: say(
+                    f"  compiled {job['kernel']} sm_{job['arch']} {job['dtype']} d{job['head_dim']}"
+                ),
+            )
+            for job, res in zip(jobs, results, strict=True):
+                rows_, cols, trips = profile_triton.TILE_GEOMETRY[job["kernel"]](job["constexprs"])
+                meta = {
+                    "kernel": job["kernel"],
+                    "backend": "triton",
+                    "arch": job["arch"],
+                    "compiler": f"triton {triton.__version__}",
+                    "dtype": job["dtype"],
+                    "head_dim": job["head_dim"],
+                    "tile": job["tile"],
+                    "warps": job["warps"],
+                    "stages": job["stages"],
+                    "rows": rows_,
+                    "cols": cols,
+                    "other_trips": trips,
+                }
+                if "error" in res:
+                    rows.append({**meta, "status": "error", "message": res["error"]})
+                    continue
+                meta["shared_bytes"] = res["shared"]
+                rows.append(analyze_row(meta, res["cubin"], res["name"], out_dir))
+    if "cuda" in components:
+        try:
+            from . import profile_cuda
+        except ModuleNotFoundError as exc:
+            if exc.name != "nezha_kernels.compile_check.profile_cuda":
+                raise
+        else:
+            rows += profile_cuda.rows(archs, dtypes, head_dims, out_dir, say)
+    _add_ratios(rows)
+    return rows
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _table(header, body) -> str:
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip() for b in body]
+    return "\n".join(lines)
+
+
+def format_loops(rows: list[dict]) -> str:
+    header = ("kernel", "be", "arch", "dtype", "D", "tile w s", "regs", "spill", "smem", "loop", "role", "instr",
+              "scores", "/score", "ex2/sc", "mma", "wgmma/wait", "async")  # fmt: skip
+    body = []
+    for r in rows:
+        base = (
+            r["kernel"],
+            r["backend"],
+            f"sm_{r['arch']}",
+            r["dtype"],
+            str(r["head_dim"]),
+            f"{r['tile'][0]}x{r['tile'][1]} w{r['warps']} s{r['stages']}",
+        )
+        if r.get("status") != "ok":
+            body.append((*base, "", "", "", "", "error", (r.get("message") or "")[:60], *[""] * 6))
+            continue
+        res = (_fmt(r["registers"]), _fmt(r["spill_bytes"]), _fmt(r["shared_bytes"]))
+        for e in r["loops"] or [None]:
+            if e is None:
+                body.append((*base, *res, "-", "-", *[""] * 7))
+                continue
+            mma = " ".join(f"{n}x{k}" for k, n in e["mma"].items())
+            a = e["async"]
+            asy = []
+            if a["ldgsts"]:
+                asy.append(f"cp.async {a['groups_in_flight']}/{a['commit_groups']}g")
+            if a["tma_loads"]:
+                asy.append(f"tma {a['tma_loads']}")
+            batches = e["wgmma_batches"]
+            body.append(
+                (
+                    *base,
+                    *res,
+                    f"{e['loop']}{'.' * e['depth']}",
+                    e["role"],
+                    str(e["total"]),
+                    _fmt(e["scores_per_iter"], 0),
+                    _fmt(e["per_score"]),
+                    _fmt(e["ex2_per_score"], 2),
+                    mma,
+                    f"max {max(batches)}" if batches else "-",
+                    " ".join(asy) or "-",
+                )
+            )
+    return _table(header, body)
+
+
+def format_model(rows: list[dict]) -> str:
+    header = ("kernel", "be", "arch", "dtype", "D", *(f"L={n} us (bound, x plain)" for n in LENGTHS))
+    body = []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        cells = []
+        for p in r["model"]["predictions"]:
+            ratio = p.get("vs_plain_flash_fwd")
+            cells.append(f"{p['time_us']:.1f} ({p['bound']}{f', {ratio:.2f}x' if ratio else ''})")
+        body.append((r["kernel"], r["backend"], f"sm_{r['arch']}", r["dtype"], str(r["head_dim"]), *cells))
+    return _table(header, body)
+
+
+def run_profile(
+    out: str, archs, dtypes, head_dims, components, quiet: bool = False, listed_stages: bool = False
+) -> int:
+    """The --profile entry point: write DIR's files, print the tables; 1 if any row failed."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def say(text):
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    rows = profile_rows(
+        tuple(archs), tuple(dtypes), tuple(head_dims), tuple(components), out_dir, say, listed_stages=listed_stages
+    )
+    doc = {
+        "generated_by": "nezha-kernels compile-check --profile" + (" --listed-stages" if listed_stages else ""),
+        "python": platform.python_version(),
+        "model": {
+            "issue_per_clock": issue_model.ISSUE_PER_CLOCK,
+            "ex2_per_clock": issue_model.EX2_PER_CLOCK,
+            "fma_per_clock_wgmma": issue_model.FMA_PER_CLOCK_WGMMA,
+            "fma_per_clock_mma_sync": issue_model.FMA_PER_CLOCK_MMA_SYNC,
+            "shared_bytes_per_clock": issue_model.SHARED_BYTES_PER_CLOCK,
+            "sms": issue_model.SMS,
+            "clock_hz": issue_model.CLOCK_HZ,
+            "lengths": list(LENGTHS),
+            "B*H": f"{HEADS[0]}*{HEADS[1]}",
+            "R": R,
+        },
+        "classes": list(sass.CLASSES),
+        "rows": rows,
+    }
+    (out_dir / "profile.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(format_loops(rows))
+    print()
+    print(format_model(rows))
+    failed = [r for r in rows if r.get("status") != "ok"]
+    print(f"\n{len(rows) - len(failed)} rows ok, {len(failed)} failed; written to {out_dir}/profile.json")
+    return 1 if failed else 0

@@ -1,0 +1,557 @@
+"""SASS analysis: parse ``nvdisasm -g -gi`` output, classify instructions, find loops and count their paths.
+
+Input: the text nvdisasm prints for a cubin with line info (``nvdisasm -c -g -gi FILE``): per function a
+``.text.<name>`` section, labels ``.L_x_N:``, instructions ``/*0a60*/ @!P0 BRA `(.L_x_0) ;`` and source
+comments ``//## File "f.py", line 12 inlined at "g.py", line 40``. A run of consecutive comment lines is one
+inline chain, innermost first; it applies to the instructions below it.
+
+Control flow: basic blocks start at the entry, at every label a branch names and after every branch; a
+conditional branch (guard predicate, or a predicate operand as in ``BRA P6, target``) also falls through.
+Loops are natural loops of back edges (an edge to a block that dominates its source); loops sharing a
+header are one loop; a loop's parent is the smallest loop that strictly contains it. The self-loop trap
+nvcc and triton put after the last EXIT (``.L_x_9: BRA `(.L_x_9)``) is not a loop.
+
+Paths: inside a loop (its inner loops collapsed to one node each, which adds nothing to the outer count) the
+DAG from the header to a latch (a block with an edge back to the header) is searched by dynamic programming
+for the path that avoids blocks of role "band" (the far path), and for the path with the most band blocks
+(the band path); each with as few "rare" blocks as it can (code the common case skips: roles.py), then
+the most instructions. Instructions are counted as issued: a predicated-off
+instruction still takes an issue slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+
+__all__ = [
+    "Instruction",
+    "Function",
+    "Block",
+    "Loop",
+    "Path",
+    "CLASSES",
+    "parse",
+    "classify",
+    "analyze_cfg",
+    "best_paths",
+    "straight_line",
+    "mma_shape",
+    "mma_fma",
+    "shared_bytes",
+    "wgmma_batches",
+    "async_in_flight",
+]
+
+# Instruction classes, in table order.
+CLASSES = (
+    "mma",
+    "ex2",
+    "fp32",
+    "select",
+    "int",
+    "mem_global",
+    "mem_shared",
+    "mem_async",
+    "sync",
+    "branch",
+    "other",
+)
+
+_FUNC = re.compile(r"^\s*\.text\.(\S+?):?\s*$|^\s*\.section\s+\.text\.([^,\s]+)")
+_LABEL = re.compile(r"^\s*(\.L\w+|[A-Za-z_$][\w$.]*):\s*$")
+_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
+_FILE = re.compile(r'//## File "([^"]+)", line (\d+)((?: inlined at "[^"]+", line \d+)*)')
+_INLINED = re.compile(r'inlined at "([^"]+)", line (\d+)')
+_TARGET = re.compile(r"`\(([^)]+)\)")
+
+# Opcode (first dot-separated part) -> class. MUFU, BRA variants and the U* uniform ops are handled in classify.
+_BY_OP = {}
+for _cls, _ops in {
+    "mma": "HGMMA HMMA IMMA DMMA QGMMA IGMMA BGMMA HMMA2 UTCHMMA UTCQMMA",
+    "fp32": "FADD FMUL FFMA FMNMX FCHK F2F F2FP FRND HADD2 HMUL2 HFMA2 HMNMX2 I2F F2I I2FP F2IP FSWZADD DADD DMUL "
+    "DFMA F2FP.BF16 FMUL2 FADD2 FFMA2",
+    "select": "FSEL SEL FSETP ISETP PSETP PLOP3 P2R R2P HSETP2 DSETP ISETP.64 FSET ISET VOTEU",
+    "int": "IMAD IADD3 IADD LOP3 LEA SHF SHL SHR VIADD VIADDMNMX IABS SGXT PRMT IMNMX VIMNMX BMSK POPC FLO BREV "
+    "IMUL LOP IADD32I IMAD.WIDE BFE BFI",
+    "mem_global": "LDG STG LD ST RED ATOM ATOMG REDG LDL STL CCTL",
+    "mem_shared": "LDS STS LDSM STSM ATOMS REDS",
+    "mem_async": "LDGSTS LDGDEPBAR UTMALDG UTMASTG UTMAPF UBLKCP UTMACCTL UTMAREDG UBLKRED",
+    "sync": "BAR MEMBAR FENCE DEPBAR WARPGROUP SYNCS WARPSYNC ERRBAR ARRIVES CGAERRBAR ELECT",
+    "branch": "BRA BRX JMP JMX CALL RET EXIT BSSY BSYNC BREAK BPT YIELD KILL NANOSLEEP",
+}.items():
+    for _op in _ops.split():
+        _BY_OP[_op] = _cls
+# Uniform-datapath twins of integer and select ops (ULOP3, UIADD3, UISETP, USEL, ...).
+_UNIFORM = {
+    "int": "ULOP3 UIADD3 USHF UIMAD ULEA USGXT UPRMT UFLO UPOPC UBMSK UBREV UIABS UIMNMX",
+    "select": "UISETP USEL UPLOP3 UP2UR UR2UP",
+}
+for _cls, _ops in _UNIFORM.items():
+    for _op in _ops.split():
+        _BY_OP[_op] = _cls
+
+
+def classify(opcode: str) -> str:
+    """The class (one of CLASSES) of an opcode with its modifiers, e.g. "MUFU.EX2" -> "ex2"."""
+    base = opcode.split(".")[0]
+    if base == "MUFU":
+        return "ex2" if opcode.startswith("MUFU.EX2") else "fp32"
+    return _BY_OP.get(base, "other")
+
+
+@dataclasses.dataclass
+class Instruction:
+    addr: int
+    pred: str  # guard predicate ("@!P0") or ""
+    opcode: str  # with modifiers: "HGMMA.64x16x16.F32.BF16"
+    operands: str
+    frames: tuple[tuple[str, int], ...] = ()  # source (file, line), innermost first
+    cls: str = ""
+
+    def __post_init__(self):
+        if not self.cls:
+            self.cls = classify(self.opcode)
+
+    @property
+    def base(self) -> str:
+        return self.opcode.split(".")[0]
+
+    @property
+    def target(self) -> str | None:
+        m = _TARGET.search(self.operands)
+        return m.group(1) if m else None
+
+    @property
+    def ends_block(self) -> bool:
+        return self.base in ("BRA", "BRX", "JMP", "JMX", "RET", "EXIT", "KILL")
+
+    @property
+    def conditional(self) -> bool:
+        """A control transfer that may not happen (guarded, a predicate operand, or BRA.DIV)."""
+        if self.pred or ".DIV" in self.opcode:
+            return True
+        if self.base == "BRA":
+            head = self.operands.split("`")[0]
+            return bool(re.search(r"(?<!\w)!?U?P[0-6]\b", head))
+        return False
+
+
+@dataclasses.dataclass
+class Block:
+    index: int
+    label: str | None
+    instrs: list[Instruction]
+    succ: list[int] = dataclasses.field(default_factory=list)
+    role: str = ""  # "far", "band", "other" or "" (no source role)
+
+    @property
+    def start(self) -> int:
+        return self.instrs[0].addr
+
+
+@dataclasses.dataclass
+class Loop:
+    header: int
+    body: set[int]
+    latches: set[int]
+    parent: Loop | None = None
+    children: list[Loop] = dataclasses.field(default_factory=list)
+    index: int = 0
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else self.parent.depth + 1
+
+
+@dataclasses.dataclass
+class Path:
+    blocks: list[int]
+    instrs: list[Instruction]
+    inner_loops: list[int]  # indices of the inner loops the path passes (counted apart)
+    band_blocks: int = 0
+    rare_blocks: int = 0
+
+    def counts(self) -> Counter:
+        return Counter(i.cls for i in self.instrs)
+
+
+@dataclasses.dataclass
+class Function:
+    name: str
+    instrs: list[Instruction]
+    labels: dict[str, int]  # label -> index of the instruction it precedes
+    blocks: list[Block] = dataclasses.field(default_factory=list)
+    loops: list[Loop] = dataclasses.field(default_factory=list)
+
+
+def parse(text: str) -> list[Function]:
+    """The functions of an ``nvdisasm -g -gi`` (or ``cuobjdump -sass``) listing, instructions in order."""
+    functions: list[Function] = []
+    current: Function | None = None
+    chain: list[tuple[str, int]] = []
+    frames: tuple[tuple[str, int], ...] = ()
+    pending: list[str] = []
+    cuobjdump_func = re.compile(r"^\s*Function\s*:\s*(\S+)")
+    for line in text.splitlines():
+        m = _FUNC.match(line) or cuobjdump_func.match(line)
+        if m:
+            name = next(g for g in m.groups() if g)
+            if current is None or current.name != name:
+                current = Function(name, [], {})
+                functions.append(current)
+                chain, frames, pending = [], (), []
+            continue
+        if current is None:
+            continue
+        f = _FILE.search(line)
+        if f:
+            if not chain:  # the first line of a run is the innermost location with its inline chain
+                chain = [(f.group(1), int(f.group(2)))]
+                chain += [(p, int(n)) for p, n in _INLINED.findall(f.group(3))]
+            frames = tuple(chain)
+            continue
+        chain = []
+        lab = _LABEL.match(line)
+        if lab:
+            pending.append(lab.group(1))
+            continue
+        ins = _INSTR.match(line)
+        if ins:
+            pred = (ins.group(2) or "").strip()
+            instr = Instruction(int(ins.group(1), 16), pred, ins.group(3), ins.group(4).strip(), frames)
+            for name in pending:
+                current.labels[name] = len(current.instrs)
+            pending = []
+            current.instrs.append(instr)
+    return [f for f in functions if f.instrs]
+
+
+def _build_blocks(fn: Function) -> list[Block]:
+    instrs = fn.instrs
+    leaders = {0} | set(fn.labels.values())
+    for i, ins in enumerate(instrs):
+        if ins.ends_block and i + 1 < len(instrs):
+            leaders.add(i + 1)
+    starts = sorted(x for x in leaders if x < len(instrs))
+    by_instr = {}
+    names = {v: k for k, v in fn.labels.items()}
+    blocks = []
+    for bi, s in enumerate(starts):
+        e = starts[bi + 1] if bi + 1 < len(starts) else len(instrs)
+        blocks.append(Block(bi, names.get(s), instrs[s:e]))
+        by_instr[s] = bi
+    for b in blocks:
+        last = b.instrs[-1]
+        fall = b.index + 1 if b.index + 1 < len(blocks) else None
+        succ = []
+        if last.base == "BRA":
+            tgt = last.target
+            if tgt in fn.labels and fn.labels[tgt] in by_instr:
+                succ.append(by_instr[fn.labels[tgt]])
+            if last.conditional and fall is not None:
+                succ.append(fall)
+        elif last.base in ("EXIT", "RET", "KILL"):
+            if last.conditional and fall is not None:
+                succ.append(fall)
+        elif last.base in ("BRX", "JMX", "JMP"):
+            pass  # indirect: successors unknown; nothing falls through
+        elif fall is not None:
+            succ.append(fall)
+        b.succ = list(dict.fromkeys(succ))
+    return blocks
+
+
+def _dominators(blocks: list[Block]) -> list[set[int]]:
+    n = len(blocks)
+    preds = [[] for _ in range(n)]
+    for b in blocks:
+        for s in b.succ:
+            preds[s].append(b.index)
+    reach, stack = {0}, [0]
+    while stack:
+        for s in blocks[stack.pop()].succ:
+            if s not in reach:
+                reach.add(s)
+                stack.append(s)
+    dom = [set(reach) for _ in range(n)]
+    dom[0] = {0}
+    changed = True
+    while changed:
+        changed = False
+        for b in sorted(reach - {0}):
+            ps = [dom[p] for p in preds[b] if p in reach]
+            new = set.intersection(*ps) | {b} if ps else {b}
+            if new != dom[b]:
+                dom[b], changed = new, True
+    for b in range(n):
+        if b not in reach:
+            dom[b] = set()
+    return dom
+
+
+def _is_trap(block: Block) -> bool:
+    """The self-loop after the last EXIT: one unconditional BRA to itself."""
+    return len(block.instrs) == 1 and block.instrs[0].base == "BRA" and block.succ == [block.index]
+
+
+def analyze_cfg(fn: Function) -> Function:
+    """Fill fn.blocks and fn.loops (outermost first, by header address); returns fn."""
+    blocks = _build_blocks(fn)
+    dom = _dominators(blocks)
+    preds = [[] for _ in blocks]
+    for b in blocks:
+        for s in b.succ:
+            preds[s].append(b.index)
+    loops: dict[int, Loop] = {}
+    for b in blocks:
+        for s in b.succ:
+            if s in dom[b.index] and not _is_trap(blocks[s]):
+                body, stack = {s, b.index}, [b.index]
+                while stack:
+                    x = stack.pop()
+                    if x == s:
+                        continue
+                    for p in preds[x]:
+                        if p not in body:
+                            body.add(p)
+                            stack.append(p)
+                loop = loops.setdefault(s, Loop(s, set(), set()))
+                loop.body |= body
+                loop.latches.add(b.index)
+    ordered = sorted(loops.values(), key=lambda lp: (-len(lp.body), blocks[lp.header].start))
+    for i, lp in enumerate(ordered):
+        parents = [o for o in ordered[:i] if lp.body < o.body or (lp.body <= o.body and o is not lp)]
+        if parents:
+            lp.parent = min(parents, key=lambda o: len(o.body))
+            lp.parent.children.append(lp)
+    ordered.sort(key=lambda lp: blocks[lp.header].start)
+    for i, lp in enumerate(ordered):
+        lp.index = i
+    fn.blocks, fn.loops = blocks, ordered
+    return fn
+
+
+def _collapsed(fn: Function, region: set[int], children: list[Loop]):
+    """Node of each block of ``region``: a block, or ("loop", child index) for blocks of an inner loop."""
+    node = {b: b for b in region}
+    for child in children:
+        for b in child.body:
+            node[b] = ("loop", child.index)
+    return node
+
+
+def _dag_paths(fn: Function, region: set[int], children: list[Loop], entry: int, ends: set, back_to: int | None):
+    """Successors of the collapsed DAG of ``region``: {node: [node]}, edges to ``back_to`` dropped."""
+    node = _collapsed(fn, region, children)
+    succ: dict = {}
+    for b in region:
+        u = node[b]
+        succ.setdefault(u, [])
+        for s in fn.blocks[b].succ:
+            if s not in region or s == back_to:
+                continue
+            v = node[s]
+            if v != u and v not in succ[u]:
+                succ[u].append(v)
+    return node, succ
+
+
+def _topo(succ: dict, start) -> list:
+    order, seen, stack = [], set(), [(start, iter(succ.get(start, [])))]
+    seen.add(start)
+    while stack:
+        u, it = stack[-1]
+        for v in it:
+            if v not in seen:
+                seen.add(v)
+                stack.append((v, iter(succ.get(v, []))))
+                break
+        else:
+            order.append(u)
+            stack.pop()
+    return order[::-1]
+
+
+def _best(fn: Function, succ: dict, start, ends: set, key, allowed) -> list | None:
+    """Node sequence from ``start`` to a node of ``ends`` maximizing ``key(node)`` summed (tuples add
+    elementwise), over nodes where ``allowed(node)``; None when no such path exists."""
+    order = _topo(succ, start)
+    best: dict = {}
+    prev: dict = {}
+    if not allowed(start):
+        return None
+    best[start] = key(start)
+    for u in order:
+        if u not in best:
+            continue
+        for v in succ.get(u, []):
+            if not allowed(v):
+                continue
+            cand = tuple(a + b for a, b in zip(best[u], key(v), strict=True))
+            if v not in best or cand > best[v]:
+                best[v], prev[v] = cand, u
+    reached = [e for e in ends if e in best]
+    if not reached:
+        return None
+    end = max(reached, key=lambda e: best[e])
+    path = [end]
+    while path[-1] != start:
+        path.append(prev[path[-1]])
+    return path[::-1]
+
+
+def _make_path(fn: Function, nodes: list) -> Path:
+    blocks = [n for n in nodes if isinstance(n, int)]
+    inner = [n[1] for n in nodes if not isinstance(n, int)]
+    instrs = [i for b in blocks for i in fn.blocks[b].instrs]
+    return Path(
+        blocks,
+        instrs,
+        inner,
+        sum(fn.blocks[b].role == "band" for b in blocks),
+        sum(fn.blocks[b].role == "rare" for b in blocks),
+    )
+
+
+def _weight(fn: Function, n) -> int:
+    return len(fn.blocks[n].instrs) if isinstance(n, int) else 0
+
+
+def best_paths(fn: Function, loop: Loop) -> dict[str, Path]:
+    """{"far": the band-free path, "band": the path through the most band blocks} of one iteration of
+    ``loop``; a key is missing when no such path exists (no band-free path, or no band block). Both take as
+    few "rare" blocks (code the common case skips) as they can, then the most instructions."""
+    node, succ = _dag_paths(fn, loop.body, loop.children, loop.header, set(), loop.header)
+    ends = {node[b] for b in loop.latches}
+    start = node[loop.header]
+
+    def role(n):
+        return fn.blocks[n].role if isinstance(n, int) else ""
+
+    out = {}
+    far = _best(fn, succ, start, ends, lambda n: (-int(role(n) == "rare"), _weight(fn, n)), lambda n: role(n) != "band")
+    if far is not None:
+        out["far"] = _make_path(fn, far)
+    if any(role(n) == "band" for n in succ):
+        band = _best(
+            fn,
+            succ,
+            start,
+            ends,
+            lambda n: (int(role(n) == "band"), -int(role(n) == "rare"), _weight(fn, n)),
+            lambda n: True,
+        )
+        if band is not None and any(role(n) == "band" for n in band):
+            out["band"] = _make_path(fn, band)
+    return out
+
+
+def straight_line(fn: Function) -> Path:
+    """The entry-to-exit path outside every loop (top-level loops collapsed) with the fewest rare blocks, then
+    the most instructions: the prologue and epilogue a program runs once."""
+    region = set(range(len(fn.blocks))) - {b.index for b in fn.blocks if _is_trap(b)}
+    top = [lp for lp in fn.loops if lp.parent is None]
+    node, succ = _dag_paths(fn, region, top, 0, set(), None)
+    ends = {node[b.index] for b in fn.blocks if b.index in region and not succ.get(node[b.index])}
+
+    # heaviest first; among equal ones, the path through the most loops (the one a real call takes)
+    def key(n):
+        rare = isinstance(n, int) and fn.blocks[n].role == "rare"
+        return (-int(rare), _weight(fn, n), int(not isinstance(n, int)))
+
+    path = _best(fn, succ, node[0], ends, key, lambda n: True)
+    return _make_path(fn, path or [node[0]])
+
+
+_SHAPE = re.compile(r"^(HGMMA|HMMA|IMMA|QGMMA|IGMMA)\.(\d+)(?:x(\d+)x(\d+))?")
+
+
+def mma_shape(opcode: str) -> str:
+    """ "HGMMA.64x16x16" / "HMMA.16816" / "HMMA.1688" from an MMA opcode."""
+    m = _SHAPE.match(opcode)
+    if not m:
+        return opcode.split(".")[0]
+    if m.group(3):
+        return f"{m.group(1)}.{m.group(2)}x{m.group(3)}x{m.group(4)}"
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def mma_fma(opcode: str) -> float:
+    """Multiply-adds one warp's instruction contributes: HGMMA m x n x k is issued by each of the 4 warps of
+    the warpgroup (m n k / 4 each); HMMA.16816 is 16 x 8 x 16, HMMA.1688 16 x 8 x 8 per warp."""
+    m = _SHAPE.match(opcode)
+    if not m:
+        return 0.0
+    if m.group(3):
+        return int(m.group(2)) * int(m.group(3)) * int(m.group(4)) / 4
+    digits = m.group(2)
+    dims = {"16816": (16, 8, 16), "1688": (16, 8, 8), "884": (8, 8, 4), "16832": (16, 8, 32)}.get(digits)
+    return float(dims[0] * dims[1] * dims[2]) if dims else 0.0
+
+
+def shared_bytes(ins: Instruction) -> int:
+    """Bytes one warp's LDS / STS / LDSM / STSM moves: 32 lanes x the access width (32 bits unless the
+    opcode says .64 / .128; narrower accesses still take a 128 B wavefront), ldmatrix 128 B per 8 x 8 matrix
+    (LDSM.16.M88.4: 4 matrices)."""
+    if ins.base in ("LDSM", "STSM"):
+        last = ins.opcode.rsplit(".", 1)[-1]
+        return 128 * (int(last) if last in ("1", "2", "4") else 1)
+    if ins.base in ("LDS", "STS", "ATOMS", "REDS"):
+        width = 32
+        for part in ins.opcode.split(".")[1:]:
+            if part in ("64", "128"):
+                width = int(part)
+        return 4 * width
+    return 0
+
+
+def wgmma_batches(instrs: list[Instruction]) -> list[int]:
+    """wgmma in flight at each wait: the HGMMA issued since the previous WARPGROUP.DEPBAR, at each
+    WARPGROUP.DEPBAR along ``instrs`` (one loop iteration). The HGMMA after the last wait are added to the
+    first wait's count: they are still outstanding when the next iteration reaches it."""
+    groups, n = [], 0
+    for ins in instrs:
+        if ins.base == "HGMMA":
+            n += 1
+        elif ins.opcode.startswith("WARPGROUP.DEPBAR"):
+            groups.append(n)
+            n = 0
+    if n and groups:
+        groups[0] += n
+    elif n:
+        groups.append(n)
+    return [g for g in groups if g]
+
+
+_WAIT = re.compile(r"SB(\d)\s*,\s*(0x[0-9a-f]+|\d+)")
+
+
+def async_in_flight(instrs: list[Instruction]) -> dict:
+    """cp.async groups over two passes of a loop path: commits (LDGDEPBAR) per pass, the waits'
+    allowed-pending counts (DEPBAR.LE SBn, N) and the most groups outstanding at any point of the second pass
+    (the steady state); also LDGSTS and UTMALDG per pass."""
+    commits = sum(i.base == "LDGDEPBAR" for i in instrs)
+    waits = []
+    outstanding, peak = 0, 0
+    for rep in range(2):
+        for ins in instrs:
+            if ins.base == "LDGDEPBAR":
+                outstanding += 1
+            elif ins.base == "DEPBAR" and "SB" in ins.operands:
+                m = _WAIT.search(ins.operands)
+                if m:
+                    n = int(m.group(2), 0)
+                    outstanding = min(outstanding, n)
+                    if rep == 0:
+                        waits.append(n)
+            if rep == 1:
+                peak = max(peak, outstanding)
+    return {
+        "ldgsts": sum(i.base == "LDGSTS" for i in instrs),
+        "commit_groups": commits,
+        "wait_pending": waits,
+        "groups_in_flight": peak,
+        "tma_loads": sum(i.base == "UTMALDG" for i in instrs),
+    }
