@@ -259,6 +259,14 @@ def format_model(rows: list[dict]) -> str:
     return _table(header, body)
 
 
+def dump_json(doc: dict) -> str:
+    """The profile document as JSON with one row per line (compact, and diffs stay row by row)."""
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in doc["rows"])
+    text = json.dumps(head, indent=1)
+    return text[:-2] + ',\n "rows": [\n' + rows + "\n ]\n}\n"
+
+
 def run_profile(
     out: str, archs, dtypes, head_dims, components, quiet: bool = False, listed_stages: bool = False
 ) -> int:
@@ -291,7 +299,7 @@ def run_profile(
         "classes": list(sass.CLASSES),
         "rows": rows,
     }
-    (out_dir / "profile.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "profile.json").write_text(dump_json(doc))
     print(format_loops(rows))
     print()
     print(format_model(rows))
