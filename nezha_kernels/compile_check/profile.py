@@ -6,6 +6,10 @@ MMA kinds, async copies, and per loop and path role (far / band / other, see rol
 kernel authors follow) the warp-instructions of one iteration by class, per score. The H100 issue model
 (issue_model.py) predicts each kernel's time at L = 512 .. 16k for B*H = 16 * 16 heads.
 
+A rebuilt kernel joins by its job tables: profile_triton.KERNELS / TILE_GEOMETRY (and triton_aot's
+KERNEL_FUNCTIONS, make_job and _signature for its arguments), profile_cuda.GEOMETRY for a CUDA kernel; loop roles
+follow the convention in roles.py.
+
 Writes DIR/<kernel>_sm<arch>_<dtype>_d<D>.sass (the nvdisasm listing with line info) and DIR/profile.json
 (one row per kernel, backend, arch, dtype and head dim), prints a table of loops and one of predictions.
 """

@@ -23,6 +23,11 @@ and CUDA alike), strongest first:
    optional mask), and today's Philox functions (``philox*``, ``dropout_uniform``). Paths take as few rare
    blocks as they can, then the heaviest (Triton kernels compile features out as constexprs: no rare code).
 
+Triton 3.6 writes no inline chains into its line info (3.9 does): there an instruction of an inlined helper
+(``dot``, ``tl.max``) carries only the helper's own line, so a role reaches it only through its block's vote
+(a third of the block) or the if-else rule below; keep far / band loop bodies mostly in their own function or
+marked block, not in shared helpers, so the vote carries.
+
 The innermost region wins where regions nest. An instruction takes the role of its innermost frame that
 has one (a generic helper such as ``dot`` inlined into a ``*far_tile*`` function is "far"). A block takes
 the role at least a third of its instructions have (the most common one); the unmarked arm of a two-way
