@@ -6,6 +6,10 @@ MMA kinds, async copies, and per loop and path role (far / band / other, see rol
 kernel authors follow) the warp-instructions of one iteration by class, per score. The H100 issue model
 (issue_model.py) predicts each kernel's time at L = 512 .. 16k for B*H = 16 * 16 heads.
 
+A rebuilt kernel joins by its job tables: profile_triton.KERNELS / TILE_GEOMETRY (and triton_aot's
+KERNEL_FUNCTIONS, make_job and _signature for its arguments), profile_cuda.GEOMETRY for a CUDA kernel; loop roles
+follow the convention in roles.py.
+
 Writes DIR/<kernel>_sm<arch>_<dtype>_d<D>.sass (the nvdisasm listing with line info) and DIR/profile.json
 (one row per kernel, backend, arch, dtype and head dim), prints a table of loops and one of predictions.
 """
@@ -259,6 +263,14 @@ def format_model(rows: list[dict]) -> str:
     return _table(header, body)
 
 
+def dump_json(doc: dict) -> str:
+    """The profile document as JSON with one row per line (compact, and diffs stay row by row)."""
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in doc["rows"])
+    text = json.dumps(head, indent=1)
+    return text[:-2] + ',\n "rows": [\n' + rows + "\n ]\n}\n"
+
+
 def run_profile(
     out: str, archs, dtypes, head_dims, components, quiet: bool = False, listed_stages: bool = False
 ) -> int:
@@ -291,7 +303,7 @@ def run_profile(
         "classes": list(sass.CLASSES),
         "rows": rows,
     }
-    (out_dir / "profile.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "profile.json").write_text(dump_json(doc))
     print(format_loops(rows))
     print()
     print(format_model(rows))
