@@ -27,6 +27,10 @@ PLAIN_FLASH = "plain_flash_fwd"
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
+# The module of each kernel (the dQ kernel lives in dq.py, dK/dV and delta in backward.py).
+TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.dq"}
+
+
 def _band_chunks(constexprs: dict) -> int:
     band_p = constexprs.get("BAND_P", 0)
     return band_p // (32 if band_p > 32 else max(band_p, 1)) if band_p else 1
@@ -61,7 +65,7 @@ def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True, listed_s
                     out.append(
                         dict(
                             kernel=kernel,
-                            module="nezha_kernels.triton_kernels." + ("forward" if kernel == "fwd" else "backward"),
+                            module=TRITON_MODULES.get(kernel, "nezha_kernels.triton_kernels.backward"),
                             fn=fn_name,
                             arch=arch,
                             dtype=dtype,
