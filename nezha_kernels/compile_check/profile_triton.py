@@ -2,7 +2,7 @@
 
 Jobs: forward, dQ and dK/dV at their main tile for (head dim, dtype) (configs.candidates(...)[0], num_stages
 as configs.stages_for gives it on the arch with this triton), the common case's constexprs (no masks,
-causal, dropout or head mask; R = 64 so BAND_P = 128), the launcher's specialization (triton_aot._signature:
+causal, dropout or head mask; R = 64 so BAND_P = 128), the launcher's specialization (triton_aot.launch_signature:
 unit strides constexpr, pointers and 16-divisible integers with tt.divisibility 16); plus the plain flash
 reference (plain_flash.py, 128 x 64, 4 warps, 3 stages). Cubins are cached under
 <cache>/profile/triton-<version>/ by a digest of the kernel sources, the compile-check rules and the job.
@@ -133,7 +133,7 @@ def _compile(job: dict) -> dict:
         if job["kernel"] == PLAIN_FLASH:
             sig, consts, attrs = _plain_signature(fn, job["dtype"], job["constexprs"])
         else:
-            sig, consts, attrs = triton_aot._signature(fn, job["dtype"], job["constexprs"])
+            sig, consts, attrs = triton_aot.launch_signature(fn, job["dtype"], job["constexprs"])
         src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
         compiled = triton.compile(
             src,
