@@ -1,6 +1,6 @@
 // Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, flash-attention style.
 //
-// A block owns BM = 64 query rows, warp w the 16 rows w*16 .. w*16 + 15, Q's fragments in registers. Key tiles of
+// A block owns BM = 64 query rows, warp w the 16 rows w*16 .. w*16 + 15, Q's fragments in registers (D <= 64). Key tiles of
 // BN = 64 rows arrive by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments
 // come from shared memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
 // Key tiles follow relattn_flash.h's schedule:
@@ -19,21 +19,50 @@
 
 namespace nezha {
 
-// S[NTN][4] = Q.K^T for one warp: Q fragments qf (16 x D) in registers, K rows n-major at ks (stride LD).
+// A warp's 16 query rows as mma A fragments: held in registers for D <= 64; for D = 128 (32 more registers would
+// spill the GENERAL kernels) loaded by ldmatrix from the shared Q tile at each use.
+template <typename T, int D, int LD>
+struct QueryFragments {
+    static constexpr bool IN_REGISTERS = D <= 64;
+    uint32_t regs[IN_REGISTERS ? D / 16 : 1][4];
+    const T* lane_row;  // this lane's ldmatrix row in the warp's Q rows
+
+    __device__ __forceinline__ QueryFragments(const T* warp_q, int lane) : lane_row(warp_q + ldsm_a_offset(lane, LD)) {
+        if constexpr (IN_REGISTERS) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(regs[kk], lane_row + kk * 16);
+        }
+    }
+    // The A fragment of k-step kk (columns 16 kk .. 16 kk + 15).
+    __device__ __forceinline__ void get(uint32_t (&a)[4], int kk) const {
+        if constexpr (IN_REGISTERS) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[r] = regs[kk][r];
+        } else {
+            ldsm_x4(a, lane_row + kk * 16);
+        }
+    }
+};
+
+// S[NTN][4] = Q.K^T for one warp: Q fragments q (16 x D), K rows n-major at ks (stride LD).
 template <typename T, int D, int LD, int NTN>
-__device__ __forceinline__ void warp_qk(float (&s)[NTN][4], const uint32_t (&qf)[D / 16][4], const T* ks, int lane) {
+__device__ __forceinline__ void warp_qk(float (&s)[NTN][4], const QueryFragments<T, D, LD>& q, const T* ks,
+                                        int lane) {
     zero_acc(s);
     const T* kl = ks + ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
+    for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        q.get(a, kk);
 #pragma unroll
         for (int np = 0; np < NTN / 2; ++np) {
             uint32_t b[4];
             ldsm_x4(b, kl + np * 16 * LD + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            MmaOp<T>::run(s[2 * np], qf[kk], b0);
-            MmaOp<T>::run(s[2 * np + 1], qf[kk], b1);
+            MmaOp<T>::run(s[2 * np], a, b0);
+            MmaOp<T>::run(s[2 * np + 1], a, b1);
         }
+    }
 }
 
 // acc[D/8][4] += P.V: P from the fp32 weights p (rounded to T), V rows k-major at vs (stride LD), ldmatrix.trans.
@@ -123,18 +152,17 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     cp_async_wait<0>();
     __syncthreads();
 
-    uint32_t qf[D / 16][4];  // this warp's 16 query rows as mma A fragments
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(qf[kk], Qs + warp * 16 * LD + kk * 16 + ldsm_a_offset(lane, LD));
+    const QueryFragments<T, D, LD> qf(Qs + warp * 16 * LD, lane);
     // Per row: (q . T[0]) and (q . T[2R]) * scale * log2(e), the far tiles' relative term.
     float edge_left[2], edge_right[2];
     {
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t b[2];
+            uint32_t a[4], b[2];
+            qf.get(a, kk);
             load_b_nmajor(b, Ts + kk * 16, LD, lane);
-            MmaOp<T>::run(c, qf[kk], b);
+            MmaOp<T>::run(c, a, b);
         }
         const bool col01 = (lane & 3) == 0;  // columns 0 (T[0]) and 1 (T[2R]) live in the quad's first lane
 #pragma unroll
@@ -151,7 +179,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 
     // Far tiles: plain attention, straight-line.
     const int n_far = sched.n_far();
-    for (int step = 0; step < n_far; ++step) {
+    for (int step = 0; step < n_far; ++step) {  // profile: far
         cp_async_wait<0>();
         __syncthreads();  // tile `step` visible; every warp done with the stage it replaces
         if (step + 1 < sched.n_tiles) load_kv_async((step + 1) & 1, sched.tile(step + 1));
@@ -197,7 +225,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     }
 
     // Band, partial and (with masks, dropout or causal) every other tile, ascending.
-    for (int step = n_far; step < sched.n_tiles; ++step) {
+    for (int step = n_far; step < sched.n_tiles; ++step) {  // profile: band
         const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (causal && causal_future_tile(a, q0, BM, k0) &&

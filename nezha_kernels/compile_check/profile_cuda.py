@@ -3,8 +3,10 @@
 ``nvcc -cubin -lineinfo`` with the extension's own flags (cuda_ext.build.nvcc_flags: -O3, sm_80 / sm_90a),
 so the instantiations are the ones the extension builds; the cubins are read by triton's nvdisasm and
 cuobjdump (the local toolkit has no disassembler). Cached under <cache>/profile/nvcc-<version>/ by a digest
-of the sources, the flags and nvcc's version. One row per dense instantiation (kernel, dtype, head dim) and
-arch; the padding-free (PACKED) instantiations are left out (same loops, other addressing).
+of the sources, the flags and nvcc's version. One row per dense instantiation (kernel, feature set, dtype, head
+dim) and arch; the padding-free (PACKED) instantiations are left out (same loops, other addressing). The
+tensor-core kernels' GENERAL feature set (masks, causal, dropout: csrc/relattn_flash.h) is reported as
+<kernel>_general, the PLAIN one (the common case) under the kernel's name.
 
 ``GEOMETRY`` says, per kernel, the program's rows, the rows one loop iteration streams, and the warps: the
 score tile of an iteration is rows x columns over the block's warps (TileConfig / TcConfig in csrc/).
@@ -24,8 +26,9 @@ from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_di
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from . import nvcc as nvcc_check
 from . import sass
+from .profile_row import analyze_row, occupancy
 
-__all__ = ["GEOMETRY", "rows", "cubins"]
+__all__ = ["GEOMETRY", "STAGES", "rows", "cubins"]
 
 
 def _tc_dq_cols(d: int) -> int:
@@ -41,6 +44,10 @@ GEOMETRY = {
     "relattn_bwd_dq_tc_kernel": lambda d: (64, _tc_dq_cols(d), 4),
     "relattn_bwd_dkdv_tc_kernel": lambda d: (64, 32, 4),
 }
+
+
+# kernel -> shared-memory pipeline stages of its streamed tiles (the TC forward: cp.async, 2 stages).
+STAGES = {"relattn_fwd_tc_kernel": 2}
 
 
 def _nvcc_version(nvcc: str) -> str:
@@ -94,7 +101,6 @@ def _function_names(cubin: bytes) -> list[str]:
 
 def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
     """Profile rows of the dense CUDA kernel instantiations matching ``dtypes`` x ``head_dims``."""
-    from .profile import analyze_row
     from .profile_analyze import disassemble
 
     nvcc = find_nvcc()
@@ -123,15 +129,16 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
         text = disassemble(cubin)
         functions = sass.parse(text)
         for mangled in _function_names(cubin):
-            m = nvcc_check._MANGLED.search(mangled)
+            m = nvcc_check.MANGLED.search(mangled)
             if not m or m.group(5) == "1":
                 continue  # not a kernel instantiation, or the padding-free layout
             n, rest = int(m.group(1)), m.group(2)
-            kernel = rest[:n]
-            dtype, d = nvcc_check._DTYPES[m.group(3)], int(m.group(4))
-            if kernel not in GEOMETRY or dtype not in dtypes or d not in head_dims:
+            base = rest[:n]
+            kernel = base + nvcc_check._FEATURES[m.group(6)]  # the TC kernels' GENERAL feature set: <kernel>_general
+            dtype, d = nvcc_check.MANGLED_DTYPES[m.group(3)], int(m.group(4))
+            if base not in GEOMETRY or dtype not in dtypes or d not in head_dims:
                 continue
-            rows_, cols, warps = GEOMETRY[kernel](d)
+            rows_, cols, warps = GEOMETRY[base](d)
             meta = {
                 "kernel": kernel,
                 "backend": "cuda",
@@ -141,7 +148,7 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
                 "head_dim": d,
                 "tile": [rows_, cols],
                 "warps": warps,
-                "stages": 1,
+                "stages": STAGES.get(base, 1),
                 "rows": rows_,
                 "cols": cols,
                 "other_trips": 1,
@@ -150,8 +157,6 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
             row = analyze_row(meta, cubin, mangled, out_dir, sass_text=text, functions=functions)
             if row.get("status") == "ok":
                 row["shared_bytes"] = (row.get("shared_bytes") or 0) + meta["dynamic_shared_bytes"]
-                from .profile import occupancy
-
                 row["occupancy_blocks_per_sm"] = occupancy(row["registers"], row["shared_bytes"], warps, arch)
             out.append(row)
             if say:

@@ -1,6 +1,6 @@
 """dQ kernel on the flash skeleton (the forward's key ranges, sequence.key_ranges).
 
-Far tiles (far_dq_tiles): p = exp2(qk * scale log2 e + addend_row) with the row's edge term, max and log-sum in
+Far tiles (dq_far_loop): p = exp2(qk * scale log2 e + addend_row) with the row's edge term, max and log-sum in
 one per-row addend; dS = p (dO.v hm + (dO . T_edge hm - delta)) (one FFMA and one FMUL per score without dropout);
 dQ += dS @ K; the edge row's dQ term is the row sum of dS times T[0] or T[2R], once at the end. The band and the
 partial last tile run the general path (backward._tile_grads: block-band scratch or per-tile table slices).
@@ -17,7 +17,7 @@ from .softmax import LOG2E, dropout_factor, load_rows
 
 
 @triton.jit
-def far_dq_tiles(
+def dq_far_loop(
     dq,
     q,
     do,
@@ -62,7 +62,7 @@ def far_dq_tiles(
     K_CHUNKS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_tiles): (dq, the side's row sum of dS)."""
+    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, the side's row sum of dS)."""
     MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
     qk_scale = scale * LOG2E
     p_addend = (q_edge * scale - row_max - row_logsum) * LOG2E
@@ -98,7 +98,7 @@ def far_dq_tiles(
 
 
 @triton.jit
-def _general_dq_tiles(
+def dq_band_loop(
     dq,
     q,
     do,
@@ -345,13 +345,13 @@ def _relattn_bwd_dq_kernel(
     band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
     k_tile = tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :] * stride_kd
     v_tile = tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    dq, ds_left = far_dq_tiles(
+    dq, ds_left = dq_far_loop(
         dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, row_max, row_logsum, delta, hm,
         scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
         stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
         EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_N,
     )  # fmt: skip
-    dq, band_left, band_right = _general_dq_tiles(
+    dq, band_left, band_right = dq_band_loop(
         dq, q, do, k_base, v_base, band_lo, band_hi, lk, T, stride_tr, stride_td, q_left, q_right, do_left, do_right,
         offs_d, d_valid,
         row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb, stride_pn, AMASK,
@@ -359,7 +359,7 @@ def _relattn_bwd_dq_kernel(
         dropout_scale, seed_lo, seed_hi, ws, ws_row,
         HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
     )  # fmt: skip
-    dq, ds_right = far_dq_tiles(
+    dq, ds_right = dq_far_loop(
         dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
         v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, row_max,
         row_logsum, delta, hm,
@@ -367,7 +367,7 @@ def _relattn_bwd_dq_kernel(
         stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
         EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_N,
     )  # fmt: skip
-    dq, tail_left, tail_right = _general_dq_tiles(
+    dq, tail_left, tail_right = dq_band_loop(
         dq, q, do, k_base, v_base, full_end, general_end, lk, T, stride_tr, stride_td, q_left, q_right, do_left,
         do_right, offs_d,
         d_valid, row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb,

@@ -25,7 +25,7 @@ import triton.language as tl
 from .band import load_band_table
 from .dot import dot, dot_nt
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, far_tiles, general_tiles, rescale
+from .softmax import LOG2E, band_loop, far_loop, rescale
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -165,7 +165,7 @@ def _relattn_fwd_kernel(
         hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)
     band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
 
-    acc, m_i, l_i, mass_far = far_tiles(
+    acc, m_i, l_i, mass_far = far_loop(
         acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
         scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
         stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
@@ -175,7 +175,7 @@ def _relattn_fwd_kernel(
     mass_left = mass_far if HAS_DROPOUT else l_i
     mass_right = tl.zeros([BLOCK_M], tl.float32)
     m_ref = m_i
-    acc, m_i, l_i, band_left, band_right = general_tiles(
+    acc, m_i, l_i, band_left, band_right = band_loop(
         acc, m_i, l_i, q, k_base, v_base, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
         stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh, offs_m,
         m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,
@@ -187,7 +187,7 @@ def _relattn_fwd_kernel(
     mass_right = band_right
     m_ref = m_i
     l_before = l_i
-    acc, m_i, l_i, mass_far = far_tiles(
+    acc, m_i, l_i, mass_far = far_loop(
         acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
         v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, qt_right,
         scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
@@ -201,7 +201,7 @@ def _relattn_fwd_kernel(
         # Without dropout the far-right mass is what the loop added to the running sum.
         mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
     m_ref = m_i
-    acc, m_i, l_i, tail_left, tail_right = general_tiles(
+    acc, m_i, l_i, tail_left, tail_right = band_loop(
         acc, m_i, l_i, q, k_base, v_base, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
         stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh, offs_m,
         m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,

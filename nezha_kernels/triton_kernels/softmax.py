@@ -5,10 +5,10 @@ exponential is ``exp2((x - m) * log2 e)`` or, in the far loop without masks, one
 ``qk * (scale * log2 e) + addend_row`` feeding one EX2: log2 e is folded into the scale and the row's edge
 term q . T[0] or q . T[2R] (scaled) and its max shift into one per-row addend.
 
-- far_tiles: key tiles wholly outside the band on one side (SIDE 0: every pair has j - p <= -R, SIDE 1: >= R),
+- far_loop: key tiles wholly outside the band on one side (SIDE 0: every pair has j - p <= -R, SIDE 1: >= R),
   full tiles only (no bounds), masks only where a mask is passed. The value side's edge rows need only each side's
   probability mass, which the caller reads off the running sum (or, with dropout, the loop accumulates).
-- general_tiles: any tile (the band, and the last, partial, tile): bounds, masks and the band's per-pair terms
+- band_loop: any tile (the band, and the last, partial, tile): bounds, masks and the band's per-pair terms
   (block-band scratch or per-tile table slices, see forward.py).
 """
 
@@ -50,7 +50,7 @@ def dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scal
 
 
 @triton.jit
-def far_tiles(
+def far_loop(
     acc,
     m_i,
     l_i,
@@ -149,7 +149,7 @@ def far_tiles(
 
 
 @triton.jit
-def general_tiles(
+def band_loop(
     acc,
     m_i,
     l_i,
