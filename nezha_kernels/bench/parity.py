@@ -1,8 +1,9 @@
 """The op bench's parity gate: before a provider is timed, its output and gradients must match float64.
 
 A fast but wrong kernel must never be reported as a win. So each (provider, dtype, head dim) is checked once, on
-random inputs of a small shape of its own (on a GPU: L = 700, past the band of R = 64 and not a multiple of any
-tile), against an independent float64 formula written here: NEZHA's relative attention with the sinusoid table
+random inputs of a small shape of its own (on a GPU: L = 720, past the band of R = 64 and not a multiple of the
+64- and 128-row tiles, but a multiple of 16, so Triton compiles the same specialization the benchmark lengths run),
+against an independent float64 formula written here: NEZHA's relative attention with the sinusoid table
 (the default table of relative_attention) for our backends, plain softmax attention for the twin and SDPA.
 The error is the relative norm ||got - want|| / ||want|| of the output and of dq, dk, dv.
 """
