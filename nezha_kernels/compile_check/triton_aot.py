@@ -116,6 +116,40 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(reg.group(1)) if reg else None), spill
 
 
+KERNEL_FUNCTIONS = {
+    "fwd": "_relattn_fwd_kernel",
+    "bwd_dkdv": "_relattn_bwd_dkdv_kernel",
+    "bwd_dq": "_relattn_bwd_dq_kernel",
+}
+# The common case of a call: no masks, no causal, no dropout, no head mask, dense layout.
+PLAIN_FEATURES = dict(
+    HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False, HAS_DROPOUT=False, VARLEN=False
+)
+
+
+def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str, arch: int) -> tuple:
+    """One compile job (kernel, function name, label, arch, dtype, constexprs, num_warps, num_stages) with the
+    constexprs the launcher passes for this tile; num_stages as the autotuner runs it on ``arch``."""
+    from ..triton_kernels import configs
+
+    bm, bn, warps, stages = tile
+    stages = configs.stages_for(stages, arch // 10)
+    constexprs = dict(
+        HEAD_DIM=d,
+        BLOCK_D=max(16, d),
+        FMA_DOTS=dtype == "fp32",
+        RELATIVE=True,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_P=configs.block_p(bm, bn),
+        **features,
+    )
+    if kernel in BLOCK_BAND_KERNELS:
+        constexprs["BAND_P"] = configs.band_p(MAIN_R)
+    label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
+    return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
+
+
 def _jobs(archs, grid: str = "full"):
     """(kernel, function name, config label, arch, dtype, constexprs, num_warps, num_stages) to compile.
 
@@ -128,23 +162,11 @@ def _jobs(archs, grid: str = "full"):
     """
     from ..triton_kernels import configs
 
-    kernels = {
-        "fwd": ("_relattn_fwd_kernel", configs.gpu_tiles("fwd")),
-        "bwd_dkdv": ("_relattn_bwd_dkdv_kernel", configs.gpu_tiles("bwd_dkdv")),
-        "bwd_dq": ("_relattn_bwd_dq_kernel", configs.gpu_tiles("bwd_dq")),
-    }
+    kernels = {k: (fn, configs.gpu_tiles(k)) for k, fn in KERNEL_FUNCTIONS.items()}
     every = dict(
         HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True, VARLEN=False
     )
-    plain = dict(
-        HAS_KPAD=False,
-        HAS_AMASK=False,
-        HAS_HMASK=False,
-        CAUSAL=False,
-        CAUSAL_SKIP=False,
-        HAS_DROPOUT=False,
-        VARLEN=False,
-    )
+    plain = PLAIN_FEATURES
     # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
     causal_skip = dict(plain, CAUSAL=True, CAUSAL_SKIP=True)
     # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
@@ -153,23 +175,7 @@ def _jobs(archs, grid: str = "full"):
     jobs = []
 
     def add(kernel, d, dtype, tile, features, variant, arch):
-        fn_name = kernels[kernel][0]
-        bm, bn, warps, stages = tile
-        stages = configs.stages_for(stages, arch // 10)  # what the autotuner runs on this arch
-        constexprs = dict(
-            HEAD_DIM=d,
-            BLOCK_D=max(16, d),
-            FMA_DOTS=dtype == "fp32",
-            RELATIVE=True,
-            BLOCK_M=bm,
-            BLOCK_N=bn,
-            BLOCK_P=configs.block_p(bm, bn),
-            **features,
-        )
-        if kernel in BLOCK_BAND_KERNELS:
-            constexprs["BAND_P"] = configs.band_p(MAIN_R)
-        label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
-        jobs.append((kernel, fn_name, label, arch, dtype, constexprs, warps, stages))
+        jobs.append(make_job(kernel, d, dtype, tile, features, variant, arch))
 
     for arch in archs:
         for kernel, (_, tiles) in kernels.items():
