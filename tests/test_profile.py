@@ -269,7 +269,7 @@ def test_issue_model_by_hand():
 
 
 def test_occupancy_by_hand():
-    from nezha_kernels.compile_check.profile import occupancy
+    from nezha_kernels.compile_check.profile_row import occupancy
 
     # 168 regs -> 5376 per warp (21 x 256); 8 warps -> 43008: 1 block by registers
     assert occupancy(168, 32768, 8, 90) == 1
