@@ -126,7 +126,13 @@ def provider_availability(name: str, device: str) -> tuple[bool, str]:
         from ..backends import available_backends
 
         status = available_backends(device)["triton"]
-        return status.available, status.reason
+        if not status.available:
+            return False, status.reason
+        from .twin import twin_built
+
+        if not twin_built():
+            return False, "the Triton launchers of this build have no plain twin (relative=False)"
+        return True, status.reason
     if name == "sdpa":
         if not on_gpu:
             return True, "PyTorch's CPU kernel"

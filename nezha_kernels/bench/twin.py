@@ -8,11 +8,20 @@ validation), so at the shortest lengths its times leave out a few microseconds o
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 
-__all__ = ["plain_twin_attention"]
+__all__ = ["plain_twin_attention", "twin_built"]
+
+
+def twin_built() -> bool:
+    """Whether the installed Triton launchers have the twin (a ``relative`` switch). The flash-skeleton rebuild that
+    adds it was reverted for its spills (benchmarks/NOTES.md, "Triton flash skeleton"); the provider waits for it."""
+    from ..triton_kernels import launch
+
+    return "relative" in inspect.signature(launch.relattn_fwd).parameters
 
 
 def _args(q: torch.Tensor, k: torch.Tensor) -> tuple:

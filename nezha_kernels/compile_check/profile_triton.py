@@ -27,8 +27,8 @@ PLAIN_FLASH = "plain_flash_fwd"
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
-# The module of each kernel (the dQ kernel lives in dq.py, dK/dV and delta in backward.py).
-TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.dq"}
+# The module of each kernel (dQ, dK/dV and delta live in backward.py).
+TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward"}
 
 
 def _band_chunks(constexprs: dict) -> int:

@@ -137,8 +137,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
     constexprs = dict(
         HEAD_DIM=d,
         BLOCK_D=max(16, d),
-        FMA_DOTS=dtype == "fp32",
-        RELATIVE=True,
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_P=configs.block_p(bm, bn),
@@ -232,11 +231,11 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, configs, dq, forward
+    from ..triton_kernels import backward, configs, forward
 
     if configs.interpreted():
         raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
-    fn = getattr({"fwd": forward, "bwd_dq": dq}.get(kernel, backward), fn_name)
+    fn = getattr(forward if kernel == "fwd" else backward, fn_name)
     try:
         signature, consts, attrs = launch_signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
