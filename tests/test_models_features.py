@@ -199,12 +199,14 @@ def test_cross_attention_matches_hf_at_equal_lengths():
     assert other_len.shape == (3, 11, SMALL["hidden_size"])
 
 
-def test_outputs_behave_like_tuples():
+def test_outputs_read_like_transformers_model_outputs():
+    """Indexing by position or name skips None fields; iteration yields the names, as transformers' ModelOutput."""
     model = _model("NezhaForQuestionAnswering", seed=15)
     ids, mask, _ = batch(seed=16, length=9)
     with torch.no_grad():
         out = model(ids, attention_mask=mask, output_hidden_states=True)
-    start, end, hidden = out
+    assert list(out) == ["start_logits", "end_logits", "hidden_states"]
+    start, end, hidden = out.to_tuple()
     assert out[0] is out.start_logits and out["end_logits"] is end and len(out) == 3
     assert len(hidden) == SMALL["num_hidden_layers"] + 1 and "loss" not in out
 
@@ -254,7 +256,7 @@ def test_bad_inputs_raise_clear_errors(kwargs, error, match):
 
 def test_bad_config_and_multiple_choice_shape():
     with pytest.raises(ValueError, match="not a multiple of num_attention_heads"):
-        ours.NezhaConfig(hidden_size=50, num_attention_heads=4)
+        ours.NezhaModel(ours.NezhaConfig(hidden_size=50, num_attention_heads=4))  # checked at build, as transformers
     with pytest.raises(ValueError, match="hidden_act"):
         ours.NezhaModel(ours.NezhaConfig(**{**SMALL, "hidden_act": "nope"}))
     with pytest.raises(TypeError, match="NezhaConfig"):

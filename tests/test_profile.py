@@ -362,3 +362,38 @@ def test_profile_flags_need_profile_and_out():
         main(["--profile"])
     with pytest.raises(SystemExit):
         main(["--out", "somewhere"])
+
+
+def test_unmarked_arm_of_a_far_branch_is_band(tmp_path):
+    # triton 3.6 emits no inline chains: the band arm's instructions may carry only helper lines (no role)
+    src = tmp_path / "kern.py"
+    src.write_text(KERNEL_SRC)
+    helper = tmp_path / "helper.py"
+    helper.write_text("def helper(x):\n    return x\n")
+    roles.role_map.cache_clear()
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_0:
+        //## File "{src}", line 4
+        10| @P0|BRA `(.L_x_1)
+        //## File "{helper}", line 2
+        20|    |FADD R4, R4, 1
+        30|    |HMMA.16816.F32.BF16 R8, R4, R6, R8
+        40|    |BRA `(.L_x_2)
+        .L_x_1:
+        //## File "{src}", line 9
+        50|    |FADD R4, R4, -1
+        .L_x_2:
+        //## File "{src}", line 10
+        60| @P1|BRA `(.L_x_0)
+        70|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    sass.analyze_cfg(fn)
+    roles.assign_roles(fn)
+    assert [b.role for b in fn.blocks] == ["", "", "band", "far", "", ""]
+    paths = sass.best_paths(fn, fn.loops[0])
+    assert [i.addr for i in paths["far"].instrs] == [0x10, 0x50, 0x60]
+    assert [i.addr for i in paths["band"].instrs] == [0x10, 0x20, 0x30, 0x40, 0x60]

@@ -59,7 +59,7 @@ if INTERPRETED:
         r = tl.arange(0, N)
         a = tl.load(a_ptr + r[:, None] * N + r[None, :])
         b = tl.load(b_ptr + r[:, None] * N + r[None, :])
-        tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, "tf32"))
+        tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, False))
 
 
 CPU = "cpu"

@@ -49,7 +49,8 @@ def probabilities(
     base = (torch.matmul(q, k.transpose(-1, -2)) + torch.einsum("bhid,ijd->bhij", q, rel)) * inputs.scale
     masked = score_mask(inputs)
     # In place from here: on a copy under autograd, on base itself without (the torch backend's small calls).
-    tracked = base.requires_grad
+    # jit.trace re-traces its check under no_grad: one branch while tracing keeps the two graphs equal.
+    tracked = base.requires_grad or torch.jit.is_tracing()
     scores = base.detach().clone() if tracked else base
     if inputs.additive_mask is not None:
         scores += inputs.additive_mask.to(compute_dtype)

@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present, else cpu)")
     p.add_argument("--out", default="bench-results", help="results folder (default: bench-results)")
     p.add_argument(
-        "--only", choices=("op", "model", "length-mix", "all"), default="all", help="which benchmarks to run"
+        "--only",
+        nargs="+",
+        choices=("op", "model", "length-mix", "all"),
+        default=["all"],
+        help="which benchmarks to run (one or several)",
     )
     p.add_argument(
         "--providers",
@@ -63,6 +67,29 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="op-benchmark dtypes instead of the grid's",
     )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("fwd", "bwd", "fwd+bwd"),
+        default=None,
+        help="op-benchmark modes instead of all three",
+    )
+    p.add_argument(
+        "--parity-len",
+        type=int,
+        default=None,
+        metavar="L",
+        help="length of the float64 parity check each op provider must pass before it is timed "
+        "(default: 700 on GPU, 96 on CPU; 0: no check)",
+    )
+    p.add_argument(
+        "--failed-parity",
+        nargs="+",
+        choices=tuple(PROVIDERS),
+        default=(),
+        help="op providers whose GPU tests failed: their rows are marked skipped, never timed (gpu_suite.sh)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="write the table, CSV and JSON only")
     p.add_argument(
         "--head-dim",
         type=int,
@@ -162,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         ogrid = dataclasses.replace(ogrid, lengths=tuple(args.lengths))
     if args.dtypes:
         ogrid = dataclasses.replace(ogrid, dtypes=tuple(args.dtypes))
+    if args.modes:
+        ogrid = dataclasses.replace(ogrid, modes=tuple(args.modes))
+    parity_len = args.parity_len if args.parity_len is not None else (700 if dev.type == "cuda" else 96)
+    if parity_len < 0:
+        raise SystemExit(f"--parity-len: expected 0 or a positive length, got {parity_len}")
     if args.head_dim is not None:
         if args.head_dim <= 0 or args.head_dim % 2:
             raise SystemExit(f"--head-dim: expected a positive even integer, got {args.head_dim}")
@@ -172,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_backends:
         mgrid = dataclasses.replace(mgrid, backends=tuple(args.model_backends))
     providers = tuple(args.providers or PROVIDERS)
-    run_ops, run_models = args.only in ("op", "all"), args.only in ("model", "all")
-    run_mix = args.only in ("length-mix", "all")
+    only = set(args.only)
+    run_ops, run_models = bool(only & {"op", "all"}), bool(only & {"model", "all"})
+    run_mix = bool(only & {"length-mix", "all"})
     steps = (
         (len(providers) * len(ogrid.dtypes) * len(ogrid.lengths) if run_ops else 0)
         + ((len(mgrid.backends) + 1) * len(mgrid.points) if run_models else 0)
@@ -214,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                 cell_timeout_s=args.cell_timeout,
                 cpu_budget_s=budget,
                 deadline=op_deadline,
+                parity_len=parity_len,
+                failed_parity=tuple(args.failed_parity),
             )
         if run_models:
             rows += run_model_bench(
@@ -249,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, out / "results.csv", append=not args.fresh),
         write_json(rows, out / "results.json", append=not args.fresh),
     ]
-    written += plot_all(rows, out)
+    if not args.no_plots:
+        written += plot_all(rows, out)
     print(f"\n{len(rows)} rows in {elapsed:.0f} s; wrote " + ", ".join(str(p) for p in written))
     return 0 if any(r.status == "ok" for r in rows) else 1

@@ -1,11 +1,13 @@
 """Op benchmark of relative_attention: forward, backward and forward+backward per provider.
 
 Providers: our backends (reference = HF math, torch, triton, cuda; whichever ``available_backends``
-reports usable), PyTorch SDPA with no relative terms (flash backend on GPU for half types: the
-speed-of-light line) and FlexAttention with only the key-side term (q . a_ij as a score_mod; it cannot
+reports usable), the Triton plain twin (our skeleton with the relative terms compiled out, bench/twin.py),
+PyTorch SDPA with no relative terms (its flash kernel on GPU for half types: the speed-of-light line) and
+FlexAttention with only the key-side term (q . a_ij as a score_mod; it cannot
 express the value-side sum of p_ij a_ij, so it is a partial peer). Missing providers are skipped, never
 faked. Sequence lengths sweep with the tokens per batch (B * L) held constant, so every point does the
-same work per token except for the L-proportional attention itself.
+same work per token except for the L-proportional attention itself. Before a provider is timed its output
+and gradients must match float64 (bench/parity.py); a provider that does not is reported as an error, never timed.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ PROVIDERS: dict[str, tuple[int, str]] = {
     "torch": (2, "torch (banded; L <= 181: materialized)"),
     "triton": (2, "triton"),
     "cuda": (2, "cuda"),
+    "twin": (0, "triton plain twin, no relative terms"),
     "sdpa": (0, "SDPA, no relative terms"),
     "flex": (1, "FlexAttention, key side only"),
 }
@@ -117,8 +120,20 @@ def provider_availability(name: str, device: str) -> tuple[bool, str]:
 
         status = available_backends(device)[name]
         return status.available, status.reason
+    if name == "twin":
+        if not on_gpu:
+            return False, "GPU only (the Triton plain twin; on CPU only the interpreter, never timed)"
+        from ..backends import available_backends
+
+        status = available_backends(device)["triton"]
+        return status.available, status.reason
     if name == "sdpa":
-        return True, "flash backend for half types" if on_gpu else "PyTorch's CPU kernel"
+        if not on_gpu:
+            return True, "PyTorch's CPU kernel"
+        flash = getattr(torch.backends.cuda, "is_flash_attention_available", None)
+        if flash is not None and not flash():
+            return False, "SDPA's flash kernel is not built into this torch"
+        return True, "flash backend for half types"
     if name == "flex":
         try:
             importlib.import_module("torch.nn.attention.flex_attention")
@@ -183,6 +198,10 @@ def make_provider_fn(
         from ..attention import relative_attention
 
         return (lambda: relative_attention(q, k, v, max_relative_position=max_relative_position, backend=name)), ""
+    if name == "twin":
+        from .twin import plain_twin_attention
+
+        return (lambda: plain_twin_attention(q, k, v)), "no relative terms"
     if name == "sdpa":
         import torch.nn.functional as F
 
@@ -212,7 +231,8 @@ def _error_text(exc: BaseException) -> str:
 def measure_cell(spec: dict) -> dict:
     """Measure one (provider, dtype, shape) on spec["device"]: peak memory, then the time of each mode.
 
-    spec: provider, device, dtype, batch, heads, seq_len, head_dim, max_relative_position, modes, cpu_budget_s.
+    spec: provider, device, dtype, batch, heads, seq_len, head_dim, max_relative_position, modes, cpu_budget_s,
+    and parity_len (0: no parity gate; else the length of the gate's check, bench/parity.py).
     Returns {"note": str, "modes": {mode: {"status", "median_ms", "p20_ms", "p80_ms", "reps", "peak_mib"}}}.
     On CPU this must run in a fresh process (run_child): peaks are RSS high-water-mark rises.
     """
@@ -238,6 +258,14 @@ def measure_cell(spec: dict) -> dict:
             small = [t[:, :, :8].detach().requires_grad_() for t in (q, k, v)]
             small_fn, _ = make_provider_fn(spec["provider"], *small, r)
             small_fn().sum().backward()
+        if spec.get("parity_len") and spec["provider"] != "flex":  # flex: key side only, no formula to meet
+            from .parity import check_parity
+
+            why = check_parity(
+                spec["provider"], lambda q, k, v: make_provider_fn(spec["provider"], q, k, v, r)[0], spec
+            )
+            if why:
+                return fail_all(f"error: {why}")
     except Exception as exc:
         return fail_all(_error_text(exc))
 
@@ -315,14 +343,24 @@ def run_op_bench(
     cell_timeout_s: float = 600.0,
     cpu_budget_s: float = 0.5,
     deadline: float | None = None,
+    parity_len: int = 0,
+    failed_parity: tuple[str, ...] = (),
 ) -> list[Row]:
     """Every (dtype, length, provider, mode) of ``grid`` as Rows; unusable providers give skipped rows.
 
-    Lengths are the outer loop, so when ``deadline`` (a time.monotonic() value) passes, the longest
-    lengths are what is left out (marked "skipped: time budget"), for every provider alike.
+    Lengths are the outer loop in the grid's order, so when ``deadline`` (a time.monotonic() value) passes,
+    the last lengths are what is left out (marked "skipped: time budget"), for every provider alike.
+    parity_len > 0: each provider is checked against float64 at that length before it is timed (bench/parity.py);
+    failed_parity: providers whose GPU tests failed (gpu_suite.sh), skipped rather than timed. Rows of our kernels
+    get vs_sdpa / vs_twin where those ran beside them (bench/ratios.py).
     """
+    from .ratios import annotate_ratios
+
     providers = providers or tuple(PROVIDERS)
     status_of = {name: provider_availability(name, device) for name in providers}
+    for name in failed_parity:
+        if name in status_of:
+            status_of[name] = (False, "its parity tests failed in the suite's tests phase (status.txt)")
     rows: list[Row] = []
     on_gpu = torch.device(device).type == "cuda"
     for dtype in grid.dtypes:
@@ -359,6 +397,7 @@ def run_op_bench(
                     max_relative_position=grid.max_relative_position,
                     modes=list(grid.modes),
                     cpu_budget_s=cpu_budget_s,
+                    parity_len=parity_len,
                 )
                 timeout = cell_timeout_s if left is None else max(1.0, min(cell_timeout_s, left))
                 if progress is not None:
@@ -391,4 +430,4 @@ def run_op_bench(
                     rows.append(row)
                 if progress is not None:
                     progress.advance()
-    return rows
+    return annotate_ratios(rows)

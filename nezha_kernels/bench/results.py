@@ -58,6 +58,8 @@ class Row:
     reps: int | None = None
     tflops: float | None = None
     peak_mib: float | None = None
+    vs_sdpa: float | None = None  # op rows: SDPA flash's median / ours (bench/ratios.py)
+    vs_twin: float | None = None  # op rows of the relative kernels: the plain twin's median / ours
     note: str = ""
     device: str = ""
     device_name: str = ""
@@ -138,7 +140,7 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 
 
 _INT_FIELDS = {"batch", "heads", "seq_len", "head_dim", "reps"}
-_FLOAT_FIELDS = {"median_ms", "p20_ms", "p80_ms", "tflops", "peak_mib"}
+_FLOAT_FIELDS = {"median_ms", "p20_ms", "p80_ms", "tflops", "peak_mib", "vs_sdpa", "vs_twin"}
 
 
 def rows_from_records(records: Iterable[dict]) -> list[Row]:

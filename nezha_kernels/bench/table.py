@@ -2,7 +2,8 @@
 
 A cell reads "median ms [p20-p80] | TFLOP/s | peak MiB" (TFLOP/s for ops only); cells that did not run show
 their status (OOM, n/a, timeout, error). Providers skipped everywhere are listed under the table with why; the last
-line sums up the speed-up over transformers (bench/speedup.py) when both ran.
+lines sum up the speed-up over transformers (bench/speedup.py) when both ran, and our kernels' speed against SDPA's
+flash kernel and the plain twin (bench/ratios.py) when those ran beside them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from .ratios import ratio_lines
 from .results import OK, Row
 from .speedup import summary_line
 
@@ -84,4 +86,7 @@ def format_table(rows: Iterable[Row]) -> str:
     summary = summary_line(rows)
     if summary:
         lines.append("\n" + summary)
+    ratios = ratio_lines(rows)
+    if ratios:
+        lines.append("\n" + "\n".join(ratios))
     return "\n".join(lines).lstrip("\n")

@@ -7,13 +7,14 @@ role, status, registers, shared memory, spills) and fails on any error.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import re
 import sys
 import threading
 import time
+
+from .rows import CompileRow
 
 __all__ = ["CompileRow", "run_all", "format_table", "config_role", "main", "COMPONENTS"]
 
@@ -50,23 +51,6 @@ spill B  bytes per thread of local memory (stack frame + spill stores): values t
          registers. Not an error in itself (results stay exact) but slower. Main Triton configs and CUDA
          kernels are meant to be spill-free (a CUDA spill fails the check); a spilling candidate only
          costs autotuning time, since the autotuner keeps it only if it is still the fastest."""
-
-
-@dataclasses.dataclass
-class CompileRow:
-    component: str  # "triton" or "cuda"
-    kernel: str  # kernel name
-    config: str  # tile config / dtype / head dim, human readable
-    arch: int  # 80, 90
-    status: str  # "ok" or "error"
-    registers: int | None = None
-    shared_bytes: int | None = None
-    spill_bytes: int | None = None  # stack + local memory; > 0 means spills
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 # triton_aot's config label: "<dtype> D=<head dim> <BLOCK_M>x<BLOCK_N> w<warps> s<stages> <variant>"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_digest
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
-from . import CompileRow
+from .rows import CompileRow
 
 __all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
 
@@ -30,10 +30,10 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 # relattn_fwd_kernel<__half, 64, PACKED> mangles as ..._kernelI6__halfLi64ELb0EE...; the padding-free (PACKED =
 # true, Lb1) instantiations are reported as <kernel>_varlen. The tensor-core kernels have a fourth parameter, their
 # feature set (csrc/relattn_flash.h: 0 = PLAIN, 1 = GENERAL: ...Lb0ELi1EE), reported as <kernel>_general.
-_MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?(?:Li(\d)E)?E")
+MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?(?:Li(\d)E)?E")
 _VARLEN = "_varlen"
 _FEATURES = {None: "", "0": "", "1": "_general"}
-_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
+MANGLED_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
 _BM = _BN = 32
@@ -72,12 +72,12 @@ def parse_ptxas(log: str) -> list[dict]:
     for line in log.splitlines():
         entry = _ENTRY.search(line)
         if entry:
-            mangled = _MANGLED.search(entry.group(1))
+            mangled = MANGLED.search(entry.group(1))
             if mangled:
                 n, rest = int(mangled.group(1)), mangled.group(2)
                 name = rest[:n] if len(rest) >= n else rest
                 name += _FEATURES[mangled.group(6)] + (_VARLEN if mangled.group(5) == "1" else "")
-                current = {"kernel": name, "dtype": _DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
+                current = {"kernel": name, "dtype": MANGLED_DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
             else:
                 current = {"kernel": entry.group(1), "dtype": "?", "head_dim": 0}
             current.update(arch=int(entry.group(2)), registers=None, spill_bytes=0, static_smem=0)

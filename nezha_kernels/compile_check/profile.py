@@ -6,6 +6,10 @@ MMA kinds, async copies, and per loop and path role (far / band / other, see rol
 kernel authors follow) the warp-instructions of one iteration by class, per score. The H100 issue model
 (issue_model.py) predicts each kernel's time at L = 512 .. 16k for B*H = 16 * 16 heads.
 
+A rebuilt kernel joins by its job tables: profile_triton.KERNELS / TILE_GEOMETRY (and triton_aot's
+KERNEL_FUNCTIONS, make_job and launch_signature for its arguments), profile_cuda.GEOMETRY for a CUDA kernel; loop roles
+follow the convention in roles.py.
+
 Writes DIR/<kernel>_sm<arch>_<dtype>_d<D>.sass (the nvdisasm listing with line info) and DIR/profile.json
 (one row per kernel, backend, arch, dtype and head dim), prints a table of loops and one of predictions.
 """
@@ -17,88 +21,10 @@ import platform
 import sys
 from pathlib import Path
 
-from . import issue_model, profile_analyze, sass
+from . import issue_model, sass
+from .profile_row import HEADS, LENGTHS, R, analyze_row
 
 __all__ = ["LENGTHS", "HEADS", "R", "profile_rows", "format_loops", "format_model", "run_profile"]
-
-LENGTHS = (512, 1024, 4096, 16384)
-HEADS = (16, 16)  # B, H of the model's predictions
-R = 64  # max_relative_position of every public NEZHA checkpoint
-
-
-def occupancy(registers: int | None, shared: int | None, warps: int, arch: int) -> int | None:
-    """Resident blocks per SM from registers (allocated per warp in 256-register units), shared memory
-    (228 KiB per SM on sm_90, 164 KiB on sm_80, 1 KiB reserved per block) and the 64-warp, 32-block limits."""
-    if not registers:
-        return None
-    per_warp = -(-registers * 32 // 256) * 256
-    by_regs = 65536 // (per_warp * warps)
-    smem_sm = (228 if arch >= 90 else 164) * 1024
-    by_smem = smem_sm // ((shared or 0) + 1024)
-    return max(0, min(by_regs, by_smem, 64 // warps, 32))
-
-
-def _scores(rows: int, cols: int, warps: int) -> float:
-    return rows * cols / warps
-
-
-def analyze_row(
-    meta: dict,
-    cubin: bytes,
-    function: str | None,
-    out_dir: Path | None,
-    sass_text: str | None = None,
-    functions: list | None = None,
-):
-    """Fill ``meta`` (kernel, backend, arch, dtype, head_dim, tile, warps, stages, rows, cols, other_trips,
-    compiler, shared_bytes) with the analysis of ``function`` in ``cubin`` (the only one if None).
-    ``sass_text`` / ``functions``: the cubin's listing and its parse, when the caller has them already."""
-    text = sass_text if sass_text is not None else profile_analyze.disassemble(cubin)
-    functions = functions if functions is not None else sass.parse(text)
-    fn = next((f for f in functions if function is None or f.name == function), None)
-    if fn is None:
-        return {**meta, "status": "error", "message": f"function {function} not in the cubin"}
-    res = profile_analyze.resources(cubin).get(fn.name, {})
-    scores = _scores(meta["rows"], meta["cols"], meta["warps"])
-    analysis = profile_analyze.analyze_function(fn, scores)
-    far, band, once = profile_analyze.model_costs(analysis, meta.get("other_trips", 1))
-    heads = HEADS[0] * HEADS[1]
-    shared = meta.get("shared_bytes")
-    if shared is None:
-        shared = res.get("static_shared")
-    row = {
-        **meta,
-        "status": "ok",
-        "registers": res.get("registers"),
-        "spill_bytes": res.get("spill_bytes"),
-        "shared_bytes": shared,
-        "occupancy_blocks_per_sm": occupancy(res.get("registers"), shared, meta["warps"], meta["arch"]),
-        **{k: v for k, v in analysis.items() if not k.startswith("_")},
-        "model": {
-            "B*H": f"{HEADS[0]}*{HEADS[1]}",
-            "R": R,
-            "per_program_once_instructions": round(once.instructions),
-            "predictions": [
-                issue_model.predict(length, heads, meta["rows"], meta["cols"], meta["warps"], far, band, once, R)
-                for length in LENGTHS
-            ],
-        },
-    }
-    if out_dir is not None:
-        name = f"{meta['kernel']}_sm{meta['arch']}_{meta['dtype']}_d{meta['head_dim']}.sass"
-        (out_dir / name).write_text(_function_text(text, fn.name))
-        row["sass_file"] = name
-    return row
-
-
-def _function_text(text: str, name: str) -> str:
-    """The part of an nvdisasm listing that belongs to one function (the whole listing if not found)."""
-    marker = f".text.{name}"
-    start = text.find(f"//--------------------- {marker} ")
-    if start < 0:
-        return text
-    end = text.find("//--------------------- .text.", start + 10)
-    return text[start : end if end > 0 else len(text)]
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -259,6 +185,14 @@ def format_model(rows: list[dict]) -> str:
     return _table(header, body)
 
 
+def dump_json(doc: dict) -> str:
+    """The profile document as JSON with one row per line (compact, and diffs stay row by row)."""
+    head = {k: v for k, v in doc.items() if k != "rows"}
+    rows = ",\n".join(json.dumps(r, separators=(",", ":")) for r in doc["rows"])
+    text = json.dumps(head, indent=1)
+    return text[:-2] + ',\n "rows": [\n' + rows + "\n ]\n}\n"
+
+
 def run_profile(
     out: str, archs, dtypes, head_dims, components, quiet: bool = False, listed_stages: bool = False
 ) -> int:
@@ -291,7 +225,7 @@ def run_profile(
         "classes": list(sass.CLASSES),
         "rows": rows,
     }
-    (out_dir / "profile.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "profile.json").write_text(dump_json(doc))
     print(format_loops(rows))
     print()
     print(format_model(rows))

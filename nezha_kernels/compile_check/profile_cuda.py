@@ -26,6 +26,7 @@ from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_di
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from . import nvcc as nvcc_check
 from . import sass
+from .profile_row import analyze_row, occupancy
 
 __all__ = ["GEOMETRY", "STAGES", "rows", "cubins"]
 
@@ -100,7 +101,6 @@ def _function_names(cubin: bytes) -> list[str]:
 
 def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
     """Profile rows of the dense CUDA kernel instantiations matching ``dtypes`` x ``head_dims``."""
-    from .profile import analyze_row
     from .profile_analyze import disassemble
 
     nvcc = find_nvcc()
@@ -129,13 +129,13 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
         text = disassemble(cubin)
         functions = sass.parse(text)
         for mangled in _function_names(cubin):
-            m = nvcc_check._MANGLED.search(mangled)
+            m = nvcc_check.MANGLED.search(mangled)
             if not m or m.group(5) == "1":
                 continue  # not a kernel instantiation, or the padding-free layout
             n, rest = int(m.group(1)), m.group(2)
             base = rest[:n]
             kernel = base + nvcc_check._FEATURES[m.group(6)]  # the TC kernels' GENERAL feature set: <kernel>_general
-            dtype, d = nvcc_check._DTYPES[m.group(3)], int(m.group(4))
+            dtype, d = nvcc_check.MANGLED_DTYPES[m.group(3)], int(m.group(4))
             if base not in GEOMETRY or dtype not in dtypes or d not in head_dims:
                 continue
             rows_, cols, warps = GEOMETRY[base](d)
@@ -157,8 +157,6 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
             row = analyze_row(meta, cubin, mangled, out_dir, sass_text=text, functions=functions)
             if row.get("status") == "ok":
                 row["shared_bytes"] = (row.get("shared_bytes") or 0) + meta["dynamic_shared_bytes"]
-                from .profile import occupancy
-
                 row["occupancy_blocks_per_sm"] = occupancy(row["registers"], row["shared_bytes"], warps, arch)
             out.append(row)
             if say:

@@ -2,7 +2,7 @@
 
 Jobs: forward, dQ and dK/dV at their main tile for (head dim, dtype) (configs.candidates(...)[0], num_stages
 as configs.stages_for gives it on the arch with this triton), the common case's constexprs (no masks,
-causal, dropout or head mask; R = 64 so BAND_P = 128), the launcher's specialization (triton_aot._signature:
+causal, dropout or head mask; R = 64 so BAND_P = 128), the launcher's specialization (triton_aot.launch_signature:
 unit strides constexpr, pointers and 16-divisible integers with tt.divisibility 16); plus the plain flash
 reference (plain_flash.py, 128 x 64, 4 warps, 3 stages). Cubins are cached under
 <cache>/profile/triton-<version>/ by a digest of the kernel sources, the compile-check rules and the job.
@@ -25,6 +25,10 @@ __all__ = ["jobs", "compile_jobs", "TILE_GEOMETRY", "PLAIN_FLASH"]
 
 PLAIN_FLASH = "plain_flash_fwd"
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
+
+
+# The module of each kernel (the dQ kernel lives in dq.py, dK/dV and delta in backward.py).
+TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.dq"}
 
 
 def _band_chunks(constexprs: dict) -> int:
@@ -61,7 +65,7 @@ def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True, listed_s
                     out.append(
                         dict(
                             kernel=kernel,
-                            module="nezha_kernels.triton_kernels." + ("forward" if kernel == "fwd" else "backward"),
+                            module=TRITON_MODULES.get(kernel, "nezha_kernels.triton_kernels.backward"),
                             fn=fn_name,
                             arch=arch,
                             dtype=dtype,
@@ -129,7 +133,7 @@ def _compile(job: dict) -> dict:
         if job["kernel"] == PLAIN_FLASH:
             sig, consts, attrs = _plain_signature(fn, job["dtype"], job["constexprs"])
         else:
-            sig, consts, attrs = triton_aot._signature(fn, job["dtype"], job["constexprs"])
+            sig, consts, attrs = triton_aot.launch_signature(fn, job["dtype"], job["constexprs"])
         src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
         compiled = triton.compile(
             src,

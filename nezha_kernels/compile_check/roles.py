@@ -23,9 +23,15 @@ and CUDA alike), strongest first:
    optional mask), and today's Philox functions (``philox*``, ``dropout_uniform``). Paths take as few rare
    blocks as they can, then the heaviest (Triton kernels compile features out as constexprs: no rare code).
 
+Triton 3.6 writes no inline chains into its line info (3.9 does): there an instruction of an inlined helper
+(``dot``, ``tl.max``) carries only the helper's own line, so a role reaches it only through its block's vote
+(a third of the block) or the if-else rule below; keep far / band loop bodies mostly in their own function or
+marked block, not in shared helpers, so the vote carries.
+
 The innermost region wins where regions nest. An instruction takes the role of its innermost frame that
 has one (a generic helper such as ``dot`` inlined into a ``*far_tile*`` function is "far"). A block takes
-the role at least a third of its instructions have (the most common one). A loop with no band block is
+the role at least a third of its instructions have (the most common one); the unmarked arm of a two-way
+branch whose other arm is far (band) is band (far). A loop with no band block is
 "far" when most of its roled blocks are far, else "other".
 """
 
@@ -208,6 +214,26 @@ def assign_roles(fn) -> None:
         votes = Counter(r for r in (instruction_role(i.frames) for i in block.instrs) if r)
         top = votes.most_common(1)
         block.role = top[0][0] if top and 3 * top[0][1] >= len(block.instrs) else ""
+    _other_arm(fn)
+
+
+def _other_arm(fn) -> None:
+    """The other arm of a band / far if-else: where a two-way branch leads to one block of role far (band) and
+    one without a role entered only from that branch, the latter is band (far). Needed where line info has
+    no inline chains (triton 3.6): the band arm's instructions then carry their helpers' lines, not the
+    ``if in_band`` body's."""
+    preds: dict[int, int] = {}
+    for b in fn.blocks:
+        for s in b.succ:
+            preds[s] = preds.get(s, 0) + 1
+    flip = {"far": "band", "band": "far"}
+    for b in fn.blocks:
+        if len(b.succ) != 2:
+            continue
+        x, y = (fn.blocks[i] for i in b.succ)
+        for marked, bare in ((x, y), (y, x)):
+            if marked.role in flip and not bare.role and preds.get(bare.index) == 1:
+                bare.role = flip[marked.role]
 
 
 def loop_role(fn, loop) -> str:

@@ -14,9 +14,9 @@ nvcc and triton put after the last EXIT (``.L_x_9: BRA `(.L_x_9)``) is not a loo
 Paths: inside a loop (its inner loops collapsed to one node each, which adds nothing to the outer count) the
 DAG from the header to a latch (a block with an edge back to the header) is searched by dynamic programming
 for the path that avoids blocks of role "band" (the far path), and for the path with the most band blocks
-(the band path); each with as few "rare" blocks as it can (code the common case skips: roles.py), then
-the most instructions. Instructions are counted as issued: a predicated-off
-instruction still takes an issue slot.
+(the band path); a band block that every iteration passes counts as common code; each path takes as few
+"rare" blocks as it can (code the common case skips: roles.py), then the most instructions. Instructions are
+counted as issued: a predicated-off instruction still takes an issue slot.
 """
 
 from __future__ import annotations
@@ -427,8 +427,25 @@ def best_paths(fn: Function, loop: Loop) -> dict[str, Path]:
     ends = {node[b] for b in loop.latches}
     start = node[loop.header]
 
+    def reaches_end_without(skip) -> bool:
+        seen, stack = {start}, [start]
+        while stack:
+            u = stack.pop()
+            if u in ends:
+                return True
+            for v in succ.get(u, []):
+                if v != skip and v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+        return False
+
+    # A "band" block every iteration passes (a join the compiler gave a band line) is common code, not band.
+    common = {n for n in succ if isinstance(n, int) and fn.blocks[n].role == "band" and not reaches_end_without(n)}
+
     def role(n):
-        return fn.blocks[n].role if isinstance(n, int) else ""
+        if not isinstance(n, int) or n in common:
+            return ""
+        return fn.blocks[n].role
 
     out = {}
     far = _best(fn, succ, start, ends, lambda n: (-int(role(n) == "rare"), _weight(fn, n)), lambda n: role(n) != "band")

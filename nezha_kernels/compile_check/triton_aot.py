@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import CompileRow
+from .rows import CompileRow
 
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 HEAD_DIMS = (16, 32, 64, 128)
@@ -78,7 +78,7 @@ _DIVISIBLE_INTS = {
 }
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict, dict]:
+def launch_signature(fn, dtype: str, constexprs: dict) -> tuple[dict, dict, dict]:
     """(signature, constexprs with the unit strides added, divisibility attrs) of a contiguous launch."""
     sig, consts, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(fn.arg_names):
@@ -159,7 +159,8 @@ def _jobs(archs, grid: str = "full"):
         constexprs = dict(
             HEAD_DIM=d,
             BLOCK_D=max(16, d),
-            DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+            FMA_DOTS=dtype == "fp32",
+            RELATIVE=True,
             BLOCK_M=bm,
             BLOCK_N=bn,
             BLOCK_P=configs.block_p(bm, bn),
@@ -225,13 +226,13 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, configs, forward
+    from ..triton_kernels import backward, configs, dq, forward
 
     if configs.interpreted():
         raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
-    fn = getattr(forward if kernel == "fwd" else backward, fn_name)
+    fn = getattr({"fwd": forward, "bwd_dq": dq}.get(kernel, backward), fn_name)
     try:
-        signature, consts, attrs = _signature(fn, dtype, constexprs)
+        signature, consts, attrs = launch_signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
         compiled = triton.compile(
             src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages}

@@ -9,7 +9,6 @@ and the ``nezha.`` prefix is added or stripped so base checkpoints load into tas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "WEIGHTS_INDEX_NAME",
     "LoadingInfo",
+    "MismatchedSizesError",
     "read_state_dict",
     "load_pretrained",
     "save_pretrained",
@@ -49,14 +49,39 @@ _DROPPED_KEY_PATTERNS = (
 )
 
 
-@dataclasses.dataclass
-class LoadingInfo:
-    """What from_pretrained did with the checkpoint's keys (model names, after prefix handling)."""
+class LoadingInfo(dict):
+    """What from_pretrained did with the checkpoint's keys (model names, after prefix handling).
 
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-    mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
-    dropped_keys: list[str]
+    transformers' loading-info dict (``info["missing_keys"]``, ``unexpected_keys``, ``mismatched_keys``,
+    ``error_msgs``, always empty: errors raise) plus ``dropped_keys``; each also reads as an attribute
+    (``info.missing_keys``). mismatched_keys holds (name, checkpoint shape, model shape) tuples.
+    """
+
+    def __init__(
+        self,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        mismatched_keys: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+        dropped_keys: list[str],
+    ):
+        super().__init__(
+            missing_keys=missing_keys,
+            unexpected_keys=unexpected_keys,
+            mismatched_keys=mismatched_keys,
+            error_msgs=[],
+            dropped_keys=dropped_keys,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"LoadingInfo has no {name!r}") from None
+
+
+class MismatchedSizesError(RuntimeError, ValueError):
+    """Checkpoint weights whose shapes do not fit the model: a RuntimeError, as transformers raises (and a
+    ValueError, as nezha_kernels raised before). ``ignore_mismatched_sizes=True`` re-initializes them instead."""
 
 
 def _load_file(path: str) -> dict[str, torch.Tensor]:
@@ -139,7 +164,7 @@ def _tied_keys(model: torch.nn.Module) -> set[str]:
 
 def load_pretrained(
     cls,
-    directory: str | os.PathLike,
+    directory: str | os.PathLike | None,
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -151,6 +176,8 @@ def load_pretrained(
     config: NezhaConfig | None = None,
     ignore_mismatched_sizes: bool = False,
     output_loading_info: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    subfolder: str = "",
     **config_overrides: Any,
 ):
     """Build ``cls`` from a Hugging Face NEZHA checkpoint and load its weights.
@@ -167,6 +194,9 @@ def load_pretrained(
         config: use this config instead of directory/config.json.
         ignore_mismatched_sizes: re-initialize (and report) weights whose shapes differ instead of failing.
         output_loading_info: also return a :class:`LoadingInfo`.
+        state_dict: load these weights instead of the directory's; with ``directory=None`` (and ``config``)
+            the model is built from the config and these weights alone, as in transformers.
+        subfolder: the checkpoint lies in this subfolder of the directory (or of the Hub snapshot).
         **config_overrides: set on the config before the model is built (e.g. num_labels=3).
 
     Weights the checkpoint lacks (a new task head) are initialized and reported with a warning on
@@ -174,9 +204,23 @@ def load_pretrained(
     """
     from ..hub import resolve_checkpoint
 
-    directory = resolve_checkpoint(
-        directory, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
-    )
+    if state_dict is not None and not (
+        isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())
+    ):
+        raise TypeError(f"state_dict must map names to tensors, got {type(state_dict).__name__}")
+    if directory is None:
+        if config is None or state_dict is None:
+            raise ValueError("from_pretrained(None, ...) needs both config= and state_dict= (there is no directory)")
+        source = "the given state_dict"
+    else:
+        directory = resolve_checkpoint(
+            directory, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        if subfolder:
+            directory = os.path.join(directory, os.fspath(subfolder))
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(f"subfolder {subfolder!r} does not exist: no directory {directory!r}")
+        source = directory
     if config is None:
         config = NezhaConfig.from_pretrained(directory, **config_overrides)
     else:
@@ -184,10 +228,11 @@ def load_pretrained(
             setattr(config, key, value)
     if attn_backend is not None:
         config.attn_backend = attn_backend
-    weight_files = _weight_files(directory)  # fail on missing weights before building the model
+    # Fail on missing weights before building the model.
+    weight_files = _weight_files(directory) if state_dict is None else []
 
     model = cls(config)
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = dict(state_dict) if state_dict is not None else {}
     for path in weight_files:
         state.update(_load_file(path))
     state, dropped = _normalize_keys(state)
@@ -202,8 +247,8 @@ def load_pretrained(
             del state[key]
     if mismatched and not ignore_mismatched_sizes:
         lines = "\n".join(f"  {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched)
-        raise ValueError(
-            f"weights in {directory!r} do not fit the config (vocab_size={config.vocab_size}, "
+        raise MismatchedSizesError(
+            f"weights in {source!r} do not fit the config (vocab_size={config.vocab_size}, "
             f"hidden_size={config.hidden_size}, num_labels={config.num_labels}, ...):\n{lines}\n"
             "Fix the config, or pass ignore_mismatched_sizes=True to re-initialize these weights."
         )
@@ -217,7 +262,7 @@ def load_pretrained(
     if unexpected:
         logger.warning(
             "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
-            directory,
+            source,
             name,
             unexpected,
         )
@@ -232,7 +277,7 @@ def load_pretrained(
         logger.warning(
             "Some weights of %s were not initialized from the model checkpoint at %s and are newly initialized: %s\n%s",
             name,
-            directory,
+            source,
             newly_initialized,
             advice,
         )
@@ -244,14 +289,16 @@ def load_pretrained(
             "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
             "initialized because the shapes did not match:\n%s\n%s",
             name,
-            directory,
+            source,
             shapes,
             advice,
         )
     if torch_dtype is not None or device is not None:
         model.to(device=device, dtype=torch_dtype)
     if torch_dtype is not None:
-        config.torch_dtype = str(torch_dtype).replace("torch.", "")
+        config.torch_dtype = torch_dtype
+    if directory is not None:
+        config.name_or_path = directory
     model.eval()
     if output_loading_info:
         return model, LoadingInfo(missing, unexpected, mismatched, dropped)
@@ -293,7 +340,7 @@ def save_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
     os.makedirs(directory, exist_ok=True)
     config: NezhaConfig = model.config
     config.architectures = [type(model).__name__]
-    config.torch_dtype = str(model.dtype).replace("torch.", "")
+    config.torch_dtype = model.dtype
     config.save_pretrained(directory)
 
 

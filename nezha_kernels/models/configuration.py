@@ -46,12 +46,14 @@ _GENERIC_DEFAULTS: dict[str, Any] = {
     "architectures": None,
     "problem_type": None,
     "is_decoder": False,
+    "is_encoder_decoder": False,
     "add_cross_attention": False,
     "tie_word_embeddings": True,
     "chunk_size_feed_forward": 0,
     "output_attentions": False,
     "output_hidden_states": False,
     "return_dict": True,
+    "torchscript": False,
     "pruned_heads": {},
     "torch_dtype": None,
     "finetuning_task": None,
@@ -74,6 +76,33 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _as_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch.dtype from its name ("float16", "torch.bfloat16"), as transformers reads torch_dtype / dtype."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = value.replace("torch.", "") if isinstance(value, str) else None
+    if name is None or not isinstance(getattr(torch, name, None), torch.dtype):
+        raise ValueError(f"NezhaConfig.torch_dtype must name a torch dtype (e.g. 'float16'), got {value!r}")
+    return getattr(torch, name)
+
+
+def _well_formed_pruned_heads(heads: Any) -> bool:
+    return isinstance(heads, dict) and all(
+        isinstance(k, int) and isinstance(v, (list, tuple, set)) and all(isinstance(h, int) for h in v)
+        for k, v in heads.items()
+    )
+
+
+def _normalized_pruned_heads(heads: Any) -> Any:
+    """{layer: sorted unique heads} with int keys (JSON writes them as strings); a malformed value is kept as
+    given, for the model to refuse when it is built (as transformers does)."""
+    try:
+        normalized = {int(k): sorted(set(int(h) for h in v)) for k, v in (heads or {}).items()}
+    except (TypeError, ValueError, AttributeError):
+        return heads
+    return normalized
+
+
 class NezhaConfig:
     """Configuration of a NEZHA model (``model_type = "nezha"``).
 
@@ -93,12 +122,12 @@ class NezhaConfig:
     def __init__(self, **kwargs: Any):
         for key, default in {**_MODEL_DEFAULTS, **_GENERIC_DEFAULTS}.items():
             setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))
-        # transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+        # transformers >= 4.56 writes "dtype"; older versions "torch_dtype". Held as a torch.dtype, as there.
         if "dtype" in kwargs:
             dtype = kwargs.pop("dtype")
             self.torch_dtype = dtype if self.torch_dtype is None else self.torch_dtype
-        if isinstance(self.torch_dtype, torch.dtype):
-            self.torch_dtype = str(self.torch_dtype).replace("torch.", "")
+        self.torch_dtype = _as_dtype(self.torch_dtype)
+        self.name_or_path = kwargs.pop("name_or_path", kwargs.pop("_name_or_path", ""))
         self.attn_backend = kwargs.pop("attn_backend", ATTN_BACKEND_DEFAULT)
         self.padding_free = kwargs.pop("padding_free", PADDING_FREE_DEFAULT)
         kwargs.pop("model_type", None)
@@ -115,12 +144,14 @@ class NezhaConfig:
             self.label2id = {k: int(v) for k, v in label2id.items()}
         else:
             self.label2id = {v: k for k, v in self.id2label.items()}
-        self.pruned_heads = {int(k): sorted(set(int(h) for h in v)) for k, v in (self.pruned_heads or {}).items()}
+        self.pruned_heads = _normalized_pruned_heads(self.pruned_heads)
         self._extra_keys: list[str] = []
         for key, value in kwargs.items():
             setattr(self, key, value)
             self._extra_keys.append(key)
-        self.validate()
+        # Our own key is checked here; the model keys when a model is built (validate), as transformers does.
+        if not isinstance(self.padding_free, bool):
+            raise ValueError(f"NezhaConfig.padding_free must be a bool, got {self.padding_free!r}")
 
     # ---- derived values -------------------------------------------------------------------------
     @property
@@ -135,14 +166,34 @@ class NezhaConfig:
 
     @property
     def use_return_dict(self) -> bool:
-        return bool(self.return_dict)
+        """transformers' rule: TorchScript (``torchscript=True``) forces tuple outputs."""
+        return bool(self.return_dict) and not self.torchscript
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """transformers >= 4.56's name of ``torch_dtype``."""
+        return self.torch_dtype
+
+    @dtype.setter
+    def dtype(self, value: torch.dtype | str | None) -> None:
+        self.torch_dtype = _as_dtype(value)
+
+    @property
+    def name_or_path(self) -> str:
+        """The directory or Hub id the config was loaded from ("" for a new one); not saved."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(os.fspath(value)) if value is not None else ""
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
-        """ValueError naming the first key whose value cannot build a model."""
+        """ValueError (TypeError for a malformed pruned_heads) naming the first key whose value cannot build a
+        model. Models call it when they are built: a config holds any values until then, as in transformers."""
         for key in (
             "vocab_size",
             "hidden_size",
@@ -162,8 +213,11 @@ class NezhaConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"NEZHA's sinusoid table needs an even head size, got {self.head_dim}")
-        if not isinstance(self.padding_free, bool):
-            raise ValueError(f"NezhaConfig.padding_free must be a bool, got {self.padding_free!r}")
+        if not _well_formed_pruned_heads(self.pruned_heads):
+            raise TypeError(
+                f"NezhaConfig.pruned_heads must map layer indices (int) to lists of head indices (int), "
+                f"got {self.pruned_heads!r}"
+            )
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("NezhaConfig.add_cross_attention=True requires is_decoder=True")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
@@ -176,7 +230,10 @@ class NezhaConfig:
             out[key] = copy.deepcopy(getattr(self, key))
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
-        out["pruned_heads"] = {str(k): list(v) for k, v in self.pruned_heads.items()}
+        heads = self.pruned_heads
+        out["pruned_heads"] = {str(k): list(v) for k, v in heads.items()} if _well_formed_pruned_heads(heads) else heads
+        if isinstance(self.torch_dtype, torch.dtype):
+            out["torch_dtype"] = str(self.torch_dtype).replace("torch.", "")
         out["attn_backend"] = self.attn_backend
         out["padding_free"] = self.padding_free
         for key in self._extra_keys:
@@ -194,26 +251,42 @@ class NezhaConfig:
             merged.pop("label2id", None)
         return cls(**merged)
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """to_dict without the generic keys (and our own) that hold their defaults; the model keys always stay,
+        as in transformers."""
+        defaults = {**_GENERIC_DEFAULTS, "attn_backend": ATTN_BACKEND_DEFAULT, "padding_free": PADDING_FREE_DEFAULT}
+        labels = {i: f"LABEL_{i}" for i in range(2)}
+        out = {k: v for k, v in self.to_dict().items() if k not in defaults or v != defaults[k]}
+        if self.id2label == labels and self.label2id == {v: k for k, v in labels.items()}:
+            out.pop("id2label", None)
+            out.pop("label2id", None)
+        return out
 
-    def to_json_file(self, path: str | os.PathLike) -> None:
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as JSON: with ``use_diff`` (the default, as transformers) only what differs from the defaults."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike, use_diff: bool = False) -> None:
+        """Every key by default (a self-describing config.json); ``use_diff=True`` writes the diff."""
         with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+            f.write(self.to_json_string(use_diff=use_diff))
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> NezhaConfig:
         return cls.from_dict(read_json_object(path), **overrides)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> NezhaConfig:
-        """Read ``directory/config.json`` (FileNotFoundError naming the path when it is missing)."""
-        path = os.path.join(os.fspath(directory), CONFIG_NAME)
+    def from_pretrained(cls, directory: str | os.PathLike, subfolder: str = "", **overrides: Any) -> NezhaConfig:
+        """Read ``directory[/subfolder]/config.json`` (FileNotFoundError naming the path when it is missing)."""
+        if not isinstance(subfolder, (str, os.PathLike)):
+            raise TypeError(f"subfolder must be a str, got {type(subfolder).__name__}")
+        folder = os.path.join(os.fspath(directory), os.fspath(subfolder)) if subfolder else os.fspath(directory)
+        path = os.path.join(folder, CONFIG_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"no {CONFIG_NAME} in {os.fspath(directory)!r}: a NEZHA checkpoint directory needs one"
-            )
-        return cls.from_json_file(path, **overrides)
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder!r}: a NEZHA checkpoint directory needs one")
+        config = cls.from_json_file(path, **overrides)
+        config.name_or_path = directory
+        return config
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -1,8 +1,8 @@
 """Output containers of the NEZHA models: dataclasses that also behave like tuples.
 
 Field names and order follow the Hugging Face classes users know (``last_hidden_state``,
-``pooler_output``, ``logits``, ...). Like there, ``output[i]`` and ``tuple(output)`` skip fields that
-are None, and ``output["logits"]`` looks a field up by name.
+``pooler_output``, ``logits``, ...). Like there, ``output[i]`` and ``output.to_tuple()`` skip fields that
+are None, ``output["logits"]`` looks a field up by name, and iterating yields the field names (a dict's keys).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ class ModelOutput:
             return getattr(self, key)
         return self.to_tuple()[key]
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.to_tuple())
+    def __iter__(self) -> Iterator[str]:
+        """The names of the non-None fields, as transformers' ModelOutput (an ordered dict) iterates:
+        ``for k in out``, ``dict(out)``, ``list(out)``; ``out.to_tuple()`` gives the values."""
+        return iter(self.keys())
 
     def __len__(self) -> int:
         return len(self.keys())

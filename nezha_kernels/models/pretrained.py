@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +38,7 @@ class NezhaPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, NezhaConfig):
             raise TypeError(f"config must be a NezhaConfig, got {type(config).__name__}")
+        config.validate()  # where transformers validates: when a model is built
         self.config = config
 
     # ---- init and tying --------------------------------------------------------------------------
@@ -60,7 +62,21 @@ class NezhaPreTrainedModel(nn.Module):
         self.apply(self._init_weights)
         self.tie_weights()
         if self.config.pruned_heads:
-            self.prune_heads(self.config.pruned_heads)
+            # Re-recorded under the real layer indices (a key -1 names the last layer, as in transformers).
+            heads, self.config.pruned_heads = self.config.pruned_heads, {}
+            self.prune_heads(heads)
+        if getattr(self.config, "gradient_checkpointing", False):
+            # Old configs carry the flag; transformers honours it with this deprecation warning, then drops it.
+            warnings.warn(
+                "Passing `gradient_checkpointing` to a config initialization is deprecated: use "
+                "`model.gradient_checkpointing_enable()` instead (or TrainingArguments(gradient_checkpointing=True)).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.gradient_checkpointing_enable()
+        if hasattr(self.config, "gradient_checkpointing"):
+            delattr(self.config, "gradient_checkpointing")
+            self.config._extra_keys = [k for k in self.config._extra_keys if k != "gradient_checkpointing"]
 
     @property
     def base_model(self) -> NezhaModel:
@@ -76,10 +92,12 @@ class NezhaPreTrainedModel(nn.Module):
         return None
 
     def tie_weights(self) -> None:
-        """Share the MLM decoder's weight with the word embeddings (config.tie_word_embeddings)."""
+        """Share the MLM decoder's weight with the word embeddings (config.tie_word_embeddings); under
+        ``config.torchscript`` copy it instead, as transformers does (TorchScript cannot export shared weights)."""
         output = self.get_output_embeddings()
         if output is not None and self.config.tie_word_embeddings:
-            output.weight = self.get_input_embeddings().weight
+            weight = self.get_input_embeddings().weight
+            output.weight = nn.Parameter(weight.detach().clone()) if self.config.torchscript else weight
 
     # ---- properties -----------------------------------------------------------------------------
     @property
@@ -165,11 +183,12 @@ class NezhaPreTrainedModel(nn.Module):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"new_num_tokens must be a positive int, got {new_num_tokens!r}")
         if pad_to_multiple_of is not None:
-            if (
-                isinstance(pad_to_multiple_of, bool)
-                or not isinstance(pad_to_multiple_of, int)
-                or pad_to_multiple_of < 1
-            ):
+            if isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, int):
+                raise ValueError(  # transformers' words
+                    f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is not "
+                    "an integer. Please make sure to pass an integer"
+                )
+            if pad_to_multiple_of < 1:
                 raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
             n = math.ceil(n / pad_to_multiple_of) * pad_to_multiple_of
         pad = self.config.pad_token_id
@@ -189,7 +208,7 @@ class NezhaPreTrainedModel(nn.Module):
         new.weight.requires_grad_(old.weight.requires_grad)
         self.set_input_embeddings(new)
         self._resize_output_bias(n, keep, mean_resizing)
-        self.config.vocab_size = n
+        self.config.vocab_size = self.vocab_size = n
         self.tie_weights()
         return new
 
@@ -218,15 +237,16 @@ class NezhaPreTrainedModel(nn.Module):
     def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         """Remove attention heads: {layer index: [head indices]} (recorded in config.pruned_heads)."""
         layers = self.base_model.encoder.layer
-        for layer_index, heads in heads_to_prune.items():
+        for layer_index, heads in list(heads_to_prune.items()):
             layer_index = int(layer_index)
             if not -len(layers) <= layer_index < len(layers):
                 raise ValueError(f"prune_heads: layer {layer_index} out of range [-{len(layers)}, {len(layers)})")
             layer_index %= len(layers)  # negative counts from the last layer, as in transformers
             heads = sorted(set(int(h) for h in heads))
             total = self.config.num_attention_heads
-            if any(not 0 <= h < total for h in heads):
-                raise ValueError(f"prune_heads: head indices {heads} out of range [0, {total})")
+            if any(not -total <= h < total for h in heads):
+                raise ValueError(f"prune_heads: head indices {heads} out of range [-{total}, {total})")
+            heads = sorted({h % total for h in heads})  # negative counts from the last head, as in transformers
             merged = sorted(set(self.config.pruned_heads.get(layer_index, [])) | set(heads))
             if len(merged) == total:
                 raise ValueError(f"prune_heads: cannot prune every head of layer {layer_index}")
@@ -237,7 +257,7 @@ class NezhaPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         *,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -249,10 +269,12 @@ class NezhaPreTrainedModel(nn.Module):
         config: NezhaConfig | None = None,
         ignore_mismatched_sizes: bool = False,
         output_loading_info: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        subfolder: str = "",
         **config_overrides: Any,
     ):
-        """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base");
-        see :func:`nezha_kernels.models.checkpoint.load_pretrained`."""
+        """Load a local Hugging Face NEZHA directory or a Hub id ("sijunhe/nezha-cn-base"), or build from
+        ``config`` and ``state_dict`` alone (path None); see :func:`.checkpoint.load_pretrained`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(
@@ -268,6 +290,8 @@ class NezhaPreTrainedModel(nn.Module):
             config=config,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             output_loading_info=output_loading_info,
+            state_dict=state_dict,
+            subfolder=subfolder,
             **config_overrides,
         )
 

@@ -25,7 +25,7 @@ import re
 import numpy as np
 import torch
 
-from .checkpoint import LoadingInfo, _align_prefix, _tied_keys
+from .checkpoint import LoadingInfo, MismatchedSizesError, _align_prefix, _tied_keys
 from .configuration import NezhaConfig, read_json_object
 
 __all__ = [
@@ -440,7 +440,7 @@ def load_tf_checkpoint(
     Returns a :class:`LoadingInfo`: ``unexpected_keys`` are mapped names the model lacks (e.g. ``cls.*``
     for a NezhaModel), ``missing_keys`` model weights the checkpoint lacks (left as initialized),
     ``dropped_keys`` TF entries not read (optimizer slots, global_step, non-float32) as ``name (reason)``.
-    Shapes that do not fit raise ValueError unless ``ignore_mismatched_sizes``.
+    Shapes that do not fit raise MismatchedSizesError (a RuntimeError) unless ``ignore_mismatched_sizes``.
     """
     prefix = resolve_tf_checkpoint(path)
     tensors, skipped = read_tf_checkpoint(prefix, verify_checksums=verify_checksums)
@@ -466,7 +466,7 @@ def load_tf_checkpoint(
     ]
     if mismatched and not ignore_mismatched_sizes:
         lines = "\n".join(f"  {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched)
-        raise ValueError(
+        raise MismatchedSizesError(
             f"weights in TF checkpoint {prefix!r} do not fit the model's config:\n{lines}\n"
             "Fix the config (bert_config.json), or pass ignore_mismatched_sizes=True."
         )

@@ -11,7 +11,7 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, load_band_table, load_table_slice, mask_scores
+from .band import band_gather, load_table_slice, mask_scores
 from .dot import dot, dot_nt
 from .philox import philox_uniform
 from .sequence import sequence_window
@@ -75,8 +75,10 @@ def _tile_grads(
     T,
     stride_tr,
     stride_td,
-    t_left,
-    t_right,
+    q_left,
+    q_right,
+    do_left,
+    do_right,
     offs_d,
     row_max,
     row_logsum,
@@ -109,11 +111,12 @@ def _tile_grads(
     ws,
     ws_row,
     HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -121,42 +124,37 @@ def _tile_grads(
 ):
     """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N].
 
+    q_left, q_right, do_left, do_right [BLOCK_M]: the rows' edge terms q . T[0], q . T[2R], dO . T[0], dO . T[2R].
+
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
     """
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
-    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if DOT_PRECISION == "ieee" else 1
-    s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
-    dw = dot_nt(do, v, DOT_PRECISION, K_CHUNKS)
+    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if FMA_DOTS else 1
+    s = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+    dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
-    if (rel_min < R) & (rel_max > -R):
-        if BAND_P > 0:
-            near = (rel > -R) & (rel < R)
-            slot_ptrs = ws + (ws_row + (rel + (R - 1)))
-            slot_mask = near & m_valid[:, None] & n_valid[None, :]
-            left = rel < 0
-            q_edge = tl.where(
-                left,
-                tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)[:, None],
-            )
-            do_edge = tl.where(
-                left,
-                tl.sum(do.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                tl.sum(do.to(tl.float32) * t_right[None, :], axis=1)[:, None],
-            )
-            s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
-            dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+    if RELATIVE:
+        if (rel_min < R) & (rel_max > -R):
+            if BAND_P > 0:
+                near = (rel > -R) & (rel < R)
+                slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+                slot_mask = near & m_valid[:, None] & n_valid[None, :]
+                left = rel < 0
+                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+                s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+                dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+                dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
         else:
-            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            s += band_gather(dot(q, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
-            dw += band_gather(dot(do, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
-    else:
-        t_edge = tl.where(rel_min >= R, t_right, t_left)
-        s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
-        dw += tl.sum(do.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
+            right = rel_min >= R
+            s += tl.where(right, q_right, q_left)[:, None]
+            dw += tl.where(right, do_right, do_left)[:, None]
     s = mask_scores(
         s * scale,
         rel,
@@ -248,13 +246,14 @@ def _relattn_bwd_dkdv_kernel(
     LK_KEY,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    RELATIVE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     CAUSAL_SKIP: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
     VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -327,8 +326,10 @@ def _relattn_bwd_dkdv_kernel(
             T,
             stride_tr,
             stride_td,
-            t_left,
-            t_right,
+            tl.sum(q.to(tl.float32) * t_left[None, :], axis=1),
+            tl.sum(q.to(tl.float32) * t_right[None, :], axis=1),
+            tl.sum(do.to(tl.float32) * t_left[None, :], axis=1),
+            tl.sum(do.to(tl.float32) * t_right[None, :], axis=1),
             offs_d,
             row_max,
             row_logsum,
@@ -361,18 +362,19 @@ def _relattn_bwd_dkdv_kernel(
             Q,
             0,
             HEAD_DIM,
+            RELATIVE,
             HAS_KPAD,
             HAS_AMASK,
             CAUSAL,
             HAS_DROPOUT,
-            DOT_PRECISION,
+            FMA_DOTS,
             BLOCK_M,
             BLOCK_N,
             BLOCK_P,
             0,
         )
-        dv += dot(tl.trans(w).to(do.dtype), do, None, DOT_PRECISION)
-        dk += dot(tl.trans(ds).to(q.dtype), q, None, DOT_PRECISION)
+        dv += dot(tl.trans(w).to(do.dtype), do, None, FMA_DOTS)
+        dk += dot(tl.trans(ds).to(q.dtype), q, None, FMA_DOTS)
 
     if VARLEN:
         out_off = (k_rows * H + h) * HEAD_DIM + offs_d[None, :]
@@ -380,245 +382,3 @@ def _relattn_bwd_dkdv_kernel(
         out_off = bh.to(tl.int64) * LK * HEAD_DIM + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
     tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
-
-
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
-def _relattn_bwd_dq_kernel(
-    Q,
-    K,
-    V,
-    T,
-    DOUT,
-    ROW_MAX,
-    ROW_LOGSUM,
-    DELTA,
-    DQ,
-    WS,
-    KPAD,
-    AMASK,
-    HMASK,
-    CU_Q,
-    CU_K,
-    stride_qb,
-    stride_qh,
-    stride_qm,
-    stride_qd,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_kd,
-    stride_vb,
-    stride_vh,
-    stride_vn,
-    stride_vd,
-    stride_tr,
-    stride_td,
-    stride_gb,
-    stride_gh,
-    stride_gm,
-    stride_gd,
-    stride_pb,
-    stride_pn,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    stride_hb,
-    stride_hh,
-    H,
-    LQ,
-    LK,
-    R,
-    Q_OFFSET,
-    scale,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
-    LQ_KEY,
-    LK_KEY,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    HAS_KPAD: tl.constexpr,
-    HAS_AMASK: tl.constexpr,
-    HAS_HMASK: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    CAUSAL_SKIP: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BAND_P: tl.constexpr,
-):
-    """Per query block of one (b, h): dQ by a loop over key tiles.
-
-    Contiguous output: [B, H, Lq, D] dense, [Tq, H, D] varlen (sequence.py).
-
-    Block-band mode (BAND_P > 0) as in forward.py, with scratch rows of 2 BAND_P fp32: Q @ Tb^T and
-    dO @ Tb^T written once; each in-band pair's dS overwrites its Q @ Tb^T slot, and after the loop
-    dQ += scratch[:, :BAND_P] @ Tb (the bucketed dS, one dot per query block).
-    """
-    tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
-    BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
-    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1  # see dot.dot_nt
-    pid_m = tl.program_id(1)
-    bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN)
-    i0 = pid_m * BLOCK_M
-    if VARLEN:
-        if i0 >= lq:
-            return  # past this sequence's queries (the grid covers the longest)
-    offs_m = i0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < lq
-    d_valid = offs_d < HEAD_DIM
-    qd_mask = m_valid[:, None] & d_valid[None, :]
-    q_rows = (q_start + offs_m)[:, None].to(tl.int64)
-    q = tl.load(
-        Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_rows * stride_qm + offs_d[None, :] * stride_qd,
-        mask=qd_mask,
-        other=0.0,
-    )
-    do = tl.load(
-        DOUT
-        + b.to(tl.int64) * stride_gb
-        + h.to(tl.int64) * stride_gh
-        + q_rows * stride_gm
-        + offs_d[None, :] * stride_gd,
-        mask=qd_mask,
-        other=0.0,
-    )
-    row = stat_row0 + offs_m
-    row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
-    row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
-    delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
-    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-    hm = 1.0
-    if HAS_HMASK:
-        hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
-    pos0 = q_offset + i0
-
-    ws = WS + (stat_row0 + i0) * (2 * BAND_P)
-    ws_row = tl.arange(0, BLOCK_M)[:, None] * (2 * BAND_P)
-    if BAND_P > 0:
-        # A runtime loop, not static_range: unrolled, q's and dO's FMA (fp32) dot operands are loaded
-        # once for all chunks and stay live together (the old dQ fp32 spills, see benchmarks/NOTES.md, Triton section).
-        for c in range(0, BAND_P // BAND_CHUNK):
-            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            cols = ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :]
-            tl.store(ws + cols, dot_nt(q, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
-            tl.store(ws + BAND_P + cols, dot_nt(do, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
-        tl.debug_barrier()  # band tiles read slots other threads wrote
-
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    ds_left = tl.zeros([BLOCK_M], tl.float32)
-    ds_right = tl.zeros([BLOCK_M], tl.float32)
-    hi = lk
-    if CAUSAL_SKIP:
-        hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)  # as in forward.py
-    for j0 in range(0, hi, BLOCK_N):
-        offs_n = j0 + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < lk
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(
-            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
-        )
-        v = tl.load(
-            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
-        )
-        w, ds = _tile_grads(
-            q,
-            do,
-            k,
-            v,
-            T,
-            stride_tr,
-            stride_td,
-            t_left,
-            t_right,
-            offs_d,
-            row_max,
-            row_logsum,
-            delta,
-            hm,
-            b,
-            h,
-            bh,
-            offs_m,
-            offs_n,
-            m_valid,
-            n_valid,
-            q_offset + offs_m,
-            pos0,
-            j0,
-            KPAD,
-            stride_pb,
-            stride_pn,
-            AMASK,
-            stride_ab,
-            stride_ah,
-            stride_am,
-            stride_an,
-            R,
-            scale,
-            dropout_p,
-            dropout_scale,
-            seed_lo,
-            seed_hi,
-            ws,
-            ws_row,
-            HEAD_DIM,
-            HAS_KPAD,
-            HAS_AMASK,
-            CAUSAL,
-            HAS_DROPOUT,
-            DOT_PRECISION,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_P,
-            BAND_P,
-        )
-        dq += dot(ds.to(k.dtype), k, None, DOT_PRECISION)
-        rel_min = j0 - (pos0 + BLOCK_M - 1)
-        rel_max = j0 + BLOCK_N - 1 - pos0
-        if (rel_min < R) & (rel_max > -R):
-            if BAND_P > 0:
-                rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
-                near = (rel > -R) & (rel < R)
-                tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
-                far = tl.where(near, 0.0, ds)
-                ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
-                ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
-            else:
-                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, DOT_PRECISION)
-        elif rel_min >= R:
-            ds_right += tl.sum(ds, axis=1)
-        else:
-            ds_left += tl.sum(ds, axis=1)
-
-    if BAND_P > 0:
-        tl.debug_barrier()  # the dS slots were written by other threads' layouts
-        hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
-        pos = q_offset + offs_m
-        for c in range(0, BAND_P // BAND_CHUNK):
-            offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
-            j = pos[:, None] + offs_r[None, :] - (R - 1)
-            # Slots of keys the loop never visited still hold Q @ Tb^T: mask them out.
-            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < lk) & (j < hi_tiles)
-            ds_band = tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=0.0)
-            tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            dq += dot(ds_band.to(tb.dtype), tb, None, DOT_PRECISION)
-    dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
-    if VARLEN:
-        out_off = (q_rows * H + h) * HEAD_DIM + offs_d[None, :]
-    else:
-        out_off = bh.to(tl.int64) * LQ * HEAD_DIM + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-    tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)

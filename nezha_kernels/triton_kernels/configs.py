@@ -21,16 +21,16 @@ AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
 AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
-# Chosen from the AOT compile report (sm_80 and sm_90, D = 64, every feature on, JIT-like specialization):
-# see benchmarks/NOTES.md (Triton section). fp16/bf16 forward: 64x32 w8 s2 and 64x64 w8 s1 are spill-free; 64x64
-# w8 s2 and any 4-warp 64-row tile spill. fp32 uses FMA (ieee) dots that hold operands in registers:
-# 32x16 w8 s1 is spill-free for all three kernels (fwd ~196, dQ ~184, dK/dV ~254 registers); 32x32
-# fp32 reaches 255 registers in the forward and spills in dQ, 64-row fp32 tiles spill everywhere.
-FWD_TILES = [(64, 32, 8, 2), (64, 64, 8, 1), (32, 16, 8, 1)]
+# Forward (the flash skeleton, benchmarks/NOTES.md "Triton flash skeleton"): 128 x 64 with 8 warps is two
+# warpgroups of 64 rows, so every GEMM is wgmma on sm_90 (HGMMA 64x64x16), K/V pipelined 2 deep; spill-free at
+# D = 64 (232 registers) and D = 128 (254). 64x32 w8 s2 stays a candidate (and the head-dim-256 tile). fp32 uses
+# FMA (ieee) dots that hold operands in registers: 32x16 w8 s1 is spill-free for all three kernels.
+FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1)]
 # dK/dV keeps per-tile table slices (two [BLOCK_M, BLOCK_P] products per band tile): 32x32 w8 s1 is its
 # spill-free tile; dQ uses the block band like the forward.
 DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
-DQ_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 8, 1)]
+# dQ on the flash skeleton (dq.py): 128 x 64 w8 s2, two 64-row warpgroups (wgmma), spill-free (246 registers).
+DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
 # Head dim 128, backward: every tile above that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ fp16
 # 144-400 B, fp32 352-376 B). These tiles are spill-free on sm_80 and sm_90 (dQ fp32: 0 / 16 B), from a sweep
@@ -97,12 +97,12 @@ def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> 
     return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
 
 
-def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
+def _fits(kind: str, block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
     # fp32 inputs run FMA dots whose operands live in registers: only small tiles avoid spills.
-    # D = 128 doubles the accumulator and the operand tiles: halve the tile.
+    # Wider heads double the accumulator and the operand tiles: halve the tile (the forward from D = 256 on).
     if elem_bytes == 4:
         return block_m * block_n <= 32 * 16
-    if head_dim > 64:
+    if head_dim > (128 if kind == "fwd" else 64):
         return block_m * block_n <= 64 * 32
     return True
 
@@ -116,7 +116,7 @@ def candidates(kind: str, tiles, head_dim: int, elem_bytes: int) -> list:
     """The tiles of ``tiles`` a (kernel, head dim, input size) may run, best first; never empty."""
     wide = WIDE_HEAD_TILES.get((kind, elem_bytes)) if head_dim > 64 else None
     skip = _wide_only(kind)
-    kept = [t for t in tiles if t not in skip and _fits(t[0], t[1], head_dim, elem_bytes)]
+    kept = [t for t in tiles if t not in skip and _fits(kind, t[0], t[1], head_dim, elem_bytes)]
     if wide is not None and wide in tiles:
         kept = [wide] + [t for t in kept if t != wide]
     return kept or [t for t in tiles if t not in skip][-1:]

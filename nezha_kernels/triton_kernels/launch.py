@@ -18,9 +18,10 @@ import torch
 import triton
 
 from . import configs
-from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel, _relattn_bwd_dq_kernel
+from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel
+from .call import KernelCall, length_key, strides
+from .dq import _relattn_bwd_dq_kernel
 from .forward import _relattn_fwd_kernel
-from .philox import seed_words
 
 _fwd = configs.autotune("fwd")(_relattn_fwd_kernel)
 _bwd_dkdv = configs.autotune("bwd_dkdv")(_relattn_bwd_dkdv_kernel)
@@ -37,15 +38,6 @@ DELTA_ROWS_INTERPRETED = 16
 def _grid(bh: int, length: int, block: str):
     """Autotuner grid: (B*H, cdiv(length, cfg[block]))."""
     return lambda cfg: (bh, triton.cdiv(length, cfg[block]))
-
-
-def _length_key(length: int) -> int:
-    """Autotuning key of a length (LQ_KEY / LK_KEY): a power of two, so new lengths rarely re-tune."""
-    return triton.next_power_of_2(max(1, length))
-
-
-def _strides(t: torch.Tensor | None, rank: int) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * rank
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple, device: torch.device, dtype=None) -> None:
@@ -78,66 +70,6 @@ def _check_dense(q, k, v, table, key_padding, additive_mask, head_mask) -> None:
         _expect("head_mask", head_mask, (b, h), q.device)
     if b * h > MAX_PROGRAMS_AXIS0:
         raise ValueError(f"q: B*H = {b * h} exceeds the grid limit {MAX_PROGRAMS_AXIS0}")
-
-
-def _common_args(
-    q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset, dropout_p, seed, scale, cu_seqlens=None
-) -> tuple[tuple, tuple, tuple, dict]:
-    """(optional-tensor pointers, q/k/v/table strides, trailing strides + scalars, constexpr kwargs).
-
-    q, k, v: [B, H, L, D] (strides), or for varlen the [1, H, T, D] views of _varlen_view with
-    cu_seqlens = (cu_seqlens_q, cu_seqlens_k).
-    """
-    b, h, lq, d = q.shape
-    lk = k.shape[2]
-    dummy = q  # any valid pointer for an absent optional tensor (never read: its HAS_* flag is off)
-    kpad = key_padding.view(torch.uint8) if key_padding is not None else dummy
-    seed_lo, seed_hi = seed_words(seed if dropout_p > 0.0 else 0)
-    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (dummy, dummy)
-    pointers = (
-        kpad,
-        additive_mask if additive_mask is not None else dummy,
-        head_mask if head_mask is not None else dummy,
-        cu_q,
-        cu_k,
-    )
-    strides = (
-        *q.stride(),
-        *k.stride(),
-        *v.stride(),
-        *table.stride(),
-    )
-    tail = (
-        *_strides(key_padding, 2),
-        *_strides(additive_mask, 4),
-        *_strides(head_mask, 2),
-        h,
-        lq,
-        lk,
-        r,
-        q_offset,
-        float(scale),
-        float(dropout_p),
-        1.0 / (1.0 - dropout_p),
-        seed_lo,
-        seed_hi,
-        _length_key(lq),
-        _length_key(lk),
-    )
-    has_masks = key_padding is not None or additive_mask is not None
-    meta = dict(
-        HEAD_DIM=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
-        HAS_KPAD=key_padding is not None,
-        HAS_AMASK=additive_mask is not None,
-        HAS_HMASK=head_mask is not None,
-        CAUSAL=causal,
-        CAUSAL_SKIP=causal and not has_masks,
-        HAS_DROPOUT=dropout_p > 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        VARLEN=cu_seqlens is not None,
-    )
-    return pointers, strides, tail, meta
 
 
 def _band_scratch(q: torch.Tensor, band_p: int, planes: int) -> torch.Tensor:
@@ -183,6 +115,35 @@ def _varlen_view(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided((1, x.shape[1], x.shape[0], x.shape[2]), (0, x.stride(1), x.stride(0), x.stride(2)))
 
 
+def _call(
+    q,
+    k,
+    v,
+    table,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens,
+    r,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    lq_key,
+    lk_key,
+    relative,
+) -> KernelCall:
+    """The call's description; the plain twin (relative off) gets a [1, D] zero table and R = 0 (never read)."""
+    if not relative:
+        table = torch.zeros((1, q.shape[-1]), dtype=q.dtype, device=q.device)
+        r = 0
+    return KernelCall(
+        q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens, r, causal, q_offset, scale, dropout_p, seed,
+        lq_key, lk_key, relative,
+    )  # fmt: skip
+
+
 def relattn_fwd(
     q,
     k,
@@ -201,55 +162,40 @@ def relattn_fwd(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward. Dense: q [B, H, Lq, D], k, v [B, H, Lk, D], table [2R+1, D] (any strides).
 
     Returns (out [B, H, Lq, D] contiguous in q's dtype, lse [2, B, H, Lq] float32) where lse[0] is each
     row's score max and lse[1] the log of its softmax sum (the log-sum-exp is lse[0] + lse[1]).
-    Varlen (cu_seqlens_q given): see relattn_fwd_varlen.
+    Varlen (cu_seqlens_q given): see relattn_fwd_varlen. relative=False runs the plain twin: exact softmax
+    attention with every relative term compiled out (table and max_relative_position unused).
     """
     if cu_seqlens_q is not None:
         return relattn_fwd_varlen(
-            q,
-            k,
-            v,
-            table,
-            head_mask,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            max_seqlen_q,
-            max_seqlen_k,
-            max_relative_position,
-            causal,
-            scale,
-            dropout_p,
-            seed,
-        )
+            q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position,
+            causal, scale, dropout_p, seed, relative=relative,
+        )  # fmt: skip
     _check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((2, b, h, lq), dtype=torch.float32, device=q.device)
-    pointers, strides, tail, meta = _common_args(
-        q,
-        k,
-        v,
-        table,
-        key_padding,
-        additive_mask,
-        head_mask,
-        max_relative_position,
-        causal,
-        q_offset,
-        dropout_p,
-        seed,
-        scale,
-    )
-    band_p = configs.band_p(max_relative_position)
-    scratch = _band_scratch(q, band_p, 1)
-    _fwd[_grid(b * h, lq, "BLOCK_M")](
-        q, k, v, table, out, lse[0], lse[1], scratch, *pointers, *strides, *out.stride(), *tail, BAND_P=band_p, **meta
-    )
+    call = _call(
+        q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
+        dropout_p, seed, length_key(lq), length_key(k.shape[2]), relative,
+    )  # fmt: skip
+    _launch_fwd(call, out, lse, b * h, lq)
     return out, lse
+
+
+def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> None:
+    """The forward kernel over (programs, cdiv(blocks_q, BLOCK_M)); out and lse as the kernel indexes them."""
+    band_p = configs.band_p(call.r) if call.relative else 0
+    scratch = _band_scratch(call.q, band_p, 1)
+    _fwd[_grid(programs, blocks_q, "BLOCK_M")](
+        **call.kwargs(OUT=out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], WS=scratch, BAND_P=band_p, **strides("o", out))
+    )
 
 
 def relattn_bwd(
@@ -273,31 +219,18 @@ def relattn_bwd(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward: (dq, dk, dv), contiguous, in q's dtype. lse is the forward's [2, B, H, Lq] statistics.
 
-    Varlen (cu_seqlens_q given): see relattn_bwd_varlen.
+    Varlen (cu_seqlens_q given): see relattn_bwd_varlen. relative=False: the plain twin's gradients.
     """
     if cu_seqlens_q is not None:
         return relattn_bwd_varlen(
-            grad_out,
-            q,
-            k,
-            v,
-            table,
-            out,
-            lse,
-            head_mask,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            max_seqlen_q,
-            max_seqlen_k,
-            max_relative_position,
-            causal,
-            scale,
-            dropout_p,
-            seed,
-        )
+            grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+            max_relative_position, causal, scale, dropout_p, seed, relative=relative,
+        )  # fmt: skip
     _check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -307,32 +240,22 @@ def relattn_bwd(
     dq = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, h, lk, d), dtype=k.dtype, device=q.device)
     dv = torch.empty((b, h, lk, d), dtype=v.dtype, device=q.device)
-    args = _common_args(
-        q,
-        k,
-        v,
-        table,
-        key_padding,
-        additive_mask,
-        head_mask,
-        max_relative_position,
-        causal,
-        q_offset,
-        dropout_p,
-        seed,
-        scale,
-    )
-    _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, b * h, lq, lk, max_relative_position)
+    call = _call(
+        q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
+        dropout_p, seed, length_key(lq), length_key(lk), relative,
+    )  # fmt: skip
+    _launch_bwd(call, grad_out, out, lse, dq, dk, dv, b * h, lq, lk)
     return dq, dk, dv
 
 
-def _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, programs, blocks_q, blocks_k, r) -> None:
+def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, blocks_q, blocks_k) -> None:
     """The three backward kernels on [B, H, L, D] tensors (or varlen views): delta, dK/dV, dQ.
 
     Grids: (programs, cdiv(blocks_q or blocks_k, BLOCK)); the delta kernel runs over every row of q.
     Empty grids (varlen: no sequence, or no query / key row) are not launched; dK / dV of keys no query
     sees are zeros (the dK/dV programs of a sequence without queries run an empty loop).
     """
+    q, k = call.q, call.k
     b, h, lq, d = q.shape
     if programs * blocks_q * lq == 0:  # no query row: every gradient is zero (or empty)
         for grad in (dq, dk, dv):
@@ -353,45 +276,12 @@ def _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, programs, 
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=delta_rows,
     )
-    pointers, strides, tail, meta = args
+    stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], DELTA=delta, **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
-        _bwd_dkdv[_grid(programs, blocks_k, "BLOCK_N")](
-            q,
-            k,
-            v,
-            table,
-            grad_out,
-            lse[0],
-            lse[1],
-            delta,
-            dk,
-            dv,
-            *pointers,
-            *strides,
-            *grad_out.stride(),
-            *tail,
-            **meta,
-        )
-    band_p = configs.band_p(r)
+        _bwd_dkdv[_grid(programs, blocks_k, "BLOCK_N")](**call.kwargs(DK=dk, DV=dv, **stats))
+    band_p = configs.band_p(call.r) if call.relative else 0
     scratch = _band_scratch(q, band_p, 2)
-    _bwd_dq[_grid(programs, blocks_q, "BLOCK_M")](
-        q,
-        k,
-        v,
-        table,
-        grad_out,
-        lse[0],
-        lse[1],
-        delta,
-        dq,
-        scratch,
-        *pointers,
-        *strides,
-        *grad_out.stride(),
-        *tail,
-        BAND_P=band_p,
-        **meta,
-    )
+    _bwd_dq[_grid(programs, blocks_q, "BLOCK_M")](**call.kwargs(DQ=dq, WS=scratch, BAND_P=band_p, **stats))
 
 
 def relattn_fwd_varlen(
@@ -409,6 +299,8 @@ def relattn_fwd_varlen(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen forward: q [Tq, H, D], k, v [Tk, H, D] (any token/head strides), cu_seqlens_q/k int32 [B + 1].
 
@@ -421,45 +313,15 @@ def relattn_fwd_varlen(
     tq, h, d = q.shape
     out = torch.empty((tq, h, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((2, h, tq), dtype=torch.float32, device=q.device)
-    qv, kv, vv = (_varlen_view(x) for x in (q, k, v))
-    # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
-    pointers, strides, tail, meta = _common_args(
-        qv,
-        kv,
-        vv,
-        table,
-        None,
-        None,
-        head_mask,
-        max_relative_position,
-        causal,
-        0,
-        dropout_p,
-        seed,
-        scale,
-        (cu_seqlens_q, cu_seqlens_k),
-    )
-    tail = tail[:-2] + (_length_key(max_seqlen_q), _length_key(max_seqlen_k))
     if b * h * max_seqlen_q * tq == 0:
         return out, lse  # no query row (empty grids are not launched)
-    band_p = configs.band_p(max_relative_position)
-    scratch = _band_scratch(qv, band_p, 1)
-    _fwd[_grid(b * h, max_seqlen_q, "BLOCK_M")](
-        qv,
-        kv,
-        vv,
-        table,
-        _varlen_view(out),
-        lse[0],
-        lse[1],
-        scratch,
-        *pointers,
-        *strides,
-        *_varlen_view(out).stride(),
-        *tail,
-        BAND_P=band_p,
-        **meta,
-    )
+    qv, kv, vv = (_varlen_view(x) for x in (q, k, v))
+    # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
+    call = _call(
+        qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+    )  # fmt: skip
+    _launch_fwd(call, _varlen_view(out), lse, b * h, max_seqlen_q)
     return out, lse
 
 
@@ -481,6 +343,8 @@ def relattn_bwd_varlen(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Varlen backward: (dq [Tq, H, D], dk, dv [Tk, H, D]) contiguous; lse is the forward's [2, H, Tq]."""
     b = _check_varlen(q, k, v, table, None, None, head_mask, cu_seqlens_q, cu_seqlens_k)
@@ -492,38 +356,12 @@ def relattn_bwd_varlen(
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     qv, kv, vv = (_varlen_view(x) for x in (q, k, v))
-    pointers, strides, tail, meta = _common_args(
-        qv,
-        kv,
-        vv,
-        table,
-        None,
-        None,
-        head_mask,
-        max_relative_position,
-        causal,
-        0,
-        dropout_p,
-        seed,
-        scale,
-        (cu_seqlens_q, cu_seqlens_k),
-    )
-    tail = tail[:-2] + (_length_key(max_seqlen_q), _length_key(max_seqlen_k))
+    call = _call(
+        qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+    )  # fmt: skip
     _launch_bwd(
-        _varlen_view(grad_out),
-        qv,
-        kv,
-        vv,
-        table,
-        _varlen_view(out),
-        lse.reshape(2, 1, h, tq),
-        dq,
-        dk,
-        dv,
-        (pointers, strides, tail, meta),
-        b * h,
-        max_seqlen_q,
+        call, _varlen_view(grad_out), _varlen_view(out), lse.reshape(2, 1, h, tq), dq, dk, dv, b * h, max_seqlen_q,
         max_seqlen_k,
-        max_relative_position,
-    )
+    )  # fmt: skip
     return dq, dk, dv
