@@ -27,8 +27,8 @@ PLAIN_FLASH = "plain_flash_fwd"
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
-# The module of each kernel (dQ, dK/dV and delta live in backward.py).
-TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward"}
+# The module of each kernel (dK/dV and delta live in backward.py).
+TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.backward_dq"}
 
 
 def _band_chunks(constexprs: dict) -> int:

@@ -231,11 +231,11 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, configs, forward
+    from ..triton_kernels import backward, backward_dq, configs, forward
 
     if configs.interpreted():
         raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
-    fn = getattr(forward if kernel == "fwd" else backward, fn_name)
+    fn = getattr({"fwd": forward, "bwd_dq": backward_dq}.get(kernel, backward), fn_name)
     try:
         signature, consts, attrs = launch_signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)

@@ -18,7 +18,8 @@ import torch
 import triton
 
 from . import configs
-from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel, _relattn_bwd_dq_kernel
+from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel
+from .backward_dq import _relattn_bwd_dq_kernel
 from .forward import _relattn_fwd_kernel
 from .philox import seed_words
 
