@@ -20,6 +20,7 @@ import torch
 
 import nezha_kernels.models as ours
 from nezha_kernels.models import tf_checkpoint as tfc
+from nezha_kernels.models import tf_reader
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "tf_nezha_tiny"
 PREFIX = FIXTURE / "model.ckpt-7"
@@ -43,8 +44,8 @@ def copy(tmp_path):
 
 def test_crc32c_known_answer():
     # The standard CRC-32C check value, and RFC 3720's 32 zero bytes.
-    assert tfc._crc32c_py(b"123456789") == 0xE3069283
-    assert tfc._crc32c_py(bytes(32)) == 0x8A9136AA
+    assert tf_reader._crc32c_py(b"123456789") == 0xE3069283
+    assert tf_reader._crc32c_py(bytes(32)) == 0x8A9136AA
 
 
 def test_index_lists_what_tensorflow_listed():
