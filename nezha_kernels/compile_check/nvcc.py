@@ -32,7 +32,7 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 # feature set (csrc/relattn_flash.h: 0 = PLAIN, 1 = GENERAL: ...Lb0ELi1EE), reported as <kernel>_general.
 MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?(?:Li(\d)E)?E")
 _VARLEN = "_varlen"
-_FEATURES = {None: "", "0": "", "1": "_general"}
+FEATURE_SUFFIXES = {None: "", "0": "", "1": "_general"}
 MANGLED_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
@@ -46,7 +46,7 @@ _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
     """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
-    kernel = kernel.removesuffix(_VARLEN).removesuffix(_FEATURES["1"])  # same tiles every layout / feature set
+    kernel = kernel.removesuffix(_VARLEN).removesuffix(FEATURE_SUFFIXES["1"])  # same tiles every layout / feature set
     dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
     if kernel == "relattn_fwd_kernel":
         return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
@@ -76,7 +76,7 @@ def parse_ptxas(log: str) -> list[dict]:
             if mangled:
                 n, rest = int(mangled.group(1)), mangled.group(2)
                 name = rest[:n] if len(rest) >= n else rest
-                name += _FEATURES[mangled.group(6)] + (_VARLEN if mangled.group(5) == "1" else "")
+                name += FEATURE_SUFFIXES[mangled.group(6)] + (_VARLEN if mangled.group(5) == "1" else "")
                 current = {"kernel": name, "dtype": MANGLED_DTYPES[mangled.group(3)], "head_dim": int(mangled.group(4))}
             else:
                 current = {"kernel": entry.group(1), "dtype": "?", "head_dim": 0}

@@ -134,7 +134,8 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
                 continue  # not a kernel instantiation, or the padding-free layout
             n, rest = int(m.group(1)), m.group(2)
             base = rest[:n]
-            kernel = base + nvcc_check._FEATURES[m.group(6)]  # the TC kernels' GENERAL feature set: <kernel>_general
+            # the TC kernels' GENERAL feature set: <kernel>_general
+            kernel = base + nvcc_check.FEATURE_SUFFIXES[m.group(6)]
             dtype, d = nvcc_check.MANGLED_DTYPES[m.group(3)], int(m.group(4))
             if base not in GEOMETRY or dtype not in dtypes or d not in head_dims:
                 continue
