@@ -17,7 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_digest
+from ..cuda_ext.build import CSRC, cache_root, copy_atomically, find_nvcc, nvcc_flags, object_cache_path, sources_digest
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from .rows import CompileRow
 
@@ -111,10 +111,13 @@ def _compile(nvcc: str, source: str, arch: int, out_dir: str) -> tuple[str, int,
     if cache.exists():
         cached = json.loads(cache.read_text())
         return source, arch, cached["rc"], cached["log"]
-    cmd = [nvcc, "-c", str(CSRC / source), "-o", str(Path(out_dir) / f"{source}.{arch}.o"), *flags]
+    obj = Path(out_dir) / f"{source}.{arch}.o"
+    cmd = [nvcc, "-c", str(CSRC / source), "-o", str(obj), *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode == 0:  # only successes are cached; failures are re-run (and re-reported) every time
+        # The same object a JIT build for this one arch needs (same flags but -v): kept for it to reuse.
+        copy_atomically(obj, object_cache_path(nvcc, source, (arch,)))
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"rc": proc.returncode, "log": log}))

@@ -36,6 +36,7 @@ __all__ = [
     "extension_status",
     "cached_build",
     "aot_extension",
+    "object_cache_path",
 ]
 
 CSRC = source_dir()  # the checkout's csrc/, or the copy a wheel ships (nezha_kernels/_csrc)
@@ -131,13 +132,46 @@ def parse_archs(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(archs)))
 
 
+@functools.cache
+def _nvcc_version(nvcc: str) -> str:
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+
+
+def object_cache_path(nvcc: str, source: str, archs: tuple[int, ...]) -> Path:
+    """Where the object of kernel ``source`` for ``archs`` is shared between the compile check and the JIT build.
+
+    Both run nvcc with ``nvcc_flags(archs)`` (the compile check adds ``-Xptxas -v``, which changes only what is
+    printed), so one compile serves both: keyed by nvcc's version, the flags and the source and every header.
+    """
+    from .sources import HEADERS
+
+    h = hashlib.sha256()
+    h.update(_nvcc_version(nvcc).encode())
+    h.update(" ".join(nvcc_flags(archs)).encode())
+    h.update(sources_digest((source, *HEADERS)).encode())
+    return cache_root() / "objects" / f"{Path(source).stem}.{_arch_tag(archs)}.{h.hexdigest()[:16]}.o"
+
+
+def copy_atomically(src: Path, dst: Path) -> None:
+    """Copy src to dst through a temporary name, so a reader never sees half a file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _compile_kernels(nvcc: str, archs: tuple[int, ...], out_dir: Path) -> list[Path]:
-    """nvcc each kernel source to an object (in parallel), reusing objects already in out_dir."""
+    """nvcc each kernel source to an object (in parallel), reusing objects already in out_dir or in the shared
+    object cache (``object_cache_path``: what the compile check compiled for the same archs)."""
     objects, procs = [], []
     for name in KERNEL_SOURCES:
         obj = out_dir / (Path(name).stem + ".o")
         objects.append(obj)
         if obj.exists():
+            continue
+        shared = object_cache_path(nvcc, name, archs)
+        if shared.is_file():
+            copy_atomically(shared, obj)
             continue
         tmp = obj.with_suffix(".o.tmp")
         cmd = [nvcc, "-c", str(CSRC / name), "-o", str(tmp), *nvcc_flags(archs)]

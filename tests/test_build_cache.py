@@ -1,0 +1,79 @@
+"""The compile check and the JIT build share kernel objects (one nvcc run per source and arch, not two).
+
+No nvcc runs here: the compile step is faked, and what is checked is which objects the build reuses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from nezha_kernels.compile_check import nvcc as nvcc_check
+from nezha_kernels.cuda_ext import build
+from nezha_kernels.cuda_ext.sources import KERNEL_SOURCES
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.BUILD_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: f"fake {nvcc} 13.0")
+    return tmp_path
+
+
+def _fake_nvcc(calls):
+    """subprocess.run / Popen stand-in that writes the object named after -o and records the source."""
+
+    class Proc:
+        returncode = 0
+        stdout = "ptxas info    : Used 10 registers\n"
+        stderr = ""
+
+        def __init__(self, cmd, **_):
+            if "--version" in cmd:
+                self.stdout = "fake nvcc 13.0"
+                return
+            calls.append(cmd[2])
+            out = cmd[cmd.index("-o") + 1]
+            with open(out, "w") as f:
+                f.write(f"object of {cmd[2]} for {cmd[cmd.index('-gencode') + 1]}")
+
+        def communicate(self):
+            return self.stdout, None
+
+    return Proc
+
+
+def test_the_build_reuses_what_the_compile_check_compiled(cache, monkeypatch):
+    calls: list[str] = []
+    fake = _fake_nvcc(calls)
+    monkeypatch.setattr(subprocess, "run", fake)
+    for source in KERNEL_SOURCES:
+        nvcc_check._compile("nvcc", source, 80, str(cache))
+    assert len(calls) == len(KERNEL_SOURCES)
+
+    monkeypatch.setattr(subprocess, "Popen", fake)
+    out_dir = cache / "build_sm80"
+    out_dir.mkdir()
+    objects = build._compile_kernels("nvcc", (80,), out_dir)
+    assert len(calls) == len(KERNEL_SOURCES), "the build ran nvcc although every object was in the shared cache"
+    for obj, source in zip(objects, KERNEL_SOURCES, strict=True):
+        assert obj.read_text() == f"object of {build.CSRC / source} for arch=compute_80,code=sm_80"
+
+    # Another arch set is another object: compiled, not taken from the sm_80 compile.
+    out_dir = cache / "build_sm80_90"
+    out_dir.mkdir()
+    build._compile_kernels("nvcc", (80, 90), out_dir)
+    assert len(calls) == 2 * len(KERNEL_SOURCES)
+
+
+def test_the_shared_object_key_follows_sources_flags_and_nvcc(cache, monkeypatch):
+    first = build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
+    assert first == build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
+    assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (90,))
+    assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[1], (80,))
+    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: "fake 13.1")
+    assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
+    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: "fake nvcc 13.0")
+    monkeypatch.setattr(build, "sources_digest", lambda names: "edited")
+    assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
