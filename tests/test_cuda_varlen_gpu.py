@@ -8,13 +8,15 @@ Skipped without a CUDA device (and when the extension cannot be built there, wit
 
 from __future__ import annotations
 
-import formula
+import dataclasses
+
 import pytest
 import torch
+import varlen_reference as vref
+from tolerance import assert_all_within
 
 from nezha_kernels.backends import available_backends
 from nezha_kernels.cuda_ext import launch
-from nezha_kernels.dropout import keep_mask
 from nezha_kernels.table import sinusoidal_table
 
 pytestmark = [
@@ -24,14 +26,12 @@ pytestmark = [
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 SEED = 0x2468_ACE0_1357
-# (atol, rtol) for the output and the gradients (divided by max(1, max |grad|)), as tests/test_cuda_gpu.py.
-TOLERANCES = {
-    F32: ((2e-4, 2e-4), (5e-4, 5e-4)),
-    F16: ((3e-3, 3e-3), (1e-2, 1e-2)),
-    BF16: ((2e-2, 2e-2), (6e-2, 6e-2)),
-}
+# k per dtype and output (tests/tolerance.py), as tests/test_cuda_gpu.py and the emulated varlen suite (whose
+# largest ratios were fp32 0.08 and bf16 1.08: the emulator runs these kernels' source).
+K = {dtype: dict(out=2.0, dq=2.0, dk=2.0, dv=2.0) for dtype in (F32, F16, BF16)}
 LENS_Q = (1, 0, 130, 77, 300, 5)
 LENS_K = (1, 0, 150, 77, 211, 9)
+_T_Q, _T_K = sum(LENS_Q), sum(LENS_K)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,55 +92,44 @@ def _families(dtype):
     return ["simt"] if dtype == F32 else ["tc", "simt"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Case:
+    """What tests/varlen_reference.py reads of a case."""
+
+    lens_q: tuple[int, ...]
+    lens_k: tuple[int, ...]
+    heads: int
+    r: int
+    causal: bool
+    dropout_p: float
+
+
 @pytest.mark.parametrize("dtype", [F32, F16, BF16])
 @pytest.mark.parametrize("d", [32, 64, 128])
 def test_varlen_matches_formula_per_sequence(dtype, d):
-    r = {32: 1, 64: 7, 128: 64}[d]
-    q, k, v, table, grad_out, tail = _call(dtype, d, r, causal=d == 64, dropout_p=0.2 if d == 32 else 0.0, seed=d)
-    head_mask, cu_q, cu_k, causal, scale, p = tail[2], tail[3], tail[4], tail[8], tail[10], tail[11]
-    keep = (
-        keep_mask(SEED, p, len(LENS_Q), q.shape[1], torch.arange(max(LENS_Q)), max(LENS_K), torch.device("cpu"))
-        if p
-        else None
-    )
-    (oa, orr), (ga, gr) = TOLERANCES[dtype]
+    """Per sequence against the float64 formula by tests/tolerance.py's rule (K), the same-precision baseline being
+    the formula run by PyTorch in the kernels' dtype (on the CPU, from the same rounded inputs)."""
+    case = _Case(LENS_Q, LENS_K, 2, {32: 1, 64: 7, 128: 64}[d], d == 64, 0.2 if d == 32 else 0.0)
+    g = torch.Generator(device="cuda").manual_seed(d)
+    q, k, v = (torch.randn(n, case.heads, d, device="cuda", generator=g).to(dtype) for n in (_T_Q, _T_K, _T_K))
+    head_mask = torch.rand(len(LENS_Q), case.heads, device="cuda", generator=g)
+    grad_out = torch.randn(q.shape, device="cuda", generator=g).to(dtype)
+    table = sinusoidal_table(case.r, d).to(device="cuda", dtype=dtype)
+    cu_q, cu_k, scale = _cu(LENS_Q), _cu(LENS_K), d**-0.5
+    tail = vref.launcher_tail(case, head_mask, cu_q, cu_k, scale)
+    cpu = [t.cpu() for t in (q, k, v, cu_q, cu_k, table, head_mask, grad_out)]
+    ref_out, ref_grads, _ = vref.expected(case, *cpu, scale)
+    sp_out, sp_grads, _ = vref.expected(case, *cpu, scale, dtype=dtype)
     for family in _families(dtype):
         out, _, grads = _run(q, k, v, table, grad_out, tail, family)
-        for b in range(len(LENS_Q)):
-            qs, qe, ks, ke = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])
-            if qe == qs:
-                continue
-            seq = [
-                t.detach().cpu().double()[s:e].transpose(0, 1).unsqueeze(0).requires_grad_()
-                for t, (s, e) in zip((q, k, v), ((qs, qe), (ks, ke), (ks, ke)), strict=True)
-            ]
-            want = formula.attention(
-                *seq,
-                table.cpu().double(),
-                r=r,
-                causal=causal,
-                q_offset=(ke - ks) - (qe - qs),
-                scale=scale,
-                keep=None if keep is None else keep[b : b + 1, :, : qe - qs, : ke - ks],
-                dropout_p=p,
-                head_mask=head_mask[b : b + 1].cpu(),
-            )
-            got = out[qs:qe].transpose(0, 1).unsqueeze(0).cpu().double()
-            torch.testing.assert_close(got, want.detach(), atol=oa, rtol=orr, msg=lambda m: f"{family} seq {b}: {m}")  # noqa: B023 (called at once)
-            if ke == ks:
-                continue
-            go = grad_out[qs:qe].transpose(0, 1).unsqueeze(0).cpu().double()
-            ref = torch.autograd.grad(want, seq, go)
-            for name, g_all, w, (s, e) in zip("qkv", grads, ref, ((qs, qe), (ks, ke), (ks, ke)), strict=True):
-                gb = g_all[s:e].transpose(0, 1).unsqueeze(0).cpu().double()
-                sc = max(1.0, w.abs().max().item())
-                torch.testing.assert_close(
-                    gb / sc,
-                    w / sc,
-                    atol=ga,
-                    rtol=gr,
-                    msg=lambda m: f"{family} seq {b} d{name}: {m}",  # noqa: B023 (called at once)
-                )
+        assert all(torch.isfinite(t).all() for t in (out, *grads)), f"{family}: unwritten or non-finite rows"
+        assert_all_within(
+            dict(out=out, dq=grads[0], dk=grads[1], dv=grads[2]),
+            dict(out=ref_out, dq=ref_grads[0], dk=ref_grads[1], dv=ref_grads[2]),
+            dict(out=sp_out, dq=sp_grads[0], dk=sp_grads[1], dv=sp_grads[2]),
+            K[dtype],
+            f"{family} {dtype} D={d}",
+        )
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])
