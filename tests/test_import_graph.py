@@ -40,9 +40,6 @@ KNOWN_PRIVATE_USES = {
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward._relattn_bwd_dkdv_kernel"),
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward_dq._relattn_bwd_dq_kernel"),
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.forward._relattn_fwd_kernel"),
-    ("nezha_kernels.models.tf_checkpoint", "nezha_kernels.models.checkpoint._align_prefix"),
-    ("nezha_kernels.models.tf_checkpoint", "nezha_kernels.models.checkpoint._tied_keys"),
-    ("nezha_kernels.bench.length_mix", "nezha_kernels.bench.memory._call"),
 }
 
 

@@ -316,12 +316,12 @@ def op_memory(spec: dict) -> dict:
 
 def _run(target: str, spec: dict, on_gpu: bool, limit_gib: float, timeout_s: float) -> dict:
     """{"status": "ok", "result": ...} or {"status": why}; CPU work runs in a fresh capped process."""
-    from .memory import _call, is_oom, run_child
+    from .memory import call_target, is_oom, run_child
 
     if not on_gpu:
         return run_child(f"nezha_kernels.bench.length_mix:{target}", spec, limit_gib=limit_gib, timeout_s=timeout_s)
     try:
-        return {"status": OK, "result": _call(f"nezha_kernels.bench.length_mix:{target}", spec)}
+        return {"status": OK, "result": call_target(f"nezha_kernels.bench.length_mix:{target}", spec)}
     except Exception as exc:
         return {"status": "OOM" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:140]}"}
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["is_oom", "cuda_peak_mib", "RssProbe", "run_child", "default_limit_gib"]
+__all__ = ["is_oom", "cuda_peak_mib", "RssProbe", "run_child", "call_target", "default_limit_gib"]
 
 _RESULT_TAG = "__NEZHA_BENCH_RESULT__"
 
@@ -32,8 +32,8 @@ _CHILD = r"""
 import json, resource, sys
 limit = int(float(sys.argv[3]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from nezha_kernels.bench.memory import _call
-print(sys.argv[4], json.dumps(_call(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
+from nezha_kernels.bench.memory import call_target
+print(sys.argv[4], json.dumps(call_target(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
 """
 
 
@@ -129,7 +129,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _call(target: str, spec: dict):
+def call_target(target: str, spec: dict):
+    """Run ``module:function`` on spec (the child's job; also the in-process fallback)."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)(spec)
 
@@ -137,7 +138,7 @@ def _call(target: str, spec: dict):
 def _forked_child(conn, target: str, spec: dict, limit_bytes: int) -> None:
     try:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-        conn.send({"status": "ok", "result": _call(target, spec)})
+        conn.send({"status": "ok", "result": call_target(target, spec)})
     except BaseException as exc:  # report, never hang the parent
         conn.send({"status": "OOM" if is_oom(exc) else f"error: {type(exc).__name__}: {str(exc)[:140]}"})
     finally:
@@ -228,7 +229,7 @@ def measure_in_place_or_child(
     """
     if on_gpu:
         try:
-            return _call(target, spec)
+            return call_target(target, spec)
         finally:
             torch.cuda.empty_cache()
     child = run_child(target, spec, limit_gib=limit_gib, timeout_s=timeout_s)

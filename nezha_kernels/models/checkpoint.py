@@ -31,6 +31,8 @@ __all__ = [
     "save_pretrained",
     "save_config",
     "unsaved_keys",
+    "align_prefix",
+    "tied_keys",
 ]
 
 logger = logging.getLogger("nezha_kernels.models")
@@ -139,7 +141,7 @@ def _normalize_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return out, dropped
 
 
-def _align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Add ``nezha.`` for a base checkpoint going into a task model; strip it the other way."""
     prefix = model.base_model_prefix + "."
     model_has_base = hasattr(model, model.base_model_prefix)
@@ -152,7 +154,7 @@ def _align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
     return state
 
 
-def _tied_keys(model: torch.nn.Module) -> set[str]:
+def tied_keys(model: torch.nn.Module) -> set[str]:
     """State-dict names that are aliases of another parameter (the tied MLM decoder)."""
     if getattr(model, "get_output_embeddings", lambda: None)() is None:
         return set()
@@ -236,10 +238,10 @@ def load_pretrained(
     for path in weight_files:
         state.update(_load_file(path))
     state, dropped = _normalize_keys(state)
-    state = _align_prefix(state, model)
+    state = align_prefix(state, model)
 
     expected = model.state_dict()
-    tied = _tied_keys(model)
+    tied = tied_keys(model)
     mismatched = []
     for key in list(state):
         if key in expected and tuple(state[key].shape) != tuple(expected[key].shape):
@@ -346,7 +348,7 @@ def save_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
 
 def unsaved_keys(model: torch.nn.Module) -> list[str]:
     """State-dict names save_pretrained leaves out: the tied aliases, restored by tie_weights() on load."""
-    return sorted(_tied_keys(model))
+    return sorted(tied_keys(model))
 
 
 def save_pretrained(
@@ -364,7 +366,7 @@ def save_pretrained(
     directory = os.fspath(directory)
     save_config(model, directory)
 
-    tied = _tied_keys(model)
+    tied = tied_keys(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in tied}
     limit = _parse_size(max_shard_size) if max_shard_size is not None else None
     shards = _shards(state, limit)

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from .checkpoint import LoadingInfo, MismatchedSizesError, _align_prefix, _tied_keys
+from .checkpoint import LoadingInfo, MismatchedSizesError, align_prefix, tied_keys
 from .configuration import NezhaConfig, read_json_object
 from .tf_reader import (
     SKIPPED_SEGMENTS,
@@ -116,7 +116,7 @@ def load_tf_checkpoint(
                 raise ValueError(f"TF kernel {name!r} has shape {list(tensor.shape)}, expected 2-D [in, out]")
             tensor = tensor.t().contiguous()
         state[key] = tensor
-    state = _align_prefix(state, model)
+    state = align_prefix(state, model)
 
     expected = model.state_dict()
     mismatched = [
@@ -132,7 +132,7 @@ def load_tf_checkpoint(
         )
     for k, _, _ in mismatched:
         del state[k]
-    tied = _tied_keys(model)
+    tied = tied_keys(model)
     unexpected = sorted(k for k in state if k not in expected)
     missing = sorted(k for k in expected if k not in state and k not in tied)
     with torch.no_grad():
