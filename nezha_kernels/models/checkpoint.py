@@ -100,7 +100,7 @@ def _load_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _weight_files(directory: str) -> list[str]:
+def _weight_files(directory: str | os.PathLike) -> list[str]:
     for name in _WEIGHT_FILES:
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
@@ -141,7 +141,7 @@ def _normalize_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return out, dropped
 
 
-def align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def align_prefix(state: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
     """Add ``nezha.`` for a base checkpoint going into a task model; strip it the other way."""
     prefix = model.base_model_prefix + "."
     model_has_base = hasattr(model, model.base_model_prefix)
@@ -154,7 +154,7 @@ def align_prefix(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict
     return state
 
 
-def tied_keys(model: torch.nn.Module) -> set[str]:
+def tied_keys(model: Any) -> set[str]:
     """State-dict names that are aliases of another parameter (the tied MLM decoder)."""
     if getattr(model, "get_output_embeddings", lambda: None)() is None:
         return set()
@@ -224,6 +224,7 @@ def load_pretrained(
                 raise FileNotFoundError(f"subfolder {subfolder!r} does not exist: no directory {directory!r}")
         source = directory
     if config is None:
+        assert directory is not None  # checked above: no directory needs config= and state_dict=
         config = NezhaConfig.from_pretrained(directory, **config_overrides)
     else:
         for key, value in config_overrides.items():
@@ -231,7 +232,7 @@ def load_pretrained(
     if attn_backend is not None:
         config.attn_backend = attn_backend
     # Fail on missing weights before building the model.
-    weight_files = _weight_files(directory) if state_dict is None else []
+    weight_files = _weight_files(directory) if state_dict is None and directory is not None else []
 
     model = cls(config)
     state: dict[str, torch.Tensor] = dict(state_dict) if state_dict is not None else {}
@@ -337,7 +338,7 @@ def _shards(state: dict[str, torch.Tensor], limit: int | None) -> list[dict[str,
     return shards
 
 
-def save_config(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+def save_config(model: Any, directory: str | os.PathLike) -> None:
     """Write the model's config.json, recording its class and dtype as transformers does."""
     os.makedirs(directory, exist_ok=True)
     config: NezhaConfig = model.config

@@ -119,6 +119,45 @@ class NezhaConfig:
 
     model_type = "nezha"
 
+    # The keys' types, for type checkers (annotations only: __init__ sets every one of them).
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: Any  # a name of models.activations or a callable
+    hidden_dropout_prob: float
+    attention_probs_dropout_prob: float
+    max_position_embeddings: int
+    max_relative_position: int
+    type_vocab_size: int
+    initializer_range: float
+    layer_norm_eps: float
+    classifier_dropout: float | None
+    pad_token_id: int | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    use_cache: bool
+    architectures: list[str] | None
+    problem_type: str | None
+    is_decoder: bool
+    is_encoder_decoder: bool
+    add_cross_attention: bool
+    tie_word_embeddings: bool
+    chunk_size_feed_forward: int
+    output_attentions: bool
+    output_hidden_states: bool
+    return_dict: bool
+    torchscript: bool
+    pruned_heads: dict[int, list[int]]
+    torch_dtype: torch.dtype | None
+    finetuning_task: str | None
+    tokenizer_class: str | None
+    attn_backend: str
+    padding_free: bool
+    id2label: dict[int, str]
+    label2id: dict[str, int]
+
     def __init__(self, **kwargs: Any):
         for key, default in {**_MODEL_DEFAULTS, **_GENERIC_DEFAULTS}.items():
             setattr(self, key, copy.deepcopy(kwargs.pop(key, default)))

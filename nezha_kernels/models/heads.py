@@ -47,16 +47,17 @@ def _classifier_dropout(config: NezhaConfig) -> float:
 
 def _pack(return_dict: bool, output_cls, loss, logits: tuple, outputs):
     """The task output: a dataclass, or HF's tuple (loss?, *logits, *extras of the base model)."""
-    base = outputs if return_dict else None
     if not return_dict:
         extras = tuple(outputs[2:])
         out = tuple(logits) + extras
         return ((loss,) + out) if loss is not None else out
-    return output_cls(loss, *logits, hidden_states=base.hidden_states, attentions=base.attentions)
+    return output_cls(loss, *logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class _TaskModel(NezhaPreTrainedModel):
     """Shared forward plumbing of the heads: run self.nezha, forward the optional outputs."""
+
+    nezha: NezhaModel
 
     def _run_base(
         self,

@@ -151,10 +151,11 @@ class NezhaEncoder(nn.Module):
     ):
         """head_masks: one [H] tensor or None per layer; packed: hidden_states are the [T, hidden] tokens
         of that PackedBatch. Returns a dict of the collected outputs."""
-        all_hidden = [] if output_hidden_states else None
-        all_attn = [] if output_attentions else None
-        all_cross = [] if output_attentions and self.config.add_cross_attention else None
-        cache = [] if use_cache else None
+        all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+        all_attn: list[torch.Tensor | None] | None = [] if output_attentions else None
+        cross = output_attentions and self.config.add_cross_attention
+        all_cross: list[torch.Tensor | None] | None = [] if cross else None
+        cache: list[Any] | None = [] if use_cache else None
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layer):
             if all_hidden is not None:

@@ -93,7 +93,7 @@ def flattened_batch(
         return None, block_diagonal_mask(sequences, keep)
     device = (cu_q if cu_q is not None else position_ids).device
     if cu_q is not None:
-        packed = pack_from_cu_seqlens(
+        packed: PackedBatch | None = pack_from_cu_seqlens(
             cu_q,
             flattening.get("cu_seq_lens_k"),
             flattening.get("max_length_q"),

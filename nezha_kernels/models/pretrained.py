@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ class NezhaPreTrainedModel(nn.Module):
 
     @property
     def base_model(self) -> NezhaModel:
-        return getattr(self, self.base_model_prefix, self)
+        return cast("NezhaModel", getattr(self, self.base_model_prefix, self))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.embeddings.word_embeddings
@@ -216,7 +216,8 @@ class NezhaPreTrainedModel(nn.Module):
         output = self.get_output_embeddings()
         if output is None:
             return
-        head = self.cls.predictions
+        heads: Any = self.cls  # only models with an output embedding (an MLM head) get here
+        head = heads.predictions
         old_bias = head.bias
         bias = torch.zeros(n, dtype=old_bias.dtype, device=old_bias.device)
         with torch.no_grad():
@@ -250,7 +251,8 @@ class NezhaPreTrainedModel(nn.Module):
             merged = sorted(set(self.config.pruned_heads.get(layer_index, [])) | set(heads))
             if len(merged) == total:
                 raise ValueError(f"prune_heads: cannot prune every head of layer {layer_index}")
-            layers[layer_index].attention.prune_heads(heads)
+            layer: Any = layers[layer_index]
+            layer.attention.prune_heads(heads)
             self.config.pruned_heads[layer_index] = merged
 
     # ---- checkpoint IO (see checkpoint.py) ----------------------------------------------------

@@ -25,7 +25,7 @@ def split_heads(x: torch.Tensor, num_heads: int, head_size: int) -> torch.Tensor
 
 
 def dense_self_attention(
-    module: nn.Module,
+    module: Any,  # ours or transformers' NezhaSelfAttention: duck-typed
     hidden_states: torch.Tensor,
     attention_mask: torch.Tensor | None,
     head_mask: torch.Tensor | None,

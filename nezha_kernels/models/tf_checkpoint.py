@@ -139,8 +139,9 @@ def load_tf_checkpoint(
         for key, value in state.items():
             if key in expected:
                 expected[key].copy_(value)  # state_dict() tensors share storage with the parameters
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if tie_weights is not None:
+        tie_weights()
     name = type(model).__name__
     if unexpected:
         logger.warning(

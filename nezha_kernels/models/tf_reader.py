@@ -17,6 +17,7 @@ import glob
 import logging
 import os
 import re
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,7 @@ def _proto_fields(buf: bytes, what: str) -> dict[int, list]:
     while pos < len(buf):
         tag, pos = _varint(buf, pos, what)
         number, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(buf, pos, what)
         elif wire == 1:
@@ -343,7 +345,7 @@ def read_tf_checkpoint(
         entries = {n: entries[n] for n in names}
     tensors: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
-    files = {}
+    files: dict[str, Any] = {}
     try:
         for name, info in entries.items():
             reason = _skip_reason(info)
