@@ -21,8 +21,11 @@ def test_fp32_and_wide_heads_prune_to_small_tiles():
     assert _tiles(configs.prune(dkdv, half, kind="bwd_dkdv")) == [tuple(t) for t in configs.DKDV_TILES]
 
 
-def test_features_and_arch_choose_tile_and_far_loops():
+def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
     # Off the GPU prune applies the sm_90 rules. Each entry was compiled spill-free (benchmarks/NOTES.md).
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
+    assert configs.skeleton_choice("bwd_dq", 64, 2, {"HAS_DROPOUT": True}, 9) == (None, configs.FAR_NONE)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
     full, narrow, none = configs.FAR_FULL, configs.FAR_NARROW, configs.FAR_NONE
     choice = configs.skeleton_choice
     assert choice("fwd", 64, 2, {}, 9) == (None, full) and choice("bwd_dq", 64, 2, {}, 9) == (None, full)

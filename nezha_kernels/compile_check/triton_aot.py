@@ -138,6 +138,8 @@ VARIANT_FEATURES = {
     # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
     # so causal skips future tiles).
     "varlen": dict(_CAUSAL_SKIP, HAS_HMASK=True, HAS_DROPOUT=True, VARLEN=True),
+    # Padded training batches: key padding, dropout, head mask (the forward's and dQ's narrow far loops on sm_90).
+    "padding-dropout": dict(PLAIN_FEATURES, HAS_KPAD=True, HAS_HMASK=True, HAS_DROPOUT=True),
 }
 
 
@@ -174,7 +176,9 @@ def _jobs(archs, grid: str = "full"):
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
-    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128.
+    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128, and
+    (forward, dQ) key padding with dropout in bf16. Each row compiles the tile and FAR_LOOPS the launcher runs for its
+    features on its arch (configs.candidates / configs.far_loops).
     """
     from ..triton_kernels import configs
 
@@ -203,6 +207,9 @@ def _jobs(archs, grid: str = "full"):
                     add(kernel, 64, dtype, tile, every, "all-features", arch)
             for features, variant in ((plain, "plain"), (causal_skip, "causal-skip")):
                 add(kernel, 64, "fp16", main(kernel, 64, 2, features), features, variant, arch)
+            if kernel in BLOCK_BAND_KERNELS:
+                features = VARIANT_FEATURES["padding-dropout"]
+                add(kernel, 64, "bf16", main(kernel, 64, 2, features), features, "padding-dropout", arch)
             for d in VARLEN_HEAD_DIMS:
                 for dtype in ("fp16", "bf16"):
                     add(kernel, d, dtype, main(kernel, d, 2, varlen), varlen, "varlen", arch)

@@ -129,9 +129,10 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
 
     The one table of what runs where, each entry spill-free on sm_80 and sm_90 under triton 3.9 (the compile check's
     rows and the sweeps in benchmarks/NOTES.md "Triton flash skeleton, re-landed"). fp32 FMA tiles keep one general
-    loop. sm_90: far loops at 128 x 64, narrowed to the general loop's width with key padding or dropout (one general
-    loop with an additive mask). sm_80 (mma.sync operands in registers: 249 registers already in the plain
-    case): far loops only without per-pair features, padding-free layout and wide heads; one general loop else.
+    loop. sm_90: far loops at 128 x 64, narrowed to the general loop's width with key padding or dropout (one
+    general loop with an additive mask, and for dQ with either under triton < 3.9). sm_80 (mma.sync operands in
+    registers: 249 registers already in the plain case): far loops only without per-pair features, padding-free
+    layout and wide heads; one general loop else.
     ``features``: constexpr name -> bool (PER_PAIR_FEATURES and VARLEN are read; None: the common case).
     """
     features = features or {}
@@ -148,8 +149,10 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
     if not per_pair:
         return None, FAR_FULL
     # An additive mask's [BLOCK_M, BLOCK_N] loads: even the narrow far loops spill with one (dQ with dropout 64 B;
-    # the forward under triton 3.6, 8-128 B).
-    return None, FAR_NONE if features.get("HAS_AMASK", False) else FAR_NARROW
+    # the forward under triton 3.6, 8-128 B). dQ under triton 3.6 (unpipelined on sm_90): key padding + dropout +
+    # head mask spills 8 B narrow.
+    old_dq = kind == "bwd_dq" and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
+    return None, FAR_NONE if features.get("HAS_AMASK", False) or old_dq else FAR_NARROW
 
 
 def far_loops(kind: str, head_dim: int, elem_bytes: int, features: dict, arch_major: int) -> int:
