@@ -13,8 +13,42 @@ def _tiles(cfgs):
 def test_fp32_and_wide_heads_prune_to_small_tiles():
     cfgs = [configs.make_config(*t) for t in configs.FWD_TILES]
     assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
-    half = _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.float16)}))
-    assert half == [tuple(t) for t in configs.FWD_TILES]
+    # fp16 / bf16 forward and dQ: the one tile of configs.skeleton_choice (no autotuning among unchecked tiles);
+    # dK/dV keeps every tile that fits as a candidate.
+    half = {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.float16)}
+    assert _tiles(configs.prune(cfgs, half)) == [configs.FWD_TILES[0]]
+    dkdv = [configs.make_config(*t) for t in configs.DKDV_TILES]
+    assert _tiles(configs.prune(dkdv, half, kind="bwd_dkdv")) == [tuple(t) for t in configs.DKDV_TILES]
+
+
+def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
+    # Off the GPU prune applies the sm_90 rules. Each entry was compiled spill-free (benchmarks/NOTES.md).
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
+    assert configs.skeleton_choice("bwd_dq", 64, 2, {"HAS_DROPOUT": True}, 9) == (None, configs.FAR_NONE)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
+    full, narrow, none = configs.FAR_FULL, configs.FAR_NARROW, configs.FAR_NONE
+    choice = configs.skeleton_choice
+    assert choice("fwd", 64, 2, {}, 9) == (None, full) and choice("bwd_dq", 64, 2, {}, 9) == (None, full)
+    assert choice("fwd", 64, 2, {"HAS_DROPOUT": True, "HAS_KPAD": True}, 9) == (None, narrow)
+    assert choice("fwd", 64, 2, {"HAS_DROPOUT": True, "HAS_AMASK": True}, 9) == (None, none)
+    assert choice("bwd_dq", 64, 2, {"HAS_DROPOUT": True}, 9) == (None, narrow)
+    assert choice("bwd_dq", 64, 2, {"HAS_AMASK": True}, 9) == (None, none)
+    assert choice("bwd_dq", 64, 2, {}, 8) == ((128, 32, 8, 2), full)
+    assert choice("fwd", 64, 2, {"HAS_KPAD": True}, 8) == (None, none)
+    assert choice("fwd", 128, 2, {"VARLEN": True}, 8) == ((128, 64, 8, 1), none)
+    assert choice("fwd", 64, 4, {}, 9) == (None, none) and choice("bwd_dq", 128, 2, {"HAS_DROPOUT": True}, 9)[1] == none
+    for kind in configs.SKELETON_KERNELS:
+        for elem_bytes in (2, 4):
+            for arch in (8, 9):
+                for d in (64, 128):
+                    for features in ({}, {"HAS_DROPOUT": True}, {"HAS_AMASK": True}, {"VARLEN": True}):
+                        tile = configs.candidates(kind, configs.gpu_tiles(kind), d, elem_bytes, features, arch)
+                        assert len(tile) == 1 and tile[0] in configs.gpu_tiles(kind)
+    # The autotuner prunes only on a cache miss: every feature the choice reads must be in its key.
+    assert set(configs.CHOICE_FEATURES) <= set(configs.AUTOTUNE_KEY)
+    cfgs = [configs.make_config(*t) for t in configs.gpu_tiles("bwd_dq")]
+    half = {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.float16)}
+    assert _tiles(configs.prune(cfgs, {**half, "HAS_AMASK": True}, kind="bwd_dq")) == [configs.DQ_TILES[0]]
 
 
 def test_autotune_off_runs_the_main_tile_that_fits(monkeypatch):
@@ -61,6 +95,7 @@ class _GridRecorder:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.grids[self.name] = grid
+            self.grids[self.name + " FAR_LOOPS"] = kwargs.get("FAR_LOOPS")
 
         return launch
 
@@ -79,6 +114,9 @@ def test_grids_put_batch_times_heads_on_axis_0(monkeypatch):
     out, lse = launch.relattn_fwd(q, k, v, table, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
     launch.relattn_bwd(out, q, k, v, table, out, lse, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16}
+    # The launcher passes FAR_LOOPS as configs.far_loops gives it (fp32: one general loop).
+    assert grids.pop("_fwd FAR_LOOPS") == grids.pop("_bwd_dq FAR_LOOPS") == configs.FAR_NONE
+    assert grids.pop("_bwd_dkdv FAR_LOOPS") is None and grids.pop("_relattn_bwd_delta_kernel FAR_LOOPS") is None
     shapes = {name: grid(cfg) if callable(grid) else grid for name, grid in grids.items()}
     rows_per_delta = launch.DELTA_ROWS_INTERPRETED if configs.interpreted() else launch.DELTA_ROWS_GPU
     assert shapes == {

@@ -59,7 +59,7 @@ if INTERPRETED:
         r = tl.arange(0, N)
         a = tl.load(a_ptr + r[:, None] * N + r[None, :])
         b = tl.load(b_ptr + r[:, None] * N + r[None, :])
-        tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, "tf32"))
+        tl.store(c_ptr + r[:, None] * N + r[None, :], dot(a, b, None, False))
 
 
 CPU = "cpu"
@@ -153,6 +153,16 @@ def test_strided_views_of_fused_projection():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision(dtype):
     check(CPU, dtype, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7)
+
+
+@interpreted_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_masks_on_the_far_loops(dtype):
+    # fp32 runs one general key loop, fp16 / bf16 the split far loops (configs.skeleton_choice): their masked path
+    # with key padding (a fully padded batch row) and causal at an offset, R = 3 (far tiles on both sides).
+    kp = torch.rand(2, 45, generator=torch.Generator().manual_seed(11)) > 0.25
+    kp[1] = False
+    check(CPU, dtype, 2, 2, 37, 45, 32, 3, key_padding=kp, causal=True, q_offset=9)
 
 
 @interpreted_only

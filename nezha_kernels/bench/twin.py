@@ -17,8 +17,8 @@ __all__ = ["plain_twin_attention", "twin_built"]
 
 
 def twin_built() -> bool:
-    """Whether the installed Triton launchers have the twin (a ``relative`` switch). The flash-skeleton rebuild that
-    adds it was reverted for its spills (benchmarks/NOTES.md, "Triton flash skeleton"); the provider waits for it."""
+    """Whether the installed Triton launchers have the twin (a ``relative`` switch): true since the flash skeleton was
+    re-landed (benchmarks/NOTES.md, "Triton flash skeleton, re-landed"); false on an older install."""
     from ..triton_kernels import launch
 
     return "relative" in inspect.signature(launch.relattn_fwd).parameters

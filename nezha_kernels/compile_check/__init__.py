@@ -66,9 +66,13 @@ def config_role(row: CompileRow) -> str:
     if row.component != "triton" or label is None:
         return ""
     from ..triton_kernels import configs
+    from . import triton_aot
 
     dtype, d, bm, bn, warps, stages = label.group(1), *map(int, label.groups()[1:])
-    kept = configs.candidates(row.kernel, configs.gpu_tiles(row.kernel), d, _ELEM_BYTES[dtype])
+    features = triton_aot.VARIANT_FEATURES.get(row.config[label.end() :].strip())
+    kept = configs.candidates(
+        row.kernel, configs.gpu_tiles(row.kernel), d, _ELEM_BYTES[dtype], features, row.arch // 10
+    )
     main_m, main_n, main_w, main_s = kept[0]
     is_main = (bm, bn, warps, stages) == (main_m, main_n, main_w, configs.stages_for(main_s, row.arch // 10))
     return "main" if is_main else "candidate"

@@ -57,8 +57,12 @@ def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True, listed_s
         for dtype in dtypes:
             for d in head_dims:
                 for kernel in kernels:
-                    tile = configs.candidates(kernel, configs.gpu_tiles(kernel), d, 2 if dtype != "fp32" else 4)[0]
-                    job = triton_aot.make_job(kernel, d, dtype, tile, triton_aot.PLAIN_FEATURES, "plain", arch)
+                    plain_features = triton_aot.PLAIN_FEATURES
+                    elem_bytes = 2 if dtype != "fp32" else 4
+                    tile = configs.candidates(
+                        kernel, configs.gpu_tiles(kernel), d, elem_bytes, plain_features, arch // 10
+                    )[0]
+                    job = triton_aot.make_job(kernel, d, dtype, tile, plain_features, "plain", arch)
                     _, fn_name, label, _, _, constexprs, warps, stages = job
                     if listed_stages:
                         stages = tile[3]

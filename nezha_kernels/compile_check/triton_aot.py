@@ -126,10 +126,27 @@ PLAIN_FEATURES = dict(
     HAS_KPAD=False, HAS_AMASK=False, HAS_HMASK=False, CAUSAL=False, CAUSAL_SKIP=False, HAS_DROPOUT=False, VARLEN=False
 )
 
+_CAUSAL_SKIP = dict(PLAIN_FEATURES, CAUSAL=True, CAUSAL_SKIP=True)
+# The compile check's feature sets by variant name (the last word of a row's label).
+VARIANT_FEATURES = {
+    "plain": PLAIN_FEATURES,
+    "all-features": dict(
+        HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True, VARLEN=False
+    ),
+    # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
+    "causal-skip": _CAUSAL_SKIP,
+    # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
+    # so causal skips future tiles).
+    "varlen": dict(_CAUSAL_SKIP, HAS_HMASK=True, HAS_DROPOUT=True, VARLEN=True),
+    # Padded training batches: key padding, dropout, head mask (the forward's and dQ's narrow far loops on sm_90).
+    "padding-dropout": dict(PLAIN_FEATURES, HAS_KPAD=True, HAS_HMASK=True, HAS_DROPOUT=True),
+}
+
 
 def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str, arch: int) -> tuple:
     """One compile job (kernel, function name, label, arch, dtype, constexprs, num_warps, num_stages) with the
-    constexprs the launcher passes for this tile; num_stages as the autotuner runs it on ``arch``."""
+    constexprs the launcher passes for this tile (FAR_LOOPS as configs.far_loops gives it for the features and
+    ``arch``); num_stages as the autotuner runs it on ``arch``."""
     from ..triton_kernels import configs
 
     bm, bn, warps, stages = tile
@@ -137,7 +154,8 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
     constexprs = dict(
         HEAD_DIM=d,
         BLOCK_D=max(16, d),
-        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+        FMA_DOTS=dtype == "fp32",
+        RELATIVE=True,
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_P=configs.block_p(bm, bn),
@@ -145,6 +163,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
     )
     if kernel in BLOCK_BAND_KERNELS:
         constexprs["BAND_P"] = configs.band_p(MAIN_R)
+        constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
 
@@ -157,21 +176,21 @@ def _jobs(archs, grid: str = "full"):
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
-    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128.
+    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128, and
+    (forward, dQ) key padding with dropout in bf16. Each row compiles the tile and FAR_LOOPS the launcher runs for its
+    features on its arch (configs.candidates / configs.far_loops).
     """
     from ..triton_kernels import configs
 
     kernels = {k: (fn, configs.gpu_tiles(k)) for k, fn in KERNEL_FUNCTIONS.items()}
-    every = dict(
-        HAS_KPAD=True, HAS_AMASK=True, HAS_HMASK=True, CAUSAL=True, CAUSAL_SKIP=False, HAS_DROPOUT=True, VARLEN=False
+    every, plain, causal_skip, varlen = (
+        VARIANT_FEATURES[v] for v in ("all-features", "plain", "causal-skip", "varlen")
     )
-    plain = PLAIN_FEATURES
-    # Causal without masks: the key loops end at a runtime bound (skipping future tiles).
-    causal_skip = dict(plain, CAUSAL=True, CAUSAL_SKIP=True)
-    # Padding-free (cu_seqlens): every feature such a call can have (it takes no key padding nor additive mask,
-    # so causal skips future tiles).
-    varlen = dict(causal_skip, HAS_HMASK=True, HAS_DROPOUT=True, VARLEN=True)
     jobs = []
+
+    def main(kernel, d, elem_bytes, features):
+        """The tile a launch with these features runs on ``arch`` (autotuning off: the first candidate)."""
+        return configs.candidates(kernel, kernels[kernel][1], d, elem_bytes, features, arch // 10)[0]
 
     def add(kernel, d, dtype, tile, features, variant, arch):
         jobs.append(make_job(kernel, d, dtype, tile, features, variant, arch))
@@ -179,30 +198,29 @@ def _jobs(archs, grid: str = "full"):
     for arch in archs:
         for kernel, (_, tiles) in kernels.items():
             for dtype in ("fp16", "bf16", "fp32"):
-                kept = configs.candidates(kernel, tiles, 64, DTYPES[dtype])
+                kept = configs.candidates(kernel, tiles, 64, DTYPES[dtype], every, arch // 10)
                 if grid == "main":
                     kept = kept[:1] if dtype != "bf16" or kernel in BLOCK_BAND_KERNELS else []
                 elif dtype == "bf16":
                     kept = kept[:1]
                 for tile in kept:
                     add(kernel, 64, dtype, tile, every, "all-features", arch)
-            add(kernel, 64, "fp16", tiles[0], plain, "plain", arch)
-            add(kernel, 64, "fp16", tiles[0], causal_skip, "causal-skip", arch)
+            for features, variant in ((plain, "plain"), (causal_skip, "causal-skip")):
+                add(kernel, 64, "fp16", main(kernel, 64, 2, features), features, variant, arch)
+            if kernel in BLOCK_BAND_KERNELS:
+                features = VARIANT_FEATURES["padding-dropout"]
+                add(kernel, 64, "bf16", main(kernel, 64, 2, features), features, "padding-dropout", arch)
             for d in VARLEN_HEAD_DIMS:
                 for dtype in ("fp16", "bf16"):
-                    add(kernel, d, dtype, configs.candidates(kernel, tiles, d, 2)[0], varlen, "varlen", arch)
+                    add(kernel, d, dtype, main(kernel, d, 2, varlen), varlen, "varlen", arch)
             if grid == "full":
                 for d in (16, 32, 128):
                     for dtype in ("fp16", "fp32") if d == 128 else ("fp16",):
-                        kept = configs.candidates(kernel, tiles, d, DTYPES[dtype])
-                        add(kernel, d, dtype, kept[0], every, "all-features", arch)
+                        add(kernel, d, dtype, main(kernel, d, DTYPES[dtype], every), every, "all-features", arch)
         if grid == "main":
-            add(
-                "fwd", 128, "fp32", configs.candidates("fwd", kernels["fwd"][1], 128, 4)[0], every, "all-features", arch
-            )
+            add("fwd", 128, "fp32", main("fwd", 128, 4, every), every, "all-features", arch)
             for kernel in ("bwd_dkdv", "bwd_dq"):  # head dim 128 training in fp16 / bf16: the wide-head tiles
-                tile = configs.candidates(kernel, kernels[kernel][1], 128, 2)[0]
-                add(kernel, 128, "fp16", tile, every, "all-features", arch)
+                add(kernel, 128, "fp16", main(kernel, 128, 2, every), every, "all-features", arch)
         jobs.append(
             (
                 "bwd_delta",

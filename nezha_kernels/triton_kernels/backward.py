@@ -75,8 +75,10 @@ def tile_grads(
     T,
     stride_tr,
     stride_td,
-    t_left,
-    t_right,
+    q_left,
+    q_right,
+    do_left,
+    do_right,
     offs_d,
     row_max,
     row_logsum,
@@ -109,11 +111,12 @@ def tile_grads(
     ws,
     ws_row,
     HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -121,42 +124,37 @@ def tile_grads(
 ):
     """One (query block, key tile) pair: returns (w, dS) fp32 [BLOCK_M, BLOCK_N].
 
+    q_left, q_right, do_left, do_right [BLOCK_M]: the rows' edge terms q . T[0], q . T[2R], dO . T[0], dO . T[2R].
+
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
     """
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
-    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if DOT_PRECISION == "ieee" else 1
-    s = dot_nt(q, k, DOT_PRECISION, K_CHUNKS)
-    dw = dot_nt(do, v, DOT_PRECISION, K_CHUNKS)
+    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if FMA_DOTS else 1
+    s = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+    dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
-    if (rel_min < R) & (rel_max > -R):
-        if BAND_P > 0:
-            near = (rel > -R) & (rel < R)
-            slot_ptrs = ws + (ws_row + (rel + (R - 1)))
-            slot_mask = near & m_valid[:, None] & n_valid[None, :]
-            left = rel < 0
-            q_edge = tl.where(
-                left,
-                tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)[:, None],
-            )
-            do_edge = tl.where(
-                left,
-                tl.sum(do.to(tl.float32) * t_left[None, :], axis=1)[:, None],
-                tl.sum(do.to(tl.float32) * t_right[None, :], axis=1)[:, None],
-            )
-            s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
-            dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+    if RELATIVE:
+        if (rel_min < R) & (rel_max > -R):
+            if BAND_P > 0:
+                near = (rel > -R) & (rel < R)
+                slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+                slot_mask = near & m_valid[:, None] & n_valid[None, :]
+                left = rel < 0
+                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+                s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+                dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+                dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
         else:
-            ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-            s += band_gather(dot(q, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
-            dw += band_gather(dot(do, tl.trans(ts), None, DOT_PRECISION), BLOCK_M, BLOCK_N)
-    else:
-        t_edge = tl.where(rel_min >= R, t_right, t_left)
-        s += tl.sum(q.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
-        dw += tl.sum(do.to(tl.float32) * t_edge[None, :], axis=1)[:, None]
+            right = rel_min >= R
+            s += tl.where(right, q_right, q_left)[:, None]
+            dw += tl.where(right, do_right, do_left)[:, None]
     s = mask_scores(
         s * scale,
         rel,
@@ -248,13 +246,14 @@ def _relattn_bwd_dkdv_kernel(
     LK_KEY,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    RELATIVE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     CAUSAL_SKIP: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
     VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -327,8 +326,10 @@ def _relattn_bwd_dkdv_kernel(
             T,
             stride_tr,
             stride_td,
-            t_left,
-            t_right,
+            tl.sum(q.to(tl.float32) * t_left[None, :], axis=1),
+            tl.sum(q.to(tl.float32) * t_right[None, :], axis=1),
+            tl.sum(do.to(tl.float32) * t_left[None, :], axis=1),
+            tl.sum(do.to(tl.float32) * t_right[None, :], axis=1),
             offs_d,
             row_max,
             row_logsum,
@@ -361,18 +362,19 @@ def _relattn_bwd_dkdv_kernel(
             Q,
             0,
             HEAD_DIM,
+            RELATIVE,
             HAS_KPAD,
             HAS_AMASK,
             CAUSAL,
             HAS_DROPOUT,
-            DOT_PRECISION,
+            FMA_DOTS,
             BLOCK_M,
             BLOCK_N,
             BLOCK_P,
             0,
         )
-        dv += dot(tl.trans(w).to(do.dtype), do, None, DOT_PRECISION)
-        dk += dot(tl.trans(ds).to(q.dtype), q, None, DOT_PRECISION)
+        dv += dot(tl.trans(w).to(do.dtype), do, None, FMA_DOTS)
+        dk += dot(tl.trans(ds).to(q.dtype), q, None, FMA_DOTS)
 
     if VARLEN:
         out_off = (k_rows * H + h) * HEAD_DIM + offs_d[None, :]

@@ -1,15 +1,205 @@
-"""The dQ backward kernel, one program per query block (see backward.py for the gradient formulas):
-    dQ_i = scale (sum_j dS_ij k_j + sum_j dS_ij a_ij)
-dS comes from backward.tile_grads, shared with the dK/dV kernel.
+"""dQ kernel on the flash skeleton (the forward's key ranges, sequence.key_ranges).
+
+Far tiles (dq_far_loop): p = exp2(qk * scale log2 e + addend_row) with the row's edge term, max and log-sum in
+one per-row addend; dS = p (dO.v hm + (dO . T_edge hm - delta)) (one FFMA and one FMUL per score without dropout);
+dQ += dS @ K; the edge row's dQ term is the row sum of dS times T[0] or T[2R], once at the end. The band and the
+partial last tile run the general path (backward.tile_grads: block-band scratch or per-tile table slices).
 """
 
 import triton
 import triton.language as tl
 
 from .backward import tile_grads
-from .band import band_bucket, load_band_table, load_table_slice
+from .band import band_bucket, edge_terms, load_band_table, load_table_slice, mask_scores
 from .dot import dot, dot_nt
-from .sequence import sequence_window
+from .sequence import key_ranges, sequence_window
+from .softmax import LOG2E, dropout_factor, load_rows
+
+
+@triton.jit
+def dq_far_loop(
+    dq,
+    q,
+    do,
+    k_ptrs,
+    v_ptrs,
+    lo,
+    hi,
+    q_edge,
+    do_edge,
+    row_max,
+    row_logsum,
+    delta,
+    hm,
+    scale,
+    stride_kn,
+    stride_vn,
+    d_valid,
+    b,
+    h,
+    bh,
+    offs_m,
+    m_valid,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    EVEN_D: tl.constexpr,
+    SIDE: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, the side's row sum of dS)."""
+    MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
+    qk_scale = scale * LOG2E
+    p_addend = (q_edge * scale - row_max - row_logsum) * LOG2E
+    ds_addend = do_edge * hm - delta
+    ds_sum = tl.zeros_like(delta)
+    for j0 in range(lo, hi, BLOCK_N):
+        k = load_rows(k_ptrs, d_valid, EVEN_D)
+        v = load_rows(v_ptrs, d_valid, EVEN_D)
+        qk = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        if MASKED:
+            s = (qk + q_edge[:, None]) * scale
+            s = mask_scores(
+                s, tl.full(s.shape, 1, tl.int32), b, h, offs_m, offs_n, m_valid, offs_n >= 0, KPAD, stride_pb,
+                stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, HAS_KPAD, HAS_AMASK,
+                CAUSAL and SIDE == 1,
+            )  # fmt: skip
+            # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
+            p = tl.math.exp2(((s - row_max[:, None]) - row_logsum[:, None]) * LOG2E)
+        else:
+            p = tl.math.exp2(qk * qk_scale + p_addend[:, None])
+        dp = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
+        if HAS_DROPOUT:
+            coef = dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale) * hm
+            ds = p * ((dp + do_edge[:, None]) * coef - delta[:, None])
+        else:
+            ds = p * (dp * hm + ds_addend[:, None])
+        ds_sum += tl.sum(ds, axis=1)
+        dq = dot(ds.to(k.dtype), k, dq, FMA_DOTS)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return dq, ds_sum
+
+
+@triton.jit
+def dq_band_loop(
+    dq,
+    q,
+    do,
+    k_base,
+    v_base,
+    lo,
+    hi,
+    lk,
+    T,
+    stride_tr,
+    stride_td,
+    q_left,
+    q_right,
+    do_left,
+    do_right,
+    offs_d,
+    d_valid,
+    row_max,
+    row_logsum,
+    delta,
+    hm,
+    b,
+    h,
+    bh,
+    offs_m,
+    m_valid,
+    q_offset,
+    pos0,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    R,
+    scale,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    ws,
+    ws_row,
+    HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums."""
+    ds_left = tl.zeros_like(delta)
+    ds_right = tl.zeros_like(delta)
+    for j0 in range(lo, hi, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < lk
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(
+            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
+        )
+        v = tl.load(
+            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
+        )
+        w, ds = tile_grads(
+            q, do, k, v, T, stride_tr, stride_td, q_left, q_right, do_left, do_right,
+            offs_d, row_max, row_logsum, delta, hm, b, h, bh,
+            offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, pos0, j0, KPAD, stride_pb, stride_pn, AMASK,
+            stride_ab, stride_ah, stride_am, stride_an, R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws,
+            ws_row, HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P,
+            BAND_P,
+        )  # fmt: skip
+        dq += dot(ds.to(k.dtype), k, None, FMA_DOTS)
+        if RELATIVE:
+            rel_min = j0 - (pos0 + BLOCK_M - 1)
+            rel_max = j0 + BLOCK_N - 1 - pos0
+            if (rel_min < R) & (rel_max > -R):
+                if BAND_P > 0:
+                    rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
+                    near = (rel > -R) & (rel < R)
+                    tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
+                    far = tl.where(near, 0.0, ds)
+                    ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+                    ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+                else:
+                    ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                    dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+            elif rel_min >= R:
+                ds_right += tl.sum(ds, axis=1)
+            else:
+                ds_left += tl.sum(ds, axis=1)
+    return dq, ds_left, ds_right
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -69,30 +259,29 @@ def _relattn_bwd_dq_kernel(
     LK_KEY,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    RELATIVE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
     CAUSAL_SKIP: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
     VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
+    FAR_LOOPS: tl.constexpr,
 ):
-    """Per query block of one (b, h): dQ by a loop over key tiles.
-
-    Contiguous output: [B, H, Lq, D] dense, [Tq, H, D] varlen (sequence.py).
-
-    Block-band mode (BAND_P > 0) as in forward.py, with scratch rows of 2 BAND_P fp32: Q @ Tb^T and
-    dO @ Tb^T written once; each in-band pair's dS overwrites its Q @ Tb^T slot, and after the loop
-    dQ += scratch[:, :BAND_P] @ Tb (the bucketed dS, one dot per query block).
-    """
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
-    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if DOT_PRECISION == "ieee" else 1  # see dot.dot_nt
+    K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
+    BLOCK_NB: tl.constexpr = max(16, min(BLOCK_N, 2048 // BLOCK_M))  # the general loop's key tile (forward.py)
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    # The far loops' key width (configs.far_loops): the tile's, or the general loop's where per-pair features
+    # (masks, dropout) would make the wide far tile spill; none (FAR_LOOPS 0): one general loop over every key.
+    BLOCK_NF: tl.constexpr = BLOCK_N if FAR_LOOPS == 2 else BLOCK_NB
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)
     b = bh // H
@@ -126,8 +315,14 @@ def _relattn_bwd_dq_kernel(
     row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
     row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
     delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
-    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    if RELATIVE:
+        q_left, q_right = edge_terms(q, T, stride_tr, stride_td, R, offs_d, HEAD_DIM, FMA_DOTS)
+        do_left, do_right = edge_terms(do, T, stride_tr, stride_td, R, offs_d, HEAD_DIM, FMA_DOTS)
+    else:
+        q_left = tl.zeros([BLOCK_M], tl.float32)
+        q_right = q_left
+        do_left = q_left
+        do_right = q_left
     hm = 1.0
     if HAS_HMASK:
         hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
@@ -137,116 +332,83 @@ def _relattn_bwd_dq_kernel(
 
     ws = WS + (stat_row0 + i0) * (2 * BAND_P)
     ws_row = tl.arange(0, BLOCK_M)[:, None] * (2 * BAND_P)
-    if BAND_P > 0:
+    if RELATIVE and BAND_P > 0:
         # A runtime loop, not static_range: unrolled, q's and dO's FMA (fp32) dot operands are loaded
         # once for all chunks and stay live together (the old dQ fp32 spills, see benchmarks/NOTES.md, Triton section).
         for c in range(0, BAND_P // BAND_CHUNK):
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             cols = ws_row + (c * BAND_CHUNK + tl.arange(0, BAND_CHUNK))[None, :]
-            tl.store(ws + cols, dot_nt(q, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
-            tl.store(ws + BAND_P + cols, dot_nt(do, tb, DOT_PRECISION, K_CHUNKS), mask=m_valid[:, None])
+            tl.store(ws + cols, dot_nt(q, tb, FMA_DOTS, K_CHUNKS), mask=m_valid[:, None])
+            tl.store(ws + BAND_P + cols, dot_nt(do, tb, FMA_DOTS, K_CHUNKS), mask=m_valid[:, None])
         tl.debug_barrier()  # band tiles read slots other threads wrote
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    ds_left = tl.zeros([BLOCK_M], tl.float32)
-    ds_right = tl.zeros([BLOCK_M], tl.float32)
     hi = lk
     if CAUSAL_SKIP:
         hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)  # as in forward.py
-    for j0 in range(0, hi, BLOCK_N):
-        offs_n = j0 + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < lk
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(
-            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
-        )
-        v = tl.load(
-            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
-        )
-        w, ds = tile_grads(
-            q,
-            do,
-            k,
-            v,
-            T,
-            stride_tr,
-            stride_td,
-            t_left,
-            t_right,
-            offs_d,
-            row_max,
-            row_logsum,
-            delta,
-            hm,
-            b,
-            h,
-            bh,
-            offs_m,
-            offs_n,
-            m_valid,
-            n_valid,
-            q_offset + offs_m,
-            pos0,
-            j0,
-            KPAD,
-            stride_pb,
-            stride_pn,
+    band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
+    k_tile = tl.arange(0, BLOCK_NF)[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_tile = tl.arange(0, BLOCK_NF)[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if FAR_LOOPS > 0:
+        dq, ds_left = dq_far_loop(
+            dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, row_max, row_logsum, delta, hm,
+            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
+            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
+        )  # fmt: skip
+        dq, band_left, band_right = dq_band_loop(
+            dq, q, do, k_base, v_base, band_lo, band_hi, lk, T, stride_tr, stride_td, q_left, q_right, do_left,
+            do_right,
+            offs_d, d_valid,
+            row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb, stride_pn,
             AMASK,
-            stride_ab,
-            stride_ah,
-            stride_am,
-            stride_an,
-            R,
-            scale,
-            dropout_p,
-            dropout_scale,
-            seed_lo,
-            seed_hi,
-            ws,
-            ws_row,
-            HEAD_DIM,
-            HAS_KPAD,
-            HAS_AMASK,
-            CAUSAL,
-            HAS_DROPOUT,
-            DOT_PRECISION,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_P,
-            BAND_P,
-        )
-        dq += dot(ds.to(k.dtype), k, None, DOT_PRECISION)
-        rel_min = j0 - (pos0 + BLOCK_M - 1)
-        rel_max = j0 + BLOCK_N - 1 - pos0
-        if (rel_min < R) & (rel_max > -R):
-            if BAND_P > 0:
-                rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
-                near = (rel > -R) & (rel < R)
-                tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
-                far = tl.where(near, 0.0, ds)
-                ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
-                ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
-            else:
-                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, DOT_PRECISION)
-        elif rel_min >= R:
-            ds_right += tl.sum(ds, axis=1)
-        else:
-            ds_left += tl.sum(ds, axis=1)
+            stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, dropout_p,
+            dropout_scale, seed_lo, seed_hi, ws, ws_row,
+            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+        )  # fmt: skip
+        dq, ds_right = dq_far_loop(
+            dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
+            v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, row_max,
+            row_logsum, delta, hm,
+            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
+            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
+        )  # fmt: skip
+        dq, tail_left, tail_right = dq_band_loop(
+            dq, q, do, k_base, v_base, full_end, general_end, lk, T, stride_tr, stride_td, q_left, q_right, do_left,
+            do_right, offs_d,
+            d_valid, row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb,
+            stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd, stride_vn,
+            stride_vd, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
+            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+        )  # fmt: skip
+        ds_left += band_left + tail_left
+        ds_right += band_right + tail_right
+    else:
+        # One general loop over every key tile (see forward.py).
+        dq, ds_left, ds_right = dq_band_loop(
+            dq, q, do, k_base, v_base, 0, general_end, lk, T, stride_tr, stride_td, q_left, q_right, do_left, do_right,
+            offs_d, d_valid, row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD,
+            stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd,
+            stride_vn, stride_vd, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
+            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+        )  # fmt: skip
 
-    if BAND_P > 0:
+    if RELATIVE and BAND_P > 0:
         tl.debug_barrier()  # the dS slots were written by other threads' layouts
-        hi_tiles = tl.cdiv(hi, BLOCK_N) * BLOCK_N
         pos = q_offset + offs_m
         for c in range(0, BAND_P // BAND_CHUNK):
             offs_r = c * BAND_CHUNK + tl.arange(0, BAND_CHUNK)
             j = pos[:, None] + offs_r[None, :] - (R - 1)
             # Slots of keys the loop never visited still hold Q @ Tb^T: mask them out.
-            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < lk) & (j < hi_tiles)
+            seen = m_valid[:, None] & (offs_r[None, :] < 2 * R - 1) & (j >= 0) & (j < lk) & (j < general_end)
             ds_band = tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=0.0)
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
-            dq += dot(ds_band.to(tb.dtype), tb, None, DOT_PRECISION)
-    dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
+            dq += dot(ds_band.to(tb.dtype), tb, None, FMA_DOTS)
+    if RELATIVE:
+        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
     if VARLEN:
         out_off = (q_rows * H + h) * HEAD_DIM + offs_d[None, :]
     else:

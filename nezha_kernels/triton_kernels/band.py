@@ -10,6 +10,8 @@ edge rows T[0] / T[2R] (one scalar per query row).
 import triton
 import triton.language as tl
 
+from .dot import dot
+
 # float32's most negative finite value (inputs.MASKED_SCORE): masked pairs score exactly this.
 MASKED_SCORE = tl.constexpr(-3.4028234663852886e38)
 
@@ -91,3 +93,16 @@ def mask_scores(
     if CAUSAL:
         s = tl.where(rel > 0, MASKED_SCORE, s)
     return tl.maximum(s, MASKED_SCORE)
+
+
+@triton.jit
+def edge_terms(x, T, stride_tr, stride_td, R, offs_d, HEAD_DIM: tl.constexpr, FMA_DOTS: tl.constexpr):
+    """(x . T[0], x . T[2R]) [rows] fp32 for x [rows, BLOCK_D], as one small dot x @ [T[0]; T[2R]; 0 ...]^T.
+
+    A dot, not an fp32 elementwise product: that would hold a widened [rows, BLOCK_D] copy of x in registers.
+    """
+    e = tl.arange(0, 16)
+    ptrs = T + (e[:, None] * 2 * R) * stride_tr + offs_d[None, :] * stride_td
+    rows = tl.load(ptrs, mask=(e[:, None] < 2) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    xt = dot(x, tl.trans(rows.to(x.dtype)), None, FMA_DOTS)
+    return tl.sum(tl.where(e[None, :] == 0, xt, 0.0), axis=1), tl.sum(tl.where(e[None, :] == 1, xt, 0.0), axis=1)

@@ -1,9 +1,9 @@
 """Tile configurations and autotuning.
 
 Each config fixes (BLOCK_M, BLOCK_N) and derives BLOCK_P = next_pow2(BLOCK_M + BLOCK_N - 1), the
-rows of the table slice a band tile can touch. Autotuning is keyed on (HEAD_DIM, LQ_KEY, LK_KEY) plus
-the tensors' dtypes (triton adds those), where the *_KEY are the lengths rounded up to a power of two
-so that every new length does not re-tune. Under TRITON_INTERPRET=1 one small fixed config is used:
+rows of the table slice a band tile can touch. Autotuning is keyed on (HEAD_DIM, LQ_KEY, LK_KEY, the
+per-pair features) plus the tensors' dtypes (triton adds those), where the *_KEY are the lengths rounded up to a
+power of two so that every new length does not re-tune. Under TRITON_INTERPRET=1 one small fixed config is used:
 small tiles put both band and far-field tiles in tests of a few dozen rows.
 """
 
@@ -16,31 +16,32 @@ import re
 import torch
 import triton
 
-AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY"]
+# The features skeleton_choice reads are in the key: they choose the tile, and the autotuner prunes only on a miss.
+AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY", "HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT", "VARLEN"]
 # "0": run the main tile that fits instead of autotuning (correctness runs such as the GPU tests).
 AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config.
-# Chosen from the AOT compile report (sm_80 and sm_90, D = 64, every feature on, JIT-like specialization):
-# see benchmarks/NOTES.md (Triton section). fp16/bf16 forward: 64x32 w8 s2 and 64x64 w8 s1 are spill-free; 64x64
-# w8 s2 and any 4-warp 64-row tile spill. fp32 uses FMA (ieee) dots that hold operands in registers:
-# 32x16 w8 s1 is spill-free for all three kernels (fwd ~196, dQ ~184, dK/dV ~254 registers); 32x32
-# fp32 reaches 255 registers in the forward and spills in dQ, 64-row fp32 tiles spill everywhere.
-FWD_TILES = [(64, 32, 8, 2), (64, 64, 8, 1), (32, 16, 8, 1)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); the first entry of each list is the "main" config of the common case.
+# Forward and dQ (the flash skeleton, benchmarks/NOTES.md "Triton flash skeleton"): 128 x 64 with 8 warps is two
+# warpgroups of 64 rows, so every far-loop GEMM is wgmma on sm_90 (HGMMA 64x64x16), K/V pipelined 2 deep. Which
+# tile and loop structure a call runs depends on its features and the arch: skeleton_choice (one table, below).
+# fp32 uses FMA (ieee) dots that hold operands in registers: 32x16 w8 s1 (16x16 for D > 64) is spill-free.
+FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1)]
 # dK/dV keeps per-tile table slices (two [BLOCK_M, BLOCK_P] products per band tile): 32x32 w8 s1 is its
-# spill-free tile; dQ uses the block band like the forward.
+# spill-free tile.
 DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
-DQ_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 8, 1)]
+DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 32, 8, 2)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
-# Head dim 128, backward: every tile above that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ fp16
-# 144-400 B, fp32 352-376 B). These tiles are spill-free on sm_80 and sm_90 (dQ fp32: 0 / 16 B), from a sweep
-# of the AOT report (benchmarks/NOTES.md). They run first for D > 64 (the main tile when autotuning is off);
-# the spilling tiles stay candidates so the autotuner can still time them. Keyed on (kernel, input bytes).
+# Head dim 128 (fp32: forward too): every general tile that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ
+# fp16 144-400 B, fp32 352-376 B; forward fp32 32x16 32 B on sm_90). These tiles are spill-free on sm_80 and sm_90,
+# from sweeps of the AOT report (benchmarks/NOTES.md). They run first for D > 64 (the main tile when autotuning is
+# off). Keyed on (kernel, input bytes).
 WIDE_HEAD_TILES = {
     ("bwd_dkdv", 2): (16, 32, 8, 1),
     ("bwd_dkdv", 4): (16, 16, 8, 1),
     ("bwd_dq", 2): (32, 32, 8, 1),
     ("bwd_dq", 4): (16, 16, 8, 1),
+    ("fwd", 4): (16, 16, 8, 1),
 }
 INTERPRETER_TILE = (16, 16, 1, 1)
 # "gpu": under the interpreter, run the tiles a GPU runs instead of INTERPRETER_TILE (slow; the tests use
@@ -97,12 +98,12 @@ def make_config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> 
     return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
 
 
-def _fits(block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
+def _fits(kind: str, block_m: int, block_n: int, head_dim: int, elem_bytes: int) -> bool:
     # fp32 inputs run FMA dots whose operands live in registers: only small tiles avoid spills.
-    # D = 128 doubles the accumulator and the operand tiles: halve the tile.
+    # Wider heads double the accumulator and the operand tiles: halve the tile (the forward from D = 256 on).
     if elem_bytes == 4:
         return block_m * block_n <= 32 * 16
-    if head_dim > 64:
+    if head_dim > (128 if kind == "fwd" else 64):
         return block_m * block_n <= 64 * 32
     return True
 
@@ -112,14 +113,74 @@ def _wide_only(kind: str) -> set[tuple[int, int, int, int]]:
     return {t for (k, _), t in WIDE_HEAD_TILES.items() if k == kind} - set(TILES[kind])
 
 
-def candidates(kind: str, tiles, head_dim: int, elem_bytes: int) -> list:
-    """The tiles of ``tiles`` a (kernel, head dim, input size) may run, best first; never empty."""
+# Features that add per-pair work (mask loads, Philox) to the far loops: with them the 128 x 64 far tile spills.
+PER_PAIR_FEATURES = ("HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT")
+# FAR_LOOPS, the key loop's structure in the forward and dQ kernels: FAR_NONE one general loop over every key tile
+# (the structure before the flash skeleton), FAR_NARROW far loops at the general loop's key width (2048 scores per
+# program), FAR_FULL far loops at the tile's BLOCK_N.
+FAR_NONE, FAR_NARROW, FAR_FULL = 0, 1, 2
+# The feature constexprs skeleton_choice reads.
+CHOICE_FEATURES = (*PER_PAIR_FEATURES, "VARLEN")
+SKELETON_KERNELS = ("fwd", "bwd_dq")
+
+
+def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9):
+    """(main tile, or None for the general lists' first that fits; FAR_LOOPS) of a forward or dQ call.
+
+    The one table of what runs where, each entry spill-free on sm_80 and sm_90 under triton 3.9 (the compile check's
+    rows and the sweeps in benchmarks/NOTES.md "Triton flash skeleton, re-landed"). fp32 FMA tiles keep one general
+    loop. sm_90: far loops at 128 x 64, narrowed to the general loop's width with key padding or dropout (one
+    general loop with an additive mask, and for dQ with either under triton < 3.9). sm_80 (mma.sync operands in
+    registers: 249 registers already in the plain case): far loops only without per-pair features, padding-free
+    layout and wide heads; one general loop else.
+    ``features``: constexpr name -> bool (PER_PAIR_FEATURES and VARLEN are read; None: the common case).
+    """
+    features = features or {}
+    per_pair = any(features.get(name, False) for name in PER_PAIR_FEATURES)
+    varlen = features.get("VARLEN", False)
+    if elem_bytes == 4 or (kind == "fwd" and head_dim > 128):
+        return None, FAR_NONE
+    if kind == "bwd_dq" and head_dim > 64:  # the wide-head tile, 32 x 32
+        return None, FAR_NONE if per_pair or (varlen and arch_major < 9) else FAR_FULL
+    if arch_major < 9:
+        if per_pair or varlen or head_dim > 64:
+            return ((128, 64, 8, 1) if kind == "fwd" and head_dim > 64 else None), FAR_NONE
+        return ((128, 32, 8, 2) if kind == "bwd_dq" else None), FAR_FULL
+    if not per_pair:
+        return None, FAR_FULL
+    # An additive mask's [BLOCK_M, BLOCK_N] loads: even the narrow far loops spill with one (dQ with dropout 64 B;
+    # the forward under triton 3.6, 8-128 B). dQ under triton 3.6 (unpipelined on sm_90): key padding + dropout +
+    # head mask spills 8 B narrow.
+    old_dq = kind == "bwd_dq" and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
+    return None, FAR_NONE if features.get("HAS_AMASK", False) or old_dq else FAR_NARROW
+
+
+def far_loops(kind: str, head_dim: int, elem_bytes: int, features: dict, arch_major: int) -> int:
+    """The FAR_LOOPS constexpr the launcher passes a forward or dQ kernel (skeleton_choice)."""
+    return skeleton_choice(kind, head_dim, elem_bytes, features, arch_major)[1]
+
+
+def arch_major(t: torch.Tensor) -> int:
+    """Compute capability major of t's device; 9 (the sm_90 rules) off the GPU (the interpreter)."""
+    return torch.cuda.get_device_capability(t.device)[0] if t.is_cuda else 9
+
+
+def candidates(kind: str, tiles, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> list:
+    """The tiles of ``tiles`` a (kernel, head dim, input size, features, arch) may run, best first; never empty.
+
+    Forward and dQ: the one tile of skeleton_choice (no autotuning among unchecked tiles); dK/dV: every tile that
+    fits. ``features``: the launch's feature constexprs (None: the common case, no masks nor dropout).
+    """
     wide = WIDE_HEAD_TILES.get((kind, elem_bytes)) if head_dim > 64 else None
     skip = _wide_only(kind)
-    kept = [t for t in tiles if t not in skip and _fits(t[0], t[1], head_dim, elem_bytes)]
+    kept = [t for t in tiles if t not in skip and _fits(kind, t[0], t[1], head_dim, elem_bytes)]
     if wide is not None and wide in tiles:
         kept = [wide] + [t for t in kept if t != wide]
-    return kept or [t for t in tiles if t not in skip][-1:]
+    kept = kept or [t for t in tiles if t not in skip][-1:]
+    if kind in SKELETON_KERNELS:
+        main, _ = skeleton_choice(kind, head_dim, elem_bytes, features, arch_major)
+        kept = [main if main is not None and main in tiles else kept[0]]
+    return kept
 
 
 def _tile(c) -> tuple[int, int, int, int]:
@@ -131,9 +192,10 @@ def prune(configs, named_args, kind: str = "fwd", **kwargs):
     head_dim = args["HEAD_DIM"]
     q = args["Q"]
     by_tile = {_tile(c): c for c in configs}
-    kept = [by_tile[t] for t in candidates(kind, list(by_tile), head_dim, q.element_size())]
+    features = {name: args.get(name, False) for name in CHOICE_FEATURES}
+    kept = [by_tile[t] for t in candidates(kind, list(by_tile), head_dim, q.element_size(), features, arch_major(q))]
     if q.is_cuda:
-        major = torch.cuda.get_device_capability(q.device)[0]
+        major = arch_major(q)
         adjusted, seen = [], set()
         for c in kept:
             stages = stages_for(c.num_stages, major)

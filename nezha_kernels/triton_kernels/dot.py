@@ -17,12 +17,18 @@ INTERPRETED = tl.constexpr(interpreted())
 
 
 @triton.jit
-def dot(a, b, acc, DOT_PRECISION: tl.constexpr):
-    """acc + a @ b in fp32 (acc may be None)."""
+def dot(a, b, acc, FMA_DOTS: tl.constexpr):
+    """acc + a @ b in fp32 (acc may be None).
+
+    FMA_DOTS: fp32 inputs, multiplied exactly ("ieee": FMA loops, the 1e-5 parity fp32 promises); off, the
+    tensor cores in the input dtype (fp16 / bf16: the dot's input_precision does not apply to them).
+    """
     if INTERPRETED and (a.dtype == tl.bfloat16 or b.dtype == tl.bfloat16):
         out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif FMA_DOTS:
+        out = tl.dot(a, b, acc, input_precision="ieee")
     else:
-        out = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        out = tl.dot(a, b, acc)
     return out
 
 
@@ -35,7 +41,7 @@ def _halves(x):
 
 
 @triton.jit
-def dot_nt(a, b, DOT_PRECISION: tl.constexpr, K_CHUNKS: tl.constexpr):
+def dot_nt(a, b, FMA_DOTS: tl.constexpr, K_CHUNKS: tl.constexpr):
     """a [M, K] @ b [N, K]^T -> fp32 [M, N], as K_CHUNKS (1, 2 or 4) chained dots over K.
 
     Why: fp32 "ieee" dots lower to FMA loops that load each thread's whole K slice of both operands
@@ -44,12 +50,12 @@ def dot_nt(a, b, DOT_PRECISION: tl.constexpr, K_CHUNKS: tl.constexpr):
     """
     # One return at the end: code after a returning constexpr `if` is still compiled.
     if K_CHUNKS == 1:
-        acc = dot(a, tl.trans(b), None, DOT_PRECISION)
+        acc = dot(a, tl.trans(b), None, FMA_DOTS)
     elif K_CHUNKS == 2:
         a0, a1 = _halves(a)
         b0, b1 = _halves(b)
-        acc = dot(a0, tl.trans(b0), None, DOT_PRECISION)
-        acc = dot(a1, tl.trans(b1), acc, DOT_PRECISION)
+        acc = dot(a0, tl.trans(b0), None, FMA_DOTS)
+        acc = dot(a1, tl.trans(b1), acc, FMA_DOTS)
     else:
         tl.static_assert(K_CHUNKS == 4)
         a0, a1 = _halves(a)
@@ -58,8 +64,8 @@ def dot_nt(a, b, DOT_PRECISION: tl.constexpr, K_CHUNKS: tl.constexpr):
         a10, a11 = _halves(a1)
         b00, b01 = _halves(b0)
         b10, b11 = _halves(b1)
-        acc = dot(a00, tl.trans(b00), None, DOT_PRECISION)
-        acc = dot(a01, tl.trans(b01), acc, DOT_PRECISION)
-        acc = dot(a10, tl.trans(b10), acc, DOT_PRECISION)
-        acc = dot(a11, tl.trans(b11), acc, DOT_PRECISION)
+        acc = dot(a00, tl.trans(b00), None, FMA_DOTS)
+        acc = dot(a01, tl.trans(b01), acc, FMA_DOTS)
+        acc = dot(a10, tl.trans(b10), acc, FMA_DOTS)
+        acc = dot(a11, tl.trans(b11), acc, FMA_DOTS)
     return acc

@@ -10,7 +10,8 @@ masks: key padding bool [B, Lk] is reinterpreted as uint8, the additive mask is 
 [B, H, Lq, Lk] view (stride 0 on broadcast dims), head_mask [B, H] (possibly an expanded view).
 
 Grids put B*H on axis 0 (limit 2**31 - 1) and the query or key block on axis 1 (limit 65535): see MAX_BLOCKS.
-Argument checks and preparation live in launch_args.py (MAX_BLOCKS and MAX_PROGRAMS_AXIS0 re-exported here).
+Argument checks live in launch_args.py (MAX_BLOCKS and MAX_PROGRAMS_AXIS0 re-exported here), the kernels' named
+arguments in call.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import triton
 from . import configs
 from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel
 from .backward_dq import _relattn_bwd_dq_kernel
+from .call import KernelCall, length_key, strides
 from .forward import _relattn_fwd_kernel
 from .launch_args import (
     MAX_BLOCKS,
@@ -29,9 +31,7 @@ from .launch_args import (
     band_scratch,
     check_dense,
     check_varlen,
-    common_args,
     expect,
-    length_key,
     varlen_view,
 )
 
@@ -50,10 +50,38 @@ _fwd = configs.autotune("fwd")(_relattn_fwd_kernel)
 _bwd_dkdv = configs.autotune("bwd_dkdv")(_relattn_bwd_dkdv_kernel)
 _bwd_dq = configs.autotune("bwd_dq")(_relattn_bwd_dq_kernel)
 
-
 # Rows per program of the delta kernel (rowsum(dO * O)).
 DELTA_ROWS_GPU = 64
 DELTA_ROWS_INTERPRETED = 16
+
+
+def _call(
+    q,
+    k,
+    v,
+    table,
+    key_padding,
+    additive_mask,
+    head_mask,
+    cu_seqlens,
+    r,
+    causal,
+    q_offset,
+    scale,
+    dropout_p,
+    seed,
+    lq_key,
+    lk_key,
+    relative,
+) -> KernelCall:
+    """The call's description; the plain twin (relative off) gets a [1, D] zero table and R = 0 (never read)."""
+    if not relative:
+        table = torch.zeros((1, q.shape[-1]), dtype=q.dtype, device=q.device)
+        r = 0
+    return KernelCall(
+        q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens, r, causal, q_offset, scale, dropout_p, seed,
+        lq_key, lk_key, relative,
+    )  # fmt: skip
 
 
 def relattn_fwd(
@@ -74,55 +102,48 @@ def relattn_fwd(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward. Dense: q [B, H, Lq, D], k, v [B, H, Lk, D], table [2R+1, D] (any strides).
 
     Returns (out [B, H, Lq, D] contiguous in q's dtype, lse [2, B, H, Lq] float32) where lse[0] is each
     row's score max and lse[1] the log of its softmax sum (the log-sum-exp is lse[0] + lse[1]).
-    Varlen (cu_seqlens_q given): see relattn_fwd_varlen.
+    Varlen (cu_seqlens_q given): see relattn_fwd_varlen. relative=False runs the plain twin: exact softmax
+    attention with every relative term compiled out (table and max_relative_position unused).
     """
     if cu_seqlens_q is not None:
         return relattn_fwd_varlen(
-            q,
-            k,
-            v,
-            table,
-            head_mask,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            max_seqlen_q,
-            max_seqlen_k,
-            max_relative_position,
-            causal,
-            scale,
-            dropout_p,
-            seed,
-        )
+            q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position,
+            causal, scale, dropout_p, seed, relative=relative,
+        )  # fmt: skip
     check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((2, b, h, lq), dtype=torch.float32, device=q.device)
-    pointers, strides, tail, meta = common_args(
-        q,
-        k,
-        v,
-        table,
-        key_padding,
-        additive_mask,
-        head_mask,
-        max_relative_position,
-        causal,
-        q_offset,
-        dropout_p,
-        seed,
-        scale,
-    )
-    band_p = configs.band_p(max_relative_position)
-    scratch = band_scratch(q, band_p, 1)
-    _fwd[autotune_grid(b * h, lq, "BLOCK_M")](
-        q, k, v, table, out, lse[0], lse[1], scratch, *pointers, *strides, *out.stride(), *tail, BAND_P=band_p, **meta
-    )
+    call = _call(
+        q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
+        dropout_p, seed, length_key(lq), length_key(k.shape[2]), relative,
+    )  # fmt: skip
+    _launch_fwd(call, out, lse, b * h, lq)
     return out, lse
+
+
+def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> None:
+    """The forward kernel over (programs, cdiv(blocks_q, BLOCK_M)); out and lse as the kernel indexes them."""
+    band_p = configs.band_p(call.r) if call.relative else 0
+    scratch = band_scratch(call.q, band_p, 1)
+    _fwd[autotune_grid(programs, blocks_q, "BLOCK_M")](
+        **call.kwargs(
+            OUT=out,
+            ROW_MAX=lse[0],
+            ROW_LOGSUM=lse[1],
+            WS=scratch,
+            BAND_P=band_p,
+            FAR_LOOPS=call.far_loops("fwd"),
+            **strides("o", out),
+        )
+    )
 
 
 def relattn_bwd(
@@ -146,31 +167,18 @@ def relattn_bwd(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward: (dq, dk, dv), contiguous, in q's dtype. lse is the forward's [2, B, H, Lq] statistics.
 
-    Varlen (cu_seqlens_q given): see relattn_bwd_varlen.
+    Varlen (cu_seqlens_q given): see relattn_bwd_varlen. relative=False: the plain twin's gradients.
     """
     if cu_seqlens_q is not None:
         return relattn_bwd_varlen(
-            grad_out,
-            q,
-            k,
-            v,
-            table,
-            out,
-            lse,
-            head_mask,
-            cu_seqlens_q,
-            cu_seqlens_k,
-            max_seqlen_q,
-            max_seqlen_k,
-            max_relative_position,
-            causal,
-            scale,
-            dropout_p,
-            seed,
-        )
+            grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+            max_relative_position, causal, scale, dropout_p, seed, relative=relative,
+        )  # fmt: skip
     check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -180,32 +188,22 @@ def relattn_bwd(
     dq = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, h, lk, d), dtype=k.dtype, device=q.device)
     dv = torch.empty((b, h, lk, d), dtype=v.dtype, device=q.device)
-    args = common_args(
-        q,
-        k,
-        v,
-        table,
-        key_padding,
-        additive_mask,
-        head_mask,
-        max_relative_position,
-        causal,
-        q_offset,
-        dropout_p,
-        seed,
-        scale,
-    )
-    _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, b * h, lq, lk, max_relative_position)
+    call = _call(
+        q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
+        dropout_p, seed, length_key(lq), length_key(lk), relative,
+    )  # fmt: skip
+    _launch_bwd(call, grad_out, out, lse, dq, dk, dv, b * h, lq, lk)
     return dq, dk, dv
 
 
-def _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, programs, blocks_q, blocks_k, r) -> None:
+def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, blocks_q, blocks_k) -> None:
     """The three backward kernels on [B, H, L, D] tensors (or varlen views): delta, dK/dV, dQ.
 
     Grids: (programs, cdiv(blocks_q or blocks_k, BLOCK)); the delta kernel runs over every row of q.
     Empty grids (varlen: no sequence, or no query / key row) are not launched; dK / dV of keys no query
     sees are zeros (the dK/dV programs of a sequence without queries run an empty loop).
     """
+    q, k = call.q, call.k
     b, h, lq, d = q.shape
     if programs * blocks_q * lq == 0:  # no query row: every gradient is zero (or empty)
         for grad in (dq, dk, dv):
@@ -226,44 +224,13 @@ def _launch_bwd(grad_out, q, k, v, table, out, lse, dq, dk, dv, args, programs, 
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=delta_rows,
     )
-    pointers, strides, tail, meta = args
+    stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], DELTA=delta, **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
-        _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](
-            q,
-            k,
-            v,
-            table,
-            grad_out,
-            lse[0],
-            lse[1],
-            delta,
-            dk,
-            dv,
-            *pointers,
-            *strides,
-            *grad_out.stride(),
-            *tail,
-            **meta,
-        )
-    band_p = configs.band_p(r)
+        _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](**call.kwargs(DK=dk, DV=dv, **stats))
+    band_p = configs.band_p(call.r) if call.relative else 0
     scratch = band_scratch(q, band_p, 2)
     _bwd_dq[autotune_grid(programs, blocks_q, "BLOCK_M")](
-        q,
-        k,
-        v,
-        table,
-        grad_out,
-        lse[0],
-        lse[1],
-        delta,
-        dq,
-        scratch,
-        *pointers,
-        *strides,
-        *grad_out.stride(),
-        *tail,
-        BAND_P=band_p,
-        **meta,
+        **call.kwargs(DQ=dq, WS=scratch, BAND_P=band_p, FAR_LOOPS=call.far_loops("bwd_dq"), **stats)
     )
 
 
@@ -282,6 +249,8 @@ def relattn_fwd_varlen(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen forward: q [Tq, H, D], k, v [Tk, H, D] (any token/head strides), cu_seqlens_q/k int32 [B + 1].
 
@@ -294,45 +263,15 @@ def relattn_fwd_varlen(
     tq, h, d = q.shape
     out = torch.empty((tq, h, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((2, h, tq), dtype=torch.float32, device=q.device)
-    qv, kv, vv = (varlen_view(x) for x in (q, k, v))
-    # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
-    pointers, strides, tail, meta = common_args(
-        qv,
-        kv,
-        vv,
-        table,
-        None,
-        None,
-        head_mask,
-        max_relative_position,
-        causal,
-        0,
-        dropout_p,
-        seed,
-        scale,
-        (cu_seqlens_q, cu_seqlens_k),
-    )
-    tail = tail[:-2] + (length_key(max_seqlen_q), length_key(max_seqlen_k))
     if b * h * max_seqlen_q * tq == 0:
         return out, lse  # no query row (empty grids are not launched)
-    band_p = configs.band_p(max_relative_position)
-    scratch = band_scratch(qv, band_p, 1)
-    _fwd[autotune_grid(b * h, max_seqlen_q, "BLOCK_M")](
-        qv,
-        kv,
-        vv,
-        table,
-        varlen_view(out),
-        lse[0],
-        lse[1],
-        scratch,
-        *pointers,
-        *strides,
-        *varlen_view(out).stride(),
-        *tail,
-        BAND_P=band_p,
-        **meta,
-    )
+    qv, kv, vv = (varlen_view(x) for x in (q, k, v))
+    # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
+    call = _call(
+        qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+    )  # fmt: skip
+    _launch_fwd(call, varlen_view(out), lse, b * h, max_seqlen_q)
     return out, lse
 
 
@@ -354,6 +293,8 @@ def relattn_bwd_varlen(
     scale,
     dropout_p,
     seed,
+    *,
+    relative: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Varlen backward: (dq [Tq, H, D], dk, dv [Tk, H, D]) contiguous; lse is the forward's [2, H, Tq]."""
     b = check_varlen(q, k, v, table, None, None, head_mask, cu_seqlens_q, cu_seqlens_k)
@@ -365,38 +306,12 @@ def relattn_bwd_varlen(
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     qv, kv, vv = (varlen_view(x) for x in (q, k, v))
-    pointers, strides, tail, meta = common_args(
-        qv,
-        kv,
-        vv,
-        table,
-        None,
-        None,
-        head_mask,
-        max_relative_position,
-        causal,
-        0,
-        dropout_p,
-        seed,
-        scale,
-        (cu_seqlens_q, cu_seqlens_k),
-    )
-    tail = tail[:-2] + (length_key(max_seqlen_q), length_key(max_seqlen_k))
+    call = _call(
+        qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+    )  # fmt: skip
     _launch_bwd(
-        varlen_view(grad_out),
-        qv,
-        kv,
-        vv,
-        table,
-        varlen_view(out),
-        lse.reshape(2, 1, h, tq),
-        dq,
-        dk,
-        dv,
-        (pointers, strides, tail, meta),
-        b * h,
-        max_seqlen_q,
+        call, varlen_view(grad_out), varlen_view(out), lse.reshape(2, 1, h, tq), dq, dk, dv, b * h, max_seqlen_q,
         max_seqlen_k,
-        max_relative_position,
-    )
+    )  # fmt: skip
     return dq, dk, dv

@@ -1,5 +1,5 @@
-"""Argument preparation for the launchers (launch.py): the memory-guarding checks, the pointer / stride / constexpr
-tuples every kernel takes, the band scratch, the varlen views and the autotuner grid.
+"""Argument checks for the launchers (launch.py): the memory-guarding checks, the band scratch, the varlen views and
+the autotuner grid. The kernels' arguments themselves are named by call.KernelCall.
 """
 
 from __future__ import annotations
@@ -7,16 +7,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from .philox import seed_words
-
 __all__ = [
     "MAX_PROGRAMS_AXIS0",
     "MAX_BLOCKS",
     "autotune_grid",
-    "length_key",
     "expect",
     "check_dense",
-    "common_args",
     "band_scratch",
     "check_varlen",
     "varlen_view",
@@ -30,15 +26,6 @@ MAX_BLOCKS = 65535
 def autotune_grid(bh: int, length: int, block: str):
     """Autotuner grid: (B*H, cdiv(length, cfg[block]))."""
     return lambda cfg: (bh, triton.cdiv(length, cfg[block]))
-
-
-def length_key(length: int) -> int:
-    """Autotuning key of a length (LQ_KEY / LK_KEY): a power of two, so new lengths rarely re-tune."""
-    return triton.next_power_of_2(max(1, length))
-
-
-def _strides(t: torch.Tensor | None, rank: int) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * rank
 
 
 def expect(name: str, t: torch.Tensor, shape: tuple, device: torch.device, dtype=None) -> None:
@@ -71,66 +58,6 @@ def check_dense(q, k, v, table, key_padding, additive_mask, head_mask) -> None:
         expect("head_mask", head_mask, (b, h), q.device)
     if b * h > MAX_PROGRAMS_AXIS0:
         raise ValueError(f"q: B*H = {b * h} exceeds the grid limit {MAX_PROGRAMS_AXIS0}")
-
-
-def common_args(
-    q, k, v, table, key_padding, additive_mask, head_mask, r, causal, q_offset, dropout_p, seed, scale, cu_seqlens=None
-) -> tuple[tuple, tuple, tuple, dict]:
-    """(optional-tensor pointers, q/k/v/table strides, trailing strides + scalars, constexpr kwargs).
-
-    q, k, v: [B, H, L, D] (strides), or for varlen the [1, H, T, D] views of varlen_view with
-    cu_seqlens = (cu_seqlens_q, cu_seqlens_k).
-    """
-    b, h, lq, d = q.shape
-    lk = k.shape[2]
-    dummy = q  # any valid pointer for an absent optional tensor (never read: its HAS_* flag is off)
-    kpad = key_padding.view(torch.uint8) if key_padding is not None else dummy
-    seed_lo, seed_hi = seed_words(seed if dropout_p > 0.0 else 0)
-    cu_q, cu_k = cu_seqlens if cu_seqlens is not None else (dummy, dummy)
-    pointers = (
-        kpad,
-        additive_mask if additive_mask is not None else dummy,
-        head_mask if head_mask is not None else dummy,
-        cu_q,
-        cu_k,
-    )
-    strides = (
-        *q.stride(),
-        *k.stride(),
-        *v.stride(),
-        *table.stride(),
-    )
-    tail = (
-        *_strides(key_padding, 2),
-        *_strides(additive_mask, 4),
-        *_strides(head_mask, 2),
-        h,
-        lq,
-        lk,
-        r,
-        q_offset,
-        float(scale),
-        float(dropout_p),
-        1.0 / (1.0 - dropout_p),
-        seed_lo,
-        seed_hi,
-        length_key(lq),
-        length_key(lk),
-    )
-    has_masks = key_padding is not None or additive_mask is not None
-    meta = dict(
-        HEAD_DIM=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
-        HAS_KPAD=key_padding is not None,
-        HAS_AMASK=additive_mask is not None,
-        HAS_HMASK=head_mask is not None,
-        CAUSAL=causal,
-        CAUSAL_SKIP=causal and not has_masks,
-        HAS_DROPOUT=dropout_p > 0.0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        VARLEN=cu_seqlens is not None,
-    )
-    return pointers, strides, tail, meta
 
 
 def band_scratch(q: torch.Tensor, band_p: int, planes: int) -> torch.Tensor:

@@ -37,3 +37,39 @@ def sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN: tl.constexpr
         q_offset = Q_OFFSET
         stat_row0 = bh.to(tl.int64) * LQ
     return q_start, k_start, lq, lk, q_offset, stat_row0
+
+
+@triton.jit
+def key_ranges(
+    pos0,
+    lk,
+    hi,
+    R,
+    RELATIVE: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_NB: tl.constexpr,
+):
+    """(band_lo, band_hi, full_end, general_end): a query block's key loop split at compile time into ranges.
+
+    Query block at positions pos0 .. pos0 + BLOCK_M - 1, keys 0 .. lk - 1, loop bound hi <= lk (causal skipping).
+    [0, band_lo) far left, [band_lo, band_hi) band, [band_hi, full_end) far right: multiples of BLOCK_N, full tiles
+    only; [full_end, general_end) the last, partial, tile in BLOCK_NB steps (general_end covers hi). A tile is in
+    the band when some pair has |j - p| < R: j0 + BLOCK_N - 1 - pos0 > -R and j0 - (pos0 + BLOCK_M - 1) < R. The
+    plain twin (RELATIVE off) has no band, except with causal the diagonal tiles (those with both masked and
+    unmasked pairs: R = 1); far-left tiles then hold no masked pair and far-right tiles only masked ones.
+    """
+    tiles_end = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+    full_end = tl.minimum(tiles_end, (lk // BLOCK_N) * BLOCK_N)
+    general_end = tl.cdiv(hi, BLOCK_NB) * BLOCK_NB
+    if RELATIVE or CAUSAL:
+        r_band = R if RELATIVE else 1
+        band_lo = tl.cdiv(tl.maximum(pos0 - r_band - BLOCK_N + 2, 0), BLOCK_N) * BLOCK_N
+        band_hi = tl.cdiv(tl.maximum(pos0 + BLOCK_M - 1 + r_band, 0), BLOCK_N) * BLOCK_N
+        band_lo = tl.minimum(band_lo, full_end)
+        band_hi = tl.maximum(band_lo, tl.minimum(band_hi, full_end))
+    else:
+        band_lo = full_end
+        band_hi = full_end
+    return band_lo, band_hi, full_end, general_end

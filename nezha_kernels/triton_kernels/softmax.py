@@ -1,0 +1,284 @@
+"""The forward's online softmax over key tiles, in two kinds of loop (the flash skeleton).
+
+Scores are kept in natural units (the row max m saved for the backward is exp's, not exp2's), and every
+exponential is ``exp2((x - m) * log2 e)`` or, in the far loop without masks, one FFMA
+``qk * (scale * log2 e) + addend_row`` feeding one EX2: log2 e is folded into the scale and the row's edge
+term q . T[0] or q . T[2R] (scaled) and its max shift into one per-row addend.
+
+- far_loop: key tiles wholly outside the band on one side (SIDE 0: every pair has j - p <= -R, SIDE 1: >= R),
+  full tiles only (no bounds), masks only where a mask is passed. The value side's edge rows need only each side's
+  probability mass, which the caller reads off the running sum (or, with dropout, the loop accumulates).
+- band_loop: any tile (the band, and the last, partial, tile): bounds, masks and the band's per-pair terms
+  (block-band scratch or per-tile table slices, see forward.py).
+"""
+
+import triton
+import triton.language as tl
+
+from .band import band_bucket, band_gather, load_table_slice, mask_scores
+from .dot import dot, dot_nt
+from .philox import philox_uniform
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def rescale(x, m_from, m_to):
+    """x * exp(m_from - m_to) per row; 1 where the two maxima are equal (both -inf or both finfo.min)."""
+    return x * tl.where(m_from == m_to, 1.0, tl.math.exp2((m_from - m_to) * LOG2E))
+
+
+@triton.jit
+def load_rows(ptrs, d_valid, EVEN_D: tl.constexpr):
+    """A full [rows, BLOCK_D] tile; the head-dim mask only where BLOCK_D pads HEAD_DIM."""
+    if EVEN_D:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=d_valid[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale):
+    """fp32 [BLOCK_M, BLOCK_N]: 1 / (1 - p) where the pair (offs_m, offs_n) is kept, 0 where dropped (philox.py)."""
+    cols = offs_n[None, :] + 0 * offs_m[:, None]
+    rows = offs_m[:, None] + 0 * offs_n[None, :]
+    u = philox_uniform(seed_lo, seed_hi, cols, rows, bh)
+    # The keep factor is built as fp32 in u's layout: an i1 tensor crossing layouts fails to compile
+    # (fp32 32x32 tiles, "shared-memory element type bit width ... got 1").
+    return tl.where(u >= dropout_p, dropout_scale, 0.0)
+
+
+@triton.jit
+def far_loop(
+    acc,
+    m_i,
+    l_i,
+    mass,
+    q,
+    k_ptrs,
+    v_ptrs,
+    lo,
+    hi,
+    edge,
+    scale,
+    stride_kn,
+    stride_vn,
+    d_valid,
+    b,
+    h,
+    bh,
+    offs_m,
+    m_valid,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    EVEN_D: tl.constexpr,
+    SIDE: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Full key tiles [lo, hi) beyond the band on side SIDE: (acc, m_i, l_i, mass).
+
+    k_ptrs / v_ptrs: [BLOCK_N, BLOCK_D] pointers of the tile at key lo. edge [BLOCK_M]: q_i . T[0] (SIDE 0) or
+    q_i . T[2R] (SIDE 1). mass: the side's dropped-out probability mass, accumulated only with dropout (without
+    it the mass is the running sum's growth, read off by the caller).
+    """
+    # Causal masks every far-right pair (j - p >= R > 0) and no far-left one.
+    MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
+    qk_scale = scale * LOG2E
+    edge_scaled = edge * scale
+    for j0 in range(lo, hi, BLOCK_N):
+        k = load_rows(k_ptrs, d_valid, EVEN_D)
+        qk = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        if MASKED:
+            s = (qk + edge[:, None]) * scale
+            s = mask_scores(
+                s,
+                tl.full(s.shape, 1, tl.int32),
+                b,
+                h,
+                offs_m,
+                offs_n,
+                m_valid,
+                offs_n >= 0,
+                KPAD,
+                stride_pb,
+                stride_pn,
+                AMASK,
+                stride_ab,
+                stride_ah,
+                stride_am,
+                stride_an,
+                HAS_KPAD,
+                HAS_AMASK,
+                CAUSAL and SIDE == 1,
+            )
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.math.exp2((s - m_new[:, None]) * LOG2E)
+        else:
+            # scale >= 0 here (the kernel folds a negative scale's sign into q): max commutes with it.
+            m_new = tl.maximum(m_i, tl.max(qk, axis=1) * scale + edge_scaled)
+            p = tl.math.exp2(qk * qk_scale + ((edge_scaled - m_new) * LOG2E)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * LOG2E)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        if HAS_DROPOUT:
+            p = p * dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale)
+            mass = mass * alpha + tl.sum(p, axis=1)
+        v = load_rows(v_ptrs, d_valid, EVEN_D)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+    return acc, m_i, l_i, mass
+
+
+@triton.jit
+def band_loop(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    lo,
+    hi,
+    lk,
+    qt_left,
+    qt_right,
+    pos,
+    pos0,
+    ws,
+    ws_row,
+    T,
+    stride_tr,
+    stride_td,
+    R,
+    scale,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    offs_d,
+    d_valid,
+    b,
+    h,
+    bh,
+    offs_m,
+    m_valid,
+    KPAD,
+    stride_pb,
+    stride_pn,
+    AMASK,
+    stride_ab,
+    stride_ah,
+    stride_am,
+    stride_an,
+    dropout_p,
+    dropout_scale,
+    seed_lo,
+    seed_hi,
+    HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """Key tiles [lo, hi), each in or near the band or partial: (acc, m_i, l_i, mass_left, mass_right).
+
+    Any tile is computed exactly here (pairs beyond the band take the edge rows), so the caller sends the band
+    and the last partial tile. The masses are this call's edge-row weights (block-band mode; per-tile mode folds
+    them into its table-slice product) relative to the returned m_i.
+    """
+    mass_left = tl.zeros_like(l_i)
+    mass_right = tl.zeros_like(l_i)
+    for j0 in range(lo, hi, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < lk
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(
+            k_base + offs_n[:, None].to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0
+        )
+        v = tl.load(
+            v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
+        )
+        s = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+        rel = offs_n[None, :] - pos[:, None]
+        near = (rel > -R) & (rel < R)
+        slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+        slot_mask = near & m_valid[:, None] & n_valid[None, :]
+        if RELATIVE:
+            if BAND_P > 0:
+                bias = tl.load(slot_ptrs, mask=slot_mask, other=0.0)
+                s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
+            else:
+                rel_min = j0 - (pos0 + BLOCK_M - 1)
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+        s = mask_scores(
+            s * scale,
+            rel,
+            b,
+            h,
+            offs_m,
+            offs_n,
+            m_valid,
+            n_valid,
+            KPAD,
+            stride_pb,
+            stride_pn,
+            AMASK,
+            stride_ab,
+            stride_ah,
+            stride_am,
+            stride_an,
+            HAS_KPAD,
+            HAS_AMASK,
+            CAUSAL,
+        )
+        s = tl.where(n_valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2((m_i - m_new) * LOG2E)
+        p = tl.math.exp2((s - m_new[:, None]) * LOG2E)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+        if HAS_DROPOUT:
+            p = p * dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale)
+            if RELATIVE and BAND_P > 0:
+                s = tl.where(p > 0.0, s, float("-inf"))  # a dropped pair leaves no value-side weight
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
+        if RELATIVE:
+            if BAND_P > 0:
+                mass_left = mass_left * alpha
+                mass_right = mass_right * alpha
+                tl.store(slot_ptrs, s, mask=slot_mask)
+                far = tl.where(near, 0.0, p)
+                mass_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+                mass_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+            else:
+                rel_min = j0 - (pos0 + BLOCK_M - 1)
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+    return acc, m_i, l_i, mass_left, mass_right
