@@ -36,6 +36,8 @@ def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
     assert choice("bwd_dq", 64, 2, {}, 8) == ((128, 32, 8, 2), full)
     assert choice("fwd", 64, 2, {"HAS_KPAD": True}, 8) == (None, none)
     assert choice("fwd", 128, 2, {"VARLEN": True}, 8) == ((128, 64, 8, 1), none)
+    assert choice("fwd", 128, 2, {"HAS_AMASK": True}, 9) == ((128, 64, 8, 1), none)
+    assert choice("fwd", 128, 2, {"HAS_AMASK": True}, 8) == ((64, 16, 8, 2), none)
     assert choice("fwd", 64, 4, {}, 9) == (None, none) and choice("bwd_dq", 128, 2, {"HAS_DROPOUT": True}, 9)[1] == none
     for kind in configs.SKELETON_KERNELS:
         for elem_bytes in (2, 4):

@@ -26,7 +26,7 @@ AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 # warpgroups of 64 rows, so every far-loop GEMM is wgmma on sm_90 (HGMMA 64x64x16), K/V pipelined 2 deep. Which
 # tile and loop structure a call runs depends on its features and the arch: skeleton_choice (one table, below).
 # fp32 uses FMA (ieee) dots that hold operands in registers: 32x16 w8 s1 (16x16 for D > 64) is spill-free.
-FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1)]
+FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1), (64, 16, 8, 2)]
 # dK/dV keeps per-tile table slices (two [BLOCK_M, BLOCK_P] products per band tile): 32x32 w8 s1 is its
 # spill-free tile.
 DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
@@ -142,17 +142,25 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
         return None, FAR_NONE
     if kind == "bwd_dq" and head_dim > 64:  # the wide-head tile, 32 x 32
         return None, FAR_NONE if per_pair or (varlen and arch_major < 9) else FAR_FULL
+    old_triton = TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
+    # The forward's one general loop at D = 128: 128 x 64 at s1 (s2 spills 48 B on sm_80, 8 B on sm_90 with every
+    # feature). An additive mask on sm_80 spills even there (8-24 B): 64 x 16, spill-free but slow (~6 instructions
+    # per score: 8 warps on a 64 x 16 tile replicate work); triton 3.6 spills at 64 x 16 on sm_80 (56-96 B).
+    slow_amask = features.get("HAS_AMASK", False) and arch_major < 9 and not old_triton
+    wide_fwd = (64, 16, 8, 2) if slow_amask else (128, 64, 8, 1)
+    general = (wide_fwd if kind == "fwd" and head_dim > 64 else None), FAR_NONE
     if arch_major < 9:
         if per_pair or varlen or head_dim > 64:
-            return ((128, 64, 8, 1) if kind == "fwd" and head_dim > 64 else None), FAR_NONE
+            return general
         return ((128, 32, 8, 2) if kind == "bwd_dq" else None), FAR_FULL
     if not per_pair:
         return None, FAR_FULL
     # An additive mask's [BLOCK_M, BLOCK_N] loads: even the narrow far loops spill with one (dQ with dropout 64 B;
     # the forward under triton 3.6, 8-128 B). dQ under triton 3.6 (unpipelined on sm_90): key padding + dropout +
     # head mask spills 8 B narrow.
-    old_dq = kind == "bwd_dq" and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
-    return None, FAR_NONE if features.get("HAS_AMASK", False) or old_dq else FAR_NARROW
+    if features.get("HAS_AMASK", False) or (kind == "bwd_dq" and old_triton):
+        return general
+    return None, FAR_NARROW
 
 
 def far_loops(kind: str, head_dim: int, elem_bytes: int, features: dict, arch_major: int) -> int:
