@@ -32,9 +32,20 @@ pytest.importorskip("triton")
 
 import formula  # noqa: E402
 import varlen_reference as vref  # noqa: E402
-from triton_parity import TOL, run_interpreted  # noqa: E402
+from tolerance import assert_all_within  # noqa: E402
+from triton_parity import run_interpreted  # noqa: E402
 
 F32, BF16 = torch.float32, torch.bfloat16
+# k per dtype and output (tests/tolerance.py): the kernels' error against the float64 formula (per sequence) is at
+# most k times the error of the same formula computed by PyTorch in the kernels' dtype, from the same rounded inputs.
+# fp16 / bf16 dk / dv: 3, as the dense Triton suite (tests/triton_parity.py): the kernels round P and dS to bf16 for the
+# tensor-core products, where PyTorch keeps its softmax in higher precision (largest ratio measured: dv 2.09, causal +
+# dropout + head_mask at D = 64, R = 64; fp32 at most 0.07).
+K = {
+    F32: dict(out=2.0, dq=2.0, dk=2.0, dv=2.0),
+    torch.float16: dict(out=2.0, dq=2.0, dk=3.0, dv=3.0),
+    BF16: dict(out=2.0, dq=2.0, dk=3.0, dv=3.0),
+}
 STATS_TOL = {
     F32: dict(atol=1e-4, rtol=1e-5),
     torch.float16: dict(atol=5e-3, rtol=5e-3),
@@ -127,11 +138,18 @@ def _nan_poisoned_allocations():
         torch.empty, torch.empty_like = empty, empty_like
 
 
-def _assert_close_scaled(got, want, tol, what):
-    """Values of order max(1, max |want|): tolerances relative to that scale."""
-    assert torch.isfinite(got).all(), f"{what} has unwritten or non-finite rows"
-    s = max(1.0, want.abs().max().item()) if want.numel() else 1.0
-    torch.testing.assert_close(got.double() / s, want / s, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+def _assert_within_rule(case, out, grads, ref, same_precision, label):
+    """out and dq / dk / dv against the float64 per-sequence reference, by tests/tolerance.py's rule with K."""
+    for name, got in zip(("out", "dq", "dk", "dv"), (out, *grads), strict=True):
+        assert torch.isfinite(got).all(), f"{label}: {name} has unwritten or non-finite rows"
+    (ref_out, ref_grads, _), (sp_out, sp_grads, _) = ref, same_precision
+    assert_all_within(
+        dict(out=out, dq=grads[0], dk=grads[1], dv=grads[2]),
+        dict(out=ref_out, dq=ref_grads[0], dk=ref_grads[1], dv=ref_grads[2]),
+        dict(out=sp_out, dq=sp_grads[0], dk=sp_grads[1], dv=sp_grads[2]),
+        K[case.dtype],
+        label,
+    )
 
 
 def _check_case(case: Case, seed: int):
@@ -144,10 +162,12 @@ def _check_case(case: Case, seed: int):
     with _nan_poisoned_allocations():
         out, lse = launch.relattn_fwd(q, k, v, table, *tail)
         grads = launch.relattn_bwd(grad_out, q, k, v, table, out, lse, *tail)
-    expected, ref_grads, stats = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
+    ref = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale)
+    same_precision = vref.expected(case, q, k, v, cu_q, cu_k, table, head_mask, grad_out, scale, dtype=case.dtype)
+    stats = ref[2]
 
     assert out.shape == q.shape and out.dtype == case.dtype
-    _assert_close_scaled(out, expected, TOL[case.dtype]["fwd"], "output")
+    _assert_within_rule(case, out, grads, ref, same_precision, f"seed {seed}")
     assert lse.shape == (2, case.heads, q.shape[0]) and lse.dtype == F32
     for b, want in stats.items():
         got = lse[:, :, int(cu_q[b]) : int(cu_q[b + 1])].double()
@@ -157,9 +177,8 @@ def _check_case(case: Case, seed: int):
             **STATS_TOL[case.dtype],
             msg=lambda m: f"sequence {b} row max / log sum: {m}",  # noqa: B023 (called at once)
         )
-    for name_, got, want, like in zip("qkv", grads, ref_grads, (q, k, v), strict=True):
+    for got, like in zip(grads, (q, k, v), strict=True):
         assert got.shape == like.shape and got.dtype == case.dtype and got.is_contiguous()
-        _assert_close_scaled(got, want, TOL[case.dtype]["grad"], f"d{name_}")
 
 
 @interpreted_only
@@ -234,12 +253,8 @@ def test_public_varlen_op_through_dispatch():
     )
     grads = torch.autograd.grad(out, leaves, grad_out)
     table = nk.sinusoidal_table(case.r, case.d)
-    expected, ref_grads, _ = vref.expected(
-        case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out, case.d**-0.5
-    )
-    _assert_close_scaled(out.detach(), expected, TOL[F32]["fwd"], "output")
-    for name, got, want in zip("qkv", grads, ref_grads, strict=True):
-        _assert_close_scaled(got, want, TOL[F32]["grad"], f"d{name}")
+    args = (case, q, k, v, cu_q, cu_k, table, head_mask.expand(4, 2), grad_out, case.d**-0.5)
+    _assert_within_rule(case, out.detach(), grads, vref.expected(*args), vref.expected(*args, dtype=F32), "public")
 
     def dropped(backend):
         return nk.relative_attention_varlen(
