@@ -1,16 +1,19 @@
 // Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, flash-attention style.
 //
-// A block owns BM = 64 query rows, warp w the 16 rows w*16 .. w*16 + 15, Q's fragments in registers (D <= 64). Key tiles of
-// BN = 64 rows arrive by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments
-// come from shared memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
+// A block owns BM = 64 MT query rows (TcFwdConfig: MT = 2 row tiles of 16 per warp where registers allow, as
+// FlashAttention-2's 32 rows per warp, so that every K and V fragment feeds two mma rows; MT = 1 at D = 128 and in
+// the GENERAL padding-free kernel at D = 64); warp w owns rows w * 16 MT .. + 16 MT. Key tiles of BN = 64 rows arrive
+// by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments come from shared
+// memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
 // Key tiles follow relattn_flash.h's schedule:
-//   far tiles (every pair of the block at j - i <= -R, or >= R): plain attention. The relative term q_i . T[0] (or
-//     T[2R]) is a per-row constant computed once, so a score costs one FFMA and one EX2; the row's probability mass
-//     on the side accumulates per tile (its T row joins the output once, at the end);
-//   the other tiles (band, the partial last tile, causal far-right tiles, every tile with masks or dropout):
-//     S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per pair; masks, causal
-//     and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice (Bucket[row][idx - lo] =
-//     weight of interior pairs; edge pairs go to the two per-row masses).
+//   far tiles (every pair of the block at j - i <= -R, or >= R): plain attention, the far-left tiles then the
+//     far-right ones. The relative term q_i . T[0] (or T[2R]) is a per-row constant computed once per side, so a
+//     score costs one FFMA and one EX2; the row's probability mass on each side follows from l (its T row joins the
+//     output once, at the end);
+//   the other tiles (band, the partial last tile, causal far-right tiles, every tile with masks or dropout), one
+//     row tile at a time: S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per
+//     pair; masks, causal and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice
+//     (Bucket[row][idx - lo] = weight of interior pairs; edge pairs go to the two per-row masses).
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
