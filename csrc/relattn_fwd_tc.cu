@@ -212,12 +212,16 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     for (int side = 0; side < 2; ++side) {
         float bias[RW];
         edge_bias<T, D, LD, MT>(bias, qf, Ts, side, scale_log2, lane);
-        for (const int end = side == 0 ? sched.n_left : n_far; step < end; ++step) {  // profile: far
+        // The side's tiles are consecutive (tile = step + shift); after its last one comes step `end`'s tile, or, past
+        // the last tile, a copy of nothing (every chunk zero-filled): the prefetch needs no branch.
+        const int end = side == 0 ? sched.n_left : n_far;
+        const int shift = side == 0 ? 0 : sched.mid_end - sched.n_left;
+        const int after_tile = end < sched.n_tiles ? sched.tile(end) : 0, after_limit = end < sched.n_tiles ? a.Lk : 0;
+        for (; step < end; ++step) {  // profile: far
             cp_async_wait<0>();
             __syncthreads();  // tile `step` visible; every warp done with the stage it replaces
-            // The next tile's prefetch; past the last tile a copy of nothing (every chunk zero-filled, no branch).
-            const bool next = step + 1 < sched.n_tiles;
-            const int next_tile = next ? sched.tile(step + 1) : 0, next_limit = next ? a.Lk : 0;
+            const bool inside = step + 1 < end;
+            const int next_tile = inside ? step + 1 + shift : after_tile, next_limit = inside ? a.Lk : after_limit;
             k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, next_tile, next_limit);
             v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, next_tile, next_limit);
             cp_async_commit();
