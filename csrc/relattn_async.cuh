@@ -89,21 +89,24 @@ NZ_HD int ldsm_b_nmajor_offset(int lane, int ld) { return ((lane >> 4) * 8 + (la
 NZ_HD int ldsm_b_kmajor_offset(int lane, int ld) { return ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + (lane >> 4) * 8; }
 
 // Copies tiles of ROWS rows x D (16-bit T) from global rows (stride row_stride, 16-byte aligned) to a shared
-// [ROWS][LD] tile by cp.async, rows at or past `limit` zero-filled. Thread t copies the 16-byte chunk (t % CPR) of
-// rows t / CPR + c * RSTEP; its source address is set up once and advanced by increments.
+// [ROWS][LD] tile by cp.async, rows at or past `limit` zero-filled. TPR threads share a row, each copying CPT 16-byte
+// chunks of it TPR chunks apart (TPR * 16 = 128 bytes: a warp's copy reads whole 128-byte row segments and writes
+// every shared bank equally); thread t takes rows t / TPR + c * RSTEP. Its source address is set up once and
+// advanced by one increment per row step; the chunks of a row are immediate offsets.
 template <typename T, int D, int LD, int NT, int ROWS>
 struct AsyncRowCopier {
-    static constexpr int VEC = 16 / sizeof(T), CPR = D / VEC, RSTEP = NT / CPR, CHUNKS = ROWS / RSTEP;
-    static_assert(NT % CPR == 0 && ROWS % RSTEP == 0, "whole chunks per thread");
-    const T* src;          // this thread's chunk of row 0
+    static constexpr int VEC = 16 / sizeof(T), CPR = D / VEC, TPR = CPR < 8 ? CPR : 8, CPT = CPR / TPR;
+    static constexpr int RSTEP = NT / TPR, CHUNKS = ROWS / RSTEP;
+    static_assert(CPR % TPR == 0 && NT % TPR == 0 && ROWS % RSTEP == 0, "whole chunks per thread");
+    const T* src;          // this thread's first chunk of row 0
     int64_t tile_stride;   // ROWS rows
     int64_t chunk_stride;  // RSTEP rows
-    int dst_offset;        // this thread's chunk of row 0 in the shared tile
+    int dst_offset;        // this thread's first chunk of row 0 in the shared tile
     int row0;
 
     __device__ __forceinline__ AsyncRowCopier(const T* base, int64_t row_stride) {
-        row0 = threadIdx.x / CPR;
-        const int col = (threadIdx.x % CPR) * VEC;
+        row0 = threadIdx.x / TPR;
+        const int col = (threadIdx.x % TPR) * VEC;
         src = base + row0 * row_stride + col;
         tile_stride = ROWS * row_stride;
         chunk_stride = RSTEP * row_stride;
@@ -113,10 +116,12 @@ struct AsyncRowCopier {
     // Rows tile * ROWS .. + ROWS into dst.
     __device__ __forceinline__ void copy(T* dst, int tile, int limit) const {
         const T* s = src + tile * tile_stride;
-        const int rows_left = limit - tile * ROWS - row0;  // chunk c is in range iff c * RSTEP < rows_left
+        const int rows_left = limit - tile * ROWS - row0;  // row step c is in range iff c * RSTEP < rows_left
 #pragma unroll
         for (int c = 0; c < CHUNKS; ++c) {
-            cp_async16(dst + dst_offset + c * RSTEP * LD, s, c * RSTEP < rows_left);
+#pragma unroll
+            for (int k = 0; k < CPT; ++k)
+                cp_async16(dst + dst_offset + c * RSTEP * LD + k * TPR * VEC, s + k * TPR * VEC, c * RSTEP < rows_left);
             s += chunk_stride;
         }
     }

@@ -56,7 +56,7 @@ relattn_bwd_dq_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __
     const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
-    const LaneQueries rows = lane_queries(a, wrow0, lane);
+    const LaneQueries<1> rows = lane_queries(a, wrow0, lane);
     RowStats rstats[2];  // the forward's row statistics
 #pragma unroll
     for (int r = 0; r < 2; ++r) rstats[r] = load_row_stats(a, lse, delta, head, rows.i[r]);

@@ -1,16 +1,19 @@
 // Tensor-core forward (fp16 / bf16, sm_80+): same semantics as relattn_fwd.cu, flash-attention style.
 //
-// A block owns BM = 64 query rows, warp w the 16 rows w*16 .. w*16 + 15, Q's fragments in registers (D <= 64). Key tiles of
-// BN = 64 rows arrive by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments
-// come from shared memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
+// A block owns BM = 64 MT query rows (TcFwdConfig: MT = 2 row tiles of 16 per warp where registers allow, as
+// FlashAttention-2's 32 rows per warp, so that every K and V fragment feeds two mma rows; MT = 1 at D = 128 and in
+// the GENERAL padding-free kernel at D = 64); warp w owns rows w * 16 MT .. + 16 MT. Key tiles of BN = 64 rows arrive
+// by cp.async in a 2-stage pipeline (tile s + 1 is copied while tile s is computed); fragments come from shared
+// memory by ldmatrix (.trans for V). The softmax runs in base 2, log2(e) folded into the scale.
 // Key tiles follow relattn_flash.h's schedule:
-//   far tiles (every pair of the block at j - i <= -R, or >= R): plain attention. The relative term q_i . T[0] (or
-//     T[2R]) is a per-row constant computed once, so a score costs one FFMA and one EX2; the row's probability mass
-//     on the side accumulates per tile (its T row joins the output once, at the end);
-//   the other tiles (band, the partial last tile, causal far-right tiles, every tile with masks or dropout):
-//     S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per pair; masks, causal
-//     and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice (Bucket[row][idx - lo] =
-//     weight of interior pairs; edge pairs go to the two per-row masses).
+//   far tiles (every pair of the block at j - i <= -R, or >= R): plain attention, the far-left tiles then the
+//     far-right ones. The relative term q_i . T[0] (or T[2R]) is a per-row constant computed once per side, so a
+//     score costs one FFMA and one EX2; the row's probability mass on each side follows from l (its T row joins the
+//     output once, at the end);
+//   the other tiles (band, the partial last tile, causal far-right tiles, every tile with masks or dropout), one
+//     row tile at a time: S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per
+//     pair; masks, causal and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice
+//     (Bucket[row][idx - lo] = weight of interior pairs; edge pairs go to the two per-row masses).
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
@@ -19,68 +22,103 @@
 
 namespace nezha {
 
-// A warp's 16 query rows as mma A fragments: held in registers for D <= 64; for D = 128 (32 more registers would
-// spill the GENERAL kernels) loaded by ldmatrix from the shared Q tile at each use.
-template <typename T, int D, int LD>
+// A warp's MT row tiles of 16 query rows as mma A fragments: held in registers (the far loop, where
+// fwd_q_in_registers says so), or loaded by ldmatrix from the shared Q tile at each use (the other far loops, and
+// the band loop, which leaves the far loop's registers to its own per-pair state).
+template <typename T, int D, int LD, int MT, bool IN_REGISTERS>
 struct QueryFragments {
-    static constexpr bool IN_REGISTERS = D <= 64;
-    uint32_t regs[IN_REGISTERS ? D / 16 : 1][4];
-    const T* lane_row;  // this lane's ldmatrix row in the warp's Q rows
+    uint32_t regs[IN_REGISTERS ? MT : 1][IN_REGISTERS ? D / 16 : 1][4];
+    const T* lane_row;  // this lane's ldmatrix row in the warp's first row tile
 
     __device__ __forceinline__ QueryFragments(const T* warp_q, int lane) : lane_row(warp_q + ldsm_a_offset(lane, LD)) {
         if constexpr (IN_REGISTERS) {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(regs[kk], lane_row + kk * 16);
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) ldsm_x4(regs[mt][kk], lane_row + mt * 16 * LD + kk * 16);
         }
     }
-    // The A fragment of k-step kk (columns 16 kk .. 16 kk + 15).
-    __device__ __forceinline__ void get(uint32_t (&a)[4], int kk) const {
+    // The A fragment of row tile mt, k-step kk (columns 16 kk .. 16 kk + 15).
+    __device__ __forceinline__ void get(uint32_t (&a)[4], int mt, int kk) const {
         if constexpr (IN_REGISTERS) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = regs[kk][r];
+            for (int r = 0; r < 4; ++r) a[r] = regs[mt][kk][r];
         } else {
-            ldsm_x4(a, lane_row + kk * 16);
+            ldsm_x4(a, lane_row + mt * 16 * LD + kk * 16);
         }
     }
 };
 
-// S[NTN][4] = Q.K^T for one warp: Q fragments q (16 x D), K rows n-major at ks (stride LD).
-template <typename T, int D, int LD, int NTN>
-__device__ __forceinline__ void warp_qk(float (&s)[NTN][4], const QueryFragments<T, D, LD>& q, const T* ks,
-                                        int lane) {
-    zero_acc(s);
+// S[MT][NTN][4] = Q.K^T for one warp: Q fragments q (MT row tiles x D, a QueryFragments), K rows n-major at ks
+// (stride LD); each K fragment feeds the MT row tiles.
+template <typename T, int D, int LD, int NTN, int MT, typename QF>
+__device__ __forceinline__ void warp_qk(float (&s)[MT][NTN][4], const QF& q, const T* ks, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) zero_acc(s[mt]);
     const T* kl = ks + ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4];
-        q.get(a, kk);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) q.get(a[mt], mt, kk);
 #pragma unroll
         for (int np = 0; np < NTN / 2; ++np) {
             uint32_t b[4];
             ldsm_x4(b, kl + np * 16 * LD + kk * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            MmaOp<T>::run(s[2 * np], a, b0);
-            MmaOp<T>::run(s[2 * np + 1], a, b1);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                MmaOp<T>::run(s[mt][2 * np], a[mt], b0);
+                MmaOp<T>::run(s[mt][2 * np + 1], a[mt], b1);
+            }
         }
     }
 }
 
-// acc[D/8][4] += P.V: P from the fp32 weights p (rounded to T), V rows k-major at vs (stride LD), ldmatrix.trans.
-template <typename T, int D, int LD, int NTN>
-__device__ __forceinline__ void warp_pv(float (&acc)[D / 8][4], const float (&p)[NTN][4], const T* vs, int lane) {
+// acc[mt0 + t][D/8][4] += P[t].V for the PT row tiles t of P: P from the fp32 weights p (rounded to T), V rows k-major
+// at vs (stride LD), ldmatrix.trans; each V fragment feeds the PT row tiles.
+template <typename T, int D, int LD, int NTN, int MT, int PT>
+__device__ __forceinline__ void warp_pv(float (&acc)[MT][D / 8][4], const float (&p)[PT][NTN][4], const T* vs,
+                                        int lane, int mt0 = 0) {
     const T* vl = vs + ldsm_b_kmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < NTN / 2; ++kk) {
-        uint32_t a[4];
-        acc_to_a<T, NTN>(a, p, kk);
+        uint32_t a[PT][4];
+#pragma unroll
+        for (int t = 0; t < PT; ++t) acc_to_a<T, NTN>(a[t], p[t], kk);
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
             uint32_t b[4];
             ldsm_x4_trans(b, vl + kk * 16 * LD + dp * 16);
             const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-            MmaOp<T>::run(acc[2 * dp], a, b0);
-            MmaOp<T>::run(acc[2 * dp + 1], a, b1);
+#pragma unroll
+            for (int t = 0; t < PT; ++t) {
+                MmaOp<T>::run(acc[mt0 + t][2 * dp], a[t], b0);
+                MmaOp<T>::run(acc[mt0 + t][2 * dp + 1], a[t], b1);
+            }
         }
+    }
+}
+
+// bias[2 mt + h] = (q . T[0]) (side 0) or (q . T[2R]) (side 1) * scale_log2 for the lane's rows: one mma per k-step
+// of each row tile against Ts rows 0 (T[0]) and 1 (T[2R]) (rows 2-7 zero).
+template <typename T, int D, int LD, int MT, typename QF>
+__device__ __forceinline__ void edge_bias(float (&bias)[2 * MT], const QF& qf, const T* Ts, int side, float scale_log2,
+                                          int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t a[4], b[2];
+            qf.get(a, mt, kk);
+            load_b_nmajor(b, Ts + kk * 16, LD, lane);
+            MmaOp<T>::run(c, a, b);
+        }
+        const bool col = (lane & 3) == 0;  // columns 0 (T[0]) and 1 (T[2R]) live in the quad's first lane
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            bias[2 * mt + h] = group_sum<QUAD>(col ? (side == 0 ? c[2 * h] : c[2 * h + 1]) : 0.0f) * scale_log2;
     }
 }
 
@@ -95,11 +133,13 @@ __device__ __forceinline__ float feature_score(const AttnArgs& a, HeadIndex head
 __device__ __forceinline__ float score_log2(float s) { return fmaxf(s * LOG2E, MASKED_SCORE); }
 
 template <typename T, int D, bool PACKED, int FEATURES>
-__global__ void __launch_bounds__(TcConfig<D>::NT, 1)
+__global__ void __launch_bounds__(128, 1)
 relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
-    using C = TcConfig<D>;
+    using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
+    static_assert(C::NT == 128, "launch bounds");
     constexpr Features F = static_cast<Features>(FEATURES);
-    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, NTD = D / 8, NTN = BN / 8;
+    constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, MT = C::MT, NTD = D / 8, NTN = BN / 8;
+    constexpr int RW = 2 * MT;  // accumulator rows per lane: rows 2 mt, 2 mt + 1 of row tile mt
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);
     T* Ks = Qs + BM * LD;      // [2][BN][LD]
@@ -112,33 +152,29 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     T* bucket = reinterpret_cast<T*>(qt);  // reused once the scores are read
     const HeadIndex head = block_head<PACKED>(a);
     if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
-    const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * 16;
+    const int q0 = blockIdx.x * BM, wrow0 = q0 + warp * C::WROWS;
     if (PACKED && q0 >= a.Lq) return;  // past its sequence
     const int E = 2 * a.R;
-    const LaneQueries rows = lane_queries(a, wrow0, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const float scale_log2 = a.scale * LOG2E;
 
     const bool causal = F == Features::GENERAL && a.causal;
     const bool pair_masks = F == Features::GENERAL && has_pair_masks(a);
-    // Rows that allow 16-byte copies go by cp.async; others (rare strided views) by plain loads, and then every
+    // Rows that allow 16-byte copies go by cp.async; others (rare strided views) by element copies, and then every
     // tile takes the general loop, so that the far loop holds only the cp.async path.
     const bool kv_async = rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl);
     const KeySchedule sched = key_schedule(a.q_offset + q0, a.q_offset + min(q0 + BM, a.Lq) - 1, a.Lk, a.R, BN,
                                            kv_async && !pair_masks, kv_async && !pair_masks && !causal);
     // K and V of key tile `tile` into pipeline stage `stage`.
     const AsyncRowCopier<T, D, LD, NT, BN> k_copier(in.k, a.k_sl), v_copier(in.v, a.v_sl);
-    auto load_kv_async = [&](int stage, int tile) {
-        k_copier.copy(Ks + stage * BN * LD, tile, a.Lk);
-        v_copier.copy(Vs + stage * BN * LD, tile, a.Lk);
-        cp_async_commit();
-    };
     auto load_kv = [&](int stage, int tile) {
         if (kv_async) {
-            load_kv_async(stage, tile);
+            k_copier.copy(Ks + stage * BN * LD, tile, a.Lk);
+            v_copier.copy(Vs + stage * BN * LD, tile, a.Lk);
+            cp_async_commit();
         } else {
-            stage_rows<T, D, LD, NT>(Ks + stage * BN * LD, in.k, a.k_sl, tile * BN, BN, a.Lk);
-            stage_rows<T, D, LD, NT>(Vs + stage * BN * LD, in.v, a.v_sl, tile * BN, BN, a.Lk);
+            stage_rows_elementwise<T, D, LD, NT>(Ks + stage * BN * LD, in.k, a.k_sl, tile * BN, BN, a.Lk);
+            stage_rows_elementwise<T, D, LD, NT>(Vs + stage * BN * LD, in.v, a.v_sl, tile * BN, BN, a.Lk);
         }
     };
 
@@ -152,85 +188,112 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     cp_async_wait<0>();
     __syncthreads();
 
-    const QueryFragments<T, D, LD> qf(Qs + warp * 16 * LD, lane);
-    // Per row: (q . T[0]) and (q . T[2R]) * scale * log2(e), the far tiles' relative term.
-    float edge_left[2], edge_right[2];
-    {
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const T* warp_q = Qs + warp * C::WROWS * LD;
+    const QueryFragments<T, D, LD, MT, fwd_q_in_registers(D, PACKED, FEATURES)> qf(warp_q, lane);
+    float m[RW], l[RW];  // row max (base 2) and this lane's partial row sum
+    float acc[MT][NTD][4];
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t a[4], b[2];
-            qf.get(a, kk);
-            load_b_nmajor(b, Ts + kk * 16, LD, lane);
-            MmaOp<T>::run(c, a, b);
-        }
-        const bool col01 = (lane & 3) == 0;  // columns 0 (T[0]) and 1 (T[2R]) live in the quad's first lane
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            edge_left[r] = group_sum<QUAD>(col01 ? c[2 * r] : 0.0f) * scale_log2;
-            edge_right[r] = group_sum<QUAD>(col01 ? c[2 * r + 1] : 0.0f) * scale_log2;
-        }
+    for (int r = 0; r < RW; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
     }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) zero_acc(acc[mt]);
 
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // row max (base 2) and this lane's partial row sum
-    FarField far[2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};             // this lane's partial far-field masses
-    float acc[NTD][4];
-    zero_acc(acc);
-
-    // Far tiles: plain attention, straight-line.
+    // Far tiles: plain attention, straight-line; the far-left tiles (side 0), then the far-right ones (side 1). The
+    // relative term is a per-row constant, bias = (q . T[0]) or (q . T[2R]) * scale * log2(e). The side's probability
+    // mass needs no register: until the far-right tiles start it is l; from then on far_left follows the old mass.
     const int n_far = sched.n_far();
-    for (int step = 0; step < n_far; ++step) {  // profile: far
-        cp_async_wait<0>();
-        __syncthreads();  // tile `step` visible; every warp done with the stage it replaces
-        if (step + 1 < sched.n_tiles) load_kv_async((step + 1) & 1, sched.tile(step + 1));
-        const T* ks = Ks + (step & 1) * BN * LD;
-        const T* vs = Vs + (step & 1) * BN * LD;
-        const bool right = sched.far_right(step);
+    float far_left[RW];
+#pragma unroll
+    for (int r = 0; r < RW; ++r) far_left[r] = 0.0f;
+    int step = 0;
+#pragma unroll 1
+    for (int side = 0; side < 2; ++side) {
+        float bias[RW];
+        edge_bias<T, D, LD, MT>(bias, qf, Ts, side, scale_log2, lane);
+        // The side's tiles are consecutive (tile = step + shift); after its last one comes step `end`'s tile, or, past
+        // the last tile, a copy of nothing (every chunk zero-filled): the prefetch needs no branch.
+        const int end = side == 0 ? sched.n_left : n_far;
+        const int shift = side == 0 ? 0 : sched.mid_end - sched.n_left;
+        const int after_tile = end < sched.n_tiles ? sched.tile(end) : 0, after_limit = end < sched.n_tiles ? a.Lk : 0;
+        for (; step < end; ++step) {  // profile: far
+            cp_async_wait<0>();
+            __syncthreads();  // tile `step` visible; every warp done with the stage it replaces
+            const bool inside = step + 1 < end;
+            const int next_tile = inside ? step + 1 + shift : after_tile, next_limit = inside ? a.Lk : after_limit;
+            k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, next_tile, next_limit);
+            v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, next_tile, next_limit);
+            cp_async_commit();
+            const T* ks = Ks + (step & 1) * BN * LD;
+            const T* vs = Vs + (step & 1) * BN * LD;
 
-        float s[NTN][4];
-        warp_qk<T, D, LD, NTN>(s, qf, ks, lane);
-        float tile_max[2] = {s[0][0], s[0][2]};
+            float s[MT][NTN][4];
+            warp_qk<T, D, LD, NTN>(s, qf, ks, lane);
+            float tile_max[RW];
 #pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
+            for (int r = 0; r < RW; ++r) tile_max[r] = s[r >> 1][0][2 * (r & 1)];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
-        float offset[2], alpha[2];
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float bias = right ? edge_right[r] : edge_left[r];
-            const float m_new = fmaxf(m[r], fmaf(group_max<QUAD>(tile_max[r]), scale_log2, bias));
-            alpha[r] = fast_exp2(m[r] - m_new);  // 0 while m is -inf
-            offset[r] = bias - m_new;
-            m[r] = m_new;
-        }
-        float sum[2] = {0.0f, 0.0f};
+                for (int nt = 0; nt < NTN; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < NTN; ++nt)
+                    for (int e = 0; e < 4; ++e)
+                        tile_max[2 * mt + (e >> 1)] = fmaxf(tile_max[2 * mt + (e >> 1)], s[mt][nt][e]);
+            float offset[RW], alpha[RW];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[nt][e] = fast_exp2(fmaf(s[nt][e], scale_log2, offset[e >> 1]));
-                sum[e >> 1] += s[nt][e];
+            for (int r = 0; r < RW; ++r) {
+                const float m_new = fmaxf(m[r], fmaf(group_max<QUAD>(tile_max[r]), scale_log2, bias[r]));
+                alpha[r] = fast_exp2(m[r] - m_new);  // 0 while m is -inf
+                offset[r] = bias[r] - m_new;
+                m[r] = m_new;
+            }
+            float sum[RW];
+#pragma unroll
+            for (int r = 0; r < RW; ++r) sum[r] = 0.0f;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int r = 2 * mt + (e >> 1);
+                        s[mt][nt][e] = fast_exp2(fmaf(s[mt][nt][e], scale_log2, offset[r]));
+                        sum[r] += s[mt][nt][e];
+                    }
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                l[r] = fmaf(l[r], alpha[r], sum[r]);
+                far_left[r] *= alpha[r];  // meaningful on side 1 only (set below after side 0)
             }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            l[r] = fmaf(l[r], alpha[r], sum[r]);
-            far[r].left = fmaf(far[r].left, alpha[r], right ? 0.0f : sum[r]);
-            far[r].right = fmaf(far[r].right, alpha[r], right ? sum[r] : 0.0f);
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= alpha[2 * mt + (e >> 1)];
+            warp_pv<T, D, LD, NTN>(acc, s, vs, lane);
         }
+        if (side == 0) {
 #pragma unroll
-        for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
-        warp_pv<T, D, LD, NTN>(acc, s, vs, lane);
+            for (int r = 0; r < RW; ++r) far_left[r] = l[r];
+        }
     }
+    FarField far[RW];  // this lane's partial far-field masses
+#pragma unroll
+    for (int r = 0; r < RW; ++r) far[r] = {far_left[r], l[r] - far_left[r]};
 
     // Band, partial and (with masks, dropout or causal) every other tile, ascending.
-    for (int step = n_far; step < sched.n_tiles; ++step) {  // profile: band
+    for (; step < sched.n_tiles; ++step) {  // profile: band
         const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
-        if (causal && causal_future_tile(a, q0, BM, k0) &&
-            __syncthreads_and(row_skips_future_keys(rows.valid[0], m[0]) && row_skips_future_keys(rows.valid[1], m[1])))
-            break;
+        if (causal && causal_future_tile(a, q0, BM, k0)) {
+            const LaneQueries<MT> rows = lane_queries<MT>(a, wrow0, lane);
+            bool skip = true;
+#pragma unroll
+            for (int r = 0; r < RW; ++r) skip = skip && row_skips_future_keys(rows.valid[r], m[r]);
+            if (__syncthreads_and(skip)) break;
+        }
         cp_async_wait<0>();
         __syncthreads();
         if (step + 1 < sched.n_tiles) load_kv((step + 1) & 1, sched.tile(step + 1));
@@ -238,82 +301,92 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         const T* vs = Vs + (step & 1) * BN * LD;
         const int pos_first = a.q_offset + q0;
         const TableRows tr = tile_table_rows(pos_first, pos_first + BM - 1, k0, k0 + BN - 1, a.R);
-        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
+        stage_rows<T, D, LD, NT, true>(Ts, in.table, D, tr.lo, tc_table_stage_rows(tr, 16, C::TS_ROWS), E + 1);
         __syncthreads();
 
-        const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0, k0);
-        warp_project<T, D>(qt, C::QT_LD, Qs + warp * 16 * LD, ws.ts, LD, (ws.count + 7) / 8, lane);
-        float s[NTN][4];
-        warp_qk<T, D, LD, NTN>(s, qf, ks, lane);
-        __syncwarp();  // qt visible to the whole warp
+        // Row tile by row tile (K and V fragments loaded per row tile here: band tiles are few, and the far loop's
+        // registers, Q's fragments included, go to the per-pair state): its table slice, Q.T_slice^T into the warp's
+        // scratch gathered per pair, the softmax, the bucket of interior pairs, then P.V and Bucket.T_slice.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            const T* tile_q = warp_q + mt * 16 * LD;
+            const LaneQueries<1> rq = lane_queries<1>(a, wrow0 + 16 * mt, lane);
+            float s[1][NTN][4];
+            warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(tile_q, lane), ks, lane);
+            const WarpSlice<T> ws = warp_table_slice<T, LD, BN>(Ts, tr.lo, a, wrow0 + 16 * mt, k0);
+            if (mt > 0) __syncwarp();  // every lane has read the previous row tile's bucket
+            warp_project<T, D>(qt, C::QT_LD, tile_q, ws.ts, LD, (ws.count + 7) / 8, lane);
+            __syncwarp();  // qt visible to the whole warp
 
-        float tile_max[2] = {-INFINITY, -INFINITY};
-        for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
-            const int r = e >> 1, j = k0 + tile_col;
-            float sc = -INFINITY;  // keys past Lk get zero weight
-            if (j < a.Lk) {
-                const int idx = relative_index(j, rows.pos[r], a.R);
-                const float dot = s[nt][e] + qt[tile_row * C::QT_LD + idx - ws.rows.lo];
-                sc = score_log2(rows.valid[r] ? feature_score<F>(a, head, rows.i[r], j, rows.pos[r], dot)
-                                              : finalize_score(dot, a.scale, 0.0f, false));
-            }
-            s[nt][e] = sc;
-            tile_max[r] = fmaxf(tile_max[r], sc);
-        });
-        float alpha[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[r]));
-            alpha[r] = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - m_new);
-            m[r] = m_new;
-            l[r] *= alpha[r];
-            far[r].rescale(alpha[r]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NTD; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
-
-        const bool band = tile_in_band(ws.rows, a.R);
-        __syncwarp();  // every lane has read qt: the bucket may overwrite it
-        if (band) clear_warp_bucket<C::BK_LD>(bucket, lane);
-        for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
-            const int r = e >> 1, j = k0 + tile_col;
-            const float p = fast_exp2(s[nt][e] - m[r]);
-            l[r] += p;
-            float w = p;
-            if (j < a.Lk && rows.valid[r]) {
-                if constexpr (F == Features::GENERAL) {
-                    // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
-                    if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rows.i[r], j)) w = 0.0f;
+            float tile_max[2] = {-INFINITY, -INFINITY};
+            for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+                const int r = 2 * mt + (e >> 1), j = k0 + tile_col;
+                float sc = -INFINITY;  // keys past Lk get zero weight
+                if (j < a.Lk) {
+                    const int idx = relative_index(j, rq.pos[e >> 1], a.R);
+                    const float dot = s[0][nt][e] + qt[tile_row * C::QT_LD + idx - ws.rows.lo];
+                    sc = score_log2(rq.valid[e >> 1] ? feature_score<F>(a, head, rq.i[e >> 1], j, rq.pos[e >> 1], dot)
+                                                  : finalize_score(dot, a.scale, 0.0f, false));
                 }
-                const int idx = relative_index(j, rows.pos[r], a.R);
-                if (!far[r].add(idx, E, w)) bucket[tile_row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
+                s[0][nt][e] = sc;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sc);
+            });
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = 2 * mt + h;
+                const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]));
+                alpha[h] = m[r] == -INFINITY ? 0.0f : fast_exp2(m[r] - m_new);
+                m[r] = m_new;
+                l[r] *= alpha[h];
+                far[r].rescale(alpha[h]);
             }
-            s[nt][e] = w;
-        });
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= alpha[e >> 1];
 
-        warp_pv<T, D, LD, NTN>(acc, s, vs, lane);
-        if (band) {
-            __syncwarp();
-            warp_bucket_times_table<T, D>(acc, bucket, C::BK_LD, ws.ts, LD, (ws.count + 15) / 16, lane);
+            const bool band = tile_in_band(ws.rows, a.R);
+            __syncwarp();  // every lane has read qt: the bucket may overwrite it
+            if (band) clear_warp_bucket<C::BK_LD>(bucket, lane);
+            for_each_acc<NTN>(lane, [&](int nt, int e, int tile_row, int tile_col) {
+                const int r = 2 * mt + (e >> 1), j = k0 + tile_col;
+                const float p = fast_exp2(s[0][nt][e] - m[r]);
+                l[r] += p;
+                float w = p;
+                if (j < a.Lk && rq.valid[e >> 1]) {
+                    if constexpr (F == Features::GENERAL) {
+                        // Dropped weights leave the output but not the normalizer l; 1/(1-p) is applied at the end.
+                        if (!dropout_keep(a.dropout_seed, a.dropout_p, head.bh, rq.i[e >> 1], j)) w = 0.0f;
+                    }
+                    const int idx = relative_index(j, rq.pos[e >> 1], a.R);
+                    if (!far[r].add(idx, E, w)) bucket[tile_row * C::BK_LD + idx - ws.rows.lo] = from_f<T>(w);
+                }
+                s[0][nt][e] = w;
+            });
+            warp_pv<T, D, LD, NTN>(acc, s, vs, lane, mt);
+            if (band) {
+                __syncwarp();
+                warp_bucket_times_table<T, D>(acc[mt], bucket, C::BK_LD, ws.ts, LD, (ws.count + 15) / 16, lane);
+            }
         }
     }
     cp_async_wait<0>();  // a causal exit leaves the prefetch in flight
 
     const float kept_scale = kept_weight_scale(a, head.bh);
+    const LaneQueries<MT> rows = lane_queries<MT>(a, wrow0, lane);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < RW; ++r) {
         l[r] = group_sum<QUAD>(l[r]);
-        far[r].reduce<QUAD>();
+        far[r].template reduce<QUAD>();
     }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < RW; ++r) {
         if (!rows.valid[r]) continue;
         const float f = PACKED && l[r] == 0.0f ? 0.0f : kept_scale / l[r];  // 0: a sequence without keys
         T* og = out + query_row(a, head, rows.i[r]) * D;
-        for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
-            og[d] = from_f<T>(f * far[r].plus_edge_rows<T, D>(acc[nt][e], in.table, a.R, d));
+        for_each_acc_in_row<NTD>(lane, r & 1, [&](int nt, int e, int d) {
+            og[d] = from_f<T>(f * far[r].template plus_edge_rows<T, D>(acc[r >> 1][nt][e], in.table, a.R, d));
         });
         // Natural units; a fully masked row's max stays exactly finfo.min (its scores were clamped to it).
         const float m_nat = m[r] == MASKED_SCORE ? MASKED_SCORE : m[r] * LN2;
@@ -321,9 +394,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     }
 }
 
-template <int D>
+template <typename C>
 constexpr size_t fwd_tc_smem_bytes() {
-    using C = TcConfig<D>;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
@@ -333,9 +405,11 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
             return dispatch_features(a, [&](auto features) {
-                return launch_row_blocks<TcConfig<D>>(
-                    relattn_fwd_tc_kernel<T, D, decltype(packed)::value, decltype(features)::value>, a.Lq,
-                    fwd_tc_smem_bytes<D>(), a, device, stream, static_cast<T*>(o), lse);
+                constexpr bool PACKED = decltype(packed)::value;
+                constexpr int FEATURES = decltype(features)::value;
+                using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
+                return launch_row_blocks<C>(relattn_fwd_tc_kernel<T, D, PACKED, FEATURES>, a.Lq,
+                                            fwd_tc_smem_bytes<C>(), a, device, stream, static_cast<T*>(o), lse);
             });
         });
     });

@@ -3,9 +3,11 @@
 // warp_mma_abt, warp_mma_acc_b), loops over a warp's accumulators (for_each_acc), and the staging of key tiles and
 // of each warp's table slice.
 //
-// Tile geometry of the TC kernels: NT = 128 threads = 4 warps; a block owns BM = 64 rows, each warp 16
-// of them (the mma's M), and streams BN = 64 other-side rows per tile. Shared tiles keep the input dtype
-// with row stride D + 8 (16-byte aligned rows, conflict-free fragment loads).
+// Tile geometry of the TC kernels: NT = 128 threads = 4 warps. The backward (TcConfig): a block owns BM = 64
+// rows, each warp 16 of them (the mma's M), and streams BN = 64 other-side rows per tile. The forward
+// (TcFwdConfig): MT row tiles of 16 per warp (FlashAttention-2's 32 rows per warp at D <= 64: every K and V fragment
+// feeds two mma rows). Shared tiles keep the input dtype with row stride D + 8 (16-byte aligned rows,
+// conflict-free fragment loads).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +36,39 @@ struct TcConfig {
     static constexpr int TB_LD = TB_COLS + 4;
     static_assert(WARPS * 16 == BM && WCOLS % 16 == 0 && WCOLS >= 16 + BN - 1, "warp slice geometry");
     static_assert(TB_COLS % 8 == 0 && TB_COLS >= QN + BM - 1, "dkdv slice geometry");
+    static_assert(LD * 2 % 16 == 0, "16-byte aligned smem rows");
+};
+
+// Forward tiles: MT row tiles of 16 per warp, BM = 64 MT query rows per block, BN = 64 keys per tile. MT = 2 (128 x
+// 64 blocks) wherever it compiles without spills: D <= 64, except the GENERAL padding-free kernel at D = 64. D = 128
+// keeps 64 x 64: 128 x 64 does not fit sm_80's 163 KiB of shared memory (178,176 B), and 128 x 32 would cost more
+// instructions per score (the O rescale and the row statistics per 32 columns). Measurements: benchmarks/NOTES.md,
+// "CUDA forward: 128-row query blocks". Band tiles work one row tile at a time through a 16-row scratch.
+NZ_HD constexpr int fwd_row_tiles(int d, bool packed, int features) {
+    return d >= 128 || (d == 64 && packed && features != 0) ? 1 : 2;
+}
+// Whether the far loop holds Q's fragments in registers (else ldmatrix reloads them per tile): where that does not
+// spill (every one-row-tile kernel and D = 32; at D = 64 with two row tiles, only the PLAIN dense kernel).
+NZ_HD constexpr bool fwd_q_in_registers(int d, bool packed, int features) {
+    return d <= 32 || fwd_row_tiles(d, packed, features) == 1 || (d == 64 && !packed && features == 0);
+}
+
+template <int D_, int MT_>
+struct TcFwdConfig {
+    static constexpr int D = D_;
+    static constexpr int MT = MT_;                // m16 row tiles per warp
+    static constexpr int NT = 128;
+    static constexpr int WARPS = NT / 32;
+    static constexpr int WROWS = 16 * MT;         // query rows per warp
+    static constexpr int BM = WARPS * WROWS;      // query rows per block
+    static constexpr int BN = 64;                 // keys per tile
+    static constexpr int LD = D + 8;              // == tc_row_stride(D)
+    static constexpr int WCOLS = (16 + BN - 1 + 15) / 16 * 16;  // table slice of one row tile, multiple of 16
+    static constexpr int QT_LD = WCOLS + 4;       // floats, per-warp Q.T_slice^T scratch (one row tile)
+    static constexpr int BK_LD = WCOLS + 8;       // 16-bit elements, per-warp bucket (aliases the scratch)
+    static constexpr int TS_ROWS = BM - 16 + WCOLS;  // staged table rows: the last row tile's slice starts BM - 16 in
+    static_assert(WARPS * WROWS == BM && WCOLS % 16 == 0 && WCOLS >= 16 + BN - 1, "row tile slice geometry");
+    static_assert(BN % 16 == 0 && D % 16 == 0, "whole ldmatrix x4 fragments");
     static_assert(LD * 2 % 16 == 0, "16-byte aligned smem rows");
 };
 
@@ -179,27 +214,41 @@ __device__ __forceinline__ void zero_acc(float (&c)[NTILES][4]) {
     for (int nt = 0; nt < NTILES; ++nt) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
 }
 
-// dst[r][0..D) (stride LD, T) = src rows first + r (row stride row_stride elements) for r < rows;
-// rows at or past `limit` are zero. 16-byte copies when the source allows, else element copies.
+// stage_rows by element copies (sources that do not allow 16-byte copies); not unrolled, so that a kernel keeps no
+// per-thread addresses of this rare path in registers.
 template <typename T, int D, int LD, int NT>
+__device__ __forceinline__ void stage_rows_elementwise(T* dst, const T* __restrict__ src, int64_t row_stride,
+                                                       int first, int rows, int limit) {
+#pragma unroll 1
+    for (int e = threadIdx.x; e < rows * D; e += NT) {
+        const int r = e / D, c = e % D;
+        const int g = first + r;
+        dst[r * LD + c] = g < limit ? src[static_cast<int64_t>(g) * row_stride + c] : from_f<T>(0.0f);
+    }
+}
+
+// dst[r][0..D) (stride LD, T) = src rows first + r (row stride row_stride elements) for r < rows;
+// rows at or past `limit` are zero. 16-byte copies when the source allows, else element copies. ROLLED: loops not
+// unrolled (the forward's per-tile table rows: unrolled copies keep addresses in registers its loops lack).
+template <typename T, int D, int LD, int NT, bool ROLLED = false>
 __device__ __forceinline__ void stage_rows(T* dst, const T* __restrict__ src, int64_t row_stride, int first,
                                            int rows, int limit) {
     constexpr int VEC = 16 / sizeof(T);
     const bool vec_ok = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && (row_stride % VEC == 0);
-    if (vec_ok) {
-        for (int e = threadIdx.x; e < rows * (D / VEC); e += NT) {
-            const int r = e / (D / VEC), c = (e % (D / VEC)) * VEC;
-            const int g = first + r;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (g < limit) v = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(g) * row_stride + c);
-            *reinterpret_cast<uint4*>(dst + r * LD + c) = v;
-        }
+    auto copy = [&](int e) {
+        const int r = e / (D / VEC), c = (e % (D / VEC)) * VEC;
+        const int g = first + r;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (g < limit) v = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(g) * row_stride + c);
+        *reinterpret_cast<uint4*>(dst + r * LD + c) = v;
+    };
+    if (vec_ok && ROLLED) {
+#pragma unroll 1
+        for (int e = threadIdx.x; e < rows * (D / VEC); e += NT) copy(e);
+    } else if (vec_ok) {
+        for (int e = threadIdx.x; e < rows * (D / VEC); e += NT) copy(e);
     } else {
-        for (int e = threadIdx.x; e < rows * D; e += NT) {
-            const int r = e / D, c = e % D;
-            const int g = first + r;
-            dst[r * LD + c] = g < limit ? src[static_cast<int64_t>(g) * row_stride + c] : from_f<T>(0.0f);
-        }
+        stage_rows_elementwise<T, D, LD, NT>(dst, src, row_stride, first, rows, limit);
     }
 }
 
@@ -229,19 +278,21 @@ __device__ __forceinline__ void for_each_acc_in_row(int lane, int r, F&& f) {
 // The 4 adjacent lanes (a quad) that share an accumulator row: row reductions are group_sum / group_max<QUAD>.
 constexpr int QUAD = 4;
 
-// This lane's two accumulator rows (fragment rows g and g + 8) of its warp's 16 query rows from row0: index,
-// position q_offset + index, and whether it is below Lq.
+// This lane's accumulator rows of its warp's MT row tiles of 16 from row0: rows 2 mt and 2 mt + 1 are fragment rows
+// g and g + 8 of row tile mt. Index, position q_offset + index, and whether it is below Lq.
+template <int MT = 1>
 struct LaneQueries {
-    int i[2];
-    int pos[2];
-    bool valid[2];
+    int i[2 * MT];
+    int pos[2 * MT];
+    bool valid[2 * MT];
 };
 
-__device__ __forceinline__ LaneQueries lane_queries(const AttnArgs& a, int row0, int lane) {
-    LaneQueries q;
+template <int MT = 1>
+__device__ __forceinline__ LaneQueries<MT> lane_queries(const AttnArgs& a, int row0, int lane) {
+    LaneQueries<MT> q;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        q.i[r] = row0 + mma_c_elem(lane, 2 * r).row;
+    for (int r = 0; r < 2 * MT; ++r) {
+        q.i[r] = row0 + 16 * (r >> 1) + mma_c_elem(lane, 2 * (r & 1)).row;
         q.pos[r] = a.q_offset + q.i[r];
         q.valid[r] = q.i[r] < a.Lq;
     }

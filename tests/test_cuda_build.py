@@ -102,9 +102,12 @@ def test_tc_smem_formulas_fit_every_arch():
     # fwd D=128: Q (64 rows), two pipeline stages of K and V (64 rows each) + 128 table rows at stride 136 halves
     # + 4 warps x 16 x 84 floats.
     assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 128) == 2 * (64 * 5 + 128) * 136 + 4 * 4 * 16 * 84
-    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_general_varlen", 64) == dynamic_smem_bytes(
-        "relattn_fwd_tc_kernel", 64
-    )
+    # fwd D=64, 128-row blocks: Q (128 rows), K and V stages, 128 - 16 + 80 table rows at stride 72, the scratch;
+    # the GENERAL padding-free kernel keeps 64-row blocks (fwd_row_tiles), the other layouts / feature sets 128.
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 64) == 2 * (128 + 256 + 192) * 72 + 4 * 4 * 16 * 84
+    for name in ("relattn_fwd_tc_kernel_varlen", "relattn_fwd_tc_kernel_general"):
+        assert dynamic_smem_bytes(name, 64) == dynamic_smem_bytes("relattn_fwd_tc_kernel", 64)
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_general_varlen", 64) == 2 * (64 * 5 + 128) * 72 + 4 * 4 * 16 * 84
 
 
 def test_impl_switch_env(monkeypatch):

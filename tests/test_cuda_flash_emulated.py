@@ -35,6 +35,8 @@ CASES = {
     "plain_bf16_d64_head_mask": (BF16, (2, 1, 70, 192, 64), 5, {"head_mask": True, "backward": True}),
     # Causal: far-left tiles take the plain loop, the far-right ones are causal-future.
     "causal_fp16_d64": (F16, (1, 1, 200, 200, 64), 8, {"causal": True}),
+    # Three 128-row query blocks (the last partial), both row tiles of every warp in band and far tiles.
+    "plain_bf16_d64_three_blocks": (BF16, (1, 1, 300, 384, 64), 12, {"q_offset": 20}),
     # Key padding: every tile through the general loop.
     "general_bf16_d64_padding": (BF16, (2, 1, 70, 200, 64), 6, {"padding": True}),
 }

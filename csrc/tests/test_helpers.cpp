@@ -335,7 +335,8 @@ static void test_mma_bank_conflicts() {
 // Band terms of the TC kernels on the CPU: per warp of 16 rows x BN keys, the table slice [lo, hi]
 // (QT = Q.T_slice^T gathered at idx - lo for every pair; Bucket[row][idx - lo] = w for interior pairs,
 // edge pairs into two masses) reproduces q.T[idx] and sum_j w T[idx]; the staged table rows cover every
-// padded slice the warps read. Geometry of the forward / dQ (64 x 64, 4 warps) and dK dV (32 queries).
+// padded slice the warps read. Geometry of the forward (128 x 64: 8 row tiles, 2 per warp; 64 x 64 at D = 128),
+// the dQ kernel (64 x 64, 64 x 32 at D = 128) and dK dV (32 queries).
 static void test_tc_band_decomposition() {
     const int D = 3;
     uint32_t state = 99;
@@ -345,12 +346,14 @@ static void test_tc_band_decomposition() {
         for (auto& x : T) x = rnd();
         for (int pos_first = 0; pos_first < 3 * R + 140; pos_first += 13)
             for (int k0 = 0; k0 < 3 * R + 140; k0 += 64) {
-                // Forward / dQ: block 64 rows, warps of 16, BN = 64 (32 for dQ at D = 128) keys, stage rows =
-                // min(span + 16, 128).
-                for (int BN : {64, 32}) {  // (body kept at the outer indentation)
-                const TableRows tr = tile_table_rows(pos_first, pos_first + 63, k0, k0 + BN - 1, R);
-                const int staged = tc_table_stage_rows(tr, 16, 128);
-                for (int w = 0; w < 4; ++w) {
+                // Forward / dQ: blocks of BM rows in row tiles of 16, BN keys, stage rows = min(span + 16, cap),
+                // cap = TS_ROWS = BM - 16 + WCOLS (TcFwdConfig, TcConfig).
+                struct Geometry { int bm, bn, cap; };
+                for (const Geometry geo : {Geometry{128, 64, 192}, Geometry{64, 64, 128}, Geometry{64, 32, 128}}) {
+                const int BN = geo.bn;  // (body kept at the outer indentation)
+                const TableRows tr = tile_table_rows(pos_first, pos_first + geo.bm - 1, k0, k0 + BN - 1, R);
+                const int staged = tc_table_stage_rows(tr, 16, geo.cap);
+                for (int w = 0; w < geo.bm / 16; ++w) {
                     const int p0 = pos_first + 16 * w;
                     const TableRows wr = tile_table_rows(p0, p0 + 15, k0, k0 + BN - 1, R);
                     const int off = wr.lo - tr.lo, cnt = wr.hi - wr.lo + 1;

@@ -21,7 +21,7 @@ from ..cuda_ext.build import CSRC, cache_root, copy_atomically, find_nvcc, nvcc_
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from .rows import CompileRow
 
-__all__ = ["run", "parse_ptxas", "dynamic_smem_bytes"]
+__all__ = ["run", "parse_ptxas", "dynamic_smem_bytes", "fwd_row_tiles"]
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -37,16 +37,25 @@ MANGLED_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
 _BM = _BN = 32
-# TcConfig (csrc/relattn_tc.cuh): 64 x 64 tiles, 4 warps, 80-column warp slices, 128 staged table rows;
-# dK dV: 32-query tiles, 96-row block slice.
+# TcConfig (csrc/relattn_tc.cuh, the backward): 64 x 64 tiles, 4 warps, 80-column warp slices, 128 staged table
+# rows; dK dV: 32-query tiles, 96-row block slice.
 _TC_BM = _TC_BN = 64
 _TC_WARPS, _TC_QT_LD, _TC_TS_ROWS = 4, 84, 128
 _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
+# TcFwdConfig (the forward): row tiles of 16 per warp (fwd_row_tiles), 64 keys, 80-column row tile slices.
+_TC_FWD_WCOLS = 80
+
+
+def fwd_row_tiles(d: int, varlen: bool, general: bool) -> int:
+    """Row tiles of 16 per warp of a forward TC instantiation (csrc/relattn_tc.cuh fwd_row_tiles): 2 (128-row blocks)
+    except at D = 128 and in the GENERAL padding-free kernel at D = 64."""
+    return 1 if d >= 128 or (d == 64 and varlen and general) else 2
 
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
     """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
-    kernel = kernel.removesuffix(_VARLEN).removesuffix(FEATURE_SUFFIXES["1"])  # same tiles every layout / feature set
+    varlen, base = kernel.endswith(_VARLEN), kernel.removesuffix(_VARLEN)
+    general, kernel = base.endswith(FEATURE_SUFFIXES["1"]), base.removesuffix(FEATURE_SUFFIXES["1"])
     dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
     if kernel == "relattn_fwd_kernel":
         return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
@@ -56,7 +65,8 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 7 * _BN)
     ld = d + 8  # 16-bit elements
     if kernel == "relattn_fwd_tc_kernel":  # Q, two pipeline stages of K and V, the table rows, per-warp scratch
-        return 2 * (_TC_BM + 4 * _TC_BN + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
+        bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general)
+        return 2 * (bm + 4 * _TC_BN + bm - 16 + _TC_FWD_WCOLS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dq_tc_kernel":
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ
         return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD

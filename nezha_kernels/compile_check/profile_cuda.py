@@ -9,7 +9,7 @@ tensor-core kernels' GENERAL feature set (masks, causal, dropout: csrc/relattn_f
 <kernel>_general, the PLAIN one (the common case) under the kernel's name.
 
 ``GEOMETRY`` says, per kernel, the program's rows, the rows one loop iteration streams, and the warps: the
-score tile of an iteration is rows x columns over the block's warps (TileConfig / TcConfig in csrc/).
+score tile of an iteration is rows x columns over the block's warps (TileConfig / TcConfig / TcFwdConfig in csrc/).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ GEOMETRY = {
     "relattn_fwd_kernel": lambda d: (32, 32, 4),
     "relattn_bwd_dq_kernel": lambda d: (32, 32, 4),
     "relattn_bwd_dkdv_kernel": lambda d: (32, 32, 4),
-    "relattn_fwd_tc_kernel": lambda d: (64, 64, 4),
+    # dense rows only (both feature sets): 128 query rows at D <= 64 (TcFwdConfig, fwd_row_tiles), 64 at D = 128
+    "relattn_fwd_tc_kernel": lambda d: (64 * nvcc_check.fwd_row_tiles(d, varlen=False, general=False), 64, 4),
     "relattn_bwd_dq_tc_kernel": lambda d: (64, _tc_dq_cols(d), 4),
     "relattn_bwd_dkdv_tc_kernel": lambda d: (64, 32, 4),
 }
