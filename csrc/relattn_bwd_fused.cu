@@ -13,6 +13,7 @@
 //
 // Determinism: the atomics make dQ's summation order run-dependent; the two-kernel backward (relattn_bwd_tc.cu)
 // stays the deterministic mode (the caller picks: torch.are_deterministic_algorithms_enabled()).
+#include "relattn_async.cuh"
 #include "relattn_bwd_tc.cuh"
 
 namespace nezha {
@@ -54,8 +55,23 @@ __device__ __forceinline__ void fill_band_bucket(T* Bk, const T* dSs, const Attn
     if (sub == 0 && tr.hi == E) Bk[il * L::BK_LD + E - tr.lo] = from_f<T>(right);
 }
 
+// acc[0 .. NTP) += A . B, A one loaded 16 x 16 fragment, B's NTP n-tiles from the k-major tile at b_lane (this
+// lane's ldmatrix row address: tile + ldsm_b_kmajor_offset), two n-tiles per ldmatrix .x4 .trans.
+template <typename T, int NTP>
+__device__ __forceinline__ void mma_kmajor_ldsm(float (&acc)[NTP][4], const uint32_t (&af)[4], const T* b_lane) {
+#pragma unroll
+    for (int np = 0; np < NTP / 2; ++np) {
+        uint32_t b4[4];
+        ldsm_x4_trans(b4, b_lane + np * 16);
+        const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
+        MmaOp<T>::run(acc[2 * np], af, b0);
+        MmaOp<T>::run(acc[2 * np + 1], af, b1);
+    }
+}
+
 // One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc; at D = 128
-// in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled).
+// in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled). Fragments
+// by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
 template <typename T, int D>
 __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T* dSs, const T* Ks, const T* Ts,
                                             const T* Bk, bool band, int kcols, const AttnArgs& a, HeadIndex head,
@@ -63,41 +79,62 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
+    static_assert(NTP % 2 == 0, "n-tiles in pairs (ldmatrix .x4)");
     const int qr0 = (warp & 1) * 16;
+    const T* ds_lane = dSs + qr0 * L::DS_LD + ldsm_a_offset(lane, L::DS_LD);
+    const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
     const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
     const uint32_t ones[2] = {one, one};
+    // This lane's two query rows (accumulator rows g, g + 8) in dq_acc, and whether they are below Lq.
+    float* rows[2];
+    bool valid[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = q0 + qr0 + mma_c_elem(lane, 2 * r).row;
+        valid[r] = i < a.Lq;
+        rows[r] = dq_acc + (valid[r] ? query_row(a, head, i) * D : 0);
+    }
     float rowsum[1][4];
     zero_acc(rowsum);
 #pragma unroll
     for (int pass = 0; pass < PASSES; ++pass) {
         const int dc0 = (warp >> 1) * (D / 2) + pass * COLS;
+        const int b_off = dc0 + ldsm_b_kmajor_offset(lane, LD);
         float acc[NTP][4];
         zero_acc(acc);
 #pragma unroll
         for (int kk = 0; kk < C::BM / 16; ++kk) {  // dQ += dS . K, and a far tile's row sums of dS
             uint32_t af[4];
-            load_a(af, dSs + qr0 * L::DS_LD + kk * 16, L::DS_LD, lane);
-            mma_b<BLayout::K_MAJOR>(acc, af, Ks + kk * 16 * LD + dc0, LD, lane);
-            if (pass == 0 && !band) MmaOp<T>::run(rowsum[0], af, ones);
+            ldsm_x4(af, ds_lane + kk * 16);
+            mma_kmajor_ldsm<T, NTP>(acc, af, Ks + kk * 16 * LD + b_off);
+            if (pass == 0 && !band) {  // profile: far
+                MmaOp<T>::run(rowsum[0], af, ones);
+            }
         }
-        if (!band) {  // + rowsum(dS) * T[lo]: a bucket k-step whose only nonzero column is 0 (Ts row 0 = T[lo])
+        // Far: + rowsum(dS) * T[lo], a bucket k-step whose only nonzero column is 0 (Ts row 0 = T[lo]).
+        if (!band) {  // profile: far
             uint32_t af[4] = {0u, 0u, 0u, 0u};
             if (lane % 4 == 0) {
                 af[0] = MmaOp<T>::pack(rowsum[0][0], 0.0f);
                 af[1] = MmaOp<T>::pack(rowsum[0][2], 0.0f);
             }
-            mma_b<BLayout::K_MAJOR>(acc, af, Ts + dc0, LD, lane);
-        } else {  // + Bucket . T[lo .. lo + kcols)
-            for (int ks = 0; ks < kcols / 16; ++ks) {
-                uint32_t af[4];
-                load_a(af, Bk + qr0 * L::BK_LD + ks * 16, L::BK_LD, lane);
-                mma_b<BLayout::K_MAJOR>(acc, af, Ts + ks * 16 * LD + dc0, LD, lane);
+            mma_kmajor_ldsm<T, NTP>(acc, af, Ts + b_off);
+        } else {  // profile: band  (+ Bucket . T[lo .. lo + kcols), at most TB_COLS / 16 k-steps)
+#pragma unroll
+            for (int ks = 0; ks < C::TB_COLS / 16; ++ks) {
+                if (ks < kcols / 16) {
+                    uint32_t af[4];
+                    ldsm_x4(af, bk_lane + ks * 16);
+                    mma_kmajor_ldsm<T, NTP>(acc, af, Ts + ks * 16 * LD + b_off);
+                }
             }
         }
-        for_each_acc<NTP>(lane, [&](int nt, int e, int row, int col) {
-            const int i = q0 + qr0 + row;
-            if (i < a.Lq) atomicAdd(dq_acc + query_row(a, head, i) * D + dc0 + col, acc[nt][e]);
-        });
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            if (!valid[r]) continue;
+            for_each_acc_in_row<NTP>(lane, r,
+                                     [&](int nt, int e, int col) { atomicAdd(rows[r] + dc0 + col, acc[nt][e]); });
+        }
     }
 }
 
@@ -143,7 +180,9 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     for (int q0 = 0; q0 < a.Lq; q0 += QN) {
         stage_query_tile_stats<QN>(stats_s, a, lse, delta, head, q0);  // also: the previous tile fully consumed
         // Skipped tiles contribute nothing to dQ either (every pair masked, p = 0).
-        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) continue;
+        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) {  // profile: rare
+            continue;
+        }
         const int pos_first = a.q_offset + q0;
         stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
         stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, QN, a.Lq);
@@ -162,13 +201,13 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
         for_each_acc<NTQ>(lane, [&](int nt, int e, int key, int il) {
             dSs[il * L::DS_LD + warp * 16 + key] = from_f<T>(dp[nt][e]);
         });
-        if (band) {
+        if (band) {  // profile: band
             uint4* z = reinterpret_cast<uint4*>(Bk);
             for (int e = threadIdx.x; e < QN * L::BK_LD * 2 / 16; e += NT) z[e] = make_uint4(0u, 0u, 0u, 0u);
         }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
         __syncthreads();  // dS (and the cleared bucket) visible to every warp
-        if (band) {
+        if (band) {  // profile: band
             fill_band_bucket<T, D>(Bk, dSs, a, tr, pos_first, k0);
             __syncthreads();
         }
