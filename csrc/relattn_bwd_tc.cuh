@@ -5,19 +5,21 @@
 // the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV accumulated in registers.
 #pragma once
 
+#include "relattn_async.cuh"
 #include "relattn_flash.h"
 #include "relattn_tc.cuh"
 
 namespace nezha {
 
-// pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale).
+// pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale),
+// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e).
 template <Features F>
 __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
                                                       float dot, float dw, const RowStats& row, float kept_scale) {
     if constexpr (F == Features::GENERAL) {
         return pair_grad(a, head, i, j, pos, dot, dw, row, kept_scale);
-    } else {
-        const float p = softmax_weight(finalize_score(dot, a.scale, 0.0f, false), row.max, row.log_sum);
+    } else {  // one FFMA and one ex2 per pair, as the forward's far loop (no masks: the row max is finite)
+        const float p = fast_exp2(fmaf(dot, a.scale * LOG2E, -(row.max + row.log_sum) * LOG2E));
         PairGrad g;
         g.w = p * kept_scale;
         g.ds = p * (dw * kept_scale - row.delta);
@@ -97,7 +99,15 @@ __device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float 
     for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
         const int r = e >> 1, i = q0 + il;
         float weight = 0.0f, grad = 0.0f;
-        if (keys.valid[r] && i < a.Lq) {
+        if constexpr (F == Features::PLAIN) {  // branch-free: pairs past Lq / Lk are finite (zero-filled rows)
+            const int pos = a.q_offset + i, j = keys.j[r];
+            const int col = il * C::TB_LD + relative_index(j, pos, a.R) - tr.lo;
+            const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, w[nt][e] + qtb[col], ds[nt][e] + dotb[col],
+                                                    stats_s[il], kept_scale);
+            const bool valid = keys.valid[r] && i < a.Lq;
+            weight = valid ? g.w : 0.0f;
+            grad = valid ? g.ds : 0.0f;
+        } else if (keys.valid[r] && i < a.Lq) {
             const int pos = a.q_offset + i, j = keys.j[r];
             const int col = il * C::TB_LD + relative_index(j, pos, a.R) - tr.lo;
             const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, w[nt][e] + qtb[col], ds[nt][e] + dotb[col],
