@@ -85,11 +85,31 @@ std::vector<Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, c
     return {out, lse};
 }
 
+// The backward's launch: the two-kernel backward (relattn_bwd; deterministic, and every SIMT call) or the fused
+// tensor-core backward with its zeroed float32 dQ accumulator (dQ's summation order then depends on the schedule).
+void run_backward(const Checked& c, bool deterministic, const Tensor& q, const Tensor& dout, const Tensor& lse,
+                  const Tensor& delta, Tensor& dq, Tensor& dk, Tensor& dv, int64_t stream) {
+    const char* err = nullptr;
+    void* s = reinterpret_cast<void*>(stream);
+    if (c.impl == nezha::Impl::TC && !deterministic && nezha::fused_bwd_head_dim(c.a.D)) {
+        Tensor dq_acc = torch::zeros(dq.sizes(), q.options().dtype(torch::kFloat));
+        err = nezha::relattn_bwd_tc_fused(c.a, c.dtype, dout.data_ptr(), lse.data_ptr<float>(),
+                                          delta.data_ptr<float>(), dq_acc.data_ptr<float>(), dq.data_ptr(),
+                                          dk.data_ptr(), dv.data_ptr(), q.device().index(), s);
+    } else {
+        err = nezha::relattn_bwd(c.a, c.dtype, c.impl, dout.data_ptr(), lse.data_ptr<float>(),
+                                 delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                 q.device().index(), s);
+    }
+    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+}
+
 std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& table, const std::optional<Tensor>& key_padding,
                              const std::optional<Tensor>& additive_mask, const std::optional<Tensor>& head_mask,
                              const Tensor& lse, const Tensor& delta, int64_t R, int64_t q_offset, bool causal,
-                             double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
+                             double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl,
+                             bool deterministic) {
     const Checked c = checked_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
                                    dropout_p, seed, impl);
     const nezha::AttnArgs& a = c.a;
@@ -99,10 +119,7 @@ std::vector<Tensor> backward(const Tensor& dout, const Tensor& q, const Tensor& 
     Tensor dq = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
     Tensor dk = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
     Tensor dv = torch::empty({a.B, a.H, a.Lk, a.D}, q.options());
-    const char* err = nezha::relattn_bwd(a, c.dtype, c.impl, dout.data_ptr(), lse.data_ptr<float>(),
-                                         delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                         q.device().index(), reinterpret_cast<void*>(stream));
-    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+    run_backward(c, deterministic, q, dout, lse, delta, dq, dk, dv, stream);
     return {dq, dk, dv};
 }
 
@@ -143,7 +160,8 @@ std::vector<Tensor> backward_varlen(const Tensor& dout, const Tensor& q, const T
                                     const Tensor& table, const std::optional<Tensor>& head_mask, const Tensor& lse,
                                     const Tensor& delta, const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
                                     int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R, bool causal, double scale,
-                                    double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
+                                    double dropout_p, uint64_t seed, int64_t stream, int64_t impl,
+                                    bool deterministic) {
     const Checked c = checked_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                           max_seqlen_k, R, causal, scale, dropout_p, seed, impl);
     const nezha::AttnArgs& a = c.a;
@@ -154,10 +172,7 @@ std::vector<Tensor> backward_varlen(const Tensor& dout, const Tensor& q, const T
     Tensor dq = torch::empty(q.sizes(), q.options());
     Tensor dk = torch::empty(k.sizes(), q.options());
     Tensor dv = torch::empty(k.sizes(), q.options());
-    const char* err = nezha::relattn_bwd(a, c.dtype, c.impl, dout.data_ptr(), lse.data_ptr<float>(),
-                                         delta.data_ptr<float>(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                                         q.device().index(), reinterpret_cast<void*>(stream));
-    TORCH_CHECK(err == nullptr, "nezha_kernels cuda backward failed: ", err ? err : "");
+    run_backward(c, deterministic, q, dout, lse, delta, dq, dk, dv, stream);
     return {dq, dk, dv};
 }
 
@@ -172,12 +187,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("R"), py::arg("q_offset"), py::arg("causal"),
           py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"));
+    // `deterministic`: false runs the fused tensor-core backward (dQ by atomics) for impl 1; true (the default), the
+    // two-kernel backward. The caller passes torch.are_deterministic_algorithms_enabled() (cuda_ext/launch.py).
     m.def("backward", &backward, "(dq, dk, dv) = backward(dout, q, k, v, table, key_padding, additive_mask, "
-          "head_mask, lse, delta, R, q_offset, causal, scale, dropout_p, seed, stream, impl)",
+          "head_mask, lse, delta, R, q_offset, causal, scale, dropout_p, seed, stream, impl, deterministic=True)",
           py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("lse"), py::arg("delta"), py::arg("R"),
           py::arg("q_offset"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
-          py::arg("stream"), py::arg("impl"));
+          py::arg("stream"), py::arg("impl"), py::arg("deterministic") = true);
     m.def("forward_varlen", &forward_varlen, "(out [Tq,H,D], lse [2,H,Tq] f32) = forward_varlen(q, k, v, table, "
           "head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed, "
           "stream, impl)",
@@ -186,9 +203,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"));
     m.def("backward_varlen", &backward_varlen, "(dq [Tq,H,D], dk, dv [Tk,H,D]) = backward_varlen(dout, q, k, v, "
           "table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, "
-          "dropout_p, seed, stream, impl)",
+          "dropout_p, seed, stream, impl, deterministic=True)",
           py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"),
           py::arg("lse"), py::arg("delta"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"),
           py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"),
-          py::arg("seed"), py::arg("stream"), py::arg("impl"));
+          py::arg("seed"), py::arg("stream"), py::arg("impl"), py::arg("deterministic") = true);
 }

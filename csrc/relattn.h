@@ -53,5 +53,14 @@ const char* relattn_bwd(const AttnArgs& a, DType dtype, Impl impl, const void* d
                         const float* delta, void* dq, void* dk, void* dv, int device, void* stream);
 const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,
                            void* dq, void* dk, void* dv, int device, void* stream);
+// The fused tensor-core backward (relattn_bwd_fused.cu): one kernel per key block writes dk / dv and adds dQ into
+// dq_acc (float32, dq's layout and element count, zeroed by the caller), then a small kernel writes dq = scale * dq_acc
+// in q's dtype. dQ's summation order depends on the schedule (atomics): relattn_bwd_tc is the deterministic mode.
+// Head dims without a fused kernel run relattn_bwd_tc (dq_acc unused, may be nullptr).
+// Head dims the fused backward is built for; others (D = 128: 255 registers, spills on sm_90a) run relattn_bwd_tc.
+constexpr bool fused_bwd_head_dim(int d) { return d == 32 || d == 64; }
+const char* relattn_bwd_tc_fused(const AttnArgs& a, DType dtype, const void* dout, const float* lse,
+                                 const float* delta, float* dq_acc, void* dq, void* dk, void* dv, int device,
+                                 void* stream);
 
 }  // namespace nezha

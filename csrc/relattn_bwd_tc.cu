@@ -12,25 +12,9 @@
 //   dV += W^T.dO and dK += dS^T.Q with W, dS from the accumulators (no table term in dK, dV).
 // Padding-free calls: one sequence per grid row, as in the SIMT kernels (sequence_args). Both kernels are instantiated
 // per feature set (relattn_flash.h): the PLAIN one holds no mask, causal or dropout code per pair.
-#include "relattn_flash.h"
-#include "relattn_tc.cuh"
+#include "relattn_bwd_tc.cuh"
 
 namespace nezha {
-
-// pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale).
-template <Features F>
-__device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
-                                                      float dot, float dw, const RowStats& row, float kept_scale) {
-    if constexpr (F == Features::GENERAL) {
-        return pair_grad(a, head, i, j, pos, dot, dw, row, kept_scale);
-    } else {
-        const float p = softmax_weight(finalize_score(dot, a.scale, 0.0f, false), row.max, row.log_sum);
-        PairGrad g;
-        g.w = p * kept_scale;
-        g.ds = p * (dw * kept_scale - row.delta);
-        return g;
-    }
-}
 
 template <typename T, int D, bool PACKED, int FEATURES>
 __global__ void __launch_bounds__(TcConfig<D>::NT, 1)
@@ -149,8 +133,7 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     using C = TcConfig<D>;
     constexpr Features F = static_cast<Features>(FEATURES);
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
-    constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8;
-    constexpr int TB_LD = C::TB_LD;
+    constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8, TB_LD = C::TB_LD;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
     T* Ks = reinterpret_cast<T*>(smem_raw);
     T* Vs = Ks + BM * LD;
@@ -164,16 +147,10 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const HeadIndex head = block_head<PACKED>(a);
     if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
-    const int k0 = blockIdx.x * BM, wkey0 = k0 + warp * 16;
+    const int k0 = blockIdx.x * BM;
     if (PACKED && k0 >= a.Lk) return;  // past its sequence
     const int E = 2 * a.R;
-    int kj[2];
-    bool kvalid[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        kj[r] = wkey0 + mma_c_elem(lane, 2 * r).row;
-        kvalid[r] = kj[r] < a.Lk;
-    }
+    const LaneKeys keys = lane_keys(a, k0 + warp * 16, lane);
     const HeadInputs<T> in = head_inputs<T>(a, head);
     const T* dog = dout + query_row(a, head, 0) * D;
     const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
@@ -195,78 +172,16 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
         stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
         __syncthreads();
-        // Block-wide projections: (QN / 16) x (tcols / 8) output tiles of 16 x 8, round-robin over warps.
-        const int jobs = (QN / 16) * (tcols / 8);
-        for (int job = warp; job < jobs; job += C::WARPS) {
-            const int mt = job % (QN / 16), nt = job / (QN / 16);
-            float cq[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                uint32_t aq[4], ado[4], bf[2];
-                load_a(aq, Qs + mt * 16 * LD + kk * 16, LD, lane);
-                load_a(ado, dOs + mt * 16 * LD + kk * 16, LD, lane);
-                load_b_nmajor(bf, Ts + nt * 8 * LD + kk * 16, LD, lane);
-                MmaOp<T>::run(cq, aq, bf);
-                MmaOp<T>::run(cd, ado, bf);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const FragRC x = mma_c_elem(lane, e);
-                const int o = (mt * 16 + x.row) * TB_LD + nt * 8 + x.col;
-                qtb[o] = cq[e];
-                dotb[o] = cd[e];
-            }
-        }
+        project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
 
-        // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries.
+        // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries, then W^T into s[], dS^T into dp[].
         float s[NTQ][4], dp[NTQ][4];
-        zero_acc(s);
-        zero_acc(dp);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t ak[4], av[4];
-            load_a(ak, Ks + warp * 16 * LD + kk * 16, LD, lane);
-            load_a(av, Vs + warp * 16 * LD + kk * 16, LD, lane);
-            mma_b_pair<BLayout::N_MAJOR>(s, ak, Qs + kk * 16, dp, av, dOs + kk * 16, LD, lane);
-        }
+        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
         __syncthreads();  // projections visible to every warp
-
-        // W^T into s[], dS^T into dp[].
-        for_each_acc<NTQ>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
-            const int r = e >> 1, i = q0 + il;
-            float w = 0.0f, ds = 0.0f;
-            if (kvalid[r] && i < a.Lq) {
-                const int pos = a.q_offset + i, j = kj[r];
-                const int idx = relative_index(j, pos, a.R);
-                const int col = il * TB_LD + idx - tr.lo;
-                const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, s[nt][e] + qtb[col],
-                                                        dp[nt][e] + dotb[col], stats_s[il], kept_scale);
-                w = g.w;
-                ds = g.ds;
-            }
-            s[nt][e] = w;
-            dp[nt][e] = ds;
-        });
-
-        // dV += W^T . dO and dK += dS^T . Q   (dO, Q rows k-major: B[k = query][n = d])
-#pragma unroll
-        for (int kk = 0; kk < QN / 16; ++kk) {
-            uint32_t aw[4], ads[4];
-            acc_to_a<T, NTQ>(aw, s, kk);
-            acc_to_a<T, NTQ>(ads, dp, kk);
-            mma_b_pair<BLayout::K_MAJOR>(acc_v, aw, dOs + kk * 16 * LD, acc_k, ads, Qs + kk * 16 * LD, LD, lane);
-        }
+        warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (!kvalid[r]) continue;
-        const int64_t base = key_row(a, head, kj[r]) * D;
-        for_each_acc_in_row<NTD>(lane, r, [&](int nt, int e, int d) {
-            dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
-            dv[base + d] = from_f<T>(acc_v[nt][e]);
-        });
-    }
+    store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
 }
 
 template <int D>

@@ -30,6 +30,7 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not foun
 BUILD_DIR = os.environ.get("NEZHA_KERNELS_BUILD_DIR", os.path.join(tempfile.gettempdir(), "nezha_kernels_test_build"))
 KERNELS = {"relattn_fwd_kernel", "relattn_bwd_dq_kernel", "relattn_bwd_dkdv_kernel"}
 TC_KERNELS = {"relattn_fwd_tc_kernel", "relattn_bwd_dq_tc_kernel", "relattn_bwd_dkdv_tc_kernel"}
+FUSED_KERNEL, CONVERT_KERNEL = "relattn_bwd_fused_tc_kernel", "relattn_bwd_dq_convert_kernel"
 
 
 @pytest.mark.slow  # nvcc over every kernel, config and arch: ~25 min on 2 cores with a cold cache
@@ -57,12 +58,25 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
     }
     # The tensor-core kernels also have their GENERAL feature set (masks, causal, dropout; csrc/relattn_flash.h).
     expected |= {(f"{k}_general", config, arch) for k, config, arch in expected if k in TC_KERNELS}
+    # The fused backward (relattn_bwd_fused.cu) for D = 32 and 64 only (csrc/relattn.h fused_bwd_head_dim), both
+    # feature sets.
+    expected |= {
+        (f"{FUSED_KERNEL}{features}", f"{dt} D={d}", arch)
+        for features in ("", "_general")
+        for dt in ("fp16", "bf16")
+        for d in (32, 64)
+        for arch in (80, 90)
+    }
     # Every kernel also has its padding-free (PACKED) instantiation, reported as <kernel>_varlen.
     expected |= {(f"{k}_varlen", config, arch) for k, config, arch in expected}
+    # The fused backward's dq conversion: one per dtype and head dim, no layout or feature set, no shared memory.
+    expected |= {
+        (CONVERT_KERNEL, f"{dt} D={d}", arch) for dt in ("fp16", "bf16") for d in (32, 64) for arch in (80, 90)
+    }
     assert seen == expected
     for r in rows:
         assert r.spill_bytes == 0 and 0 < r.registers <= 255
-        assert 0 < r.shared_bytes <= 163 * 1024
+        assert (r.kernel == CONVERT_KERNEL or 0 < r.shared_bytes) and r.shared_bytes <= 163 * 1024
 
 
 @pytest.mark.slow
@@ -96,9 +110,11 @@ def test_tc_kernels_emit_mma_sync_ptx():
 def test_tc_smem_formulas_fit_every_arch():
     from nezha_kernels.compile_check.nvcc import dynamic_smem_bytes
 
-    for k in TC_KERNELS:
+    for k in (*TC_KERNELS, FUSED_KERNEL):
         sizes = [dynamic_smem_bytes(k, d) for d in (32, 64, 128)]
         assert sizes == sorted(sizes) and sizes[-1] <= 163 * 1024, (k, sizes)
+    # fused D = 64: the dK dV kernel's tiles plus dS (32 x 72) and the band bucket (32 x 104), 16-bit.
+    assert dynamic_smem_bytes(FUSED_KERNEL, 64) == dynamic_smem_bytes("relattn_bwd_dkdv_tc_kernel", 64) + 2 * 32 * 176
     # fwd D=128: Q (64 rows), two pipeline stages of K and V (64 rows each) + 128 table rows at stride 136 halves
     # + 4 warps x 16 x 84 floats.
     assert dynamic_smem_bytes("relattn_fwd_tc_kernel", 128) == 2 * (64 * 5 + 128) * 136 + 4 * 4 * 16 * 84
@@ -231,7 +247,7 @@ def test_aot_build_compiles_every_listed_source():
     setup_globals = runpy.run_path(str(Path(__file__).resolve().parents[1] / "setup.py"), run_name="nezha_setup")
     want = [f"csrc/{sources.BINDING_SOURCE}", *(f"csrc/{name}" for name in sources.KERNEL_SOURCES)]
     assert setup_globals["AOT_SOURCES"] == want
-    assert {"relattn_fwd_tc.cu", "relattn_bwd_tc.cu"} <= set(sources.KERNEL_SOURCES)
+    assert {"relattn_fwd_tc.cu", "relattn_bwd_tc.cu", "relattn_bwd_fused.cu"} <= set(sources.KERNEL_SOURCES)
 
 
 def test_build_without_nvcc_gives_clear_error(monkeypatch, tmp_path):

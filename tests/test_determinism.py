@@ -1,14 +1,17 @@
 """A backward run twice on the same inputs gives bitwise-equal gradients, for every backend that claims it.
 
-The claim: the reference and torch backends (CPU), the Triton kernels and the CUDA kernels (their backward has no
-atomics: dK/dV and dQ are each written by one program). Checked on the CPU for the reference and torch backends, for
-the Triton kernels under the interpreter (TRITON_INTERPRET=1, in a subprocess as in test_triton_interpreter.py) and
-for both CUDA kernel families on the emulator (as in test_cuda_emulated.py); on a GPU for triton and cuda (skipped
-without one). One case per backend has dropout, with the same seed both times.
+The claim: the reference and torch backends (CPU), the Triton kernels and the CUDA kernels in deterministic mode
+(torch.use_deterministic_algorithms(True), PyTorch's switch: the CUDA backward then runs its two kernels, dK/dV and dQ
+each written by one program; without it the tensor-core family runs the fused backward, whose dQ atomics make the
+summation order run-dependent, tests/test_cuda_fused_bwd_emulated.py). Checked on the CPU for the reference and
+torch backends, for the Triton kernels under the interpreter (TRITON_INTERPRET=1, in a subprocess as in
+test_triton_interpreter.py) and for both CUDA kernel families on the emulator (as in test_cuda_emulated.py); on a GPU
+for triton and cuda (skipped without one). One case per backend has dropout, with the same seed both times.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -29,6 +32,18 @@ def _inputs(dtype, device, seed=0):
     head_mask = (torch.rand(B, H, generator=g) + 0.5).to(dtype).to(device)
     grad_out = torch.randn(B, H, LQ, D, generator=g).to(dtype).to(device)
     return q, k, v, pad.to(device), table, head_mask, grad_out
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) within the block (the CUDA backward's deterministic mode). warn_only:
+    the switch is what is tested here, not PyTorch's own ops (cuBLAS would want CUBLAS_WORKSPACE_CONFIG)."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
 
 
 def _run_twice(backend, dtype, device, *, dropout, table_grads):
@@ -82,7 +97,7 @@ def test_cuda_kernels_on_the_emulator(impl, dtype, dropout, monkeypatch):
     if emulator.find_cxx() is None:
         pytest.skip("the CUDA emulator needs g++ (C++20)")
     monkeypatch.setenv(IMPL_ENV, impl)
-    with emulator.emulated_cuda_backend():
+    with emulator.emulated_cuda_backend(), _deterministic_algorithms():
         runs = _run_twice("cuda", dtype, "cpu", dropout=dropout, table_grads=False)
     _assert_bitwise_equal(runs)
 
@@ -112,4 +127,5 @@ def test_gpu_kernels(backend, dtype, dropout):
     status = nk.available_backends("cuda")[backend]
     if not status.available:
         pytest.skip(f"{backend}: {status.reason}")
-    _assert_bitwise_equal(_run_twice(backend, dtype, "cuda", dropout=dropout, table_grads=False))
+    with _deterministic_algorithms():
+        _assert_bitwise_equal(_run_twice(backend, dtype, "cuda", dropout=dropout, table_grads=False))

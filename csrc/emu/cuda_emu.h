@@ -9,6 +9,8 @@
 // Dynamic shared memory is a per-block heap buffer of exactly the launch's size (AddressSanitizer sees
 // overflows), filled with 0xFF bytes (NaN as float, half and bfloat16) so reads of unwritten smem show.
 //
+// atomicAdd(float*) is a std::atomic_ref fetch_add (blocks run one after another, so only a block's own threads
+// race on an address; their order, like the device's, is the scheduler's).
 // Numerics: fp16 / bf16 conversions round to nearest even like the device intrinsics; mma.sync
 // m16n8k16 sums in fp32 (emu_runtime.cpp); expf / logf / fmaf are the host's libm (the device's differ
 // by an ulp or two). Not emulated: warp-synchronous behaviour without __syncwarp (lanes here run
@@ -20,6 +22,7 @@
 #error "cuda_emu.h is the emulation shim: compile with -DNEZHA_CUDA_EMULATE"
 #endif
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -239,6 +242,12 @@ inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int val
 }
 inline cudaError_t cudaGetLastError() { return nezha::emu::get_last_error(); }
 inline const char* cudaGetErrorString(cudaError_t e) { return nezha::emu::error_string(e); }
+
+// atomicAdd on a float in global (or shared) memory: a relaxed atomic read-modify-write, so that the emulated
+// threads of a block (one OS thread each) that add to one address never lose an update; returns the old value.
+inline float atomicAdd(float* address, float value) {
+    return std::atomic_ref<float>(*address).fetch_add(value, std::memory_order_relaxed);
+}
 
 #define __syncthreads() ::nezha::emu::syncthreads(__FILE__, __LINE__)
 #define __syncthreads_and(predicate) ::nezha::emu::syncthreads_and((predicate), __FILE__, __LINE__)

@@ -1,6 +1,6 @@
 // C API of the emulated CUDA kernels (host pointers), loaded by nezha_kernels/cuda_ext/emulator.py.
 //
-// The four kernel sources are compiled unchanged, as C++, against the emulator (cuda_emu.h), one translation unit
+// The kernel sources are compiled unchanged, as C++, against the emulator (cuda_emu.h), one translation unit
 // each (emu_kernels_*.cpp, built in parallel), and run through the binding's argument handling (relattn_args.h:
 // tensor views -> AttnArgs) and the same launchers the extension calls (relattn_fwd / relattn_bwd of relattn.h):
 // the argument checks, shared-memory sizing and dispatch are the code under test too.
@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "../relattn.h"
 #include "../relattn_args.h"
@@ -27,6 +28,26 @@ thread_local std::string last_error;
 const char* fail(std::string message) {
     last_error = std::move(message);
     return last_error.c_str();
+}
+
+// The binding's backward dispatch: the two-kernel backward (deterministic, and every SIMT call) or the fused
+// tensor-core backward with its zeroed float32 dQ accumulator (the binding's torch::zeros).
+const char* run_backward(const nezha::AttnArgs& a, nezha::DType dtype, nezha::Impl impl, bool deterministic,
+                         const TensorView* dout, const TensorView* lse, const TensorView* delta, const TensorView* dq,
+                         const TensorView* dk, const TensorView* dv, int device) {
+    const float* l = static_cast<const float*>(lse->data);
+    const float* d = static_cast<const float*>(delta->data);
+    void *gq = const_cast<void*>(dq->data), *gk = const_cast<void*>(dk->data), *gv = const_cast<void*>(dv->data);
+    const char* launch = nullptr;
+    if (impl == nezha::Impl::TC && !deterministic && nezha::fused_bwd_head_dim(a.D)) {
+        int64_t n = 1;
+        for (int i = 0; i < dq->ndim; ++i) n *= dq->sizes[i];
+        std::vector<float> dq_acc(static_cast<size_t>(n), 0.0f);
+        launch = nezha::relattn_bwd_tc_fused(a, dtype, dout->data, l, d, dq_acc.data(), gq, gk, gv, device, nullptr);
+    } else {
+        launch = nezha::relattn_bwd(a, dtype, impl, dout->data, l, d, gq, gk, gv, device, nullptr);
+    }
+    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
 }
 
 }  // namespace
@@ -71,8 +92,8 @@ const char* nezha_emu_bwd(const TensorView* dout, const TensorView* q, const Ten
                           const TensorView* table, const TensorView* key_padding, const TensorView* additive_mask,
                           const TensorView* head_mask, const TensorView* lse, const TensorView* delta, int64_t R,
                           int64_t q_offset, bool causal, double scale, double dropout_p, uint64_t seed,
-                          int64_t impl_code, const TensorView* dq, const TensorView* dk, const TensorView* dv,
-                          int device) {
+                          int64_t impl_code, bool deterministic, const TensorView* dq, const TensorView* dk,
+                          const TensorView* dv, int device) {
     nezha::AttnArgs a;
     nezha::DType dtype;
     nezha::Impl impl;
@@ -84,10 +105,7 @@ const char* nezha_emu_bwd(const TensorView* dout, const TensorView* q, const Ten
     if (err.empty()) err = nezha::check_output("dk", *dk, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lk, a.D});
     if (err.empty()) err = nezha::check_output("dv", *dv, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lk, a.D});
     if (!err.empty()) return fail(err);
-    const char* launch = nezha::relattn_bwd(a, dtype, impl, dout->data, static_cast<const float*>(lse->data),
-                                            static_cast<const float*>(delta->data), const_cast<void*>(dq->data),
-                                            const_cast<void*>(dk->data), const_cast<void*>(dv->data), device, nullptr);
-    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
+    return run_backward(a, dtype, impl, deterministic, dout, lse, delta, dq, dk, dv, device);
 }
 
 // The binding's forward_varlen / backward_varlen on emulated device `device` (q [Tq, H, D], k / v [Tk, H, D],
@@ -119,8 +137,8 @@ const char* nezha_emu_bwd_varlen(const TensorView* dout, const TensorView* q, co
                                  const TensorView* lse, const TensorView* delta, const TensorView* cu_seqlens_q,
                                  const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
                                  int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
-                                 int64_t impl_code, const TensorView* dq, const TensorView* dk, const TensorView* dv,
-                                 int device) {
+                                 int64_t impl_code, bool deterministic, const TensorView* dq, const TensorView* dk,
+                                 const TensorView* dv, int device) {
     nezha::AttnArgs a;
     nezha::DType dtype;
     nezha::Impl impl;
@@ -134,10 +152,7 @@ const char* nezha_emu_bwd_varlen(const TensorView* dout, const TensorView* q, co
     if (err.empty()) err = nezha::check_output("dk", *dk, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
     if (err.empty()) err = nezha::check_output("dv", *dv, *q, DeviceKind::CPU, q->dtype, {Tk, a.H, a.D});
     if (!err.empty()) return fail(err);
-    const char* launch = nezha::relattn_bwd(a, dtype, impl, dout->data, static_cast<const float*>(lse->data),
-                                            static_cast<const float*>(delta->data), const_cast<void*>(dq->data),
-                                            const_cast<void*>(dk->data), const_cast<void*>(dv->data), device, nullptr);
-    return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
+    return run_backward(a, dtype, impl, deterministic, dout, lse, delta, dq, dk, dv, device);
 }
 
 // The calling thread's current emulated device (cudaGetDevice / cudaSetDevice): -1 on an invalid ordinal.

@@ -13,6 +13,8 @@
 //     (relattn_tc.cuh) for A, n-major B and k-major B (.trans): mismatch counts out;
 //   cp_async: a copy read before its wait (poison), after wait_group 1 (only the older group landed), after
 //     wait_group 0, and a zero-filling copy.
+//   atomic_add: every thread of 2 blocks of 128 adds 1.0f to one float ATOMIC_ROUNDS times and records the old values
+//     atomicAdd returns: exactly 0 .. 2 * 128 * ATOMIC_ROUNDS - 1 once each when no update is lost or doubled.
 #ifndef NEZHA_CUDA_EMULATE
 #error "emu_selftest.cpp is part of the CPU emulation: compile with -DNEZHA_CUDA_EMULATE"
 #endif
@@ -182,6 +184,14 @@ __global__ void cp_async_kernel(const float* a, float* out) {
         for (int i = 0; i < 8; ++i) out[12 + i] = s[4 + i];
 }
 
+constexpr int ATOMIC_ROUNDS = 64;
+
+// out[0]: the sum; out[1 + (block * 128 + thread) * ATOMIC_ROUNDS + r]: the value atomicAdd returned in round r.
+__global__ void atomic_add_kernel(float* out) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int r = 0; r < ATOMIC_ROUNDS; ++r) out[1 + t * ATOMIC_ROUNDS + r] = atomicAdd(out, 1.0f);
+}
+
 const char* status() {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
@@ -247,6 +257,11 @@ extern "C" const char* nezha_emu_selftest(const char* name, const float* a, cons
     }
     if (n == "cp_async") {
         NZ_LAUNCH(cp_async_kernel, 1, 32, 12 * sizeof(float), nullptr, a, out);
+        return status();
+    }
+    if (n == "atomic_add") {
+        out[0] = 0.0f;
+        NZ_LAUNCH(atomic_add_kernel, 2, 128, 0, nullptr, out);
         return status();
     }
     return "unknown self-test";

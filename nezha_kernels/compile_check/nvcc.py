@@ -1,8 +1,8 @@
 """compile-check component "cuda": nvcc-compile every csrc kernel for each arch with ``-Xptxas -v``.
 
 One row per kernel instantiation (dtype x head dim) and arch, SIMT (relattn_fwd.cu, relattn_bwd.cu) and
-tensor-core (relattn_fwd_tc.cu, relattn_bwd_tc.cu, fp16 / bf16 only): registers, spills (stack frame / spill
-stores) from ptxas, and the dynamic shared memory the launcher requests (mirrors the *_smem_bytes
+tensor-core (relattn_fwd_tc.cu, relattn_bwd_tc.cu, relattn_bwd_fused.cu, fp16 / bf16 only): registers, spills (stack
+frame / spill stores) from ptxas, and the dynamic shared memory the launcher requests (mirrors the *_smem_bytes
 formulas of the .cu files, since ptxas only sees static shared memory).
 """
 
@@ -72,6 +72,11 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dkdv_tc_kernel":
         return 2 * (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 3 * _TC_QN)
+    if kernel == "relattn_bwd_fused_tc_kernel":  # dK dV's tiles + dS [QN][BM + 8] + the band bucket [QN][TB_COLS + 8]
+        tiles = (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + _TC_QN * (_TC_BM + 8) + _TC_QN * (_TC_TB_COLS + 8)
+        return 2 * tiles + 4 * (2 * _TC_QN * _TC_TB_LD + 3 * _TC_QN)
+    if kernel == "relattn_bwd_dq_convert_kernel":  # the fused backward's dq = scale * acc: no shared memory
+        return 0
     raise KeyError(kernel)
 
 

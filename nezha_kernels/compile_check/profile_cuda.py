@@ -44,6 +44,7 @@ GEOMETRY = {
     "relattn_fwd_tc_kernel": lambda d: (64 * nvcc_check.fwd_row_tiles(d, varlen=False, general=False), 64, 4),
     "relattn_bwd_dq_tc_kernel": lambda d: (64, _tc_dq_cols(d), 4),
     "relattn_bwd_dkdv_tc_kernel": lambda d: (64, 32, 4),
+    "relattn_bwd_fused_tc_kernel": lambda d: (64, 32, 4),  # 64 keys own, 32-query tiles (dK dV's geometry)
 }
 
 

@@ -389,20 +389,27 @@ def best_paths(fn: Function, loop: Loop) -> dict[str, Path]:
     ends = {node[b] for b in loop.latches}
     start = node[loop.header]
 
-    def reaches_end_without(skip) -> bool:
+    def reaches_end_without(skip, avoid=frozenset()) -> bool:
         seen, stack = {start}, [start]
         while stack:
             u = stack.pop()
             if u in ends:
                 return True
             for v in succ.get(u, []):
-                if v != skip and v not in seen:
+                if v != skip and v not in seen and v not in avoid:
                     seen.add(v)
                     stack.append(v)
         return False
 
-    # A "band" block every iteration passes (a join the compiler gave a band line) is common code, not band.
-    common = {n for n in succ if isinstance(n, int) and fn.blocks[n].role == "band" and not reaches_end_without(n)}
+    # A "band" block every common-case iteration passes (a join the compiler gave a band line) is common code, not
+    # band (a rare early exit, e.g. a skipped causal tile, does not make it avoidable).
+    rare = {n for n in succ if isinstance(n, int) and fn.blocks[n].role == "rare"}
+    avoidable_rare = frozenset(n for n in rare if reaches_end_without(n))  # a rare join every path passes is not
+    common = {
+        n
+        for n in succ
+        if isinstance(n, int) and fn.blocks[n].role == "band" and not reaches_end_without(n, avoidable_rare)
+    }
 
     def role(n):
         if not isinstance(n, int) or n in common:

@@ -205,14 +205,14 @@ def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     lib.nezha_emu_view_layout.restype = i
     lib.nezha_emu_fwd.argtypes = [view] * 7 + scalars + [view, view, i]
     lib.nezha_emu_fwd.restype = ctypes.c_char_p
-    lib.nezha_emu_bwd.argtypes = [view] * 10 + scalars + [view, view, view, i]
+    lib.nezha_emu_bwd.argtypes = [view] * 10 + scalars + [ctypes.c_bool, view, view, view, i]
     lib.nezha_emu_bwd.restype = ctypes.c_char_p
     # varlen: q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k (bwd: dout first, lse and delta before cu),
     # then max_seqlen_q, max_seqlen_k and the scalars from R (no q_offset).
     varlen_scalars = [i64, i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
     lib.nezha_emu_fwd_varlen.argtypes = [view] * 7 + varlen_scalars + [view, view, i]
     lib.nezha_emu_fwd_varlen.restype = ctypes.c_char_p
-    lib.nezha_emu_bwd_varlen.argtypes = [view] * 10 + varlen_scalars + [view, view, view, i]
+    lib.nezha_emu_bwd_varlen.argtypes = [view] * 10 + varlen_scalars + [ctypes.c_bool, view, view, view, i]
     lib.nezha_emu_bwd_varlen.restype = ctypes.c_char_p
     lib.nezha_emu_get_device.argtypes = []
     lib.nezha_emu_get_device.restype = i
@@ -315,8 +315,9 @@ class EmulatedExtension:
         seed,
         stream,
         impl,
+        deterministic=True,
     ):
-        """[dq, dk, dv], contiguous, in q's dtype."""
+        """[dq, dk, dv], contiguous, in q's dtype; deterministic=False runs the fused tensor-core backward."""
         dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
         tensors = (dout, q, k, v, table, key_padding, additive_mask, head_mask, lse, delta)
         _raise_on(
@@ -329,6 +330,7 @@ class EmulatedExtension:
                 dropout_p,
                 int(seed) & (2**64 - 1),
                 impl,
+                deterministic,
                 _view(dq),
                 _view(dk),
                 _view(dv),
@@ -399,6 +401,7 @@ class EmulatedExtension:
         seed,
         stream,
         impl,
+        deterministic=True,
     ):
         """[dq [Tq, H, D], dk, dv [Tk, H, D]] in q's dtype."""
         dq, dk, dv = (_poisoned(t.shape, q.dtype) for t in (q, k, v))
@@ -414,6 +417,7 @@ class EmulatedExtension:
                 dropout_p,
                 int(seed) & (2**64 - 1),
                 impl,
+                deterministic,
                 _view(dq),
                 _view(dk),
                 _view(dv),

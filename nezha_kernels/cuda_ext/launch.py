@@ -179,8 +179,14 @@ def relattn_bwd(
     *,
     family: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments."""
+    """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments.
+
+    The tensor-core family runs the fused backward (one kernel per key block, dQ added with atomics: its summation
+    order varies from run to run) unless ``torch.are_deterministic_algorithms_enabled()``, PyTorch's switch, asks
+    for the deterministic two-kernel backward (dQ per query block, dK / dV per key block). SIMT: always two kernels.
+    """
     impl = _family_code(family)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     grad_out = grad_out.contiguous()
     # delta_i = dO_i . O_i (O with its positional part): the softmax-backward row term, laid out like lse[0]
     # ([B, H, Lq]; padding-free [H, Tq]).
@@ -210,6 +216,7 @@ def relattn_bwd(
             int(seed),
             _stream(q),
             impl,
+            deterministic,
         )
     else:
         dq, dk, dv = ext.backward(
@@ -225,5 +232,6 @@ def relattn_bwd(
             int(seed),
             _stream(q),
             impl,
+            deterministic,
         )
     return dq, dk, dv

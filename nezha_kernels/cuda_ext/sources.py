@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # Kernel translation units: nvcc compiles each to an object; the binding calls their launchers.
-KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu")
+KERNEL_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu", "relattn_fwd_tc.cu", "relattn_bwd_tc.cu", "relattn_bwd_fused.cu")
 BINDING_SOURCE = "binding.cpp"
 HEADERS = (
     "relattn.h",
@@ -21,6 +21,7 @@ HEADERS = (
     "relattn_tc.cuh",
     "relattn_async.cuh",
     "relattn_flash.h",
+    "relattn_bwd_tc.cuh",
 )
 # The extension: every file its build reads.
 EXTENSION_FILES = (BINDING_SOURCE, *KERNEL_SOURCES, *HEADERS)
@@ -29,7 +30,7 @@ EMU_SOURCES = (
     "emu/emu_api.cpp",
     "emu/emu_runtime.cpp",
     "emu/emu_selftest.cpp",
-    *(f"emu/emu_kernels_{name}.cpp" for name in ("fwd", "fwd_tc", "bwd", "bwd_tc")),
+    *(f"emu/emu_kernels_{name}.cpp" for name in ("fwd", "fwd_tc", "bwd", "bwd_tc", "bwd_fused")),
 )
 EMU_HEADERS = ("emu/cuda_emu.h",)
 EMULATOR_FILES = (*EMU_SOURCES, *EMU_HEADERS, *KERNEL_SOURCES, *HEADERS)

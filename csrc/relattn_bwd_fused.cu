@@ -1,0 +1,277 @@
+// Fused tensor-core backward (fp16 / bf16, sm_80+): dK, dV and dQ in one kernel per key block, FlashAttention-2's
+// structure. A block owns BM = 64 keys (16 per warp) and streams query tiles of QN = 32 rows (relattn_bwd_tc.cuh:
+// table projections, S^T and dP^T by mma, the pair gradients W^T and dS^T, dK and dV accumulated in registers, as the
+// two-kernel backward's dK dV kernel). The tile's dQ contribution
+//     dQ_i += sum_j dS_ij (k_j + a_ij) = (dS . K)_i + sum_m Bucket(dS)[i][m] T[m]
+// is one more set of mmas: dS goes through shared memory ([query][key], the A operand of dS . K and the block's
+// source for the bucket), each warp computes 16 query rows x D / 2 columns and adds them with atomicAdd into an fp32
+// accumulator in global memory (zeroed by the caller); relattn_bwd_dq_convert_kernel then writes dq = scale * acc in
+// the output dtype. The relative part: a far tile (every pair of the tile on one side, |j - i| >= R) uses one table
+// row, T[0] or T[2R], so its bucket is one column, the row sums of dS (one more mma with a B of ones) times that row
+// (one more k-step); a band tile fills a [QN][96] bucket in shared memory (interior pairs by index, the two edge
+// columns summed per row) and multiplies it by the staged table rows.
+//
+// Determinism: the atomics make dQ's summation order run-dependent; the two-kernel backward (relattn_bwd_tc.cu)
+// stays the deterministic mode (the caller picks: torch.are_deterministic_algorithms_enabled()).
+#include "relattn_async.cuh"
+#include "relattn_bwd_tc.cuh"
+
+namespace nezha {
+
+// Shared memory of the fused kernel: the dK dV kernel's tiles plus dS ([QN][BM + 8]) and the band bucket
+// ([QN][TB_COLS + 8]), both in the input dtype.
+template <int D>
+struct FusedLayout {
+    using C = TcConfig<D>;
+    static constexpr int DS_LD = C::BM + 8;
+    static constexpr int BK_LD = C::TB_COLS + 8;
+    static constexpr size_t bytes() {
+        return 2 * ((2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + C::QN * DS_LD + C::QN * BK_LD) +
+               4 * (2 * C::QN * C::TB_LD + 3 * C::QN);
+    }
+    static_assert(C::NT == 4 * C::QN, "the band bucket gives 4 threads to each query row");
+    static_assert(C::WARPS == 4 && C::QN == 32, "dQ: 4 warps of 16 query rows x D / 2 columns");
+};
+
+// Band tile: Bk[il][idx - lo] = dS of the interior pair (il, key with index idx) (one key per index and row), and the
+// row's edge columns (idx 0, 2R, when the tile has them) = the sums of its far-left / far-right dS. 4 threads a row.
+template <typename T, int D>
+__device__ __forceinline__ void fill_band_bucket(T* Bk, const T* dSs, const AttnArgs& a, TableRows tr, int pos_first,
+                                                 int k0) {
+    using L = FusedLayout<D>;
+    const int il = threadIdx.x / 4, sub = threadIdx.x % 4, pos = pos_first + il, E = 2 * a.R;
+    float left = 0.0f, right = 0.0f;
+    for (int c = 0; c < TcConfig<D>::BM / 4; ++c) {
+        const int jl = sub + 4 * c;
+        const int idx = relative_index(k0 + jl, pos, a.R);
+        const T x = dSs[il * L::DS_LD + jl];
+        if (idx == 0) left += to_f(x);
+        else if (idx == E) right += to_f(x);
+        else Bk[il * L::BK_LD + idx - tr.lo] = x;
+    }
+    left = group_sum<4>(left);
+    right = group_sum<4>(right);
+    if (sub == 0 && tr.lo == 0) Bk[il * L::BK_LD] = from_f<T>(left);
+    if (sub == 0 && tr.hi == E) Bk[il * L::BK_LD + E - tr.lo] = from_f<T>(right);
+}
+
+// acc[0 .. NTP) += A . B, A one loaded 16 x 16 fragment, B's NTP n-tiles from the k-major tile at b_lane (this
+// lane's ldmatrix row address: tile + ldsm_b_kmajor_offset), two n-tiles per ldmatrix .x4 .trans.
+template <typename T, int NTP>
+__device__ __forceinline__ void mma_kmajor_ldsm(float (&acc)[NTP][4], const uint32_t (&af)[4], const T* b_lane) {
+#pragma unroll
+    for (int np = 0; np < NTP / 2; ++np) {
+        uint32_t b4[4];
+        ldsm_x4_trans(b4, b_lane + np * 16);
+        const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
+        MmaOp<T>::run(acc[2 * np], af, b0);
+        MmaOp<T>::run(acc[2 * np + 1], af, b1);
+    }
+}
+
+// One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc; at D = 128
+// in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled). Fragments
+// by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
+template <typename T, int D>
+__device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T* dSs, const T* Ks, const T* Ts,
+                                            const T* Bk, bool band, int kcols, const AttnArgs& a, HeadIndex head,
+                                            int q0, int warp, int lane) {
+    using C = TcConfig<D>;
+    using L = FusedLayout<D>;
+    constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
+    static_assert(NTP % 2 == 0, "n-tiles in pairs (ldmatrix .x4)");
+    const int qr0 = (warp & 1) * 16;
+    const T* ds_lane = dSs + qr0 * L::DS_LD + ldsm_a_offset(lane, L::DS_LD);
+    const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
+    const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
+    const uint32_t ones[2] = {one, one};
+    // This lane's two query rows (accumulator rows g, g + 8) in dq_acc, and whether they are below Lq.
+    float* rows[2];
+    bool valid[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = q0 + qr0 + mma_c_elem(lane, 2 * r).row;
+        valid[r] = i < a.Lq;
+        rows[r] = dq_acc + (valid[r] ? query_row(a, head, i) * D : 0);
+    }
+    float rowsum[1][4];
+    zero_acc(rowsum);
+#pragma unroll
+    for (int pass = 0; pass < PASSES; ++pass) {
+        const int dc0 = (warp >> 1) * (D / 2) + pass * COLS;
+        const int b_off = dc0 + ldsm_b_kmajor_offset(lane, LD);
+        float acc[NTP][4];
+        zero_acc(acc);
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk) {  // dQ += dS . K, and a far tile's row sums of dS
+            uint32_t af[4];
+            ldsm_x4(af, ds_lane + kk * 16);
+            mma_kmajor_ldsm<T, NTP>(acc, af, Ks + kk * 16 * LD + b_off);
+            if (pass == 0 && !band) {  // profile: far
+                MmaOp<T>::run(rowsum[0], af, ones);
+            }
+        }
+        // Far: + rowsum(dS) * T[lo], a bucket k-step whose only nonzero column is 0 (Ts row 0 = T[lo]).
+        if (!band) {  // profile: far
+            uint32_t af[4] = {0u, 0u, 0u, 0u};
+            if (lane % 4 == 0) {
+                af[0] = MmaOp<T>::pack(rowsum[0][0], 0.0f);
+                af[1] = MmaOp<T>::pack(rowsum[0][2], 0.0f);
+            }
+            mma_kmajor_ldsm<T, NTP>(acc, af, Ts + b_off);
+        } else {  // profile: band  (+ Bucket . T[lo .. lo + kcols), at most TB_COLS / 16 k-steps)
+#pragma unroll
+            for (int ks = 0; ks < C::TB_COLS / 16; ++ks) {
+                if (ks < kcols / 16) {
+                    uint32_t af[4];
+                    ldsm_x4(af, bk_lane + ks * 16);
+                    mma_kmajor_ldsm<T, NTP>(acc, af, Ts + ks * 16 * LD + b_off);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            if (!valid[r]) continue;
+            for_each_acc_in_row<NTP>(lane, r,
+                                     [&](int nt, int e, int col) { atomicAdd(rows[r] + dc0 + col, acc[nt][e]); });
+        }
+    }
+}
+
+template <typename T, int D, bool PACKED, int FEATURES>
+__global__ void __launch_bounds__(TcConfig<D>::NT, 1)
+relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* __restrict__ lse,
+                            const float* __restrict__ delta, float* __restrict__ dq_acc, T* __restrict__ dk,
+                            T* __restrict__ dv) {
+    using C = TcConfig<D>;
+    using L = FusedLayout<D>;
+    constexpr Features F = static_cast<Features>(FEATURES);
+    constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8, TB_LD = C::TB_LD;
+    NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
+    T* Ks = reinterpret_cast<T*>(smem_raw);
+    T* Vs = Ks + BM * LD;
+    T* Qs = Vs + BM * LD;
+    T* dOs = Qs + QN * LD;
+    T* Ts = dOs + QN * LD;
+    T* dSs = Ts + C::TB_COLS * LD;  // [QN][DS_LD]: dS of the tile, [query][key]
+    T* Bk = dSs + QN * L::DS_LD;    // [QN][BK_LD]: a band tile's bucket
+    float* qtb = reinterpret_cast<float*>(Bk + QN * L::BK_LD);  // [QN][TB_LD]: q_i . T[lo + c]
+    float* dotb = qtb + QN * TB_LD;                            // [QN][TB_LD]: dO_i . T[lo + c]
+    RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const HeadIndex head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
+    const int k0 = blockIdx.x * BM;
+    if (PACKED && k0 >= a.Lk) return;  // past its sequence
+    const int E = 2 * a.R;
+    const LaneKeys keys = lane_keys(a, k0 + warp * 16, lane);
+    const HeadInputs<T> in = head_inputs<T>(a, head);
+    const T* dog = dout + query_row(a, head, 0) * D;
+    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
+    const float kept_scale = kept_weight_scale(a, head.bh);
+
+    stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
+    stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
+    float acc_k[NTD][4], acc_v[NTD][4];
+    zero_acc(acc_k);
+    zero_acc(acc_v);
+
+    for (int q0 = 0; q0 < a.Lq; q0 += QN) {
+        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head, q0);  // also: the previous tile fully consumed
+        // Skipped tiles contribute nothing to dQ either (every pair masked, p = 0).
+        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) {  // profile: rare
+            continue;
+        }
+        const int pos_first = a.q_offset + q0;
+        stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
+        stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, QN, a.Lq);
+        const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
+        const int tcols = round_up(tr.hi - tr.lo + 1, 8), kcols = round_up(tcols, 16);
+        // 16-row k-steps of the dQ bucket product: rows past 2R zero, the others finite (times zero weights).
+        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, kcols, E + 1);
+        __syncthreads();
+        project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+
+        float s[NTQ][4], dp[NTQ][4];
+        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
+        __syncthreads();  // projections visible to every warp
+        warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        for_each_acc<NTQ>(lane, [&](int nt, int e, int key, int il) {
+            dSs[il * L::DS_LD + warp * 16 + key] = from_f<T>(dp[nt][e]);
+        });
+        if (band) {  // profile: band
+            uint4* z = reinterpret_cast<uint4*>(Bk);
+            for (int e = threadIdx.x; e < QN * L::BK_LD * 2 / 16; e += NT) z[e] = make_uint4(0u, 0u, 0u, 0u);
+        }
+        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
+        __syncthreads();  // dS (and the cleared bucket) visible to every warp
+        if (band) {  // profile: band
+            fill_band_bucket<T, D>(Bk, dSs, a, tr, pos_first, k0);
+            __syncthreads();
+        }
+        warp_add_dq<T, D>(dq_acc, dSs, Ks, Ts, Bk, band, kcols, a, head, q0, warp, lane);
+    }
+    store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
+}
+
+// dq[e] = scale * acc[e] in the output dtype over n = rows * D elements (rows of D: the row length names the
+// instantiation, one per head dim as every kernel here).
+template <typename T, int D>
+__global__ void __launch_bounds__(256)
+relattn_bwd_dq_convert_kernel(const float* __restrict__ acc, T* __restrict__ dq, int64_t n, float scale) {
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += stride)
+        dq[e] = from_f<T>(scale * acc[e]);
+}
+
+constexpr int CONVERT_THREADS = 256;
+constexpr int CONVERT_MAX_BLOCKS = 1024;
+
+template <typename T, int D>
+inline const char* launch_dq_convert(const float* acc, T* dq, int64_t n, float scale, int device, void* stream) {
+    if (n == 0) return nullptr;
+    const DeviceGuard guard(device);
+    if (guard.error()) return guard.error();
+    const int64_t want = (n + 4 * CONVERT_THREADS - 1) / (4 * CONVERT_THREADS);  // ~4 elements a thread
+    const unsigned blocks = static_cast<unsigned>(want < CONVERT_MAX_BLOCKS ? want : CONVERT_MAX_BLOCKS);
+    auto kernel = relattn_bwd_dq_convert_kernel<T, D>;
+    NZ_LAUNCH(kernel, dim3(blocks), dim3(CONVERT_THREADS), 0, static_cast<cudaStream_t>(stream), acc, dq, n, scale);
+    return launch_status();
+}
+
+// The fused kernel for the call's layout and feature set, then the dQ conversion.
+template <typename T, int D>
+inline const char* launch_fused(const AttnArgs& a, const T* dout, const float* lse, const float* delta,
+                                float* dq_acc, T* dq, T* dk, T* dv, int device, void* stream) {
+    const char* err = dispatch_layout(a, [&](auto packed) -> const char* {
+        return dispatch_features(a, [&](auto features) -> const char* {
+            constexpr bool P = decltype(packed)::value;
+            constexpr int F = decltype(features)::value;
+            return launch_row_blocks<TcConfig<D>>(relattn_bwd_fused_tc_kernel<T, D, P, F>, a.Lk,
+                                                  FusedLayout<D>::bytes(), a, device, stream, dout, lse, delta,
+                                                  dq_acc, dk, dv);
+        });
+    });
+    if (err) return err;
+    const int64_t rows = a.cu_seqlens_q != nullptr ? static_cast<int64_t>(a.Tq) * a.H
+                                                   : static_cast<int64_t>(a.B) * a.H * a.Lq;
+    return launch_dq_convert<T, D>(dq_acc, dq, rows * D, a.scale, device, stream);
+}
+
+const char* relattn_bwd_tc_fused(const AttnArgs& a, DType dtype, const void* dout, const float* lse,
+                                 const float* delta, float* dq_acc, void* dq, void* dk, void* dv, int device,
+                                 void* stream) {
+    return dispatch_kernel<Impl::TC>(dtype, a.D, [&](auto element, auto head_dim) -> const char* {
+        using T = typename decltype(element)::type;
+        constexpr int D = decltype(head_dim)::value;
+        if constexpr (!fused_bwd_head_dim(D))
+            return relattn_bwd_tc(a, dtype, dout, lse, delta, dq, dk, dv, device, stream);
+        else
+            return launch_fused<T, D>(a, static_cast<const T*>(dout), lse, delta, dq_acc, static_cast<T*>(dq),
+                                      static_cast<T*>(dk), static_cast<T*>(dv), device, stream);
+    });
+}
+
+}  // namespace nezha

@@ -1,0 +1,154 @@
+// The key-block side of the tensor-core backward, shared by the two-kernel backward's dK dV kernel
+// (relattn_bwd_tc.cu) and the fused backward (relattn_bwd_fused.cu): a block owns BM = 64 keys (16 per warp) and
+// streams query tiles of QN = 32 rows. Per tile: the block-wide table projections Q.T^T and dO.T^T over the tile's
+// table rows (key side and value side of the relative term), then per warp S^T = K.Q^T and dP^T = V.dO^T by mma and
+// the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV accumulated in registers.
+#pragma once
+
+#include "relattn_async.cuh"
+#include "relattn_flash.h"
+#include "relattn_tc.cuh"
+
+namespace nezha {
+
+// pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale),
+// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e).
+template <Features F>
+__device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
+                                                      float dot, float dw, const RowStats& row, float kept_scale) {
+    if constexpr (F == Features::GENERAL) {
+        return pair_grad(a, head, i, j, pos, dot, dw, row, kept_scale);
+    } else {  // one FFMA and one ex2 per pair, as the forward's far loop (no masks: the row max is finite)
+        const float p = fast_exp2(fmaf(dot, a.scale * LOG2E, -(row.max + row.log_sum) * LOG2E));
+        PairGrad g;
+        g.w = p * kept_scale;
+        g.ds = p * (dw * kept_scale - row.delta);
+        return g;
+    }
+}
+
+// qtb[i][c] = q_i . T[lo + c] and dotb[i][c] = dO_i . T[lo + c] (fp32, stride TB_LD) for the tile's QN query rows
+// (Qs, dOs) and its staged table rows (Ts, tcols of them, a multiple of 8): (QN / 16) x (tcols / 8) output tiles of
+// 16 x 8, round-robin over the warps.
+template <typename T, typename C>
+__device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
+                                                   int tcols, int warp, int lane) {
+    constexpr int QN = C::QN, LD = C::LD, TB_LD = C::TB_LD;
+    const int jobs = (QN / 16) * (tcols / 8);
+    for (int job = warp; job < jobs; job += C::WARPS) {
+        const int mt = job % (QN / 16), nt = job / (QN / 16);
+        float cq[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < C::D / 16; ++kk) {
+            uint32_t aq[4], ado[4], bf[2];
+            load_a(aq, Qs + mt * 16 * LD + kk * 16, LD, lane);
+            load_a(ado, dOs + mt * 16 * LD + kk * 16, LD, lane);
+            load_b_nmajor(bf, Ts + nt * 8 * LD + kk * 16, LD, lane);
+            MmaOp<T>::run(cq, aq, bf);
+            MmaOp<T>::run(cd, ado, bf);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const FragRC x = mma_c_elem(lane, e);
+            const int o = (mt * 16 + x.row) * TB_LD + nt * 8 + x.col;
+            qtb[o] = cq[e];
+            dotb[o] = cd[e];
+        }
+    }
+}
+
+// This lane's two keys (accumulator rows g and g + 8 of its warp's 16) and whether they are below Lk.
+struct LaneKeys {
+    int j[2];
+    bool valid[2];
+};
+
+__device__ __forceinline__ LaneKeys lane_keys(const AttnArgs& a, int key0, int lane) {
+    LaneKeys k;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        k.j[r] = key0 + mma_c_elem(lane, 2 * r).row;
+        k.valid[r] = k.j[r] < a.Lk;
+    }
+    return k;
+}
+
+// One warp's 16 keys (Ks, Vs rows from the warp's first) x the QN queries of the tile: S^T = K.Q^T into w[] and
+// dP^T = V.dO^T into ds[], by mma.
+template <typename T, typename C>
+__device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4], const T* Ks_warp,
+                                            const T* Vs_warp, const T* Qs, const T* dOs, int lane) {
+    zero_acc(w);
+    zero_acc(ds);
+#pragma unroll
+    for (int kk = 0; kk < C::D / 16; ++kk) {
+        uint32_t ak[4], av[4];
+        load_a(ak, Ks_warp + kk * 16, C::LD, lane);
+        load_a(av, Vs_warp + kk * 16, C::LD, lane);
+        mma_b_pair<BLayout::N_MAJOR>(w, ak, Qs + kk * 16, ds, av, dOs + kk * 16, C::LD, lane);
+    }
+}
+
+// warp_scores' S^T, dP^T in place into W^T (dV's weights p f) and dS^T, zero for pairs past Lq / Lk, tile q0 (its
+// table rows tr). The projections qtb / dotb of the tile must be visible (a barrier after project_query_tile).
+template <Features F, typename C>
+__device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                const float* qtb, const float* dotb, const RowStats* stats_s,
+                                                TableRows tr, int q0, float kept_scale, int lane) {
+    for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
+        const int r = e >> 1, i = q0 + il;
+        float weight = 0.0f, grad = 0.0f;
+        if constexpr (F == Features::PLAIN) {  // branch-free: pairs past Lq / Lk are finite (zero-filled rows)
+            const int pos = a.q_offset + i, j = keys.j[r];
+            const int col = il * C::TB_LD + relative_index(j, pos, a.R) - tr.lo;
+            const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, w[nt][e] + qtb[col], ds[nt][e] + dotb[col],
+                                                    stats_s[il], kept_scale);
+            const bool valid = keys.valid[r] && i < a.Lq;
+            weight = valid ? g.w : 0.0f;
+            grad = valid ? g.ds : 0.0f;
+        } else if (keys.valid[r] && i < a.Lq) {
+            const int pos = a.q_offset + i, j = keys.j[r];
+            const int col = il * C::TB_LD + relative_index(j, pos, a.R) - tr.lo;
+            const PairGrad g = feature_pair_grad<F>(a, head, i, j, pos, w[nt][e] + qtb[col], ds[nt][e] + dotb[col],
+                                                    stats_s[il], kept_scale);
+            weight = g.w;
+            grad = g.ds;
+        }
+        w[nt][e] = weight;
+        ds[nt][e] = grad;
+    });
+}
+
+// acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]).
+template <typename T, typename C>
+__device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4], float (&acc_v)[C::D / 8][4],
+                                                     const float (&w)[C::QN / 8][4], const float (&ds)[C::QN / 8][4],
+                                                     const T* Qs, const T* dOs, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < C::QN / 16; ++kk) {
+        uint32_t aw[4], ads[4];
+        acc_to_a<T, C::QN / 8>(aw, w, kk);
+        acc_to_a<T, C::QN / 8>(ads, ds, kk);
+        mma_b_pair<BLayout::K_MAJOR>(acc_v, aw, dOs + kk * 16 * C::LD, acc_k, ads, Qs + kk * 16 * C::LD, C::LD,
+                                     lane);
+    }
+}
+
+// dk = scale * acc_k and dv = acc_v for this lane's valid keys.
+template <typename T, int D>
+__device__ __forceinline__ void store_dkdv(T* dk, T* dv, const float (&acc_k)[D / 8][4],
+                                           const float (&acc_v)[D / 8][4], const AttnArgs& a, HeadIndex head,
+                                           const LaneKeys& keys, int lane) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (!keys.valid[r]) continue;
+        const int64_t base = key_row(a, head, keys.j[r]) * D;
+        for_each_acc_in_row<D / 8>(lane, r, [&](int nt, int e, int d) {
+            dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
+            dv[base + d] = from_f<T>(acc_v[nt][e]);
+        });
+    }
+}
+
+}  // namespace nezha
