@@ -22,7 +22,7 @@ def _listing(body: str, name: str = "k") -> str:
     lines += [f"{name}:", f".text.{name}:"]
     for raw in textwrap.dedent(body).strip().splitlines():
         raw = raw.strip()
-        if raw.startswith(".L") or raw.startswith("//##"):
+        if raw.startswith(".L") or raw.startswith("//##") or raw.endswith(":"):
             lines.append(("\t" if raw.startswith("//") else "") + raw)
             continue
         addr, pred, ins = raw.split("|")
@@ -111,6 +111,59 @@ def test_nested_loops_have_parents_and_outer_path_skips_the_inner_body():
     assert sass.mma_fma("HMMA.16816.F32.BF16") == 16 * 8 * 16
     assert sass.mma_fma("HGMMA.64x32x16.F32.BF16") == 64 * 32 * 16 / 4
     assert [sass.shared_bytes(i) for i in outer_path.instrs[:2]] == [512, 256]
+
+
+# The shape nvcc 13 gives the sm_80 TC forward: a loop's exit is a predicated CALL.REL.NOINC to the label after
+# its back edge (then an unconditional BRA back to the header), and a __syncwarp() in the next loop is a
+# BRA.CONV ~URZ over a CALL of the warpsync subroutine (the diverged-warp fallback, which RETs).
+CALL_EXIT = _listing(
+    """
+    00|    |MOV R1, c[0x0][0x28]
+    10|    |ISETP.GE.AND P0, PT, R2, R3, PT
+    .L_x_1:
+    20|    |HMMA.16816.F32.BF16 R4, R8, R12, R4
+    30|    |IADD3 R2, R2, 0x40, RZ
+    40|    |ISETP.GE.AND P1, PT, R2, R3, PT
+    50| @P1|CALL.REL.NOINC `(.L_x_2)
+    60|    |BRA `(.L_x_1)
+    .L_x_2:
+    70|    |NOP
+    80|    |MOV R5, RZ
+    .L_x_3:
+    90|    |HMMA.16816.F32.BF16 R4, R8, R12, R4
+    a0|    |BRA.CONV ~URZ, `(.L_x_4)
+    b0|    |MOV R150, 0xd0
+    c0|    |CALL.REL.NOINC `($__internal_0_$__cuda_sm70_warpsync)
+    .L_x_4:
+    d0|    |MUFU.EX2 R6, R7
+    e0|    |IADD3 R5, R5, 0x1, RZ
+    f0|    |ISETP.GE.AND P2, PT, R5, R3, PT
+    100| @P2|CALL.REL.NOINC `(.L_x_5)
+    110|    |BRA `(.L_x_3)
+    .L_x_5:
+    120|    |EXIT
+    $__internal_0_$__cuda_sm70_warpsync:
+    130|    |WARPSYNC R151
+    140|    |RET.REL.NODEC R150 `(k)
+    .L_x_6:
+    150|    |BRA `(.L_x_6)
+    """
+)
+
+
+def test_loop_exit_through_call_rel_noinc_reaches_the_next_loop():
+    (fn,) = sass.parse(CALL_EXIT)
+    sass.analyze_cfg(fn)
+    assert [(fn.blocks[lp.header].start, lp.parent) for lp in fn.loops] == [(0x20, None), (0x90, None)]
+    first, second = (sass.best_paths(fn, lp)["far"] for lp in fn.loops)
+    assert [i.addr for i in first.instrs] == [0x20, 0x30, 0x40, 0x50, 0x60]
+    # BRA.CONV reads as the converged warp's jump: the warpsync fallback is not on the path
+    assert [i.addr for i in second.instrs] == [0x90, 0xA0, 0xD0, 0xE0, 0xF0, 0x100, 0x110]
+    line = sass.straight_line(fn)
+    assert [i.addr for i in line.instrs] == [0x00, 0x10, 0x70, 0x80, 0x120] and line.inner_loops == [0, 1]
+    # a CALL of a subroutine returns: it neither ends a block nor is a local (loop exit) call
+    call = next(i for i in fn.instrs if i.addr == 0xC0)
+    assert not call.local_call and not call.ends_block
 
 
 @pytest.mark.parametrize(

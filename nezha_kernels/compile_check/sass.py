@@ -7,6 +7,10 @@ inline chain, innermost first; it applies to the instructions below it.
 
 Control flow: basic blocks start at the entry, at every label a branch names and after every branch; a
 conditional branch (guard predicate, or a predicate operand as in ``BRA P6, target``) also falls through.
+A ``CALL`` to a ``.L`` label of the function is a branch too: nvcc's sm_80 loop exit (``@P1 CALL.REL.NOINC
+`(.L_x_9)`` before the back edge ``BRA `(.L_x_3)``); a CALL of a subroutine (``$__internal_...``, which RETs)
+falls through. ``BRA.CONV ~URZ, target`` (a __syncwarp on sm_80) is read as the converged warp's jump: its
+fall-through, the CALL of the warpsync helper for a diverged warp, is left out of the paths.
 Loops are natural loops of back edges (an edge to a block that dominates its source); loops sharing a
 header are one loop; a loop's parent is the smallest loop that strictly contains it. The self-loop trap
 nvcc and triton put after the last EXIT (``.L_x_9: BRA `(.L_x_9)``) is not a loop.
@@ -86,8 +90,15 @@ class Instruction:
         return m.group(1) if m else None
 
     @property
+    def local_call(self) -> bool:
+        """A ``CALL`` to a ``.L`` label of the function itself: nvcc's loop exit on sm_80 (``@P1 CALL.REL.NOINC
+        `(.L_x_9)`` then ``BRA `(.L_x_3)``, the back edge), a jump that returns nowhere; a call of a subroutine
+        (``$__internal_..._slowpath``, which ends in RET) is not one and falls through like a plain instruction."""
+        return self.base == "CALL" and (self.target or "").startswith(".L")
+
+    @property
     def ends_block(self) -> bool:
-        return self.base in ("BRA", "BRX", "JMP", "JMX", "RET", "EXIT", "KILL")
+        return self.base in ("BRA", "BRX", "JMP", "JMX", "RET", "EXIT", "KILL") or self.local_call
 
     @property
     def conditional(self) -> bool:
@@ -208,7 +219,7 @@ def _build_blocks(fn: Function) -> list[Block]:
         last = b.instrs[-1]
         fall = b.index + 1 if b.index + 1 < len(blocks) else None
         succ = []
-        if last.base == "BRA":
+        if last.base == "BRA" or last.local_call:
             tgt = last.target
             if tgt in fn.labels and fn.labels[tgt] in by_instr:
                 succ.append(by_instr[fn.labels[tgt]])
