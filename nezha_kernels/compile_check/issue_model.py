@@ -25,6 +25,7 @@ import dataclasses
 import math
 
 __all__ = [
+    "prediction_cell",
     "ISSUE_PER_CLOCK",
     "EX2_PER_CLOCK",
     "FMA_PER_CLOCK_WGMMA",
@@ -130,3 +131,9 @@ def predict(
         "bound": bound,
         "time_us": round(cyc[bound] / CLOCK_HZ * 1e6, 2),
     }
+
+
+def prediction_cell(prediction: dict, digits: int) -> str:
+    """One prediction as a table cell: "time_us (bound, x plain)", the ratio only where the row has a plain twin."""
+    ratio = prediction.get("vs_plain_flash_fwd")
+    return f"{prediction['time_us']:.{digits}f} ({prediction['bound']}{f', {ratio:.2f}x' if ratio else ''})"

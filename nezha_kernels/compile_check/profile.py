@@ -177,10 +177,7 @@ def format_model(rows: list[dict]) -> str:
     for r in rows:
         if r.get("status") != "ok":
             continue
-        cells = []
-        for p in r["model"]["predictions"]:
-            ratio = p.get("vs_plain_flash_fwd")
-            cells.append(f"{p['time_us']:.1f} ({p['bound']}{f', {ratio:.2f}x' if ratio else ''})")
+        cells = [issue_model.prediction_cell(p, 1) for p in r["model"]["predictions"]]
         body.append((r["kernel"], r["backend"], f"sm_{r['arch']}", r["dtype"], str(r["head_dim"]), *cells))
     return _table(header, body)
 

@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from .issue_model import prediction_cell
+
 __all__ = ["loops_markdown", "model_markdown", "main"]
 
 
@@ -78,10 +80,7 @@ def model_markdown(rows: list[dict], lengths) -> str:
     for r in rows:
         if r.get("status") != "ok":
             continue
-        cells = []
-        for p in r["model"]["predictions"]:
-            ratio = p.get("vs_plain_flash_fwd")
-            cells.append(f"{p['time_us']:.0f} ({p['bound']}{f', {ratio:.2f}x' if ratio else ''})")
+        cells = [prediction_cell(p, 0) for p in r["model"]["predictions"]]
         body.append([r["kernel"], r["backend"], r["arch"], r["dtype"], r["head_dim"], *cells])
     return _md(header, body)
 
