@@ -17,7 +17,8 @@ from nezha_kernels.cuda_ext.sources import KERNEL_SOURCES
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
     monkeypatch.setenv(build.BUILD_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: f"fake {nvcc} 13.0")
+    monkeypatch.setattr(build, "nvcc_version", lambda nvcc: f"fake {nvcc} 13.0")
+    monkeypatch.setattr(nvcc_check, "nvcc_version", lambda nvcc: f"fake {nvcc} 13.0")
     return tmp_path
 
 
@@ -30,9 +31,6 @@ def _fake_nvcc(calls):
         stderr = ""
 
         def __init__(self, cmd, **_):
-            if "--version" in cmd:
-                self.stdout = "fake nvcc 13.0"
-                return
             calls.append(cmd[2])
             out = cmd[cmd.index("-o") + 1]
             with open(out, "w") as f:
@@ -72,8 +70,8 @@ def test_the_shared_object_key_follows_sources_flags_and_nvcc(cache, monkeypatch
     assert first == build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
     assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (90,))
     assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[1], (80,))
-    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: "fake 13.1")
+    monkeypatch.setattr(build, "nvcc_version", lambda nvcc: "fake 13.1")
     assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
-    monkeypatch.setattr(build, "_nvcc_version", lambda nvcc: "fake nvcc 13.0")
+    monkeypatch.setattr(build, "nvcc_version", lambda nvcc: "fake nvcc 13.0")
     monkeypatch.setattr(build, "sources_digest", lambda names: "edited")
     assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))

@@ -17,7 +17,16 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..cuda_ext.build import CSRC, cache_root, copy_atomically, find_nvcc, nvcc_flags, object_cache_path, sources_digest
+from ..cuda_ext.build import (
+    CSRC,
+    cache_root,
+    copy_atomically,
+    find_nvcc,
+    nvcc_flags,
+    nvcc_version,
+    object_cache_path,
+    sources_digest,
+)
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from .rows import CompileRow
 
@@ -114,7 +123,7 @@ def parse_ptxas(log: str) -> list[dict]:
 def _cache_path(nvcc: str, source: str, arch: int, cmd_flags: list[str]) -> Path:
     """ptxas logs are cached by nvcc version, flags and the contents of the source and every header."""
     h = hashlib.sha256()
-    h.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
+    h.update(nvcc_version(nvcc).encode())
     h.update(" ".join(cmd_flags).encode())
     h.update(sources_digest((source, *HEADERS)).encode())
     return cache_root() / "compile_check" / f"{Path(source).stem}.sm{arch}.{h.hexdigest()[:16]}.json"

@@ -22,7 +22,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, sources_digest
+from ..cuda_ext.build import CSRC, cache_root, find_nvcc, nvcc_flags, nvcc_version, sources_digest
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from . import nvcc as nvcc_check
 from . import sass
@@ -53,8 +53,7 @@ STAGES = {"relattn_fwd_tc_kernel": 2}
 
 
 def _nvcc_version(nvcc: str) -> str:
-    text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"release ([\d.]+)", text)
+    m = re.search(r"release ([\d.]+)", nvcc_version(nvcc))
     return m.group(1) if m else "unknown"
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "cached_build",
     "aot_extension",
     "object_cache_path",
+    "nvcc_version",
 ]
 
 CSRC = source_dir()  # the checkout's csrc/, or the copy a wheel ships (nezha_kernels/_csrc)
@@ -133,7 +134,8 @@ def parse_archs(text: str) -> tuple[int, ...]:
 
 
 @functools.cache
-def _nvcc_version(nvcc: str) -> str:
+def nvcc_version(nvcc: str) -> str:
+    """``nvcc --version``'s output (run once per process): part of every compile cache key."""
     return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
 
 
@@ -146,7 +148,7 @@ def object_cache_path(nvcc: str, source: str, archs: tuple[int, ...]) -> Path:
     from .sources import HEADERS
 
     h = hashlib.sha256()
-    h.update(_nvcc_version(nvcc).encode())
+    h.update(nvcc_version(nvcc).encode())
     h.update(" ".join(nvcc_flags(archs)).encode())
     h.update(sources_digest((source, *HEADERS)).encode())
     return cache_root() / "objects" / f"{Path(source).stem}.{_arch_tag(archs)}.{h.hexdigest()[:16]}.o"
