@@ -46,6 +46,9 @@ class AttentionInputs:
     Padding-free (``varlen`` True): q [Tq, H, D]; k, v [Tk, H, D], sequence b being rows
     ``cu_seqlens[b]:cu_seqlens[b+1]``; query i of sequence b sits at position i + (Lk_b - Lq_b).
     table: [2R+1, D]; all tensors of one dtype (the masks excepted) and one device.
+    sinusoid: True when the table is the op's own default (``rel_table=None``: NEZHA's sinusoid table for q's
+        (R, D, dtype)). Kernels may then compute the band's relative terms from the sinusoid's rotation identity
+        instead of reading the table; a user-given table (even one equal to the sinusoid) is read as given.
     key_padding: bool [B, Lk] (True = attend) or None; dense calls only.
     additive_mask: float tensor of rank 4 broadcastable to [B, H, Lq, Lk] (expanded view) or None; dense only.
     q_offset: absolute position of query row 0 of a dense call; 0 for a padding-free one (its offsets are
@@ -76,6 +79,7 @@ class AttentionInputs:
     cu_seqlens_k: torch.Tensor | None = None
     max_seqlen_q: int | None = None
     max_seqlen_k: int | None = None
+    sinusoid: bool = False
 
     def __post_init__(self):
         # Internal invariants (user input was checked before): a description is dense or padding-free, never a mix.
@@ -326,6 +330,7 @@ def prepare_inputs(
         k=k,
         v=v,
         table=table,
+        sinusoid=rel_table is None,
         max_relative_position=r,
         causal=causal,
         dropout_p=dropout_p,
@@ -444,6 +449,7 @@ def prepare_varlen_inputs(
         k=k,
         v=v,
         table=table,
+        sinusoid=rel_table is None,
         max_relative_position=r,
         causal=causal,
         dropout_p=dropout_p,

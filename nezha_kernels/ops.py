@@ -2,14 +2,16 @@
 
     nezha_kernels::relattn_fwd(q, k, v, table, key_padding?, additive_mask?, head_mask?, cu_seqlens_q?,
         cu_seqlens_k?, max_seqlen_q, max_seqlen_k, max_relative_position, causal, q_offset, scale, dropout_p,
-        seed, impl) -> (out, lse)
+        seed, impl, sinusoid=False) -> (out, lse)
     nezha_kernels::relattn_bwd(grad_out, q, k, v, table, out, lse, <the same tail>) -> (dq, dk, dv)
 
 ``impl`` names the implementation ("triton", "cuda-tc", "cuda-simt"): a module with a launcher pair
-``relattn_fwd`` / ``relattn_bwd`` taking exactly the schema's arguments (seed as an int). Both ops are
-opaque to torch.compile (fake twins give the shapes), and ``register_autograd`` makes the forward
-differentiable in q, k and v. Gradients to the table and head_mask are not part of the schema: the
-capability table (nezha_kernels/capabilities.py) keeps calls that need them away from these backends.
+``relattn_fwd`` / ``relattn_bwd`` taking exactly the schema's arguments (seed as an int, sinusoid by keyword).
+``sinusoid``: the table is the op's default (NEZHA's sinusoid, see inputs.AttentionInputs): a launcher may
+compute the band terms from the sinusoid instead of reading the table. Both ops are opaque to torch.compile
+(fake twins give the shapes), and ``register_autograd`` makes the forward differentiable in q, k and v. Gradients
+to the table and head_mask are not part of the schema: the capability table (nezha_kernels/capabilities.py) keeps
+calls that need them away from these backends.
 
 Layouts. Dense: q [B, H, Lq, D], k / v [B, H, Lk, D] -> out [B, H, Lq, D], lse [2, B, H, Lq].
 Padding-free (cu_seqlens_q given): q [Tq, H, D], k / v [Tk, H, D], cu_seqlens int32 [B+1] ->
@@ -66,6 +68,7 @@ def relattn_fwd(
     dropout_p: float,
     seed: torch.Tensor,
     impl: str,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     forward, _ = _launchers(impl)
     return forward(
@@ -86,6 +89,7 @@ def relattn_fwd(
         scale,
         dropout_p,
         int(seed),
+        sinusoid=sinusoid,
     )
 
 
@@ -109,6 +113,7 @@ def _(
     dropout_p,
     seed,
     impl,
+    sinusoid=False,
 ):
     if cu_seqlens_q is not None:
         tq, h, d = q.shape
@@ -140,6 +145,7 @@ def relattn_bwd(
     dropout_p: float,
     seed: torch.Tensor,
     impl: str,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _, backward = _launchers(impl)
     return backward(
@@ -163,6 +169,7 @@ def relattn_bwd(
         scale,
         dropout_p,
         int(seed),
+        sinusoid=sinusoid,
     )
 
 
@@ -189,6 +196,7 @@ def _(
     dropout_p,
     seed,
     impl,
+    sinusoid=False,
 ):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -199,13 +207,14 @@ _N_TENSOR_ARGS = 9
 
 def _setup_context(ctx, inputs, output):
     q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k = inputs[:_N_TENSOR_ARGS]
-    *scalars, seed, impl = inputs[_N_TENSOR_ARGS:]
+    *scalars, seed, impl, sinusoid = inputs[_N_TENSOR_ARGS:]
     out, lse = output
     ctx.save_for_backward(
         q, k, v, table, out, lse, key_padding, additive_mask, head_mask, cu_seqlens_q, cu_seqlens_k, seed
     )
     ctx.scalars = tuple(scalars)
     ctx.impl = impl
+    ctx.sinusoid = sinusoid
 
 
 def _backward(ctx, grad_out, grad_lse):
@@ -226,8 +235,9 @@ def _backward(ctx, grad_out, grad_lse):
         *ctx.scalars,
         seed,
         ctx.impl,
+        ctx.sinusoid,
     )
-    return (dq, dk, dv) + (None,) * 15
+    return (dq, dk, dv) + (None,) * 16
 
 
 relattn_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -255,5 +265,6 @@ def run(inputs: AttentionInputs, impl: str) -> torch.Tensor:
         inputs.dropout_p,
         seed_tensor(inputs.dropout_seed),
         impl,
+        inputs.sinusoid,
     )
     return out

@@ -131,7 +131,7 @@ def test_interpreted_public_op_goes_through_the_one_op(monkeypatch):
     original = ops.relattn_fwd
 
     def spy(*args):
-        seen.append(args[-1])
+        seen.append(tuple(args[-2:]))  # (impl, sinusoid)
         return original(*args)
 
     monkeypatch.setattr(ops, "relattn_fwd", spy)
@@ -139,7 +139,11 @@ def test_interpreted_public_op_goes_through_the_one_op(monkeypatch):
     out = nk.relative_attention(q, q, q, max_relative_position=3, backend="triton")
     ref = nk.relative_attention(q, q, q, max_relative_position=3, backend="reference")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
-    assert seen == ["triton"]
+    # A user's table is read as given, even one equal to the sinusoid: only the op's default is flagged.
+    table = nk.sinusoidal_table(3, 16)
+    out_given = nk.relative_attention(q, q, q, max_relative_position=3, rel_table=table, backend="triton")
+    torch.testing.assert_close(out_given, ref, atol=2e-5, rtol=2e-5)
+    assert seen == [("triton", True), ("triton", False)]
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the emulator cases run in the main process")

@@ -118,11 +118,13 @@ def relattn_fwd(
     seed,
     *,
     family: str,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32: row max, log of the row sum).
 
     q: [B, H, Lq, D], k / v: [B, H, Lk, D], table: [2R+1, D] in q's dtype; seed: int (0 without dropout).
-    max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the dense kernels. Padding-free
+    max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the dense kernels. sinusoid: the table
+    is NEZHA's default (ops.py); the kernels read the table either way. Padding-free
     (cu_seqlens_q given): q [Tq, H, D], k / v [Tk, H, D] -> out [Tq, H, D], lse [2, H, Tq]; q_offset unused.
     """
     impl = _family_code(family)
@@ -178,6 +180,7 @@ def relattn_bwd(
     seed,
     *,
     family: str,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous, in q's dtype; out / lse from ``relattn_fwd`` with the same arguments.
 

@@ -49,6 +49,7 @@ class KernelCall:
     """Everything the forward and backward kernels share, for q, k, v as [B, H, L, D] (or varlen [1, H, T, D] views).
 
     relative off: the plain twin (exact softmax attention, no table term); table is then any [1, D] tensor.
+    sinusoid: the table is NEZHA's default sinusoid (ops.py), so its band terms may be computed, not read.
     """
 
     q: torch.Tensor
@@ -68,6 +69,7 @@ class KernelCall:
     lq_key: int
     lk_key: int
     relative: bool = True
+    sinusoid: bool = False
 
     def pointers(self) -> dict:
         """The input tensors; an absent optional one is q (never read: its HAS_* flag is off)."""

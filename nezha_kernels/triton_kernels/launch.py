@@ -73,6 +73,7 @@ def _call(
     lq_key,
     lk_key,
     relative,
+    sinusoid=False,
 ) -> KernelCall:
     """The call's description; the plain twin (relative off) gets a [1, D] zero table and R = 0 (never read)."""
     if not relative:
@@ -80,7 +81,7 @@ def _call(
         r = 0
     return KernelCall(
         q, k, v, table, key_padding, additive_mask, head_mask, cu_seqlens, r, causal, q_offset, scale, dropout_p, seed,
-        lq_key, lk_key, relative,
+        lq_key, lk_key, relative, relative and sinusoid,
     )  # fmt: skip
 
 
@@ -104,18 +105,20 @@ def relattn_fwd(
     seed,
     *,
     relative: bool = True,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward. Dense: q [B, H, Lq, D], k, v [B, H, Lk, D], table [2R+1, D] (any strides).
 
     Returns (out [B, H, Lq, D] contiguous in q's dtype, lse [2, B, H, Lq] float32) where lse[0] is each
     row's score max and lse[1] the log of its softmax sum (the log-sum-exp is lse[0] + lse[1]).
     Varlen (cu_seqlens_q given): see relattn_fwd_varlen. relative=False runs the plain twin: exact softmax
-    attention with every relative term compiled out (table and max_relative_position unused).
+    attention with every relative term compiled out (table and max_relative_position unused). sinusoid: the table
+    is NEZHA's default (ops.py), which the kernels may compute instead of reading.
     """
     if cu_seqlens_q is not None:
         return relattn_fwd_varlen(
             q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, max_relative_position,
-            causal, scale, dropout_p, seed, relative=relative,
+            causal, scale, dropout_p, seed, relative=relative, sinusoid=sinusoid,
         )  # fmt: skip
     check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
@@ -123,7 +126,7 @@ def relattn_fwd(
     lse = torch.empty((2, b, h, lq), dtype=torch.float32, device=q.device)
     call = _call(
         q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
-        dropout_p, seed, length_key(lq), length_key(k.shape[2]), relative,
+        dropout_p, seed, length_key(lq), length_key(k.shape[2]), relative, sinusoid,
     )  # fmt: skip
     _launch_fwd(call, out, lse, b * h, lq)
     return out, lse
@@ -169,6 +172,7 @@ def relattn_bwd(
     seed,
     *,
     relative: bool = True,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward: (dq, dk, dv), contiguous, in q's dtype. lse is the forward's [2, B, H, Lq] statistics.
 
@@ -177,7 +181,7 @@ def relattn_bwd(
     if cu_seqlens_q is not None:
         return relattn_bwd_varlen(
             grad_out, q, k, v, table, out, lse, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-            max_relative_position, causal, scale, dropout_p, seed, relative=relative,
+            max_relative_position, causal, scale, dropout_p, seed, relative=relative, sinusoid=sinusoid,
         )  # fmt: skip
     check_dense(q, k, v, table, key_padding, additive_mask, head_mask)
     b, h, lq, d = q.shape
@@ -190,7 +194,7 @@ def relattn_bwd(
     dv = torch.empty((b, h, lk, d), dtype=v.dtype, device=q.device)
     call = _call(
         q, k, v, table, key_padding, additive_mask, head_mask, None, max_relative_position, causal, q_offset, scale,
-        dropout_p, seed, length_key(lq), length_key(lk), relative,
+        dropout_p, seed, length_key(lq), length_key(lk), relative, sinusoid,
     )  # fmt: skip
     _launch_bwd(call, grad_out, out, lse, dq, dk, dv, b * h, lq, lk)
     return dq, dk, dv
@@ -251,6 +255,7 @@ def relattn_fwd_varlen(
     seed,
     *,
     relative: bool = True,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen forward: q [Tq, H, D], k, v [Tk, H, D] (any token/head strides), cu_seqlens_q/k int32 [B + 1].
 
@@ -269,7 +274,7 @@ def relattn_fwd_varlen(
     # Kernel LQ / LK = Tq / Tk (row counts of the statistics), the lengths' keys from max_seqlen.
     call = _call(
         qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
-        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative, sinusoid,
     )  # fmt: skip
     _launch_fwd(call, varlen_view(out), lse, b * h, max_seqlen_q)
     return out, lse
@@ -295,6 +300,7 @@ def relattn_bwd_varlen(
     seed,
     *,
     relative: bool = True,
+    sinusoid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Varlen backward: (dq [Tq, H, D], dk, dv [Tk, H, D]) contiguous; lse is the forward's [2, H, Tq]."""
     b = check_varlen(q, k, v, table, None, None, head_mask, cu_seqlens_q, cu_seqlens_k)
@@ -308,7 +314,7 @@ def relattn_bwd_varlen(
     qv, kv, vv = (varlen_view(x) for x in (q, k, v))
     call = _call(
         qv, kv, vv, table, None, None, head_mask, (cu_seqlens_q, cu_seqlens_k), max_relative_position, causal, 0,
-        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative,
+        scale, dropout_p, seed, length_key(max_seqlen_q), length_key(max_seqlen_k), relative, sinusoid,
     )  # fmt: skip
     _launch_bwd(
         call, varlen_view(grad_out), varlen_view(out), lse.reshape(2, 1, h, tq), dq, dk, dv, b * h, max_seqlen_q,
