@@ -4,6 +4,18 @@ The three kernels share ~50 arguments (pointers, strides, scalars, constexprs). 
 one as the kernels do: strides grouped by tensor (``stride_q{b,h,m,d}``, see STRIDE_AXES), scalars by meaning,
 constexprs by role (shape, features, arithmetic). A feature is one field here and one parameter per kernel;
 nothing is spliced by position.
+
+Inside the kernels the same groups travel as tuples, built once per program and unpacked by the @jit helpers that
+read them (softmax.py, band.py, backward_dq.py), so a loop helper takes a handful of packs instead of ~40 arguments:
+
+    rows  = (b, h, bh, offs_m, m_valid)                     the program's batch row, head and query rows
+    masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
+    drop  = (dropout_p, dropout_scale, seed_lo, seed_hi)
+    table = (T, stride_tr, stride_td, R)
+    kv    = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)   this (b, h)'s K / V rows
+    dQ only: stats = (row_max, row_logsum, delta, hm), edges = (q . T[0], q . T[2R], dO . T[0], dO . T[2R])
+
+Constexprs stay separate named parameters (they select code at compile time).
 """
 
 from __future__ import annotations

@@ -169,11 +169,16 @@ def _relattn_fwd_kernel(
         hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)
     band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
 
+    # The argument packs of the loops (built once; the helpers unpack what they use).
+    rows = (b, h, bh, offs_m, m_valid)
+    masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
+    drop = (dropout_p, dropout_scale, seed_lo, seed_hi)
+    table = (T, stride_tr, stride_td, R)
+    kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
     if FAR_LOOPS > 0:
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         # The edge rows' masses (left, right), relative to m_ref: masses of later loops are folded in at each join.
@@ -181,14 +186,10 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         acc, m_i, l_i, band_left, band_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh,
-            offs_m,
-            m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,
-            dropout_scale, seed_lo, seed_hi,
+            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
+            offs_d, d_valid, rows, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P,
-            BAND_P,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + band_left
         mass_right = band_right
@@ -197,8 +198,7 @@ def _relattn_fwd_kernel(
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
             v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, qt_right,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i)
@@ -209,25 +209,18 @@ def _relattn_fwd_kernel(
             mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
         m_ref = m_i
         acc, m_i, l_i, tail_left, tail_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh,
-            offs_m,
-            m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,
-            dropout_scale, seed_lo, seed_hi,
+            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
+            offs_d, d_valid, rows, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P,
-            BAND_P,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + tail_left
         mass_right = rescale(mass_right, m_ref, m_i) + tail_right
     else:
         # One general loop over every key tile (fp32 FMA tiles: the split loops' extra live state spills there).
         acc, m_i, l_i, mass_left, mass_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr,
-            stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh, offs_m, m_valid,
-            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale,
-            seed_lo, seed_hi,
+            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
+            offs_d, d_valid, rows, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
             BLOCK_P, BAND_P,
         )  # fmt: skip
