@@ -11,6 +11,7 @@ import triton.language as tl
 
 from .band import band_bucket, band_gather, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
+from .rotation import load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows
 
@@ -103,8 +104,11 @@ def dq_tile(
     scale,
     ws,
     ws_row,
+    rot,
+    s_tile,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -119,9 +123,11 @@ def dq_tile(
 
     edges: (q . T[0], q . T[2R], dO . T[0], dO . T[2R]) [BLOCK_M]. BAND_P > 0 (block-band mode): in-band biases
     are read from the block's scratch rows ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P):
-    dO @ Tb^T); BAND_P == 0: per-tile table slices.
+    dO @ Tb^T); BAND_P == 0: per-tile table slices. SINUSOID (rotation.py): rot = (ROT, q_rot, do_rot), in-band
+    terms Q_rot @ S_tile^T and dO_rot @ S_tile^T.
     """
     T, stride_tr, stride_td, R = table
+    _, q_rot, do_rot = rot
     q_left, q_right, do_left, do_right = edges
     row_max, row_logsum, delta, hm = stats
     _, _, _, _, m_valid = rows
@@ -132,7 +138,14 @@ def dq_tile(
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
-    if RELATIVE:
+    if SINUSOID:
+        near = (rel > -R) & (rel < R)
+        left = rel < 0
+        q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+        do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+        s += tl.where(near, dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
+        dw += tl.where(near, dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS), do_edge)
+    elif RELATIVE:
         if (rel_min < R) & (rel_max > -R):
             if BAND_P > 0:
                 near = (rel > -R) & (rel < R)
@@ -183,8 +196,10 @@ def dq_band_loop(
     scale,
     ws,
     ws_row,
+    rot,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -195,13 +210,20 @@ def dq_band_loop(
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
 ):
-    """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums."""
+    """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums.
+
+    SINUSOID: dQ's in-band table term sum_j dS_ij a_ij is rotate_back(sum_j dS_band_ij s_j), one P_band-like dot per
+    tile into u, rotated back and added to dq when the loop ends.
+    """
     k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
     T, stride_tr, stride_td, R = table
+    ROT, _, _ = rot
     _, _, _, offs_m, m_valid = rows
     _, _, delta, _ = stats
     ds_left = tl.zeros_like(delta)
     ds_right = tl.zeros_like(delta)
+    if SINUSOID:
+        u = tl.zeros_like(dq)
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
@@ -212,13 +234,24 @@ def dq_band_loop(
         v = tl.load(
             v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
         )
+        s_tile = k
+        if SINUSOID:
+            s_tile = load_positional(ROT, j0, pos0, R, BLOCK_N, q.shape[1]).to(q.dtype)
         ds = dq_tile(
             q, do, k, v, table, edges, offs_d, stats, rows, offs_n, n_valid, q_offset + offs_m, pos0, j0, masks, drop,
-            scale, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+            scale, ws, ws_row, rot, s_tile,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P,
+            BAND_P,
         )  # fmt: skip
         dq += dot(ds.to(k.dtype), k, None, FMA_DOTS)
-        if RELATIVE:
+        if SINUSOID:
+            rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
+            near = (rel > -R) & (rel < R)
+            u += dot(tl.where(near, ds, 0.0).to(s_tile.dtype), s_tile, None, FMA_DOTS)
+            far = tl.where(near, 0.0, ds)
+            ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+            ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+        elif RELATIVE:
             rel_min = j0 - (pos0 + BLOCK_M - 1)
             rel_max = j0 + BLOCK_N - 1 - pos0
             if (rel_min < R) & (rel_max > -R):
@@ -236,6 +269,8 @@ def dq_band_loop(
                 ds_right += tl.sum(ds, axis=1)
             else:
                 ds_left += tl.sum(ds, axis=1)
+    if SINUSOID:
+        dq += rotate_back(u, ROT, BLOCK_M, q.shape[1])
     return dq, ds_left, ds_right
 
 
@@ -251,6 +286,7 @@ def _relattn_bwd_dq_kernel(
     DELTA,
     DQ,
     WS,
+    ROT,
     KPAD,
     AMASK,
     HMASK,
@@ -297,6 +333,7 @@ def _relattn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -312,6 +349,7 @@ def _relattn_bwd_dq_kernel(
     FAR_LOOPS: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
     BLOCK_NB: tl.constexpr = max(16, min(BLOCK_N, 2048 // BLOCK_M))  # the general loop's key tile (forward.py)
@@ -394,6 +432,12 @@ def _relattn_bwd_dq_kernel(
     kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
     stats = (row_max, row_logsum, delta, hm)
     edges = (q_left, q_right, do_left, do_right)
+    q_rot = q
+    do_rot = do
+    if SINUSOID:
+        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
+        do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
+    rot = (ROT, q_rot, do_rot)
     if FAR_LOOPS > 0:
         dq, ds_left = dq_far_loop(
             dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, stats, scale, stride_kn,
@@ -402,8 +446,9 @@ def _relattn_bwd_dq_kernel(
         )  # fmt: skip
         dq, band_left, band_right = dq_band_loop(
             dq, q, do, kv, band_lo, band_hi, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
-            drop, scale, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         dq, ds_right = dq_far_loop(
             dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
@@ -413,8 +458,9 @@ def _relattn_bwd_dq_kernel(
         )  # fmt: skip
         dq, tail_left, tail_right = dq_band_loop(
             dq, q, do, kv, full_end, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0,
-            masks, drop, scale, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            masks, drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         ds_left += band_left + tail_left
         ds_right += band_right + tail_right
@@ -422,8 +468,9 @@ def _relattn_bwd_dq_kernel(
         # One general loop over every key tile (see forward.py).
         dq, ds_left, ds_right = dq_band_loop(
             dq, q, do, kv, 0, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
-            drop, scale, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
 
     if RELATIVE and BAND_P > 0:

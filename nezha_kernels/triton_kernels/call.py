@@ -150,6 +150,14 @@ class KernelCall:
         features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
         return configs.far_loops(kind, self.q.shape[3], self.q.element_size(), features, configs.arch_major(self.q))
 
+    def rotation(self, kind: str) -> bool:
+        """SINUSOID of the forward ("fwd") or dQ ("bwd_dq") kernel: the band by rotation (configs.rotation_band)."""
+        if not (self.relative and self.sinusoid):
+            return False
+        features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
+        elem = self.q.element_size()
+        return configs.rotation_band(kind, self.q.shape[3], elem, features, configs.arch_major(self.q))
+
     def kwargs(self, **kernel_specific) -> dict:
         """Every kernel argument by name: the shared ones plus a kernel's own (outputs, their strides, BAND_P)."""
         return {**self.pointers(), **self.input_strides(), **self.scalars(), **self.constexprs(), **kernel_specific}

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .band import load_band_table
 from .dot import dot, dot_nt
+from .rotation import rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, band_loop, far_loop, rescale
 
@@ -38,6 +39,7 @@ def _relattn_fwd_kernel(
     ROW_MAX,
     ROW_LOGSUM,
     WS,
+    ROT,
     KPAD,
     AMASK,
     HMASK,
@@ -84,6 +86,7 @@ def _relattn_fwd_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -99,6 +102,8 @@ def _relattn_fwd_kernel(
     FAR_LOOPS: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    # The rotation path (rotation.py) needs no scratch; its table covers query blocks of up to 128 rows.
+    tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     # The general loop's key tile: at most 2048 scores per program (8 per thread at 8 warps), so its per-pair band
     # work (scratch slot pointers, masks) stays in registers; the far loops run the full BLOCK_N.
@@ -140,6 +145,9 @@ def _relattn_fwd_kernel(
     else:
         qt_left = tl.zeros([BLOCK_M], tl.float32)
         qt_right = qt_left
+    q_rot = q
+    if SINUSOID:
+        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
 
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
@@ -175,6 +183,7 @@ def _relattn_fwd_kernel(
     drop = (dropout_p, dropout_scale, seed_lo, seed_hi)
     table = (T, stride_tr, stride_td, R)
     kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
+    rot = (ROT, q_rot)
     if FAR_LOOPS > 0:
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
@@ -186,10 +195,10 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         acc, m_i, l_i, band_left, band_right = band_loop(
-            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
+            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
             offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + band_left
         mass_right = band_right
@@ -209,20 +218,20 @@ def _relattn_fwd_kernel(
             mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
         m_ref = m_i
         acc, m_i, l_i, tail_left, tail_right = band_loop(
-            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
-            offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+            scale, offs_d, d_valid, rows, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + tail_left
         mass_right = rescale(mass_right, m_ref, m_i) + tail_right
     else:
         # One general loop over every key tile (fp32 FMA tiles: the split loops' extra live state spills there).
         acc, m_i, l_i, mass_left, mass_right = band_loop(
-            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, scale,
+            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
             offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
 
     if RELATIVE and BAND_P > 0:

@@ -18,6 +18,7 @@ import triton.language as tl
 from .band import band_bucket, band_gather, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .rotation import load_positional, rotate_back
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -142,6 +143,7 @@ def band_loop(
     ws,
     ws_row,
     table,
+    rot,
     scale,
     offs_d,
     d_valid,
@@ -150,6 +152,7 @@ def band_loop(
     drop,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -167,12 +170,17 @@ def band_loop(
     and the last partial tile. The masses are this call's edge-row weights (block-band mode; per-tile mode folds
     them into its table-slice product) relative to the returned m_i. kv: (k_base, v_base, stride_kn, stride_kd,
     stride_vn, stride_vd); table: (T, stride_tr, stride_td, R); rows, masks, drop: see forward.py.
+    SINUSOID (rotation.py): rot = (ROT, q_rot); in-band key-side terms are Q_rot @ S_tile^T, the value side
+    u = sum P_band @ S_tile is rescaled like acc and added to acc, rotated back, when the loop ends.
     """
     k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
     T, stride_tr, stride_td, R = table
+    ROT, q_rot = rot
     _, _, _, _, m_valid = rows
     mass_left = tl.zeros_like(l_i)
     mass_right = tl.zeros_like(l_i)
+    if SINUSOID:
+        u = tl.zeros_like(acc)
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
@@ -188,7 +196,11 @@ def band_loop(
         near = (rel > -R) & (rel < R)
         slot_ptrs = ws + (ws_row + (rel + (R - 1)))
         slot_mask = near & m_valid[:, None] & n_valid[None, :]
-        if RELATIVE:
+        if SINUSOID:
+            s_tile = load_positional(ROT, j0, pos0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+            bias = dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS)
+            s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
+        elif RELATIVE:
             if BAND_P > 0:
                 bias = tl.load(slot_ptrs, mask=slot_mask, other=0.0)
                 s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
@@ -205,10 +217,17 @@ def band_loop(
         m_i = m_new
         if HAS_DROPOUT:
             p = p * keep_factor(drop, rows, offs_n)
-            if RELATIVE and BAND_P > 0:
+            if RELATIVE and BAND_P > 0 and not SINUSOID:
                 s = tl.where(p > 0.0, s, float("-inf"))  # a dropped pair leaves no value-side weight
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
-        if RELATIVE:
+        if SINUSOID:
+            u = u * alpha[:, None] + dot(tl.where(near, p, 0.0).to(s_tile.dtype), s_tile, None, FMA_DOTS)
+            mass_left = mass_left * alpha
+            mass_right = mass_right * alpha
+            far = tl.where(near, 0.0, p)
+            mass_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+            mass_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+        elif RELATIVE:
             if BAND_P > 0:
                 mass_left = mass_left * alpha
                 mass_right = mass_right * alpha
@@ -220,4 +239,6 @@ def band_loop(
                 rel_min = j0 - (pos0 + BLOCK_M - 1)
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
                 acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+    if SINUSOID:
+        acc += rotate_back(u, ROT, BLOCK_M, q.shape[1])
     return acc, m_i, l_i, mass_left, mass_right
