@@ -145,6 +145,9 @@ def test_rotation_band_runs_where_it_compiles_spill_free(monkeypatch):
         assert not rotation(kind, 64, 2, {"VARLEN": True}, 9)
         assert not rotation(kind, 64, 2, {"HAS_AMASK": True}, 9)  # one general loop
     assert rotation("fwd", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))  # there the narrow forward spills 24 B
+    assert not rotation("fwd", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9) and rotation("fwd", 64, 2, {}, 9)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
     assert not rotation("bwd_dq", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
     assert not rotation("bwd_dkdv", 64, 2, {}, 9)
     monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call of fwd / dQ
