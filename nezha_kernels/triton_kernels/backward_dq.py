@@ -3,7 +3,9 @@
 Far tiles (dq_far_loop): p = exp2(qk * scale log2 e + addend_row) with the row's edge term, max and log-sum in
 one per-row addend; dS = p (dO.v hm + (dO . T_edge hm - delta)) (one FFMA and one FMUL per score without dropout);
 dQ += dS @ K; the edge row's dQ term is the row sum of dS times T[0] or T[2R], once at the end. The band and the
-partial last tile run the general path (dq_tile: block-band scratch or per-tile table slices).
+partial last tile run the general path (dq_tile: block-band scratch, per-tile table slices, or with NEZHA's own
+sinusoid (SINUSOID) the rotation identity of rotation.py: in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T, and
+the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop call ends).
 """
 
 import triton

@@ -13,7 +13,10 @@ where one is passed. The band (and the partial tile) run the general loop:
   [BLOCK_M, BAND_P] @ Tb. Scores are stored instead of weights so no online-softmax rescaling of the scratch is
   needed;
 - per-tile mode (BAND_P == 0, large R): loads T_slice (see band.py) and pays two [BLOCK_M, BLOCK_P] dots: key side
-  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice.
+  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice;
+- rotation mode (SINUSOID, the table is NEZHA's own sinusoid; BAND_P == 0, no scratch): rotation.py. Q_rot is
+  computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
+  rotated back into acc when the band-loop call ends.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
