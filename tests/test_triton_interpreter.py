@@ -81,7 +81,7 @@ def test_available_backends_reports_interpreted():
     "lq,lk,d,r,q_offset,table",
     [
         (45, 45, 32, 64, 0, "nezha"),  # every tile in the band
-        (47, 45, 32, 64, 0, "default"),
+        (47, 45, 48, 64, 0, "default"),  # D = 48: BLOCK_D 64 pads the rotated pairs
         (70, 17, 64, 3, 0, "nezha"),  # far-field tiles on both sides, Lq > Lk
         (17, 70, 16, 5, 53, "default"),  # Lq < Lk with an offset (decoding a chunk)
         (1, 45, 32, 8, 44, "default"),  # one query row
