@@ -100,7 +100,8 @@ def test_cuda_impls_pass_opcheck_and_compile(emulated, impl, dtype):
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_triton_impl_suite():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # The op's default table takes the Triton rotation path here whatever the dtype (configs.ROTATION_ENV).
+    env = {**os.environ, "TRITON_INTERPRET": "1", "NEZHA_KERNELS_TRITON_ROTATION": "all"}
     cmd = [
         sys.executable,
         "-m",

@@ -92,3 +92,47 @@ def test_absolute_angles_lose_float32_accuracy_far_out():
     key, key_ref, _, _ = _band_case(i0, torch.float32, origin=0)
     relative, _, _, _ = _band_case(i0, torch.float32, origin=i0)
     assert (key - key_ref).abs().max() > 100 * (relative - key_ref).abs().max()
+
+
+@pytest.mark.parametrize("i0", [0, 2**20 - 16 - BLOCK_M + 1])
+def test_kernel_rotation_arithmetic_is_float32_exact_at_a_million(i0):
+    # The kernels' own arithmetic (triton_kernels/rotation.py), emulated in float32: the launcher's table (sinusoid
+    # rows m = j - i0 + R computed in float64, stored as float32), q rotated by the table's rows 0 .. BLOCK_M - 1
+    # (angles from the block start), Q_rot @ S^T, P @ S rotated back. Its error against the float64 gather is that
+    # of the same products done in float32 on a float32 table (fp32 rounding), whatever the absolute position: the
+    # last row sits at 1,048,560 for the second block.
+    rotation = pytest.importorskip("nezha_kernels.triton_kernels.rotation")  # imports triton
+    g = torch.Generator().manual_seed(5)
+    i = torch.arange(i0, i0 + BLOCK_M)
+    j = torch.arange(i0 - R, i0 + BLOCK_M + R)
+    q = torch.randn(BLOCK_M, D, generator=g).double()
+    band = (j[None, :] - i[:, None]).abs() < R
+    p = torch.rand(BLOCK_M, j.shape[0], generator=g, dtype=torch.float64) * band
+    table64 = formula.nezha_table(R, D)
+    a = table64[(j[None, :] - i[:, None]).clamp(-R, R) + R]
+    key_ref = torch.einsum("id,ijd->ij", q, a) * band
+    value_ref = torch.einsum("ij,ijd->id", p, a)
+
+    rot = rotation.rotation_table(R, D, torch.device("cpu"))
+    assert rot.dtype == torch.float32 and rot.shape == (rotation.rotation_rows(R), D)
+    angles = rot[rotation.PAD_ROWS : rotation.PAD_ROWS + BLOCK_M]  # [sin, cos] of (i - i0) w_t
+    s = rot[(j - i0 + R) + rotation.PAD_ROWS]  # s_j, unclamped rows
+
+    def rotate(x, sign):
+        sin, cos = angles[:, 0::2], angles[:, 1::2]
+        out = torch.empty_like(x)
+        out[:, 0::2] = x[:, 0::2] * cos + sign * (x[:, 1::2] * sin)
+        out[:, 1::2] = x[:, 1::2] * cos - sign * (x[:, 0::2] * sin)
+        return out
+
+    q32 = q.float()
+    key = (rotate(q32, 1.0) @ s.T) * band
+    value = rotate(p.float() @ s, -1.0)
+    # The float32 baseline: the gather on the float32-rounded table, products in float32.
+    a32 = a.float()
+    key_base = torch.einsum("id,ijd->ij", q32, a32) * band
+    value_base = torch.einsum("ij,ijd->id", p.float(), a32)
+    for got, base, ref in ((key, key_base, key_ref), (value, value_base, value_ref)):
+        err, base_err = (got.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()
+        assert err <= 4 * base_err + 1e-6, (err, base_err)
+        assert err <= 16 * torch.finfo(torch.float32).eps * ref.abs().max().item(), err  # a few fp32 ulps

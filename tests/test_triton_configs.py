@@ -1,5 +1,7 @@
 """Tile selection and launch grids of the Triton backend (no GPU needed)."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,3 +129,49 @@ def test_grids_put_batch_times_heads_on_axis_0(monkeypatch):
         "_bwd_dkdv": (b * h, 2),
         "_relattn_bwd_delta_kernel": (b * h, -(-lq // rows_per_delta)),
     }
+
+
+def test_rotation_band_runs_where_it_compiles_spill_free(monkeypatch):
+    # NEZHA's own table (sinusoid): the band by rotation only where the compile check found it spill-free
+    # (benchmarks/NOTES.md "Triton band on tensor cores: rotation"); the table path everywhere else.
+    monkeypatch.delenv(configs.ROTATION_ENV, raising=False)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
+    rotation = configs.rotation_band
+    for kind in ("fwd", "bwd_dq"):
+        assert rotation(kind, 64, 2, {}, 9) and rotation(kind, 32, 2, {}, 9)
+        assert not rotation(kind, 64, 2, {}, 8)  # sm_80: spills even plain
+        assert not rotation(kind, 64, 4, {}, 9)  # fp32 FMA tiles
+        assert not rotation(kind, 128, 2, {}, 9)
+        assert not rotation(kind, 64, 2, {"VARLEN": True}, 9)
+        assert not rotation(kind, 64, 2, {"HAS_AMASK": True}, 9)  # one general loop
+    assert rotation("fwd", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))  # there the narrow forward spills 24 B
+    assert not rotation("fwd", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9) and rotation("fwd", 64, 2, {}, 9)
+    monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
+    assert not rotation("bwd_dq", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
+    assert not rotation("bwd_dkdv", 64, 2, {}, 9)
+    monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call of fwd / dQ
+    assert rotation("fwd", 64, 4, {"HAS_AMASK": True}, 8) and not rotation("bwd_dkdv", 64, 2, {}, 9)
+    monkeypatch.setenv(configs.ROTATION_ENV, "off")
+    assert not rotation("fwd", 64, 2, {}, 9)
+
+
+def test_rotation_table_rows_cover_every_band_tile():
+    # A band tile of a query block (first position pos0, up to MAX_BLOCK_M rows) reads rows j - pos0 + R of keys
+    # j0 .. j0 + BLOCK_N - 1; for a tile with an in-band pair those lie in the table (load_positional's clamp
+    # only ever moves tiles without one).
+    rotation = pytest.importorskip("nezha_kernels.triton_kernels.rotation")
+    r, block_m = 64, rotation.MAX_BLOCK_M
+    block_n = max(t[1] for t in configs.FWD_TILES + configs.DQ_TILES)
+    assert block_n <= rotation.PAD_ROWS
+    lowest = -(block_n - 2)  # j0 + BLOCK_N - 1 - pos0 > -R
+    highest = (block_m - 1 + r - 1) + block_n - 1  # j0 - (pos0 + BLOCK_M - 1) < R, last key of the tile
+    rows = rotation.rotation_rows(r)
+    assert 0 <= lowest + r + rotation.PAD_ROWS and highest + r + rotation.PAD_ROWS < rows
+    table = rotation.rotation_table(r, 48, torch.device("cpu"))  # D = 48: BLOCK_D 64, padded columns 0
+    assert table.shape == (rows, 64) and table.dtype == torch.float32 and not table[:, 48:].any()
+    m = torch.tensor([-5.0, 0.0, 200.0], dtype=torch.float64)
+    w = torch.exp(-torch.arange(0, 48, 2, dtype=torch.float64) * (math.log(10000.0) / 48))
+    want = torch.stack([torch.sin(m[:, None] * w), torch.cos(m[:, None] * w)], dim=-1).reshape(3, 48)
+    got = table[(m + rotation.PAD_ROWS).long(), :48].double()
+    torch.testing.assert_close(got, want, atol=6e-8, rtol=0)  # float64 values rounded to float32

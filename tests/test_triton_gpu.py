@@ -24,9 +24,14 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", [16, 32, 64, 128])
-@pytest.mark.parametrize("lq,lk,r,q_offset", [(97, 97, 64, 0), (113, 203, 8, 90), (257, 65, 16, 0), (1, 300, 64, 299)])
-def test_shapes_dtypes_head_dims(dtype, d, lq, lk, r, q_offset):
-    check(CUDA, dtype, 2, 3, lq, lk, d, r, q_offset=q_offset)
+# table "default": the op's own sinusoid (rel_table=None), the band by rotation where configs.rotation_band runs it;
+# "nezha": the same table passed explicitly (read by the kernels).
+@pytest.mark.parametrize(
+    "lq,lk,r,q_offset,table",
+    [(97, 97, 64, 0, "default"), (113, 203, 8, 90, "nezha"), (257, 65, 16, 0, "default"), (1, 300, 64, 299, "nezha")],
+)
+def test_shapes_dtypes_head_dims(dtype, d, lq, lk, r, q_offset, table):
+    check(CUDA, dtype, 2, 3, lq, lk, d, r, q_offset=q_offset, table=table)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -47,6 +52,7 @@ def test_causal_padding_additive_dropout_head_mask(dtype):
         q_offset=40,
         dropout_p=0.2,
         head_mask=torch.tensor([1.0, 0.5, 0.0]),
+        table="default",
     )
     add = torch.randn(1, 3, 150, 190, generator=torch.Generator().manual_seed(2))
     check(CUDA, dtype, 2, 3, 150, 190, 64, 5, additive=add, table="random")
@@ -54,7 +60,7 @@ def test_causal_padding_additive_dropout_head_mask(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_causal_long(dtype):
-    check(CUDA, dtype, 1, 2, 700, 700, 64, 64, causal=True)
+    check(CUDA, dtype, 1, 2, 700, 700, 64, 64, causal=True, table="default")
 
 
 def test_strided_fused_projection():

@@ -22,7 +22,7 @@ pytest.importorskip("triton")
 
 from triton_parity import run_interpreted  # noqa: E402
 
-from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV  # noqa: E402
+from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES_ENV, ROTATION_ENV  # noqa: E402
 
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
@@ -34,7 +34,8 @@ gpu_tiles_only = pytest.mark.skipif(
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_suite():
-    run_interpreted(__file__, {}, "not gpu_tiles")
+    # Every "default"-table case takes the rotation path, whatever configs.rotation_band would choose on a GPU.
+    run_interpreted(__file__, {ROTATION_ENV: "all"}, "not gpu_tiles")
 
 
 @pytest.mark.slow
@@ -72,20 +73,25 @@ def test_available_backends_reports_interpreted():
     assert status.available and "interpreted" in status.reason
 
 
+# table: "nezha" passes the sinusoid as rel_table (the kernels read it: block-band scratch or table slices),
+# "default" leaves rel_table None (the op's own sinusoid: the band by rotation, triton_kernels/rotation.py). The
+# cases are split between the two so that both band paths run without doubling the suite.
 @interpreted_only
 @pytest.mark.parametrize(
-    "lq,lk,d,r,q_offset",
+    "lq,lk,d,r,q_offset,table",
     [
-        (45, 45, 32, 64, 0),  # every tile in the band
-        (70, 17, 64, 3, 0),  # far-field tiles on both sides, Lq > Lk
-        (17, 70, 16, 5, 53),  # Lq < Lk with an offset (decoding a chunk)
-        (1, 45, 32, 8, 44),  # one query row
-        (45, 1, 16, 2, 0),  # one key
-        (30, 41, 16, 70, 5),  # R > 64: per-tile table slices instead of the block-band scratch
+        (45, 45, 32, 64, 0, "nezha"),  # every tile in the band
+        (47, 45, 48, 64, 0, "default"),  # D = 48: BLOCK_D 64 pads the rotated pairs
+        (70, 17, 64, 3, 0, "nezha"),  # far-field tiles on both sides, Lq > Lk
+        (17, 70, 16, 5, 53, "default"),  # Lq < Lk with an offset (decoding a chunk)
+        (1, 45, 32, 8, 44, "default"),  # one query row
+        (45, 1, 16, 2, 0, "nezha"),  # one key
+        (30, 41, 16, 70, 5, "nezha"),  # R > 64: per-tile table slices instead of the block-band scratch
+        (31, 41, 16, 70, 5, "default"),  # R > 64 by rotation (no scratch in either mode)
     ],
 )
-def test_forward_backward_shapes(lq, lk, d, r, q_offset):
-    check(CPU, F32, 2, 2, lq, lk, d, r, q_offset=q_offset)
+def test_forward_backward_shapes(lq, lk, d, r, q_offset, table):
+    check(CPU, F32, 2, 2, lq, lk, d, r, q_offset=q_offset, table=table)
 
 
 @interpreted_only
@@ -94,9 +100,9 @@ def test_custom_table_and_scale():
 
 
 @interpreted_only
-@pytest.mark.parametrize("q_offset", [0, 25])
-def test_causal(q_offset):
-    check(CPU, F32, 2, 2, 38, 38 + q_offset, 16, 6, causal=True, q_offset=q_offset)
+@pytest.mark.parametrize("q_offset,table", [(0, "nezha"), (25, "default")])
+def test_causal(q_offset, table):
+    check(CPU, F32, 2, 2, 38, 38 + q_offset, 16, 6, causal=True, q_offset=q_offset, table=table)
 
 
 @interpreted_only
@@ -104,7 +110,7 @@ def test_key_padding_with_fully_masked_row():
     b, lk = 3, 37
     kp = torch.rand(b, lk, generator=torch.Generator().manual_seed(3)) > 0.3
     kp[1] = False  # batch row 1: every key padded -> uniform weights, finite output
-    out = check(CPU, F32, b, 2, 29, lk, 32, 4, key_padding=kp)
+    out = check(CPU, F32, b, 2, 29, lk, 32, 4, key_padding=kp, table="default")
     assert torch.isfinite(out).all()
 
 
@@ -123,13 +129,13 @@ def test_additive_masks():
     hf[1, ..., 5] = float("-inf")
     check(CPU, F32, 2, 2, 23, 31, 32, 7, additive=hf)
     dense = torch.randn(1, 3, 23, 31, generator=g)  # broadcast over batch only
-    check(CPU, F32, 2, 3, 23, 31, 16, 7, additive=dense)
+    check(CPU, F32, 2, 3, 23, 31, 16, 7, additive=dense, table="default")
 
 
 @interpreted_only
 def test_dropout_and_head_mask():
     hm = torch.tensor([1.0, 0.0, 0.5])
-    check(CPU, F32, 2, 3, 33, 40, 32, 4, dropout_p=0.3, head_mask=hm, q_offset=7)
+    check(CPU, F32, 2, 3, 33, 40, 32, 4, dropout_p=0.3, head_mask=hm, q_offset=7, table="default")
 
 
 @interpreted_only
@@ -152,7 +158,7 @@ def test_strided_views_of_fused_projection():
 @interpreted_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision(dtype):
-    check(CPU, dtype, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7)
+    check(CPU, dtype, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7, table="default")
 
 
 @interpreted_only
@@ -162,7 +168,8 @@ def test_low_precision_masks_on_the_far_loops(dtype):
     # with key padding (a fully padded batch row) and causal at an offset, R = 3 (far tiles on both sides).
     kp = torch.rand(2, 45, generator=torch.Generator().manual_seed(11)) > 0.25
     kp[1] = False
-    check(CPU, dtype, 2, 2, 37, 45, 32, 3, key_padding=kp, causal=True, q_offset=9)
+    table = "default" if dtype == torch.bfloat16 else "nezha"
+    check(CPU, dtype, 2, 2, 37, 45, 32, 3, key_padding=kp, causal=True, q_offset=9, table=table)
 
 
 @interpreted_only
@@ -183,6 +190,7 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
         dropout_p=0.2,
         head_mask=torch.tensor([0.5, 1.0]),
         q_offset=4,
+        table="default",
     )
 
 
@@ -208,9 +216,8 @@ def test_gpu_tiles(dtype, d):
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
     kp = torch.rand(2, 141, generator=torch.Generator().manual_seed(13)) > 0.2
     kp[1] = False
-    check(
-        CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=torch.tensor([1.0, 0.5])
-    )
+    hm = torch.tensor([1.0, 0.5])
+    check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default")
     check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
 
 

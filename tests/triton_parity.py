@@ -75,7 +75,14 @@ def check(
     strided=False,
     seed=0,
 ):
-    """Run backend="triton" and the formula on the same inputs; assert output and dq, dk, dv agree."""
+    """Run backend="triton" and the formula on the same inputs; assert output and dq, dk, dv agree.
+
+    table: "nezha" passes NEZHA's sinusoid as an explicit rel_table (the kernels read it: gathers / block-band
+    scratch), "default" passes rel_table=None (the op's own sinusoid: the kernels' rotation path, rotation.py),
+    "random" a random table. With "default" the float64 reference uses the exact sinusoid (formula.nezha_table: what
+    the rotation path evaluates, to fp32 rounding) and the same-precision baseline the table in the kernels' dtype
+    (what the op's default is at that dtype).
+    """
     g = torch.Generator().manual_seed(seed)
     if strided:
         # q, k, v as views of one fused [B, L, 3, H, D] projection (Lq == Lk): no contiguous copies.
@@ -84,7 +91,7 @@ def check(
         q, k, v = (fused[:, :, i].permute(0, 2, 1, 3) for i in range(3))
     else:
         q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype).to(device) for n in (lq, lk, lk))
-    if table == "nezha":
+    if table in ("nezha", "default"):
         tab = nk.sinusoidal_table(r, d, dtype=dtype, device=device)
     else:
         tab = torch.randn(2 * r + 1, d, generator=g).to(dtype).to(device)
@@ -100,7 +107,7 @@ def check(
     torch.manual_seed(seed + 1)  # the op draws its dropout seed from torch's default generator
     out = nk.relative_attention(
         *leaves,
-        rel_table=tab,
+        rel_table=None if table == "default" else tab,
         max_relative_position=r,
         attention_mask=mask,
         causal=causal,
@@ -136,7 +143,10 @@ def check(
     for results, precision, where in ((expected, torch.float64, "cpu"), (same_precision, dtype, device)):
         ref = [t.detach().to(device=where, dtype=precision).requires_grad_() for t in (q, k, v)]
         placed = {n: t.to(where) if isinstance(t, torch.Tensor) else t for n, t in raw.items()}
-        o = formula.attention(*ref, tab.to(where), dtype=precision, **placed)
+        ref_table = tab
+        if table == "default" and precision == torch.float64:
+            ref_table = formula.nezha_table(r, d)
+        o = formula.attention(*ref, ref_table.to(where), dtype=precision, **placed)
         ref_grads = torch.autograd.grad(o, ref, grad_out.to(device=where, dtype=precision))
         results.update(out=o.detach().cpu(), **{f"d{n}": t.cpu() for n, t in zip("qkv", ref_grads, strict=True)})
     got = {"out": out.detach().cpu(), **{f"d{n}": t.cpu() for n, t in zip("qkv", grads, strict=True)}}

@@ -24,7 +24,10 @@ from pathlib import Path
 __all__ = ["jobs", "compile_jobs", "TILE_GEOMETRY", "PLAIN_FLASH"]
 
 PLAIN_FLASH = "plain_flash_fwd"
-KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
+# The forward and dQ with NEZHA's own sinusoid table (rel_table=None): the band by rotation (SINUSOID,
+# triton_kernels/rotation.py), profiled where configs.rotation_band runs it; the same kernel functions.
+SINUSOID_KERNELS = {"fwd_sinusoid": "fwd", "bwd_dq_sinusoid": "bwd_dq"}
+KERNELS = ("fwd", "bwd_dq", "bwd_dkdv", *SINUSOID_KERNELS)
 
 
 # The module of each kernel (dK/dV and delta live in backward.py).
@@ -41,6 +44,8 @@ TILE_GEOMETRY = {
     "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c)),
     "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c)),
     "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
+    "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
+    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
     PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
 }
 
@@ -59,17 +64,22 @@ def jobs(archs, dtypes, head_dims, kernels=KERNELS, plain: bool = True, listed_s
                 for kernel in kernels:
                     plain_features = triton_aot.PLAIN_FEATURES
                     elem_bytes = 2 if dtype != "fp32" else 4
-                    tile = configs.candidates(
-                        kernel, configs.gpu_tiles(kernel), d, elem_bytes, plain_features, arch // 10
-                    )[0]
-                    job = triton_aot.make_job(kernel, d, dtype, tile, plain_features, "plain", arch)
+                    base = SINUSOID_KERNELS.get(kernel, kernel)
+                    variant = "plain"
+                    if kernel in SINUSOID_KERNELS:
+                        if not configs.rotation_band(base, d, elem_bytes, plain_features, arch // 10):
+                            continue  # that call runs the scratch path: the base kernel's row
+                        variant += triton_aot.SINUSOID_SUFFIX
+                    tiles = configs.gpu_tiles(base)
+                    tile = configs.candidates(base, tiles, d, elem_bytes, plain_features, arch // 10)[0]
+                    job = triton_aot.make_job(base, d, dtype, tile, plain_features, variant, arch)
                     _, fn_name, label, _, _, constexprs, warps, stages = job
                     if listed_stages:
                         stages = tile[3]
                     out.append(
                         dict(
                             kernel=kernel,
-                            module=TRITON_MODULES.get(kernel, "nezha_kernels.triton_kernels.backward"),
+                            module=TRITON_MODULES.get(base, "nezha_kernels.triton_kernels.backward"),
                             fn=fn_name,
                             arch=arch,
                             dtype=dtype,

@@ -40,6 +40,7 @@ _POINTERS = {
     "ROW_MAX": "fp32",
     "ROW_LOGSUM": "fp32",
     "WS": "fp32",
+    "ROT": "fp32",
     "DELTA": "fp32",
     "KPAD": "u8",
     "AMASK": "fp32",
@@ -141,6 +142,10 @@ VARIANT_FEATURES = {
     # Padded training batches: key padding, dropout, head mask (the forward's and dQ's narrow far loops on sm_90).
     "padding-dropout": dict(PLAIN_FEATURES, HAS_KPAD=True, HAS_HMASK=True, HAS_DROPOUT=True),
 }
+# The same feature sets with NEZHA's own sinusoid table (rel_table=None): the forward's and dQ's rotation path
+# (SINUSOID, triton_kernels/rotation.py) where configs.rotation_band runs it.
+SINUSOID_SUFFIX = "-sinusoid"
+VARIANT_FEATURES.update({name + SINUSOID_SUFFIX: features for name, features in list(VARIANT_FEATURES.items())})
 
 
 def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str, arch: int) -> tuple:
@@ -151,6 +156,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
 
     bm, bn, warps, stages = tile
     stages = configs.stages_for(stages, arch // 10)
+    sinusoid = variant.endswith(SINUSOID_SUFFIX)
     constexprs = dict(
         HEAD_DIM=d,
         BLOCK_D=max(16, d),
@@ -162,7 +168,11 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         **features,
     )
     if kernel in BLOCK_BAND_KERNELS:
-        constexprs["BAND_P"] = configs.band_p(MAIN_R)
+        rotation = sinusoid and configs.rotation_band(kernel, d, DTYPES[dtype], features, arch // 10)
+        if sinusoid and not rotation:
+            raise ValueError(f"{kernel} {variant}: configs.rotation_band keeps the scratch path for these features")
+        constexprs["SINUSOID"] = rotation
+        constexprs["BAND_P"] = 0 if rotation else configs.band_p(MAIN_R)
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
@@ -176,9 +186,11 @@ def _jobs(archs, grid: str = "full"):
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
-    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128, and
-    (forward, dQ) key padding with dropout in bf16. Each row compiles the tile and FAR_LOOPS the launcher runs for its
-    features on its arch (configs.candidates / configs.far_loops).
+    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128,
+    (forward, dQ) key padding with dropout in bf16, and (forward, dQ) with NEZHA's own table ("*-sinusoid": the band
+    by rotation) in the plain, causal-skip and padding-dropout variants where configs.rotation_band runs it. Each
+    row compiles the tile and FAR_LOOPS the launcher runs for its features on its arch (configs.candidates /
+    configs.far_loops).
     """
     from ..triton_kernels import configs
 
@@ -213,6 +225,11 @@ def _jobs(archs, grid: str = "full"):
             for d in VARLEN_HEAD_DIMS:
                 for dtype in ("fp16", "bf16"):
                     add(kernel, d, dtype, main(kernel, d, 2, varlen), varlen, "varlen", arch)
+            if kernel in BLOCK_BAND_KERNELS:  # NEZHA's own table: the band by rotation, where configs runs it
+                for dtype, variant in (("bf16", "plain"), ("fp16", "causal-skip"), ("bf16", "padding-dropout")):
+                    features = VARIANT_FEATURES[variant]
+                    if configs.rotation_band(kernel, 64, 2, features, arch // 10):
+                        add(kernel, 64, dtype, main(kernel, 64, 2, features), features, variant + SINUSOID_SUFFIX, arch)
             if grid == "full":
                 for d in (16, 32, 128):
                     for dtype in ("fp16", "fp32") if d == 128 else ("fp16",):

@@ -3,17 +3,19 @@
 Far tiles (dq_far_loop): p = exp2(qk * scale log2 e + addend_row) with the row's edge term, max and log-sum in
 one per-row addend; dS = p (dO.v hm + (dO . T_edge hm - delta)) (one FFMA and one FMUL per score without dropout);
 dQ += dS @ K; the edge row's dQ term is the row sum of dS times T[0] or T[2R], once at the end. The band and the
-partial last tile run the general path (backward.tile_grads: block-band scratch or per-tile table slices).
+partial last tile run the general path (dq_tile: block-band scratch, per-tile table slices, or with NEZHA's own
+sinusoid (SINUSOID) the rotation identity of rotation.py: in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T, and
+the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop call ends).
 """
 
 import triton
 import triton.language as tl
 
-from .backward import tile_grads
-from .band import band_bucket, edge_terms, load_band_table, load_table_slice, mask_scores
+from .band import band_bucket, band_gather, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
+from .rotation import load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, dropout_factor, load_rows
+from .softmax import LOG2E, keep_factor, load_rows
 
 
 @triton.jit
@@ -27,31 +29,14 @@ def dq_far_loop(
     hi,
     q_edge,
     do_edge,
-    row_max,
-    row_logsum,
-    delta,
-    hm,
+    stats,
     scale,
     stride_kn,
     stride_vn,
     d_valid,
-    b,
-    h,
-    bh,
-    offs_m,
-    m_valid,
-    KPAD,
-    stride_pb,
-    stride_pn,
-    AMASK,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
+    rows,
+    masks,
+    drop,
     EVEN_D: tl.constexpr,
     SIDE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
@@ -62,7 +47,11 @@ def dq_far_loop(
     K_CHUNKS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, the side's row sum of dS)."""
+    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, the side's row sum of dS).
+
+    stats: (row_max, row_logsum, delta, hm) of the program's rows.
+    """
+    row_max, row_logsum, delta, hm = stats
     MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
     qk_scale = scale * LOG2E
     p_addend = (q_edge * scale - row_max - row_logsum) * LOG2E
@@ -75,9 +64,8 @@ def dq_far_loop(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         if MASKED:
             s = (qk + q_edge[:, None]) * scale
-            s = mask_scores(
-                s, tl.full(s.shape, 1, tl.int32), b, h, offs_m, offs_n, m_valid, offs_n >= 0, KPAD, stride_pb,
-                stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, HAS_KPAD, HAS_AMASK,
+            s = mask_tile(
+                s, tl.full(s.shape, 1, tl.int32), rows, offs_n, offs_n >= 0, masks, HAS_KPAD, HAS_AMASK,
                 CAUSAL and SIDE == 1,
             )  # fmt: skip
             # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
@@ -86,7 +74,7 @@ def dq_far_loop(
             p = tl.math.exp2(qk * qk_scale + p_addend[:, None])
         dp = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
         if HAS_DROPOUT:
-            coef = dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale) * hm
+            coef = keep_factor(drop, rows, offs_n) * hm
             ds = p * ((dp + do_edge[:, None]) * coef - delta[:, None])
         else:
             ds = p * (dp * hm + ds_addend[:, None])
@@ -98,57 +86,31 @@ def dq_far_loop(
 
 
 @triton.jit
-def dq_band_loop(
-    dq,
+def dq_tile(
     q,
     do,
-    k_base,
-    v_base,
-    lo,
-    hi,
-    lk,
-    T,
-    stride_tr,
-    stride_td,
-    q_left,
-    q_right,
-    do_left,
-    do_right,
+    k,
+    v,
+    table,
+    edges,
     offs_d,
-    d_valid,
-    row_max,
-    row_logsum,
-    delta,
-    hm,
-    b,
-    h,
-    bh,
-    offs_m,
-    m_valid,
-    q_offset,
+    stats,
+    rows,
+    offs_n,
+    n_valid,
+    pos,
     pos0,
-    KPAD,
-    stride_pb,
-    stride_pn,
-    AMASK,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    R,
+    j0,
+    masks,
+    drop,
     scale,
-    stride_kn,
-    stride_kd,
-    stride_vn,
-    stride_vd,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
     ws,
     ws_row,
+    rot,
+    s_tile,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -159,9 +121,111 @@ def dq_band_loop(
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
 ):
-    """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums."""
+    """One (query block, key tile) pair of the dQ kernel: dS fp32 [BLOCK_M, BLOCK_N] (backward.py's formulas).
+
+    edges: (q . T[0], q . T[2R], dO . T[0], dO . T[2R]) [BLOCK_M]. BAND_P > 0 (block-band mode): in-band biases
+    are read from the block's scratch rows ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P):
+    dO @ Tb^T); BAND_P == 0: per-tile table slices. SINUSOID (rotation.py): rot = (ROT, q_rot, do_rot), in-band
+    terms Q_rot @ S_tile^T and dO_rot @ S_tile^T.
+    """
+    T, stride_tr, stride_td, R = table
+    _, q_rot, do_rot = rot
+    q_left, q_right, do_left, do_right = edges
+    row_max, row_logsum, delta, hm = stats
+    _, _, _, _, m_valid = rows
+    # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
+    K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if FMA_DOTS else 1
+    s = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+    dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
+    rel = offs_n[None, :] - pos[:, None]
+    rel_min = j0 - (pos0 + BLOCK_M - 1)
+    rel_max = j0 + BLOCK_N - 1 - pos0
+    if SINUSOID:
+        near = (rel > -R) & (rel < R)
+        left = rel < 0
+        q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+        do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+        s += tl.where(near, dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
+        dw += tl.where(near, dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS), do_edge)
+    elif RELATIVE:
+        if (rel_min < R) & (rel_max > -R):
+            if BAND_P > 0:
+                near = (rel > -R) & (rel < R)
+                slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+                slot_mask = near & m_valid[:, None] & n_valid[None, :]
+                left = rel < 0
+                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+                s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+                dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+            else:
+                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+                dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+        else:
+            right = rel_min >= R
+            s += tl.where(right, q_right, q_left)[:, None]
+            dw += tl.where(right, do_right, do_left)[:, None]
+    s = mask_tile(s * scale, rel, rows, offs_n, n_valid, masks, HAS_KPAD, HAS_AMASK, CAUSAL)
+    # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
+    p = tl.exp((s - row_max[:, None]) - row_logsum[:, None])
+    p = tl.where(m_valid[:, None] & n_valid[None, :], p, 0.0)
+    coef = tl.zeros_like(p) + hm
+    if HAS_DROPOUT:
+        coef = coef * keep_factor(drop, rows, offs_n)
+    return p * (dw * coef - delta[:, None])
+
+
+@triton.jit
+def dq_band_loop(
+    dq,
+    q,
+    do,
+    kv,
+    lo,
+    hi,
+    lk,
+    table,
+    edges,
+    offs_d,
+    d_valid,
+    stats,
+    rows,
+    q_offset,
+    pos0,
+    masks,
+    drop,
+    scale,
+    ws,
+    ws_row,
+    rot,
+    HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums.
+
+    SINUSOID: dQ's in-band table term sum_j dS_ij a_ij is rotate_back(sum_j dS_band_ij s_j), one P_band-like dot per
+    tile into u, rotated back and added to dq when the loop ends.
+    """
+    k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
+    T, stride_tr, stride_td, R = table
+    ROT, _, _ = rot
+    _, _, _, offs_m, m_valid = rows
+    _, _, delta, _ = stats
     ds_left = tl.zeros_like(delta)
     ds_right = tl.zeros_like(delta)
+    if SINUSOID:
+        u = tl.zeros_like(dq)
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
@@ -172,16 +236,24 @@ def dq_band_loop(
         v = tl.load(
             v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0
         )
-        w, ds = tile_grads(
-            q, do, k, v, T, stride_tr, stride_td, q_left, q_right, do_left, do_right,
-            offs_d, row_max, row_logsum, delta, hm, b, h, bh,
-            offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, pos0, j0, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, R, scale, dropout_p, dropout_scale, seed_lo, seed_hi, ws,
-            ws_row, HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P,
+        s_tile = k
+        if SINUSOID:
+            s_tile = load_positional(ROT, j0, pos0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+        ds = dq_tile(
+            q, do, k, v, table, edges, offs_d, stats, rows, offs_n, n_valid, q_offset + offs_m, pos0, j0, masks, drop,
+            scale, ws, ws_row, rot, s_tile,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P,
             BAND_P,
         )  # fmt: skip
         dq += dot(ds.to(k.dtype), k, None, FMA_DOTS)
-        if RELATIVE:
+        if SINUSOID:
+            rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
+            near = (rel > -R) & (rel < R)
+            u += dot(tl.where(near, ds, 0.0).to(s_tile.dtype), s_tile, None, FMA_DOTS)
+            far = tl.where(near, 0.0, ds)
+            ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+            ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+        elif RELATIVE:
             rel_min = j0 - (pos0 + BLOCK_M - 1)
             rel_max = j0 + BLOCK_N - 1 - pos0
             if (rel_min < R) & (rel_max > -R):
@@ -199,6 +271,8 @@ def dq_band_loop(
                 ds_right += tl.sum(ds, axis=1)
             else:
                 ds_left += tl.sum(ds, axis=1)
+    if SINUSOID:
+        dq += rotate_back(u, ROT, BLOCK_M, q.shape[1])
     return dq, ds_left, ds_right
 
 
@@ -214,6 +288,7 @@ def _relattn_bwd_dq_kernel(
     DELTA,
     DQ,
     WS,
+    ROT,
     KPAD,
     AMASK,
     HMASK,
@@ -260,6 +335,7 @@ def _relattn_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -275,6 +351,7 @@ def _relattn_bwd_dq_kernel(
     FAR_LOOPS: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
     BLOCK_NB: tl.constexpr = max(16, min(BLOCK_N, 2048 // BLOCK_M))  # the general loop's key tile (forward.py)
@@ -349,49 +426,53 @@ def _relattn_bwd_dq_kernel(
     band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
     k_tile = tl.arange(0, BLOCK_NF)[:, None] * stride_kn + offs_d[None, :] * stride_kd
     v_tile = tl.arange(0, BLOCK_NF)[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    # The argument packs of the loops (built once; the helpers unpack what they use).
+    rows = (b, h, bh, offs_m, m_valid)
+    masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
+    drop = (dropout_p, dropout_scale, seed_lo, seed_hi)
+    table = (T, stride_tr, stride_td, R)
+    kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
+    stats = (row_max, row_logsum, delta, hm)
+    edges = (q_left, q_right, do_left, do_right)
+    q_rot = q
+    do_rot = do
+    if SINUSOID:
+        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
+        do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
+    rot = (ROT, q_rot, do_rot)
     if FAR_LOOPS > 0:
         dq, ds_left = dq_far_loop(
-            dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, row_max, row_logsum, delta, hm,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, stats, scale, stride_kn,
+            stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         dq, band_left, band_right = dq_band_loop(
-            dq, q, do, k_base, v_base, band_lo, band_hi, lk, T, stride_tr, stride_td, q_left, q_right, do_left,
-            do_right,
-            offs_d, d_valid,
-            row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb, stride_pn,
-            AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, dropout_p,
-            dropout_scale, seed_lo, seed_hi, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            dq, q, do, kv, band_lo, band_hi, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
+            drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         dq, ds_right = dq_far_loop(
             dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
-            v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, row_max,
-            row_logsum, delta, hm,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, stats, scale,
+            stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         dq, tail_left, tail_right = dq_band_loop(
-            dq, q, do, k_base, v_base, full_end, general_end, lk, T, stride_tr, stride_td, q_left, q_right, do_left,
-            do_right, offs_d,
-            d_valid, row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD, stride_pb,
-            stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd, stride_vn,
-            stride_vd, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            dq, q, do, kv, full_end, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0,
+            masks, drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
         ds_left += band_left + tail_left
         ds_right += band_right + tail_right
     else:
         # One general loop over every key tile (see forward.py).
         dq, ds_left, ds_right = dq_band_loop(
-            dq, q, do, k_base, v_base, 0, general_end, lk, T, stride_tr, stride_td, q_left, q_right, do_left, do_right,
-            offs_d, d_valid, row_max, row_logsum, delta, hm, b, h, bh, offs_m, m_valid, q_offset, pos0, KPAD,
-            stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, stride_kn, stride_kd,
-            stride_vn, stride_vd, dropout_p, dropout_scale, seed_lo, seed_hi, ws, ws_row,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB, BLOCK_P, BAND_P,
+            dq, q, do, kv, 0, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
+            drop, scale, ws, ws_row, rot,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+            BLOCK_P, BAND_P,
         )  # fmt: skip
 
     if RELATIVE and BAND_P > 0:

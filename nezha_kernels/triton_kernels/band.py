@@ -96,6 +96,20 @@ def mask_scores(
 
 
 @triton.jit
+def mask_tile(
+    s, rel, rows, offs_n, n_valid, masks, HAS_KPAD: tl.constexpr, HAS_AMASK: tl.constexpr, CAUSAL: tl.constexpr
+):
+    """mask_scores with the kernels' packs: rows (b, h, bh, offs_m, m_valid), masks (KPAD, stride_pb, stride_pn,
+    AMASK, stride_ab, stride_ah, stride_am, stride_an)."""
+    b, h, _, offs_m, m_valid = rows
+    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an = masks
+    return mask_scores(
+        s, rel, b, h, offs_m, offs_n, m_valid, n_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah,
+        stride_am, stride_an, HAS_KPAD, HAS_AMASK, CAUSAL,
+    )  # fmt: skip
+
+
+@triton.jit
 def edge_terms(x, T, stride_tr, stride_td, R, offs_d, HEAD_DIM: tl.constexpr, FMA_DOTS: tl.constexpr):
     """(x . T[0], x . T[2R]) [rows] fp32 for x [rows, BLOCK_D], as one small dot x @ [T[0]; T[2R]; 0 ...]^T.
 

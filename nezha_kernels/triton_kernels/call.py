@@ -4,6 +4,18 @@ The three kernels share ~50 arguments (pointers, strides, scalars, constexprs). 
 one as the kernels do: strides grouped by tensor (``stride_q{b,h,m,d}``, see STRIDE_AXES), scalars by meaning,
 constexprs by role (shape, features, arithmetic). A feature is one field here and one parameter per kernel;
 nothing is spliced by position.
+
+Inside the kernels the same groups travel as tuples, built once per program and unpacked by the @jit helpers that
+read them (softmax.py, band.py, backward_dq.py), so a loop helper takes a handful of packs instead of ~40 arguments:
+
+    rows  = (b, h, bh, offs_m, m_valid)                     the program's batch row, head and query rows
+    masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
+    drop  = (dropout_p, dropout_scale, seed_lo, seed_hi)
+    table = (T, stride_tr, stride_td, R)
+    kv    = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)   this (b, h)'s K / V rows
+    dQ only: stats = (row_max, row_logsum, delta, hm), edges = (q . T[0], q . T[2R], dO . T[0], dO . T[2R])
+
+Constexprs stay separate named parameters (they select code at compile time).
 """
 
 from __future__ import annotations
@@ -137,6 +149,14 @@ class KernelCall:
         """FAR_LOOPS of the forward ("fwd") or dQ ("bwd_dq") kernel for this call (configs.skeleton_choice)."""
         features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
         return configs.far_loops(kind, self.q.shape[3], self.q.element_size(), features, configs.arch_major(self.q))
+
+    def rotation(self, kind: str) -> bool:
+        """SINUSOID of the forward ("fwd") or dQ ("bwd_dq") kernel: the band by rotation (configs.rotation_band)."""
+        if not (self.relative and self.sinusoid):
+            return False
+        features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
+        elem = self.q.element_size()
+        return configs.rotation_band(kind, self.q.shape[3], elem, features, configs.arch_major(self.q))
 
     def kwargs(self, **kernel_specific) -> dict:
         """Every kernel argument by name: the shared ones plus a kernel's own (outputs, their strides, BAND_P)."""

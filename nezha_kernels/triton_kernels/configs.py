@@ -163,6 +163,35 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
     return None, FAR_NARROW
 
 
+# Which sinusoid calls run the band by rotation: unset, configs.rotation_band's table; "all": every one (the tests
+# run the path under every feature and dtype in the interpreter; compiled, some spill); "off": none.
+ROTATION_ENV = "NEZHA_KERNELS_TRITON_ROTATION"
+
+
+def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> bool:
+    """Whether a forward or dQ call whose table is NEZHA's sinusoid runs the band by rotation (rotation.py, the
+    SINUSOID constexpr; no block-band scratch) rather than reading the table. Part of the table above: spill-free
+    on sm_80 and sm_90 under triton 3.9 (compile-check rows "*-sinusoid", benchmarks/NOTES.md "Triton band on
+    tensor cores: rotation"). The path holds Q_rot (and dO_rot) and the value-side sum u next to the loop's state:
+    sm_90, fp16 / bf16, D <= 64, dense, with the full far loops (no key padding, additive mask or dropout: plain,
+    causal, head mask) and for the forward with the narrow ones too (key padding, dropout; triton >= 3.9). Spills
+    elsewhere (bytes per thread, sm_90): one general loop (additive mask, fp32) 16-24, varlen 8, dQ with key padding
+    and dropout 16, D = 128 (forward) 872; sm_80 (mma.sync operands in registers) 88-128 even plain.
+    """
+    setting = os.environ.get(ROTATION_ENV, "")
+    if kind not in SKELETON_KERNELS or setting == "off":
+        return False
+    if setting == "all":
+        return True
+    features = features or {}
+    if elem_bytes == 4 or arch_major < 9 or head_dim > 64 or features.get("VARLEN", False):
+        return False
+    far = skeleton_choice(kind, head_dim, elem_bytes, features, arch_major)[1]
+    # The forward with narrow far loops spills 24 B under triton 3.6 (sm_90 unpipelined), 0 under 3.9.
+    narrow_ok = kind == "fwd" and TRITON_VERSION >= PIPELINING_SM90_MIN_TRITON
+    return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
+
+
 def far_loops(kind: str, head_dim: int, elem_bytes: int, features: dict, arch_major: int) -> int:
     """The FAR_LOOPS constexpr the launcher passes a forward or dQ kernel (skeleton_choice)."""
     return skeleton_choice(kind, head_dim, elem_bytes, features, arch_major)[1]

@@ -13,7 +13,10 @@ where one is passed. The band (and the partial tile) run the general loop:
   [BLOCK_M, BAND_P] @ Tb. Scores are stored instead of weights so no online-softmax rescaling of the scratch is
   needed;
 - per-tile mode (BAND_P == 0, large R): loads T_slice (see band.py) and pays two [BLOCK_M, BLOCK_P] dots: key side
-  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice.
+  bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice;
+- rotation mode (SINUSOID, the table is NEZHA's own sinusoid; BAND_P == 0, no scratch): rotation.py. Q_rot is
+  computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
+  rotated back into acc when the band-loop call ends.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
@@ -24,6 +27,7 @@ import triton.language as tl
 
 from .band import load_band_table
 from .dot import dot, dot_nt
+from .rotation import rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, band_loop, far_loop, rescale
 
@@ -38,6 +42,7 @@ def _relattn_fwd_kernel(
     ROW_MAX,
     ROW_LOGSUM,
     WS,
+    ROT,
     KPAD,
     AMASK,
     HMASK,
@@ -84,6 +89,7 @@ def _relattn_fwd_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -99,6 +105,8 @@ def _relattn_fwd_kernel(
     FAR_LOOPS: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
+    # The rotation path (rotation.py) needs no scratch; its table covers query blocks of up to 128 rows.
+    tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))
     BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
     # The general loop's key tile: at most 2048 scores per program (8 per thread at 8 warps), so its per-pair band
     # work (scratch slot pointers, masks) stays in registers; the far loops run the full BLOCK_N.
@@ -140,6 +148,9 @@ def _relattn_fwd_kernel(
     else:
         qt_left = tl.zeros([BLOCK_M], tl.float32)
         qt_right = qt_left
+    q_rot = q
+    if SINUSOID:
+        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
 
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kn
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vn
@@ -169,11 +180,17 @@ def _relattn_fwd_kernel(
         hi = tl.where(pos0 >= 0, tl.minimum(lk, pos0 + BLOCK_M), lk)
     band_lo, band_hi, full_end, general_end = key_ranges(pos0, lk, hi, R, RELATIVE, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_NB)
 
+    # The argument packs of the loops (built once; the helpers unpack what they use).
+    rows = (b, h, bh, offs_m, m_valid)
+    masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
+    drop = (dropout_p, dropout_scale, seed_lo, seed_hi)
+    table = (T, stride_tr, stride_td, R)
+    kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
+    rot = (ROT, q_rot)
     if FAR_LOOPS > 0:
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         # The edge rows' masses (left, right), relative to m_ref: masses of later loops are folded in at each join.
@@ -181,14 +198,10 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         acc, m_i, l_i, band_left, band_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh,
-            offs_m,
-            m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,
-            dropout_scale, seed_lo, seed_hi,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P,
-            BAND_P,
+            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
+            offs_d, d_valid, rows, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + band_left
         mass_right = band_right
@@ -197,8 +210,7 @@ def _relattn_fwd_kernel(
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
             v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, qt_right,
-            scale, stride_kn, stride_vn, d_valid, b, h, bh, offs_m, m_valid, KPAD, stride_pb, stride_pn, AMASK,
-            stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale, seed_lo, seed_hi,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i)
@@ -209,27 +221,20 @@ def _relattn_fwd_kernel(
             mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
         m_ref = m_i
         acc, m_i, l_i, tail_left, tail_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr, stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh,
-            offs_m,
-            m_valid, KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p,
-            dropout_scale, seed_lo, seed_hi,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P,
-            BAND_P,
+            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+            scale, offs_d, d_valid, rows, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + tail_left
         mass_right = rescale(mass_right, m_ref, m_i) + tail_right
     else:
         # One general loop over every key tile (fp32 FMA tiles: the split loops' extra live state spills there).
         acc, m_i, l_i, mass_left, mass_right = band_loop(
-            acc, m_i, l_i, q, k_base, v_base, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, T,
-            stride_tr,
-            stride_td, R, scale, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, d_valid, b, h, bh, offs_m, m_valid,
-            KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, dropout_p, dropout_scale,
-            seed_lo, seed_hi,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
+            offs_d, d_valid, rows, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+            BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
 
     if RELATIVE and BAND_P > 0:

@@ -34,6 +34,7 @@ from .launch_args import (
     expect,
     varlen_view,
 )
+from .rotation import rotation_table
 
 __all__ = [
     "relattn_fwd",
@@ -132,9 +133,15 @@ def relattn_fwd(
     return out, lse
 
 
+def _rotation_table(call: KernelCall, sinusoid: bool) -> torch.Tensor:
+    """The rotation path's table (rotation.rotation_table, cached) or, off that path, a dummy never read."""
+    return rotation_table(call.r, call.q.shape[3], call.q.device) if sinusoid else call.q
+
+
 def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> None:
     """The forward kernel over (programs, cdiv(blocks_q, BLOCK_M)); out and lse as the kernel indexes them."""
-    band_p = configs.band_p(call.r) if call.relative else 0
+    sinusoid = call.rotation("fwd")
+    band_p = configs.band_p(call.r) if call.relative and not sinusoid else 0
     scratch = band_scratch(call.q, band_p, 1)
     _fwd[autotune_grid(programs, blocks_q, "BLOCK_M")](
         **call.kwargs(
@@ -142,6 +149,8 @@ def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> Non
             ROW_MAX=lse[0],
             ROW_LOGSUM=lse[1],
             WS=scratch,
+            ROT=_rotation_table(call, sinusoid),
+            SINUSOID=sinusoid,
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("fwd"),
             **strides("o", out),
@@ -231,10 +240,19 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], DELTA=delta, **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
         _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](**call.kwargs(DK=dk, DV=dv, **stats))
-    band_p = configs.band_p(call.r) if call.relative else 0
+    sinusoid = call.rotation("bwd_dq")
+    band_p = configs.band_p(call.r) if call.relative and not sinusoid else 0
     scratch = band_scratch(q, band_p, 2)
     _bwd_dq[autotune_grid(programs, blocks_q, "BLOCK_M")](
-        **call.kwargs(DQ=dq, WS=scratch, BAND_P=band_p, FAR_LOOPS=call.far_loops("bwd_dq"), **stats)
+        **call.kwargs(
+            DQ=dq,
+            WS=scratch,
+            ROT=_rotation_table(call, sinusoid),
+            SINUSOID=sinusoid,
+            BAND_P=band_p,
+            FAR_LOOPS=call.far_loops("bwd_dq"),
+            **stats,
+        )
     )
 
 

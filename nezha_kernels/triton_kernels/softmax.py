@@ -15,9 +15,10 @@ term q . T[0] or q . T[2R] (scaled) and its max shift into one per-row addend.
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, load_table_slice, mask_scores
+from .band import band_bucket, band_gather, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .rotation import load_positional, rotate_back
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -50,6 +51,14 @@ def dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scal
 
 
 @triton.jit
+def keep_factor(drop, rows, offs_n):
+    """dropout_factor of the program's query rows (rows pack) against keys offs_n; drop: the dropout pack."""
+    dropout_p, dropout_scale, seed_lo, seed_hi = drop
+    _, _, bh, offs_m, _ = rows
+    return dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale)
+
+
+@triton.jit
 def far_loop(
     acc,
     m_i,
@@ -65,23 +74,9 @@ def far_loop(
     stride_kn,
     stride_vn,
     d_valid,
-    b,
-    h,
-    bh,
-    offs_m,
-    m_valid,
-    KPAD,
-    stride_pb,
-    stride_pn,
-    AMASK,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
+    rows,
+    masks,
+    drop,
     EVEN_D: tl.constexpr,
     SIDE: tl.constexpr,
     HAS_KPAD: tl.constexpr,
@@ -108,27 +103,10 @@ def far_loop(
         offs_n = j0 + tl.arange(0, BLOCK_N)
         if MASKED:
             s = (qk + edge[:, None]) * scale
-            s = mask_scores(
-                s,
-                tl.full(s.shape, 1, tl.int32),
-                b,
-                h,
-                offs_m,
-                offs_n,
-                m_valid,
-                offs_n >= 0,
-                KPAD,
-                stride_pb,
-                stride_pn,
-                AMASK,
-                stride_ab,
-                stride_ah,
-                stride_am,
-                stride_an,
-                HAS_KPAD,
-                HAS_AMASK,
+            s = mask_tile(
+                s, tl.full(s.shape, 1, tl.int32), rows, offs_n, offs_n >= 0, masks, HAS_KPAD, HAS_AMASK,
                 CAUSAL and SIDE == 1,
-            )
+            )  # fmt: skip
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             p = tl.math.exp2((s - m_new[:, None]) * LOG2E)
         else:
@@ -139,7 +117,7 @@ def far_loop(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         if HAS_DROPOUT:
-            p = p * dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale)
+            p = p * keep_factor(drop, rows, offs_n)
             mass = mass * alpha + tl.sum(p, axis=1)
         v = load_rows(v_ptrs, d_valid, EVEN_D)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
@@ -154,8 +132,7 @@ def band_loop(
     m_i,
     l_i,
     q,
-    k_base,
-    v_base,
+    kv,
     lo,
     hi,
     lk,
@@ -165,36 +142,17 @@ def band_loop(
     pos0,
     ws,
     ws_row,
-    T,
-    stride_tr,
-    stride_td,
-    R,
+    table,
+    rot,
     scale,
-    stride_kn,
-    stride_kd,
-    stride_vn,
-    stride_vd,
     offs_d,
     d_valid,
-    b,
-    h,
-    bh,
-    offs_m,
-    m_valid,
-    KPAD,
-    stride_pb,
-    stride_pn,
-    AMASK,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
+    rows,
+    masks,
+    drop,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -210,10 +168,19 @@ def band_loop(
 
     Any tile is computed exactly here (pairs beyond the band take the edge rows), so the caller sends the band
     and the last partial tile. The masses are this call's edge-row weights (block-band mode; per-tile mode folds
-    them into its table-slice product) relative to the returned m_i.
+    them into its table-slice product) relative to the returned m_i. kv: (k_base, v_base, stride_kn, stride_kd,
+    stride_vn, stride_vd); table: (T, stride_tr, stride_td, R); rows, masks, drop: see forward.py.
+    SINUSOID (rotation.py): rot = (ROT, q_rot); in-band key-side terms are Q_rot @ S_tile^T, the value side
+    u = sum P_band @ S_tile is rescaled like acc and added to acc, rotated back, when the loop ends.
     """
+    k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
+    T, stride_tr, stride_td, R = table
+    ROT, q_rot = rot
+    _, _, _, _, m_valid = rows
     mass_left = tl.zeros_like(l_i)
     mass_right = tl.zeros_like(l_i)
+    if SINUSOID:
+        u = tl.zeros_like(acc)
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
@@ -229,7 +196,11 @@ def band_loop(
         near = (rel > -R) & (rel < R)
         slot_ptrs = ws + (ws_row + (rel + (R - 1)))
         slot_mask = near & m_valid[:, None] & n_valid[None, :]
-        if RELATIVE:
+        if SINUSOID:
+            s_tile = load_positional(ROT, j0, pos0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+            bias = dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS)
+            s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
+        elif RELATIVE:
             if BAND_P > 0:
                 bias = tl.load(slot_ptrs, mask=slot_mask, other=0.0)
                 s += tl.where(near, bias, tl.where(rel < 0, qt_left[:, None], qt_right[:, None]))
@@ -237,27 +208,7 @@ def band_loop(
                 rel_min = j0 - (pos0 + BLOCK_M - 1)
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
                 s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
-        s = mask_scores(
-            s * scale,
-            rel,
-            b,
-            h,
-            offs_m,
-            offs_n,
-            m_valid,
-            n_valid,
-            KPAD,
-            stride_pb,
-            stride_pn,
-            AMASK,
-            stride_ab,
-            stride_ah,
-            stride_am,
-            stride_an,
-            HAS_KPAD,
-            HAS_AMASK,
-            CAUSAL,
-        )
+        s = mask_tile(s * scale, rel, rows, offs_n, n_valid, masks, HAS_KPAD, HAS_AMASK, CAUSAL)
         s = tl.where(n_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.math.exp2((m_i - m_new) * LOG2E)
@@ -265,11 +216,18 @@ def band_loop(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         if HAS_DROPOUT:
-            p = p * dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale)
-            if RELATIVE and BAND_P > 0:
+            p = p * keep_factor(drop, rows, offs_n)
+            if RELATIVE and BAND_P > 0 and not SINUSOID:
                 s = tl.where(p > 0.0, s, float("-inf"))  # a dropped pair leaves no value-side weight
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
-        if RELATIVE:
+        if SINUSOID:
+            u = u * alpha[:, None] + dot(tl.where(near, p, 0.0).to(s_tile.dtype), s_tile, None, FMA_DOTS)
+            mass_left = mass_left * alpha
+            mass_right = mass_right * alpha
+            far = tl.where(near, 0.0, p)
+            mass_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+            mass_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+        elif RELATIVE:
             if BAND_P > 0:
                 mass_left = mass_left * alpha
                 mass_right = mass_right * alpha
@@ -281,4 +239,6 @@ def band_loop(
                 rel_min = j0 - (pos0 + BLOCK_M - 1)
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
                 acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+    if SINUSOID:
+        acc += rotate_back(u, ROT, BLOCK_M, q.shape[1])
     return acc, m_i, l_i, mass_left, mass_right

@@ -1,0 +1,105 @@
+"""The band of NEZHA's own sinusoid table on tensor cores: the rotation identity (shared/docs/relative-attention.md).
+
+For the default table T[m] = [sin(m w_t), cos(m w_t)]_t (w_t = 10000^(-2t/D)), a query block whose first position is
+pos0 measures every angle from pos0. With s_j = S[j - pos0 + R] (unclamped rows of the same sinusoid) and q_rot_i the
+pairwise rotation of q_i by the angle (i - pos0) w_t:
+
+    key side    q_i . T[j - i + R] = q_rot_i . s_j                      (|j - i| <= R)
+    value side  sum_j p_ij T[j - i + R] = rotate_back_i(sum_j p_ij s_j)
+
+so a band tile pays two small dots (Q_rot @ S_tile^T, P_band @ S_tile) instead of gathers or the block-band scratch,
+and the angles stay below BLOCK_M + 2R + BLOCK_N radians at any absolute position (float32 exact to rounding).
+
+The launcher passes one table (``rotation_table``): float32 [PAD_ROWS + MAX_BLOCK_M + 2R + PAD_ROWS, BLOCK_D], row
+PAD_ROWS + m = [sin(m w_t), cos(m w_t)]_t for m = -PAD_ROWS .. , computed in float64 (padded head dims 0). A band
+tile's S_tile is a contiguous [BLOCK_N, BLOCK_D] block of it at a row offset, like a K tile; rows 0 .. BLOCK_M - 1
+from m = 0 are the cos / sin of q's rotation. Tiles with no in-band pair read clamped rows (never used: masked).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Rows of the table before m = 0 (and after the largest m a band tile can need): at least any key tile's width.
+PAD_ROWS = 64
+# The tallest query block a kernel may run with the rotation path (the forward's and dQ's 128-row tiles).
+MAX_BLOCK_M = 128
+_PAD = tl.constexpr(PAD_ROWS)
+_MAX_BLOCK_M = tl.constexpr(MAX_BLOCK_M)
+
+
+def rotation_rows(r: int) -> int:
+    """Rows of the rotation table of max_relative_position r."""
+    return 2 * PAD_ROWS + MAX_BLOCK_M + 2 * r
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(r: int, head_dim: int, block_d: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        m = torch.arange(rotation_rows(r), dtype=torch.float64) - PAD_ROWS
+        w = torch.exp(torch.arange(0, head_dim, 2, dtype=torch.float64) * (-math.log(10000.0) / head_dim))
+        angle = m[:, None] * w[None, :]
+        table = torch.zeros(m.shape[0], block_d, dtype=torch.float64)
+        table[:, 0:head_dim:2] = torch.sin(angle)
+        table[:, 1:head_dim:2] = torch.cos(angle)
+        return table.to(device=device, dtype=torch.float32)
+
+
+def rotation_table(r: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    """float32 [rotation_rows(r), BLOCK_D] (see the module docstring), cached per (R, D, device)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    return _cached(r, head_dim, block_d, torch.device(device))
+
+
+@triton.jit
+def rotate(x, cs, SIGN: tl.constexpr):
+    """x [M, BLOCK_D] fp32 rotated pairwise by cs [M, BLOCK_D] = [sin(a), cos(a)]_t (the table's row layout).
+
+    SIGN +1 (q_rot):    y[2t] = x[2t] cos + x[2t+1] sin,  y[2t+1] = x[2t+1] cos - x[2t] sin
+    SIGN -1 (back):     y[2t] = x[2t] cos - x[2t+1] sin,  y[2t+1] = x[2t+1] cos + x[2t] sin
+    """
+    M: tl.constexpr = x.shape[0]
+    D: tl.constexpr = x.shape[1]
+    x_even, x_odd = tl.split(tl.reshape(x, [M, D // 2, 2]))
+    sin, cos = tl.split(tl.reshape(cs, [M, D // 2, 2]))
+    y_even = x_even * cos + SIGN * (x_odd * sin)
+    y_odd = x_odd * cos - SIGN * (x_even * sin)
+    return tl.reshape(tl.join(y_even, y_odd), [M, D])
+
+
+@triton.jit
+def load_angles(ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_M, BLOCK_D] fp32: rows m = 0 .. BLOCK_M - 1 (the angles (i - pos0) w_t of a query block's rows)."""
+    rows = tl.arange(0, BLOCK_M) + _PAD
+    offs = rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    return tl.load(ROT + offs)
+
+
+@triton.jit
+def load_positional(ROT, j0, pos0, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """S_tile [BLOCK_N, BLOCK_D] fp32: s_j = row j - pos0 + R for keys j0 .. j0 + BLOCK_N - 1.
+
+    A tile without in-band pairs may ask for rows outside the table: its first row is clamped (its values are
+    never used, every pair of it is out of band).
+    """
+    row0 = tl.minimum(tl.maximum(j0 - pos0 + R + _PAD, 0), 2 * _PAD + _MAX_BLOCK_M + 2 * R - BLOCK_N)
+    rows = row0 + tl.arange(0, BLOCK_N)
+    offs = rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    return tl.load(ROT + offs)
+
+
+@triton.jit
+def rotate_query(x, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x_rot [BLOCK_M, BLOCK_D] in x's dtype: the rows of x rotated by their angle from the block start."""
+    return rotate(x.to(tl.float32), load_angles(ROT, BLOCK_M, BLOCK_D), 1).to(x.dtype)
+
+
+@triton.jit
+def rotate_back(u, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The value side of the band: u [BLOCK_M, BLOCK_D] fp32 (sum_j p_ij s_j) rotated back, fp32."""
+    return rotate(u, load_angles(ROT, BLOCK_M, BLOCK_D), -1)
