@@ -27,8 +27,12 @@ PLAIN_FLASH = "plain_flash_fwd"
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
-# The module of each kernel (dK/dV and delta live in backward.py).
-TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.backward_dq"}
+# The module of each kernel (delta lives in backward.py).
+TRITON_MODULES = {
+    "fwd": "nezha_kernels.triton_kernels.forward",
+    "bwd_dq": "nezha_kernels.triton_kernels.backward_dq",
+    "bwd_dkdv": "nezha_kernels.triton_kernels.backward_dkdv",
+}
 
 
 def _band_chunks(constexprs: dict) -> int:

@@ -41,6 +41,7 @@ _POINTERS = {
     "ROW_LOGSUM": "fp32",
     "WS": "fp32",
     "DELTA": "fp32",
+    "STATS": "fp32",
     "KPAD": "u8",
     "AMASK": "fp32",
     "HMASK": "fp32",
@@ -163,6 +164,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
     )
     if kernel in BLOCK_BAND_KERNELS:
         constexprs["BAND_P"] = configs.band_p(MAIN_R)
+    if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
@@ -228,7 +230,7 @@ def _jobs(archs, grid: str = "full"):
                 "fp16 D=64 64 rows",
                 arch,
                 "fp16",
-                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64),
+                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False),
                 4,
                 1,
             )
@@ -249,11 +251,11 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, backward_dq, configs, forward
+    from ..triton_kernels import backward, backward_dkdv, backward_dq, configs, forward
 
     if configs.interpreted():
         raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
-    fn = getattr({"fwd": forward, "bwd_dq": backward_dq}.get(kernel, backward), fn_name)
+    fn = getattr({"fwd": forward, "bwd_dq": backward_dq, "bwd_dkdv": backward_dkdv}.get(kernel, backward), fn_name)
     try:
         signature, consts, attrs = launch_signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
