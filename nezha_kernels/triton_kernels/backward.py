@@ -16,14 +16,14 @@ from .dot import dot, dot_nt
 from .philox import philox_uniform
 from .softmax import LOG2E
 
-
 # The delta kernel's per-row statistics: planes of a [STAT_PLANES, rows] fp32 buffer, rows as ROW_MAX's (dense
 # b*H*Lq + i, varlen h*Tq + token). Plane 0 is delta (the dQ kernel reads it as DELTA); the dK/dV kernel reads them
 # all (backward_dkdv.py). Edge terms with T[0] (left: keys left of the query) then T[2R] (right).
 PLANE_DELTA = tl.constexpr(0)
 PLANE_QE_LEFT = tl.constexpr(1)  # q . T[0], q . T[2R]
 PLANE_DE_LEFT = tl.constexpr(3)  # dO . T[0], dO . T[2R]
-PLANE_LSE_LEFT = tl.constexpr(5)  # ((m + log l) - scale q . T[edge]) * log2 e: a far pair's p = exp2(qk scale log2 e - this)
+# ((m + log l) - scale q . T[edge]) * log2 e: a far pair's p = exp2(qk scale log2 e - this)
+PLANE_LSE_LEFT = tl.constexpr(5)
 PLANE_DLT_LEFT = tl.constexpr(7)  # delta - hm dO . T[edge]: a far pair's dS = p (dO.v hm - this)
 STAT_PLANES = 9
 # Row maxima below this clamp are finfo.min (fully masked rows): their lse planes are never read (such rows meet only
@@ -94,10 +94,12 @@ def _relattn_bwd_delta_kernel(
     ).to(tl.float32)
     delta = tl.sum(o * g, axis=1)
     out = STATS + bh.to(tl.int64) * LQ + offs_m
+    STAT_ROWS = STAT_ROWS + bh.to(tl.int64) * 0  # int64: plane * rows passes 2**31 at 2**28 rows
     tl.store(out + PLANE_DELTA * STAT_ROWS, delta, mask=m_valid)
     if RELATIVE:
+        q_rows = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows * stride_qm
         q = tl.load(
-            Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows * stride_qm + offs_d[None, :] * stride_qd,
+            q_rows + offs_d[None, :] * stride_qd,
             mask=mask,
             other=0.0,
         ).to(tl.float32)

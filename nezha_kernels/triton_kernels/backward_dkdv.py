@@ -130,10 +130,7 @@ def dkdv_far_loop(
     g_ptrs,
     lo,
     hi,
-    stats,
-    STAT_ROWS,
-    ROW_MAX,
-    ROW_LOGSUM,
+    row_stats,
     hm,
     scale,
     stride_qm,
@@ -141,9 +138,7 @@ def dkdv_far_loop(
     d_valid,
     offs_n,
     n_valid,
-    b,
-    h,
-    bh,
+    block,
     masks,
     drop,
     EVEN_D: tl.constexpr,
@@ -158,9 +153,12 @@ def dkdv_far_loop(
 ):
     """Full query tiles [lo, hi) beyond the band on side SIDE (0: keys left of the queries, T[0]; 1: right, T[2R]).
 
-    q_ptrs / g_ptrs: [BLOCK_M, BLOCK_D] pointers of the tile at query row lo; stats: this sequence's row 0 of the
-    statistics planes. Returns (dk, dv) with dv's terms not yet multiplied by the head mask.
+    q_ptrs / g_ptrs: [BLOCK_M, BLOCK_D] pointers of the tile at query row lo; row_stats: (the statistics planes,
+    their row count, row max, row log-sum), each at this sequence's row 0; block: (b, h, b*H + h, q_offset, j0).
+    Returns (dk, dv) with dv's terms not yet multiplied by the head mask.
     """
+    stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
+    b, h, bh, q_offset, j0 = block
     # Causal masks every far-right pair (j - p >= R > 0) and no far-left one.
     MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
     EXACT: tl.constexpr = MASKED or HAS_DROPOUT
@@ -215,10 +213,7 @@ def dkdv_band_loop(
     lo,
     hi,
     lq,
-    stats,
-    STAT_ROWS,
-    ROW_MAX,
-    ROW_LOGSUM,
+    row_stats,
     hm,
     scale,
     strides,
@@ -226,11 +221,7 @@ def dkdv_band_loop(
     d_valid,
     offs_n,
     n_valid,
-    b,
-    h,
-    bh,
-    q_offset,
-    j0,
+    block,
     table,
     masks,
     drop,
@@ -254,6 +245,8 @@ def dkdv_band_loop(
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     stride_qm, stride_qd, stride_gm, stride_gd = strides
+    stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
+    b, h, bh, q_offset, j0 = block
     T, stride_tr, stride_td, R = table
     KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an = masks
     dropout_p, dropout_scale, seed_lo, seed_hi = drop
@@ -393,9 +386,9 @@ def _relattn_bwd_dkdv_kernel(
         hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
     g_base = DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + q_start.to(tl.int64) * stride_gm
-    stats = STATS + stat_row0
-    row_max_base = ROW_MAX + stat_row0
-    row_logsum_base = ROW_LOGSUM + stat_row0
+    # The planes' row count as int64 (plane * rows passes 2**31 at 2**28 rows).
+    row_stats = (STATS + stat_row0, STAT_ROWS + stat_row0 * 0, ROW_MAX + stat_row0, ROW_LOGSUM + stat_row0)
+    block = (b, h, bh, q_offset, j0)
     masks = (KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an)
     drop = (dropout_p, dropout_scale, seed_lo, seed_hi)
     table = (T, stride_tr, stride_td, R)
@@ -419,33 +412,32 @@ def _relattn_bwd_dkdv_kernel(
         # Far right first (queries far above the keys: every pair j - p >= R), then far left (far below).
         dk, dv = dkdv_far_loop(
             dk, dv, k, v, q_base + lo.to(tl.int64) * stride_qm + q_tile, g_base + lo.to(tl.int64) * stride_gm + g_tile,
-            lo, band_lo, stats, STAT_ROWS, row_max_base, row_logsum_base, hm, scale, stride_qm, stride_gm, d_valid,
-            offs_n, n_valid, b, h, bh, masks, drop,
+            lo, band_lo, row_stats, hm, scale, stride_qm, stride_gm, d_valid, offs_n, n_valid, block, masks, drop,
             EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
         )  # fmt: skip
         dk, dv = dkdv_far_loop(
             dk, dv, k, v, q_base + band_hi.to(tl.int64) * stride_qm + q_tile,
-            g_base + band_hi.to(tl.int64) * stride_gm + g_tile, band_hi, full_end, stats, STAT_ROWS, row_max_base,
-            row_logsum_base, hm, scale, stride_qm, stride_gm, d_valid, offs_n, n_valid, b, h, bh, masks, drop,
+            g_base + band_hi.to(tl.int64) * stride_gm + g_tile, band_hi, full_end, row_stats, hm, scale, stride_qm,
+            stride_gm, d_valid, offs_n, n_valid, block, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
         )  # fmt: skip
         if HAS_HMASK:
             dv = dv * hm  # the far loops' P^T dO, before the band's (which carries hm itself)
         dk, dv = dkdv_band_loop(
-            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, band_lo, band_hi, lq, stats, STAT_ROWS, row_max_base, row_logsum_base, hm,
-            scale, strides, offs_d, d_valid, offs_n, n_valid, b, h, bh, q_offset, j0, table, masks, drop,
+            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
+            offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
         )  # fmt: skip
         dk, dv = dkdv_band_loop(
-            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, full_end, general_end, lq, stats, STAT_ROWS, row_max_base, row_logsum_base,
-            hm, scale, strides, offs_d, d_valid, offs_n, n_valid, b, h, bh, q_offset, j0, table, masks, drop,
+            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, full_end, general_end, lq, row_stats, hm, scale,
+            strides, offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
         )  # fmt: skip
     else:
         # One general loop over every query tile (see configs.skeleton_choice).
         dk, dv = dkdv_band_loop(
-            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, lo, general_end, lq, stats, STAT_ROWS, row_max_base, row_logsum_base, hm,
-            scale, strides, offs_d, d_valid, offs_n, n_valid, b, h, bh, q_offset, j0, table, masks, drop,
+            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, lo, general_end, lq, row_stats, hm, scale, strides,
+            offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
         )  # fmt: skip
 

@@ -194,7 +194,8 @@ def arch_major(t: torch.Tensor) -> int:
 def candidates(kind: str, tiles, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> list:
     """The tiles of ``tiles`` a (kernel, head dim, input size, features, arch) may run, best first; never empty.
 
-    The one tile of skeleton_choice (no autotuning among unchecked tiles). ``features``: the launch's feature constexprs (None: the common case, no masks nor dropout).
+    The one tile of skeleton_choice (no autotuning among unchecked tiles). ``features``: the launch's feature
+    constexprs (None: the common case, no masks nor dropout).
     """
     wide = WIDE_HEAD_TILES.get((kind, elem_bytes)) if head_dim > 64 else None
     skip = _wide_only(kind)

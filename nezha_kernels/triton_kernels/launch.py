@@ -250,9 +250,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     band_p = configs.band_p(call.r) if call.relative else 0
     scratch = band_scratch(q, band_p, 2)
     _bwd_dq[autotune_grid(programs, blocks_q, "BLOCK_M")](
-        **call.kwargs(
-            DQ=dq, WS=scratch, BAND_P=band_p, FAR_LOOPS=call.far_loops("bwd_dq"), DELTA=row_stats[0], **stats
-        )
+        **call.kwargs(DQ=dq, WS=scratch, BAND_P=band_p, FAR_LOOPS=call.far_loops("bwd_dq"), DELTA=row_stats[0], **stats)
     )
 
 
