@@ -168,7 +168,6 @@ def dkdv_far_loop(
         q = load_rows(q_ptrs, d_valid, EVEN_D)
         do = load_rows(g_ptrs, d_valid, EVEN_D)
         st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
-        dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
         if MASKED:
             row_max = tl.load(ROW_MAX + offs_m)
             row_logsum = tl.load(ROW_LOGSUM + offs_m)
@@ -182,19 +181,23 @@ def dkdv_far_loop(
         else:
             lse = tl.load(stats + (PLANE_LSE_LEFT + SIDE) * STAT_ROWS + offs_m)
             pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        # P^T's GEMM before dP^T's (FA2's order): S^T and dP^T are never live together.
+        if HAS_DROPOUT:
+            kf = keep_factor_t(drop, offs_n, offs_m, bh)
+            dv = dot((pt * kf).to(do.dtype), do, dv, FMA_DOTS)
+        else:
+            dv = dot(pt.to(do.dtype), do, dv, FMA_DOTS)
+        dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
         if EXACT:
             delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m)
             do_edge = tl.load(stats + (PLANE_DE_LEFT + SIDE) * STAT_ROWS + offs_m)
             if HAS_DROPOUT:
-                kf = keep_factor_t(drop, offs_n, offs_m, bh)
                 dst = pt * ((dpt + do_edge[None, :]) * (kf * hm) - delta[None, :])
-                pt = pt * kf
             else:
                 dst = pt * ((dpt + do_edge[None, :]) * hm - delta[None, :])
         else:
             dlt = tl.load(stats + (PLANE_DLT_LEFT + SIDE) * STAT_ROWS + offs_m)
             dst = pt * (dpt * hm - dlt[None, :])
-        dv = dot(pt.to(do.dtype), do, dv, FMA_DOTS)
         dk = dot(dst.to(q.dtype), q, dk, FMA_DOTS)
         q_ptrs += BLOCK_M * stride_qm
         g_ptrs += BLOCK_M * stride_gm
