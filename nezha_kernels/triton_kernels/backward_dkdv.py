@@ -32,7 +32,7 @@ from .backward import (
     PLANE_QE_LEFT,
     tile_grads,
 )
-from .band import MASKED_SCORE
+from .band import MASKED_SCORE, load_table_slice
 from .dot import dot, dot_nt
 from .philox import philox_uniform
 from .sequence import sequence_window
@@ -201,6 +201,109 @@ def dkdv_far_loop(
         dk = dot(dst.to(q.dtype), q, dk, FMA_DOTS)
         q_ptrs += BLOCK_M * stride_qm
         g_ptrs += BLOCK_M * stride_gm
+    return dk, dv
+
+
+@triton.jit
+def gather_rows_t(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x [BLOCK_P, BLOCK_M] (x = T_slice @ rows^T) -> [BLOCK_N, BLOCK_M]: out[jj, ii] = x[jj - ii + BLOCK_M - 1, ii].
+
+    band.band_gather, key-major: key jj's table-slice row for query ii (band.py).
+    """
+    jj = tl.arange(0, BLOCK_N)[:, None]
+    ii = tl.arange(0, BLOCK_M)[None, :]
+    return tl.gather(x, jj - ii + (BLOCK_M - 1), axis=0)
+
+
+@triton.jit
+def dkdv_band_tile_loop(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    g_base,
+    lo,
+    hi,
+    lq,
+    row_stats,
+    hm,
+    scale,
+    strides,
+    offs_d,
+    d_valid,
+    offs_n,
+    n_valid,
+    block,
+    table,
+    masks,
+    drop,
+    HEAD_DIM: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    HAS_KPAD: tl.constexpr,
+    HAS_AMASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """Query tiles [lo, hi) of any kind (band, partial) next to the far loops, key-major like them.
+
+    Each pair's table row comes from the tile's table slice (band.load_table_slice: clamped, so pairs beyond the band
+    are exact too): S^T += gather(T_slice Q^T), dP^T += gather(T_slice dO^T), GEMMs with the BLOCK_N keys as rows
+    (wgmma) and a [BLOCK_P, BLOCK_M] slice product; then masks, bounds and dropout per pair, the exact
+    (s - max) - log(sum). dv includes the head mask.
+    """
+    stride_qm, stride_qd, stride_gm, stride_gd = strides
+    stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
+    b, h, bh, q_offset, j0 = block
+    T, stride_tr, stride_td, R = table
+    KPAD, stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an = masks
+    for i0 in range(lo, hi, BLOCK_M):
+        offs_m = i0 + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < lq
+        qd_mask = m_valid[:, None] & d_valid[None, :]
+        q = tl.load(
+            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
+        )
+        do = tl.load(
+            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
+        )
+        st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
+        if RELATIVE:
+            base = j0 - (q_offset + i0) - (BLOCK_M - 1) + R
+            ts = load_table_slice(T, stride_tr, stride_td, base, R, offs_d, HEAD_DIM, BLOCK_P).to(q.dtype)
+            st += gather_rows_t(dot_nt(ts, q, FMA_DOTS, K_CHUNKS), BLOCK_M, BLOCK_N)
+        s = st * scale
+        valid = n_valid[:, None] & m_valid[None, :]
+        if HAS_AMASK:
+            ptrs = AMASK + b.to(tl.int64) * stride_ab + h.to(tl.int64) * stride_ah
+            ptrs = ptrs + offs_m[None, :].to(tl.int64) * stride_am + offs_n[:, None] * stride_an
+            s += tl.load(ptrs, mask=valid, other=0.0).to(tl.float32)
+        if HAS_KPAD:
+            keep = tl.load(KPAD + b.to(tl.int64) * stride_pb + offs_n * stride_pn, mask=n_valid, other=1)
+            s = tl.where((keep == 0)[:, None], MASKED_SCORE, s)
+        if CAUSAL:
+            s = tl.where(offs_n[:, None] - (q_offset + offs_m)[None, :] > 0, MASKED_SCORE, s)
+        s = tl.maximum(s, MASKED_SCORE)
+        row_max = tl.load(ROW_MAX + offs_m, mask=m_valid, other=0.0)
+        row_logsum = tl.load(ROW_LOGSUM + offs_m, mask=m_valid, other=0.0)
+        # (s - max) - log(sum), not s - lse: exact for a fully masked row (max = finfo.min, p = 1/Lk).
+        pt = tl.math.exp2(((s - row_max[None, :]) - row_logsum[None, :]) * LOG2E)
+        pt = tl.where(valid, pt, 0.0)
+        coef = hm
+        if HAS_DROPOUT:
+            coef = keep_factor_t(drop, offs_n, offs_m, bh) * hm
+        dv = dot((pt * coef).to(do.dtype), do, dv, FMA_DOTS)
+        dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
+        if RELATIVE:
+            dpt += gather_rows_t(dot_nt(ts, do, FMA_DOTS, K_CHUNKS), BLOCK_M, BLOCK_N)
+        delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
+        dst = pt * (dpt * coef - delta[None, :])
+        dk = dot(dst.to(q.dtype), q, dk, FMA_DOTS)
     return dk, dv
 
 
@@ -426,15 +529,17 @@ def _relattn_bwd_dkdv_kernel(
         )  # fmt: skip
         if HAS_HMASK:
             dv = dv * hm  # the far loops' P^T dO, before the band's (which carries hm itself)
-        dk, dv = dkdv_band_loop(
-            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
+        dk, dv = dkdv_band_tile_loop(
+            dk, dv, k, v, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
             offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
+            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_MB, BLOCK_N,
+            BLOCK_P,
         )  # fmt: skip
-        dk, dv = dkdv_band_loop(
-            dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, full_end, general_end, lq, row_stats, hm, scale,
+        dk, dv = dkdv_band_tile_loop(
+            dk, dv, k, v, q_base, g_base, full_end, general_end, lq, row_stats, hm, scale,
             strides, offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
+            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_MB, BLOCK_N,
+            BLOCK_P,
         )  # fmt: skip
     else:
         # One general loop over every query tile (see configs.skeleton_choice).

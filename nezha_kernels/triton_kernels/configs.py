@@ -27,11 +27,13 @@ AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 # tile and loop structure a call runs depends on its features and the arch: skeleton_choice (one table, below).
 # fp32 uses FMA (ieee) dots that hold operands in registers: 32x16 w8 s1 (16x16 for D > 64) is spill-free.
 FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1), (64, 16, 8, 2)]
-# dK/dV (BLOCK_M query rows per loop step, BLOCK_N keys per program): 64 x 64, 8 warps: the far loops' GEMMs (K Q^T,
-# V dO^T, P^T dO, dS^T Q) have the 64 keys as rows, wgmma on sm_90, Q/dO pipelined 2 deep; the band (per-tile table
-# slices, backward_dkdv.py) runs 16-row query tiles. sm_80: 32 x 32 s2 (64 x 64 and 64 x 32 spill there with
-# causal). 32x32 w8 s1 is the general loop's tile (FAR_LOOPS 0), which every other case runs (skeleton_choice).
-DKDV_TILES = [(64, 64, 8, 2), (32, 32, 8, 1), (32, 32, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1)]
+# dK/dV (BLOCK_M query rows per loop step, BLOCK_N keys per program): 64 x 64, 4 warps: one warpgroup whose far-loop
+# GEMMs (K Q^T, V dO^T, P^T dO, dS^T Q) have the 64 keys as rows, HGMMA 64x64x16, Q/dO pipelined 2 deep; the band and
+# the partial tile run key-major 16-query tiles (backward_dkdv.py). 8 warps on 64 keys split the queries between the
+# warpgroups and recompute S^T and dP^T in both (EX2 2 per score); 64 x 128 w8 is as fast in the far loops (0.32 per
+# score), heavier in the band. sm_80: 32 x 32 w8 s2 (64 x 64 w4 spills there). 32x32 w8 s1 is the general loop's
+# tile (FAR_LOOPS 0), which every other case runs (skeleton_choice); fp32 32x16.
+DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 8, 2), (32, 16, 8, 1)]
 DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 32, 8, 2)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
 # Head dim 128 (fp32: forward too): every general tile that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ
