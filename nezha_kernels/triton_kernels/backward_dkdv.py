@@ -17,8 +17,9 @@ BLOCK_N = 64 per warpgroup every GEMM is a wgmma on sm_90):
 
 Masks and dropout take the exact per-pair path (scores rebuilt from m, log l and q . T[edge]: a fully masked row,
 max = finfo.min, keeps its 1/Lk weights) only where they are passed; bounds only on the partial tile. The band
-and the partial tile run the general per-tile path (backward.tile_grads: table slices and gathers) on a narrower
-query tile. FAR_LOOPS 0 runs that general loop over every query tile (fp32 FMA tiles, features that spill).
+and the partial tile run key-major too (dkdv_band_tile_loop: each pair's table row gathered from a per-tile table
+slice product) on 16-row query tiles. FAR_LOOPS 0 runs the old general loop over every query tile instead
+(dkdv_band_loop: backward.tile_grads, query-major) for the cases whose far loops spill (configs.skeleton_choice).
 """
 
 import triton
@@ -342,11 +343,9 @@ def dkdv_band_loop(
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    """Query tiles [lo, hi) of any kind (band, partial; every tile with FAR_LOOPS 0), BLOCK_M rows each.
+    """Every query tile [lo, hi) with FAR_LOOPS 0, BLOCK_M rows each: the old kernel's general loop.
 
     The general path of backward.tile_grads (per-tile table slices), query-major; dv includes the head mask.
-    K and V are loaded here, not taken from the far loops: their operand copies there would stay live across this
-    loop's per-pair work (spills).
     """
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
