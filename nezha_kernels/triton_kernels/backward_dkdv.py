@@ -19,7 +19,7 @@ Masks and dropout take the exact per-pair path (scores rebuilt from m, log l and
 max = finfo.min, keeps its 1/Lk weights) only where they are passed; bounds only on the partial tile. The band
 and the partial tile run key-major too (dkdv_band_tile_loop: each pair's table row gathered from a per-tile table
 slice product) on 16-row query tiles. FAR_LOOPS 0 runs the old general loop over every query tile instead
-(dkdv_band_loop: backward.tile_grads, query-major) for the cases whose far loops spill (configs.skeleton_choice).
+(dkdv_general_loop: backward.tile_grads, query-major) for the cases whose far loops spill (configs.skeleton_choice).
 """
 
 import triton
@@ -309,7 +309,7 @@ def dkdv_band_tile_loop(
 
 
 @triton.jit
-def dkdv_band_loop(
+def dkdv_general_loop(
     dk,
     dv,
     k_ptrs,
@@ -542,7 +542,7 @@ def _relattn_bwd_dkdv_kernel(
         )  # fmt: skip
     else:
         # One general loop over every query tile (see configs.skeleton_choice).
-        dk, dv = dkdv_band_loop(
+        dk, dv = dkdv_general_loop(
             dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, lo, general_end, lq, row_stats, hm, scale, strides,
             offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
             HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,

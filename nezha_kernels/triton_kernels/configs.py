@@ -31,9 +31,10 @@ FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1), (
 # GEMMs (K Q^T, V dO^T, P^T dO, dS^T Q) have the 64 keys as rows, HGMMA 64x64x16, Q/dO pipelined 2 deep; the band and
 # the partial tile run key-major 16-query tiles (backward_dkdv.py). 8 warps on 64 keys split the queries between the
 # warpgroups and recompute S^T and dP^T in both (EX2 2 per score); 64 x 128 w8 is as fast in the far loops (0.32 per
-# score), heavier in the band. sm_80: 32 x 32 w8 s2 (64 x 64 w4 spills there). 32x32 w8 s1 is the general loop's
-# tile (FAR_LOOPS 0), which every other case runs (skeleton_choice); fp32 32x16.
-DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 8, 2), (32, 16, 8, 1)]
+# score), heavier in the band. sm_80 (mma.sync, operands in registers): 32 x 32 w4 s2, 249-255 registers (8 warps
+# compute every exponential twice; 64 x 64 w4 spills). 32x32 w8 s1 is the general loop's tile (FAR_LOOPS 0), which
+# every other case runs (skeleton_choice); fp32 32x16.
+DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 4, 2), (32, 16, 8, 1)]
 DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 32, 8, 2)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
 # Head dim 128 (fp32: forward too): every general tile that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ
@@ -173,9 +174,9 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
 
 def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):
     """skeleton_choice for dK/dV (fp16 / bf16), from the AOT sweeps in benchmarks/NOTES.md ("Triton dK/dV on the
-    flash skeleton"): far loops only without per-pair features and the padding-free layout at D <= 64 (with them, and
-    at D = 128 even plain, the far loops next to the band loop spill 8-1000 B on sm_80 and sm_90); one general loop
-    at the old kernel's tiles else (32 x 32 w8 s1; D > 64 the wide-head tile)."""
+    flash skeleton"): far loops only without per-pair features and the padding-free layout at D <= 64 (at 64 x 64 w4
+    on sm_90 key padding + dropout spills 208 B, varlen 576, every feature 696, D = 128 even plain 360); one general
+    loop at the old kernel's tiles else (32 x 32 w8 s1; D > 64 the wide-head tile)."""
     if head_dim > 64:
         return None, FAR_NONE
     if per_pair or varlen:
