@@ -143,8 +143,10 @@ def test_config_roles_follow_the_tile_tables():
     assert config_role(_triton_row("fwd", "fp16", 64, fwd_main)) == "main"
     assert config_role(_triton_row("fwd", "bf16", 64, fwd_main, variant="plain")) == "main"
     assert config_role(_triton_row("fwd", "fp16", 64, fwd_other)) == "candidate"
-    assert config_role(_triton_row("bwd_dkdv", "fp16", 64, configs.DKDV_TILES[0])) == "main"
-    assert config_role(_triton_row("bwd_dkdv", "fp16", 64, configs.DKDV_TILES[1])) == "candidate"
+    # dK/dV: the general loop's tile with every feature, the far loops' tile in the common case (sm_90).
+    assert config_role(_triton_row("bwd_dkdv", "fp16", 64, configs.DKDV_GENERAL)) == "main"
+    assert config_role(_triton_row("bwd_dkdv", "fp16", 64, configs.DKDV_FAR_SM90)) == "candidate"
+    assert config_role(_triton_row("bwd_dkdv", "fp16", 64, configs.DKDV_FAR_SM90, 90, variant="plain")) == "main"
     wide = configs.WIDE_HEAD_TILES[("bwd_dq", 2)]
     assert config_role(_triton_row("bwd_dq", "fp16", 128, wide)) == "main"
     assert config_role(_triton_row("bwd_dq", "fp16", 64, wide)) == "candidate"  # not the D=64 main tile

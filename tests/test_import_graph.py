@@ -37,7 +37,7 @@ MODULES = _modules()
 KNOWN_PRIVATE_USES = {
     # Triton's convention names @triton.jit kernels with a leading underscore; the launcher is their one user.
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward._relattn_bwd_delta_kernel"),
-    ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward._relattn_bwd_dkdv_kernel"),
+    ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward_dkdv._relattn_bwd_dkdv_kernel"),
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.backward_dq._relattn_bwd_dq_kernel"),
     ("nezha_kernels.triton_kernels.launch", "nezha_kernels.triton_kernels.forward._relattn_fwd_kernel"),
 }

@@ -15,12 +15,12 @@ def _tiles(cfgs):
 def test_fp32_and_wide_heads_prune_to_small_tiles():
     cfgs = [configs.make_config(*t) for t in configs.FWD_TILES]
     assert _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1)})) == [(32, 16, 8, 1)]
-    # fp16 / bf16 forward and dQ: the one tile of configs.skeleton_choice (no autotuning among unchecked tiles);
-    # dK/dV keeps every tile that fits as a candidate.
+    # fp16 / bf16: the one tile of configs.skeleton_choice (no autotuning among unchecked tiles), dK/dV too.
     half = {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=torch.float16)}
     assert _tiles(configs.prune(cfgs, half)) == [configs.FWD_TILES[0]]
     dkdv = [configs.make_config(*t) for t in configs.DKDV_TILES]
-    assert _tiles(configs.prune(dkdv, half, kind="bwd_dkdv")) == [tuple(t) for t in configs.DKDV_TILES]
+    assert _tiles(configs.prune(dkdv, half, kind="bwd_dkdv")) == [configs.DKDV_FAR_SM90]
+    assert _tiles(configs.prune(dkdv, {**half, "HAS_DROPOUT": True}, kind="bwd_dkdv")) == [configs.DKDV_GENERAL]
 
 
 def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
@@ -41,6 +41,11 @@ def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
     assert choice("fwd", 128, 2, {"HAS_AMASK": True}, 9) == ((128, 64, 8, 1), none)
     assert choice("fwd", 128, 2, {"HAS_AMASK": True}, 8) == ((64, 16, 8, 2), none)
     assert choice("fwd", 64, 4, {}, 9) == (None, none) and choice("bwd_dq", 128, 2, {"HAS_DROPOUT": True}, 9)[1] == none
+    # dK/dV: far loops in the common case at D <= 64 (sm_90 64 x 64, sm_80 32 x 32), the general loop else.
+    assert choice("bwd_dkdv", 64, 2, {}, 9) == (configs.DKDV_FAR_SM90, full)
+    assert choice("bwd_dkdv", 64, 2, {}, 8) == (configs.DKDV_FAR_SM80, full)
+    assert choice("bwd_dkdv", 64, 2, {"VARLEN": True}, 9) == (configs.DKDV_GENERAL, none)
+    assert choice("bwd_dkdv", 128, 2, {}, 9) == (None, none) and choice("bwd_dkdv", 64, 4, {}, 9) == (None, none)
     for kind in configs.SKELETON_KERNELS:
         for elem_bytes in (2, 4):
             for arch in (8, 9):
@@ -119,8 +124,9 @@ def test_grids_put_batch_times_heads_on_axis_0(monkeypatch):
     launch.relattn_bwd(out, q, k, v, table, out, lse, None, None, None, None, None, lq, lk, r, False, 0, 0.25, 0.0, 0)
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16}
     # The launcher passes FAR_LOOPS as configs.far_loops gives it (fp32: one general loop).
-    assert grids.pop("_fwd FAR_LOOPS") == grids.pop("_bwd_dq FAR_LOOPS") == configs.FAR_NONE
-    assert grids.pop("_bwd_dkdv FAR_LOOPS") is None and grids.pop("_relattn_bwd_delta_kernel FAR_LOOPS") is None
+    far = [grids.pop(f"{name} FAR_LOOPS") for name in ("_fwd", "_bwd_dq", "_bwd_dkdv")]
+    assert far == [configs.FAR_NONE] * 3
+    assert grids.pop("_relattn_bwd_delta_kernel FAR_LOOPS") is None
     shapes = {name: grid(cfg) if callable(grid) else grid for name, grid in grids.items()}
     rows_per_delta = launch.DELTA_ROWS_INTERPRETED if configs.interpreted() else launch.DELTA_ROWS_GPU
     assert shapes == {

@@ -194,6 +194,32 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
     )
 
 
+@pytest.fixture
+def dkdv_far_loops_forced(monkeypatch):
+    """dK/dV runs its far loops (FAR_LOOPS 2) whatever the features (configs.skeleton_choice keeps them to the common
+    case on a GPU, where they spill with masks or dropout): their exact per-pair path, checked here."""
+    from nezha_kernels.triton_kernels import configs
+
+    chosen = configs.far_loops
+    monkeypatch.setattr(
+        configs, "far_loops", lambda kind, *args: configs.FAR_FULL if kind == "bwd_dkdv" else chosen(kind, *args)
+    )
+
+
+@interpreted_only
+def test_dkdv_far_loops_every_feature(dkdv_far_loops_forced):
+    # R = 3, 16 x 16 tiles: each key block sees query tiles far above (causal: all masked), in the band and far
+    # below, plus a ragged last tile; a fully padded batch row; dropout and head_mask; then an additive mask.
+    bf16 = torch.bfloat16
+    kp = torch.rand(2, 41, generator=torch.Generator().manual_seed(21)) > 0.25
+    kp[1] = False
+    hm = torch.tensor([[0.5], [1.0]])
+    check(CPU, bf16, 2, 1, 50, 41, 16, 3, key_padding=kp, causal=True, q_offset=4, dropout_p=0.2, head_mask=hm, seed=2)
+    add = torch.randn(1, 1, 50, 41, generator=torch.Generator().manual_seed(22))
+    add[..., 30:, :7] = float("-inf")
+    check(CPU, bf16, 1, 1, 50, 41, 16, 3, additive=add, q_offset=9)
+
+
 @interpreted_only
 def test_bfloat16_dot_is_exact_under_the_interpreter():
     # triton-lang/triton#11584: the interpreter multiplies bf16 bit patterns; kernels go through dot.dot,

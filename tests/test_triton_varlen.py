@@ -197,6 +197,20 @@ def test_varlen_kernels_match_formula_per_sequence(name):
     _check_case(CASES[name], sum(map(ord, name)))
 
 
+@interpreted_only
+def test_varlen_dkdv_far_loops(monkeypatch):
+    # dK/dV's far loops forced on (configs.skeleton_choice runs them only without per-pair features and dense) with
+    # causal, dropout and head_mask, R = 3: query tiles far above and far below each key block, Lq_b > Lk_b too.
+    from nezha_kernels.triton_kernels import configs
+
+    chosen = configs.far_loops
+    monkeypatch.setattr(
+        configs, "far_loops", lambda kind, *args: configs.FAR_FULL if kind == "bwd_dkdv" else chosen(kind, *args)
+    )
+    case = Case(BF16, (50, 3, 40), (45, 9, 28), 1, 32, 3, causal=True, dropout_p=0.2, head_mask=True)
+    _check_case(case, 31)
+
+
 # The GPU's main tiles (64-row forward and dQ, 32x32 dK/dV; 16x32 / 32x32 backward for D = 128): several 64-row
 # blocks in one sequence with a ragged tail, sequences shorter than one block, empty ones, R = 64 block-band mode.
 GPU_TILE_CASES = {

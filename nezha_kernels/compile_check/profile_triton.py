@@ -30,8 +30,12 @@ SINUSOID_KERNELS = {"fwd_sinusoid": "fwd", "bwd_dq_sinusoid": "bwd_dq"}
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv", *SINUSOID_KERNELS)
 
 
-# The module of each kernel (dK/dV and delta live in backward.py).
-TRITON_MODULES = {"fwd": "nezha_kernels.triton_kernels.forward", "bwd_dq": "nezha_kernels.triton_kernels.backward_dq"}
+# The module of each kernel (delta lives in backward.py).
+TRITON_MODULES = {
+    "fwd": "nezha_kernels.triton_kernels.forward",
+    "bwd_dq": "nezha_kernels.triton_kernels.backward_dq",
+    "bwd_dkdv": "nezha_kernels.triton_kernels.backward_dkdv",
+}
 
 
 def _band_chunks(constexprs: dict) -> int:

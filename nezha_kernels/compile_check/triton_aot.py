@@ -42,6 +42,7 @@ _POINTERS = {
     "WS": "fp32",
     "ROT": "fp32",
     "DELTA": "fp32",
+    "STATS": "fp32",
     "KPAD": "u8",
     "AMASK": "fp32",
     "HMASK": "fp32",
@@ -173,6 +174,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
             raise ValueError(f"{kernel} {variant}: configs.rotation_band keeps the scratch path for these features")
         constexprs["SINUSOID"] = rotation
         constexprs["BAND_P"] = 0 if rotation else configs.band_p(MAIN_R)
+    if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
@@ -245,7 +247,7 @@ def _jobs(archs, grid: str = "full"):
                 "fp16 D=64 64 rows",
                 arch,
                 "fp16",
-                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64),
+                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False),
                 4,
                 1,
             )
@@ -266,11 +268,11 @@ def _compile(job) -> tuple[int | None, int, int | None] | str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ..triton_kernels import backward, backward_dq, configs, forward
+    from ..triton_kernels import backward, backward_dkdv, backward_dq, configs, forward
 
     if configs.interpreted():
         raise RuntimeError("triton_aot._compile runs in a worker started without TRITON_INTERPRET")
-    fn = getattr({"fwd": forward, "bwd_dq": backward_dq}.get(kernel, backward), fn_name)
+    fn = getattr({"fwd": forward, "bwd_dq": backward_dq, "bwd_dkdv": backward_dkdv}.get(kernel, backward), fn_name)
     try:
         signature, consts, attrs = launch_signature(fn, dtype, constexprs)
         src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)

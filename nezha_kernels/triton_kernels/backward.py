@@ -5,7 +5,7 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
     delta_i = sum_j w_ij dW_ij = dO_i . O_i  (_relattn_bwd_delta_kernel)
     dS_ij = p_ij (dW_ij drop_ij hm - delta_i)  at every pair, masked ones included
     dQ_i = scale (sum_j dS_ij k_j + sum_j dS_ij a_ij)   (_relattn_bwd_dq_kernel in backward_dq.py, per query block)
-    dK_j = scale sum_i dS_ij q_i,  dV_j = sum_i w_ij dO_i  (_relattn_bwd_dkdv_kernel, per key block)
+    dK_j = scale sum_i dS_ij q_i,  dV_j = sum_i w_ij dO_i  (_relattn_bwd_dkdv_kernel in backward_dkdv.py, per key block)
 """
 
 import triton
@@ -14,14 +14,33 @@ import triton.language as tl
 from .band import band_gather, load_table_slice, mask_scores
 from .dot import dot, dot_nt
 from .philox import philox_uniform
-from .sequence import sequence_window
+from .softmax import LOG2E
+
+# The delta kernel's per-row statistics: planes of a [STAT_PLANES, rows] fp32 buffer, rows as ROW_MAX's (dense
+# b*H*Lq + i, varlen h*Tq + token). Plane 0 is delta (the dQ kernel reads it as DELTA); the dK/dV kernel reads them
+# all (backward_dkdv.py). Edge terms with T[0] (left: keys left of the query) then T[2R] (right).
+PLANE_DELTA = tl.constexpr(0)
+PLANE_QE_LEFT = tl.constexpr(1)  # q . T[0], q . T[2R]
+PLANE_DE_LEFT = tl.constexpr(3)  # dO . T[0], dO . T[2R]
+# ((m + log l) - scale q . T[edge]) * log2 e: a far pair's p = exp2(qk scale log2 e - this)
+PLANE_LSE_LEFT = tl.constexpr(5)
+PLANE_DLT_LEFT = tl.constexpr(7)  # delta - hm dO . T[edge]: a far pair's dS = p (dO.v hm - this)
+STAT_PLANES = 9
+# Row maxima below this clamp are finfo.min (fully masked rows): their lse planes are never read (such rows meet only
+# masked tiles, which rebuild p from m and log l), the clamp keeps them finite.
+_LSE_MAX_FLOOR = tl.constexpr(-1.0e30)
 
 
 @triton.jit
 def _relattn_bwd_delta_kernel(
     OUT,
     DOUT,
-    DELTA,
+    Q,
+    T,
+    ROW_MAX,
+    ROW_LOGSUM,
+    HMASK,
+    STATS,
     stride_ob,
     stride_oh,
     stride_om,
@@ -30,40 +49,85 @@ def _relattn_bwd_delta_kernel(
     stride_gh,
     stride_gm,
     stride_gd,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_tr,
+    stride_td,
+    stride_hb,
+    stride_hh,
     H,
     LQ,
+    R,
+    STAT_ROWS,
+    scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    RELATIVE: tl.constexpr,
+    HAS_HMASK: tl.constexpr,
 ):
-    """delta [B*H, Lq] fp32 = rowsum(dO * O)."""
+    """STATS [STAT_PLANES, STAT_ROWS] fp32 (see PLANE_*): delta = rowsum(dO * O) and the rows' edge terms.
+
+    One program per BLOCK_M rows of one [*, H, LQ, D] (b, h) (varlen: the [1, H, Tq, D] view, every sequence's rows).
+    """
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < LQ)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    m_valid = offs_m < LQ
+    d_valid = offs_d < HEAD_DIM
+    mask = m_valid[:, None] & d_valid[None, :]
+    rows = offs_m[:, None].to(tl.int64)
     o = tl.load(
-        OUT
-        + b.to(tl.int64) * stride_ob
-        + h.to(tl.int64) * stride_oh
-        + offs_m[:, None].to(tl.int64) * stride_om
-        + offs_d[None, :] * stride_od,
+        OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows * stride_om + offs_d[None, :] * stride_od,
         mask=mask,
         other=0.0,
-    )
+    ).to(tl.float32)
     g = tl.load(
-        DOUT
-        + b.to(tl.int64) * stride_gb
-        + h.to(tl.int64) * stride_gh
-        + offs_m[:, None].to(tl.int64) * stride_gm
-        + offs_d[None, :] * stride_gd,
+        DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + rows * stride_gm + offs_d[None, :] * stride_gd,
         mask=mask,
         other=0.0,
-    )
-    delta = tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
-    tl.store(DELTA + bh.to(tl.int64) * LQ + offs_m, delta, mask=offs_m < LQ)
+    ).to(tl.float32)
+    delta = tl.sum(o * g, axis=1)
+    out = STATS + bh.to(tl.int64) * LQ + offs_m
+    STAT_ROWS = STAT_ROWS + bh.to(tl.int64) * 0  # int64: plane * rows passes 2**31 at 2**28 rows
+    tl.store(out + PLANE_DELTA * STAT_ROWS, delta, mask=m_valid)
+    if RELATIVE:
+        q_rows = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows * stride_qm
+        q = tl.load(
+            q_rows + offs_d[None, :] * stride_qd,
+            mask=mask,
+            other=0.0,
+        ).to(tl.float32)
+        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        q_left = tl.sum(q * t_left[None, :], axis=1)
+        q_right = tl.sum(q * t_right[None, :], axis=1)
+        do_left = tl.sum(g * t_left[None, :], axis=1)
+        do_right = tl.sum(g * t_right[None, :], axis=1)
+    else:
+        q_left = tl.zeros([BLOCK_M], tl.float32)
+        q_right = q_left
+        do_left = q_left
+        do_right = q_left
+    hm = 1.0
+    if HAS_HMASK:
+        hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
+    stat = bh.to(tl.int64) * LQ + offs_m
+    lse = tl.maximum(tl.load(ROW_MAX + stat, mask=m_valid, other=0.0), _LSE_MAX_FLOOR)
+    lse += tl.load(ROW_LOGSUM + stat, mask=m_valid, other=0.0)
+    tl.store(out + PLANE_QE_LEFT * STAT_ROWS, q_left, mask=m_valid)
+    tl.store(out + (PLANE_QE_LEFT + 1) * STAT_ROWS, q_right, mask=m_valid)
+    tl.store(out + PLANE_DE_LEFT * STAT_ROWS, do_left, mask=m_valid)
+    tl.store(out + (PLANE_DE_LEFT + 1) * STAT_ROWS, do_right, mask=m_valid)
+    tl.store(out + PLANE_LSE_LEFT * STAT_ROWS, (lse - scale * q_left) * LOG2E, mask=m_valid)
+    tl.store(out + (PLANE_LSE_LEFT + 1) * STAT_ROWS, (lse - scale * q_right) * LOG2E, mask=m_valid)
+    tl.store(out + PLANE_DLT_LEFT * STAT_ROWS, delta - hm * do_left, mask=m_valid)
+    tl.store(out + (PLANE_DLT_LEFT + 1) * STAT_ROWS, delta - hm * do_right, mask=m_valid)
 
 
 @triton.jit
@@ -187,198 +251,3 @@ def tile_grads(
         coef = coef * tl.where(u >= dropout_p, dropout_scale, 0.0)  # fp32 factor, see forward.py
     ds = p * (dw * coef - delta[:, None])
     return p * coef, ds
-
-
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
-def _relattn_bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    T,
-    DOUT,
-    ROW_MAX,
-    ROW_LOGSUM,
-    DELTA,
-    DK,
-    DV,
-    KPAD,
-    AMASK,
-    HMASK,
-    CU_Q,
-    CU_K,
-    stride_qb,
-    stride_qh,
-    stride_qm,
-    stride_qd,
-    stride_kb,
-    stride_kh,
-    stride_kn,
-    stride_kd,
-    stride_vb,
-    stride_vh,
-    stride_vn,
-    stride_vd,
-    stride_tr,
-    stride_td,
-    stride_gb,
-    stride_gh,
-    stride_gm,
-    stride_gd,
-    stride_pb,
-    stride_pn,
-    stride_ab,
-    stride_ah,
-    stride_am,
-    stride_an,
-    stride_hb,
-    stride_hh,
-    H,
-    LQ,
-    LK,
-    R,
-    Q_OFFSET,
-    scale,
-    dropout_p,
-    dropout_scale,
-    seed_lo,
-    seed_hi,
-    LQ_KEY,
-    LK_KEY,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    RELATIVE: tl.constexpr,
-    HAS_KPAD: tl.constexpr,
-    HAS_AMASK: tl.constexpr,
-    HAS_HMASK: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    CAUSAL_SKIP: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr,
-    FMA_DOTS: tl.constexpr,
-    VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-):
-    """Per key block of one (b, h): dK, dV by a loop over query tiles.
-
-    Contiguous outputs: [B, H, Lk, D] dense, [Tk, H, D] varlen (sequence.py).
-    """
-    tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
-    pid_n = tl.program_id(1)
-    bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    q_start, k_start, lq, lk, q_offset, stat_row0 = sequence_window(CU_Q, CU_K, b, h, bh, LQ, LK, Q_OFFSET, VARLEN)
-    j0 = pid_n * BLOCK_N
-    if VARLEN:
-        if j0 >= lk:
-            return  # past this sequence's keys (the grid covers the longest)
-    offs_n = j0 + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_valid = offs_n < lk
-    d_valid = offs_d < HEAD_DIM
-    kv_mask = n_valid[:, None] & d_valid[None, :]
-    k_rows = (k_start + offs_n)[:, None].to(tl.int64)
-    k = tl.load(
-        K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + k_rows * stride_kn + offs_d[None, :] * stride_kd,
-        mask=kv_mask,
-        other=0.0,
-    )
-    v = tl.load(
-        V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + k_rows * stride_vn + offs_d[None, :] * stride_vd,
-        mask=kv_mask,
-        other=0.0,
-    )
-    t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-    t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-    hm = 1.0
-    if HAS_HMASK:
-        hm = tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
-    g_base = DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + q_start.to(tl.int64) * stride_gm
-
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    lo = 0
-    if CAUSAL_SKIP:
-        # Query rows at positions < j0 give these keys zero weight, unless fully masked (positions < 0,
-        # only when q_offset < 0: see sequence.py).
-        lo = tl.where(q_offset >= 0, (tl.maximum(j0 - q_offset, 0) // BLOCK_M) * BLOCK_M, 0)
-    for i0 in range(lo, lq, BLOCK_M):
-        offs_m = i0 + tl.arange(0, BLOCK_M)
-        m_valid = offs_m < lq
-        qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(
-            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
-        )
-        do = tl.load(
-            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
-        )
-        row = stat_row0 + offs_m
-        row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
-        row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
-        delta = tl.load(DELTA + row, mask=m_valid, other=0.0)
-        w, ds = tile_grads(
-            q,
-            do,
-            k,
-            v,
-            T,
-            stride_tr,
-            stride_td,
-            tl.sum(q.to(tl.float32) * t_left[None, :], axis=1),
-            tl.sum(q.to(tl.float32) * t_right[None, :], axis=1),
-            tl.sum(do.to(tl.float32) * t_left[None, :], axis=1),
-            tl.sum(do.to(tl.float32) * t_right[None, :], axis=1),
-            offs_d,
-            row_max,
-            row_logsum,
-            delta,
-            hm,
-            b,
-            h,
-            bh,
-            offs_m,
-            offs_n,
-            m_valid,
-            n_valid,
-            q_offset + offs_m,
-            q_offset + i0,
-            j0,
-            KPAD,
-            stride_pb,
-            stride_pn,
-            AMASK,
-            stride_ab,
-            stride_ah,
-            stride_am,
-            stride_an,
-            R,
-            scale,
-            dropout_p,
-            dropout_scale,
-            seed_lo,
-            seed_hi,
-            Q,
-            0,
-            HEAD_DIM,
-            RELATIVE,
-            HAS_KPAD,
-            HAS_AMASK,
-            CAUSAL,
-            HAS_DROPOUT,
-            FMA_DOTS,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_P,
-            0,
-        )
-        dv += dot(tl.trans(w).to(do.dtype), do, None, FMA_DOTS)
-        dk += dot(tl.trans(ds).to(q.dtype), q, None, FMA_DOTS)
-
-    if VARLEN:
-        out_off = (k_rows * H + h) * HEAD_DIM + offs_d[None, :]
-    else:
-        out_off = bh.to(tl.int64) * LK * HEAD_DIM + offs_n[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-    tl.store(DK + out_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=kv_mask)

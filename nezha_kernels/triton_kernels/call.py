@@ -146,7 +146,8 @@ class KernelCall:
         return {**shape, **features, **arithmetic}
 
     def far_loops(self, kind: str) -> int:
-        """FAR_LOOPS of the forward ("fwd") or dQ ("bwd_dq") kernel for this call (configs.skeleton_choice)."""
+        """FAR_LOOPS of the forward ("fwd"), dQ ("bwd_dq") or dK/dV ("bwd_dkdv") kernel for this call
+        (configs.skeleton_choice)."""
         features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
         return configs.far_loops(kind, self.q.shape[3], self.q.element_size(), features, configs.arch_major(self.q))
 

@@ -27,9 +27,14 @@ AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 # tile and loop structure a call runs depends on its features and the arch: skeleton_choice (one table, below).
 # fp32 uses FMA (ieee) dots that hold operands in registers: 32x16 w8 s1 (16x16 for D > 64) is spill-free.
 FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1), (64, 16, 8, 2)]
-# dK/dV keeps per-tile table slices (two [BLOCK_M, BLOCK_P] products per band tile): 32x32 w8 s1 is its
-# spill-free tile.
-DKDV_TILES = [(32, 32, 8, 1), (64, 32, 8, 2), (32, 16, 8, 1)]
+# dK/dV (BLOCK_M query rows per loop step, BLOCK_N keys per program): 64 x 64, 4 warps: one warpgroup whose far-loop
+# GEMMs (K Q^T, V dO^T, P^T dO, dS^T Q) have the 64 keys as rows, HGMMA 64x64x16, Q/dO pipelined 2 deep; the band and
+# the partial tile run key-major 16-query tiles (backward_dkdv.py). 8 warps on 64 keys split the queries between the
+# warpgroups and recompute S^T and dP^T in both (EX2 2 per score); 64 x 128 w8 is as fast in the far loops (0.32 per
+# score), heavier in the band. sm_80 (mma.sync, operands in registers): 32 x 32 w4 s2, 249-255 registers (8 warps
+# compute every exponential twice; 64 x 64 w4 spills). 32x32 w8 s1 is the general loop's tile (FAR_LOOPS 0), which
+# every other case runs (skeleton_choice); fp32 32x16.
+DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 4, 2), (32, 16, 8, 1)]
 DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 32, 8, 2)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
 # Head dim 128 (fp32: forward too): every general tile that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ
@@ -121,11 +126,13 @@ PER_PAIR_FEATURES = ("HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT")
 FAR_NONE, FAR_NARROW, FAR_FULL = 0, 1, 2
 # The feature constexprs skeleton_choice reads.
 CHOICE_FEATURES = (*PER_PAIR_FEATURES, "VARLEN")
-SKELETON_KERNELS = ("fwd", "bwd_dq")
+SKELETON_KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
+# dK/dV's tiles by loop structure (backward_dkdv.py): far loops on sm_90 / sm_80, the general loop.
+DKDV_FAR_SM90, DKDV_GENERAL, DKDV_FAR_SM80 = DKDV_TILES[:3]
 
 
 def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9):
-    """(main tile, or None for the general lists' first that fits; FAR_LOOPS) of a forward or dQ call.
+    """(main tile, or None for the general lists' first that fits; FAR_LOOPS) of a forward, dQ or dK/dV call.
 
     The one table of what runs where, each entry spill-free on sm_80 and sm_90 under triton 3.9 (the compile check's
     rows and the sweeps in benchmarks/NOTES.md "Triton flash skeleton, re-landed"). fp32 FMA tiles keep one general
@@ -140,6 +147,8 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
     varlen = features.get("VARLEN", False)
     if elem_bytes == 4 or (kind == "fwd" and head_dim > 128):
         return None, FAR_NONE
+    if kind == "bwd_dkdv":
+        return _dkdv_choice(head_dim, per_pair, varlen, arch_major)
     if kind == "bwd_dq" and head_dim > 64:  # the wide-head tile, 32 x 32
         return None, FAR_NONE if per_pair or (varlen and arch_major < 9) else FAR_FULL
     old_triton = TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
@@ -166,6 +175,8 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
 # Which sinusoid calls run the band by rotation: unset, configs.rotation_band's table; "all": every one (the tests
 # run the path under every feature and dtype in the interpreter; compiled, some spill); "off": none.
 ROTATION_ENV = "NEZHA_KERNELS_TRITON_ROTATION"
+# The kernels with a rotation band (dK/dV reads the table in its band tiles).
+ROTATION_KERNELS = ("fwd", "bwd_dq")
 
 
 def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> bool:
@@ -179,7 +190,7 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     and dropout 16, D = 128 (forward) 872; sm_80 (mma.sync operands in registers) 88-128 even plain.
     """
     setting = os.environ.get(ROTATION_ENV, "")
-    if kind not in SKELETON_KERNELS or setting == "off":
+    if kind not in ROTATION_KERNELS or setting == "off":
         return False
     if setting == "all":
         return True
@@ -192,8 +203,20 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
 
 
+def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):
+    """skeleton_choice for dK/dV (fp16 / bf16), from the AOT sweeps in benchmarks/NOTES.md ("Triton dK/dV on the
+    flash skeleton"): far loops only without per-pair features and the padding-free layout at D <= 64 (at 64 x 64 w4
+    on sm_90 key padding + dropout spills 208 B, varlen 576, every feature 696, D = 128 even plain 360); one general
+    loop at the old kernel's tiles else (32 x 32 w8 s1; D > 64 the wide-head tile)."""
+    if head_dim > 64:
+        return None, FAR_NONE
+    if per_pair or varlen:
+        return DKDV_GENERAL, FAR_NONE
+    return (DKDV_FAR_SM90 if arch_major >= 9 else DKDV_FAR_SM80), FAR_FULL
+
+
 def far_loops(kind: str, head_dim: int, elem_bytes: int, features: dict, arch_major: int) -> int:
-    """The FAR_LOOPS constexpr the launcher passes a forward or dQ kernel (skeleton_choice)."""
+    """The FAR_LOOPS constexpr the launcher passes a forward, dQ or dK/dV kernel (skeleton_choice)."""
     return skeleton_choice(kind, head_dim, elem_bytes, features, arch_major)[1]
 
 
@@ -205,8 +228,8 @@ def arch_major(t: torch.Tensor) -> int:
 def candidates(kind: str, tiles, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> list:
     """The tiles of ``tiles`` a (kernel, head dim, input size, features, arch) may run, best first; never empty.
 
-    Forward and dQ: the one tile of skeleton_choice (no autotuning among unchecked tiles); dK/dV: every tile that
-    fits. ``features``: the launch's feature constexprs (None: the common case, no masks nor dropout).
+    The one tile of skeleton_choice (no autotuning among unchecked tiles). ``features``: the launch's feature
+    constexprs (None: the common case, no masks nor dropout).
     """
     wide = WIDE_HEAD_TILES.get((kind, elem_bytes)) if head_dim > 64 else None
     skip = _wide_only(kind)

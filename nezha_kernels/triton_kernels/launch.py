@@ -20,7 +20,8 @@ import torch
 import triton
 
 from . import configs
-from .backward import _relattn_bwd_delta_kernel, _relattn_bwd_dkdv_kernel
+from .backward import STAT_PLANES, _relattn_bwd_delta_kernel
+from .backward_dkdv import _relattn_bwd_dkdv_kernel
 from .backward_dq import _relattn_bwd_dq_kernel
 from .call import KernelCall, length_key, strides
 from .forward import _relattn_fwd_kernel
@@ -223,23 +224,42 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             grad.zero_()
         return
     lse = lse.contiguous()  # the kernels index it as [2, B*H*Lq] (varlen [2, H*Tq]) rows
-    delta = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+    # Per-row statistics (backward.STAT_PLANES): plane 0 is delta = rowsum(dO * O), the rest the dK/dV kernel's.
+    stat_rows = b * h * lq
+    row_stats = torch.empty((STAT_PLANES, stat_rows), dtype=torch.float32, device=q.device)
     delta_rows = DELTA_ROWS_INTERPRETED if configs.interpreted() else DELTA_ROWS_GPU
     _relattn_bwd_delta_kernel[(b * h, triton.cdiv(lq, delta_rows))](
-        out,
-        grad_out,
-        delta,
-        *out.stride(),
-        *grad_out.stride(),
-        h,
-        lq,
+        OUT=out,
+        DOUT=grad_out,
+        Q=q,
+        T=call.table,
+        ROW_MAX=lse[0],
+        ROW_LOGSUM=lse[1],
+        HMASK=call.pointers()["HMASK"],
+        STATS=row_stats,
+        **strides("o", out),
+        **strides("g", grad_out),
+        **strides("q", q),
+        **strides("t", call.table),
+        **strides("h", call.head_mask),
+        H=h,
+        LQ=lq,
+        R=call.r,
+        STAT_ROWS=stat_rows,
+        scale=float(call.scale),
         HEAD_DIM=d,
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         BLOCK_M=delta_rows,
+        RELATIVE=call.relative,
+        HAS_HMASK=call.head_mask is not None,
     )
-    stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], DELTA=delta, **strides("g", grad_out))
+    stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
-        _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](**call.kwargs(DK=dk, DV=dv, **stats))
+        _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](
+            **call.kwargs(
+                DK=dk, DV=dv, STATS=row_stats, STAT_ROWS=stat_rows, FAR_LOOPS=call.far_loops("bwd_dkdv"), **stats
+            )
+        )
     sinusoid = call.rotation("bwd_dq")
     band_p = configs.band_p(call.r) if call.relative and not sinusoid else 0
     scratch = band_scratch(q, band_p, 2)
@@ -251,6 +271,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             SINUSOID=sinusoid,
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("bwd_dq"),
+            DELTA=row_stats[0],
             **stats,
         )
     )
