@@ -14,10 +14,16 @@
 //     row tile at a time: S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per
 //     pair; masks, causal and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice
 //     (Bucket[row][idx - lo] = weight of interior pairs; edge pairs go to the two per-row masses).
+// Rotation (FEATURES_ROTATION: a PLAIN call with NEZHA's sinusoid table, relattn_rotation.cuh): the far tiles as above;
+//   a band tile, per row tile, S = Q.K^T and Rel = Q_rot.S_tile^T (Q_rot rotated once per block into shared memory,
+//   the S tile of extended sinusoid rows staged by cp.async with K and V); a pair's relative term is Rel where
+//   |j - i| < R, else the row's edge term as in the far tiles; O += P.V, then O += rotate(P_band.S_tile), P_band = p in
+//   band. No scratch, no gather, no bucket.
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
 #include "relattn_flash.h"
+#include "relattn_rotation.cuh"
 #include "relattn_tc.cuh"
 
 namespace nezha {
@@ -137,7 +143,9 @@ __global__ void __launch_bounds__(128, 1)
 relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
     static_assert(C::NT == 128, "launch bounds");
-    constexpr Features F = static_cast<Features>(FEATURES);
+    constexpr bool ROT = FEATURES == FEATURES_ROTATION;  // PLAIN, with the band from the rotation identity
+    constexpr Features F = ROT ? Features::PLAIN : static_cast<Features>(FEATURES);
+    static_assert(!ROT || (C::BN == ROT_SHIFT && C::BM <= ROT_MAX_BM), "extended sinusoid table geometry");
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, MT = C::MT, NTD = D / 8, NTN = BN / 8;
     constexpr int RW = 2 * MT;  // accumulator rows per lane: rows 2 mt, 2 mt + 1 of row tile mt
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
@@ -146,6 +154,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     T* Vs = Ks + 2 * BN * LD;  // [2][BN][LD]
     T* Ts = Vs + 2 * BN * LD;
     float* scratch = reinterpret_cast<float*>(Ts + C::TS_ROWS * LD);
+    T* Ss = Ts + 8 * LD;       // rotation: [2][BN][LD] S tiles, then Q_rot [BM][LD] (Ts keeps its 8 edge rows)
+    T* QRs = Ss + 2 * BN * LD;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
@@ -187,6 +197,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     stage_rows<T, D, LD, NT>(Ts + 2 * LD, in.table, D, E + 1, 6, E + 1);
     cp_async_wait<0>();
     __syncthreads();
+    // Q_rot, read by the band loop after at least one more barrier.
+    if constexpr (ROT) rotate_queries<T, D, LD, NT, BM>(QRs, Qs, a.rot_f32);
 
     const T* warp_q = Qs + warp * C::WROWS * LD;
     const QueryFragments<T, D, LD, MT, fwd_q_in_registers(D, PACKED, FEATURES)> qf(warp_q, lane);
@@ -283,7 +295,92 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
     for (int r = 0; r < RW; ++r) far[r] = {far_left[r], l[r] - far_left[r]};
 
-    // Band, partial and (with masks, dropout or causal) every other tile, ascending.
+    if constexpr (ROT) {
+        // Band and partial tiles, ascending. A tile's S rows (extended table rows pos0 - R - BN + j) are staged only
+        // when the tile meets the block's band (zero-filled otherwise: a partial far tile, whose pairs take the
+        // edge terms alone); the first one here, the next ones with the prefetch of K and V.
+        const int pos0 = a.q_offset + q0;
+        const AsyncRowCopier<T, D, LD, NT, BN> s_copier(
+            static_cast<const T*>(a.rot_keys) + static_cast<int64_t>(a.R + ROT_SHIFT - pos0) * D, D);
+        auto load_s = [&](int stage, int tile) {
+            const int k0 = tile * BN;
+            const bool meets_band = k0 + BN - 1 > pos0 - a.R && k0 < pos0 + BM - 1 + a.R;
+            s_copier.copy(Ss + stage * BN * LD, tile, meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0);
+            cp_async_commit();
+        };
+        if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
+        float edge[2][RW];  // q . T[0], q . T[2R] per lane row (raw dot products)
+        edge_bias<T, D, LD, MT>(edge[0], qf, Ts, 0, 1.0f, lane);
+        edge_bias<T, D, LD, MT>(edge[1], qf, Ts, 1, 1.0f, lane);
+        for (; step < sched.n_tiles; ++step) {  // profile: band
+            const int k0 = sched.tile(step) * BN;
+            cp_async_wait<0>();
+            __syncthreads();
+            if (step + 1 < sched.n_tiles) {
+                load_kv((step + 1) & 1, sched.tile(step + 1));
+                load_s((step + 1) & 1, sched.tile(step + 1));
+            }
+            const T* ks = Ks + (step & 1) * BN * LD;
+            const T* vs = Vs + (step & 1) * BN * LD;
+            const T* ss = Ss + (step & 1) * BN * LD;
+            const int cols = a.Lk - k0;  // key columns below Lk
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
+                float s[1][NTN][4], rel[1][NTN][4];
+                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane);
+                warp_qk<T, D, LD, NTN>(rel, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
+                // Column c of the lane's row h is far left when c <= lo[h] (j - pos <= -R), far right when c >= hi[h].
+                int lo[2], hi[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int pos = pos0 + row0 + (lane >> 2) + 8 * h;
+                    lo[h] = pos - a.R - k0;
+                    hi[h] = pos + a.R - k0;
+                }
+                float tile_max[2] = {-INFINITY, -INFINITY};
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
+                    const int h = e >> 1;
+                    const float edge_dot = col <= lo[h] ? edge[0][2 * mt + h] : edge[1][2 * mt + h];
+                    const bool in_band = col > lo[h] && col < hi[h];
+                    const float sc = col < cols ? (s[0][nt][e] + (in_band ? rel[0][nt][e] : edge_dot)) * scale_log2
+                                                : -INFINITY;
+                    s[0][nt][e] = sc;
+                    tile_max[h] = fmaxf(tile_max[h], sc);
+                });
+                float alpha[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = 2 * mt + h;
+                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]));
+                    alpha[h] = fast_exp2(m[r] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
+                    m[r] = m_new;
+                    l[r] *= alpha[h];
+                    far[r].rescale(alpha[h]);
+                }
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= alpha[e >> 1];
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
+                    const int h = e >> 1, r = 2 * mt + h;
+                    const float p = fast_exp2(s[0][nt][e] - m[r]);
+                    l[r] += p;
+                    const bool left = col <= lo[h], right = col >= hi[h];
+                    if (left) far[r].left += p;
+                    if (right) far[r].right += p;
+                    rel[0][nt][e] = left || right ? 0.0f : p;
+                    s[0][nt][e] = p;
+                });
+                warp_pv<T, D, LD, NTN>(acc, s, vs, lane, mt);
+                const float* const rows[2] = {a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2)) * D,
+                                              a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2) + 8) * D};
+                add_rotated_band_values<T, D, LD, NTN>(acc[mt], rel[0], ss, rows, lane);
+            }
+        }
+    }
+    // Band, partial and (with masks, dropout or causal) every other tile, ascending (none left after the rotation
+    // loop).
     for (; step < sched.n_tiles; ++step) {  // profile: band
         const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
@@ -394,9 +491,20 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     }
 }
 
-template <typename C>
+// Q, two pipeline stages of K and V, then: the staged table rows and the per-warp scratch; or (rotation) the 8 edge
+// rows, two stages of S tiles and Q_rot.
+template <typename C, bool ROT>
 constexpr size_t fwd_tc_smem_bytes() {
+    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
+}
+
+// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table, else PLAIN / GENERAL.
+template <typename L>
+inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
+    if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN)
+        return launch(std::integral_constant<int, FEATURES_ROTATION>{});
+    return dispatch_features(a, launch);
 }
 
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
@@ -404,12 +512,13 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
-            return dispatch_features(a, [&](auto features) {
+            return dispatch_fwd_features(a, [&](auto features) {
                 constexpr bool PACKED = decltype(packed)::value;
                 constexpr int FEATURES = decltype(features)::value;
                 using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
                 return launch_row_blocks<C>(relattn_fwd_tc_kernel<T, D, PACKED, FEATURES>, a.Lq,
-                                            fwd_tc_smem_bytes<C>(), a, device, stream, static_cast<T*>(o), lse);
+                                            fwd_tc_smem_bytes<C, FEATURES == FEATURES_ROTATION>(), a, device, stream,
+                                            static_cast<T*>(o), lse);
             });
         });
     });

@@ -45,12 +45,12 @@ struct TcConfig {
 // instructions per score (the O rescale and the row statistics per 32 columns). Measurements: benchmarks/NOTES.md,
 // "CUDA forward: 128-row query blocks". Band tiles work one row tile at a time through a 16-row scratch.
 NZ_HD constexpr int fwd_row_tiles(int d, bool packed, int features) {
-    return d >= 128 || (d == 64 && packed && features != 0) ? 1 : 2;
+    return d >= 128 || (d == 64 && packed && features == 1) ? 1 : 2;  // 1: GENERAL (PLAIN 0 and rotation 2 alike)
 }
 // Whether the far loop holds Q's fragments in registers (else ldmatrix reloads them per tile): where that does not
-// spill (every one-row-tile kernel and D = 32; at D = 64 with two row tiles, only the PLAIN dense kernel).
+// spill (every one-row-tile kernel and D = 32; at D = 64 with two row tiles, only the PLAIN and rotation dense kernels).
 NZ_HD constexpr bool fwd_q_in_registers(int d, bool packed, int features) {
-    return d <= 32 || fwd_row_tiles(d, packed, features) == 1 || (d == 64 && !packed && features == 0);
+    return d <= 32 || fwd_row_tiles(d, packed, features) == 1 || (d == 64 && !packed && features != 1);
 }
 
 template <int D_, int MT_>

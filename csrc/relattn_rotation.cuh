@@ -1,0 +1,83 @@
+// The band of NEZHA's sinusoid table on tensor cores: the rotation identity (docs: relative-attention.md,
+// "Rotation"), used by the tensor-core forward's rotation feature set (FEATURES_ROTATION, relattn_fwd_tc.cu).
+//
+// T[m] = [sin(m w_t), cos(m w_t)]_t is a sinusoid of m = j - i + R, so for a query block whose first position is pos0
+// (angles measured from there, so they stay below (ROT_MAX_BM + 2R + 2 ROT_SHIFT) w_t at any absolute position):
+//   s_j       = [sin((j - pos0 + R) w_t), cos((j - pos0 + R) w_t)]_t      (rows of the extended table, relattn.h)
+//   q_rot_i   = q_i rotated by -(i - pos0) w_t per pair (2t, 2t + 1)
+//   key side  q_i . T[j - i + R] = q_rot_i . s_j                            (any j; used where |j - i| < R)
+//   value side sum_j p_ij T[j - i + R] = rotate_{+(i - pos0) w_t}(sum_j p_ij s_j)
+// Out-of-band pairs of a band tile keep the edge rows T[0] / T[2R] (the per-row bias and the far-field masses).
+#pragma once
+
+#include "relattn_async.cuh"
+#include "relattn_tc.cuh"
+
+namespace nezha {
+
+// The tensor-core forward's feature set for a PLAIN call whose table is NEZHA's sinusoid (AttnArgs::rot_keys set):
+// the PLAIN kernel with the band from the rotation identity (relattn_flash.h has PLAIN = 0, GENERAL = 1).
+constexpr int FEATURES_ROTATION = 2;
+
+// sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
+struct alignas(8) SinCos {
+    float sin;
+    float cos;
+};
+
+__device__ __forceinline__ SinCos load_sincos(const float* __restrict__ row, int t) {
+    return reinterpret_cast<const SinCos*>(row)[t];
+}
+
+// QRs[r] = Qs[r] rotated by -r w_t (fp32 from the float32 table rows ROT_SHIFT + r, rounded to T once), r < ROWS:
+//   q_rot[2t] = q[2t] cos + q[2t+1] sin,  q_rot[2t+1] = q[2t+1] cos - q[2t] sin.
+template <typename T, int D, int LD, int NT, int ROWS>
+__device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float* __restrict__ rot_f32) {
+    static_assert(ROWS <= ROT_MAX_BM, "the extended table covers ROT_MAX_BM query rows");
+#pragma unroll 1
+    for (int e = threadIdx.x; e < ROWS * (D / 2); e += NT) {
+        const int r = e / (D / 2), t = e % (D / 2);
+        const SinCos sc = load_sincos(rot_f32 + static_cast<int64_t>(ROT_SHIFT + r) * D, t);
+        const float q0 = to_f(Qs[r * LD + 2 * t]), q1 = to_f(Qs[r * LD + 2 * t + 1]);
+        QRs[r * LD + 2 * t] = from_f<T>(fmaf(q0, sc.cos, q1 * sc.sin));
+        QRs[r * LD + 2 * t + 1] = from_f<T>(fmaf(q1, sc.cos, -(q0 * sc.sin)));
+    }
+}
+
+// acc[D/8][4] += rotate(P_band . S_tile): the value side of one row tile of a band tile. pband: the weights of the
+// in-band pairs (fp32, rounded to T here), others 0; ss: the S tile, k-major (row j = s_j), stride LD;
+// rows[h]: the float32 extended table row ROT_SHIFT + (i - pos0) of the lane's fragment row h (g, g + 8). Per 16
+// columns of D: U = P_band . S (two n-tiles), rotated by +(i - pos0) w_t per pair and added to acc.
+template <typename T, int D, int LD, int NTN>
+__device__ __forceinline__ void add_rotated_band_values(float (&acc)[D / 8][4], const float (&pband)[NTN][4],
+                                                        const T* ss, const float* const (&rows)[2], int lane) {
+    uint32_t a[NTN / 2][4];
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk) acc_to_a<T, NTN>(a[kk], pband, kk);
+    const T* sl = ss + ldsm_b_kmajor_offset(lane, LD);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+        float u[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kk = 0; kk < NTN / 2; ++kk) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, sl + kk * 16 * LD + dp * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            MmaOp<T>::run(u[0], a[kk], b0);
+            MmaOp<T>::run(u[1], a[kk], b1);
+        }
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+            const int t = (2 * dp + n) * 4 + (lane & 3);  // the pair (2t, 2t + 1) of elements (2h, 2h + 1)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const SinCos sc = load_sincos(rows[h], t);
+                float* o = acc[2 * dp + n];
+                o[2 * h] = fmaf(u[n][2 * h], sc.cos, fmaf(-u[n][2 * h + 1], sc.sin, o[2 * h]));
+                o[2 * h + 1] = fmaf(u[n][2 * h + 1], sc.cos, fmaf(u[n][2 * h], sc.sin, o[2 * h + 1]));
+            }
+        }
+    }
+}
+
+}  // namespace nezha
