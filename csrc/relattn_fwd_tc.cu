@@ -55,12 +55,15 @@ struct QueryFragments {
     }
 };
 
-// S[MT][NTN][4] = Q.K^T for one warp: Q fragments q (MT row tiles x D, a QueryFragments), K rows n-major at ks
-// (stride LD); each K fragment feeds the MT row tiles.
+// S[MT][NTN][4] = Q.K^T (accumulate: S += Q.K^T) for one warp: Q fragments q (MT row tiles x D, a QueryFragments),
+// K rows n-major at ks (stride LD); each K fragment feeds the MT row tiles.
 template <typename T, int D, int LD, int NTN, int MT, typename QF>
-__device__ __forceinline__ void warp_qk(float (&s)[MT][NTN][4], const QF& q, const T* ks, int lane) {
+__device__ __forceinline__ void warp_qk(float (&s)[MT][NTN][4], const QF& q, const T* ks, int lane,
+                                        bool accumulate = false) {
+    if (!accumulate) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) zero_acc(s[mt]);
+        for (int mt = 0; mt < MT; ++mt) zero_acc(s[mt]);
+    }
     const T* kl = ks + ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -172,7 +175,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     const bool pair_masks = F == Features::GENERAL && has_pair_masks(a);
     // Rows that allow 16-byte copies go by cp.async; others (rare strided views) by element copies, and then every
     // tile takes the general loop, so that the far loop holds only the cp.async path.
-    const bool kv_async = rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl);
+    // (The rotation kernel runs only where they do: rotation_kv_async, at the launch.)
+    const bool kv_async = ROT || (rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl));
     const KeySchedule sched = key_schedule(a.q_offset + q0, a.q_offset + min(q0 + BM, a.Lq) - 1, a.Lk, a.R, BN,
                                            kv_async && !pair_masks, kv_async && !pair_masks && !causal);
     // K and V of key tile `tile` into pipeline stage `stage`.
@@ -305,7 +309,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         auto load_s = [&](int stage, int tile) {
             const int k0 = tile * BN;
             const bool meets_band = k0 + BN - 1 > pos0 - a.R && k0 < pos0 + BM - 1 + a.R;
-            s_copier.copy(Ss + stage * BN * LD, tile, meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0);
+            const int limit = meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
+            s_copier.copy(Ss + stage * BN * LD, tile, limit);
             cp_async_commit();
         };
         if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
@@ -317,8 +322,9 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             cp_async_wait<0>();
             __syncthreads();
             if (step + 1 < sched.n_tiles) {
-                load_kv((step + 1) & 1, sched.tile(step + 1));
-                load_s((step + 1) & 1, sched.tile(step + 1));
+                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
+                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
+                load_s((step + 1) & 1, sched.tile(step + 1));  // commits the three
             }
             const T* ks = Ks + (step & 1) * BN * LD;
             const T* vs = Vs + (step & 1) * BN * LD;
@@ -327,9 +333,6 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                float s[1][NTN][4], rel[1][NTN][4];
-                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane);
-                warp_qk<T, D, LD, NTN>(rel, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
                 // Column c of the lane's row h is far left when c <= lo[h] (j - pos <= -R), far right when c >= hi[h].
                 int lo[2], hi[2];
 #pragma unroll
@@ -338,15 +341,23 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                     lo[h] = pos - a.R - k0;
                     hi[h] = pos + a.R - k0;
                 }
+                auto in_band = [&](int nt, int e) {
+                    const int col = nt * 8 + mma_c_elem(lane, e).col;
+                    return col > lo[e >> 1] && col < hi[e >> 1];
+                };
+                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile.
+                float s[1][NTN][4];
+                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
+                    const int r = 2 * mt + (e >> 1);
+                    s[0][nt][e] = col <= lo[e >> 1] ? edge[0][r] : (col >= hi[e >> 1] ? edge[1][r] : s[0][nt][e]);
+                });
+                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
                 float tile_max[2] = {-INFINITY, -INFINITY};
                 for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
-                    const int h = e >> 1;
-                    const float edge_dot = col <= lo[h] ? edge[0][2 * mt + h] : edge[1][2 * mt + h];
-                    const bool in_band = col > lo[h] && col < hi[h];
-                    const float sc = col < cols ? (s[0][nt][e] + (in_band ? rel[0][nt][e] : edge_dot)) * scale_log2
-                                                : -INFINITY;
+                    const float sc = col < cols ? s[0][nt][e] * scale_log2 : -INFINITY;
                     s[0][nt][e] = sc;
-                    tile_max[h] = fmaxf(tile_max[h], sc);
+                    tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sc);
                 });
                 float alpha[2];
 #pragma unroll
@@ -362,26 +373,26 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 for (int nt = 0; nt < NTD; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= alpha[e >> 1];
-                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
-                    const int h = e >> 1, r = 2 * mt + h;
-                    const float p = fast_exp2(s[0][nt][e] - m[r]);
-                    l[r] += p;
-                    const bool left = col <= lo[h], right = col >= hi[h];
-                    if (left) far[r].left += p;
-                    if (right) far[r].right += p;
-                    rel[0][nt][e] = left || right ? 0.0f : p;
-                    s[0][nt][e] = p;
-                });
-                warp_pv<T, D, LD, NTN>(acc, s, vs, lane, mt);
+                // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
+                // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
+                uint32_t pw[NTN / 2][4];
+                weights_to_a<T, NTN>(pw, s[0], lane, [&](int nt, int e, int col, float p) {
+                    const int r = 2 * mt + (e >> 1);
+                    if (col <= lo[e >> 1]) far[r].left += p;
+                    if (col >= hi[e >> 1]) far[r].right += p;
+                }, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1]);
+                warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
+                mask_to_band<NTN>(pw, in_band);
                 const float* const rows[2] = {a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2)) * D,
                                               a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2) + 8) * D};
-                add_rotated_band_values<T, D, LD, NTN>(acc[mt], rel[0], ss, rows, lane);
+                add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, rows, lane);
+                __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }
         }
     }
-    // Band, partial and (with masks, dropout or causal) every other tile, ascending (none left after the rotation
-    // loop).
-    for (; step < sched.n_tiles; ++step) {  // profile: band
+    // Band, partial and (with masks, dropout or causal) every other tile, ascending (the table-slice path: not
+    // compiled into the rotation kernel, whose loop above took every tile).
+    for (; !ROT && step < sched.n_tiles; ++step) {  // profile: band
         const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (causal && causal_future_tile(a, q0, BM, k0)) {
@@ -499,11 +510,23 @@ constexpr size_t fwd_tc_smem_bytes() {
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
-// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table, else PLAIN / GENERAL.
-template <typename L>
+// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table at D = 32, 64 (and K / V
+// rows that cp.async can copy, as the rotation kernel assumes), else PLAIN / GENERAL.
+// Whether every K and V row of the call allows 16-byte copies (the kernel's rows_vectorizable for every head and
+// sequence): base pointers 16-byte aligned, every stride a multiple of 8 elements.
+inline bool rotation_kv_async(const AttnArgs& a) {
+    auto ok = [](const void* p, int64_t sb, int64_t sh, int64_t sl) {
+        return reinterpret_cast<uintptr_t>(p) % 16 == 0 && sb % 8 == 0 && sh % 8 == 0 && sl % 8 == 0;
+    };
+    return ok(a.k, a.k_sb, a.k_sh, a.k_sl) && ok(a.v, a.v_sb, a.v_sh, a.v_sl);
+}
+
+template <int D, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
-    if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN)
-        return launch(std::integral_constant<int, FEATURES_ROTATION>{});
+    if constexpr (rotation_head_dim(D)) {
+        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && rotation_kv_async(a))
+            return launch(std::integral_constant<int, FEATURES_ROTATION>{});
+    }
     return dispatch_features(a, launch);
 }
 
@@ -512,7 +535,7 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
-            return dispatch_fwd_features(a, [&](auto features) {
+            return dispatch_fwd_features<D>(a, [&](auto features) {
                 constexpr bool PACKED = decltype(packed)::value;
                 constexpr int FEATURES = decltype(features)::value;
                 using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;

@@ -19,6 +19,10 @@ namespace nezha {
 // the PLAIN kernel with the band from the rotation identity (relattn_flash.h has PLAIN = 0, GENERAL = 1).
 constexpr int FEATURES_ROTATION = 2;
 
+// Head dims with a rotation kernel: at D = 128 its band loop spilled (40 bytes, one row tile), so D = 128 keeps the
+// table slices.
+constexpr bool rotation_head_dim(int d) { return d == 32 || d == 64; }
+
 // sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
 struct alignas(8) SinCos {
     float sin;
@@ -44,16 +48,63 @@ __device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float*
     }
 }
 
-// acc[D/8][4] += rotate(P_band . S_tile): the value side of one row tile of a band tile. pband: the weights of the
-// in-band pairs (fp32, rounded to T here), others 0; ss: the S tile, k-major (row j = s_j), stride LD;
+// The weights of one row tile as P's A fragments (k-steps of 16 keys, rounded to T), computed pair by pair from the
+// base-2 scores s (p = 2^(s - m) per row: rows g, g + 8 of the lane, m0 / m1, sums into l0 / l1) so that the fp32 tile
+// dies as they are packed; on_weight(nt, e, col, p) sees each weight (the far-field masses).
+template <typename T, int NTN, typename OnWeight>
+__device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const float (&s)[NTN][4], int lane,
+                                             OnWeight&& on_weight, float m0, float m1, float& l0, float& l1) {
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r), col = nt * 8 + mma_c_elem(lane, e).col;
+            const float m = e >> 1 ? m1 : m0;
+            const float p0 = fast_exp2(s[nt][e] - m), p1 = fast_exp2(s[nt][e + 1] - m);
+            if (e >> 1) l1 += p0 + p1;
+            else l0 += p0 + p1;
+            on_weight(nt, e, col, p0);
+            on_weight(nt, e + 1, col + 1, p1);
+            pa[kk][r] = MmaOp<T>::pack(p0, p1);
+        }
+}
+
+// P's A fragments masked to P_band: 16-bit halves of pairs that are not in band (in_band(nt, e) false) set to 0.
+template <int NTN, typename InBand>
+__device__ __forceinline__ void mask_to_band(uint32_t (&pa)[NTN / 2][4], InBand&& in_band) {
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r);
+            pa[kk][r] &= (in_band(nt, e) ? 0x0000ffffu : 0u) | (in_band(nt, e + 1) ? 0xffff0000u : 0u);
+        }
+}
+
+// acc[D/8][4] += P . V for one row tile, P as packed A fragments (pack_weights), V rows k-major at vs (stride LD).
+template <typename T, int D, int LD, int NTN>
+__device__ __forceinline__ void warp_packed_pv(float (&acc)[D / 8][4], const uint32_t (&pa)[NTN / 2][4], const T* vs,
+                                               int lane) {
+    const T* vl = vs + ldsm_b_kmajor_offset(lane, LD);
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk)
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, vl + kk * 16 * LD + dp * 16);
+            const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+            MmaOp<T>::run(acc[2 * dp], pa[kk], b0);
+            MmaOp<T>::run(acc[2 * dp + 1], pa[kk], b1);
+        }
+}
+
+// acc[D/8][4] += rotate(P_band . S_tile): the value side of one row tile of a band tile. a: P_band's A fragments
+// (pack_weights); ss: the S tile, k-major (row j = s_j), stride LD;
 // rows[h]: the float32 extended table row ROT_SHIFT + (i - pos0) of the lane's fragment row h (g, g + 8). Per 16
 // columns of D: U = P_band . S (two n-tiles), rotated by +(i - pos0) w_t per pair and added to acc.
 template <typename T, int D, int LD, int NTN>
-__device__ __forceinline__ void add_rotated_band_values(float (&acc)[D / 8][4], const float (&pband)[NTN][4],
+__device__ __forceinline__ void add_rotated_band_values(float (&acc)[D / 8][4], const uint32_t (&a)[NTN / 2][4],
                                                         const T* ss, const float* const (&rows)[2], int lane) {
-    uint32_t a[NTN / 2][4];
-#pragma unroll
-    for (int kk = 0; kk < NTN / 2; ++kk) acc_to_a<T, NTN>(a[kk], pband, kk);
     const T* sl = ss + ldsm_b_kmajor_offset(lane, LD);
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
