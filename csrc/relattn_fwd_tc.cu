@@ -314,9 +314,19 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             cp_async_commit();
         };
         if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
-        float edge[2][RW];  // q . T[0], q . T[2R] per lane row (raw dot products)
-        edge_bias<T, D, LD, MT>(edge[0], qf, Ts, 0, 1.0f, lane);
-        edge_bias<T, D, LD, MT>(edge[1], qf, Ts, 1, 1.0f, lane);
+        // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [2][RW][NT] until
+        // their row tile: in registers across the loop, the D = 128 kernel spilled.
+        float* const edge_s = reinterpret_cast<float*>(QRs + BM * LD) + threadIdx.x;
+        {
+            float edge[2][RW];
+            edge_bias<T, D, LD, MT>(edge[0], qf, Ts, 0, 1.0f, lane);
+            edge_bias<T, D, LD, MT>(edge[1], qf, Ts, 1, 1.0f, lane);
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                edge_s[r * NT] = edge[0][r];
+                edge_s[(RW + r) * NT] = edge[1][r];
+            }
+        }
         for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = sched.tile(step) * BN;
             cp_async_wait<0>();
@@ -333,37 +343,40 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                // Column c of the lane's row h is far left when c <= lo[h] (j - pos <= -R), far right when c >= hi[h].
-                int lo[2], hi[2];
+                // Pair (row h of the lane, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at d = c - (pos - R - k0) - 1 =
+                // nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (unsigned compare), far left when d < 0,
+                // far right when d >= 2R - 1.
+                int base[2];
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int pos = pos0 + row0 + (lane >> 2) + 8 * h;
-                    lo[h] = pos - a.R - k0;
-                    hi[h] = pos + a.R - k0;
-                }
-                auto in_band = [&](int nt, int e) {
-                    const int col = nt * 8 + mma_c_elem(lane, e).col;
-                    return col > lo[e >> 1] && col < hi[e >> 1];
-                };
-                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile.
+                for (int h = 0; h < 2; ++h) base[h] = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0 + 1 - 2 * (lane & 3);
+                const unsigned band_width = 2 * a.R - 1;
+                auto dist = [&](int nt, int e) { return nt * 8 + (e & 1) - base[e >> 1]; };
+                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dot products.
                 float s[1][NTN][4];
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
-                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
-                    const int r = 2 * mt + (e >> 1);
-                    s[0][nt][e] = col <= lo[e >> 1] ? edge[0][r] : (col >= hi[e >> 1] ? edge[1][r] : s[0][nt][e]);
+                const float edge_left[2] = {edge_s[2 * mt * NT], edge_s[(2 * mt + 1) * NT]};
+                const float edge_right[2] = {edge_s[(RW + 2 * mt) * NT], edge_s[(RW + 2 * mt + 1) * NT]};
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
+                    const int d = dist(nt, e);
+                    const float edge_dot = d < 0 ? edge_left[e >> 1] : edge_right[e >> 1];
+                    s[0][nt][e] = static_cast<unsigned>(d) < band_width ? s[0][nt][e] : edge_dot;
                 });
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
+                if (cols < BN) {  // the partial last tile: keys past Lk get zero weight
+                    for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
+                        if (col >= cols) s[0][nt][e] = -INFINITY;
+                    });
+                }
+                // The row max of the raw dot products (scale_log2 > 0 commutes with max); p = 2^(s scale_log2 - m).
                 float tile_max[2] = {-INFINITY, -INFINITY};
-                for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
-                    const float sc = col < cols ? s[0][nt][e] * scale_log2 : -INFINITY;
-                    s[0][nt][e] = sc;
-                    tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sc);
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
+                    tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[0][nt][e]);
                 });
                 float alpha[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int r = 2 * mt + h;
-                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]));
+                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]) * scale_log2);
                     alpha[h] = fast_exp2(m[r] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
                     m[r] = m_new;
                     l[r] *= alpha[h];
@@ -376,16 +389,15 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
-                weights_to_a<T, NTN>(pw, s[0], lane, [&](int nt, int e, int col, float p) {
-                    const int r = 2 * mt + (e >> 1);
-                    if (col <= lo[e >> 1]) far[r].left += p;
-                    if (col >= hi[e >> 1]) far[r].right += p;
-                }, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1]);
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1],
+                                     [&](int nt, int e, float p) {
+                                         const int r = 2 * mt + (e >> 1), d = dist(nt, e);
+                                         if (d < 0) far[r].left += p;
+                                         if (d >= static_cast<int>(band_width)) far[r].right += p;
+                                     });
                 warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
-                mask_to_band<NTN>(pw, in_band);
-                const float* const rows[2] = {a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2)) * D,
-                                              a.rot_f32 + static_cast<int64_t>(ROT_SHIFT + row0 + (lane >> 2) + 8) * D};
-                add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, rows, lane);
+                mask_to_band<NTN>(pw, [&](int nt, int e) { return static_cast<unsigned>(dist(nt, e)) < band_width; });
+                add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
                 __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }
         }
@@ -503,15 +515,15 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 }
 
 // Q, two pipeline stages of K and V, then: the staged table rows and the per-warp scratch; or (rotation) the 8 edge
-// rows, two stages of S tiles and Q_rot.
+// rows, two stages of S tiles, Q_rot and the edge terms (2 x 2 MT floats per thread).
 template <typename C, bool ROT>
 constexpr size_t fwd_tc_smem_bytes() {
-    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD;
+    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 2 * 2 * C::MT * C::NT;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
-// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table at D = 32, 64 (and K / V
-// rows that cp.async can copy, as the rotation kernel assumes), else PLAIN / GENERAL.
+// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table where it is built
+// (rotation_kernel) and K / V rows allow cp.async (as the rotation kernel assumes), else PLAIN / GENERAL.
 // Whether every K and V row of the call allows 16-byte copies (the kernel's rows_vectorizable for every head and
 // sequence): base pointers 16-byte aligned, every stride a multiple of 8 elements.
 inline bool rotation_kv_async(const AttnArgs& a) {
@@ -521,9 +533,9 @@ inline bool rotation_kv_async(const AttnArgs& a) {
     return ok(a.k, a.k_sb, a.k_sh, a.k_sl) && ok(a.v, a.v_sb, a.v_sh, a.v_sl);
 }
 
-template <int D, typename L>
+template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
-    if constexpr (rotation_head_dim(D)) {
+    if constexpr (rotation_kernel(D, PACKED)) {
         if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
@@ -535,8 +547,8 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
-            return dispatch_fwd_features<D>(a, [&](auto features) {
-                constexpr bool PACKED = decltype(packed)::value;
+            constexpr bool PACKED = decltype(packed)::value;
+            return dispatch_fwd_features<D, PACKED>(a, [&](auto features) {
                 constexpr int FEATURES = decltype(features)::value;
                 using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
                 return launch_row_blocks<C>(relattn_fwd_tc_kernel<T, D, PACKED, FEATURES>, a.Lq,

@@ -19,9 +19,9 @@ namespace nezha {
 // the PLAIN kernel with the band from the rotation identity (relattn_flash.h has PLAIN = 0, GENERAL = 1).
 constexpr int FEATURES_ROTATION = 2;
 
-// Head dims with a rotation kernel: at D = 128 its band loop spilled (40 bytes, one row tile), so D = 128 keeps the
-// table slices.
-constexpr bool rotation_head_dim(int d) { return d == 32 || d == 64; }
+// Which instantiations have a rotation kernel: every head dim, except the padding-free D = 128 one (it spilled on
+// sm_80: 12 bytes at 255 registers); the others take the table slices.
+constexpr bool rotation_kernel(int d, bool packed) { return d == 32 || d == 64 || (d == 128 && !packed); }
 
 // sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
 struct alignas(8) SinCos {
@@ -49,22 +49,23 @@ __device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float*
 }
 
 // The weights of one row tile as P's A fragments (k-steps of 16 keys, rounded to T), computed pair by pair from the
-// base-2 scores s (p = 2^(s - m) per row: rows g, g + 8 of the lane, m0 / m1, sums into l0 / l1) so that the fp32 tile
-// dies as they are packed; on_weight(nt, e, col, p) sees each weight (the far-field masses).
+// raw scores s (p = 2^(s scale_log2 - m) per row: rows g, g + 8 of the lane, maxima m0 / m1, sums into l0 / l1) so
+// that the fp32 tile dies as they are packed; on_weight(nt, e, p) sees each weight (the far-field masses).
 template <typename T, int NTN, typename OnWeight>
-__device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const float (&s)[NTN][4], int lane,
-                                             OnWeight&& on_weight, float m0, float m1, float& l0, float& l1) {
+__device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const float (&s)[NTN][4], float scale_log2,
+                                             float m0, float m1, float& l0, float& l1, OnWeight&& on_weight) {
 #pragma unroll
     for (int kk = 0; kk < NTN / 2; ++kk)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-            const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r), col = nt * 8 + mma_c_elem(lane, e).col;
+            const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r);
             const float m = e >> 1 ? m1 : m0;
-            const float p0 = fast_exp2(s[nt][e] - m), p1 = fast_exp2(s[nt][e + 1] - m);
+            const float p0 = fast_exp2(fmaf(s[nt][e], scale_log2, -m));
+            const float p1 = fast_exp2(fmaf(s[nt][e + 1], scale_log2, -m));
             if (e >> 1) l1 += p0 + p1;
             else l0 += p0 + p1;
-            on_weight(nt, e, col, p0);
-            on_weight(nt, e + 1, col + 1, p1);
+            on_weight(nt, e, p0);
+            on_weight(nt, e + 1, p1);
             pa[kk][r] = MmaOp<T>::pack(p0, p1);
         }
 }
@@ -100,11 +101,13 @@ __device__ __forceinline__ void warp_packed_pv(float (&acc)[D / 8][4], const uin
 
 // acc[D/8][4] += rotate(P_band . S_tile): the value side of one row tile of a band tile. a: P_band's A fragments
 // (pack_weights); ss: the S tile, k-major (row j = s_j), stride LD;
-// rows[h]: the float32 extended table row ROT_SHIFT + (i - pos0) of the lane's fragment row h (g, g + 8). Per 16
+// rot_rows: the float32 extended table row ROT_SHIFT + (i - pos0) of the row tile's first row i. Per 16
 // columns of D: U = P_band . S (two n-tiles), rotated by +(i - pos0) w_t per pair and added to acc.
 template <typename T, int D, int LD, int NTN>
 __device__ __forceinline__ void add_rotated_band_values(float (&acc)[D / 8][4], const uint32_t (&a)[NTN / 2][4],
-                                                        const T* ss, const float* const (&rows)[2], int lane) {
+                                                        const T* ss, const float* rot_rows, int lane) {
+    // the float32 table rows of the lane's fragment rows g, g + 8 (rot_rows: the row tile's first row)
+    const float* const rows[2] = {rot_rows + (lane >> 2) * D, rot_rows + ((lane >> 2) + 8) * D};
     const T* sl = ss + ldsm_b_kmajor_offset(lane, LD);
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {

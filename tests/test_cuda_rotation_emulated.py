@@ -1,7 +1,7 @@
 """The tensor-core forward's rotation path (csrc/relattn_rotation.cuh) on the CUDA emulator: NEZHA's sinusoid table
-(``sinusoid=True``: the launcher passes the extended sinusoid tables; PLAIN calls at head dims 32 and 64 take the
-band from the rotation identity) against the float64 formula, by the tolerance rule of tests/tolerance.py; calls the
-rotation does not serve (D = 128; causal, key padding, dropout: the table slices) and user-given tables alongside.
+(``sinusoid=True``: the launcher passes the extended sinusoid tables; PLAIN calls take the band from the rotation
+identity) against the float64 formula, by the tolerance rule of tests/tolerance.py; calls the rotation does not serve
+(padding-free D = 128; causal, key padding, dropout: the table slices) and user-given tables alongside.
 
 Shapes mix far, band and partial tiles (Lk > 2 tiles of 64), odd lengths, positions far from 0 (q_offset, where the
 angles are measured from the block's first position), both R = 64 (every public checkpoint) and small R (a band tile
@@ -52,8 +52,8 @@ CASES = {
     "rot_bf16_d32_small_r": Case(BF16, (1, 2, 77, 141, 32), 5),
     # Far from position 0: the angles stay small (measured from the block's first position).
     "rot_fp16_d64_far_positions": Case(F16, (1, 1, 70, 170, 64), 16, q_offset=3000),
-    # D = 128 has no rotation kernel (it spilled): the sinusoid takes the PLAIN kernel's table slices.
-    "sinusoid_bf16_d128_r64": Case(BF16, (1, 1, 65, 190, 128), 64, q_offset=7),
+    "rot_fp16_d32_two_row_tiles": Case(F16, (1, 1, 150, 200, 32), 64, q_offset=11),
+    "rot_bf16_d128_r64": Case(BF16, (1, 1, 65, 190, 128), 64, q_offset=7),
     # Feature sets the rotation does not serve, with the sinusoid: the GENERAL kernel's table slices.
     "general_fp16_d64_causal": Case(F16, (1, 1, 100, 150, 64), 64, causal=True),
     "general_bf16_d32_padding_dropout": Case(BF16, (2, 1, 45, 130, 32), 8, padding=True, dropout_p=0.2),
