@@ -183,6 +183,13 @@ def test_parse_ptxas_reads_registers_spills_and_names():
         128,
         200,
     )
+    # The forward's rotation feature set (FEATURES_ROTATION = 2, csrc/relattn_rotation.cuh).
+    (row,) = parse_ptxas(
+        "ptxas info    : Compiling entry function "
+        "'_ZN5nezha21relattn_fwd_tc_kernelI6__halfLi64ELb0ELi2EEEvNS_8AttnArgsEPT_Pf' for 'sm_90a'\n"
+        "ptxas info    : Used 214 registers, used 1 barriers\n"
+    )
+    assert (row["kernel"], row["dtype"], row["head_dim"]) == ("relattn_fwd_tc_kernel_rotation", "fp16", 64)
 
 
 @pytest.fixture(scope="module")
