@@ -219,7 +219,8 @@ inline std::string set_rotation_tables(AttnArgs& a, const TensorView& q, const T
     if (rows < rotation_rows(a.R) || rows >= (int64_t{1} << 31) || !has_shape(rot_keys, {rows, a.D}) ||
         !is_contiguous(rot_keys))
         return shape_error("rot_keys", rot_keys, want.c_str());
-    if (!has_shape(rot_f32, {rows, a.D}) || !is_contiguous(rot_f32)) return shape_error("rot_f32", rot_f32, want.c_str());
+    if (!has_shape(rot_f32, {rows, a.D}) || !is_contiguous(rot_f32))
+        return shape_error("rot_f32", rot_f32, want.c_str());
     a.rot_keys = rot_keys.data;
     a.rot_f32 = static_cast<const float*>(rot_f32.data);
     a.rot_rows = static_cast<int>(rows);

@@ -351,7 +351,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 for (int h = 0; h < 2; ++h) base[h] = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0 + 1 - 2 * (lane & 3);
                 const unsigned band_width = 2 * a.R - 1;
                 auto dist = [&](int nt, int e) { return nt * 8 + (e & 1) - base[e >> 1]; };
-                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dot products.
+                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots.
                 float s[1][NTN][4];
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
                 const float edge_left[2] = {edge_s[2 * mt * NT], edge_s[(2 * mt + 1) * NT]};
@@ -523,7 +523,8 @@ constexpr size_t fwd_tc_smem_bytes() {
 }
 
 // The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table where it is built
-// (rotation_kernel) and K / V rows allow cp.async (as the rotation kernel assumes), else PLAIN / GENERAL.
+// (rotation_kernel), K / V rows allow cp.async and the scale is positive (the rotation kernel's row max is taken over
+// the unscaled dot products), else PLAIN / GENERAL.
 // Whether every K and V row of the call allows 16-byte copies (the kernel's rows_vectorizable for every head and
 // sequence): base pointers 16-byte aligned, every stride a multiple of 8 elements.
 inline bool rotation_kv_async(const AttnArgs& a) {
@@ -536,7 +537,7 @@ inline bool rotation_kv_async(const AttnArgs& a) {
 template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
     if constexpr (rotation_kernel(D, PACKED)) {
-        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && rotation_kv_async(a))
+        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
     return dispatch_features(a, launch);

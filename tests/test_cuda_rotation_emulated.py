@@ -42,6 +42,7 @@ class Case:
     padding: bool = False
     dropout_p: float = 0.0
     table: str = "sinusoid"  # "sinusoid" (the op's default: sinusoid=True) | "user" (a random table)
+    scale: float | None = None
 
 
 CASES = {
@@ -57,6 +58,8 @@ CASES = {
     # Feature sets the rotation does not serve, with the sinusoid: the GENERAL kernel's table slices.
     "general_fp16_d64_causal": Case(F16, (1, 1, 100, 150, 64), 64, causal=True),
     "general_bf16_d32_padding_dropout": Case(BF16, (2, 1, 45, 130, 32), 8, padding=True, dropout_p=0.2),
+    # A negative scale: the PLAIN kernel's table slices (the rotation kernel takes the row max before the scale).
+    "sinusoid_fp16_d32_negative_scale": Case(F16, (1, 1, 40, 100, 32), 8, scale=-0.3),
     # A user-given table: the PLAIN kernel's table slices.
     "user_table_bf16_d64": Case(BF16, (1, 1, 90, 160, 64), 12, q_offset=5, table="user"),
 }
@@ -66,7 +69,7 @@ def _run(case: Case, name: str):
     b, h, lq, lk, d = case.shape
     g = torch.Generator().manual_seed(sum(map(ord, name)))
     q, k, v = (torch.randn(b, h, n, d, generator=g).to(case.dtype) for n in (lq, lk, lk))
-    kw = dict(max_relative_position=case.r, causal=case.causal, q_offset=case.q_offset)
+    kw = dict(max_relative_position=case.r, causal=case.causal, q_offset=case.q_offset, scale=case.scale)
     if case.table == "user":
         kw["rel_table"] = torch.randn(2 * case.r + 1, d, generator=g).to(case.dtype)
     if case.padding:
@@ -92,6 +95,7 @@ def _run(case: Case, name: str):
         attention_mask=kw.get("attention_mask"),
         causal=case.causal,
         q_offset=case.q_offset,
+        scale=case.scale,
         keep=keep,
         dropout_p=case.dropout_p,
         head_mask=kw.get("head_mask"),
