@@ -70,12 +70,25 @@ Checked checked_args(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     return c;
 }
 
+// The forward's optional extended sinusoid tables (both or neither): the rotation path of the tensor-core forward.
+void add_rotation_tables(Checked& c, const Tensor& q, const std::optional<Tensor>& rot_keys,
+                         const std::optional<Tensor>& rot_f32) {
+    TORCH_CHECK(rot_keys.has_value() == rot_f32.has_value(),
+                "nezha_kernels cuda backend: rot_keys and rot_f32 go together (both or neither)");
+    if (!rot_keys) return;
+    const std::string err = nezha::set_rotation_tables(c.a, view_of(q), view_of(*rot_keys), view_of(*rot_f32),
+                                                       nezha::DeviceKind::CUDA);
+    TORCH_CHECK(err.empty(), err);
+}
+
 std::vector<Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& table,
                             const std::optional<Tensor>& key_padding, const std::optional<Tensor>& additive_mask,
                             const std::optional<Tensor>& head_mask, int64_t R, int64_t q_offset, bool causal,
-                            double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl) {
-    const Checked c = checked_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
-                                   dropout_p, seed, impl);
+                            double scale, double dropout_p, uint64_t seed, int64_t stream, int64_t impl,
+                            const std::optional<Tensor>& rot_keys, const std::optional<Tensor>& rot_f32) {
+    Checked c = checked_args(q, k, v, table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale,
+                             dropout_p, seed, impl);
+    add_rotation_tables(c, q, rot_keys, rot_f32);
     const nezha::AttnArgs& a = c.a;
     Tensor out = torch::empty({a.B, a.H, a.Lq, a.D}, q.options());
     Tensor lse = torch::empty({2, a.B, a.H, a.Lq}, q.options().dtype(torch::kFloat));  // row max, log row sum
@@ -144,9 +157,11 @@ std::vector<Tensor> forward_varlen(const Tensor& q, const Tensor& k, const Tenso
                                    const std::optional<Tensor>& head_mask, const Tensor& cu_seqlens_q,
                                    const Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, int64_t R,
                                    bool causal, double scale, double dropout_p, uint64_t seed, int64_t stream,
-                                   int64_t impl) {
-    const Checked c = checked_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                          max_seqlen_k, R, causal, scale, dropout_p, seed, impl);
+                                   int64_t impl, const std::optional<Tensor>& rot_keys,
+                                   const std::optional<Tensor>& rot_f32) {
+    Checked c = checked_varlen_args(q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                    R, causal, scale, dropout_p, seed, impl);
+    add_rotation_tables(c, q, rot_keys, rot_f32);
     const nezha::AttnArgs& a = c.a;
     Tensor out = torch::empty({a.Tq, a.H, a.D}, q.options());
     Tensor lse = torch::empty({2, a.H, a.Tq}, q.options().dtype(torch::kFloat));  // row max, log row sum
@@ -183,10 +198,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     namespace py = pybind11;
     // `impl`: 1 = tensor-core kernels (fp16 / bf16 only), 0 = SIMT kernels; the caller picks (cuda_backend.impl_name).
     m.def("forward", &forward, "(out [B,H,Lq,D], lse [2,B,H,Lq] f32: row max, log row sum) = forward(q, k, v, "
-          "table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl)",
+          "table, key_padding, additive_mask, head_mask, R, q_offset, causal, scale, dropout_p, seed, stream, impl, "
+          "rot_keys=None, rot_f32=None)",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("key_padding"),
           py::arg("additive_mask"), py::arg("head_mask"), py::arg("R"), py::arg("q_offset"), py::arg("causal"),
-          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"));
+          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"),
+          py::arg("rot_keys") = py::none(), py::arg("rot_f32") = py::none());
     // `deterministic`: false runs the fused tensor-core backward (dQ by atomics) for impl 1; true (the default), the
     // two-kernel backward. The caller passes torch.are_deterministic_algorithms_enabled() (cuda_ext/launch.py).
     m.def("backward", &backward, "(dq, dk, dv) = backward(dout, q, k, v, table, key_padding, additive_mask, "
@@ -197,10 +214,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("stream"), py::arg("impl"), py::arg("deterministic") = true);
     m.def("forward_varlen", &forward_varlen, "(out [Tq,H,D], lse [2,H,Tq] f32) = forward_varlen(q, k, v, table, "
           "head_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed, "
-          "stream, impl)",
+          "stream, impl, rot_keys=None, rot_f32=None)",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("table"), py::arg("head_mask"), py::arg("cu_seqlens_q"),
           py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::arg("R"), py::arg("causal"),
-          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"));
+          py::arg("scale"), py::arg("dropout_p"), py::arg("seed"), py::arg("stream"), py::arg("impl"),
+          py::arg("rot_keys") = py::none(), py::arg("rot_f32") = py::none());
     m.def("backward_varlen", &backward_varlen, "(dq [Tq,H,D], dk, dv [Tk,H,D]) = backward_varlen(dout, q, k, v, "
           "table, head_mask, lse, delta, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, R, causal, scale, "
           "dropout_p, seed, stream, impl, deterministic=True)",

@@ -38,7 +38,23 @@ struct AttnArgs {
     const int32_t* cu_seqlens_q;
     const int32_t* cu_seqlens_k;
     int Tq;
+    // The table is NEZHA's sinusoid (the op's default): the tensor-core forward may take the band from the rotation
+    // identity (csrc/relattn_rotation.cuh) instead of the table. Extended sinusoid rows u = 0 .. rot_rows - 1 at
+    // angle (u - ROT_SHIFT) w_t, [rot_rows, D] contiguous: rot_keys in q's dtype, rot_f32 in float32; both nullptr
+    // (rot_rows 0) for a user-given table. The table itself still gives the edge rows T[0] and T[2R].
+    const void* rot_keys;
+    const float* rot_f32;
+    int rot_rows;
 };
+
+// The extended sinusoid table of the rotation path (AttnArgs::rot_keys / rot_f32): row u holds
+// [sin((u - ROT_SHIFT) w_t), cos((u - ROT_SHIFT) w_t)]_t, w_t = 10000^(-2t/D). A query block of at most ROT_MAX_BM
+// rows from position pos0 reads rows pos0 - R - ROT_SHIFT + j for its band keys j (ROT_SHIFT = the key tile, so
+// every row index of a tile that meets the band is >= 0) and rows ROT_SHIFT + r for its rows r: rotation_rows(R)
+// rows cover both. The launcher (nezha_kernels/cuda_ext/launch.py) builds it with the same constants.
+constexpr int ROT_SHIFT = 64;
+constexpr int ROT_MAX_BM = 128;
+constexpr int64_t rotation_rows(int64_t R) { return 2 * R + ROT_MAX_BM + 2 * ROT_SHIFT; }
 
 // o [B, H, Lq, D] (varlen: [Tq, H, D]) contiguous in q's dtype; lse [2, B, H, Lq] (varlen: [2, H, Tq]) float32: lse[0] the row max m of the scores,
 // lse[1] log of the row sum l. Kept apart, not m + log l: a fully masked row has m = finfo.min, where

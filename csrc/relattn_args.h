@@ -203,6 +203,30 @@ inline std::string check_output(const char* name, const TensorView& t, const Ten
     return "";
 }
 
+// The rotation path's extended sinusoid tables (relattn.h, rotation_rows): rot_keys in q's dtype and rot_f32 float32,
+// both contiguous [rows, D] with rows >= rotation_rows(R), on q's device. Sets a.rot_keys, a.rot_f32 and a.rot_rows
+// (the tensor-core forward then takes the band from them, for PLAIN calls); "" or what is wrong.
+inline std::string set_rotation_tables(AttnArgs& a, const TensorView& q, const TensorView& rot_keys,
+                                       const TensorView& rot_f32, DeviceKind device) {
+    using namespace args_detail;
+    std::string err = check_placement("rot_keys", rot_keys, q, device, q.dtype);
+    if (err.empty()) err = check_placement("rot_f32", rot_f32, q, device, static_cast<int>(ScalarKind::F32));
+    if (!err.empty()) return err;
+    const int64_t rows = rot_keys.ndim == 2 ? rot_keys.sizes[0] : 0;
+    const std::string want = "a contiguous [rows, D] tensor with rows >= 2R + " +
+                             std::to_string(rotation_rows(0)) + " = " + std::to_string(rotation_rows(a.R)) +
+                             ", D = " + std::to_string(a.D) + ", rot_keys and rot_f32 alike";
+    if (rows < rotation_rows(a.R) || rows >= (int64_t{1} << 31) || !has_shape(rot_keys, {rows, a.D}) ||
+        !is_contiguous(rot_keys))
+        return shape_error("rot_keys", rot_keys, want.c_str());
+    if (!has_shape(rot_f32, {rows, a.D}) || !is_contiguous(rot_f32))
+        return shape_error("rot_f32", rot_f32, want.c_str());
+    a.rot_keys = rot_keys.data;
+    a.rot_f32 = static_cast<const float*>(rot_f32.data);
+    a.rot_rows = static_cast<int>(rows);
+    return "";
+}
+
 // The kernel family of the binding's `impl` code (0 = SIMT, 1 = TC); "" or what is wrong.
 inline std::string impl_of(int64_t code, Impl& impl) {
     if (code != 0 && code != 1)

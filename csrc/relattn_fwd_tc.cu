@@ -14,10 +14,16 @@
 //     row tile at a time: S = Q.K^T plus band = Q.T_slice^T through a per-warp scratch, gathered at idx - lo per
 //     pair; masks, causal and dropout per element as the feature set says; O += P.V and O += Bucket.T_slice
 //     (Bucket[row][idx - lo] = weight of interior pairs; edge pairs go to the two per-row masses).
+// Rotation (FEATURES_ROTATION: a PLAIN call with NEZHA's sinusoid table, relattn_rotation.cuh): the far tiles as above;
+//   a band tile, per row tile, S = Q.K^T and Rel = Q_rot.S_tile^T (Q_rot rotated once per block into shared memory,
+//   the S tile of extended sinusoid rows staged by cp.async with K and V); a pair's relative term is Rel where
+//   |j - i| < R, else the row's edge term as in the far tiles; O += P.V, then O += rotate(P_band.S_tile), P_band = p in
+//   band. No scratch, no gather, no bucket.
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
 #include "relattn_flash.h"
+#include "relattn_rotation.cuh"
 #include "relattn_tc.cuh"
 
 namespace nezha {
@@ -49,12 +55,15 @@ struct QueryFragments {
     }
 };
 
-// S[MT][NTN][4] = Q.K^T for one warp: Q fragments q (MT row tiles x D, a QueryFragments), K rows n-major at ks
-// (stride LD); each K fragment feeds the MT row tiles.
+// S[MT][NTN][4] = Q.K^T (accumulate: S += Q.K^T) for one warp: Q fragments q (MT row tiles x D, a QueryFragments),
+// K rows n-major at ks (stride LD); each K fragment feeds the MT row tiles.
 template <typename T, int D, int LD, int NTN, int MT, typename QF>
-__device__ __forceinline__ void warp_qk(float (&s)[MT][NTN][4], const QF& q, const T* ks, int lane) {
+__device__ __forceinline__ void warp_qk(float (&s)[MT][NTN][4], const QF& q, const T* ks, int lane,
+                                        bool accumulate = false) {
+    if (!accumulate) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) zero_acc(s[mt]);
+        for (int mt = 0; mt < MT; ++mt) zero_acc(s[mt]);
+    }
     const T* kl = ks + ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -137,7 +146,9 @@ __global__ void __launch_bounds__(128, 1)
 relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) {
     using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
     static_assert(C::NT == 128, "launch bounds");
-    constexpr Features F = static_cast<Features>(FEATURES);
+    constexpr bool ROT = FEATURES == FEATURES_ROTATION;  // PLAIN, with the band from the rotation identity
+    constexpr Features F = ROT ? Features::PLAIN : static_cast<Features>(FEATURES);
+    static_assert(!ROT || (C::BN == ROT_SHIFT && C::BM <= ROT_MAX_BM), "extended sinusoid table geometry");
     constexpr int BM = C::BM, BN = C::BN, NT = C::NT, LD = C::LD, MT = C::MT, NTD = D / 8, NTN = BN / 8;
     constexpr int RW = 2 * MT;  // accumulator rows per lane: rows 2 mt, 2 mt + 1 of row tile mt
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
@@ -146,6 +157,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     T* Vs = Ks + 2 * BN * LD;  // [2][BN][LD]
     T* Ts = Vs + 2 * BN * LD;
     float* scratch = reinterpret_cast<float*>(Ts + C::TS_ROWS * LD);
+    T* Ss = Ts + 8 * LD;       // rotation: [2][BN][LD] S tiles, then Q_rot [BM][LD] (Ts keeps its 8 edge rows)
+    T* QRs = Ss + 2 * BN * LD;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* qt = scratch + warp * 16 * C::QT_LD;
@@ -162,7 +175,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     const bool pair_masks = F == Features::GENERAL && has_pair_masks(a);
     // Rows that allow 16-byte copies go by cp.async; others (rare strided views) by element copies, and then every
     // tile takes the general loop, so that the far loop holds only the cp.async path.
-    const bool kv_async = rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl);
+    // (The rotation kernel runs only where they do: rotation_kv_async, at the launch.)
+    const bool kv_async = ROT || (rows_vectorizable(in.k, a.k_sl) && rows_vectorizable(in.v, a.v_sl));
     const KeySchedule sched = key_schedule(a.q_offset + q0, a.q_offset + min(q0 + BM, a.Lq) - 1, a.Lk, a.R, BN,
                                            kv_async && !pair_masks, kv_async && !pair_masks && !causal);
     // K and V of key tile `tile` into pipeline stage `stage`.
@@ -187,6 +201,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     stage_rows<T, D, LD, NT>(Ts + 2 * LD, in.table, D, E + 1, 6, E + 1);
     cp_async_wait<0>();
     __syncthreads();
+    // Q_rot, read by the band loop after at least one more barrier.
+    if constexpr (ROT) rotate_queries<T, D, LD, NT, BM>(QRs, Qs, a.rot_f32);
 
     const T* warp_q = Qs + warp * C::WROWS * LD;
     const QueryFragments<T, D, LD, MT, fwd_q_in_registers(D, PACKED, FEATURES)> qf(warp_q, lane);
@@ -283,8 +299,112 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
     for (int r = 0; r < RW; ++r) far[r] = {far_left[r], l[r] - far_left[r]};
 
-    // Band, partial and (with masks, dropout or causal) every other tile, ascending.
-    for (; step < sched.n_tiles; ++step) {  // profile: band
+    if constexpr (ROT) {
+        // Band and partial tiles, ascending. A tile's S rows (extended table rows pos0 - R - BN + j) are staged only
+        // when the tile meets the block's band (zero-filled otherwise: a partial far tile, whose pairs take the
+        // edge terms alone); the first one here, the next ones with the prefetch of K and V.
+        const int pos0 = a.q_offset + q0;
+        const AsyncRowCopier<T, D, LD, NT, BN> s_copier(
+            static_cast<const T*>(a.rot_keys) + static_cast<int64_t>(a.R + ROT_SHIFT - pos0) * D, D);
+        auto load_s = [&](int stage, int tile) {
+            const int k0 = tile * BN;
+            const bool meets_band = k0 + BN - 1 > pos0 - a.R && k0 < pos0 + BM - 1 + a.R;
+            const int limit = meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
+            s_copier.copy(Ss + stage * BN * LD, tile, limit);
+            cp_async_commit();
+        };
+        if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
+        // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [2][RW][NT] until
+        // their row tile: in registers across the loop, the D = 128 kernel spilled.
+        float* const edge_s = reinterpret_cast<float*>(QRs + BM * LD) + threadIdx.x;
+        {
+            float edge[2][RW];
+            edge_bias<T, D, LD, MT>(edge[0], qf, Ts, 0, 1.0f, lane);
+            edge_bias<T, D, LD, MT>(edge[1], qf, Ts, 1, 1.0f, lane);
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                edge_s[r * NT] = edge[0][r];
+                edge_s[(RW + r) * NT] = edge[1][r];
+            }
+        }
+        for (; step < sched.n_tiles; ++step) {  // profile: band
+            const int k0 = sched.tile(step) * BN;
+            cp_async_wait<0>();
+            __syncthreads();
+            if (step + 1 < sched.n_tiles) {
+                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
+                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
+                load_s((step + 1) & 1, sched.tile(step + 1));  // commits the three
+            }
+            const T* ks = Ks + (step & 1) * BN * LD;
+            const T* vs = Vs + (step & 1) * BN * LD;
+            const T* ss = Ss + (step & 1) * BN * LD;
+            const int cols = a.Lk - k0;  // key columns below Lk
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
+                // Pair (row h of the lane, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at d = c - (pos - R - k0) - 1 =
+                // nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (unsigned compare), far left when d < 0,
+                // far right when d >= 2R - 1.
+                int base[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) base[h] = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0 + 1 - 2 * (lane & 3);
+                const unsigned band_width = 2 * a.R - 1;
+                auto dist = [&](int nt, int e) { return nt * 8 + (e & 1) - base[e >> 1]; };
+                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots.
+                float s[1][NTN][4];
+                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
+                const float edge_left[2] = {edge_s[2 * mt * NT], edge_s[(2 * mt + 1) * NT]};
+                const float edge_right[2] = {edge_s[(RW + 2 * mt) * NT], edge_s[(RW + 2 * mt + 1) * NT]};
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
+                    const int d = dist(nt, e);
+                    const float edge_dot = d < 0 ? edge_left[e >> 1] : edge_right[e >> 1];
+                    s[0][nt][e] = static_cast<unsigned>(d) < band_width ? s[0][nt][e] : edge_dot;
+                });
+                warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
+                if (cols < BN) {  // the partial last tile: keys past Lk get zero weight
+                    for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
+                        if (col >= cols) s[0][nt][e] = -INFINITY;
+                    });
+                }
+                // The row max of the raw dot products (scale_log2 > 0 commutes with max); p = 2^(s scale_log2 - m).
+                float tile_max[2] = {-INFINITY, -INFINITY};
+                for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
+                    tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[0][nt][e]);
+                });
+                float alpha[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = 2 * mt + h;
+                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]) * scale_log2);
+                    alpha[h] = fast_exp2(m[r] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
+                    m[r] = m_new;
+                    l[r] *= alpha[h];
+                    far[r].rescale(alpha[h]);
+                }
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= alpha[e >> 1];
+                // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
+                // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
+                uint32_t pw[NTN / 2][4];
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1],
+                                     [&](int nt, int e, float p) {
+                                         const int r = 2 * mt + (e >> 1), d = dist(nt, e);
+                                         if (d < 0) far[r].left += p;
+                                         if (d >= static_cast<int>(band_width)) far[r].right += p;
+                                     });
+                warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
+                mask_to_band<NTN>(pw, [&](int nt, int e) { return static_cast<unsigned>(dist(nt, e)) < band_width; });
+                add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
+                __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
+            }
+        }
+    }
+    // Band, partial and (with masks, dropout or causal) every other tile, ascending (the table-slice path: not
+    // compiled into the rotation kernel, whose loop above took every tile).
+    for (; !ROT && step < sched.n_tiles; ++step) {  // profile: band
         const int k0 = sched.tile(step) * BN;
         // Causal-future tiles contribute exp(MASKED - m) == 0 unless a row is still all-masked.
         if (causal && causal_future_tile(a, q0, BM, k0)) {
@@ -394,9 +514,33 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
     }
 }
 
-template <typename C>
+// Q, two pipeline stages of K and V, then: the staged table rows and the per-warp scratch; or (rotation) the 8 edge
+// rows, two stages of S tiles, Q_rot and the edge terms (2 x 2 MT floats per thread).
+template <typename C, bool ROT>
 constexpr size_t fwd_tc_smem_bytes() {
+    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 2 * 2 * C::MT * C::NT;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
+}
+
+// The kernel's feature set: the rotation for PLAIN calls with the sinusoid's extended table where it is built
+// (rotation_kernel), K / V rows allow cp.async and the scale is positive (the rotation kernel's row max is taken over
+// the unscaled dot products), else PLAIN / GENERAL.
+// Whether every K and V row of the call allows 16-byte copies (the kernel's rows_vectorizable for every head and
+// sequence): base pointers 16-byte aligned, every stride a multiple of 8 elements.
+inline bool rotation_kv_async(const AttnArgs& a) {
+    auto ok = [](const void* p, int64_t sb, int64_t sh, int64_t sl) {
+        return reinterpret_cast<uintptr_t>(p) % 16 == 0 && sb % 8 == 0 && sh % 8 == 0 && sl % 8 == 0;
+    };
+    return ok(a.k, a.k_sb, a.k_sh, a.k_sl) && ok(a.v, a.v_sb, a.v_sh, a.v_sl);
+}
+
+template <int D, bool PACKED, typename L>
+inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
+    if constexpr (rotation_kernel(D, PACKED)) {
+        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f && rotation_kv_async(a))
+            return launch(std::integral_constant<int, FEATURES_ROTATION>{});
+    }
+    return dispatch_features(a, launch);
 }
 
 const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, int device, void* stream) {
@@ -404,12 +548,13 @@ const char* relattn_fwd_tc(const AttnArgs& a, DType dtype, void* o, float* lse, 
         using T = typename decltype(element)::type;
         constexpr int D = decltype(head_dim)::value;
         return dispatch_layout(a, [&](auto packed) {
-            return dispatch_features(a, [&](auto features) {
-                constexpr bool PACKED = decltype(packed)::value;
+            constexpr bool PACKED = decltype(packed)::value;
+            return dispatch_fwd_features<D, PACKED>(a, [&](auto features) {
                 constexpr int FEATURES = decltype(features)::value;
                 using C = TcFwdConfig<D, fwd_row_tiles(D, PACKED, FEATURES)>;
                 return launch_row_blocks<C>(relattn_fwd_tc_kernel<T, D, PACKED, FEATURES>, a.Lq,
-                                            fwd_tc_smem_bytes<C>(), a, device, stream, static_cast<T*>(o), lse);
+                                            fwd_tc_smem_bytes<C, FEATURES == FEATURES_ROTATION>(), a, device, stream,
+                                            static_cast<T*>(o), lse);
             });
         });
     });

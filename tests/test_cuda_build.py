@@ -67,8 +67,13 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
         for d in (32, 64)
         for arch in (80, 90)
     }
+    # The forward's rotation feature set (PLAIN, the band from the sinusoid's rotation identity; relattn_rotation.cuh),
+    # every head dim; its padding-free kernel at D = 32 and 64 only (relattn_rotation.cuh rotation_kernel).
+    rotation = {(f"{k}_rotation", config, arch) for k, config, arch in expected if k == "relattn_fwd_tc_kernel"}
+    expected |= rotation
     # Every kernel also has its padding-free (PACKED) instantiation, reported as <kernel>_varlen.
-    expected |= {(f"{k}_varlen", config, arch) for k, config, arch in expected}
+    expected |= {(f"{k}_varlen", config, arch) for k, config, arch in expected if (k, config, arch) not in rotation}
+    expected |= {(f"{k}_varlen", config, arch) for k, config, arch in rotation if not config.endswith("D=128")}
     # The fused backward's dq conversion: one per dtype and head dim, no layout or feature set, no shared memory.
     expected |= {
         (CONVERT_KERNEL, f"{dt} D={d}", arch) for dt in ("fp16", "bf16") for d in (32, 64) for arch in (80, 90)
@@ -124,6 +129,12 @@ def test_tc_smem_formulas_fit_every_arch():
     for name in ("relattn_fwd_tc_kernel_varlen", "relattn_fwd_tc_kernel_general"):
         assert dynamic_smem_bytes(name, 64) == dynamic_smem_bytes("relattn_fwd_tc_kernel", 64)
     assert dynamic_smem_bytes("relattn_fwd_tc_kernel_general_varlen", 64) == 2 * (64 * 5 + 128) * 72 + 4 * 4 * 16 * 84
+    # rotation: Q, K / V stages, 8 edge rows, two S stages, Q_rot, 4 edge terms per thread and row tile; no table
+    # slice, no scratch. 64-row blocks at D = 64 and 128, 128 at D = 32.
+    for name in ("relattn_fwd_tc_kernel_rotation", "relattn_fwd_tc_kernel_rotation_varlen"):
+        assert dynamic_smem_bytes(name, 64) == 2 * (64 + 256 + 8 + 128 + 64) * 72 + 4 * 4 * 128
+        assert dynamic_smem_bytes(name, 32) == 2 * (128 + 256 + 8 + 128 + 128) * 40 + 4 * 8 * 128
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_rotation", 128) == 2 * 520 * 136 + 4 * 4 * 128 <= 163 * 1024
 
 
 def test_impl_switch_env(monkeypatch):
@@ -172,6 +183,13 @@ def test_parse_ptxas_reads_registers_spills_and_names():
         128,
         200,
     )
+    # The forward's rotation feature set (FEATURES_ROTATION = 2, csrc/relattn_rotation.cuh).
+    (row,) = parse_ptxas(
+        "ptxas info    : Compiling entry function "
+        "'_ZN5nezha21relattn_fwd_tc_kernelI6__halfLi64ELb0ELi2EEEvNS_8AttnArgsEPT_Pf' for 'sm_90a'\n"
+        "ptxas info    : Used 214 registers, used 1 barriers\n"
+    )
+    assert (row["kernel"], row["dtype"], row["head_dim"]) == ("relattn_fwd_tc_kernel_rotation", "fp16", 64)
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,14 @@ const char* run_backward(const nezha::AttnArgs& a, nezha::DType dtype, nezha::Im
     return launch ? fail(std::string("nezha_kernels cuda backward failed: ") + launch) : nullptr;
 }
 
+// The binding's add_rotation_tables: the forward's optional extended sinusoid tables, both or neither.
+std::string add_rotation_tables(nezha::AttnArgs& a, const TensorView* q, const TensorView* rot_keys,
+                                const TensorView* rot_f32) {
+    if ((rot_keys == nullptr) != (rot_f32 == nullptr))
+        return "nezha_kernels cuda backend: rot_keys and rot_f32 go together (both or neither)";
+    return rot_keys ? nezha::set_rotation_tables(a, *q, *rot_keys, *rot_f32, DeviceKind::CPU) : "";
+}
+
 }  // namespace
 
 extern "C" {
@@ -71,13 +79,15 @@ int nezha_emu_view_layout(int64_t* out, int capacity) {
 const char* nezha_emu_fwd(const TensorView* q, const TensorView* k, const TensorView* v, const TensorView* table,
                           const TensorView* key_padding, const TensorView* additive_mask, const TensorView* head_mask,
                           int64_t R, int64_t q_offset, bool causal, double scale, double dropout_p, uint64_t seed,
-                          int64_t impl_code, const TensorView* out, const TensorView* lse, int device) {
+                          int64_t impl_code, const TensorView* out, const TensorView* lse, int device,
+                          const TensorView* rot_keys, const TensorView* rot_f32) {
     nezha::AttnArgs a;
     nezha::DType dtype;
     nezha::Impl impl;
     std::string err = nezha::make_attn_args(*q, *k, *v, *table, key_padding, additive_mask, head_mask, R, q_offset,
                                             causal, scale, dropout_p, seed, DeviceKind::CPU, a, dtype);
     if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = add_rotation_tables(a, q, rot_keys, rot_f32);
     if (err.empty()) err = nezha::check_output("out", *out, *q, DeviceKind::CPU, q->dtype, {a.B, a.H, a.Lq, a.D});
     if (err.empty())
         err = nezha::check_output("lse", *lse, *q, DeviceKind::CPU, static_cast<int>(nezha::ScalarKind::F32),
@@ -114,7 +124,8 @@ const char* nezha_emu_fwd_varlen(const TensorView* q, const TensorView* k, const
                                  const TensorView* table, const TensorView* head_mask, const TensorView* cu_seqlens_q,
                                  const TensorView* cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
                                  int64_t R, bool causal, double scale, double dropout_p, uint64_t seed,
-                                 int64_t impl_code, const TensorView* out, const TensorView* lse, int device) {
+                                 int64_t impl_code, const TensorView* out, const TensorView* lse, int device,
+                                 const TensorView* rot_keys, const TensorView* rot_f32) {
     nezha::AttnArgs a;
     nezha::DType dtype;
     nezha::Impl impl;
@@ -122,6 +133,7 @@ const char* nezha_emu_fwd_varlen(const TensorView* q, const TensorView* k, const
                                                    max_seqlen_q, max_seqlen_k, R, causal, scale, dropout_p, seed,
                                                    DeviceKind::CPU, a, dtype);
     if (err.empty()) err = nezha::impl_of(impl_code, impl);
+    if (err.empty()) err = add_rotation_tables(a, q, rot_keys, rot_f32);
     if (err.empty()) err = nezha::check_output("out", *out, *q, DeviceKind::CPU, q->dtype, {a.Tq, a.H, a.D});
     if (err.empty())
         err = nezha::check_output("lse", *lse, *q, DeviceKind::CPU, static_cast<int>(nezha::ScalarKind::F32),

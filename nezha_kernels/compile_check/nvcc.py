@@ -38,10 +38,12 @@ _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 # relattn_fwd_kernel<__half, 64, PACKED> mangles as ..._kernelI6__halfLi64ELb0EE...; the padding-free (PACKED =
 # true, Lb1) instantiations are reported as <kernel>_varlen. The tensor-core kernels have a fourth parameter, their
-# feature set (csrc/relattn_flash.h: 0 = PLAIN, 1 = GENERAL: ...Lb0ELi1EE), reported as <kernel>_general.
+# feature set (csrc/relattn_flash.h: 0 = PLAIN, 1 = GENERAL: ...Lb0ELi1EE), reported as <kernel>_general; the
+# forward's rotation set (csrc/relattn_rotation.cuh FEATURES_ROTATION = 2: PLAIN, band from the sinusoid's
+# rotation identity) as <kernel>_rotation.
 MANGLED = re.compile(r"_ZN5nezha(\d+)(\w+?)I(f|6__half|13__nv_bfloat16)Li(\d+)E(?:Lb([01])E)?(?:Li(\d)E)?E")
 _VARLEN = "_varlen"
-FEATURE_SUFFIXES = {None: "", "0": "", "1": "_general"}
+FEATURE_SUFFIXES = {None: "", "0": "", "1": "_general", "2": "_rotation"}
 MANGLED_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
 
 # Tile constants of TileConfig (csrc/relattn_tile.cuh).
@@ -55,16 +57,17 @@ _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 _TC_FWD_WCOLS = 80
 
 
-def fwd_row_tiles(d: int, varlen: bool, general: bool) -> int:
+def fwd_row_tiles(d: int, varlen: bool, general: bool, rotation: bool = False) -> int:
     """Row tiles of 16 per warp of a forward TC instantiation (csrc/relattn_tc.cuh fwd_row_tiles): 2 (128-row blocks)
-    except at D = 128 and in the GENERAL padding-free kernel at D = 64."""
-    return 1 if d >= 128 or (d == 64 and varlen and general) else 2
+    except at D = 128, in the GENERAL padding-free kernel at D = 64 and in the rotation kernel at D = 64."""
+    return 1 if d >= 128 or (d == 64 and (rotation or (varlen and general))) else 2
 
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
     """Dynamic shared memory (bytes) each kernel's launcher requests for head dim d."""
     varlen, base = kernel.endswith(_VARLEN), kernel.removesuffix(_VARLEN)
-    general, kernel = base.endswith(FEATURE_SUFFIXES["1"]), base.removesuffix(FEATURE_SUFFIXES["1"])
+    general, base = base.endswith(FEATURE_SUFFIXES["1"]), base.removesuffix(FEATURE_SUFFIXES["1"])
+    rotation, kernel = base.endswith(FEATURE_SUFFIXES["2"]), base.removesuffix(FEATURE_SUFFIXES["2"])
     dp, sp, trows = d + 1, _BN + 1, _BM + _BN - 1
     if kernel == "relattn_fwd_kernel":
         return 4 * ((_BM + 2 * _BN + trows) * dp + _BM * sp)
@@ -74,7 +77,9 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 7 * _BN)
     ld = d + 8  # 16-bit elements
     if kernel == "relattn_fwd_tc_kernel":  # Q, two pipeline stages of K and V, the table rows, per-warp scratch
-        bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general)
+        bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general, rotation)
+        if rotation:  # ... or the 8 edge rows, two stages of S tiles, Q_rot and the edge terms (4 MT floats / thread)
+            return 2 * (bm + 4 * _TC_BN + 8 + 2 * _TC_BN + bm) * ld + 4 * 4 * (bm // 64) * 128
         return 2 * (bm + 4 * _TC_BN + bm - 16 + _TC_FWD_WCOLS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dq_tc_kernel":
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ

@@ -6,7 +6,8 @@ cuobjdump (the local toolkit has no disassembler). Cached under <cache>/profile/
 of the sources, the flags and nvcc's version. One row per dense instantiation (kernel, feature set, dtype, head
 dim) and arch; the padding-free (PACKED) instantiations are left out (same loops, other addressing). The
 tensor-core kernels' GENERAL feature set (masks, causal, dropout: csrc/relattn_flash.h) is reported as
-<kernel>_general, the PLAIN one (the common case) under the kernel's name.
+<kernel>_general, the PLAIN one (the common case) under the kernel's name, the forward's rotation set (PLAIN with
+NEZHA's sinusoid) as <kernel>_rotation.
 
 ``GEOMETRY`` says, per kernel, the program's rows, the rows one loop iteration streams, and the warps: the
 score tile of an iteration is rows x columns over the block's warps (TileConfig / TcConfig / TcFwdConfig in csrc/).
@@ -141,6 +142,8 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
             if base not in GEOMETRY or dtype not in dtypes or d not in head_dims:
                 continue
             rows_, cols, warps = GEOMETRY[base](d)
+            if kernel.endswith(nvcc_check.FEATURE_SUFFIXES["2"]):  # the rotation kernels' row tiles per warp
+                rows_ = 64 * nvcc_check.fwd_row_tiles(d, varlen=False, general=False, rotation=True)
             meta = {
                 "kernel": kernel,
                 "backend": "cuda",

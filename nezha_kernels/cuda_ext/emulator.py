@@ -203,14 +203,14 @@ def load_emulator(sanitize: str | None = None) -> ctypes.CDLL:
     scalars = [i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
     lib.nezha_emu_view_layout.argtypes = [ctypes.POINTER(ctypes.c_int64), i]
     lib.nezha_emu_view_layout.restype = i
-    lib.nezha_emu_fwd.argtypes = [view] * 7 + scalars + [view, view, i]
+    lib.nezha_emu_fwd.argtypes = [view] * 7 + scalars + [view, view, i, view, view]
     lib.nezha_emu_fwd.restype = ctypes.c_char_p
     lib.nezha_emu_bwd.argtypes = [view] * 10 + scalars + [ctypes.c_bool, view, view, view, i]
     lib.nezha_emu_bwd.restype = ctypes.c_char_p
     # varlen: q, k, v, table, head_mask, cu_seqlens_q, cu_seqlens_k (bwd: dout first, lse and delta before cu),
     # then max_seqlen_q, max_seqlen_k and the scalars from R (no q_offset).
     varlen_scalars = [i64, i64, i64, ctypes.c_bool, ctypes.c_double, ctypes.c_double, ctypes.c_uint64, i64]
-    lib.nezha_emu_fwd_varlen.argtypes = [view] * 7 + varlen_scalars + [view, view, i]
+    lib.nezha_emu_fwd_varlen.argtypes = [view] * 7 + varlen_scalars + [view, view, i, view, view]
     lib.nezha_emu_fwd_varlen.restype = ctypes.c_char_p
     lib.nezha_emu_bwd_varlen.argtypes = [view] * 10 + varlen_scalars + [ctypes.c_bool, view, view, view, i]
     lib.nezha_emu_bwd_varlen.restype = ctypes.c_char_p
@@ -273,8 +273,12 @@ class EmulatedExtension:
         seed,
         stream,
         impl,
+        rot_keys=None,
+        rot_f32=None,
     ):
-        """[out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32 (row max, log of the row sum)]."""
+        """[out [B, H, Lq, D] in q's dtype, lse [2, B, H, Lq] float32 (row max, log of the row sum)].
+
+        rot_keys / rot_f32: the extended sinusoid tables of the rotation path (both or neither; launch.py)."""
         out = _poisoned(q.shape, q.dtype)
         lse = _poisoned((2, *q.shape[:-1]), torch.float32)
         tensors = (q, k, v, table, key_padding, additive_mask, head_mask)
@@ -291,6 +295,8 @@ class EmulatedExtension:
                 _view(out),
                 _view(lse),
                 self.device,
+                _view(rot_keys),
+                _view(rot_f32),
             )
         )
         return [out, lse]
@@ -357,6 +363,8 @@ class EmulatedExtension:
         seed,
         stream,
         impl,
+        rot_keys=None,
+        rot_f32=None,
     ):
         """[out [Tq, H, D] in q's dtype, lse [2, H, Tq] float32]: a padding-free call."""
         out = _poisoned(q.shape, q.dtype)
@@ -376,6 +384,8 @@ class EmulatedExtension:
                 _view(out),
                 _view(lse),
                 self.device,
+                _view(rot_keys),
+                _view(rot_f32),
             )
         )
         return [out, lse]

@@ -19,6 +19,8 @@ or, inside ``use_extension(...)`` (nezha_kernels/cuda_ext/emulator.emulated_cuda
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections.abc import Iterator
 
 import torch
@@ -94,6 +96,38 @@ def _canonical(q, k, v, table, key_padding, additive_mask, head_mask, batch: int
     )
 
 
+# The extended sinusoid table of the tensor-core forward's rotation path (csrc/relattn.h: ROT_SHIFT, ROT_MAX_BM,
+# rotation_rows): row u at angle (u - ROT_SHIFT) w_t, 2R + ROT_MAX_BM + 2 ROT_SHIFT rows.
+ROT_SHIFT = 64
+ROT_MAX_BM = 128
+
+
+def rotation_table(max_relative_position: int, head_dim: int) -> torch.Tensor:
+    """float64 [2R + ROT_MAX_BM + 2 ROT_SHIFT, D]: row u = [sin((u - ROT_SHIFT) w_t), cos((u - ROT_SHIFT) w_t)]_t,
+    w_t = 10000^(-2t/D), NEZHA's sinusoid (nezha_kernels/table.py) at unclamped, shifted positions."""
+    rows = 2 * max_relative_position + ROT_MAX_BM + 2 * ROT_SHIFT
+    angle = torch.arange(rows, dtype=torch.float64).sub_(ROT_SHIFT).unsqueeze(1)
+    angle = angle * torch.exp(torch.arange(0, head_dim, 2, dtype=torch.float64) * (-math.log(10000.0) / head_dim))
+    return torch.stack((angle.sin(), angle.cos()), dim=-1).reshape(rows, head_dim)
+
+
+@functools.lru_cache(maxsize=32)
+def _rotation_tables(
+    max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # One copy per (R, D, dtype, device), as table.py's default table: later calls make no host-to-device copy.
+    with torch.inference_mode(False), torch.no_grad():
+        table = rotation_table(max_relative_position, head_dim)
+        return table.to(device=device, dtype=dtype), table.to(device=device, dtype=torch.float32)
+
+
+def _rotation_args(q, max_relative_position, family: str, sinusoid: bool) -> tuple:
+    """(rot_keys, rot_f32) for the tensor-core forward when the table is the op's sinusoid, else (None, None)."""
+    if not sinusoid or family != "tc" or q.dtype not in (torch.float16, torch.bfloat16):
+        return None, None
+    return _rotation_tables(int(max_relative_position), q.shape[-1], q.dtype, q.device)
+
+
 def _batch(q, cu_seqlens_q) -> int:
     return q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1
 
@@ -124,12 +158,15 @@ def relattn_fwd(
 
     q: [B, H, Lq, D], k / v: [B, H, Lk, D], table: [2R+1, D] in q's dtype; seed: int (0 without dropout).
     max_seqlen_q / max_seqlen_k (= Lq, Lk for dense calls) are not needed by the dense kernels. sinusoid: the table
-    is NEZHA's default (ops.py); the kernels read the table either way. Padding-free
+    is NEZHA's default (ops.py): the tensor-core family then gets the extended sinusoid tables (cached per R, D,
+    dtype, device) and its PLAIN calls take the band from the rotation identity (csrc/relattn_rotation.cuh); the
+    table still gives the edge rows. Padding-free
     (cu_seqlens_q given): q [Tq, H, D], k / v [Tk, H, D] -> out [Tq, H, D], lse [2, H, Tq]; q_offset unused.
     """
     impl = _family_code(family)
     ext = extension(q.device)
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
+    rot_keys, rot_f32 = _rotation_args(q, max_relative_position, family, sinusoid)
     if cu_seqlens_q is not None:
         q, k, v, table, _, _, head_mask = args
         out, lse = ext.forward_varlen(
@@ -149,10 +186,22 @@ def relattn_fwd(
             int(seed),
             _stream(q),
             impl,
+            rot_keys,
+            rot_f32,
         )
     else:
         out, lse = ext.forward(
-            *args, max_relative_position, q_offset, causal, scale, dropout_p, int(seed), _stream(q), impl
+            *args,
+            max_relative_position,
+            q_offset,
+            causal,
+            scale,
+            dropout_p,
+            int(seed),
+            _stream(q),
+            impl,
+            rot_keys,
+            rot_f32,
         )
     return out, lse
 

@@ -22,6 +22,7 @@ HEADERS = (
     "relattn_async.cuh",
     "relattn_flash.h",
     "relattn_bwd_tc.cuh",
+    "relattn_rotation.cuh",
 )
 # The extension: every file its build reads.
 EXTENSION_FILES = (BINDING_SOURCE, *KERNEL_SOURCES, *HEADERS)
