@@ -213,3 +213,38 @@ def test_varlen_rotation_matches_formula():
         got = out[cu_q[s] : cu_q[s + 1]].transpose(0, 1).unsqueeze(0)
         assert_all_within({"out": got}, {"out": expected}, {"out": same}, K[dtype], label=f"sequence {s}")
     assert math.isfinite(out.float().abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["rot_bf16_d64_r64_two_blocks_head_mask", "rot_fp16_d64_r64"])
+def test_backward_after_a_rotation_forward(name):
+    """The backward reads the table (in the dtype) while the forward's band came from the rotation (operands rounded
+    differently): the row statistics it reuses must still give gradients within the rule against float64."""
+    case = CASES[name]
+    q, k, v, inputs, raw, out, lse = _run(case, name)
+    b, h, lq, lk, d = case.shape
+    grad_out = torch.randn(b, h, lq, d, generator=torch.Generator().manual_seed(7)).to(case.dtype)
+    tail = (inputs.key_padding, inputs.additive_mask, inputs.head_mask, None, None, lq, lk, case.r, inputs.causal)
+    tail += (inputs.q_offset, inputs.scale, inputs.dropout_p, int(inputs.dropout_seed or 0))
+    with emulator.emulated_cuda_backend():
+        grads = launch.relattn_bwd(grad_out, q, k, v, inputs.table, out, lse, *tail, family="tc", sinusoid=True)
+    ref = {}
+    for precision in (torch.float64, case.dtype):
+        leaves = [t.detach().to(precision).requires_grad_() for t in (q, k, v)]
+        o = formula.attention(*leaves, inputs.table, dtype=precision, **raw)
+        ref[precision] = dict(
+            zip(("dq", "dk", "dv"), torch.autograd.grad(o, leaves, grad_out.to(precision)), strict=True)
+        )
+    got = dict(zip(("dq", "dk", "dv"), grads, strict=True))
+    assert_all_within(got, ref[torch.float64], ref[case.dtype], dict(dq=2.0, dk=2.0, dv=2.0), label=name)
+
+
+def test_rotation_is_kept_to_key_ranges_where_it_pays():
+    """D = 64: the rotation kernel's 64-row blocks cost more per far tile; past ROTATION_MAX_KEYS_D64 keys the
+    launcher keeps the table path (no rotation tables passed). Other head dims take the rotation at any length."""
+    q64, q32 = torch.zeros(1, 1, 4, 64, dtype=BF16), torch.zeros(1, 1, 4, 32, dtype=BF16)
+    limit = launch.ROTATION_MAX_KEYS_D64
+    assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True, limit))
+    assert launch.rotation_args(q64, 64, "tc", True, limit + 1) == (None, None)
+    assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True, 4 * limit))
+    assert launch.rotation_args(q64, 64, "tc", False, 16) == (None, None)
+    assert launch.rotation_args(q64, 64, "simt", True, 16) == (None, None)
