@@ -215,7 +215,7 @@ def test_varlen_rotation_matches_formula():
     assert math.isfinite(out.float().abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["rot_bf16_d64_r64_two_blocks_head_mask", "rot_fp16_d64_r64"])
+@pytest.mark.parametrize("name", ["rot_bf16_d64_r64_two_blocks_head_mask"])
 def test_backward_after_a_rotation_forward(name):
     """The backward reads the table (in the dtype) while the forward's band came from the rotation (operands rounded
     differently): the row statistics it reuses must still give gradients within the rule against float64."""
