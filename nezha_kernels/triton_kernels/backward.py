@@ -14,6 +14,7 @@ import triton.language as tl
 from .band import band_gather, load_table_slice, mask_scores
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .rotation import load_angles_from, load_positional, rotate
 from .softmax import LOG2E
 
 # The delta kernel's per-row statistics: planes of a [STAT_PLANES, rows] fp32 buffer, rows as ROW_MAX's (dense
@@ -174,8 +175,10 @@ def tile_grads(
     seed_hi,
     ws,
     ws_row,
+    rot,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -192,6 +195,8 @@ def tile_grads(
 
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
+    SINUSOID (rotation.py): rot = (ROT, m0, rot_pos0), in-band biases Q_rot @ S_tile^T and dO_rot @ S_tile^T with
+    the rows' angles m0 .. m0 + BLOCK_M - 1 and S rows measured from position rot_pos0 (the forward's block start).
     """
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if FMA_DOTS else 1
@@ -202,7 +207,20 @@ def tile_grads(
     rel_max = j0 + BLOCK_N - 1 - pos0
     if RELATIVE:
         if (rel_min < R) & (rel_max > -R):
-            if BAND_P > 0:
+            if SINUSOID:
+                ROT, m0, rot_pos0 = rot
+                BLOCK_D: tl.constexpr = q.shape[1]
+                cs = load_angles_from(ROT, m0, BLOCK_M, BLOCK_D)
+                s_tile = load_positional(ROT, j0, rot_pos0, R, BLOCK_N, BLOCK_D).to(q.dtype)
+                near = (rel > -R) & (rel < R)
+                left = rel < 0
+                q_rot = rotate(q.to(tl.float32), cs, 1).to(q.dtype)
+                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+                s += tl.where(near, dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
+                do_rot = rotate(do.to(tl.float32), cs, 1).to(do.dtype)
+                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+                dw += tl.where(near, dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS), do_edge)
+            elif BAND_P > 0:
                 near = (rel > -R) & (rel < R)
                 slot_ptrs = ws + (ws_row + (rel + (R - 1)))
                 slot_mask = near & m_valid[:, None] & n_valid[None, :]

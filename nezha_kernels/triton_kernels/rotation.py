@@ -75,7 +75,14 @@ def rotate(x, cs, SIGN: tl.constexpr):
 @triton.jit
 def load_angles(ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """[BLOCK_M, BLOCK_D] fp32: rows m = 0 .. BLOCK_M - 1 (the angles (i - pos0) w_t of a query block's rows)."""
-    rows = tl.arange(0, BLOCK_M) + _PAD
+    return load_angles_from(ROT, 0, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def load_angles_from(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_M, BLOCK_D] fp32: rows m = m0 .. m0 + BLOCK_M - 1 (0 <= m0, m0 + BLOCK_M <= MAX_BLOCK_M): the angles of
+    query rows m0 .. of a block, for a kernel whose query tiles are slices of another kernel's blocks (dK/dV)."""
+    rows = tl.arange(0, BLOCK_M) + (m0 + _PAD)
     offs = rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     return tl.load(ROT + offs)
 
