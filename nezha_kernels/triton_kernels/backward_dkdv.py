@@ -36,7 +36,7 @@ from .backward import (
 from .band import MASKED_SCORE, load_table_slice
 from .dot import dot, dot_nt
 from .philox import philox_uniform
-from .rotation import load_angles_from, load_positional, rotate
+from .rotation import load_positional, rotate_rows_at
 from .sequence import sequence_window
 from .softmax import LOG2E, load_rows
 
@@ -218,23 +218,6 @@ def gather_rows_t(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def rotation_tile_t(ROT, i0, q_offset, j0, R, offs_m, offs_n, ROT_BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The rotation path's pieces for query rows i0 .. (a slice of the forward's ROT_BLOCK_M-row block) against keys
-    j0 ..: (S_tile [BLOCK_N, BLOCK_D] in fp32, the rows' angles cs [BLOCK_M, BLOCK_D], near, left [BLOCK_N, BLOCK_M]).
-
-    Angles and S rows are measured from the start of the forward's query block holding the tile (rotation.py), as
-    the forward and dQ measure them: the same rotated operands, rounded the same way, hence the same scores.
-    """
-    BLOCK_M: tl.constexpr = offs_m.shape[0]
-    BLOCK_N: tl.constexpr = offs_n.shape[0]
-    block0 = (i0 // ROT_BLOCK_M) * ROT_BLOCK_M
-    s_tile = load_positional(ROT, j0, q_offset + block0, R, BLOCK_N, BLOCK_D)
-    cs = load_angles_from(ROT, i0 - block0, BLOCK_M, BLOCK_D)
-    rel = offs_n[:, None] - (q_offset + offs_m)[None, :]
-    return s_tile, cs, (rel > -R) & (rel < R), rel < 0
-
-
-@triton.jit
 def edge_pair_t(stats, STAT_ROWS, PLANE_LEFT: tl.constexpr, offs_m, m_valid, left):
     """[BLOCK_N, BLOCK_M] fp32: each pair's edge term from the delta kernel's planes PLANE_LEFT (T[0], where left)
     and PLANE_LEFT + 1 (T[2R])."""
@@ -288,7 +271,9 @@ def dkdv_band_tile_loop(
     (wgmma) and a [BLOCK_P, BLOCK_M] slice product; then masks, bounds and dropout per pair, the exact
     (s - max) - log(sum). dv includes the head mask.
     SINUSOID (rotation.py, the forward's scores exactly): in-band pairs S^T += S_tile Q_rot^T, dP^T += S_tile dO_rot^T
-    (rotation_tile_t), the others the rows' edge terms from the statistics planes.
+    (angles and S rows measured from the start of the forward's ROT_BLOCK_M-row query block holding the tile, as the
+    forward measures them: the same rotated operands, rounded alike), the others the rows' edge terms from the
+    statistics planes.
     """
     stride_qm, stride_qd, stride_gm, stride_gd = strides
     stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
@@ -299,18 +284,18 @@ def dkdv_band_tile_loop(
         offs_m = i0 + tl.arange(0, BLOCK_M)
         m_valid = offs_m < lq
         qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(
-            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
-        )
-        do = tl.load(
-            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
-        )
+        q_rows = q_base + offs_m[:, None].to(tl.int64) * stride_qm
+        g_rows = g_base + offs_m[:, None].to(tl.int64) * stride_gm
+        q = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+        do = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
         st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
         if SINUSOID:
-            s_tile, cs, near, left = rotation_tile_t(ROT, i0, q_offset, j0, R, offs_m, offs_n, ROT_BLOCK_M, q.shape[1])
-            s_tile = s_tile.to(q.dtype)
-            q_edge = edge_pair_t(stats, STAT_ROWS, PLANE_QE_LEFT, offs_m, m_valid, left)
-            q_rot = rotate(q.to(tl.float32), cs, 1).to(q.dtype)
+            block0 = (i0 // ROT_BLOCK_M) * ROT_BLOCK_M  # the forward's query block holding the tile
+            q_rot = rotate_rows_at(q, q_rows + (offs_d ^ 1)[None, :] * stride_qd, qd_mask, ROT, i0 - block0)
+            s_tile = load_positional(ROT, j0, q_offset + block0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+            rel = offs_n[:, None] - (q_offset + offs_m)[None, :]
+            near = (rel > -R) & (rel < R)
+            q_edge = edge_pair_t(stats, STAT_ROWS, PLANE_QE_LEFT, offs_m, m_valid, rel < 0)
             st += tl.where(near, dot_nt(s_tile, q_rot, FMA_DOTS, K_CHUNKS), q_edge)
         elif RELATIVE:
             base = j0 - (q_offset + i0) - (BLOCK_M - 1) + R
@@ -339,8 +324,8 @@ def dkdv_band_tile_loop(
         dv = dot((pt * coef).to(do.dtype), do, dv, FMA_DOTS)
         dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
         if SINUSOID:
-            do_edge = edge_pair_t(stats, STAT_ROWS, PLANE_DE_LEFT, offs_m, m_valid, left)
-            do_rot = rotate(do.to(tl.float32), cs, 1).to(do.dtype)
+            do_rot = rotate_rows_at(do, g_rows + (offs_d ^ 1)[None, :] * stride_gd, qd_mask, ROT, i0 - block0)
+            do_edge = edge_pair_t(stats, STAT_ROWS, PLANE_DE_LEFT, offs_m, m_valid, rel < 0)
             dpt += tl.where(near, dot_nt(s_tile, do_rot, FMA_DOTS, K_CHUNKS), do_edge)
         elif RELATIVE:
             dpt += gather_rows_t(dot_nt(ts, do, FMA_DOTS, K_CHUNKS), BLOCK_M, BLOCK_N)
@@ -405,12 +390,10 @@ def dkdv_general_loop(
         offs_m = i0 + tl.arange(0, BLOCK_M)
         m_valid = offs_m < lq
         qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(
-            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
-        )
-        do = tl.load(
-            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
-        )
+        q_rows = q_base + offs_m[:, None].to(tl.int64) * stride_qm
+        g_rows = g_base + offs_m[:, None].to(tl.int64) * stride_gm
+        q = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+        do = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
         row_max = tl.load(ROW_MAX + offs_m, mask=m_valid, other=0.0)
         row_logsum = tl.load(ROW_LOGSUM + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
@@ -425,7 +408,8 @@ def dkdv_general_loop(
             q, do, k, v, T, stride_tr, stride_td, q_left, q_right, do_left, do_right, offs_d, row_max, row_logsum,
             delta, hm, b, h, bh, offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, q_offset + i0, j0, KPAD,
             stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, dropout_p,
-            dropout_scale, seed_lo, seed_hi, T, 0, (ROT, i0 - block0, q_offset + block0), HEAD_DIM, RELATIVE,
+            dropout_scale, seed_lo, seed_hi, T, 0,
+            (ROT, i0 - block0, q_offset + block0, q_rows, g_rows, stride_qd, stride_gd, qd_mask), HEAD_DIM, RELATIVE,
             SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, 0,
         )  # fmt: skip
         dv += dot(tl.trans(w).to(do.dtype), do, None, FMA_DOTS)

@@ -209,10 +209,12 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
 
 
-def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> int:
-    """BLOCK_M of the forward a call runs (its one candidate tile): the query blocks whose starts the rotation path
-    measures angles from, which dK/dV's query tiles follow (ROT_BLOCK_M)."""
-    return candidates("fwd", tiles("fwd"), head_dim, elem_bytes, features, arch_major)[0][0]
+def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:
+    """BLOCK_M of the forward a call runs (its one candidate tile among ``fwd_tiles``, default this process's
+    tiles("fwd")): the query blocks whose starts the rotation path measures angles from, which dK/dV's query tiles
+    follow (its ROT_BLOCK_M)."""
+    fwd_tiles = tiles("fwd") if fwd_tiles is None else fwd_tiles
+    return candidates("fwd", fwd_tiles, head_dim, elem_bytes, features, arch_major)[0][0]
 
 
 def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):

@@ -88,6 +88,37 @@ def load_angles_from(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def load_rotation_planes(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(cos, sin_signed) [BLOCK_M, BLOCK_D] fp32 of rows m0 .. m0 + BLOCK_M - 1 spread over both columns of each
+    pair: cos[:, d] = cos(a_t), sin_signed[:, d] = +sin(a_t) for even d, -sin(a_t) for odd d (t = d // 2).
+
+    With them rotate(x, cs, 1) is x * cos + x_swapped * sin_signed, x_swapped[:, d] = x[:, d ^ 1] loaded as such:
+    elementwise in x's own layout, no pair split (the same products and sums, see rotate_swapped).
+    """
+    rows = tl.arange(0, BLOCK_M) + (m0 + _PAD)
+    d = tl.arange(0, BLOCK_D)
+    row_offs = rows[:, None] * BLOCK_D
+    cos = tl.load(ROT + row_offs + (d | 1)[None, :])
+    sin = tl.load(ROT + row_offs + (d & ~1)[None, :])
+    return cos, tl.where((d % 2 == 0)[None, :], sin, -sin)
+
+
+@triton.jit
+def rotate_swapped(x, x_swapped, cos, sin_signed):
+    """rotate(x, cs, 1) in x's dtype from x_swapped[:, d] = x[:, d ^ 1] and load_rotation_planes' (cos, sin_signed):
+    y[2t] = x[2t] cos + x[2t+1] sin, y[2t+1] = x[2t+1] cos + x[2t] (-sin), the products rotate forms."""
+    return (x.to(tl.float32) * cos + x_swapped.to(tl.float32) * sin_signed).to(x.dtype)
+
+
+@triton.jit
+def rotate_rows_at(x, x_swapped_ptrs, mask, ROT, m0):
+    """x [M, BLOCK_D] rotated by the angles of rows m0 .. m0 + M - 1 (rotate_swapped), in x's dtype: the pair-swapped
+    copy is loaded from x_swapped_ptrs (x's pointers at columns d ^ 1) under x's mask."""
+    cos, sin_signed = load_rotation_planes(ROT, m0, x.shape[0], x.shape[1])
+    return rotate_swapped(x, tl.load(x_swapped_ptrs, mask=mask, other=0.0), cos, sin_signed)
+
+
+@triton.jit
 def load_positional(ROT, j0, pos0, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """S_tile [BLOCK_N, BLOCK_D] fp32: s_j = row j - pos0 + R for keys j0 .. j0 + BLOCK_N - 1.
 
