@@ -194,6 +194,15 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
     )
 
 
+@interpreted_only
+def test_bfloat16_sinusoid_dkdv_band_by_rotation():
+    # NEZHA's own table (rel_table=None) in bf16: dK/dV's band tiles rebuild P by the rotation from the forward's query
+    # blocks (backward_dkdv.py), the forward's scores, so P matches the forward's row statistics. R = 40 over 96
+    # positions: band tiles and far tiles on both sides of each key block, causal with a head mask (the far loops).
+    hm = torch.tensor([[0.5, 1.5]])
+    check(CPU, torch.bfloat16, 1, 2, 96, 96, 64, 40, causal=True, head_mask=hm, table="default")
+
+
 @pytest.fixture
 def dkdv_far_loops_forced(monkeypatch):
     """dK/dV runs its far loops (FAR_LOOPS 2) whatever the features (configs.skeleton_choice keeps them to the common
