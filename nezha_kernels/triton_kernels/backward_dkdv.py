@@ -20,6 +20,12 @@ max = finfo.min, keeps its 1/Lk weights) only where they are passed; bounds only
 and the partial tile run key-major too (dkdv_band_tile_loop: each pair's table row gathered from a per-tile table
 slice product) on 16-row query tiles. FAR_LOOPS 0 runs the old general loop over every query tile instead
 (dkdv_general_loop: backward.tile_grads, query-major) for the cases whose far loops spill (configs.skeleton_choice).
+
+SINUSOID (NEZHA's own table, where the forward takes its rotation path: configs.rotation_band): band tiles compute
+the key-side terms by the rotation instead of the table slice, S^T += S_tile Q_rot^T and dP^T += S_tile dO_rot^T
+(rotation.py), with angles and S rows measured from the forward's ROT_BLOCK_M-row query blocks, and the out-of-band
+pairs' edge terms from the statistics planes: every score is the forward's, so P rebuilt from the forward's m and
+log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.)
 """
 
 import triton

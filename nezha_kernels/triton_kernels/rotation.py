@@ -14,6 +14,13 @@ The launcher passes one table (``rotation_table``): float32 [PAD_ROWS + MAX_BLOC
 PAD_ROWS + m = [sin(m w_t), cos(m w_t)]_t for m = -PAD_ROWS .. , computed in float64 (padded head dims 0). A band
 tile's S_tile is a contiguous [BLOCK_N, BLOCK_D] block of it at a row offset, like a K tile; rows 0 .. BLOCK_M - 1
 from m = 0 are the cos / sin of q's rotation. Tiles with no in-band pair read clamped rows (never used: masked).
+
+The dK/dV kernel rebuilds P from the forward's row statistics, so it computes the forward's scores: its query tiles
+(16 or 32 rows) are slices of the forward's BLOCK_M-row blocks, and it measures angles and S rows from the start of
+the forward block holding each tile (load_rotation_planes at row m0 = tile start - block start, load_positional with
+that block's pos0). Its q_rot is the forward's, bit for bit (the same fp32 products and sums, rounded to q's dtype),
+computed elementwise from a pair-swapped reload of q (rotate_rows_at) instead of rotate's split / join, which spilled
+next to dK/dV's accumulators.
 """
 
 from __future__ import annotations
