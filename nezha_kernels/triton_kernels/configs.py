@@ -181,7 +181,7 @@ ROTATION_KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
 def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> bool:
-    """Whether a forward or dQ call whose table is NEZHA's sinusoid runs the band by rotation (rotation.py, the
+    """Whether a forward, dQ or dK/dV call whose table is NEZHA's sinusoid runs the band by rotation (rotation.py, the
     SINUSOID constexpr; no block-band scratch) rather than reading the table. Part of the table above: spill-free
     on sm_80 and sm_90 under triton 3.9 (compile-check rows "*-sinusoid", benchmarks/NOTES.md "Triton band on
     tensor cores: rotation"). The path holds Q_rot (and dO_rot) and the value-side sum u next to the loop's state:
