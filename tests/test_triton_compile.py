@@ -104,3 +104,15 @@ def test_varlen_main_configs_compile_without_spills(rows):
     assert {config_role(r) for r in varlen} == {"main"}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in varlen if r.spill_bytes]
     assert not spilling, "\n".join(spilling)
+
+
+def test_sinusoid_rows_cover_every_rotation_kernel(rows):
+    # NEZHA's own table (rel_table=None): the band by rotation where configs.rotation_band runs it (sm_90), in the
+    # forward, dQ and dK/dV; dK/dV in exactly the forward's variants (it rebuilds P from the forward's statistics).
+    # Spill-free like every D = 64 half-precision row (above).
+    sinusoid = [r for r in rows if r.config.endswith(triton_aot.SINUSOID_SUFFIX)]
+    assert {(r.kernel, r.arch) for r in sinusoid} == {(k, 90) for k in ("fwd", "bwd_dq", "bwd_dkdv")}
+    variants = {k: {r.config.split()[-1] for r in sinusoid if r.kernel == k} for k in ("fwd", "bwd_dkdv")}
+    assert variants["bwd_dkdv"] == variants["fwd"]
+    spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in sinusoid if r.spill_bytes]
+    assert not spilling, "\n".join(spilling)

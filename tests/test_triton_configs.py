@@ -155,11 +155,26 @@ def test_rotation_band_runs_where_it_compiles_spill_free(monkeypatch):
     assert not rotation("fwd", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9) and rotation("fwd", 64, 2, {}, 9)
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
     assert not rotation("bwd_dq", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
-    assert not rotation("bwd_dkdv", 64, 2, {}, 9)
-    monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call of fwd / dQ
-    assert rotation("fwd", 64, 4, {"HAS_AMASK": True}, 8) and not rotation("bwd_dkdv", 64, 2, {}, 9)
+    # dK/dV rebuilds P from the forward's statistics: it takes the path exactly where the forward does.
+    for features in ({}, {"CAUSAL": True}, {"HAS_KPAD": True, "HAS_DROPOUT": True}, {"VARLEN": True}):
+        for arch, elem, d in ((9, 2, 64), (8, 2, 64), (9, 4, 64), (9, 2, 128)):
+            assert rotation("bwd_dkdv", d, elem, features, arch) == rotation("fwd", d, elem, features, arch)
+    assert rotation("bwd_dkdv", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
+    monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call
+    assert rotation("fwd", 64, 4, {"HAS_AMASK": True}, 8) and rotation("bwd_dkdv", 128, 2, {"VARLEN": True}, 9)
     monkeypatch.setenv(configs.ROTATION_ENV, "off")
-    assert not rotation("fwd", 64, 2, {}, 9)
+    assert not rotation("fwd", 64, 2, {}, 9) and not rotation("bwd_dkdv", 64, 2, {}, 9)
+
+
+def test_dkdv_rotation_follows_the_forward_blocks():
+    # dK/dV measures its rotation angles from the forward's query blocks (ROT_BLOCK_M): the forward's one tile.
+    gpu = configs.gpu_tiles("fwd")
+    for features in ({}, {"HAS_KPAD": True, "HAS_DROPOUT": True}, {"VARLEN": True}):
+        for d, elem in ((64, 2), (128, 2), (64, 4)):
+            block_m = configs.rotation_block_m(d, elem, features, 9, gpu)
+            assert block_m == configs.candidates("fwd", gpu, d, elem, features, 9)[0][0]
+            assert block_m <= 128 and block_m % 16 == 0
+    assert configs.rotation_block_m(64, 2, {}, 9, gpu) == configs.FWD_TILES[0][0]
 
 
 def test_rotation_table_rows_cover_every_band_tile():

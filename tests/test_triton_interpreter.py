@@ -54,6 +54,19 @@ if INTERPRETED:
     import nezha_kernels as nk
     from nezha_kernels.backends import available_backends
     from nezha_kernels.triton_kernels.dot import dot
+    from nezha_kernels.triton_kernels.rotation import rotate_query, rotate_rows_at, rotation_table
+
+    @triton.jit
+    def _rotations_kernel(x_ptr, rot_ptr, block_ptr, tile_ptr, M: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr):
+        # The forward's q_rot of an M-row block, and dK/dV's of each TILE-row slice of it (angles from the block start).
+        rows = tl.arange(0, M)[:, None] * D
+        d = tl.arange(0, D)[None, :]
+        tl.store(block_ptr + rows + d, rotate_query(tl.load(x_ptr + rows + d), rot_ptr, M, D))
+        for m0 in tl.static_range(0, M, TILE):
+            t_rows = (m0 + tl.arange(0, TILE))[:, None] * D
+            x = tl.load(x_ptr + t_rows + d)
+            ones = tl.full(x.shape, 1, tl.int1)
+            tl.store(tile_ptr + t_rows + d, rotate_rows_at(x, x_ptr + t_rows + (d ^ 1), ones, rot_ptr, m0))
 
     @triton.jit
     def _bf16_matmul_kernel(a_ptr, b_ptr, c_ptr, N: tl.constexpr):
@@ -192,6 +205,29 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
         q_offset=4,
         table="default",
     )
+
+
+@interpreted_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, F32])
+def test_dkdv_rotates_the_rows_as_the_forward_does(dtype):
+    # dK/dV's rotation (pair-swapped reload, angles from the forward block's start) gives the forward's q_rot bit for
+    # bit: the same products and sums, rounded to q's dtype alike.
+    m, tile, d = 32, 16, 64
+    x = torch.randn(m, d, generator=torch.Generator().manual_seed(3)).to(dtype)
+    block, tiles = torch.empty_like(x), torch.empty_like(x)
+    _rotations_kernel[(1,)](x, rotation_table(5, d, "cpu"), block, tiles, M=m, TILE=tile, D=d)
+    bits = torch.int32 if dtype == F32 else torch.int16
+    assert torch.equal(block.view(bits), tiles.view(bits))
+    assert not torch.equal(block, x)
+
+
+@interpreted_only
+def test_bfloat16_sinusoid_dkdv_band_by_rotation():
+    # NEZHA's own table (rel_table=None) in bf16: dK/dV's band tiles rebuild P by the rotation from the forward's query
+    # blocks (backward_dkdv.py), the forward's scores, so P matches the forward's row statistics. R = 40 over 96
+    # positions: band tiles and far tiles on both sides of each key block, causal with a head mask (the far loops).
+    hm = torch.tensor([[0.5, 1.5]])
+    check(CPU, torch.bfloat16, 1, 2, 96, 96, 64, 40, causal=True, head_mask=hm, table="default")
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from pathlib import Path
 __all__ = ["jobs", "compile_jobs", "TILE_GEOMETRY", "PLAIN_FLASH"]
 
 PLAIN_FLASH = "plain_flash_fwd"
-# The forward and dQ with NEZHA's own sinusoid table (rel_table=None): the band by rotation (SINUSOID,
+# The forward, dQ and dK/dV with NEZHA's own sinusoid table (rel_table=None): the band by rotation (SINUSOID,
 # triton_kernels/rotation.py), profiled where configs.rotation_band runs it; the same kernel functions.
-SINUSOID_KERNELS = {"fwd_sinusoid": "fwd", "bwd_dq_sinusoid": "bwd_dq"}
+SINUSOID_KERNELS = {"fwd_sinusoid": "fwd", "bwd_dq_sinusoid": "bwd_dq", "bwd_dkdv_sinusoid": "bwd_dkdv"}
 KERNELS = ("fwd", "bwd_dq", "bwd_dkdv", *SINUSOID_KERNELS)
 
 
@@ -50,6 +50,7 @@ TILE_GEOMETRY = {
     "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
     "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
     "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
+    "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
     PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
 }
 

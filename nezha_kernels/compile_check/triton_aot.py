@@ -174,6 +174,14 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
             raise ValueError(f"{kernel} {variant}: configs.rotation_band keeps the scratch path for these features")
         constexprs["SINUSOID"] = rotation
         constexprs["BAND_P"] = 0 if rotation else configs.band_p(MAIN_R)
+    elif kernel == "bwd_dkdv":  # the band by rotation where the forward takes it, from the forward's query blocks
+        rotation = sinusoid and configs.rotation_band(kernel, d, DTYPES[dtype], features, arch // 10)
+        if sinusoid and not rotation:
+            raise ValueError(f"{kernel} {variant}: configs.rotation_band keeps the table path for these features")
+        constexprs["SINUSOID"] = rotation
+        fwd_tiles = configs.gpu_tiles("fwd")
+        block_m = configs.rotation_block_m(d, DTYPES[dtype], features, arch // 10, fwd_tiles) if rotation else 0
+        constexprs["ROT_BLOCK_M"] = block_m
     if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
@@ -189,8 +197,9 @@ def _jobs(archs, grid: str = "full"):
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
     Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128,
-    (forward, dQ) key padding with dropout in bf16, and (forward, dQ) with NEZHA's own table ("*-sinusoid": the band
-    by rotation) in the plain, causal-skip and padding-dropout variants where configs.rotation_band runs it. Each
+    (forward, dQ) key padding with dropout in bf16, and (forward, dQ, dK/dV) with NEZHA's own table ("*-sinusoid":
+    the band by rotation) in the plain, causal-skip and padding-dropout variants where configs.rotation_band runs it.
+    Each
     row compiles the tile and FAR_LOOPS the launcher runs for its features on its arch (configs.candidates /
     configs.far_loops).
     """
@@ -227,7 +236,7 @@ def _jobs(archs, grid: str = "full"):
             for d in VARLEN_HEAD_DIMS:
                 for dtype in ("fp16", "bf16"):
                     add(kernel, d, dtype, main(kernel, d, 2, varlen), varlen, "varlen", arch)
-            if kernel in BLOCK_BAND_KERNELS:  # NEZHA's own table: the band by rotation, where configs runs it
+            if kernel in configs.ROTATION_KERNELS:  # NEZHA's own table: the band by rotation, where configs runs it
                 for dtype, variant in (("bf16", "plain"), ("fp16", "causal-skip"), ("bf16", "padding-dropout")):
                     features = VARIANT_FEATURES[variant]
                     if configs.rotation_band(kernel, 64, 2, features, arch // 10):

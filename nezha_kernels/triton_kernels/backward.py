@@ -14,6 +14,7 @@ import triton.language as tl
 from .band import band_gather, load_table_slice, mask_scores
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .rotation import load_positional, rotate_rows_at
 from .softmax import LOG2E
 
 # The delta kernel's per-row statistics: planes of a [STAT_PLANES, rows] fp32 buffer, rows as ROW_MAX's (dense
@@ -174,8 +175,10 @@ def tile_grads(
     seed_hi,
     ws,
     ws_row,
+    rot,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -192,17 +195,33 @@ def tile_grads(
 
     BAND_P > 0 (dQ kernel, block-band mode): in-band biases are read from the block's scratch rows
     ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T, see forward.py).
+    SINUSOID (rotation.py): rot = (ROT, m0, rot_pos0, q_rows, g_rows, stride_qd, stride_gd, qd_mask), in-band biases
+    Q_rot @ S_tile^T and dO_rot @ S_tile^T with the rows' angles m0 .. m0 + BLOCK_M - 1 and S rows measured from
+    position rot_pos0 (the forward's block start); q / dO pair-swapped (rotation.rotate_rows_at) loaded from their
+    rows' pointers q_rows / g_rows [BLOCK_M, 1].
     """
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, q.shape[1] // 16) if FMA_DOTS else 1
     s = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
-    dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
+    dw = tl.zeros_like(s)
+    if not SINUSOID:
+        dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
     rel = offs_n[None, :] - pos[:, None]
     rel_min = j0 - (pos0 + BLOCK_M - 1)
     rel_max = j0 + BLOCK_N - 1 - pos0
+    in_band = (rel_min < R) & (rel_max > -R)
     if RELATIVE:
-        if (rel_min < R) & (rel_max > -R):
-            if BAND_P > 0:
+        if in_band:
+            if SINUSOID:
+                # The key side here, the value side (dW) once p is built: fewer tiles live at once.
+                ROT, m0, rot_pos0, q_rows, _, stride_qd, _, qd_mask = rot
+                s_tile = load_positional(ROT, j0, rot_pos0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+                # q reloaded (cache hits): rotating the loaded q keeps its blocked copy live next to the dot operand.
+                q_again = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+                q_rot = rotate_rows_at(q_again, q_rows + (offs_d ^ 1)[None, :] * stride_qd, qd_mask, ROT, m0)
+                q_edge = tl.where(rel < 0, q_left[:, None], q_right[:, None])
+                s += tl.where((rel > -R) & (rel < R), dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
+            elif BAND_P > 0:
                 near = (rel > -R) & (rel < R)
                 slot_ptrs = ws + (ws_row + (rel + (R - 1)))
                 slot_mask = near & m_valid[:, None] & n_valid[None, :]
@@ -218,7 +237,8 @@ def tile_grads(
         else:
             right = rel_min >= R
             s += tl.where(right, q_right, q_left)[:, None]
-            dw += tl.where(right, do_right, do_left)[:, None]
+            if not SINUSOID:
+                dw += tl.where(right, do_right, do_left)[:, None]
     s = mask_scores(
         s * scale,
         rel,
@@ -249,5 +269,16 @@ def tile_grads(
             seed_lo, seed_hi, offs_n[None, :] + 0 * offs_m[:, None], offs_m[:, None] + 0 * offs_n[None, :], bh
         )
         coef = coef * tl.where(u >= dropout_p, dropout_scale, 0.0)  # fp32 factor, see forward.py
+    if SINUSOID:
+        dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
+        if in_band:
+            ROT, m0, rot_pos0, _, g_rows, _, stride_gd, qd_mask = rot
+            s_tile = load_positional(ROT, j0, rot_pos0, R, BLOCK_N, q.shape[1]).to(do.dtype)
+            do_again = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
+            do_rot = rotate_rows_at(do_again, g_rows + (offs_d ^ 1)[None, :] * stride_gd, qd_mask, ROT, m0)
+            do_edge = tl.where(rel < 0, do_left[:, None], do_right[:, None])
+            dw += tl.where((rel > -R) & (rel < R), dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS), do_edge)
+        else:
+            dw += tl.where(rel_min >= R, do_right, do_left)[:, None]
     ds = p * (dw * coef - delta[:, None])
     return p * coef, ds

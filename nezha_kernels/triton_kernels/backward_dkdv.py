@@ -20,6 +20,12 @@ max = finfo.min, keeps its 1/Lk weights) only where they are passed; bounds only
 and the partial tile run key-major too (dkdv_band_tile_loop: each pair's table row gathered from a per-tile table
 slice product) on 16-row query tiles. FAR_LOOPS 0 runs the old general loop over every query tile instead
 (dkdv_general_loop: backward.tile_grads, query-major) for the cases whose far loops spill (configs.skeleton_choice).
+
+SINUSOID (NEZHA's own table, where the forward takes its rotation path: configs.rotation_band): band tiles compute
+the key-side terms by the rotation instead of the table slice, S^T += S_tile Q_rot^T and dP^T += S_tile dO_rot^T
+(rotation.py), with angles and S rows measured from the forward's ROT_BLOCK_M-row query blocks, and the out-of-band
+pairs' edge terms from the statistics planes: every score is the forward's, so P rebuilt from the forward's m and
+log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.)
 """
 
 import triton
@@ -36,6 +42,7 @@ from .backward import (
 from .band import MASKED_SCORE, load_table_slice
 from .dot import dot, dot_nt
 from .philox import philox_uniform
+from .rotation import load_positional, rotate_rows_at
 from .sequence import sequence_window
 from .softmax import LOG2E, load_rows
 
@@ -217,6 +224,15 @@ def gather_rows_t(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def edge_pair_t(stats, STAT_ROWS, PLANE_LEFT: tl.constexpr, offs_m, m_valid, left):
+    """[BLOCK_N, BLOCK_M] fp32: each pair's edge term from the delta kernel's planes PLANE_LEFT (T[0], where left)
+    and PLANE_LEFT + 1 (T[2R])."""
+    e_left = tl.load(stats + PLANE_LEFT * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
+    e_right = tl.load(stats + (PLANE_LEFT + 1) * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
+    return tl.where(left, e_left[None, :], e_right[None, :])
+
+
+@triton.jit
 def dkdv_band_tile_loop(
     dk,
     dv,
@@ -237,10 +253,13 @@ def dkdv_band_tile_loop(
     n_valid,
     block,
     table,
+    ROT,
     masks,
     drop,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -257,6 +276,10 @@ def dkdv_band_tile_loop(
     are exact too): S^T += gather(T_slice Q^T), dP^T += gather(T_slice dO^T), GEMMs with the BLOCK_N keys as rows
     (wgmma) and a [BLOCK_P, BLOCK_M] slice product; then masks, bounds and dropout per pair, the exact
     (s - max) - log(sum). dv includes the head mask.
+    SINUSOID (rotation.py, the forward's scores exactly): in-band pairs S^T += S_tile Q_rot^T, dP^T += S_tile dO_rot^T
+    (angles and S rows measured from the start of the forward's ROT_BLOCK_M-row query block holding the tile, as the
+    forward measures them: the same rotated operands, rounded alike), the others the rows' edge terms from the
+    statistics planes.
     """
     stride_qm, stride_qd, stride_gm, stride_gd = strides
     stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
@@ -267,14 +290,20 @@ def dkdv_band_tile_loop(
         offs_m = i0 + tl.arange(0, BLOCK_M)
         m_valid = offs_m < lq
         qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(
-            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
-        )
-        do = tl.load(
-            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
-        )
+        q_rows = q_base + offs_m[:, None].to(tl.int64) * stride_qm
+        g_rows = g_base + offs_m[:, None].to(tl.int64) * stride_gm
+        q = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+        do = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
         st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
-        if RELATIVE:
+        if SINUSOID:
+            block0 = (i0 // ROT_BLOCK_M) * ROT_BLOCK_M  # the forward's query block holding the tile
+            q_rot = rotate_rows_at(q, q_rows + (offs_d ^ 1)[None, :] * stride_qd, qd_mask, ROT, i0 - block0)
+            s_tile = load_positional(ROT, j0, q_offset + block0, R, BLOCK_N, q.shape[1]).to(q.dtype)
+            rel = offs_n[:, None] - (q_offset + offs_m)[None, :]
+            near = (rel > -R) & (rel < R)
+            q_edge = edge_pair_t(stats, STAT_ROWS, PLANE_QE_LEFT, offs_m, m_valid, rel < 0)
+            st += tl.where(near, dot_nt(s_tile, q_rot, FMA_DOTS, K_CHUNKS), q_edge)
+        elif RELATIVE:
             base = j0 - (q_offset + i0) - (BLOCK_M - 1) + R
             ts = load_table_slice(T, stride_tr, stride_td, base, R, offs_d, HEAD_DIM, BLOCK_P).to(q.dtype)
             st += gather_rows_t(dot_nt(ts, q, FMA_DOTS, K_CHUNKS), BLOCK_M, BLOCK_N)
@@ -300,7 +329,11 @@ def dkdv_band_tile_loop(
             coef = keep_factor_t(drop, offs_n, offs_m, bh) * hm
         dv = dot((pt * coef).to(do.dtype), do, dv, FMA_DOTS)
         dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
-        if RELATIVE:
+        if SINUSOID:
+            do_rot = rotate_rows_at(do, g_rows + (offs_d ^ 1)[None, :] * stride_gd, qd_mask, ROT, i0 - block0)
+            do_edge = edge_pair_t(stats, STAT_ROWS, PLANE_DE_LEFT, offs_m, m_valid, rel < 0)
+            dpt += tl.where(near, dot_nt(s_tile, do_rot, FMA_DOTS, K_CHUNKS), do_edge)
+        elif RELATIVE:
             dpt += gather_rows_t(dot_nt(ts, do, FMA_DOTS, K_CHUNKS), BLOCK_M, BLOCK_N)
         delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
         dst = pt * (dpt * coef - delta[None, :])
@@ -330,10 +363,13 @@ def dkdv_general_loop(
     n_valid,
     block,
     table,
+    ROT,
     masks,
     drop,
     HEAD_DIM: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -345,7 +381,8 @@ def dkdv_general_loop(
 ):
     """Every query tile [lo, hi) with FAR_LOOPS 0, BLOCK_M rows each: the old kernel's general loop.
 
-    The general path of backward.tile_grads (per-tile table slices), query-major; dv includes the head mask.
+    The general path of backward.tile_grads (per-tile table slices; SINUSOID: the rotation, measured from the start
+    of the forward's ROT_BLOCK_M-row query block), query-major; dv includes the head mask.
     """
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
@@ -359,12 +396,10 @@ def dkdv_general_loop(
         offs_m = i0 + tl.arange(0, BLOCK_M)
         m_valid = offs_m < lq
         qd_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(
-            q_base + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0
-        )
-        do = tl.load(
-            g_base + offs_m[:, None].to(tl.int64) * stride_gm + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0
-        )
+        q_rows = q_base + offs_m[:, None].to(tl.int64) * stride_qm
+        g_rows = g_base + offs_m[:, None].to(tl.int64) * stride_gm
+        q = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=qd_mask, other=0.0)
+        do = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=qd_mask, other=0.0)
         row_max = tl.load(ROW_MAX + offs_m, mask=m_valid, other=0.0)
         row_logsum = tl.load(ROW_LOGSUM + offs_m, mask=m_valid, other=0.0)
         delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
@@ -372,12 +407,16 @@ def dkdv_general_loop(
         q_right = tl.load(stats + (PLANE_QE_LEFT + 1) * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
         do_left = tl.load(stats + PLANE_DE_LEFT * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
         do_right = tl.load(stats + (PLANE_DE_LEFT + 1) * STAT_ROWS + offs_m, mask=m_valid, other=0.0)
+        block0 = i0
+        if SINUSOID:
+            block0 = (i0 // ROT_BLOCK_M) * ROT_BLOCK_M  # the forward's query block holding the tile
         w, ds = tile_grads(
             q, do, k, v, T, stride_tr, stride_td, q_left, q_right, do_left, do_right, offs_d, row_max, row_logsum,
             delta, hm, b, h, bh, offs_m, offs_n, m_valid, n_valid, q_offset + offs_m, q_offset + i0, j0, KPAD,
             stride_pb, stride_pn, AMASK, stride_ab, stride_ah, stride_am, stride_an, R, scale, dropout_p,
-            dropout_scale, seed_lo, seed_hi, T, 0, HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT,
-            FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, 0,
+            dropout_scale, seed_lo, seed_hi, T, 0,
+            (ROT, i0 - block0, q_offset + block0, q_rows, g_rows, stride_qd, stride_gd, qd_mask), HEAD_DIM, RELATIVE,
+            SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, 0,
         )  # fmt: skip
         dv += dot(tl.trans(w).to(do.dtype), do, None, FMA_DOTS)
         dk += dot(tl.trans(ds).to(q.dtype), q, None, FMA_DOTS)
@@ -396,6 +435,7 @@ def _relattn_bwd_dkdv_kernel(
     STATS,
     DK,
     DV,
+    ROT,
     KPAD,
     AMASK,
     HMASK,
@@ -443,6 +483,8 @@ def _relattn_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
+    SINUSOID: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -459,12 +501,17 @@ def _relattn_bwd_dkdv_kernel(
     """Per key block of one (b, h): dK, dV by loops over query tiles (see the module docstring).
 
     STATS: the delta kernel's [STAT_PLANES, STAT_ROWS] fp32 per-row statistics (backward.py). Contiguous outputs:
-    [B, H, Lk, D] dense, [Tk, H, D] varlen (sequence.py).
+    [B, H, Lk, D] dense, [Tk, H, D] varlen (sequence.py). SINUSOID: the band by rotation (rotation.py; ROT the
+    launcher's rotation table) with angles measured from the starts of the forward's ROT_BLOCK_M-row query blocks,
+    so that every score is the forward's (its rotated q and S rows, rounded alike): P rebuilt from the forward's
+    row statistics is then the P the forward normalized.
     """
     # The general loop's query tile: at most 1024 scores per program, so its per-pair band work (table-slice
     # products [BLOCK_MB, BLOCK_P], gathers) stays in registers next to the key block's dK / dV accumulators.
     BLOCK_MB: tl.constexpr = max(16, min(BLOCK_M, 1024 // BLOCK_N))
     tl.static_assert(BLOCK_P >= BLOCK_MB + BLOCK_N - 1)
+    # Each query tile lies in one of the forward's blocks (rotation.py's table covers blocks of up to 128 rows).
+    tl.static_assert(not SINUSOID or (RELATIVE and ROT_BLOCK_M % BLOCK_MB == 0 and ROT_BLOCK_M <= 128))
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     pid_n = tl.program_id(1)
@@ -530,22 +577,23 @@ def _relattn_bwd_dkdv_kernel(
             dv = dv * hm  # the far loops' P^T dO, before the band's (which carries hm itself)
         dk, dv = dkdv_band_tile_loop(
             dk, dv, k, v, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
-            offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_MB, BLOCK_N,
-            BLOCK_P,
+            offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, ROT_BLOCK_M, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS,
+            BLOCK_MB, BLOCK_N, BLOCK_P,
         )  # fmt: skip
         dk, dv = dkdv_band_tile_loop(
             dk, dv, k, v, q_base, g_base, full_end, general_end, lq, row_stats, hm, scale,
-            strides, offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_MB, BLOCK_N,
-            BLOCK_P,
+            strides, offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, ROT_BLOCK_M, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS,
+            BLOCK_MB, BLOCK_N, BLOCK_P,
         )  # fmt: skip
     else:
         # One general loop over every query tile (see configs.skeleton_choice).
         dk, dv = dkdv_general_loop(
             dk, dv, k_ptrs, v_ptrs, kv_mask, q_base, g_base, lo, general_end, lq, row_stats, hm, scale, strides,
-            offs_d, d_valid, offs_n, n_valid, block, table, masks, drop,
-            HEAD_DIM, RELATIVE, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB, BLOCK_N, BLOCK_P,
+            offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,
+            HEAD_DIM, RELATIVE, SINUSOID, ROT_BLOCK_M, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_MB,
+            BLOCK_N, BLOCK_P,
         )  # fmt: skip
 
     if VARLEN:

@@ -148,16 +148,24 @@ class KernelCall:
     def far_loops(self, kind: str) -> int:
         """FAR_LOOPS of the forward ("fwd"), dQ ("bwd_dq") or dK/dV ("bwd_dkdv") kernel for this call
         (configs.skeleton_choice)."""
-        features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
+        features = self._choice_features()
         return configs.far_loops(kind, self.q.shape[3], self.q.element_size(), features, configs.arch_major(self.q))
 
+    def _choice_features(self) -> dict:
+        return {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
+
     def rotation(self, kind: str) -> bool:
-        """SINUSOID of the forward ("fwd") or dQ ("bwd_dq") kernel: the band by rotation (configs.rotation_band)."""
+        """SINUSOID of the forward ("fwd"), dQ ("bwd_dq") or dK/dV ("bwd_dkdv") kernel: the band by rotation
+        (configs.rotation_band)."""
         if not (self.relative and self.sinusoid):
             return False
-        features = {name: value for name, value in self.constexprs().items() if name in configs.CHOICE_FEATURES}
         elem = self.q.element_size()
-        return configs.rotation_band(kind, self.q.shape[3], elem, features, configs.arch_major(self.q))
+        return configs.rotation_band(kind, self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
+
+    def rotation_block_m(self) -> int:
+        """ROT_BLOCK_M of the dK/dV kernel: the forward's query block (configs.rotation_block_m)."""
+        elem = self.q.element_size()
+        return configs.rotation_block_m(self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
 
     def kwargs(self, **kernel_specific) -> dict:
         """Every kernel argument by name: the shared ones plus a kernel's own (outputs, their strides, BAND_P)."""

@@ -175,12 +175,13 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
 # Which sinusoid calls run the band by rotation: unset, configs.rotation_band's table; "all": every one (the tests
 # run the path under every feature and dtype in the interpreter; compiled, some spill); "off": none.
 ROTATION_ENV = "NEZHA_KERNELS_TRITON_ROTATION"
-# The kernels with a rotation band (dK/dV reads the table in its band tiles).
-ROTATION_KERNELS = ("fwd", "bwd_dq")
+# The kernels with a rotation band. dK/dV follows the forward (rotation_band): it rebuilds P from the forward's row
+# statistics, so its scores must be the forward's, rotated operands rounded alike (backward_dkdv.py).
+ROTATION_KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 
 
 def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9) -> bool:
-    """Whether a forward or dQ call whose table is NEZHA's sinusoid runs the band by rotation (rotation.py, the
+    """Whether a forward, dQ or dK/dV call whose table is NEZHA's sinusoid runs the band by rotation (rotation.py, the
     SINUSOID constexpr; no block-band scratch) rather than reading the table. Part of the table above: spill-free
     on sm_80 and sm_90 under triton 3.9 (compile-check rows "*-sinusoid", benchmarks/NOTES.md "Triton band on
     tensor cores: rotation"). The path holds Q_rot (and dO_rot) and the value-side sum u next to the loop's state:
@@ -188,12 +189,17 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     causal, head mask) and for the forward with the narrow ones too (key padding, dropout; triton >= 3.9). Spills
     elsewhere (bytes per thread, sm_90): one general loop (additive mask, fp32) 16-24, varlen 8, dQ with key padding
     and dropout 16, D = 128 (forward) 872; sm_80 (mma.sync operands in registers) 88-128 even plain.
+    dK/dV ("bwd_dkdv") takes the path exactly where the forward does: it recomputes P from the forward's row
+    statistics, so it must compute the forward's scores (spill-free there too: compile-check rows
+    "bwd_dkdv ... -sinusoid").
     """
     setting = os.environ.get(ROTATION_ENV, "")
     if kind not in ROTATION_KERNELS or setting == "off":
         return False
     if setting == "all":
         return True
+    if kind == "bwd_dkdv":
+        return rotation_band("fwd", head_dim, elem_bytes, features, arch_major)
     features = features or {}
     if elem_bytes == 4 or arch_major < 9 or head_dim > 64 or features.get("VARLEN", False):
         return False
@@ -201,6 +207,14 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     # The forward with narrow far loops spills 24 B under triton 3.6 (sm_90 unpipelined), 0 under 3.9.
     narrow_ok = kind == "fwd" and TRITON_VERSION >= PIPELINING_SM90_MIN_TRITON
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
+
+
+def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:
+    """BLOCK_M of the forward a call runs (its one candidate tile among ``fwd_tiles``, default this process's
+    tiles("fwd")): the query blocks whose starts the rotation path measures angles from, which dK/dV's query tiles
+    follow (its ROT_BLOCK_M)."""
+    fwd_tiles = tiles("fwd") if fwd_tiles is None else fwd_tiles
+    return candidates("fwd", fwd_tiles, head_dim, elem_bytes, features, arch_major)[0][0]
 
 
 def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):

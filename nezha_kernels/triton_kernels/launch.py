@@ -255,9 +255,19 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     )
     stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
+        # The forward's scores: the rotation where the forward took it, from its query blocks' starts.
+        sinusoid = call.rotation("bwd_dkdv")
         _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](
             **call.kwargs(
-                DK=dk, DV=dv, STATS=row_stats, STAT_ROWS=stat_rows, FAR_LOOPS=call.far_loops("bwd_dkdv"), **stats
+                DK=dk,
+                DV=dv,
+                STATS=row_stats,
+                STAT_ROWS=stat_rows,
+                ROT=_rotation_table(call, sinusoid),
+                SINUSOID=sinusoid,
+                ROT_BLOCK_M=call.rotation_block_m() if sinusoid else 0,
+                FAR_LOOPS=call.far_loops("bwd_dkdv"),
+                **stats,
             )
         )
     sinusoid = call.rotation("bwd_dq")

@@ -14,6 +14,13 @@ The launcher passes one table (``rotation_table``): float32 [PAD_ROWS + MAX_BLOC
 PAD_ROWS + m = [sin(m w_t), cos(m w_t)]_t for m = -PAD_ROWS .. , computed in float64 (padded head dims 0). A band
 tile's S_tile is a contiguous [BLOCK_N, BLOCK_D] block of it at a row offset, like a K tile; rows 0 .. BLOCK_M - 1
 from m = 0 are the cos / sin of q's rotation. Tiles with no in-band pair read clamped rows (never used: masked).
+
+The dK/dV kernel rebuilds P from the forward's row statistics, so it computes the forward's scores: its query tiles
+(16 or 32 rows) are slices of the forward's BLOCK_M-row blocks, and it measures angles and S rows from the start of
+the forward block holding each tile (load_rotation_planes at row m0 = tile start - block start, load_positional with
+that block's pos0). Its q_rot is the forward's, bit for bit (the same fp32 products and sums, rounded to q's dtype),
+computed elementwise from a pair-swapped reload of q (rotate_rows_at) instead of rotate's split / join, which spilled
+next to dK/dV's accumulators.
 """
 
 from __future__ import annotations
@@ -75,9 +82,47 @@ def rotate(x, cs, SIGN: tl.constexpr):
 @triton.jit
 def load_angles(ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """[BLOCK_M, BLOCK_D] fp32: rows m = 0 .. BLOCK_M - 1 (the angles (i - pos0) w_t of a query block's rows)."""
-    rows = tl.arange(0, BLOCK_M) + _PAD
+    return load_angles_from(ROT, 0, BLOCK_M, BLOCK_D)
+
+
+@triton.jit
+def load_angles_from(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_M, BLOCK_D] fp32: rows m = m0 .. m0 + BLOCK_M - 1 (0 <= m0, m0 + BLOCK_M <= MAX_BLOCK_M): the angles of
+    query rows m0 .. of a block, for a kernel whose query tiles are slices of another kernel's blocks (dK/dV)."""
+    rows = tl.arange(0, BLOCK_M) + (m0 + _PAD)
     offs = rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     return tl.load(ROT + offs)
+
+
+@triton.jit
+def load_rotation_planes(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(cos, sin_signed) [BLOCK_M, BLOCK_D] fp32 of rows m0 .. m0 + BLOCK_M - 1 spread over both columns of each
+    pair: cos[:, d] = cos(a_t), sin_signed[:, d] = +sin(a_t) for even d, -sin(a_t) for odd d (t = d // 2).
+
+    With them rotate(x, cs, 1) is x * cos + x_swapped * sin_signed, x_swapped[:, d] = x[:, d ^ 1] loaded as such:
+    elementwise in x's own layout, no pair split (the same products and sums, see rotate_swapped).
+    """
+    rows = tl.arange(0, BLOCK_M) + (m0 + _PAD)
+    d = tl.arange(0, BLOCK_D)
+    row_offs = rows[:, None] * BLOCK_D
+    cos = tl.load(ROT + row_offs + (d | 1)[None, :])
+    sin = tl.load(ROT + row_offs + (d & ~1)[None, :])
+    return cos, tl.where((d % 2 == 0)[None, :], sin, -sin)
+
+
+@triton.jit
+def rotate_swapped(x, x_swapped, cos, sin_signed):
+    """rotate(x, cs, 1) in x's dtype from x_swapped[:, d] = x[:, d ^ 1] and load_rotation_planes' (cos, sin_signed):
+    y[2t] = x[2t] cos + x[2t+1] sin, y[2t+1] = x[2t+1] cos + x[2t] (-sin), the products rotate forms."""
+    return (x.to(tl.float32) * cos + x_swapped.to(tl.float32) * sin_signed).to(x.dtype)
+
+
+@triton.jit
+def rotate_rows_at(x, x_swapped_ptrs, mask, ROT, m0):
+    """x [M, BLOCK_D] rotated by the angles of rows m0 .. m0 + M - 1 (rotate_swapped), in x's dtype: the pair-swapped
+    copy is loaded from x_swapped_ptrs (x's pointers at columns d ^ 1) under x's mask."""
+    cos, sin_signed = load_rotation_planes(ROT, m0, x.shape[0], x.shape[1])
+    return rotate_swapped(x, tl.load(x_swapped_ptrs, mask=mask, other=0.0), cos, sin_signed)
 
 
 @triton.jit
