@@ -169,16 +169,26 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
         stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
         stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
         __syncthreads();
-        project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+        FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
+        if (band) {  // profile: band
+            project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+        } else {  // profile: far
+            project_far_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
+        }
 
         // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries, then W^T into s[], dS^T into dp[].
         float s[NTQ][4], dp[NTQ][4];
         warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
         __syncthreads();  // projections visible to every warp
-        warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        if (band) {  // profile: band
+            warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        } else {  // profile: far
+            warp_far_pair_grads<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
+        }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);

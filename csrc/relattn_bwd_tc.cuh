@@ -57,6 +57,53 @@ __device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, cons
     }
 }
 
+// A far tile (every pair of the query tile x key block on one side, |j - i| >= R) uses one table row T[e], e = 0
+// or 2R, for all its pairs: the relative terms are per query row, q_i . T[e] in the score and dO_i . T[e] in dP.
+// PLAIN folds them into the row's statistics (bias = (scale q_i . T[e] - m_i - log l_i) log2 e, so that
+// p = 2^(s scale log2 e + bias); dside = f dO_i . T[e] - delta_i, so that dS = p (dP f + dside)); GENERAL keeps them
+// apart (bias = q_i . T[e], dside = dO_i . T[e]) for pair_grad's masks and dropout.
+struct FarRow {
+    float bias;
+    float dside;
+};
+
+// far_s[il] for the tile's QN query rows (Qs, dOs) against the staged table row T[e] (Ts row 0; rows 1-7 staged and
+// finite, their columns unused): one 16 x 8 mma per k-step and operand for warps 0 .. QN / 16 - 1, the lanes of
+// column 0 write the rows. stats_s must be staged (a barrier before).
+template <Features F, typename T, typename C>
+__device__ __forceinline__ void project_far_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
+                                                 const RowStats* stats_s, const AttnArgs& a, float kept_scale,
+                                                 int warp, int lane) {
+    constexpr int LD = C::LD;
+    if (warp >= C::QN / 16) return;
+    float cq[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int a_off = warp * 16 * LD + ldsm_a_offset(lane, LD);
+#pragma unroll
+    for (int kk = 0; kk < C::D / 16; ++kk) {
+        uint32_t aq[4], ado[4], bf[2];
+        ldsm_x4(aq, Qs + a_off + kk * 16);
+        ldsm_x4(ado, dOs + a_off + kk * 16);
+        load_b_nmajor(bf, Ts + kk * 16, LD, lane);
+        MmaOp<T>::run(cq, aq, bf);
+        MmaOp<T>::run(cd, ado, bf);
+    }
+    if (lane % 4 != 0) return;  // column 0: elements 0 (row g) and 2 (row g + 8)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int il = warp * 16 + mma_c_elem(lane, 2 * r).row;
+        FarRow fr;
+        if constexpr (F == Features::PLAIN) {
+            const RowStats st = stats_s[il];
+            fr.bias = (a.scale * cq[2 * r] - st.max - st.log_sum) * LOG2E;
+            fr.dside = fmaf(kept_scale, cd[2 * r], -st.delta);
+        } else {
+            fr.bias = cq[2 * r];
+            fr.dside = cd[2 * r];
+        }
+        far_s[il] = fr;
+    }
+}
+
 // This lane's two keys (accumulator rows g and g + 8 of its warp's 16) and whether they are below Lk.
 struct LaneKeys {
     int j[2];
@@ -117,6 +164,39 @@ __device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float 
         }
         w[nt][e] = weight;
         ds[nt][e] = grad;
+    });
+}
+
+// warp_pair_grads for a far tile: the relative terms from far_s (project_far_rows, visible after a barrier) per query
+// row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk (rows
+// past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk is
+// left as computed (it only reaches their own, unstored rows of dV).
+template <Features F, typename C>
+__device__ __forceinline__ void warp_far_pair_grads(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                    const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                    const FarRow* far_s, const RowStats* stats_s, int q0,
+                                                    float kept_scale, int lane) {
+    const float scale_log2 = a.scale * LOG2E;
+    for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {
+        const int r = e >> 1;
+        const FarRow fr = far_s[il];
+        if constexpr (F == Features::PLAIN) {
+            const float p = fast_exp2(fmaf(w[nt][e], scale_log2, fr.bias));
+            const float g = p * fmaf(ds[nt][e], kept_scale, fr.dside);
+            w[nt][e] = p * kept_scale;
+            ds[nt][e] = keys.valid[r] ? g : 0.0f;
+        } else {
+            const int i = q0 + il;
+            float weight = 0.0f, grad = 0.0f;
+            if (keys.valid[r] && i < a.Lq) {
+                const PairGrad pg = pair_grad(a, head, i, keys.j[r], a.q_offset + i, w[nt][e] + fr.bias,
+                                              ds[nt][e] + fr.dside, stats_s[il], kept_scale);
+                weight = pg.w;
+                grad = pg.ds;
+            }
+            w[nt][e] = weight;
+            ds[nt][e] = grad;
+        }
     });
 }
 
