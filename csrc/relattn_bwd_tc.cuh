@@ -29,7 +29,7 @@ __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadInd
 
 // qtb[i][c] = q_i . T[lo + c] and dotb[i][c] = dO_i . T[lo + c] (fp32, stride TB_LD) for the tile's QN query rows
 // (Qs, dOs) and its staged table rows (Ts, tcols of them, a multiple of 8): (QN / 16) x (tcols / 8) output tiles of
-// 16 x 8, round-robin over the warps.
+// 16 x 8, round-robin over the warps (A fragments by ldmatrix).
 template <typename T, typename C>
 __device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
                                                    int tcols, int warp, int lane) {
@@ -41,8 +41,8 @@ __device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, cons
 #pragma unroll
         for (int kk = 0; kk < C::D / 16; ++kk) {
             uint32_t aq[4], ado[4], bf[2];
-            load_a(aq, Qs + mt * 16 * LD + kk * 16, LD, lane);
-            load_a(ado, dOs + mt * 16 * LD + kk * 16, LD, lane);
+            ldsm_x4(aq, Qs + mt * 16 * LD + ldsm_a_offset(lane, LD) + kk * 16);
+            ldsm_x4(ado, dOs + mt * 16 * LD + ldsm_a_offset(lane, LD) + kk * 16);
             load_b_nmajor(bf, Ts + nt * 8 * LD + kk * 16, LD, lane);
             MmaOp<T>::run(cq, aq, bf);
             MmaOp<T>::run(cd, ado, bf);
@@ -121,18 +121,32 @@ __device__ __forceinline__ LaneKeys lane_keys(const AttnArgs& a, int key0, int l
 }
 
 // One warp's 16 keys (Ks, Vs rows from the warp's first) x the QN queries of the tile: S^T = K.Q^T into w[] and
-// dP^T = V.dO^T into ds[], by mma.
+// dP^T = V.dO^T into ds[], by mma; fragments by ldmatrix (A: the warp's K / V rows; B: two query n-tiles per .x4
+// from the n-major Q / dO rows).
 template <typename T, typename C>
 __device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4], const T* Ks_warp,
                                             const T* Vs_warp, const T* Qs, const T* dOs, int lane) {
+    constexpr int LD = C::LD;
     zero_acc(w);
     zero_acc(ds);
+    const int a_off = ldsm_a_offset(lane, LD), b_off = ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < C::D / 16; ++kk) {
         uint32_t ak[4], av[4];
-        load_a(ak, Ks_warp + kk * 16, C::LD, lane);
-        load_a(av, Vs_warp + kk * 16, C::LD, lane);
-        mma_b_pair<BLayout::N_MAJOR>(w, ak, Qs + kk * 16, ds, av, dOs + kk * 16, C::LD, lane);
+        ldsm_x4(ak, Ks_warp + a_off + kk * 16);
+        ldsm_x4(av, Vs_warp + a_off + kk * 16);
+#pragma unroll
+        for (int np = 0; np < C::QN / 16; ++np) {
+            uint32_t bq[4], bd[4];
+            ldsm_x4(bq, Qs + b_off + np * 16 * LD + kk * 16);
+            ldsm_x4(bd, dOs + b_off + np * 16 * LD + kk * 16);
+            const uint32_t q0[2] = {bq[0], bq[1]}, q1[2] = {bq[2], bq[3]};
+            const uint32_t d0[2] = {bd[0], bd[1]}, d1[2] = {bd[2], bd[3]};
+            MmaOp<T>::run(w[2 * np], ak, q0);
+            MmaOp<T>::run(ds[2 * np], av, d0);
+            MmaOp<T>::run(w[2 * np + 1], ak, q1);
+            MmaOp<T>::run(ds[2 * np + 1], av, d1);
+        }
     }
 }
 
@@ -200,18 +214,31 @@ __device__ __forceinline__ void warp_far_pair_grads(float (&w)[C::QN / 8][4], fl
     });
 }
 
-// acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]).
+// acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]),
+// B fragments by ldmatrix .trans, two d n-tiles per .x4.
 template <typename T, typename C>
 __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4], float (&acc_v)[C::D / 8][4],
                                                      const float (&w)[C::QN / 8][4], const float (&ds)[C::QN / 8][4],
                                                      const T* Qs, const T* dOs, int lane) {
+    constexpr int LD = C::LD;
+    const int b_off = ldsm_b_kmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < C::QN / 16; ++kk) {
         uint32_t aw[4], ads[4];
         acc_to_a<T, C::QN / 8>(aw, w, kk);
         acc_to_a<T, C::QN / 8>(ads, ds, kk);
-        mma_b_pair<BLayout::K_MAJOR>(acc_v, aw, dOs + kk * 16 * C::LD, acc_k, ads, Qs + kk * 16 * C::LD, C::LD,
-                                     lane);
+#pragma unroll
+        for (int dp = 0; dp < C::D / 16; ++dp) {
+            uint32_t bd[4], bq[4];
+            ldsm_x4_trans(bd, dOs + b_off + kk * 16 * LD + dp * 16);
+            ldsm_x4_trans(bq, Qs + b_off + kk * 16 * LD + dp * 16);
+            const uint32_t d0[2] = {bd[0], bd[1]}, d1[2] = {bd[2], bd[3]};
+            const uint32_t q0[2] = {bq[0], bq[1]}, q1[2] = {bq[2], bq[3]};
+            MmaOp<T>::run(acc_v[2 * dp], aw, d0);
+            MmaOp<T>::run(acc_k[2 * dp], ads, q0);
+            MmaOp<T>::run(acc_v[2 * dp + 1], aw, d1);
+            MmaOp<T>::run(acc_k[2 * dp + 1], ads, q1);
+        }
     }
 }
 
