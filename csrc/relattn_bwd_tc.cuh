@@ -120,6 +120,40 @@ __device__ __forceinline__ LaneKeys lane_keys(const AttnArgs& a, int key0, int l
     return k;
 }
 
+// What a key block of either backward kernel sets up before its query loop: the head and its inputs, the block's
+// first key, this lane's keys, dO's rows, the kept weights' factor; K and V of the block staged into Ks, Vs.
+template <typename T>
+struct KeyBlock {
+    HeadIndex head;
+    int k0;
+    LaneKeys keys;
+    HeadInputs<T> in;
+    const T* dog;   // dO row 0 of the head
+    int64_t do_sl;  // dO row stride
+    float kept_scale;
+};
+
+// Fills kb for block blockIdx.x (a padding-free call narrows `a` to the block's sequence first) and stages its K and V
+// rows; false (nothing staged) for a padding-free block past its sequence's keys. The caller's loop needs a barrier
+// before it reads Ks, Vs (its first tile's stage_query_tile_stats).
+template <typename T, typename C, bool PACKED>
+__device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, const T* dout, T* Ks, T* Vs, int warp,
+                                                int lane) {
+    constexpr int D = C::D;
+    kb.head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, kb.head);  // dense: `a` stays the kernel parameter
+    kb.k0 = blockIdx.x * C::BM;
+    if (PACKED && kb.k0 >= a.Lk) return false;  // past its sequence
+    kb.keys = lane_keys(a, kb.k0 + warp * 16, lane);
+    kb.in = head_inputs<T>(a, kb.head);
+    kb.dog = dout + query_row(a, kb.head, 0) * D;
+    kb.do_sl = static_cast<int64_t>(row_step(a, kb.head)) * D;
+    kb.kept_scale = kept_weight_scale(a, kb.head.bh);
+    stage_rows<T, D, C::LD, C::NT>(Ks, kb.in.k, a.k_sl, kb.k0, C::BM, a.Lk);
+    stage_rows<T, D, C::LD, C::NT>(Vs, kb.in.v, a.v_sl, kb.k0, C::BM, a.Lk);
+    return true;
+}
+
 // One warp's 16 keys (Ks, Vs rows from the warp's first) x the QN queries of the tile: S^T = K.Q^T into w[] and
 // dP^T = V.dO^T into ds[], by mma; fragments by ldmatrix (A: the warp's K / V rows; B: two query n-tiles per .x4
 // from the n-major Q / dO rows).
