@@ -68,39 +68,36 @@ struct FarRow {
 };
 
 // far_s[il] for the tile's QN query rows (Qs, dOs) against the staged table row T[e] (Ts row 0; rows 1-7 staged and
-// finite, their columns unused): one 16 x 8 mma per k-step and operand for warps 0 .. QN / 16 - 1, the lanes of
-// column 0 write the rows. stats_s must be staged (a barrier before).
+// finite, their columns unused): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
+// QN / 16 on), one 16 x 8 mma per k-step, and the lanes of column 0 write its rows. The two halves of the fold need
+// no exchange (bias from q . T[e] and the row's max and log-sum, dside from dO . T[e] and delta). stats_s must be
+// staged (a barrier before).
 template <Features F, typename T, typename C>
 __device__ __forceinline__ void project_far_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
                                                  const RowStats* stats_s, const AttnArgs& a, float kept_scale,
                                                  int warp, int lane) {
-    constexpr int LD = C::LD;
-    if (warp >= C::QN / 16) return;
-    float cq[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const int a_off = warp * 16 * LD + ldsm_a_offset(lane, LD);
+    constexpr int LD = C::LD, MT = C::QN / 16;
+    static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
+    const bool is_do = warp >= MT;
+    const int mt = warp % MT;
+    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ldsm_a_offset(lane, LD);
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int kk = 0; kk < C::D / 16; ++kk) {
-        uint32_t aq[4], ado[4], bf[2];
-        ldsm_x4(aq, Qs + a_off + kk * 16);
-        ldsm_x4(ado, dOs + a_off + kk * 16);
+        uint32_t af[4], bf[2];
+        ldsm_x4(af, A + kk * 16);
         load_b_nmajor(bf, Ts + kk * 16, LD, lane);
-        MmaOp<T>::run(cq, aq, bf);
-        MmaOp<T>::run(cd, ado, bf);
+        MmaOp<T>::run(c, af, bf);
     }
-    if (lane % 4 != 0) return;  // column 0: elements 0 (row g) and 2 (row g + 8)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int il = warp * 16 + mma_c_elem(lane, 2 * r).row;
-        FarRow fr;
+    for (int r = 0; r < 2; ++r) {  // column 0: elements 0 (row g) and 2 (row g + 8) of the lanes 4 g
+        const int il = mt * 16 + mma_c_elem(lane, 2 * r).row;
+        float v = c[2 * r];
         if constexpr (F == Features::PLAIN) {
             const RowStats st = stats_s[il];
-            fr.bias = (a.scale * cq[2 * r] - st.max - st.log_sum) * LOG2E;
-            fr.dside = fmaf(kept_scale, cd[2 * r], -st.delta);
-        } else {
-            fr.bias = cq[2 * r];
-            fr.dside = cd[2 * r];
+            v = is_do ? fmaf(kept_scale, v, -st.delta) : (a.scale * v - st.max - st.log_sum) * LOG2E;
         }
-        far_s[il] = fr;
+        if (lane % 4 == 0) (is_do ? far_s[il].dside : far_s[il].bias) = v;
     }
 }
 
