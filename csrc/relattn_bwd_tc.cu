@@ -169,9 +169,9 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         __syncthreads();
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
         if (band) {  // profile: band
-            project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
         } else {  // profile: far
-            project_far_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
         }
 
         // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries, then W^T into s[], dS^T into dp[].
@@ -179,9 +179,9 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
         __syncthreads();  // projections visible to every warp
         if (band) {  // profile: band
-            warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+            warp_pair_grads_band_tile<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
         } else {  // profile: far
-            warp_far_pair_grads<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
+            warp_pair_grads_far_tile<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
         }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }

@@ -31,8 +31,8 @@ __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadInd
 // (Qs, dOs) and its staged table rows (Ts, tcols of them, a multiple of 8): (QN / 16) x (tcols / 8) output tiles of
 // 16 x 8, round-robin over the warps (A fragments by ldmatrix).
 template <typename T, typename C>
-__device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
-                                                   int tcols, int warp, int lane) {
+__device__ __forceinline__ void project_band_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
+                                                  int tcols, int warp, int lane) {
     constexpr int QN = C::QN, LD = C::LD, TB_LD = C::TB_LD;
     const int jobs = (QN / 16) * (tcols / 8);
     for (int job = warp; job < jobs; job += C::WARPS) {
@@ -73,9 +73,9 @@ struct FarRow {
 // no exchange (bias from q . T[e] and the row's max and log-sum, dside from dO . T[e] and delta). stats_s must be
 // staged (a barrier before).
 template <Features F, typename T, typename C>
-__device__ __forceinline__ void project_far_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
-                                                 const RowStats* stats_s, const AttnArgs& a, float kept_scale,
-                                                 int warp, int lane) {
+__device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
+                                                      const RowStats* stats_s, const AttnArgs& a, float kept_scale,
+                                                      int warp, int lane) {
     constexpr int LD = C::LD, MT = C::QN / 16;
     static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
     const bool is_do = warp >= MT;
@@ -181,13 +181,15 @@ __device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds
     }
 }
 
-// warp_scores' S^T, dP^T in place into W^T (dV's weights p f) and dS^T, zero for pairs past Lq / Lk, tile q0 (its
-// table rows tr). The projections qtb / dotb of the tile must be visible (a barrier after project_query_tile).
+// warp_scores' S^T, dP^T in place into W^T (dV's weights p f) and dS^T, zero for pairs past Lq / Lk, band tile q0
+// (its table rows tr). The projections qtb / dotb of the tile must be visible (a barrier after project_band_tile).
+// (Function names with far_tile / band_tile give their lines the static profile's roles: compile_check/roles.py.)
 template <Features F, typename C>
-__device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
-                                                const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
-                                                const float* qtb, const float* dotb, const RowStats* stats_s,
-                                                TableRows tr, int q0, float kept_scale, int lane) {
+__device__ __forceinline__ void warp_pair_grads_band_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                          const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                          const float* qtb, const float* dotb,
+                                                          const RowStats* stats_s, TableRows tr, int q0,
+                                                          float kept_scale, int lane) {
     for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
         const int r = e >> 1, i = q0 + il;
         float weight = 0.0f, grad = 0.0f;
@@ -212,15 +214,15 @@ __device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float 
     });
 }
 
-// warp_pair_grads for a far tile: the relative terms from far_s (project_far_rows, visible after a barrier) per query
-// row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk (rows
-// past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk is
-// left as computed (it only reaches their own, unstored rows of dV).
+// The pair gradients of a far tile: the relative terms from far_s (project_far_tile_rows, visible after a barrier) per
+// query row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk
+// (rows past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk
+// is left as computed (it only reaches their own, unstored rows of dV).
 template <Features F, typename C>
-__device__ __forceinline__ void warp_far_pair_grads(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
-                                                    const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
-                                                    const FarRow* far_s, const RowStats* stats_s, int q0,
-                                                    float kept_scale, int lane) {
+__device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                         const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                         const FarRow* far_s, const RowStats* stats_s, int q0,
+                                                         float kept_scale, int lane) {
     const float scale_log2 = a.scale * LOG2E;
     for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {
         const int r = e >> 1;
