@@ -1,8 +1,10 @@
 // The key-block side of the tensor-core backward, shared by the two-kernel backward's dK dV kernel
 // (relattn_bwd_tc.cu) and the fused backward (relattn_bwd_fused.cu): a block owns BM = 64 keys (16 per warp) and
-// streams query tiles of QN = 32 rows. Per tile: the block-wide table projections Q.T^T and dO.T^T over the tile's
-// table rows (key side and value side of the relative term), then per warp S^T = K.Q^T and dP^T = V.dO^T by mma and
-// the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV accumulated in registers.
+// streams query tiles of QN = 32 rows. Per band tile: the block-wide table projections Q.T^T and dO.T^T over the
+// tile's table rows (key side and value side of the relative term); per far tile (every pair on one side, one table
+// row) only per-row terms, folded into the row's statistics. Then per warp S^T = K.Q^T and dP^T = V.dO^T by mma
+// (fragments by ldmatrix) and the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV
+// accumulated in registers.
 #pragma once
 
 #include "relattn_async.cuh"
