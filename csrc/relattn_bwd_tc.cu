@@ -145,19 +145,13 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const HeadIndex head = block_head<PACKED>(a);
-    if constexpr (PACKED) a = sequence_args<T>(a, head);  // dense: `a` stays the kernel parameter
-    const int k0 = blockIdx.x * BM;
-    if (PACKED && k0 >= a.Lk) return;  // past its sequence
-    const int E = 2 * a.R;
-    const LaneKeys keys = lane_keys(a, k0 + warp * 16, lane);
-    const HeadInputs<T> in = head_inputs<T>(a, head);
-    const T* dog = dout + query_row(a, head, 0) * D;
-    const int64_t do_sl = static_cast<int64_t>(row_step(a, head)) * D;
-    const float kept_scale = kept_weight_scale(a, head.bh);
-
-    stage_rows<T, D, LD, NT>(Ks, in.k, a.k_sl, k0, BM, a.Lk);
-    stage_rows<T, D, LD, NT>(Vs, in.v, a.v_sl, k0, BM, a.Lk);
+    KeyBlock<T> kb;
+    if (!setup_key_block<T, C, PACKED>(kb, a, dout, Ks, Vs, warp, lane)) return;
+    const HeadIndex head = kb.head;
+    const int k0 = kb.k0, E = 2 * a.R;
+    const LaneKeys& keys = kb.keys;
+    const HeadInputs<T>& in = kb.in;
+    const float kept_scale = kb.kept_scale;
     float acc_k[NTD][4], acc_v[NTD][4];
     zero_acc(acc_k);
     zero_acc(acc_v);
@@ -167,18 +161,28 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) continue;
         const int pos_first = a.q_offset + q0;
         stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
-        stage_rows<T, D, LD, NT>(dOs, dog, do_sl, q0, QN, a.Lq);
+        stage_rows<T, D, LD, NT>(dOs, kb.dog, kb.do_sl, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
+        const bool band = tile_in_band(tr, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
         stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
         __syncthreads();
-        project_query_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+        FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
+        if (band) {  // profile: band
+            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+        } else {  // profile: far
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
+        }
 
         // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries, then W^T into s[], dS^T into dp[].
         float s[NTQ][4], dp[NTQ][4];
         warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
         __syncthreads();  // projections visible to every warp
-        warp_pair_grads<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        if (band) {  // profile: band
+            warp_pair_grads_band_tile<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
+        } else {  // profile: far
+            warp_pair_grads_far_tile<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
+        }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);

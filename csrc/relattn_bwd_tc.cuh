@@ -1,8 +1,10 @@
 // The key-block side of the tensor-core backward, shared by the two-kernel backward's dK dV kernel
 // (relattn_bwd_tc.cu) and the fused backward (relattn_bwd_fused.cu): a block owns BM = 64 keys (16 per warp) and
-// streams query tiles of QN = 32 rows. Per tile: the block-wide table projections Q.T^T and dO.T^T over the tile's
-// table rows (key side and value side of the relative term), then per warp S^T = K.Q^T and dP^T = V.dO^T by mma and
-// the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV accumulated in registers.
+// streams query tiles of QN = 32 rows. Per band tile: the block-wide table projections Q.T^T and dO.T^T over the
+// tile's table rows (key side and value side of the relative term); per far tile (every pair on one side, one table
+// row) only per-row terms, folded into the row's statistics. Then per warp S^T = K.Q^T and dP^T = V.dO^T by mma
+// (fragments by ldmatrix) and the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV
+// accumulated in registers.
 #pragma once
 
 #include "relattn_async.cuh"
@@ -29,10 +31,10 @@ __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadInd
 
 // qtb[i][c] = q_i . T[lo + c] and dotb[i][c] = dO_i . T[lo + c] (fp32, stride TB_LD) for the tile's QN query rows
 // (Qs, dOs) and its staged table rows (Ts, tcols of them, a multiple of 8): (QN / 16) x (tcols / 8) output tiles of
-// 16 x 8, round-robin over the warps.
+// 16 x 8, round-robin over the warps (A fragments by ldmatrix).
 template <typename T, typename C>
-__device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
-                                                   int tcols, int warp, int lane) {
+__device__ __forceinline__ void project_band_tile(float* qtb, float* dotb, const T* Qs, const T* dOs, const T* Ts,
+                                                  int tcols, int warp, int lane) {
     constexpr int QN = C::QN, LD = C::LD, TB_LD = C::TB_LD;
     const int jobs = (QN / 16) * (tcols / 8);
     for (int job = warp; job < jobs; job += C::WARPS) {
@@ -41,8 +43,8 @@ __device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, cons
 #pragma unroll
         for (int kk = 0; kk < C::D / 16; ++kk) {
             uint32_t aq[4], ado[4], bf[2];
-            load_a(aq, Qs + mt * 16 * LD + kk * 16, LD, lane);
-            load_a(ado, dOs + mt * 16 * LD + kk * 16, LD, lane);
+            ldsm_x4(aq, Qs + mt * 16 * LD + ldsm_a_offset(lane, LD) + kk * 16);
+            ldsm_x4(ado, dOs + mt * 16 * LD + ldsm_a_offset(lane, LD) + kk * 16);
             load_b_nmajor(bf, Ts + nt * 8 * LD + kk * 16, LD, lane);
             MmaOp<T>::run(cq, aq, bf);
             MmaOp<T>::run(cd, ado, bf);
@@ -54,6 +56,50 @@ __device__ __forceinline__ void project_query_tile(float* qtb, float* dotb, cons
             qtb[o] = cq[e];
             dotb[o] = cd[e];
         }
+    }
+}
+
+// A far tile (every pair of the query tile x key block on one side, |j - i| >= R) uses one table row T[e], e = 0
+// or 2R, for all its pairs: the relative terms are per query row, q_i . T[e] in the score and dO_i . T[e] in dP.
+// PLAIN folds them into the row's statistics (bias = (scale q_i . T[e] - m_i - log l_i) log2 e, so that
+// p = 2^(s scale log2 e + bias); dside = f dO_i . T[e] - delta_i, so that dS = p (dP f + dside)); GENERAL keeps them
+// apart (bias = q_i . T[e], dside = dO_i . T[e]) for pair_grad's masks and dropout.
+struct FarRow {
+    float bias;
+    float dside;
+};
+
+// far_s[il] for the tile's QN query rows (Qs, dOs) against the staged table row T[e] (Ts row 0; rows 1-7 staged and
+// finite, their columns unused): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
+// QN / 16 on), one 16 x 8 mma per k-step, and the lanes of column 0 write its rows. The two halves of the fold need
+// no exchange (bias from q . T[e] and the row's max and log-sum, dside from dO . T[e] and delta). stats_s must be
+// staged (a barrier before).
+template <Features F, typename T, typename C>
+__device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
+                                                      const RowStats* stats_s, const AttnArgs& a, float kept_scale,
+                                                      int warp, int lane) {
+    constexpr int LD = C::LD, MT = C::QN / 16;
+    static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
+    const bool is_do = warp >= MT;
+    const int mt = warp % MT;
+    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ldsm_a_offset(lane, LD);
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kk = 0; kk < C::D / 16; ++kk) {
+        uint32_t af[4], bf[2];
+        ldsm_x4(af, A + kk * 16);
+        load_b_nmajor(bf, Ts + kk * 16, LD, lane);
+        MmaOp<T>::run(c, af, bf);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // column 0: elements 0 (row g) and 2 (row g + 8) of the lanes 4 g
+        const int il = mt * 16 + mma_c_elem(lane, 2 * r).row;
+        float v = c[2 * r];
+        if constexpr (F == Features::PLAIN) {
+            const RowStats st = stats_s[il];
+            v = is_do ? fmaf(kept_scale, v, -st.delta) : (a.scale * v - st.max - st.log_sum) * LOG2E;
+        }
+        if (lane % 4 == 0) (is_do ? far_s[il].dside : far_s[il].bias) = v;
     }
 }
 
@@ -73,29 +119,79 @@ __device__ __forceinline__ LaneKeys lane_keys(const AttnArgs& a, int key0, int l
     return k;
 }
 
+// What a key block of either backward kernel sets up before its query loop: the head and its inputs, the block's
+// first key, this lane's keys, dO's rows, the kept weights' factor; K and V of the block staged into Ks, Vs.
+template <typename T>
+struct KeyBlock {
+    HeadIndex head;
+    int k0;
+    LaneKeys keys;
+    HeadInputs<T> in;
+    const T* dog;   // dO row 0 of the head
+    int64_t do_sl;  // dO row stride
+    float kept_scale;
+};
+
+// Fills kb for block blockIdx.x (a padding-free call narrows `a` to the block's sequence first) and stages its K and V
+// rows; false (nothing staged) for a padding-free block past its sequence's keys. The caller's loop needs a barrier
+// before it reads Ks, Vs (its first tile's stage_query_tile_stats).
+template <typename T, typename C, bool PACKED>
+__device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, const T* dout, T* Ks, T* Vs, int warp,
+                                                int lane) {
+    constexpr int D = C::D;
+    kb.head = block_head<PACKED>(a);
+    if constexpr (PACKED) a = sequence_args<T>(a, kb.head);  // dense: `a` stays the kernel parameter
+    kb.k0 = blockIdx.x * C::BM;
+    if (PACKED && kb.k0 >= a.Lk) return false;  // past its sequence
+    kb.keys = lane_keys(a, kb.k0 + warp * 16, lane);
+    kb.in = head_inputs<T>(a, kb.head);
+    kb.dog = dout + query_row(a, kb.head, 0) * D;
+    kb.do_sl = static_cast<int64_t>(row_step(a, kb.head)) * D;
+    kb.kept_scale = kept_weight_scale(a, kb.head.bh);
+    stage_rows<T, D, C::LD, C::NT>(Ks, kb.in.k, a.k_sl, kb.k0, C::BM, a.Lk);
+    stage_rows<T, D, C::LD, C::NT>(Vs, kb.in.v, a.v_sl, kb.k0, C::BM, a.Lk);
+    return true;
+}
+
 // One warp's 16 keys (Ks, Vs rows from the warp's first) x the QN queries of the tile: S^T = K.Q^T into w[] and
-// dP^T = V.dO^T into ds[], by mma.
+// dP^T = V.dO^T into ds[], by mma; fragments by ldmatrix (A: the warp's K / V rows; B: two query n-tiles per .x4
+// from the n-major Q / dO rows).
 template <typename T, typename C>
 __device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4], const T* Ks_warp,
                                             const T* Vs_warp, const T* Qs, const T* dOs, int lane) {
+    constexpr int LD = C::LD;
     zero_acc(w);
     zero_acc(ds);
+    const int a_off = ldsm_a_offset(lane, LD), b_off = ldsm_b_nmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < C::D / 16; ++kk) {
         uint32_t ak[4], av[4];
-        load_a(ak, Ks_warp + kk * 16, C::LD, lane);
-        load_a(av, Vs_warp + kk * 16, C::LD, lane);
-        mma_b_pair<BLayout::N_MAJOR>(w, ak, Qs + kk * 16, ds, av, dOs + kk * 16, C::LD, lane);
+        ldsm_x4(ak, Ks_warp + a_off + kk * 16);
+        ldsm_x4(av, Vs_warp + a_off + kk * 16);
+#pragma unroll
+        for (int np = 0; np < C::QN / 16; ++np) {
+            uint32_t bq[4], bd[4];
+            ldsm_x4(bq, Qs + b_off + np * 16 * LD + kk * 16);
+            ldsm_x4(bd, dOs + b_off + np * 16 * LD + kk * 16);
+            const uint32_t q0[2] = {bq[0], bq[1]}, q1[2] = {bq[2], bq[3]};
+            const uint32_t d0[2] = {bd[0], bd[1]}, d1[2] = {bd[2], bd[3]};
+            MmaOp<T>::run(w[2 * np], ak, q0);
+            MmaOp<T>::run(ds[2 * np], av, d0);
+            MmaOp<T>::run(w[2 * np + 1], ak, q1);
+            MmaOp<T>::run(ds[2 * np + 1], av, d1);
+        }
     }
 }
 
-// warp_scores' S^T, dP^T in place into W^T (dV's weights p f) and dS^T, zero for pairs past Lq / Lk, tile q0 (its
-// table rows tr). The projections qtb / dotb of the tile must be visible (a barrier after project_query_tile).
+// warp_scores' S^T, dP^T in place into W^T (dV's weights p f) and dS^T, zero for pairs past Lq / Lk, band tile q0
+// (its table rows tr). The projections qtb / dotb of the tile must be visible (a barrier after project_band_tile).
+// (Function names with far_tile / band_tile give their lines the static profile's roles: compile_check/roles.py.)
 template <Features F, typename C>
-__device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
-                                                const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
-                                                const float* qtb, const float* dotb, const RowStats* stats_s,
-                                                TableRows tr, int q0, float kept_scale, int lane) {
+__device__ __forceinline__ void warp_pair_grads_band_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                          const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                          const float* qtb, const float* dotb,
+                                                          const RowStats* stats_s, TableRows tr, int q0,
+                                                          float kept_scale, int lane) {
     for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {  // il: the query's column in the tile
         const int r = e >> 1, i = q0 + il;
         float weight = 0.0f, grad = 0.0f;
@@ -120,18 +216,64 @@ __device__ __forceinline__ void warp_pair_grads(float (&w)[C::QN / 8][4], float 
     });
 }
 
-// acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]).
+// The pair gradients of a far tile: the relative terms from far_s (project_far_tile_rows, visible after a barrier) per
+// query row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk
+// (rows past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk
+// is left as computed (it only reaches their own, unstored rows of dV).
+template <Features F, typename C>
+__device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
+                                                         const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
+                                                         const FarRow* far_s, const RowStats* stats_s, int q0,
+                                                         float kept_scale, int lane) {
+    const float scale_log2 = a.scale * LOG2E;
+    for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int il) {
+        const int r = e >> 1;
+        const FarRow fr = far_s[il];
+        if constexpr (F == Features::PLAIN) {
+            const float p = fast_exp2(fmaf(w[nt][e], scale_log2, fr.bias));
+            const float g = p * fmaf(ds[nt][e], kept_scale, fr.dside);
+            w[nt][e] = p * kept_scale;
+            ds[nt][e] = keys.valid[r] ? g : 0.0f;
+        } else {
+            const int i = q0 + il;
+            float weight = 0.0f, grad = 0.0f;
+            if (keys.valid[r] && i < a.Lq) {
+                const PairGrad pg = pair_grad(a, head, i, keys.j[r], a.q_offset + i, w[nt][e] + fr.bias,
+                                              ds[nt][e] + fr.dside, stats_s[il], kept_scale);
+                weight = pg.w;
+                grad = pg.ds;
+            }
+            w[nt][e] = weight;
+            ds[nt][e] = grad;
+        }
+    });
+}
+
+// acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]),
+// B fragments by ldmatrix .trans, two d n-tiles per .x4.
 template <typename T, typename C>
 __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4], float (&acc_v)[C::D / 8][4],
                                                      const float (&w)[C::QN / 8][4], const float (&ds)[C::QN / 8][4],
                                                      const T* Qs, const T* dOs, int lane) {
+    constexpr int LD = C::LD;
+    const int b_off = ldsm_b_kmajor_offset(lane, LD);
 #pragma unroll
     for (int kk = 0; kk < C::QN / 16; ++kk) {
         uint32_t aw[4], ads[4];
         acc_to_a<T, C::QN / 8>(aw, w, kk);
         acc_to_a<T, C::QN / 8>(ads, ds, kk);
-        mma_b_pair<BLayout::K_MAJOR>(acc_v, aw, dOs + kk * 16 * C::LD, acc_k, ads, Qs + kk * 16 * C::LD, C::LD,
-                                     lane);
+#pragma unroll
+        for (int dp = 0; dp < C::D / 16; ++dp) {
+            uint32_t bd[4], bq[4];
+            ldsm_x4_trans(bd, dOs + b_off + kk * 16 * LD + dp * 16);
+            ldsm_x4_trans(bq, Qs + b_off + kk * 16 * LD + dp * 16);
+            const uint32_t d0[2] = {bd[0], bd[1]}, d1[2] = {bd[2], bd[3]};
+            const uint32_t q0[2] = {bq[0], bq[1]}, q1[2] = {bq[2], bq[3]};
+            MmaOp<T>::run(acc_v[2 * dp], aw, d0);
+            MmaOp<T>::run(acc_k[2 * dp], ads, q0);
+            MmaOp<T>::run(acc_v[2 * dp + 1], aw, d1);
+            MmaOp<T>::run(acc_k[2 * dp + 1], ads, q1);
+        }
     }
 }
 
