@@ -26,23 +26,20 @@ from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES
 
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu) in a second subprocess: slower, few cases.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
-gpu_tiles_only = pytest.mark.skipif(
-    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_gpu_tiles_suite"
-)
+gpu_tiles_only = pytest.mark.skipif(not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_interpreter_suite")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_interpreter_suite():
-    # Every "default"-table case takes the rotation path, whatever configs.rotation_band would choose on a GPU.
-    run_interpreted(__file__, {ROTATION_ENV: "all"}, "not gpu_tiles")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
-def test_interpreter_gpu_tiles_suite():
-    # The main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...), one config each.
-    run_interpreted(__file__, {INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
+    # Every "default"-table case takes the rotation path, whatever configs.rotation_band would choose on a GPU. Beside
+    # it, the GPU-tiles subprocess: the main tiles a GPU runs (64-row forward, 32x32 dK/dV, head-dim-128 tiles...).
+    run_interpreted(
+        __file__,
+        {ROTATION_ENV: "all"},
+        "not gpu_tiles",
+        ({INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles"),
+    )
 
 
 if INTERPRETED:

@@ -62,7 +62,7 @@ from nezha_kernels.triton_kernels.configs import AUTOTUNE_ENV, INTERPRETER_TILES
 # The GPU's own tiles (INTERPRETER_TILES_ENV=gpu, one config each) in a second subprocess.
 GPU_TILES = os.environ.get(INTERPRETER_TILES_ENV) == "gpu"
 gpu_tiles_only = pytest.mark.skipif(
-    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_varlen_interpreter_gpu_tiles_suite"
+    not GPU_TILES, reason="runs in the GPU-tiles subprocess of test_varlen_interpreter_suite"
 )
 
 
@@ -70,13 +70,13 @@ gpu_tiles_only = pytest.mark.skipif(
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_varlen_interpreter_suite():
     # Sinusoid cases take the rotation path (configs.rotation_band keeps varlen on the table path on a GPU).
-    run_interpreted(__file__, {ROTATION_ENV: "all"}, "not interpreter_suite and not gpu_tiles")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
-def test_varlen_interpreter_gpu_tiles_suite():
-    run_interpreted(__file__, {INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles")
+    # Beside it, the GPU-tiles subprocess (the main tiles a GPU runs, one config each).
+    run_interpreted(
+        __file__,
+        {ROTATION_ENV: "all"},
+        "not interpreter_suite and not gpu_tiles",
+        ({INTERPRETER_TILES_ENV: "gpu", AUTOTUNE_ENV: "0"}, "gpu_tiles"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,19 +39,50 @@ TOL = {
 }
 
 
-def run_interpreted(test_file: str, extra_env: dict, select: str) -> None:
+def run_interpreted(test_file: str, extra_env: dict, select: str, *more: tuple[dict, str]) -> None:
     """Run the tests of ``test_file`` matching ``-k select`` in a subprocess with TRITON_INTERPRET=1.
 
     TRITON_INTERPRET is read when the kernels are decorated: the interpreted tests need a process that set it
-    before importing them, while the AOT compile tests need it unset.
+    before importing them, while the AOT compile tests need it unset. ``more``: further (extra_env, select) runs of
+    the same file, started at once and run side by side (one torch thread each): the interpreter is single-threaded
+    Python, so two suites on two cores take the time of the longer one (CI time).
     """
-    env = {**os.environ, "TRITON_INTERPRET": "1", **extra_env}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select, str(Path(test_file).resolve())]
-    result = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent
-    )
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout
+    runs = [(extra_env, select), *more]
+    threads = {"OMP_NUM_THREADS": "1"} if len(runs) > 1 else {}
+    procs = []
+    for env_extra, sel in runs:
+        env = {**os.environ, "TRITON_INTERPRET": "1", **threads, **env_extra}
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            sel,
+            str(Path(test_file).resolve()),
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        )
+    for (env_extra, sel), proc in zip(runs, procs, strict=True):
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        label = f"-k {sel!r} with {env_extra}"
+        assert proc.returncode == 0, label + "\n" + stdout[-8000:] + stderr[-4000:]
+        assert " passed" in stdout and " failed" not in stdout, label
 
 
 def check(
