@@ -88,6 +88,12 @@ def test_d128_half_precision_backward_does_not_spill(rows):
     assert {(r.kernel, r.arch) for r in d128} == {(k, a) for k in ("bwd_dkdv", "bwd_dq") for a in (80, 90)}
     spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in d128 if r.spill_bytes]
     assert not spilling, "\n".join(spilling)
+    # Without per-pair features sm_90 runs wgmma far-loop tiles there (configs.wide_head_far_loops): spill-free too.
+    wgmma = [r for r in rows if r.config.startswith("bf16 D=128") and r.config.endswith(" plain")]
+    assert {(r.kernel, r.arch) for r in wgmma} == {("bwd_dkdv", 90), ("bwd_dq", 90)}
+    assert {config_role(r) for r in wgmma} == {"main"}
+    spilling = [f"{r.kernel} {r.config} sm_{r.arch}: {r.spill_bytes} B" for r in wgmma if r.spill_bytes]
+    assert not spilling, "\n".join(spilling)
 
 
 def test_varlen_main_configs_compile_without_spills(rows):

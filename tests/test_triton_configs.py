@@ -27,6 +27,8 @@ def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
     # Off the GPU prune applies the sm_90 rules. Each entry was compiled spill-free (benchmarks/NOTES.md).
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
     assert configs.skeleton_choice("bwd_dq", 64, 2, {"HAS_DROPOUT": True}, 9) == (None, configs.FAR_NONE)
+    assert configs.skeleton_choice("bwd_dkdv", 128, 2, {}, 9) == (None, configs.FAR_NONE)  # s1 there: 208 B
+    assert configs.skeleton_choice("bwd_dq", 128, 2, {}, 9) == (configs.DQ_WIDE_SM90, configs.FAR_FULL)  # s1: 0 B
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
     full, narrow, none = configs.FAR_FULL, configs.FAR_NARROW, configs.FAR_NONE
     choice = configs.skeleton_choice
@@ -45,7 +47,15 @@ def test_features_and_arch_choose_tile_and_far_loops(monkeypatch):
     assert choice("bwd_dkdv", 64, 2, {}, 9) == (configs.DKDV_FAR_SM90, full)
     assert choice("bwd_dkdv", 64, 2, {}, 8) == (configs.DKDV_FAR_SM80, full)
     assert choice("bwd_dkdv", 64, 2, {"VARLEN": True}, 9) == (configs.DKDV_GENERAL, none)
-    assert choice("bwd_dkdv", 128, 2, {}, 9) == (None, none) and choice("bwd_dkdv", 64, 4, {}, 9) == (None, none)
+    assert choice("bwd_dkdv", 128, 2, {}, 8) == (None, none) and choice("bwd_dkdv", 64, 4, {}, 9) == (None, none)
+    # D = 128 on sm_90: far loops on the wgmma tiles (dQ 128 x 32, dK/dV 64 x 64 w8) without per-pair features or
+    # varlen; dK/dV not with head mask and causal together, nor unpipelined (triton < 3.9): those spilled.
+    assert choice("bwd_dkdv", 128, 2, {"CAUSAL": True}, 9) == (configs.DKDV_WIDE_SM90, full)
+    assert choice("bwd_dq", 128, 2, {"CAUSAL": True, "HAS_HMASK": True}, 9) == (configs.DQ_WIDE_SM90, full)
+    assert choice("bwd_dkdv", 128, 2, {"CAUSAL": True, "HAS_HMASK": True}, 9) == (None, none)
+    assert choice("bwd_dkdv", 128, 2, {"VARLEN": True}, 9) == (None, none)
+    assert choice("bwd_dq", 128, 2, {"VARLEN": True}, 9) == (None, full) and choice("bwd_dq", 128, 2, {}, 8)[0] is None
+    assert choice("bwd_dq", 256, 2, {}, 9)[0] is None and choice("bwd_dkdv", 256, 2, {}, 9) == (None, none)
     for kind in configs.SKELETON_KERNELS:
         for elem_bytes in (2, 4):
             for arch in (8, 9):
@@ -73,9 +83,13 @@ def test_wide_heads_run_their_spill_free_backward_tiles_first(monkeypatch):
     for kind in ("bwd_dkdv", "bwd_dq"):
         cfgs = [configs.make_config(*t) for t in configs.gpu_tiles(kind)]
         for dtype, nbytes in ((torch.float16, 2), (torch.bfloat16, 2), (torch.float32, 4)):
-            args = {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=dtype)}
+            # Per-pair features (here dropout) run the wide-head tiles; off the GPU prune applies the sm_90 rules.
+            args = {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=dtype), "HAS_DROPOUT": True}
             kept = _tiles(configs.prune(cfgs, args, kind=kind))
             assert kept[0] == configs.WIDE_HEAD_TILES[(kind, nbytes)]
+            plain = _tiles(configs.prune(cfgs, {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=dtype)}, kind=kind))
+            wgmma = configs.DQ_WIDE_SM90 if kind == "bwd_dq" else configs.DKDV_WIDE_SM90
+            assert plain == [wgmma if nbytes == 2 else configs.WIDE_HEAD_TILES[(kind, nbytes)]]
             assert len(set(kept)) == len(kept)
             # D = 64 never runs a wide-head-only tile: its general list already has spill-free tiles.
             narrow = _tiles(configs.prune(cfgs, {"HEAD_DIM": 64, "Q": torch.empty(1, dtype=dtype)}, kind=kind))
@@ -83,7 +97,8 @@ def test_wide_heads_run_their_spill_free_backward_tiles_first(monkeypatch):
             assert narrow[0] == configs.candidates(kind, configs.TILES[kind], 64, nbytes)[0]
     monkeypatch.setenv(configs.AUTOTUNE_ENV, "0")
     cfgs = [configs.make_config(*t) for t in configs.gpu_tiles("bwd_dq")]
-    only = _tiles(configs.prune(cfgs, {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=torch.bfloat16)}, kind="bwd_dq"))
+    args = {"HEAD_DIM": 128, "Q": torch.empty(1, dtype=torch.bfloat16), "HAS_KPAD": True}
+    only = _tiles(configs.prune(cfgs, args, kind="bwd_dq"))
     assert only == [configs.WIDE_HEAD_TILES[("bwd_dq", 2)]]
 
 

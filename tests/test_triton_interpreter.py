@@ -278,6 +278,8 @@ def test_gpu_tiles(dtype, d):
     hm = torch.tensor([1.0, 0.5])
     check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default")
     check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
+    if d == 128:  # sm_90's wgmma far-loop tiles at D = 128 (dQ 128 x 32, dK/dV 64 x 64 w8): far tiles on both sides
+        check(CPU, dtype, 1, 1, 200, 200, d, 6, head_mask=hm[1:])
 
 
 @interpreted_only

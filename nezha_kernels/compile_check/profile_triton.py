@@ -38,15 +38,20 @@ TRITON_MODULES = {
 }
 
 
-def _band_chunks(constexprs: dict) -> int:
+def _band_chunks(constexprs: dict, dq: bool = False) -> int:
+    """Trips of the forward's / dQ's block-band prologue and epilogue loops: BAND_P / BAND_CHUNK (32 rows a chunk;
+    dQ's 128-row tile at wide heads takes 16, backward_dq.py)."""
     band_p = constexprs.get("BAND_P", 0)
-    return band_p // (32 if band_p > 32 else max(band_p, 1)) if band_p else 1
+    if not band_p:
+        return 1
+    wide = dq and constexprs["BLOCK_D"] > 64 and constexprs["BLOCK_M"] >= 128
+    return band_p // min(16 if wide else 32, band_p)
 
 
 # kernel -> (program rows, loop columns, other-loop trips) from the job's constexprs.
 TILE_GEOMETRY = {
     "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c)),
-    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c)),
+    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True)),
     "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
     "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
     "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),

@@ -196,11 +196,12 @@ def _jobs(archs, grid: str = "full"):
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
     grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
     fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
-    Both grids: the padding-free variant (VARLEN) of each kernel's main config, fp16 and bf16, D = 64 and 128,
-    (forward, dQ) key padding with dropout in bf16, and (forward, dQ, dK/dV) with NEZHA's own table ("*-sinusoid":
-    the band by rotation) in the plain, causal-skip and padding-dropout variants where configs.rotation_band runs it.
-    Each
-    row compiles the tile and FAR_LOOPS the launcher runs for its features on its arch (configs.candidates /
+    Both grids: the bf16 D = 128 dQ and dK/dV in the plain variant (full grid: causal-skip too) where
+    configs.wide_head_far_loops runs sm_90's wgmma tiles; the padding-free variant (VARLEN) of each kernel's main
+    config, fp16 and bf16, D = 64 and 128, (forward, dQ) key padding with dropout in bf16, and (forward, dQ, dK/dV)
+    with NEZHA's own table ("*-sinusoid": the band by rotation) in the plain, causal-skip and padding-dropout
+    variants where configs.rotation_band runs it. Each row compiles the tile and FAR_LOOPS the launcher runs for its
+    features on its arch (configs.candidates /
     configs.far_loops).
     """
     from ..triton_kernels import configs
@@ -249,6 +250,12 @@ def _jobs(archs, grid: str = "full"):
             add("fwd", 128, "fp32", main("fwd", 128, 4, every), every, "all-features", arch)
             for kernel in ("bwd_dkdv", "bwd_dq"):  # head dim 128 training in fp16 / bf16: the wide-head tiles
                 add(kernel, 128, "fp16", main(kernel, 128, 2, every), every, "all-features", arch)
+        # Head dim 128 without per-pair features: sm_90's wgmma far-loop tiles (configs.wide_head_far_loops).
+        for kernel in ("bwd_dkdv", "bwd_dq"):
+            variants = ("plain",) if grid == "main" else ("plain", "causal-skip")
+            for variant in variants if configs.wide_head_far_loops(kernel, 128, plain, arch // 10) else ():
+                features = VARIANT_FEATURES[variant]
+                add(kernel, 128, "bf16", main(kernel, 128, 2, features), features, variant, arch)
         jobs.append(
             (
                 "bwd_delta",

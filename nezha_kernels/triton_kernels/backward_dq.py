@@ -352,7 +352,9 @@ def _relattn_bwd_dq_kernel(
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
-    BAND_CHUNK: tl.constexpr = 32 if BAND_P > 32 else BAND_P
+    # Block-band scratch in chunks of table rows; 16 for the 128-row tile at wide heads (D = 128: 32-row chunks kept
+    # index values live to the epilogue in local memory, 16 B; benchmarks/NOTES.md "Triton D = 128 backward on wgmma").
+    BAND_CHUNK: tl.constexpr = min(16 if BLOCK_D > 64 and BLOCK_M >= 128 else 32, BAND_P)
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
     BLOCK_NB: tl.constexpr = max(16, min(BLOCK_N, 2048 // BLOCK_M))  # the general loop's key tile (forward.py)
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D

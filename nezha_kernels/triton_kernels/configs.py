@@ -17,7 +17,7 @@ import torch
 import triton
 
 # The features skeleton_choice reads are in the key: they choose the tile, and the autotuner prunes only on a miss.
-AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY", "HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT", "VARLEN"]
+AUTOTUNE_KEY = ["HEAD_DIM", "LQ_KEY", "LK_KEY", "HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT", "VARLEN", "HAS_HMASK", "CAUSAL"]
 # "0": run the main tile that fits instead of autotuning (correctness runs such as the GPU tests).
 AUTOTUNE_ENV = "NEZHA_KERNELS_TRITON_AUTOTUNE"
 
@@ -33,14 +33,19 @@ FWD_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 64, 8, 1), (
 # warpgroups and recompute S^T and dP^T in both (EX2 2 per score); 64 x 128 w8 is as fast in the far loops (0.32 per
 # score), heavier in the band. sm_80 (mma.sync, operands in registers): 32 x 32 w4 s2, 249-255 registers (8 warps
 # compute every exponential twice; 64 x 64 w4 spills). 32x32 w8 s1 is the general loop's tile (FAR_LOOPS 0), which
-# every other case runs (skeleton_choice); fp32 32x16.
-DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 4, 2), (32, 16, 8, 1)]
+# every other case runs (skeleton_choice); fp32 32x16. Head dim 128 on sm_90: 64 x 64 with 8 warps (DKDV_WIDE_SM90:
+# the two warpgroups split the queries and both compute S^T and dP^T, EX2 2 per score, but it is the one far-loop tile
+# that compiled spill-free at D = 128; one warpgroup per 64 keys spilled 200-360 B, benchmarks/NOTES.md "Triton
+# D = 128 backward on wgmma").
+DKDV_TILES = [(64, 64, 4, 2), (32, 32, 8, 1), (32, 32, 4, 2), (32, 16, 8, 1), (64, 64, 8, 2)]
+# dQ at head dim 128 on sm_90: 128 x 32 w8 s2 (DQ_WIDE_SM90; 128 x 64 spilled 72 B there), far loops HGMMA 64x32x16.
 DQ_TILES = [(128, 64, 8, 2), (64, 32, 8, 2), (32, 16, 8, 1), (128, 32, 8, 2)]
 TILES = {"fwd": FWD_TILES, "bwd_dkdv": DKDV_TILES, "bwd_dq": DQ_TILES}
-# Head dim 128 (fp32: forward too): every general tile that fits spills (dK/dV fp16 112-136 B, fp32 584-704 B; dQ
-# fp16 144-400 B, fp32 352-376 B; forward fp32 32x16 32 B on sm_90). These tiles are spill-free on sm_80 and sm_90,
-# from sweeps of the AOT report (benchmarks/NOTES.md). They run first for D > 64 (the main tile when autotuning is
-# off). Keyed on (kernel, input bytes).
+# Head dim 128 (fp32: forward too), the general loop's tiles (sm_80, per-pair features, varlen; the wgmma far-loop
+# tiles of sm_90 are DQ_WIDE_SM90 / DKDV_WIDE_SM90): every general tile that fits spills (dK/dV fp16 112-136 B, fp32
+# 584-704 B; dQ fp16 144-400 B, fp32 352-376 B; forward fp32 32x16 32 B on sm_90). These tiles are spill-free on
+# sm_80 and sm_90, from sweeps of the AOT report (benchmarks/NOTES.md). They run first for D > 64 (the main tile when
+# autotuning is off) unless skeleton_choice names another. Keyed on (kernel, input bytes).
 WIDE_HEAD_TILES = {
     ("bwd_dkdv", 2): (16, 32, 8, 1),
     ("bwd_dkdv", 4): (16, 16, 8, 1),
@@ -125,10 +130,32 @@ PER_PAIR_FEATURES = ("HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT")
 # program), FAR_FULL far loops at the tile's BLOCK_N.
 FAR_NONE, FAR_NARROW, FAR_FULL = 0, 1, 2
 # The feature constexprs skeleton_choice reads.
-CHOICE_FEATURES = (*PER_PAIR_FEATURES, "VARLEN")
+CHOICE_FEATURES = (*PER_PAIR_FEATURES, "VARLEN", "HAS_HMASK", "CAUSAL")
 SKELETON_KERNELS = ("fwd", "bwd_dq", "bwd_dkdv")
 # dK/dV's tiles by loop structure (backward_dkdv.py): far loops on sm_90 / sm_80, the general loop.
 DKDV_FAR_SM90, DKDV_GENERAL, DKDV_FAR_SM80 = DKDV_TILES[:3]
+# Head dim 128 (64 < D <= 128) far-loop tiles, sm_90 under triton >= 3.9 without per-pair features or varlen
+# (wide_head_far_loops): every far-loop GEMM wgmma, pipelined 2 deep.
+DQ_WIDE_SM90 = DQ_TILES[3]
+DKDV_WIDE_SM90 = DKDV_TILES[4]
+
+
+def wide_head_far_loops(kind: str, head_dim: int, features: dict, arch_major: int) -> bool:
+    """Whether a dQ or dK/dV call at 64 < D <= 128 (fp16 / bf16) runs its far loops on the sm_90 wide-head tile.
+
+    Spill-free only there (AOT compiles, benchmarks/NOTES.md "Triton D = 128 backward on wgmma"): dQ 128 x 32 w8 at
+    s2 under triton 3.9 and at s1 under 3.6 (which runs sm_90 unpipelined); dK/dV 64 x 64 w8 only at s2 (s1: 72 B
+    under 3.9, 208 B under 3.6) and not with head mask and causal together (8 B). Varlen dQ spilled 208 B; sm_80
+    (mma.sync) dQ 128 x 32 32 B, dK/dV 64 x 64 w8 2,312 B.
+    """
+    per_pair = any(features.get(name, False) for name in PER_PAIR_FEATURES)
+    if not 64 < head_dim <= 128 or per_pair or features.get("VARLEN", False) or arch_major < 9:
+        return False
+    if kind == "bwd_dq":
+        return True
+    if TRITON_VERSION < PIPELINING_SM90_MIN_TRITON:
+        return False
+    return not (features.get("HAS_HMASK", False) and features.get("CAUSAL", False))
 
 
 def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9):
@@ -139,7 +166,8 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
     loop. sm_90: far loops at 128 x 64, narrowed to the general loop's width with key padding or dropout (one
     general loop with an additive mask, and for dQ with either under triton < 3.9). sm_80 (mma.sync operands in
     registers: 249 registers already in the plain case): far loops only without per-pair features, padding-free
-    layout and wide heads; one general loop else.
+    layout and wide heads; one general loop else. dQ and dK/dV at 64 < D <= 128 on sm_90: far loops on the wgmma
+    tiles DQ_WIDE_SM90 / DKDV_WIDE_SM90 where wide_head_far_loops allows, the wide-head tiles else.
     ``features``: constexpr name -> bool (PER_PAIR_FEATURES and VARLEN are read; None: the common case).
     """
     features = features or {}
@@ -148,8 +176,13 @@ def skeleton_choice(kind: str, head_dim: int, elem_bytes: int, features=None, ar
     if elem_bytes == 4 or (kind == "fwd" and head_dim > 128):
         return None, FAR_NONE
     if kind == "bwd_dkdv":
+        if wide_head_far_loops(kind, head_dim, features, arch_major):
+            return DKDV_WIDE_SM90, FAR_FULL
         return _dkdv_choice(head_dim, per_pair, varlen, arch_major)
-    if kind == "bwd_dq" and head_dim > 64:  # the wide-head tile, 32 x 32
+    if kind == "bwd_dq" and head_dim > 64:
+        if wide_head_far_loops(kind, head_dim, features, arch_major):
+            return DQ_WIDE_SM90, FAR_FULL
+        # The wide-head tile, 32 x 32 (mma.sync).
         return None, FAR_NONE if per_pair or (varlen and arch_major < 9) else FAR_FULL
     old_triton = TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
     # The forward's one general loop at D = 128: 128 x 64 at s1 (s2 spills 48 B on sm_80, 8 B on sm_90 with every
@@ -221,7 +254,8 @@ def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):
     """skeleton_choice for dK/dV (fp16 / bf16), from the AOT sweeps in benchmarks/NOTES.md ("Triton dK/dV on the
     flash skeleton"): far loops only without per-pair features and the padding-free layout at D <= 64 (at 64 x 64 w4
     on sm_90 key padding + dropout spills 208 B, varlen 576, every feature 696, D = 128 even plain 360); one general
-    loop at the old kernel's tiles else (32 x 32 w8 s1; D > 64 the wide-head tile)."""
+    loop at the old kernel's tiles else (32 x 32 w8 s1; D > 64 the wide-head tile, except where
+    wide_head_far_loops runs DKDV_WIDE_SM90)."""
     if head_dim > 64:
         return None, FAR_NONE
     if per_pair or varlen:
