@@ -1,6 +1,14 @@
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
+
+# Under pytest-xdist (the README's `-n auto`: one worker per core) each worker keeps to one OpenMP thread, and so do
+# the subprocesses its tests start: two workers of two threads each on two cores made PyTorch's OpenMP threads spin at
+# every barrier for the thread that is not running (benchmarks/NOTES.md "OpenMP on a shared machine"). Set before any
+# test module imports torch; an explicit OMP_NUM_THREADS is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Make `tests/formula.py` importable as `formula` and the package importable from a plain checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
