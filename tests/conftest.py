@@ -10,6 +10,12 @@ from pathlib import Path
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# An interpreting process (the Triton interpreter suites' subprocesses) rounds float32 -> bfloat16 as a GPU does.
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import interpreter_rounding
+
+    interpreter_rounding.install()
+
 # Make `tests/formula.py` importable as `formula` and the package importable from a plain checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -23,12 +23,14 @@ from nezha_kernels.dropout import keep_mask
 # k per dtype and output (tests/tolerance.py): the kernels' error against the float64 formula is at most k times the
 # error of the formula computed by PyTorch in the kernels' dtype (on the same device), both from the same rounded
 # inputs. Low-precision kernels round p to the input dtype before the p @ V and bucket @ T dots, as flash attention.
-# Largest ratios under the interpreter when k was set (NEZHA_TOL_LOG): fp32 0.27 (the floor), fp16 0.99 (dq),
-# bf16 1.57 (dq), 1.79 (dk), 1.98 (dv). bf16 dk / dv loosened to 3: 2 left no room for other seeds and shapes.
+# Largest ratios under the interpreter when k was set (NEZHA_TOL_LOG): fp32 0.27 (the floor), fp16 0.99 (dq). bf16
+# had needed 3 for dk / dv while the interpreter rounded float32 -> bf16 toward zero (tests/interpreter_rounding.py:
+# gradients at 1.8x PyTorch's error, median); rounded as a GPU rounds, 0.3-1.0x (median), 1.75 at most over 48 seeded
+# cases (benchmarks/NOTES.md "bf16 parity under the interpreter: the interpreter truncates").
 K = {
     torch.float32: dict(out=2.0, dq=2.0, dk=2.0, dv=2.0),
     torch.float16: dict(out=2.0, dq=2.0, dk=2.0, dv=2.0),
-    torch.bfloat16: dict(out=2.0, dq=2.0, dk=3.0, dv=3.0),
+    torch.bfloat16: dict(out=2.0, dq=2.0, dk=2.0, dv=2.0),
 }
 
 # Fixed absolute / relative tolerances for values of order 1, still used by tests/test_triton_varlen.py.
