@@ -105,8 +105,17 @@ def test_wide_heads_run_their_spill_free_backward_tiles_first(monkeypatch):
 def test_pipelining_is_dropped_on_sm90_only_for_old_triton(monkeypatch):
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 6, 0))
     assert configs.stages_for(2, 9) == 1 and configs.stages_for(2, 8) == 2 and configs.stages_for(1, 9) == 1
+    # Triton 3.6 pipelines the forward and dQ on sm_90 without per-pair features or varlen; never dK/dV.
+    for kind in ("fwd", "bwd_dq"):
+        assert configs.stages_for(2, 9, kind) == 2 and configs.stages_for(2, 9, kind, {"CAUSAL": True}) == 2
+        for feature in ("HAS_KPAD", "HAS_AMASK", "HAS_DROPOUT", "VARLEN"):
+            assert configs.stages_for(2, 9, kind, {feature: True}) == 1
+    assert configs.stages_for(2, 9, "bwd_dkdv") == 1
+    assert configs.dq_branchless_band(9) and not configs.dq_branchless_band(8)
     monkeypatch.setattr(configs, "TRITON_VERSION", (3, 9, 0))
+    assert not configs.dq_branchless_band(9)
     assert configs.stages_for(2, 9) == 2
+    assert configs.stages_for(2, 9, "bwd_dq", {"VARLEN": True}) == 2 and configs.stages_for(2, 9, "bwd_dkdv") == 2
     assert configs._version_tuple("3.6.0+git1a2b") == (3, 6, 0) and configs._version_tuple("3.10.0rc1") == (3, 10, 0)
 
 

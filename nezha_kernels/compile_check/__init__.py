@@ -74,7 +74,8 @@ def config_role(row: CompileRow) -> str:
         row.kernel, configs.gpu_tiles(row.kernel), d, _ELEM_BYTES[dtype], features, row.arch // 10
     )
     main_m, main_n, main_w, main_s = kept[0]
-    is_main = (bm, bn, warps, stages) == (main_m, main_n, main_w, configs.stages_for(main_s, row.arch // 10))
+    main_stages = configs.stages_for(main_s, row.arch // 10, row.kernel, features)
+    is_main = (bm, bn, warps, stages) == (main_m, main_n, main_w, main_stages)
     return "main" if is_main else "candidate"
 
 

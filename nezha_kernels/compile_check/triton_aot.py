@@ -156,7 +156,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
     from ..triton_kernels import configs
 
     bm, bn, warps, stages = tile
-    stages = configs.stages_for(stages, arch // 10)
+    stages = configs.stages_for(stages, arch // 10, kernel, features)
     sinusoid = variant.endswith(SINUSOID_SUFFIX)
     constexprs = dict(
         HEAD_DIM=d,
@@ -184,6 +184,8 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         constexprs["ROT_BLOCK_M"] = block_m
     if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
+    if kernel == "bwd_dq":
+        constexprs["BRANCHLESS_BAND"] = configs.dq_branchless_band(arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
 

@@ -86,6 +86,50 @@ def dq_far_loop(
 
 
 @triton.jit
+def dq_band_tile_terms(
+    s,
+    dw,
+    q,
+    do,
+    table,
+    edges,
+    offs_d,
+    rows,
+    n_valid,
+    rel,
+    rel_min,
+    ws,
+    ws_row,
+    HEAD_DIM: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """(s, dw) plus the table terms of a tile with in-band pairs (exact for any tile): block-band scratch (BAND_P > 0,
+    edge rows beyond the band) or per-tile table slices. dq_tile's UNBRANCHED arm; its branched arm keeps the same
+    code inline (so the profile's roles, read from the source, stay as they were where the branch runs)."""
+    T, stride_tr, stride_td, R = table
+    q_left, q_right, do_left, do_right = edges
+    _, _, _, _, m_valid = rows
+    if BAND_P > 0:
+        near = (rel > -R) & (rel < R)
+        slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+        slot_mask = near & m_valid[:, None] & n_valid[None, :]
+        left = rel < 0
+        q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+        do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+        s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+        dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+    else:
+        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+        s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+        dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+    return s, dw
+
+
+@triton.jit
 def dq_tile(
     q,
     do,
@@ -120,13 +164,15 @@ def dq_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
+    UNBRANCHED: tl.constexpr,
 ):
     """One (query block, key tile) pair of the dQ kernel: dS fp32 [BLOCK_M, BLOCK_N] (backward.py's formulas).
 
     edges: (q . T[0], q . T[2R], dO . T[0], dO . T[2R]) [BLOCK_M]. BAND_P > 0 (block-band mode): in-band biases
     are read from the block's scratch rows ws + ws_row (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P):
-    dO @ Tb^T); BAND_P == 0: per-tile table slices. SINUSOID (rotation.py): rot = (ROT, q_rot, do_rot), in-band
-    terms Q_rot @ S_tile^T and dO_rot @ S_tile^T.
+    dO @ Tb^T); BAND_P == 0: per-tile table slices. UNBRANCHED: the tile is in or next to the band (the split loops'
+    band and tail, with BRANCHLESS_BAND), so the table path runs without a branch on the tile's position.
+    SINUSOID (rotation.py): rot = (ROT, q_rot, do_rot), in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T.
     """
     T, stride_tr, stride_td, R = table
     _, q_rot, do_rot = rot
@@ -148,7 +194,15 @@ def dq_tile(
         s += tl.where(near, dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
         dw += tl.where(near, dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS), do_edge)
     elif RELATIVE:
-        if (rel_min < R) & (rel_max > -R):
+        if UNBRANCHED:
+            # No runtime branch around the scratch loads (configs.dq_branchless_band): in a pipelined loop one
+            # fails triton 3.6's sm_90 pipeliner (benchmarks/NOTES.md "Triton 3.6 pipelining on sm_90"); a tile
+            # beyond the band gets its edge terms from the where's other arm.
+            s, dw = dq_band_tile_terms(
+                s, dw, q, do, table, edges, offs_d, rows, n_valid, rel, rel_min, ws, ws_row,
+                HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+            )  # fmt: skip
+        elif (rel_min < R) & (rel_max > -R):
             if BAND_P > 0:
                 near = (rel > -R) & (rel < R)
                 slot_ptrs = ws + (ws_row + (rel + (R - 1)))
@@ -174,6 +228,46 @@ def dq_tile(
     if HAS_DROPOUT:
         coef = coef * keep_factor(drop, rows, offs_n)
     return p * (dw * coef - delta[:, None])
+
+
+@triton.jit
+def dq_band_tile_values(
+    dq,
+    ds_left,
+    ds_right,
+    ds,
+    table,
+    offs_d,
+    offs_n,
+    n_valid,
+    rows,
+    q_offset,
+    rel_min,
+    ws,
+    ws_row,
+    HEAD_DIM: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """(dq, ds_left, ds_right) after the table side of a tile's dS (exact for any tile): block-band mode stores the
+    in-band dS in the scratch slots and adds the rest to the edge rows' sums; per-tile mode adds bucket(dS) @ T_slice
+    (rows clamped to T[0] / T[2R] beyond the band). dq_band_loop's UNBRANCHED arm (see dq_band_tile_terms)."""
+    T, stride_tr, stride_td, R = table
+    _, _, _, offs_m, m_valid = rows
+    if BAND_P > 0:
+        rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
+        near = (rel > -R) & (rel < R)
+        tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
+        far = tl.where(near, 0.0, ds)
+        ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
+        ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
+    else:
+        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+        dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+    return dq, ds_left, ds_right
 
 
 @triton.jit
@@ -211,6 +305,7 @@ def dq_band_loop(
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
+    UNBRANCHED: tl.constexpr,
 ):
     """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums.
 
@@ -243,7 +338,7 @@ def dq_band_loop(
             q, do, k, v, table, edges, offs_d, stats, rows, offs_n, n_valid, q_offset + offs_m, pos0, j0, masks, drop,
             scale, ws, ws_row, rot, s_tile,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P,
-            BAND_P,
+            BAND_P, UNBRANCHED,
         )  # fmt: skip
         dq += dot(ds.to(k.dtype), k, None, FMA_DOTS)
         if SINUSOID:
@@ -256,7 +351,12 @@ def dq_band_loop(
         elif RELATIVE:
             rel_min = j0 - (pos0 + BLOCK_M - 1)
             rel_max = j0 + BLOCK_N - 1 - pos0
-            if (rel_min < R) & (rel_max > -R):
+            if UNBRANCHED:  # unbranched, as in dq_tile
+                dq, ds_left, ds_right = dq_band_tile_values(
+                    dq, ds_left, ds_right, ds, table, offs_d, offs_n, n_valid, rows, q_offset, rel_min, ws, ws_row,
+                    HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+                )  # fmt: skip
+            elif (rel_min < R) & (rel_max > -R):
                 if BAND_P > 0:
                     rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
                     near = (rel > -R) & (rel < R)
@@ -349,6 +449,7 @@ def _relattn_bwd_dq_kernel(
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
     FAR_LOOPS: tl.constexpr,
+    BRANCHLESS_BAND: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
@@ -452,7 +553,7 @@ def _relattn_bwd_dq_kernel(
             dq, q, do, kv, band_lo, band_hi, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
             drop, scale, ws, ws_row, rot,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            BLOCK_P, BAND_P, BRANCHLESS_BAND,
         )  # fmt: skip
         dq, ds_right = dq_far_loop(
             dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
@@ -464,7 +565,7 @@ def _relattn_bwd_dq_kernel(
             dq, q, do, kv, full_end, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0,
             masks, drop, scale, ws, ws_row, rot,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            BLOCK_P, BAND_P, BRANCHLESS_BAND,
         )  # fmt: skip
         ds_left += band_left + tail_left
         ds_right += band_right + tail_right
@@ -474,7 +575,7 @@ def _relattn_bwd_dq_kernel(
             dq, q, do, kv, 0, general_end, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
             drop, scale, ws, ws_row, rot,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P,
+            BLOCK_P, BAND_P, False,
         )  # fmt: skip
 
     if RELATIVE and BAND_P > 0:

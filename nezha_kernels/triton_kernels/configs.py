@@ -90,15 +90,41 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 TRITON_VERSION = _version_tuple(triton.__version__)
-# Triton 3.6's software pipeliner aborts on these kernels for sm_90 ("PassManager::run failed" in
-# TritonGPUPipeline, every num_stages=2 tile of the forward and dQ; sm_80 compiles). 3.9 compiles them.
-# Versions in between are untested, so below 3.9 the tiles run unpipelined on sm_90+.
+# Below this triton (3.6 on the GPU machines; 3.7 and 3.8 untested, treated alike) sm_90 pipelines only the kernels
+# and features of pipelines_on_old_triton. Triton 3.6's software pipeliner fails ("PassManager::run failed" in
+# TritonGPUPipeline, after its loop expansion, with no diagnostic) on dQ's band loop when a runtime branch guards
+# the block-band scratch loads; the split loops' band and tail now run that path unbranched on sm_90 (dq_tile,
+# BRANCHLESS_BAND) and compile. dQ's general loop (FAR_LOOPS 0: key padding, dropout) and its varlen variant still
+# fail; the forward compiles in every variant checked but spills 200 B at D = 128 with key padding and dropout.
+# benchmarks/NOTES.md "Triton 3.6 pipelining on sm_90".
 PIPELINING_SM90_MIN_TRITON = (3, 9)
 
 
-def stages_for(num_stages: int, arch_major: int) -> int:
-    """num_stages a tile can use on a device of compute capability ``arch_major`` with this triton."""
-    if num_stages > 1 and arch_major >= 9 and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON:
+def pipelines_on_old_triton(kind: str, features=None) -> bool:
+    """Whether a ``kind`` call with these feature constexprs runs its listed num_stages on sm_90 under triton below
+    PIPELINING_SM90_MIN_TRITON: the forward and dQ without key padding, additive mask, dropout or varlen (their
+    split loops at full width: every such row compiled spill-free pipelined under 3.6, D = 16 to 128, plain,
+    causal-skip, sinusoid); dK/dV never (it keeps num_stages 1 there, as before)."""
+    features = features or {}
+    if kind not in ("fwd", "bwd_dq"):
+        return False
+    return not any(features.get(name, False) for name in (*PER_PAIR_FEATURES, "VARLEN"))
+
+
+def dq_branchless_band(arch_major: int) -> bool:
+    """BRANCHLESS_BAND of the dQ kernel: its split loops' band and tail run the table path without a runtime branch
+    on the tile's position. Only on sm_90 below PIPELINING_SM90_MIN_TRITON, where 3.6's pipeliner fails on the
+    branch. sm_80 keeps it (branchless, its 128 x 32 tile spilled 8 B plain, 40 B causal-skip); so does triton 3.9
+    on sm_90, whose profile it leaves unchanged (branchless there: far loop 0.281 per score instead of 0.279 at
+    D = 64, band 0.589 instead of 0.762; benchmarks/NOTES.md "Triton 3.6 pipelining on sm_90")."""
+    return arch_major >= 9 and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
+
+
+def stages_for(num_stages: int, arch_major: int, kind: str = "", features=None) -> int:
+    """num_stages a ``kind`` tile (features: the call's feature constexprs) can use on a device of compute
+    capability ``arch_major`` with this triton."""
+    old = TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
+    if num_stages > 1 and arch_major >= 9 and old and not pipelines_on_old_triton(kind, features):
         return 1
     return num_stages
 
@@ -144,7 +170,7 @@ def wide_head_far_loops(kind: str, head_dim: int, features: dict, arch_major: in
     """Whether a dQ or dK/dV call at 64 < D <= 128 (fp16 / bf16) runs its far loops on the sm_90 wide-head tile.
 
     Spill-free only there (AOT compiles, benchmarks/NOTES.md "Triton D = 128 backward on wgmma"): dQ 128 x 32 w8 at
-    s2 under triton 3.9 and at s1 under 3.6 (which runs sm_90 unpipelined); dK/dV 64 x 64 w8 only at s2 (s1: 72 B
+    s2 under triton 3.9 and 3.6 (3.6: 242 registers; s1 there 255); dK/dV 64 x 64 w8 only at s2 (s1: 72 B
     under 3.9, 208 B under 3.6) and not with head mask and causal together (8 B). Varlen dQ spilled 208 B; sm_80
     (mma.sync) dQ 128 x 32 32 B, dK/dV 64 x 64 w8 2,312 B.
     """
@@ -306,7 +332,7 @@ def prune(configs, named_args, kind: str = "fwd", **kwargs):
         major = arch_major(q)
         adjusted, seen = [], set()
         for c in kept:
-            stages = stages_for(c.num_stages, major)
+            stages = stages_for(c.num_stages, major, kind, features)
             key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, stages)
             if key not in seen:
                 seen.add(key)

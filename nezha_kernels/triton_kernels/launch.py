@@ -281,6 +281,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             SINUSOID=sinusoid,
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("bwd_dq"),
+            BRANCHLESS_BAND=configs.dq_branchless_band(configs.arch_major(call.q)),
             DELTA=row_stats[0],
             **stats,
         )
