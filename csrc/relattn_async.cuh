@@ -35,6 +35,16 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src,
 #endif
 }
 
+// 4 bytes global -> shared (cp.async.ca: the only form below 16 bytes), zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
+#ifdef NEZHA_CUDA_EMULATE
+    ::nezha::emu::cp_async(smem_dst, gmem_src, 4, valid ? 4 : 0, __FILE__, __LINE__);
+#else
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(valid ? 4 : 0));
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef NEZHA_CUDA_EMULATE
     ::nezha::emu::cp_async_commit();
