@@ -123,6 +123,18 @@ struct AsyncRowCopier {
         dst_offset = row0 * LD + col;
     }
 
+    // ROWS rows into dst from s (this thread's first chunk of the first row), rows from `rows_left` on zero-filled
+    // (rows_left counted from this thread's first row): the caller advances s by tile_stride itself.
+    __device__ __forceinline__ void copy_from(T* dst, const T* s, int rows_left) const {
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+            for (int k = 0; k < CPT; ++k)
+                cp_async16(dst + dst_offset + c * RSTEP * LD + k * TPR * VEC, s + k * TPR * VEC, c * RSTEP < rows_left);
+            s += chunk_stride;
+        }
+    }
+
     // Rows tile * ROWS .. + ROWS into dst.
     __device__ __forceinline__ void copy(T* dst, int tile, int limit) const {
         const T* s = src + tile * tile_stride;

@@ -78,13 +78,39 @@ __device__ __forceinline__ void mma_kmajor_ldsm(float (&acc)[NTP][4], const uint
     }
 }
 
-// One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc; at D = 128
+// Where this lane adds into dq_acc: its rows g and g + 8 of the warp's 16 query rows of the tile (rows qr0 + g, +8)
+// from its first column (the warp's column half, + 2 (lane % 4)); set up once per key block and advanced by one
+// increment per query tile, so that each atomic's address is this pointer plus an immediate.
+struct DqLaneRows {
+    float* p;      // row g of the current tile, this lane's first column
+    int64_t row8;  // from row g to row g + 8
+    int64_t tile;  // QN query rows
+    int i;         // query index of row g in the current tile
+
+    template <int D, int QN>
+    __device__ __forceinline__ static DqLaneRows make(float* dq_acc, const AttnArgs& a, HeadIndex head, int warp,
+                                                      int lane) {
+        const FragRC x = mma_c_elem(lane, 0);
+        DqLaneRows d;
+        d.i = (warp & 1) * 16 + x.row;
+        d.p = dq_acc + query_row(a, head, d.i) * D + (warp >> 1) * (D / 2) + x.col;
+        d.row8 = static_cast<int64_t>(8) * row_step(a, head) * D;
+        d.tile = static_cast<int64_t>(QN) * row_step(a, head) * D;
+        return d;
+    }
+    __device__ __forceinline__ void advance(int qn) {
+        p += tile;
+        i += qn;
+    }
+};
+
+// One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc (dq); at D = 128
 // in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled). Fragments
 // by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
 template <typename T, int D>
-__device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T* dSs, const T* Ks, const T* Te, const T* Ts,
+__device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, const T* Ks, const T* Te, const T* Ts,
                                             const T* Bk, bool band, bool right, int kcols, const AttnArgs& a,
-                                            HeadIndex head, int q0, int warp, int lane) {
+                                            int warp, int lane) {
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
@@ -94,15 +120,6 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
     const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
     const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
     const uint32_t ones[2] = {one, one};
-    // This lane's two query rows (accumulator rows g, g + 8) in dq_acc, and whether they are below Lq.
-    float* rows[2];
-    bool valid[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = q0 + qr0 + mma_c_elem(lane, 2 * r).row;
-        valid[r] = i < a.Lq;
-        rows[r] = dq_acc + (valid[r] ? query_row(a, head, i) * D : 0);
-    }
     float rowsum[1][4];
     zero_acc(rowsum);
 #pragma unroll
@@ -141,9 +158,13 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            if (!valid[r]) continue;
-            for_each_acc_in_row<NTP>(lane, r,
-                                     [&](int nt, int e, int col) { atomicAdd(rows[r] + dc0 + col, acc[nt][e]); });
+            if (dq.i + 8 * r >= a.Lq) continue;
+            float* row = dq.p + r * dq.row8 + pass * COLS;
+#pragma unroll
+            for (int nt = 0; nt < NTP; ++nt) {
+                atomicAdd(row + nt * 8, acc[nt][2 * r]);
+                atomicAdd(row + nt * 8 + 1, acc[nt][2 * r + 1]);
+            }
         }
     }
 }
@@ -182,13 +203,16 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     zero_acc(acc_k);
     zero_acc(acc_v);
     auto buffers = [&](int b) { return QueryTileBuffers<T>{Qb + b * QN * LD, dOb + b * QN * LD, stats_b + b * QN}; };
-    const QueryTileLoader<T, C> loader(a, kb);
-    load_first_query_tile(loader, buffers(0), a, kb, lse, delta);
+    QueryTileLoader<T, C> loader(a, kb, lse, delta);
+    loader.load_next(Qb, dOb, stats_b, a, kb);  // the first tile, into buffer 0
+    cp_async_commit();
     stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
 
+    DqLaneRows dq = DqLaneRows::make<D, QN>(dq_acc, a, head, warp, lane);
+
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
-    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1) {
-        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN)) {
+        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, q0)) continue;
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
@@ -224,7 +248,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
             fill_band_bucket<T, D>(Bk, dSs, a, tr, pos_first, k0);
             __syncthreads();
         }
-        warp_add_dq<T, D>(dq_acc, dSs, Ks, Te, Ts, Bk, band, right, kcols, a, head, q0, warp, lane);
+        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, kcols, a, warp, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);

@@ -178,38 +178,51 @@ struct QueryTileLoader {
     static constexpr int QN = C::QN;
     using Rows = AsyncRowCopier<T, C::D, C::LD, C::NT, QN>;
     Rows q_rows, do_rows;
-    int64_t stat;   // lse[0] / delta index of query row threadIdx.x (the tile's row threadIdx.x at q0 + stat)
-    int64_t half;   // lse[1] - lse[0]
+    const T* q_src;       // this thread's first chunk of Q's row 0 of the next tile to load (async)
+    const T* do_src;      // dO's
+    const float* lse0;    // lse[0] of query row threadIdx.x of the next tile to load (threads < QN)
+    const float* lse1;    // lse[1]
+    const float* dlt;     // delta
+    int next;             // first query row of the next tile to load
     bool async;
 
-    __device__ __forceinline__ QueryTileLoader(const AttnArgs& a, const KeyBlock<T>& kb)
+    __device__ __forceinline__ QueryTileLoader(const AttnArgs& a, const KeyBlock<T>& kb, const float* lse,
+                                               const float* delta)
         : q_rows(kb.in.q, a.q_sl), do_rows(kb.dog, kb.do_sl) {
         async = rows_vectorizable(kb.in.q, a.q_sl) && rows_vectorizable(kb.dog, kb.do_sl);
-        stat = stat_index(a, kb.head, threadIdx.x);
-        half = stat_half(a, kb.head);
+        q_src = q_rows.src;
+        do_src = do_rows.src;
+        const int64_t row = stat_index(a, kb.head, threadIdx.x);
+        lse0 = lse + row;
+        lse1 = lse + stat_half(a, kb.head) + row;
+        dlt = delta + row;
+        next = 0;
     }
 
-    // Q and dO rows of the tile at q0 into Qs, dOs.
-    __device__ __forceinline__ void rows(T* Qs, T* dOs, const AttnArgs& a, const KeyBlock<T>& kb, int q0) const {
-        if (async) {
-            q_rows.copy(Qs, q0 / QN, a.Lq);
-            do_rows.copy(dOs, q0 / QN, a.Lq);
+    // The next tile's Q and dO rows into Qs, dOs and its row statistics into stats_s (zeros past Lq, as
+    // load_row_stats); then the addresses advance by one tile.
+    __device__ __forceinline__ void load_next(T* Qs, T* dOs, RowStats* stats_s, const AttnArgs& a,
+                                              const KeyBlock<T>& kb) {
+        const int rows_left = a.Lq - next - q_rows.row0;  // Q's and dO's copiers share the thread's rows
+        if (!async) {  // profile: rare (strided views)
+            stage_rows_elementwise<T, C::D, C::LD, C::NT>(Qs, kb.in.q, a.q_sl, next, QN, a.Lq);
+            stage_rows_elementwise<T, C::D, C::LD, C::NT>(dOs, kb.dog, kb.do_sl, next, QN, a.Lq);
         } else {
-            stage_rows_elementwise<T, C::D, C::LD, C::NT>(Qs, kb.in.q, a.q_sl, q0, QN, a.Lq);
-            stage_rows_elementwise<T, C::D, C::LD, C::NT>(dOs, kb.dog, kb.do_sl, q0, QN, a.Lq);
+            q_rows.copy_from(Qs, q_src, rows_left);
+            do_rows.copy_from(dOs, do_src, rows_left);
         }
-    }
-
-    // The row statistics of the tile at q0 into stats_s (zeros past Lq, as load_row_stats).
-    __device__ __forceinline__ void stats(RowStats* stats_s, const AttnArgs& a, const float* lse, const float* delta,
-                                          int q0) const {
         if (threadIdx.x < QN) {
-            const bool valid = q0 + static_cast<int>(threadIdx.x) < a.Lq;
-            const int64_t row = stat + q0;
-            cp_async4(&stats_s[threadIdx.x].max, lse + row, valid);
-            cp_async4(&stats_s[threadIdx.x].log_sum, lse + half + row, valid);
-            cp_async4(&stats_s[threadIdx.x].delta, delta + row, valid);
+            const bool valid = next + static_cast<int>(threadIdx.x) < a.Lq;
+            cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
+            cp_async4(&stats_s[threadIdx.x].log_sum, lse1, valid);
+            cp_async4(&stats_s[threadIdx.x].delta, dlt, valid);
         }
+        q_src += q_rows.tile_stride;
+        do_src += do_rows.tile_stride;
+        lse0 += QN;
+        lse1 += QN;
+        dlt += QN;
+        next += QN;
     }
 };
 
@@ -221,16 +234,6 @@ struct QueryTileBuffers {
     RowStats* stats;
 };
 
-// The first loads of a key block's loop: the tile at q0 = 0 into buffer b.
-template <typename T, typename C>
-__device__ __forceinline__ void load_first_query_tile(const QueryTileLoader<T, C>& ld, QueryTileBuffers<T> b,
-                                                      const AttnArgs& a, const KeyBlock<T>& kb, const float* lse,
-                                                      const float* delta) {
-    ld.stats(b.stats, a, lse, delta, 0);
-    ld.rows(b.q, b.dO, a, kb, 0);
-    cp_async_commit();
-}
-
 // Start of the key-block loop's tile at q0 (its loads in buffer cur, issued a tile ahead): waits for them and
 // publishes them with a barrier, which also ends every warp's reads of the previous tile (buffer nxt, the table rows,
 // the scratch), then issues the next tile's loads into nxt. False: the tile is skipped (causal: every key in the
@@ -238,14 +241,13 @@ __device__ __forceinline__ void load_first_query_tile(const QueryTileLoader<T, C
 // loaded all the same (the skip needs its statistics, which arrive with them): causal calls read Q and dO once per
 // key block for every query tile, as the two-kernel backward's dQ side does. (PLAIN calls are never causal.)
 template <Features F, typename T, typename C>
-__device__ __forceinline__ bool begin_query_tile(const QueryTileLoader<T, C>& ld, QueryTileBuffers<T> cur,
+__device__ __forceinline__ bool begin_query_tile(QueryTileLoader<T, C>& ld, QueryTileBuffers<T> cur,
                                                  QueryTileBuffers<T> nxt, const AttnArgs& a, const KeyBlock<T>& kb,
-                                                 const float* lse, const float* delta, int q0) {
+                                                 int q0) {
     constexpr int QN = C::QN;
     cp_async_wait<0>();
     __syncthreads();
-    ld.stats(nxt.stats, a, lse, delta, q0 + QN);
-    ld.rows(nxt.q, nxt.dO, a, kb, q0 + QN);
+    ld.load_next(nxt.q, nxt.dO, nxt.stats, a, kb);
     cp_async_commit();
     if constexpr (F == Features::PLAIN) return true;
     return !(causal_future_tile(a, q0, QN, kb.k0) && rows_skip_future_keys<QN>(cur.stats, q0, a.Lq));
