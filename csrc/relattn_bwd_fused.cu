@@ -204,7 +204,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     zero_acc(acc_v);
     auto buffers = [&](int b) { return QueryTileBuffers<T>{Qb + b * QN * LD, dOb + b * QN * LD, stats_b + b * QN}; };
     QueryTileLoader<T, C> loader(a, kb, lse, delta);
-    loader.load_next(Qb, dOb, stats_b, a, kb);  // the first tile, into buffer 0
+    loader.load_next(Qb, dOb, stats_b, a, kb, lse, delta);  // the first tile, into buffer 0
     cp_async_commit();
     stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
 
@@ -212,7 +212,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
 
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
     for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN)) {
-        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, q0)) continue;
+        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;

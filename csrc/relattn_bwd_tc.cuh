@@ -178,11 +178,14 @@ struct QueryTileLoader {
     static constexpr int QN = C::QN;
     using Rows = AsyncRowCopier<T, C::D, C::LD, C::NT, QN>;
     Rows q_rows, do_rows;
+    // D = 128 (the dK dV kernel at 244-255 registers) keeps one statistics index instead of three pointers: without
+    // that, its GENERAL kernel spilled 16 bytes on sm_90a.
+    static constexpr bool LEAN = C::D >= 128;
     const T* q_src;       // this thread's first chunk of Q's row 0 of the next tile to load (async)
     const T* do_src;      // dO's
     const float* lse0;    // lse[0] of query row threadIdx.x of the next tile to load (threads < QN)
-    const float* lse1;    // lse[1]
-    const float* dlt;     // delta
+    const float* lse1;    // lse[1] (not LEAN)
+    const float* dlt;     // delta (not LEAN)
     int next;             // first query row of the next tile to load
     bool async;
 
@@ -200,9 +203,9 @@ struct QueryTileLoader {
     }
 
     // The next tile's Q and dO rows into Qs, dOs and its row statistics into stats_s (zeros past Lq, as
-    // load_row_stats); then the addresses advance by one tile.
+    // load_row_stats); then the addresses advance by one tile. lse, delta: the kernel's (LEAN recomputes from them).
     __device__ __forceinline__ void load_next(T* Qs, T* dOs, RowStats* stats_s, const AttnArgs& a,
-                                              const KeyBlock<T>& kb) {
+                                              const KeyBlock<T>& kb, const float* lse, const float* delta) {
         const int rows_left = a.Lq - next - q_rows.row0;  // Q's and dO's copiers share the thread's rows
         if (!async) {  // profile: rare (strided views)
             stage_rows_elementwise<T, C::D, C::LD, C::NT>(Qs, kb.in.q, a.q_sl, next, QN, a.Lq);
@@ -213,15 +216,24 @@ struct QueryTileLoader {
         }
         if (threadIdx.x < QN) {
             const bool valid = next + static_cast<int>(threadIdx.x) < a.Lq;
-            cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
-            cp_async4(&stats_s[threadIdx.x].log_sum, lse1, valid);
-            cp_async4(&stats_s[threadIdx.x].delta, dlt, valid);
+            if constexpr (LEAN) {
+                const int64_t row = lse0 - lse;
+                cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
+                cp_async4(&stats_s[threadIdx.x].log_sum, lse0 + stat_half(a, kb.head), valid);
+                cp_async4(&stats_s[threadIdx.x].delta, delta + row, valid);
+            } else {
+                cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
+                cp_async4(&stats_s[threadIdx.x].log_sum, lse1, valid);
+                cp_async4(&stats_s[threadIdx.x].delta, dlt, valid);
+            }
         }
         q_src += q_rows.tile_stride;
         do_src += do_rows.tile_stride;
         lse0 += QN;
-        lse1 += QN;
-        dlt += QN;
+        if constexpr (!LEAN) {
+            lse1 += QN;
+            dlt += QN;
+        }
         next += QN;
     }
 };
@@ -243,11 +255,11 @@ struct QueryTileBuffers {
 template <Features F, typename T, typename C>
 __device__ __forceinline__ bool begin_query_tile(QueryTileLoader<T, C>& ld, QueryTileBuffers<T> cur,
                                                  QueryTileBuffers<T> nxt, const AttnArgs& a, const KeyBlock<T>& kb,
-                                                 int q0) {
+                                                 const float* lse, const float* delta, int q0) {
     constexpr int QN = C::QN;
     cp_async_wait<0>();
     __syncthreads();
-    ld.load_next(nxt.q, nxt.dO, nxt.stats, a, kb);
+    ld.load_next(nxt.q, nxt.dO, nxt.stats, a, kb, lse, delta);
     cp_async_commit();
     if constexpr (F == Features::PLAIN) return true;
     return !(causal_future_tile(a, q0, QN, kb.k0) && rows_skip_future_keys<QN>(cur.stats, q0, a.Lq));
