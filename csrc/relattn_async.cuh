@@ -35,6 +35,16 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src,
 #endif
 }
 
+// 4 bytes global -> shared (cp.async.ca: the only form below 16 bytes), zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
+#ifdef NEZHA_CUDA_EMULATE
+    ::nezha::emu::cp_async(smem_dst, gmem_src, 4, valid ? 4 : 0, __FILE__, __LINE__);
+#else
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(valid ? 4 : 0));
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef NEZHA_CUDA_EMULATE
     ::nezha::emu::cp_async_commit();
@@ -111,6 +121,18 @@ struct AsyncRowCopier {
         tile_stride = ROWS * row_stride;
         chunk_stride = RSTEP * row_stride;
         dst_offset = row0 * LD + col;
+    }
+
+    // ROWS rows into dst from s (this thread's first chunk of the first row), rows from `rows_left` on zero-filled
+    // (rows_left counted from this thread's first row): the caller advances s by tile_stride itself.
+    __device__ __forceinline__ void copy_from(T* dst, const T* s, int rows_left) const {
+#pragma unroll
+        for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+            for (int k = 0; k < CPT; ++k)
+                cp_async16(dst + dst_offset + c * RSTEP * LD + k * TPR * VEC, s + k * TPR * VEC, c * RSTEP < rows_left);
+            s += chunk_stride;
+        }
     }
 
     // Rows tile * ROWS .. + ROWS into dst.

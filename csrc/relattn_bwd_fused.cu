@@ -18,28 +18,37 @@
 
 namespace nezha {
 
-// Shared memory of the fused kernel: the dK dV kernel's tiles plus dS ([QN][BM + 8]) and the band bucket
-// ([QN][TB_COLS + 8]), both in the input dtype.
+// Shared memory of the fused kernel: the dK dV kernel's tiles (the edge rows, two buffers of Q, dO and the row
+// statistics) plus dS
+// ([QN][BM + 8], input dtype). A band tile's bucket ([QN][TB_COLS + 8], input dtype) aliases the fp32 projections
+// (read by the pair gradients before the barrier that publishes dS; the bucket is filled after it).
 template <int D>
 struct FusedLayout {
     using C = TcConfig<D>;
     static constexpr int DS_LD = C::BM + 8;
     static constexpr int BK_LD = C::TB_COLS + 8;
     static constexpr size_t bytes() {
-        return 2 * ((2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + C::QN * DS_LD + C::QN * BK_LD) +
-               4 * (2 * C::QN * C::TB_LD + 3 * C::QN);
+        return 2 * ((EDGE_ROWS + 2 * C::BM + 4 * C::QN + C::TB_COLS) * C::LD + C::QN * DS_LD) +
+               4 * (2 * C::QN * C::TB_LD + 2 * 3 * C::QN);
     }
     static_assert(C::NT == 4 * C::QN, "the band bucket gives 4 threads to each query row");
     static_assert(C::WARPS == 4 && C::QN == 32, "dQ: 4 warps of 16 query rows x D / 2 columns");
+    static_assert(2 * C::QN * BK_LD <= 4 * 2 * C::QN * C::TB_LD, "the bucket fits in the projections' space");
+    static_assert(BK_LD * 2 % 16 == 0, "bucket rows of whole 16-byte chunks");
 };
 
 // Band tile: Bk[il][idx - lo] = dS of the interior pair (il, key with index idx) (one key per index and row), and the
-// row's edge columns (idx 0, 2R, when the tile has them) = the sums of its far-left / far-right dS. 4 threads a row.
+// row's edge columns (idx 0, 2R, when the tile has them) = the sums of its far-left / far-right dS; the other columns
+// zero. 4 threads a row, one warp's lanes (the row is cleared and filled by them alone: a warp barrier between).
 template <typename T, int D>
 __device__ __forceinline__ void fill_band_bucket(T* Bk, const T* dSs, const AttnArgs& a, TableRows tr, int pos_first,
                                                  int k0) {
     using L = FusedLayout<D>;
     const int il = threadIdx.x / 4, sub = threadIdx.x % 4, pos = pos_first + il, E = 2 * a.R;
+    constexpr int CHUNKS = L::BK_LD * 2 / 16;
+    uint4* z = reinterpret_cast<uint4*>(Bk + il * L::BK_LD);
+    for (int c = sub; c < CHUNKS; c += 4) z[c] = make_uint4(0u, 0u, 0u, 0u);
+    __syncwarp();
     float left = 0.0f, right = 0.0f;
     for (int c = 0; c < TcConfig<D>::BM / 4; ++c) {
         const int jl = sub + 4 * c;
@@ -69,13 +78,39 @@ __device__ __forceinline__ void mma_kmajor_ldsm(float (&acc)[NTP][4], const uint
     }
 }
 
-// One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc; at D = 128
+// Where this lane adds into dq_acc: its rows g and g + 8 of the warp's 16 query rows of the tile (rows qr0 + g, +8)
+// from its first column (the warp's column half, + 2 (lane % 4)); set up once per key block and advanced by one
+// increment per query tile, so that each atomic's address is this pointer plus an immediate.
+struct DqLaneRows {
+    float* p;      // row g of the current tile, this lane's first column
+    int64_t row8;  // from row g to row g + 8
+    int64_t tile;  // QN query rows
+    int i;         // query index of row g in the current tile
+
+    template <int D, int QN>
+    __device__ __forceinline__ static DqLaneRows make(float* dq_acc, const AttnArgs& a, HeadIndex head, int warp,
+                                                      int lane) {
+        const FragRC x = mma_c_elem(lane, 0);
+        DqLaneRows d;
+        d.i = (warp & 1) * 16 + x.row;
+        d.p = dq_acc + query_row(a, head, d.i) * D + (warp >> 1) * (D / 2) + x.col;
+        d.row8 = static_cast<int64_t>(8) * row_step(a, head) * D;
+        d.tile = static_cast<int64_t>(QN) * row_step(a, head) * D;
+        return d;
+    }
+    __device__ __forceinline__ void advance(int qn) {
+        p += tile;
+        i += qn;
+    }
+};
+
+// One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc (dq); at D = 128
 // in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled). Fragments
 // by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
 template <typename T, int D>
-__device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T* dSs, const T* Ks, const T* Ts,
-                                            const T* Bk, bool band, int kcols, const AttnArgs& a, HeadIndex head,
-                                            int q0, int warp, int lane) {
+__device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, const T* Ks, const T* Te, const T* Ts,
+                                            const T* Bk, bool band, bool right, int kcols, const AttnArgs& a,
+                                            int warp, int lane) {
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
@@ -85,15 +120,6 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
     const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
     const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
     const uint32_t ones[2] = {one, one};
-    // This lane's two query rows (accumulator rows g, g + 8) in dq_acc, and whether they are below Lq.
-    float* rows[2];
-    bool valid[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = q0 + qr0 + mma_c_elem(lane, 2 * r).row;
-        valid[r] = i < a.Lq;
-        rows[r] = dq_acc + (valid[r] ? query_row(a, head, i) * D : 0);
-    }
     float rowsum[1][4];
     zero_acc(rowsum);
 #pragma unroll
@@ -111,14 +137,15 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
                 MmaOp<T>::run(rowsum[0], af, ones);
             }
         }
-        // Far: + rowsum(dS) * T[lo], a bucket k-step whose only nonzero column is 0 (Ts row 0 = T[lo]).
+        // Far: + rowsum(dS) * T[0] (far left) or T[2R] (far right), a bucket k-step whose only nonzero column is 0 or 1
+        // (Te rows 0, 1 = T[0], T[2R], then zeros and K rows: stage_edge_rows).
         if (!band) {  // profile: far
             uint32_t af[4] = {0u, 0u, 0u, 0u};
             if (lane % 4 == 0) {
-                af[0] = MmaOp<T>::pack(rowsum[0][0], 0.0f);
-                af[1] = MmaOp<T>::pack(rowsum[0][2], 0.0f);
+                af[0] = right ? MmaOp<T>::pack(0.0f, rowsum[0][0]) : MmaOp<T>::pack(rowsum[0][0], 0.0f);
+                af[1] = right ? MmaOp<T>::pack(0.0f, rowsum[0][2]) : MmaOp<T>::pack(rowsum[0][2], 0.0f);
             }
-            mma_kmajor_ldsm<T, NTP>(acc, af, Ts + b_off);
+            mma_kmajor_ldsm<T, NTP>(acc, af, Te + b_off);
         } else {  // profile: band  (+ Bucket . T[lo .. lo + kcols), at most TB_COLS / 16 k-steps)
 #pragma unroll
             for (int ks = 0; ks < C::TB_COLS / 16; ++ks) {
@@ -131,9 +158,13 @@ __device__ __forceinline__ void warp_add_dq(float* __restrict__ dq_acc, const T*
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            if (!valid[r]) continue;
-            for_each_acc_in_row<NTP>(lane, r,
-                                     [&](int nt, int e, int col) { atomicAdd(rows[r] + dc0 + col, acc[nt][e]); });
+            if (dq.i + 8 * r >= a.Lq) continue;
+            float* row = dq.p + r * dq.row8 + pass * COLS;
+#pragma unroll
+            for (int nt = 0; nt < NTP; ++nt) {
+                atomicAdd(row + nt * 8, acc[nt][2 * r]);
+                atomicAdd(row + nt * 8 + 1, acc[nt][2 * r + 1]);
+            }
         }
     }
 }
@@ -148,16 +179,17 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     constexpr Features F = static_cast<Features>(FEATURES);
     constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8, TB_LD = C::TB_LD;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
-    T* Ks = reinterpret_cast<T*>(smem_raw);
+    T* Te = reinterpret_cast<T*>(smem_raw);  // [EDGE_ROWS][LD]: T[0], T[2R], zeros (far tiles; Ks follows)
+    T* Ks = Te + EDGE_ROWS * LD;
     T* Vs = Ks + BM * LD;
-    T* Qs = Vs + BM * LD;
-    T* dOs = Qs + QN * LD;
-    T* Ts = dOs + QN * LD;
+    T* Qb = Vs + BM * LD;       // [2][QN][LD]: Q of this tile and of the next
+    T* dOb = Qb + 2 * QN * LD;  // [2][QN][LD]: dO
+    T* Ts = dOb + 2 * QN * LD;  // a band tile's table rows
     T* dSs = Ts + C::TB_COLS * LD;  // [QN][DS_LD]: dS of the tile, [query][key]
-    T* Bk = dSs + QN * L::DS_LD;    // [QN][BK_LD]: a band tile's bucket
-    float* qtb = reinterpret_cast<float*>(Bk + QN * L::BK_LD);  // [QN][TB_LD]: q_i . T[lo + c]
-    float* dotb = qtb + QN * TB_LD;                            // [QN][TB_LD]: dO_i . T[lo + c]
-    RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);
+    float* qtb = reinterpret_cast<float*>(dSs + QN * L::DS_LD);  // [QN][TB_LD]: q_i . T[lo + c]
+    float* dotb = qtb + QN * TB_LD;                             // [QN][TB_LD]: dO_i . T[lo + c]
+    T* Bk = reinterpret_cast<T*>(qtb);  // [QN][BK_LD]: a band tile's bucket, once the projections are read
+    RowStats* stats_b = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // [2][QN]
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     KeyBlock<T> kb;
@@ -170,27 +202,33 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     float acc_k[NTD][4], acc_v[NTD][4];
     zero_acc(acc_k);
     zero_acc(acc_v);
+    auto buffers = [&](int b) { return QueryTileBuffers<T>{Qb + b * QN * LD, dOb + b * QN * LD, stats_b + b * QN}; };
+    QueryTileLoader<T, C> loader(a, kb, lse, delta);
+    loader.load_next(Qb, dOb, stats_b, a, kb, lse, delta);  // the first tile, into buffer 0
+    cp_async_commit();
+    stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
 
-    for (int q0 = 0; q0 < a.Lq; q0 += QN) {
-        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head, q0);  // also: the previous tile fully consumed
-        // Skipped tiles contribute nothing to dQ either (every pair masked, p = 0).
-        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) {  // profile: rare
-            continue;
-        }
+    DqLaneRows dq = DqLaneRows::make<D, QN>(dq_acc, a, head, warp, lane);
+
+    // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN)) {
+        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
+        const T* Qs = Qb + b * QN * LD;
+        const T* dOs = dOb + b * QN * LD;
+        const RowStats* stats_s = stats_b + b * QN;
         const int pos_first = a.q_offset + q0;
-        stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
-        stage_rows<T, D, LD, NT>(dOs, kb.dog, kb.do_sl, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
         const bool band = tile_in_band(tr, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8), kcols = round_up(tcols, 16);
-        // 16-row k-steps of the dQ bucket product: rows past 2R zero, the others finite (times zero weights).
-        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, kcols, E + 1);
-        __syncthreads();
+        const bool right = tr.lo != 0;  // a far tile's side: T[2R]
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
         if (band) {  // profile: band
+            // 16-row k-steps of the dQ bucket product: rows past 2R zero, the others finite (times zero weights).
+            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, kcols, E + 1);
+            __syncthreads();  // the table rows visible
             project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
         } else {  // profile: far
-            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, right, warp, lane);
         }
 
         float s[NTQ][4], dp[NTQ][4];
@@ -204,18 +242,15 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
         for_each_acc<NTQ>(lane, [&](int nt, int e, int key, int il) {
             dSs[il * L::DS_LD + warp * 16 + key] = from_f<T>(dp[nt][e]);
         });
-        if (band) {  // profile: band
-            uint4* z = reinterpret_cast<uint4*>(Bk);
-            for (int e = threadIdx.x; e < QN * L::BK_LD * 2 / 16; e += NT) z[e] = make_uint4(0u, 0u, 0u, 0u);
-        }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
-        __syncthreads();  // dS (and the cleared bucket) visible to every warp
+        __syncthreads();  // dS visible to every warp; every warp done with the projections (the bucket's space)
         if (band) {  // profile: band
             fill_band_bucket<T, D>(Bk, dSs, a, tr, pos_first, k0);
             __syncthreads();
         }
-        warp_add_dq<T, D>(dq_acc, dSs, Ks, Ts, Bk, band, kcols, a, head, q0, warp, lane);
+        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, kcols, a, warp, lane);
     }
+    cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
 }
 

@@ -135,14 +135,15 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     // Own rows are keys (BM, 16 per warp); streamed tiles are QN queries.
     constexpr int BM = C::BM, QN = C::QN, NT = C::NT, LD = C::LD, NTD = D / 8, NTQ = QN / 8, TB_LD = C::TB_LD;
     NZ_DYNAMIC_SMEM(__align__(16) unsigned char, smem_raw);
-    T* Ks = reinterpret_cast<T*>(smem_raw);
+    T* Te = reinterpret_cast<T*>(smem_raw);  // [EDGE_ROWS][LD]: T[0], T[2R], zeros (far tiles; Ks follows)
+    T* Ks = Te + EDGE_ROWS * LD;
     T* Vs = Ks + BM * LD;
-    T* Qs = Vs + BM * LD;
-    T* dOs = Qs + QN * LD;
-    T* Ts = dOs + QN * LD;
+    T* Qb = Vs + BM * LD;      // [2][QN][LD]: Q of this tile and of the next
+    T* dOb = Qb + 2 * QN * LD;  // [2][QN][LD]: dO
+    T* Ts = dOb + 2 * QN * LD;  // a band tile's table rows
     float* qtb = reinterpret_cast<float*>(Ts + C::TB_COLS * LD);  // [QN][TB_LD]: q_i . T[lo + c]
     float* dotb = qtb + QN * TB_LD;                              // [QN][TB_LD]: dO_i . T[lo + c]
-    RowStats* stats_s = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // per query row: the forward's statistics
+    RowStats* stats_b = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // [2][QN]: the forward's row statistics
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     KeyBlock<T> kb;
@@ -155,26 +156,30 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     float acc_k[NTD][4], acc_v[NTD][4];
     zero_acc(acc_k);
     zero_acc(acc_v);
+    auto buffers = [&](int b) { return QueryTileBuffers<T>{Qb + b * QN * LD, dOb + b * QN * LD, stats_b + b * QN}; };
+    QueryTileLoader<T, C> loader(a, kb, lse, delta);
+    loader.load_next(Qb, dOb, stats_b, a, kb, lse, delta);  // the first tile, into buffer 0
+    cp_async_commit();
+    stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
 
-    for (int q0 = 0; q0 < a.Lq; q0 += QN) {
-        stage_query_tile_stats<QN>(stats_s, a, lse, delta, head, q0);
-        if (causal_future_tile(a, q0, QN, k0) && rows_skip_future_keys<QN>(stats_s, q0, a.Lq)) continue;
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1) {
+        if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
+        const T* Qs = Qb + b * QN * LD;
+        const T* dOs = dOb + b * QN * LD;
+        const RowStats* stats_s = stats_b + b * QN;
         const int pos_first = a.q_offset + q0;
-        stage_rows<T, D, LD, NT>(Qs, in.q, a.q_sl, q0, QN, a.Lq);
-        stage_rows<T, D, LD, NT>(dOs, kb.dog, kb.do_sl, q0, QN, a.Lq);
         const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
         const bool band = tile_in_band(tr, a.R);
         const int tcols = round_up(tr.hi - tr.lo + 1, 8);
-        stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
-        __syncthreads();
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
         if (band) {  // profile: band
+            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
+            __syncthreads();  // the table rows visible
             project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
         } else {  // profile: far
-            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Ts, stats_s, a, kept_scale, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, tr.lo != 0, warp, lane);
         }
 
-        // S^T = K . Q^T and dP^T = V . dO^T for this warp's 16 keys x QN queries, then W^T into s[], dS^T into dp[].
         float s[NTQ][4], dp[NTQ][4];
         warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
         __syncthreads();  // projections visible to every warp
@@ -185,6 +190,7 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }
+    cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
 }
 
@@ -197,7 +203,7 @@ constexpr size_t dq_tc_smem_bytes() {
 template <int D>
 constexpr size_t dkdv_tc_smem_bytes() {
     using C = TcConfig<D>;
-    return 2 * (2 * C::BM + 2 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 3 * C::QN);
+    return 2 * (EDGE_ROWS + 2 * C::BM + 4 * C::QN + C::TB_COLS) * C::LD + 4 * (2 * C::QN * C::TB_LD + 2 * 3 * C::QN);
 }
 
 const char* relattn_bwd_tc(const AttnArgs& a, DType dtype, const void* dout, const float* lse, const float* delta,

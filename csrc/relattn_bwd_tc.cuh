@@ -1,10 +1,11 @@
 // The key-block side of the tensor-core backward, shared by the two-kernel backward's dK dV kernel
 // (relattn_bwd_tc.cu) and the fused backward (relattn_bwd_fused.cu): a block owns BM = 64 keys (16 per warp) and
-// streams query tiles of QN = 32 rows. Per band tile: the block-wide table projections Q.T^T and dO.T^T over the
-// tile's table rows (key side and value side of the relative term); per far tile (every pair on one side, one table
-// row) only per-row terms, folded into the row's statistics. Then per warp S^T = K.Q^T and dP^T = V.dO^T by mma
-// (fragments by ldmatrix) and the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV
-// accumulated in registers.
+// streams query tiles of QN = 32 rows, double-buffered: the next tile's Q, dO rows and row statistics arrive by
+// cp.async while this one computes (QueryTileLoader). Per band tile: the block-wide table projections Q.T^T and
+// dO.T^T over the tile's table rows (key side and value side of the relative term); per far tile (every pair on one
+// side, one table row) only per-row terms, folded into the row's statistics, against the table's two edge rows
+// (staged once, stage_edge_rows). Then per warp S^T = K.Q^T and dP^T = V.dO^T by mma (fragments by ldmatrix) and
+// the pair gradients (dV's weight W^T and dS^T) in the accumulators, and dK, dV accumulated in registers.
 #pragma once
 
 #include "relattn_async.cuh"
@@ -69,15 +70,15 @@ struct FarRow {
     float dside;
 };
 
-// far_s[il] for the tile's QN query rows (Qs, dOs) against the staged table row T[e] (Ts row 0; rows 1-7 staged and
-// finite, their columns unused): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
-// QN / 16 on), one 16 x 8 mma per k-step, and the lanes of column 0 write its rows. The two halves of the fold need
-// no exchange (bias from q . T[e] and the row's max and log-sum, dside from dO . T[e] and delta). stats_s must be
-// staged (a barrier before).
+// far_s[il] for the tile's QN query rows (Qs, dOs) against the table's edge rows (Te rows 0 and 1 = T[0], T[2R],
+// rows 2-7 zero: stage_edge_rows): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
+// QN / 16 on), one 16 x 8 mma per k-step, and the lanes of columns 0-1 write its rows' term for T[0] (far left) or
+// T[2R] (right). The two halves of the fold need no exchange (bias from q . T[e] and the row's max and log-sum,
+// dside from dO . T[e] and delta). stats_s must be visible (a barrier before).
 template <Features F, typename T, typename C>
-__device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Ts,
+__device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Te,
                                                       const RowStats* stats_s, const AttnArgs& a, float kept_scale,
-                                                      int warp, int lane) {
+                                                      bool right, int warp, int lane) {
     constexpr int LD = C::LD, MT = C::QN / 16;
     static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
     const bool is_do = warp >= MT;
@@ -88,18 +89,32 @@ __device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs
     for (int kk = 0; kk < C::D / 16; ++kk) {
         uint32_t af[4], bf[2];
         ldsm_x4(af, A + kk * 16);
-        load_b_nmajor(bf, Ts + kk * 16, LD, lane);
+        load_b_nmajor(bf, Te + kk * 16, LD, lane);
         MmaOp<T>::run(c, af, bf);
     }
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {  // column 0: elements 0 (row g) and 2 (row g + 8) of the lanes 4 g
+    for (int r = 0; r < 2; ++r) {  // columns 0, 1: elements 2r, 2r + 1 (row g, then g + 8) of the lanes 4 g
         const int il = mt * 16 + mma_c_elem(lane, 2 * r).row;
-        float v = c[2 * r];
+        float v = right ? c[2 * r + 1] : c[2 * r];
         if constexpr (F == Features::PLAIN) {
             const RowStats st = stats_s[il];
             v = is_do ? fmaf(kept_scale, v, -st.delta) : (a.scale * v - st.max - st.log_sum) * LOG2E;
         }
         if (lane % 4 == 0) (is_do ? far_s[il].dside : far_s[il].bias) = v;
+    }
+}
+
+// The far tiles' table rows, staged once per key block (the loop's first barrier publishes them): Te rows 0 and 1 =
+// T[0] and T[2R] (E = 2R), rows 2-7 zero. The kernels place Te right before Ks, so that a 16-row k-step from Te (the
+// fused kernel's dQ edge step, whose A is zero past column 1) reads K rows 0-7 as its rows 8-15: finite, times zero.
+constexpr int EDGE_ROWS = 8;
+
+template <typename T, int D, int LD, int NT>
+__device__ __forceinline__ void stage_edge_rows(T* Te, const T* __restrict__ table, int E) {
+#pragma unroll 1
+    for (int e = threadIdx.x; e < EDGE_ROWS * D; e += NT) {
+        const int r = e / D, c = e % D;
+        Te[r * LD + c] = r < 2 ? table[(r == 0 ? 0 : E) * D + c] : from_f<T>(0.0f);
     }
 }
 
@@ -134,7 +149,7 @@ struct KeyBlock {
 
 // Fills kb for block blockIdx.x (a padding-free call narrows `a` to the block's sequence first) and stages its K and V
 // rows; false (nothing staged) for a padding-free block past its sequence's keys. The caller's loop needs a barrier
-// before it reads Ks, Vs (its first tile's stage_query_tile_stats).
+// before it reads Ks, Vs (its first tile's begin_query_tile).
 template <typename T, typename C, bool PACKED>
 __device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, const T* dout, T* Ks, T* Vs, int warp,
                                                 int lane) {
@@ -151,6 +166,103 @@ __device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, co
     stage_rows<T, D, C::LD, C::NT>(Ks, kb.in.k, a.k_sl, kb.k0, C::BM, a.Lk);
     stage_rows<T, D, C::LD, C::NT>(Vs, kb.in.v, a.v_sl, kb.k0, C::BM, a.Lk);
     return true;
+}
+
+// The streamed query tiles' loads, issued one tile ahead (the key-block loops hold two buffers of Q, dO and the row
+// statistics): Q and dO rows by cp.async where every row allows 16-byte copies (else element copies, rare strided
+// views), the statistics (lse[0], lse[1], delta of each row) by 4-byte cp.async from threads 0 .. QN - 1; rows past
+// Lq zero-filled, so that a load past the last tile reads nothing. The caller commits, waits and publishes with a
+// barrier.
+template <typename T, typename C>
+struct QueryTileLoader {
+    static constexpr int QN = C::QN;
+    using Rows = AsyncRowCopier<T, C::D, C::LD, C::NT, QN>;
+    Rows q_rows, do_rows;
+    // D = 128 (the dK dV kernel at 244-255 registers) keeps one statistics index instead of three pointers: without
+    // that, its GENERAL kernel spilled 16 bytes on sm_90a.
+    static constexpr bool LEAN = C::D >= 128;
+    const T* q_src;       // this thread's first chunk of Q's row 0 of the next tile to load (async)
+    const T* do_src;      // dO's
+    const float* lse0;    // lse[0] of query row threadIdx.x of the next tile to load (threads < QN)
+    const float* lse1;    // lse[1] (not LEAN)
+    const float* dlt;     // delta (not LEAN)
+    int next;             // first query row of the next tile to load
+    bool async;
+
+    __device__ __forceinline__ QueryTileLoader(const AttnArgs& a, const KeyBlock<T>& kb, const float* lse,
+                                               const float* delta)
+        : q_rows(kb.in.q, a.q_sl), do_rows(kb.dog, kb.do_sl) {
+        async = rows_vectorizable(kb.in.q, a.q_sl) && rows_vectorizable(kb.dog, kb.do_sl);
+        q_src = q_rows.src;
+        do_src = do_rows.src;
+        const int64_t row = stat_index(a, kb.head, threadIdx.x);
+        lse0 = lse + row;
+        lse1 = lse + stat_half(a, kb.head) + row;
+        dlt = delta + row;
+        next = 0;
+    }
+
+    // The next tile's Q and dO rows into Qs, dOs and its row statistics into stats_s (zeros past Lq, as
+    // load_row_stats); then the addresses advance by one tile. lse, delta: the kernel's (LEAN recomputes from them).
+    __device__ __forceinline__ void load_next(T* Qs, T* dOs, RowStats* stats_s, const AttnArgs& a,
+                                              const KeyBlock<T>& kb, const float* lse, const float* delta) {
+        const int rows_left = a.Lq - next - q_rows.row0;  // Q's and dO's copiers share the thread's rows
+        if (!async) {  // profile: rare (strided views)
+            stage_rows_elementwise<T, C::D, C::LD, C::NT>(Qs, kb.in.q, a.q_sl, next, QN, a.Lq);
+            stage_rows_elementwise<T, C::D, C::LD, C::NT>(dOs, kb.dog, kb.do_sl, next, QN, a.Lq);
+        } else {
+            q_rows.copy_from(Qs, q_src, rows_left);
+            do_rows.copy_from(dOs, do_src, rows_left);
+        }
+        if (threadIdx.x < QN) {
+            const bool valid = next + static_cast<int>(threadIdx.x) < a.Lq;
+            if constexpr (LEAN) {
+                const int64_t row = lse0 - lse;
+                cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
+                cp_async4(&stats_s[threadIdx.x].log_sum, lse0 + stat_half(a, kb.head), valid);
+                cp_async4(&stats_s[threadIdx.x].delta, delta + row, valid);
+            } else {
+                cp_async4(&stats_s[threadIdx.x].max, lse0, valid);
+                cp_async4(&stats_s[threadIdx.x].log_sum, lse1, valid);
+                cp_async4(&stats_s[threadIdx.x].delta, dlt, valid);
+            }
+        }
+        q_src += q_rows.tile_stride;
+        do_src += do_rows.tile_stride;
+        lse0 += QN;
+        if constexpr (!LEAN) {
+            lse1 += QN;
+            dlt += QN;
+        }
+        next += QN;
+    }
+};
+
+// The shared buffers of one streamed query tile.
+template <typename T>
+struct QueryTileBuffers {
+    T* q;
+    T* dO;
+    RowStats* stats;
+};
+
+// Start of the key-block loop's tile at q0 (its loads in buffer cur, issued a tile ahead): waits for them and
+// publishes them with a barrier, which also ends every warp's reads of the previous tile (buffer nxt, the table rows,
+// the scratch), then issues the next tile's loads into nxt. False: the tile is skipped (causal: every key in the
+// future of every valid row and every row has an attended key; p = 0 for all its pairs). A skipped tile's rows are
+// loaded all the same (the skip needs its statistics, which arrive with them): causal calls read Q and dO once per
+// key block for every query tile, as the two-kernel backward's dQ side does. (PLAIN calls are never causal.)
+template <Features F, typename T, typename C>
+__device__ __forceinline__ bool begin_query_tile(QueryTileLoader<T, C>& ld, QueryTileBuffers<T> cur,
+                                                 QueryTileBuffers<T> nxt, const AttnArgs& a, const KeyBlock<T>& kb,
+                                                 const float* lse, const float* delta, int q0) {
+    constexpr int QN = C::QN;
+    cp_async_wait<0>();
+    __syncthreads();
+    ld.load_next(nxt.q, nxt.dO, nxt.stats, a, kb, lse, delta);
+    cp_async_commit();
+    if constexpr (F == Features::PLAIN) return true;
+    return !(causal_future_tile(a, q0, QN, kb.k0) && rows_skip_future_keys<QN>(cur.stats, q0, a.Lq));
 }
 
 // One warp's 16 keys (Ks, Vs rows from the warp's first) x the QN queries of the tile: S^T = K.Q^T into w[] and

@@ -192,6 +192,8 @@ void* dynamic_smem();
 // issuing thread and the destination poisoned (0xFF: NaN in every float type) until a cp_async_wait delivers it,
 // so a read before the wait (or before the barrier that publishes it) shows as NaN. dst must be 16-byte aligned.
 void cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line);
+// cp.async.ca.shared.global [dst], [src], size, src_bytes with size 4, 8 or 16 (the same model).
+void cp_async(void* dst, const void* src, int size, int src_bytes, const char* file, int line);
 // cp.async.commit_group: the copies issued since the last commit form one group.
 void cp_async_commit();
 // cp.async.wait_group n: delivers every committed group but the n most recent.

@@ -86,9 +86,10 @@ struct Warp {
     uint32_t ldsm_out[32][4];
 };
 
-// One cp.async of 16 bytes, held by its issuing thread until a wait delivers it.
+// One cp.async of `size` (4, 8 or 16) bytes, held by its issuing thread until a wait delivers it.
 struct AsyncCopy {
     unsigned char* dst;
+    int size;
     unsigned char data[16];
 };
 
@@ -462,16 +463,21 @@ void mma_m16n8k16(MmaType type, float (&c)[4], const uint32_t (&a)[4], const uin
 
 void* dynamic_smem() { return current().block->smem; }
 
-void cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line) {
+void cp_async(void* dst, const void* src, int size, int src_bytes, const char* file, int line) {
     ThreadCtx& c = current();
-    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0 ||
-        (src_bytes != 0 && src_bytes != 16))
+    const bool size_ok = size == 4 || size == 8 || size == 16;
+    if (!size_ok || reinterpret_cast<uintptr_t>(dst) % size != 0 || reinterpret_cast<uintptr_t>(src) % size != 0 ||
+        (src_bytes != 0 && src_bytes != size))
         fail(*c.block, thread_name(*c.block, c.tid) + ": cp.async at " + file + ":" + std::to_string(line) +
-                           " needs 16-byte aligned addresses and a source size of 0 or 16 bytes");
-    AsyncCopy copy{static_cast<unsigned char*>(dst), {}};
-    if (src_bytes == 16) std::memcpy(copy.data, src, 16);
-    std::memset(dst, 0xFF, 16);  // poisoned until delivered
+                           " needs a size of 4, 8 or 16 bytes, addresses aligned to it and a source size of 0 or it");
+    AsyncCopy copy{static_cast<unsigned char*>(dst), size, {}};
+    if (src_bytes == size) std::memcpy(copy.data, src, size);
+    std::memset(dst, 0xFF, size);  // poisoned until delivered
     c.open_copies.push_back(copy);
+}
+
+void cp_async16(void* dst, const void* src, int src_bytes, const char* file, int line) {
+    cp_async(dst, src, 16, src_bytes, file, line);
 }
 
 void cp_async_commit() {
@@ -483,7 +489,7 @@ void cp_async_commit() {
 void cp_async_wait(int n) {
     ThreadCtx& c = current();
     while (static_cast<int>(c.copy_groups.size()) > n) {
-        for (const AsyncCopy& copy : c.copy_groups.front()) std::memcpy(copy.dst, copy.data, 16);
+        for (const AsyncCopy& copy : c.copy_groups.front()) std::memcpy(copy.dst, copy.data, copy.size);
         c.copy_groups.erase(c.copy_groups.begin());
     }
 }

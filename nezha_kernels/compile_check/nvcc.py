@@ -85,10 +85,11 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ
         return 2 * (2 * _TC_BM + 2 * bn_dq + _TC_TS_ROWS) * ld + 4 * _TC_WARPS * 2 * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dkdv_tc_kernel":
-        return 2 * (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 3 * _TC_QN)
-    if kernel == "relattn_bwd_fused_tc_kernel":  # dK dV's tiles + dS [QN][BM + 8] + the band bucket [QN][TB_COLS + 8]
-        tiles = (2 * _TC_BM + 2 * _TC_QN + _TC_TB_COLS) * ld + _TC_QN * (_TC_BM + 8) + _TC_QN * (_TC_TB_COLS + 8)
-        return 2 * tiles + 4 * (2 * _TC_QN * _TC_TB_LD + 3 * _TC_QN)
+        # the 8 edge rows, K, V, two buffers of Q, dO and the row statistics, the table rows, the fp32 projections
+        return 2 * (8 + 2 * _TC_BM + 4 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * 3 * _TC_QN)
+    if kernel == "relattn_bwd_fused_tc_kernel":  # dK dV's tiles + dS [QN][BM + 8] (the bucket aliases the projections)
+        tiles = (8 + 2 * _TC_BM + 4 * _TC_QN + _TC_TB_COLS) * ld + _TC_QN * (_TC_BM + 8)
+        return 2 * tiles + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * 3 * _TC_QN)
     if kernel == "relattn_bwd_dq_convert_kernel":  # the fused backward's dq = scale * acc: no shared memory
         return 0
     raise KeyError(kernel)
