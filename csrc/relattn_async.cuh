@@ -135,17 +135,9 @@ struct AsyncRowCopier {
         }
     }
 
-    // Rows tile * ROWS .. + ROWS into dst.
+    // Rows tile * ROWS .. + ROWS into dst (rows from `limit` on zero-filled).
     __device__ __forceinline__ void copy(T* dst, int tile, int limit) const {
-        const T* s = src + tile * tile_stride;
-        const int rows_left = limit - tile * ROWS - row0;  // row step c is in range iff c * RSTEP < rows_left
-#pragma unroll
-        for (int c = 0; c < CHUNKS; ++c) {
-#pragma unroll
-            for (int k = 0; k < CPT; ++k)
-                cp_async16(dst + dst_offset + c * RSTEP * LD + k * TPR * VEC, s + k * TPR * VEC, c * RSTEP < rows_left);
-            s += chunk_stride;
-        }
+        copy_from(dst, src + tile * tile_stride, limit - tile * ROWS - row0);
     }
 };
 
