@@ -9,12 +9,10 @@ torch.compile(fullgraph=True) with the same numbers as eager.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from triton_parity import run_interpreted
 
 import nezha_kernels as nk
 from nezha_kernels import ops
@@ -101,23 +99,7 @@ def test_cuda_impls_pass_opcheck_and_compile(emulated, impl, dtype):
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_triton_impl_suite():
     # The op's default table takes the Triton rotation path here whatever the dtype (configs.ROTATION_ENV).
-    env = {**os.environ, "TRITON_INTERPRET": "1", "NEZHA_KERNELS_TRITON_ROTATION": "all"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "interpreted",
-        str(Path(__file__).resolve()),
-    ]
-    result = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent
-    )
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout and " failed" not in result.stdout
+    run_interpreted(__file__, {"NEZHA_KERNELS_TRITON_ROTATION": "all"}, "interpreted")
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_triton_impl_suite")
