@@ -450,3 +450,39 @@ def test_unmarked_arm_of_a_far_branch_is_band(tmp_path):
     paths = sass.best_paths(fn, fn.loops[0])
     assert [i.addr for i in paths["far"].instrs] == [0x10, 0x50, 0x60]
     assert [i.addr for i in paths["band"].instrs] == [0x10, 0x20, 0x30, 0x40, 0x60]
+
+
+def test_band_only_loop_counts_its_own_tile_width(tmp_path):
+    """A band loop of narrower tiles than the far loop (the Triton band loops: 16 keys against 64): its per-score
+    figures use its own scores per iteration, and the model prices a far-width band tile at cols / band_cols of
+    its iterations."""
+    from nezha_kernels.compile_check import profile_analyze
+
+    src = tmp_path / "kern.py"
+    src.write_text(KERNEL_SRC)
+    roles.role_map.cache_clear()
+    at = f'//## File "{src}", line'
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_0:
+        {at} 16
+        10|    |FADD R4, R4, 1
+        20| @P0|BRA `(.L_x_0)
+        .L_x_1:
+        {at} 6
+        30|    |FADD R4, R4, 2
+        40|    |FADD R4, R4, 3
+        50|    |MUFU.EX2 R7, R4
+        60| @P1|BRA `(.L_x_1)
+        70|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64, band_scores_per_iter=16)
+    far, band = analysis["loops"]
+    assert (far["role"], far["scores_per_iter"], far["total"]) == ("far", 64, 2)
+    assert (band["role"], band["scores_per_iter"], band["total"]) == ("band", 16, 4)
+    assert band["per_score"] == 0.25 and band["ex2_per_score"] == 2.0
+    far_cost, band_cost, _ = profile_analyze.model_costs(analysis)
+    assert far_cost.instructions == 2 and band_cost.instructions == 16 and band_cost.ex2 == 4

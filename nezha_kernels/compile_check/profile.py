@@ -76,7 +76,7 @@ def profile_rows(
                 ),
             )
             for job, res in zip(jobs, results, strict=True):
-                rows_, cols, trips = profile_triton.TILE_GEOMETRY[job["kernel"]](job["constexprs"])
+                rows_, cols, trips, band_cols = profile_triton.TILE_GEOMETRY[job["kernel"]](job["constexprs"])
                 meta = {
                     "kernel": job["kernel"],
                     "backend": "triton",
@@ -89,6 +89,7 @@ def profile_rows(
                     "stages": job["stages"],
                     "rows": rows_,
                     "cols": cols,
+                    "band_cols": band_cols,
                     "other_trips": trips,
                 }
                 if "error" in res:

@@ -135,9 +135,13 @@ def _picked(fn, loop) -> list[tuple[str, sass.Path]]:
     return [(roles.loop_role(fn, loop), paths["far"])] if "far" in paths else []
 
 
-def analyze_function(fn: sass.Function, scores_per_iter: float) -> dict:
+def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_iter: float | None = None) -> dict:
     """Loops (one entry per path role), the straight-line part and whole-function summaries of one function.
     Keys starting with "_" hold model costs (issue_model.Cost), not JSON.
+
+    ``band_scores_per_iter``: scores per iteration of a band-only loop (one whose paths are all band: the split
+    kernels' band loops, which run narrower tiles than their far loops); default ``scores_per_iter``. Such a
+    loop's model cost is scaled to ``scores_per_iter`` scores (the model counts band tiles of the far width).
 
     A loop's inner loops are counted apart (their own entries) and, for the model and the *_with_inner
     fields, added to each iteration of the enclosing path at one trip each: a lower bound where they run
@@ -159,15 +163,17 @@ def analyze_function(fn: sass.Function, scores_per_iter: float) -> dict:
 
     loops, costs = [], []
     for loop in fn.loops:
+        band_only = [role for role, _ in picked[loop.index]] == ["band"]
+        scores = band_scores_per_iter if band_only and band_scores_per_iter else scores_per_iter
         for role, path in picked[loop.index]:
-            entry = _entry(fn, loop, role, path, scores_per_iter)
+            entry = _entry(fn, loop, role, path, scores)
             inner = sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())
             entry["inner_loop_instructions"] = round(inner.instructions)
             with_inner = entry["total"] + inner.instructions
-            entry["per_score_with_inner"] = round(with_inner / scores_per_iter, 4) if scores_per_iter else None
+            entry["per_score_with_inner"] = round(with_inner / scores, 4) if scores else None
             loops.append(entry)
             if loop.parent is None:
-                costs.append((role, path_cost(path.instrs) + inner))
+                costs.append((role, (path_cost(path.instrs) + inner) * (scores_per_iter / scores if scores else 1.0)))
     line = sass.straight_line(fn)
     every = Counter(sass.mma_shape(i.opcode) for i in fn.instrs if i.cls == "mma")
     return {

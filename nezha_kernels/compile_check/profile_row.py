@@ -41,7 +41,8 @@ def analyze_row(
     functions: list | None = None,
 ):
     """Fill ``meta`` (kernel, backend, arch, dtype, head_dim, tile, warps, stages, rows, cols, other_trips,
-    compiler, shared_bytes) with the analysis of ``function`` in ``cubin`` (the only one if None).
+    compiler, shared_bytes; optional band_cols: the columns of a band-only loop's iteration, default cols) with
+    the analysis of ``function`` in ``cubin`` (the only one if None).
     ``sass_text`` / ``functions``: the cubin's listing and its parse, when the caller has them already."""
     text = sass_text if sass_text is not None else profile_analyze.disassemble(cubin)
     functions = functions if functions is not None else sass.parse(text)
@@ -50,7 +51,8 @@ def analyze_row(
         return {**meta, "status": "error", "message": f"function {function} not in the cubin"}
     res = profile_analyze.resources(cubin).get(fn.name, {})
     scores = _scores(meta["rows"], meta["cols"], meta["warps"])
-    analysis = profile_analyze.analyze_function(fn, scores)
+    band_scores = _scores(meta["rows"], meta.get("band_cols") or meta["cols"], meta["warps"])
+    analysis = profile_analyze.analyze_function(fn, scores, band_scores)
     far, band, once = profile_analyze.model_costs(analysis, meta.get("other_trips", 1))
     heads = HEADS[0] * HEADS[1]
     shared = meta.get("shared_bytes")

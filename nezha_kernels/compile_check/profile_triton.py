@@ -9,7 +9,8 @@ reference (plain_flash.py, 128 x 64, 4 warps, 3 stages). Cubins are cached under
 
 Per kernel, ``TILE_GEOMETRY`` says what one loop iteration covers (program rows x loop columns: the
 forward and dQ loop over key tiles of a BLOCK_M-row query block, dK/dV over query tiles of a BLOCK_N-key
-block) and how many times each "other" loop runs (the forward / dQ band epilogue: BAND_P / 32 chunks).
+block), how many times each "other" loop runs (the forward / dQ band epilogue: BAND_P / 32 chunks) and the
+columns of one band-loop iteration (16 at the main tiles: the band loops run narrower tiles than the far loops).
 """
 
 from __future__ import annotations
@@ -48,15 +49,27 @@ def _band_chunks(constexprs: dict, dq: bool = False) -> int:
     return band_p // min(16 if wide else 32, band_p)
 
 
-# kernel -> (program rows, loop columns, other-loop trips) from the job's constexprs.
+def _band_key_tile(c: dict) -> int:
+    """Key columns of one iteration of the forward's / dQ's band loop: BLOCK_NB of forward.py / backward_dq.py."""
+    return max(16, min(c["BLOCK_N"], 2048 // c["BLOCK_M"]))
+
+
+def _band_query_tile(c: dict) -> int:
+    """Query rows of one iteration of dK/dV's band loop: BLOCK_MB of backward_dkdv.py."""
+    return max(16, min(c["BLOCK_M"], 1024 // c["BLOCK_N"]))
+
+
+# kernel -> (program rows, loop columns, other-loop trips, band-loop columns) from the job's constexprs. A band-only
+# loop iterates over narrower tiles than the far loops (its per-pair state must stay in registers), so its scores
+# per iteration, and the model's cost of a band tile of the far loops' width, use its own columns.
 TILE_GEOMETRY = {
-    "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c)),
-    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True)),
-    "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
-    "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
-    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
-    "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1),
-    PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1),
+    "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c), _band_key_tile(c)),
+    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True), _band_key_tile(c)),
+    "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
+    "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _band_key_tile(c)),
+    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _band_key_tile(c)),
+    "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
+    PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, c["BLOCK_N"]),
 }
 
 
