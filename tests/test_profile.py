@@ -486,3 +486,90 @@ def test_band_only_loop_counts_its_own_tile_width(tmp_path):
     assert band["per_score"] == 0.25 and band["ex2_per_score"] == 2.0
     far_cost, band_cost, _ = profile_analyze.model_costs(analysis)
     assert far_cost.instructions == 2 and band_cost.instructions == 16 and band_cost.ex2 == 4
+
+
+def test_far_tiles_run_the_far_only_loop_and_the_band_loop_its_own_width(tmp_path):
+    """The split kernels under triton 3.6: a far-only loop, then the band loop with a runtime in-band branch (a far
+    and a band path, 16-key tiles), whose block of band code holds too few instructions to carry a role by vote.
+    Far tiles cost the far-only loop, not the band loop's out-of-band path; the band loop is band by the one role
+    its instructions name, and both its paths count at the band width."""
+    from nezha_kernels.compile_check import profile_analyze
+
+    src = tmp_path / "kern.py"
+    src.write_text(KERNEL_SRC)
+    roles.role_map.cache_clear()
+    at = f'//## File "{src}", line'
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_0:
+        {at} 16
+        10|    |FADD R4, R4, 1
+        20| @P0|BRA `(.L_x_0)
+        .L_x_1:
+        {at} 1
+        30|    |FADD R4, R4, 2
+        40|    |FADD R4, R4, 3
+        {at} 6
+        50|    |FADD R4, R4, 4
+        {at} 1
+        60|    |FADD R4, R4, 5
+        70| @P1|BRA `(.L_x_1)
+        80|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64, band_scores_per_iter=16)
+    assert [(e["role"], e["scores_per_iter"], e["total"]) for e in analysis["loops"]] == [
+        ("far", 64, 2),
+        ("band", 16, 5),
+    ]
+    far, band, _ = profile_analyze.model_costs(analysis)
+    assert far.instructions == 2 and band.instructions == 20
+
+
+def test_out_of_band_path_of_a_band_loop_is_not_a_far_tile(tmp_path):
+    """A far-only loop and a band loop with both paths (an in-band branch): the model's far tile is the far-only
+    loop's iteration, though the band loop's out-of-band path is heavier; both band-loop paths count at the band
+    width."""
+    from nezha_kernels.compile_check import profile_analyze
+
+    src = tmp_path / "kern.py"
+    src.write_text(KERNEL_SRC)
+    roles.role_map.cache_clear()
+    at = f'//## File "{src}", line'
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_9:
+        {at} 16
+        08|    |FADD R4, R4, 1
+        0c| @P2|BRA `(.L_x_9)
+        .L_x_0:
+        {at} 4
+        10|    |IMAD R2, R3, 0x2, RZ
+        20| @P0|BRA `(.L_x_1)
+        {at} 6
+        30|    |FADD R4, R4, 1
+        40|    |FADD R4, R4, 2
+        50|    |LDS R5, [R6]
+        60|    |BRA `(.L_x_2)
+        .L_x_1:
+        {at} 9
+        70|    |FADD R4, R4, -1
+        .L_x_2:
+        {at} 10
+        80|    |MUFU.EX2 R7, R4
+        90| @P1|BRA `(.L_x_0)
+        a0|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64, band_scores_per_iter=16)
+    assert [(e["role"], e["scores_per_iter"], e["total"]) for e in analysis["loops"]] == [
+        ("far", 64, 2),
+        ("far", 16, 5),
+        ("band", 16, 8),
+    ]
+    far, band, _ = profile_analyze.model_costs(analysis)
+    assert far.instructions == 2 and band.instructions == 32

@@ -139,9 +139,10 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
     """Loops (one entry per path role), the straight-line part and whole-function summaries of one function.
     Keys starting with "_" hold model costs (issue_model.Cost), not JSON.
 
-    ``band_scores_per_iter``: scores per iteration of a band-only loop (one whose paths are all band: the split
-    kernels' band loops, which run narrower tiles than their far loops); default ``scores_per_iter``. Such a
-    loop's model cost is scaled to ``scores_per_iter`` scores (the model counts band tiles of the far width).
+    ``band_scores_per_iter``: scores per iteration of a loop with a band path (the split Triton kernels' band
+    loops, which run narrower tiles than their far loops, with or without a branch inside); default
+    ``scores_per_iter``. Such a loop's model costs are scaled to ``scores_per_iter`` scores (the model counts
+    band tiles of the far width).
 
     A loop's inner loops are counted apart (their own entries) and, for the model and the *_with_inner
     fields, added to each iteration of the enclosing path at one trip each: a lower bound where they run
@@ -163,8 +164,8 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
 
     loops, costs = [], []
     for loop in fn.loops:
-        band_only = [role for role, _ in picked[loop.index]] == ["band"]
-        scores = band_scores_per_iter if band_only and band_scores_per_iter else scores_per_iter
+        loop_roles = [role for role, _ in picked[loop.index]]
+        scores = band_scores_per_iter if "band" in loop_roles and band_scores_per_iter else scores_per_iter
         for role, path in picked[loop.index]:
             entry = _entry(fn, loop, role, path, scores)
             inner = sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())
@@ -173,7 +174,8 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
             entry["per_score_with_inner"] = round(with_inner / scores, 4) if scores else None
             loops.append(entry)
             if loop.parent is None:
-                costs.append((role, (path_cost(path.instrs) + inner) * (scores_per_iter / scores if scores else 1.0)))
+                scaled = (path_cost(path.instrs) + inner) * (scores_per_iter / scores if scores else 1.0)
+                costs.append((role, scaled, loop_roles == ["far"]))
     line = sass.straight_line(fn)
     every = Counter(sass.mma_shape(i.opcode) for i in fn.instrs if i.cls == "mma")
     return {
@@ -193,11 +195,14 @@ def model_costs(analysis: dict, other_trips: int = 1):
     """(far, band or None, once) per-warp costs for issue_model.predict from ``analyze_function``'s result,
     over the top-level loops (inner loops inside their parents' costs): far / band the heaviest far / band
     path (band None when the kernel has none; a kernel without roles gets its heaviest loop as "far"), once
-    the straight-line part plus each "other" loop ``other_trips`` times."""
+    the straight-line part plus each "other" loop ``other_trips`` times. Far tiles run a far-only loop where
+    the kernel has one: the far path of a loop that also has a band path is then that loop's out-of-band
+    case (the split kernels' band loop on a tile past the band), not a far tile."""
     costs = analysis["_path_costs"]
-    far = [c for role, c in costs if role == "far"]
-    band = [c for role, c in costs if role == "band"]
-    other = [c for role, c in costs if role == "other"]
+    far_only = [c for role, c, only in costs if role == "far" and only]
+    far = far_only or [c for role, c, _ in costs if role == "far"]
+    band = [c for role, c, _ in costs if role == "band"]
+    other = [c for role, c, _ in costs if role == "other"]
     if not far and not band and other:  # no roles at all: the heaviest loop is the per-tile loop
         heaviest = max(other, key=lambda c: c.instructions)
         far, other = [heaviest], [c for c in other if c is not heaviest]

@@ -32,7 +32,8 @@ The innermost region wins where regions nest. An instruction takes the role of i
 has one (a generic helper such as ``dot`` inlined into a ``*far_tile*`` function is "far"). A block takes
 the role at least a third of its instructions have (the most common one); the unmarked arm of a two-way
 branch whose other arm is far (band) is band (far). A loop with no band block is
-"far" when most of its roled blocks are far, else "other".
+"far" when most of its roled blocks are far, else "other"; a loop none of whose blocks has a role (triton 3.6's
+split band loops) takes the one far / band role its own instructions name, if they name exactly one.
 """
 
 from __future__ import annotations
@@ -238,13 +239,18 @@ def _other_arm(fn) -> None:
 
 def loop_role(fn, loop) -> str:
     """ "far" or "other" for a loop without band blocks (see the module docstring); "band" when every block
-    that has a role is band."""
+    that has a role is band; a loop none of whose blocks has a role takes the one far / band role its
+    instructions name, if they name exactly one."""
     from collections import Counter
 
     inner = set().union(*(c.body for c in loop.children)) if loop.children else set()
     votes = Counter(fn.blocks[b].role for b in loop.body - inner if fn.blocks[b].role in ("far", "band", "other"))
     if not votes:
-        return "other"
+        # No block reaches a third (triton 3.6: no inline chains, most of a band loop's instructions carry their
+        # helpers' lines): the loop's own far / band instructions decide when they name one role only.
+        seen = {instruction_role(i.frames) for b in loop.body - inner for i in fn.blocks[b].instrs}
+        seen &= {"far", "band"}
+        return seen.pop() if len(seen) == 1 else "other"
     if set(votes) == {"band"}:
         return "band"
     return "far" if votes.get("far", 0) >= votes.get("other", 0) else "other"
