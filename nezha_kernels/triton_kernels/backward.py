@@ -11,8 +11,8 @@ With w_ij = p_ij * drop_ij * hm (the weights the output was built from):
 import triton
 import triton.language as tl
 
-from .band import band_gather, load_table_slice, mask_scores
-from .dot import dot, dot_nt
+from .band import band_tile_terms, mask_scores
+from .dot import dot_nt
 from .philox import philox_uniform
 from .rotation import load_positional, rotate_rows_at
 from .softmax import LOG2E
@@ -221,19 +221,11 @@ def tile_grads(
                 q_rot = rotate_rows_at(q_again, q_rows + (offs_d ^ 1)[None, :] * stride_qd, qd_mask, ROT, m0)
                 q_edge = tl.where(rel < 0, q_left[:, None], q_right[:, None])
                 s += tl.where((rel > -R) & (rel < R), dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS), q_edge)
-            elif BAND_P > 0:
-                near = (rel > -R) & (rel < R)
-                slot_ptrs = ws + (ws_row + (rel + (R - 1)))
-                slot_mask = near & m_valid[:, None] & n_valid[None, :]
-                left = rel < 0
-                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
-                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
-                s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
-                dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
             else:
-                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
-                dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+                s, dw = band_tile_terms(
+                    s, dw, q, do, (T, stride_tr, stride_td, R), (q_left, q_right, do_left, do_right), offs_d,
+                    m_valid, n_valid, rel, rel_min, ws, ws_row, HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+                )  # fmt: skip
         else:
             right = rel_min >= R
             s += tl.where(right, q_right, q_left)[:, None]

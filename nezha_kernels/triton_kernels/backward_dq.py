@@ -11,7 +11,7 @@ the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop c
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, edge_terms, load_band_table, load_table_slice, mask_tile
+from .band import band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .rotation import load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
@@ -86,50 +86,6 @@ def dq_far_loop(
 
 
 @triton.jit
-def dq_band_tile_terms(
-    s,
-    dw,
-    q,
-    do,
-    table,
-    edges,
-    offs_d,
-    rows,
-    n_valid,
-    rel,
-    rel_min,
-    ws,
-    ws_row,
-    HEAD_DIM: tl.constexpr,
-    FMA_DOTS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BAND_P: tl.constexpr,
-):
-    """(s, dw) plus the table terms of a tile with in-band pairs (exact for any tile): block-band scratch (BAND_P > 0,
-    edge rows beyond the band) or per-tile table slices. dq_tile's UNBRANCHED arm; its branched arm keeps the same
-    code inline (so the profile's roles, read from the source, stay as they were where the branch runs)."""
-    T, stride_tr, stride_td, R = table
-    q_left, q_right, do_left, do_right = edges
-    _, _, _, _, m_valid = rows
-    if BAND_P > 0:
-        near = (rel > -R) & (rel < R)
-        slot_ptrs = ws + (ws_row + (rel + (R - 1)))
-        slot_mask = near & m_valid[:, None] & n_valid[None, :]
-        left = rel < 0
-        q_edge = tl.where(left, q_left[:, None], q_right[:, None])
-        do_edge = tl.where(left, do_left[:, None], do_right[:, None])
-        s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
-        dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
-    else:
-        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-        s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
-        dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
-    return s, dw
-
-
-@triton.jit
 def dq_tile(
     q,
     do,
@@ -174,7 +130,7 @@ def dq_tile(
     band and tail, with BRANCHLESS_BAND), so the table path runs without a branch on the tile's position.
     SINUSOID (rotation.py): rot = (ROT, q_rot, do_rot), in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T.
     """
-    T, stride_tr, stride_td, R = table
+    _, _, _, R = table
     _, q_rot, do_rot = rot
     q_left, q_right, do_left, do_right = edges
     row_max, row_logsum, delta, hm = stats
@@ -198,24 +154,15 @@ def dq_tile(
             # No runtime branch around the scratch loads (configs.dq_branchless_band): in a pipelined loop one
             # fails triton 3.6's sm_90 pipeliner (benchmarks/NOTES.md "Triton 3.6 pipelining on sm_90"); a tile
             # beyond the band gets its edge terms from the where's other arm.
-            s, dw = dq_band_tile_terms(
-                s, dw, q, do, table, edges, offs_d, rows, n_valid, rel, rel_min, ws, ws_row,
+            s, dw = band_tile_terms(
+                s, dw, q, do, table, edges, offs_d, m_valid, n_valid, rel, rel_min, ws, ws_row,
                 HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
             )  # fmt: skip
         elif (rel_min < R) & (rel_max > -R):
-            if BAND_P > 0:
-                near = (rel > -R) & (rel < R)
-                slot_ptrs = ws + (ws_row + (rel + (R - 1)))
-                slot_mask = near & m_valid[:, None] & n_valid[None, :]
-                left = rel < 0
-                q_edge = tl.where(left, q_left[:, None], q_right[:, None])
-                do_edge = tl.where(left, do_left[:, None], do_right[:, None])
-                s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
-                dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
-            else:
-                ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
-                dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+            s, dw = band_tile_terms(
+                s, dw, q, do, table, edges, offs_d, m_valid, n_valid, rel, rel_min, ws, ws_row,
+                HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+            )  # fmt: skip
         else:
             right = rel_min >= R
             s += tl.where(right, q_right, q_left)[:, None]
@@ -254,7 +201,7 @@ def dq_band_tile_values(
 ):
     """(dq, ds_left, ds_right) after the table side of a tile's dS (exact for any tile): block-band mode stores the
     in-band dS in the scratch slots and adds the rest to the edge rows' sums; per-tile mode adds bucket(dS) @ T_slice
-    (rows clamped to T[0] / T[2R] beyond the band). dq_band_loop's UNBRANCHED arm (see dq_band_tile_terms)."""
+    (rows clamped to T[0] / T[2R] beyond the band). Both arms of dq_band_loop's table path (UNBRANCHED or not)."""
     T, stride_tr, stride_td, R = table
     _, _, _, offs_m, m_valid = rows
     if BAND_P > 0:
@@ -313,9 +260,9 @@ def dq_band_loop(
     tile into u, rotated back and added to dq when the loop ends.
     """
     k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
-    T, stride_tr, stride_td, R = table
+    _, _, _, R = table
     ROT, _, _ = rot
-    _, _, _, offs_m, m_valid = rows
+    _, _, _, offs_m, _ = rows
     _, _, delta, _ = stats
     ds_left = tl.zeros_like(delta)
     ds_right = tl.zeros_like(delta)
@@ -357,16 +304,10 @@ def dq_band_loop(
                     HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
                 )  # fmt: skip
             elif (rel_min < R) & (rel_max > -R):
-                if BAND_P > 0:
-                    rel = offs_n[None, :] - (q_offset + offs_m)[:, None]
-                    near = (rel > -R) & (rel < R)
-                    tl.store(ws + (ws_row + (rel + (R - 1))), ds, mask=near & m_valid[:, None] & n_valid[None, :])
-                    far = tl.where(near, 0.0, ds)
-                    ds_left += tl.sum(tl.where(rel < 0, far, 0.0), axis=1)
-                    ds_right += tl.sum(tl.where(rel > 0, far, 0.0), axis=1)
-                else:
-                    ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
-                    dq += dot(band_bucket(ds, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
+                dq, ds_left, ds_right = dq_band_tile_values(
+                    dq, ds_left, ds_right, ds, table, offs_d, offs_n, n_valid, rows, q_offset, rel_min, ws, ws_row,
+                    HEAD_DIM, FMA_DOTS, BLOCK_M, BLOCK_N, BLOCK_P, BAND_P,
+                )  # fmt: skip
             elif rel_min >= R:
                 ds_right += tl.sum(ds, axis=1)
             else:

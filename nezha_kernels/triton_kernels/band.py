@@ -120,3 +120,48 @@ def edge_terms(x, T, stride_tr, stride_td, R, offs_d, HEAD_DIM: tl.constexpr, FM
     rows = tl.load(ptrs, mask=(e[:, None] < 2) & (offs_d[None, :] < HEAD_DIM), other=0.0)
     xt = dot(x, tl.trans(rows.to(x.dtype)), None, FMA_DOTS)
     return tl.sum(tl.where(e[None, :] == 0, xt, 0.0), axis=1), tl.sum(tl.where(e[None, :] == 1, xt, 0.0), axis=1)
+
+
+@triton.jit
+def band_tile_terms(
+    s,
+    dw,
+    q,
+    do,
+    table,
+    edges,
+    offs_d,
+    m_valid,
+    n_valid,
+    rel,
+    rel_min,
+    ws,
+    ws_row,
+    HEAD_DIM: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BAND_P: tl.constexpr,
+):
+    """(s, dw) plus the table terms of a tile with in-band pairs (exact for any tile): block-band scratch (BAND_P > 0,
+    edge rows beyond the band) or per-tile table slices. The backward's key and value sides of the table path
+    (dQ's dq_tile, dK/dV's general tile_grads). s = q.k, dw = dO.v [BLOCK_M, BLOCK_N]; edges: (q . T[0], q . T[2R],
+    dO . T[0], dO . T[2R]) [BLOCK_M]; rel = j - p per pair, rel_min the tile's smallest; ws + ws_row: the block's
+    scratch rows (columns [0, BAND_P): Q @ Tb^T, [BAND_P, 2 BAND_P): dO @ Tb^T)."""
+    T, stride_tr, stride_td, R = table
+    q_left, q_right, do_left, do_right = edges
+    if BAND_P > 0:
+        near = (rel > -R) & (rel < R)
+        slot_ptrs = ws + (ws_row + (rel + (R - 1)))
+        slot_mask = near & m_valid[:, None] & n_valid[None, :]
+        left = rel < 0
+        q_edge = tl.where(left, q_left[:, None], q_right[:, None])
+        do_edge = tl.where(left, do_left[:, None], do_right[:, None])
+        s += tl.where(near, tl.load(slot_ptrs, mask=slot_mask, other=0.0), q_edge)
+        dw += tl.where(near, tl.load(slot_ptrs + BAND_P, mask=slot_mask, other=0.0), do_edge)
+    else:
+        ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
+        s += band_gather(dot(q, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+        dw += band_gather(dot(do, tl.trans(ts), None, FMA_DOTS), BLOCK_M, BLOCK_N)
+    return s, dw
