@@ -573,3 +573,38 @@ def test_out_of_band_path_of_a_band_loop_is_not_a_far_tile(tmp_path):
     ]
     far, band, _ = profile_analyze.model_costs(analysis)
     assert far.instructions == 2 and band.instructions == 32
+
+
+def test_far_tiles_of_a_far_loop_nested_in_a_loop_over_sides(tmp_path):
+    """The CUDA forward's structure: an outer loop over the two sides around the far-tile loop. A far tile costs
+    one iteration of the nested far-only loop, not an iteration of the outer loop (whose path may skip it)."""
+    from nezha_kernels.compile_check import profile_analyze
+
+    src = tmp_path / "kern.py"
+    src.write_text(KERNEL_SRC)
+    roles.role_map.cache_clear()
+    at = f'//## File "{src}", line'
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_0:
+        {at} 4
+        10|    |IMAD R2, R3, 0x2, RZ
+        20| @P0|BRA `(.L_x_2)
+        .L_x_1:
+        {at} 16
+        30|    |FADD R4, R4, 1
+        40|    |MUFU.EX2 R7, R4
+        50| @P1|BRA `(.L_x_1)
+        .L_x_2:
+        {at} 4
+        60| @P2|BRA `(.L_x_0)
+        70|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64)
+    assert [(e["role"], e["depth"]) for e in analysis["loops"]] == [("other", 0), ("far", 1)]
+    far, band, once = profile_analyze.model_costs(analysis)
+    assert band is None and (far.instructions, far.ex2) == (3, 1)
+    assert once.instructions == 2 + 3  # MOV, EXIT; the outer loop at one trip (its path skips the far loop)

@@ -173,7 +173,9 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
             with_inner = entry["total"] + inner.instructions
             entry["per_score_with_inner"] = round(with_inner / scores, 4) if scores else None
             loops.append(entry)
-            if loop.parent is None:
+            # Top-level loops, and far-only loops at any depth (the CUDA forward runs its far tiles in a loop
+            # nested in a loop over the two sides, whose own far path skips it).
+            if loop.parent is None or loop_roles == ["far"]:
                 scaled = (path_cost(path.instrs) + inner) * (scores_per_iter / scores if scores else 1.0)
                 costs.append((role, scaled, loop_roles == ["far"]))
     line = sass.straight_line(fn)
@@ -196,8 +198,9 @@ def model_costs(analysis: dict, other_trips: int = 1):
     over the top-level loops (inner loops inside their parents' costs): far / band the heaviest far / band
     path (band None when the kernel has none; a kernel without roles gets its heaviest loop as "far"), once
     the straight-line part plus each "other" loop ``other_trips`` times. Far tiles run a far-only loop where
-    the kernel has one: the far path of a loop that also has a band path is then that loop's out-of-band
-    case (the split kernels' band loop on a tile past the band), not a far tile."""
+    the kernel has one (at any depth): the far path of a loop that also has a band path is then that loop's
+    out-of-band case (the split kernels' band loop on a tile past the band; the CUDA forward's loop over the
+    two sides, around its far-tile loop), not a far tile."""
     costs = analysis["_path_costs"]
     far_only = [c for role, c, only in costs if role == "far" and only]
     far = far_only or [c for role, c, _ in costs if role == "far"]
