@@ -327,6 +327,10 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 edge_s[(RW + r) * NT] = edge[1][r];
             }
         }
+        // The row statistics (m, l, the two far masses) parked there too, [4][RW][NT] after the edge terms, for the
+        // loop: one row tile's in registers at a time (both row tiles' across the loop spilled the D = 64 kernel).
+        RowStatsParking<RW, NT> parked(edge_s + 2 * RW * NT);
+        parked.store(m, l, far);
         for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = sched.tile(step) * BN;
             cp_async_wait<0>();
@@ -372,15 +376,16 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
                     tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[0][nt][e]);
                 });
-                float alpha[2];
+                float tm[2], tl[2], alpha[2];  // the row tile's statistics, from the parking
+                FarField tf[2];
+                parked.load(mt, tm, tl, tf);
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int r = 2 * mt + h;
-                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]) * scale_log2);
-                    alpha[h] = fast_exp2(m[r] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
-                    m[r] = m_new;
-                    l[r] *= alpha[h];
-                    far[r].rescale(alpha[h]);
+                    const float m_new = fmaxf(tm[h], group_max<QUAD>(tile_max[h]) * scale_log2);
+                    alpha[h] = fast_exp2(tm[h] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
+                    tm[h] = m_new;
+                    tl[h] *= alpha[h];
+                    tf[h].rescale(alpha[h]);
                 }
 #pragma unroll
                 for (int nt = 0; nt < NTD; ++nt)
@@ -389,18 +394,19 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
-                weights_to_a<T, NTN>(pw, s[0], scale_log2, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1],
-                                     [&](int nt, int e, float p) {
-                                         const int r = 2 * mt + (e >> 1), d = dist(nt, e);
-                                         if (d < 0) far[r].left += p;
-                                         if (d >= static_cast<int>(band_width)) far[r].right += p;
-                                     });
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [&](int nt, int e, float p) {
+                    const int d = dist(nt, e);
+                    if (d < 0) tf[e >> 1].left += p;
+                    if (d >= static_cast<int>(band_width)) tf[e >> 1].right += p;
+                });
+                parked.store_tile(mt, tm, tl, tf);
                 warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
                 mask_to_band<NTN>(pw, [&](int nt, int e) { return static_cast<unsigned>(dist(nt, e)) < band_width; });
                 add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
                 __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }
         }
+        parked.load_all(m, l, far);
     }
     // Band, partial and (with masks, dropout or causal) every other tile, ascending (the table-slice path: not
     // compiled into the rotation kernel, whose loop above took every tile).
@@ -515,10 +521,11 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 }
 
 // Q, two pipeline stages of K and V, then: the staged table rows and the per-warp scratch; or (rotation) the 8 edge
-// rows, two stages of S tiles, Q_rot and the edge terms (2 x 2 MT floats per thread).
+// rows, two stages of S tiles, Q_rot, the edge terms and the parked row statistics ((2 + 4) x 2 MT floats per
+// thread).
 template <typename C, bool ROT>
 constexpr size_t fwd_tc_smem_bytes() {
-    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 2 * 2 * C::MT * C::NT;
+    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 6 * 2 * C::MT * C::NT;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 

@@ -48,6 +48,53 @@ __device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float*
     }
 }
 
+// A thread's row statistics (row max m, sum l, the far masses) in shared memory, [4][RW][NT] floats from `slots`
+// (this thread's column): the band loop keeps one row tile's in registers at a time.
+template <int RW, int NT>
+struct RowStatsParking {
+    float* slots;  // this thread's first slot; slot (k, r) at slots[(k RW + r) NT]
+
+    __device__ __forceinline__ explicit RowStatsParking(float* thread_slots) : slots(thread_slots) {}
+    __device__ __forceinline__ float& at(int k, int r) const { return slots[(k * RW + r) * NT]; }
+
+    __device__ __forceinline__ void store(const float (&m)[RW], const float (&l)[RW], const FarField (&far)[RW]) const {
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+            at(0, r) = m[r];
+            at(1, r) = l[r];
+            at(2, r) = far[r].left;
+            at(3, r) = far[r].right;
+        }
+    }
+    __device__ __forceinline__ void load_all(float (&m)[RW], float (&l)[RW], FarField (&far)[RW]) const {
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+            m[r] = at(0, r);
+            l[r] = at(1, r);
+            far[r] = {at(2, r), at(3, r)};
+        }
+    }
+    // Rows 2 mt, 2 mt + 1 (row tile mt).
+    __device__ __forceinline__ void load(int mt, float (&m)[2], float (&l)[2], FarField (&far)[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            m[h] = at(0, 2 * mt + h);
+            l[h] = at(1, 2 * mt + h);
+            far[h] = {at(2, 2 * mt + h), at(3, 2 * mt + h)};
+        }
+    }
+    __device__ __forceinline__ void store_tile(int mt, const float (&m)[2], const float (&l)[2],
+                                               const FarField (&far)[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            at(0, 2 * mt + h) = m[h];
+            at(1, 2 * mt + h) = l[h];
+            at(2, 2 * mt + h) = far[h].left;
+            at(3, 2 * mt + h) = far[h].right;
+        }
+    }
+};
+
 // The weights of one row tile as P's A fragments (k-steps of 16 keys, rounded to T), computed pair by pair from the
 // raw scores s (p = 2^(s scale_log2 - m) per row: rows g, g + 8 of the lane, maxima m0 / m1, sums into l0 / l1) so
 // that the fp32 tile dies as they are packed; on_weight(nt, e, p) sees each weight (the far-field masses).

@@ -11,6 +11,7 @@ whose rows have far keys on both sides).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import formula
@@ -46,8 +47,8 @@ class Case:
 
 
 CASES = {
-    # The rotation (PLAIN, sinusoid): R = 64 as NEZHA; far-left, band and partial tiles; odd lengths.
-    "rot_fp16_d64_r64": Case(F16, (1, 1, 64, 333, 64), 64, q_offset=40),
+    # The rotation (PLAIN, sinusoid): R = 64 as NEZHA; far-left, band and partial tiles; odd lengths; two row blocks.
+    "rot_fp16_d64_r64_two_row_blocks": Case(F16, (1, 1, 150, 333, 64), 64, q_offset=40),
     "rot_bf16_d64_r64_two_blocks_head_mask": Case(BF16, (2, 1, 70, 150, 64), 64, head_mask=True),
     # Small R: one tile row holds far-left, band and far-right keys.
     "rot_bf16_d32_small_r": Case(BF16, (1, 2, 77, 141, 32), 5),
@@ -238,13 +239,13 @@ def test_backward_after_a_rotation_forward(name):
     assert_all_within(got, ref[torch.float64], ref[case.dtype], dict(dq=2.0, dk=2.0, dv=2.0), label=name)
 
 
-def test_rotation_is_kept_to_key_ranges_where_it_pays():
-    """D = 64: the rotation kernel's 64-row blocks cost more per far tile; past ROTATION_MAX_KEYS_D64 keys the
-    launcher keeps the table path (no rotation tables passed). Other head dims take the rotation at any length."""
+def test_rotation_runs_at_any_key_range():
+    """The rotation kernels run the PLAIN kernels' block heights (128 rows at D = 64 too), so the launcher passes the
+    rotation tables for every key range; only the op's sinusoid, the tensor-core family and fp16 / bf16 take them."""
     q64, q32 = torch.zeros(1, 1, 4, 64, dtype=BF16), torch.zeros(1, 1, 4, 32, dtype=BF16)
-    limit = launch.ROTATION_MAX_KEYS_D64
-    assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True, limit))
-    assert launch.rotation_args(q64, 64, "tc", True, limit + 1) == (None, None)
-    assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True, 4 * limit))
-    assert launch.rotation_args(q64, 64, "tc", False, 16) == (None, None)
-    assert launch.rotation_args(q64, 64, "simt", True, 16) == (None, None)
+    assert "keys" not in inspect.signature(launch.rotation_args).parameters
+    assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True))
+    assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True))
+    assert launch.rotation_args(q64, 64, "tc", False) == (None, None)
+    assert launch.rotation_args(q64, 64, "simt", True) == (None, None)
+    assert launch.rotation_args(q64.float(), 64, "tc", True) == (None, None)
