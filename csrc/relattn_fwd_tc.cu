@@ -347,26 +347,33 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                // Pair (row h of the lane, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at d = c - (pos - R - k0) - 1 =
-                // nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (unsigned compare), far left when d < 0,
-                // far right when d >= 2R - 1.
+                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at
+                // d = c - (pos - R - k0) - 1 = nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (one unsigned
+                // compare). With R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on
+                // one side only: left when the tile's first key is, pos - R - k0 >= 0, else right. So a pair takes
+                // the row's one edge term, and its weight the row's one far mass.
                 int base[2];
+                bool left[2];
+                float edge_dot[2];
 #pragma unroll
-                for (int h = 0; h < 2; ++h) base[h] = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0 + 1 - 2 * (lane & 3);
+                for (int h = 0; h < 2; ++h) {
+                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0;
+                    base[h] = x + 1 - 2 * (lane & 3);
+                    left[h] = x >= 0;
+                    edge_dot[h] = edge_s[((left[h] ? 0 : RW) + 2 * mt + h) * NT];
+                }
                 const unsigned band_width = 2 * a.R - 1;
-                auto dist = [&](int nt, int e) { return nt * 8 + (e & 1) - base[e >> 1]; };
+                auto in_band = [&](int nt, int e) {
+                    return static_cast<unsigned>(nt * 8 + (e & 1) - base[e >> 1]) < band_width;
+                };
                 // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots.
                 float s[1][NTN][4];
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
-                const float edge_left[2] = {edge_s[2 * mt * NT], edge_s[(2 * mt + 1) * NT]};
-                const float edge_right[2] = {edge_s[(RW + 2 * mt) * NT], edge_s[(RW + 2 * mt + 1) * NT]};
                 for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
-                    const int d = dist(nt, e);
-                    const float edge_dot = d < 0 ? edge_left[e >> 1] : edge_right[e >> 1];
-                    s[0][nt][e] = static_cast<unsigned>(d) < band_width ? s[0][nt][e] : edge_dot;
+                    if (!in_band(nt, e)) s[0][nt][e] = edge_dot[e >> 1];
                 });
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
-                if (cols < BN) {  // the partial last tile: keys past Lk get zero weight
+                if (cols < BN) {  // profile: rare (the partial last tile: keys past Lk get zero weight)
                     for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
                         if (col >= cols) s[0][nt][e] = -INFINITY;
                     });
@@ -394,14 +401,18 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
+                float far_mass[2] = {0.0f, 0.0f};
                 weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [&](int nt, int e, float p) {
-                    const int d = dist(nt, e);
-                    if (d < 0) tf[e >> 1].left += p;
-                    if (d >= static_cast<int>(band_width)) tf[e >> 1].right += p;
+                    if (!in_band(nt, e)) far_mass[e >> 1] += p;
                 });
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    tf[h].left += left[h] ? far_mass[h] : 0.0f;
+                    tf[h].right += left[h] ? 0.0f : far_mass[h];
+                }
                 parked.store_tile(mt, tm, tl, tf);
                 warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
-                mask_to_band<NTN>(pw, [&](int nt, int e) { return static_cast<unsigned>(dist(nt, e)) < band_width; });
+                mask_to_band<NTN>(pw, in_band);
                 add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
                 __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }
@@ -544,7 +555,8 @@ inline bool rotation_kv_async(const AttnArgs& a) {
 template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
     if constexpr (rotation_kernel(D, PACKED)) {
-        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f && rotation_kv_async(a))
+        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f &&
+            rotation_band_one_sided(a.R) && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
     return dispatch_features(a, launch);

@@ -23,6 +23,12 @@ constexpr int FEATURES_ROTATION = 2;
 // sm_80: 12 bytes at 255 registers); the others take the table slices.
 constexpr bool rotation_kernel(int d, bool packed) { return d == 32 || d == 64 || (d == 128 && !packed); }
 
+// Whether the rotation kernel serves max_relative_position R: R >= ROT_SHIFT / 2 (half a key tile; NEZHA's
+// checkpoints have R = 64), so that in a band tile a row's out-of-band keys lie on one side of its band (2R - 1 >=
+// 63 columns of band) and every pair of the row needs one edge term and one far mass (relattn_fwd_tc.cu). Smaller R
+// (a band of at most two tiles) takes the table slices.
+NZ_HD constexpr bool rotation_band_one_sided(int R) { return 2 * R >= ROT_SHIFT; }
+
 // sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
 struct alignas(8) SinCos {
     float sin;
