@@ -401,18 +401,21 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
-                float far_mass[2] = {0.0f, 0.0f};
-                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [&](int nt, int e, float p) {
-                    if (!in_band(nt, e)) far_mass[e >> 1] += p;
-                });
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [](int, int, float) {});
+                warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
+                // The rows' far masses, sum(P) - sum(P_band) of the packed weights, by mma (cheaper than a masked
+                // add per pair); the row's one far side takes it. Every lane of a quad gets the row's sum, so each
+                // takes a quarter (exact): FarField::reduce sums the quad at the end.
+                float far_mass[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                add_row_sums<T, NTN>(far_mass, pw, 0.25f);
+                mask_to_band<NTN>(pw, in_band);
+                add_row_sums<T, NTN>(far_mass, pw, -0.25f);
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    tf[h].left += left[h] ? far_mass[h] : 0.0f;
-                    tf[h].right += left[h] ? 0.0f : far_mass[h];
+                    tf[h].left += left[h] ? far_mass[2 * h] : 0.0f;
+                    tf[h].right += left[h] ? 0.0f : far_mass[2 * h];
                 }
                 parked.store_tile(mt, tm, tl, tf);
-                warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
-                mask_to_band<NTN>(pw, in_band);
                 add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
                 __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }

@@ -135,6 +135,15 @@ __device__ __forceinline__ void mask_to_band(uint32_t (&pa)[NTN / 2][4], InBand&
         }
 }
 
+// c[2h] (and c[2h + 1]) += w * (the row sum of the lane's row h of P), P as packed A fragments: an mma per k-step
+// against a B of w in every element (each of the 8 columns, so every lane of the quad, gets the row's sum).
+template <typename T, int NTN>
+__device__ __forceinline__ void add_row_sums(float (&c)[4], const uint32_t (&pa)[NTN / 2][4], float w) {
+    const uint32_t b[2] = {MmaOp<T>::pack(w, w), MmaOp<T>::pack(w, w)};
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk) MmaOp<T>::run(c, pa[kk], b);
+}
+
 // acc[D/8][4] += P . V for one row tile, P as packed A fragments (pack_weights), V rows k-major at vs (stride LD).
 template <typename T, int D, int LD, int NTN>
 __device__ __forceinline__ void warp_packed_pv(float (&acc)[D / 8][4], const uint32_t (&pa)[NTN / 2][4], const T* vs,
