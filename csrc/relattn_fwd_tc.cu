@@ -17,8 +17,9 @@
 // Rotation (FEATURES_ROTATION: a PLAIN call with NEZHA's sinusoid table, relattn_rotation.cuh): the far tiles as above;
 //   a band tile, per row tile, S = Q.K^T and Rel = Q_rot.S_tile^T (Q_rot rotated once per block into shared memory,
 //   the S tile of extended sinusoid rows staged by cp.async with K and V); a pair's relative term is Rel where
-//   |j - i| < R, else the row's edge term as in the far tiles; O += P.V, then O += rotate(P_band.S_tile), P_band = p in
-//   band. No scratch, no gather, no bucket.
+//   |j - i| < R, else the row's edge term as in the far tiles (R >= 32: one side per row and tile); O += P.V, then
+//   O += rotate(P_band.S_tile), P_band = p in band, and the row's far mass = rowsum(P) - rowsum(P_band) by mma. No
+//   scratch, no gather, no bucket; the row statistics wait in shared memory while the other row tile runs.
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
