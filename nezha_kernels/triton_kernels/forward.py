@@ -27,9 +27,9 @@ import triton.language as tl
 
 from .band import load_band_table
 from .dot import dot, dot_nt
-from .rotation import rotate_query
+from .rotation import band_positional_ptrs, rotate_query
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, band_loop, far_loop, rescale
+from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -115,6 +115,10 @@ def _relattn_fwd_kernel(
     # The far loops' key width (configs.far_loops): the tile's, or the general loop's where per-pair features
     # (masks, dropout) would make the wide far tile spill; none (FAR_LOOPS 0): one general loop over every key.
     BLOCK_NF: tl.constexpr = BLOCK_N if FAR_LOOPS == 2 else BLOCK_NB
+    # The band's full tiles by rotation without per-pair features (softmax.rotation_band_loop) run at the far tile's
+    # width (it uses the far loops' K / V tile pointers); the general loop keeps the partial tail.
+    ROTATION_LOOP: tl.constexpr = SINUSOID and FAR_LOOPS == 2
+    BLOCK_NR: tl.constexpr = min(BLOCK_N, 32)
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1
     pid_m = tl.program_id(1)
@@ -197,12 +201,22 @@ def _relattn_fwd_kernel(
         mass_left = mass_far if HAS_DROPOUT else l_i
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
-        acc, m_i, l_i, band_left, band_right = band_loop(
-            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
-            offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
-            BLOCK_NB, BLOCK_P, BAND_P,
-        )  # fmt: skip
+        if ROTATION_LOOP and 2 * R >= BLOCK_NR:
+            offs_nr = tl.arange(0, BLOCK_NR)[:, None]
+            acc, m_i, l_i, band_left, band_right = rotation_band_loop(
+                acc, m_i, l_i, q, q_rot, k_base + (band_lo + offs_nr).to(tl.int64) * stride_kn + offs_d[None, :] * stride_kd,
+                v_base + (band_lo + offs_nr).to(tl.int64) * stride_vn + offs_d[None, :] * stride_vd,
+                band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D), band_lo, band_hi, pos, R, qt_left,
+                qt_right, scale, stride_kn, stride_vn, d_valid, ROT,
+                EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
+            )  # fmt: skip
+        else:
+            acc, m_i, l_i, band_left, band_right = band_loop(
+                acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+                scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + band_left
         mass_right = band_right
         m_ref = m_i
