@@ -171,9 +171,9 @@ def test_strided_views_of_fused_projection():
     [
         (torch.float16, 40, 5, True, 7),
         (torch.bfloat16, 40, 5, True, 7),
-        # 2R >= the key tile: the band's full tiles run softmax.rotation_band_loop (R = 8: a tile of exactly 2R keys),
-        # far tiles on both sides, an offset off the tiles (causal: test_bfloat16_sinusoid_dkdv_band_by_rotation).
-        (torch.float16, 97, 8, False, 37),
+        # R >= 16 (configs.rotation_loop): the band's full tiles run softmax.rotation_band_loop; far tiles on both
+        # sides, an offset off the tiles (causal: test_bfloat16_sinusoid_dkdv_band_by_rotation).
+        (torch.float16, 97, 16, False, 37),
     ],
 )
 def test_low_precision(dtype, lk, r, causal, q_offset):
