@@ -307,7 +307,10 @@ def rotation_band_loop(
             p = tl.math.exp2(s * qk_scale - (m_new * LOG2E)[:, None])
         alpha = tl.math.exp2((m_i - m_new) * LOG2E)
         m_i = m_new
-        p_band = tl.where(near, p, 0.0)
+        # near again, as one unsigned range compare: the same expression would be reused, and its 16 predicates,
+        # kept live across the row max and EX2, were packed into registers (P2R / ISETP per pair: 496 -> 466 here).
+        near_again = (offs_n[None, :] - (p0 - R + 1)[:, None]).to(tl.uint32, bitcast=True) < (2 * R - 1).to(tl.uint32)
+        p_band = tl.where(near_again, p, 0.0)
         total = tl.sum(p, axis=1)
         out = total - tl.sum(p_band, axis=1)
         l_i = l_i * alpha + total
