@@ -269,8 +269,9 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
 
 
 # The forward's rotation band loop (softmax.rotation_band_loop: the band's full tiles on the plain rotation path) runs
-# key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled 88-128 B on sm_90; benchmarks/NOTES.md "Triton
-# rotation band loop"). It gives each row's out-of-band mass of a tile to one side, exact for tiles of at most 2R keys.
+# key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled on sm_90: 8 B plain under triton 3.9, 56 B under
+# 3.6; benchmarks/NOTES.md "Triton rotation band loop"). It gives each row's out-of-band mass of a tile to one side,
+# exact for tiles of at most 2R keys.
 ROTATION_LOOP_KEYS = 32
 
 
