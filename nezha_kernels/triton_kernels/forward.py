@@ -16,7 +16,9 @@ where one is passed. The band (and the partial tile) run the general loop:
   bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice;
 - rotation mode (SINUSOID, the table is NEZHA's own sinusoid; BAND_P == 0, no scratch): rotation.py. Q_rot is
   computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
-  rotated back into acc when the band-loop call ends.
+  rotated back into acc when the band-loop call ends. Without per-pair features (FAR_LOOPS 2) and for 2R >= 32
+  (ROTATION_LOOP) the band's full tiles run softmax.rotation_band_loop instead: no bounds or masks, the edge terms
+  and masses per row; the partial tile keeps the general loop.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
