@@ -268,6 +268,20 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
 
 
+# The forward's rotation band loop (softmax.rotation_band_loop: the band's full tiles on the plain rotation path) runs
+# key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled on sm_90: 8 B plain under triton 3.9, 56 B under
+# 3.6; benchmarks/NOTES.md "Triton rotation band loop"). It gives each row's out-of-band mass of a tile to one side,
+# exact for tiles of at most 2R keys.
+ROTATION_LOOP_KEYS = 32
+
+
+def rotation_loop(r: int) -> bool:
+    """ROTATION_LOOP of the forward (with SINUSOID): max_relative_position r is wide enough for the rotation band loop
+    (2r >= its key tile); else the band runs the general loop. Checked here, not in the kernel: a runtime branch
+    between the two loops cost registers (triton 3.6: 8 B of spill)."""
+    return 2 * r >= ROTATION_LOOP_KEYS
+
+
 def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:
     """BLOCK_M of the forward a call runs (its one candidate tile among ``fwd_tiles``, default this process's
     tiles("fwd")): the query blocks whose starts the rotation path measures angles from, which dK/dV's query tiles

@@ -152,6 +152,7 @@ def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> Non
             WS=scratch,
             ROT=_rotation_table(call, sinusoid),
             SINUSOID=sinusoid,
+            ROTATION_LOOP=sinusoid and configs.rotation_loop(call.r),
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("fwd"),
             **strides("o", out),
