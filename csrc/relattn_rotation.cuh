@@ -19,9 +19,15 @@ namespace nezha {
 // the PLAIN kernel with the band from the rotation identity (relattn_flash.h has PLAIN = 0, GENERAL = 1).
 constexpr int FEATURES_ROTATION = 2;
 
-// Which instantiations have a rotation kernel: every head dim, except the padding-free D = 128 one (it spilled on
-// sm_80: 12 bytes at 255 registers); the others take the table slices.
-constexpr bool rotation_kernel(int d, bool packed) { return d == 32 || d == 64 || (d == 128 && !packed); }
+// Which instantiations have a rotation kernel: D = 32 and 64 (dense and padding-free). D = 128 takes the table slices:
+// its 64-row blocks are bound by shared memory and tensor work, to which the rotation's band adds (two more mma
+// chains, S tiles), so the static profile's model puts it 13-17% behind the table slices at every length
+// (benchmarks/NOTES.md, "CUDA rotation at D = 128"); its padding-free kernel spilled on sm_80 besides.
+// cuda_ext/launch.py rotation_args mirrors this.
+constexpr bool rotation_kernel(int d, bool packed) {
+    (void)packed;
+    return d == 32 || d == 64;
+}
 
 // Whether the rotation kernel serves max_relative_position R: R >= ROT_SHIFT / 2 (half a key tile; NEZHA's
 // checkpoints have R = 64), so that in a band tile a row's out-of-band keys lie on one side of its band (2R - 1 >=

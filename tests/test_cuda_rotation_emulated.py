@@ -1,7 +1,7 @@
 """The tensor-core forward's rotation path (csrc/relattn_rotation.cuh) on the CUDA emulator: NEZHA's sinusoid table
 (``sinusoid=True``: the launcher passes the extended sinusoid tables; PLAIN calls take the band from the rotation
 identity) against the float64 formula, by the tolerance rule of tests/tolerance.py; calls the rotation does not serve
-(padding-free D = 128; causal, key padding, dropout: the table slices) and user-given tables alongside.
+(D = 128; causal, key padding, dropout: the table slices) and user-given tables alongside.
 
 Shapes mix far, band and partial tiles (Lk > 2 tiles of 64), odd lengths, positions far from 0 (q_offset, where the
 angles are measured from the block's first position), R = 64 (every public checkpoint), R = 32 (the smallest the
@@ -57,7 +57,8 @@ CASES = {
     "rot_fp16_d64_far_positions": Case(F16, (1, 1, 70, 170, 64), 16, q_offset=3000),
     # R = 32, the smallest the rotation serves: a row's far keys in a band tile on one side, its band 63 keys wide.
     "rot_fp16_d32_two_row_tiles_r32": Case(F16, (1, 1, 150, 200, 32), 32, q_offset=11),
-    "rot_bf16_d128_r64": Case(BF16, (1, 1, 65, 190, 128), 64, q_offset=7),
+    # D = 128 with the sinusoid: the PLAIN kernel's table slices (no rotation kernel there: rotation_kernel).
+    "sinusoid_bf16_d128_table_slices": Case(BF16, (1, 1, 65, 190, 128), 64, q_offset=7),
     # Feature sets the rotation does not serve, with the sinusoid: the GENERAL kernel's table slices.
     "general_fp16_d64_causal": Case(F16, (1, 1, 100, 150, 64), 64, causal=True),
     "general_bf16_d32_padding_dropout": Case(BF16, (2, 1, 45, 130, 32), 8, padding=True, dropout_p=0.2),
@@ -243,8 +244,10 @@ def test_backward_after_a_rotation_forward(name):
 
 def test_rotation_runs_at_any_key_range():
     """The rotation kernels run the PLAIN kernels' block heights (128 rows at D = 64 too), so the launcher passes the
-    rotation tables for every key range; only the op's sinusoid, the tensor-core family and fp16 / bf16 take them."""
+    rotation tables for every key range; only the op's sinusoid, the tensor-core family, fp16 / bf16 and head dims
+    32 and 64 take them (D = 128: the table slices, as csrc/relattn_rotation.cuh rotation_kernel)."""
     q64, q32 = torch.zeros(1, 1, 4, 64, dtype=BF16), torch.zeros(1, 1, 4, 32, dtype=BF16)
+    assert launch.rotation_args(torch.zeros(1, 1, 4, 128, dtype=BF16), 64, "tc", True) == (None, None)
     assert "keys" not in inspect.signature(launch.rotation_args).parameters
     assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True))
     assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True))

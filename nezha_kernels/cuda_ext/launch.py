@@ -125,8 +125,9 @@ def rotation_args(q, max_relative_position, family: str, sinusoid: bool) -> tupl
     """(rot_keys, rot_f32) for the tensor-core forward when the table is the op's sinusoid, else (None, None).
 
     Any key range: the rotation kernels run the PLAIN kernels' block heights, so their far tiles cost the same and
-    their band less (benchmarks/NOTES.md, "CUDA rotation forward at D = 64: 128-row blocks")."""
-    if not sinusoid or family != "tc" or q.dtype not in (torch.float16, torch.bfloat16):
+    their band less (benchmarks/NOTES.md, "CUDA rotation forward at D = 64: 128-row blocks"). Head dims 32 and 64
+    only, as csrc/relattn_rotation.cuh rotation_kernel: at D = 128 the table slices are predicted faster."""
+    if not sinusoid or family != "tc" or q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] > 64:
         return None, None
     return _rotation_tables(int(max_relative_position), q.shape[-1], q.dtype, q.device)
 
