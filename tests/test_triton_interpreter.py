@@ -166,9 +166,21 @@ def test_strided_views_of_fused_projection():
 
 
 @interpreted_only
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision(dtype):
-    check(CPU, dtype, 1, 2, 33, 40, 32, 5, causal=True, q_offset=7, table="default")
+@pytest.mark.parametrize(
+    "dtype,lk,r,causal,q_offset",
+    [
+        (torch.float16, 40, 5, True, 7),
+        (torch.bfloat16, 40, 5, True, 7),
+        # R >= 16 (configs.rotation_loop): the band's full tiles run softmax.rotation_band_loop; far tiles on both
+        # sides, an offset off the tiles (causal: test_bfloat16_sinusoid_dkdv_band_by_rotation).
+        (torch.float16, 97, 16, False, 37),
+        # dQ's rotation band loop (configs.dq_rotation_loop) at R = 64, causal at an offset; R = 16 above, R = 5 (2R
+        # below its tile: the general loop) and R = 40 with a head mask (test_bfloat16_sinusoid_dkdv_band_by_rotation).
+        (torch.bfloat16, 97, 64, True, 29),
+    ],
+)
+def test_low_precision(dtype, lk, r, causal, q_offset):
+    check(CPU, dtype, 1, 2, 33, lk, 32, r, causal=causal, q_offset=q_offset, table="default")
 
 
 @interpreted_only

@@ -54,6 +54,14 @@ def _band_key_tile(c: dict) -> int:
     return max(16, min(c["BLOCK_N"], 2048 // c["BLOCK_M"]))
 
 
+def _dq_rotation_key_tile(c: dict) -> int:
+    """Key columns of one iteration of dQ's band loop on the rotation path: dq_rotation_band_loop's BLOCK_NR where
+    backward_dq.py's PLAIN_ROTATION runs it, the general loop's BLOCK_NB else."""
+    if c.get("ROTATION_LOOP") and c.get("SINUSOID") and c.get("FAR_LOOPS") == 2:
+        return min(c["BLOCK_N"], 32)  # configs.DQ_ROTATION_LOOP_KEYS
+    return _band_key_tile(c)
+
+
 def _band_query_tile(c: dict) -> int:
     """Query rows of one iteration of dK/dV's band loop: BLOCK_MB of backward_dkdv.py."""
     return max(16, min(c["BLOCK_M"], 1024 // c["BLOCK_N"]))
@@ -67,7 +75,7 @@ TILE_GEOMETRY = {
     "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True), _band_key_tile(c)),
     "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
     "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _band_key_tile(c)),
-    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _band_key_tile(c)),
+    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _dq_rotation_key_tile(c)),
     "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
     PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, c["BLOCK_N"]),
 }

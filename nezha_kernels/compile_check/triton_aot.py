@@ -186,6 +186,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     if kernel == "bwd_dq":
         constexprs["BRANCHLESS_BAND"] = configs.dq_branchless_band(arch // 10)
+        constexprs["ROTATION_LOOP"] = constexprs["SINUSOID"] and configs.dq_rotation_loop(MAIN_R)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
 

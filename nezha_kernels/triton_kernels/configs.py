@@ -268,6 +268,18 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
 
 
+# dQ's rotation band loop (backward_dq.dq_rotation_band_loop: the band's full tiles on the plain rotation path) runs
+# key tiles of min(BLOCK_N, DQ_ROTATION_LOOP_KEYS) keys. It gives each row's out-of-band dS of a tile to one side,
+# exact for tiles of at most 2R keys. (The forward's twin, rotation_loop, is on another branch: to be unified.)
+DQ_ROTATION_LOOP_KEYS = 32
+
+
+def dq_rotation_loop(r: int) -> bool:
+    """ROTATION_LOOP of the dQ kernel (with SINUSOID): max_relative_position r is wide enough for its rotation band
+    loop (2r >= its key tile); else the band runs the general loop. Chosen at launch, not by a runtime branch."""
+    return 2 * r >= DQ_ROTATION_LOOP_KEYS
+
+
 def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:
     """BLOCK_M of the forward a call runs (its one candidate tile among ``fwd_tiles``, default this process's
     tiles("fwd")): the query blocks whose starts the rotation path measures angles from, which dK/dV's query tiles
