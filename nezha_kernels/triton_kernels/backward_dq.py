@@ -372,7 +372,7 @@ def dq_rotation_band_loop(
     k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (dq_positional_ptrs).
     Needs 2R >= BLOCK_N: a tile of at most 2R keys holds a row's out-of-band keys on one side only (j <= p - R and
     j' >= p + R are 2R apart), the left one exactly when its first key is (as softmax.rotation_band_loop). So the
-    edge terms are per-row selects and the tile's out-of-band dS row sum, sum(dS) - sum(dS_band), goes to that side
+    edge terms are per-row selects and the tile's out-of-band dS row sum, sum(dS - dS_band), goes to that side
     whole. u = sum dS_band @ S_tile is rotated back into dq at the end.
     """
     q_left, q_right, do_left, do_right = edges
@@ -408,7 +408,11 @@ def dq_rotation_band_loop(
         # near again, one unsigned compare: not kept across the exponentials.
         near2 = (offs_n[None, :] - (p0 - R + 1)[:, None]).to(tl.uint32) < (2 * R - 1)
         ds_band = tl.where(near2, ds, 0.0)
-        out = tl.sum(ds, axis=1) - tl.sum(ds_band, axis=1)
+        if CAUSAL:
+            # Two reductions: one over dS - dS_band spilled 8-24 B next to the causal select.
+            out = tl.sum(ds, axis=1) - tl.sum(ds_band, axis=1)
+        else:
+            out = tl.sum(ds - ds_band, axis=1)  # one row reduction, exact: 0 in band, dS beyond
         ds_left += tl.where(left, out, 0.0)
         ds_right += tl.where(left, 0.0, out)
         dq = dot(ds.to(k.dtype), k, dq, FMA_DOTS)
