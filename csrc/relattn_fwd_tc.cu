@@ -17,8 +17,9 @@
 // Rotation (FEATURES_ROTATION: a PLAIN call with NEZHA's sinusoid table, relattn_rotation.cuh): the far tiles as above;
 //   a band tile, per row tile, S = Q.K^T and Rel = Q_rot.S_tile^T (Q_rot rotated once per block into shared memory,
 //   the S tile of extended sinusoid rows staged by cp.async with K and V); a pair's relative term is Rel where
-//   |j - i| < R, else the row's edge term as in the far tiles; O += P.V, then O += rotate(P_band.S_tile), P_band = p in
-//   band. No scratch, no gather, no bucket.
+//   |j - i| < R, else the row's edge term as in the far tiles (R >= 32: one side per row and tile); O += P.V, then
+//   O += rotate(P_band.S_tile), P_band = p in band, and the row's far mass = rowsum(P) - rowsum(P_band) by mma. No
+//   scratch, no gather, no bucket; the row statistics wait in shared memory while the other row tile runs.
 // Row statistics, head_mask and the padding-free sequences (sequence_args) are those of the SIMT kernel; the stored
 // row max is in natural units (finfo.min kept exact for fully masked rows).
 #include "relattn_async.cuh"
@@ -327,6 +328,10 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 edge_s[(RW + r) * NT] = edge[1][r];
             }
         }
+        // The row statistics (m, l, the two far masses) parked there too, [4][RW][NT] after the edge terms, for the
+        // loop: one row tile's in registers at a time (both row tiles' across the loop spilled the D = 64 kernel).
+        RowStatsParking<RW, NT> parked(edge_s + 2 * RW * NT);
+        parked.store(m, l, far);
         for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = sched.tile(step) * BN;
             cp_async_wait<0>();
@@ -343,26 +348,33 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                // Pair (row h of the lane, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at d = c - (pos - R - k0) - 1 =
-                // nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (unsigned compare), far left when d < 0,
-                // far right when d >= 2R - 1.
+                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at
+                // d = c - (pos - R - k0) - 1 = nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (one unsigned
+                // compare). With R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on
+                // one side only: left when the tile's first key is, pos - R - k0 >= 0, else right. So a pair takes
+                // the row's one edge term, and its weight the row's one far mass.
                 int base[2];
+                bool left[2];
+                float edge_dot[2];
 #pragma unroll
-                for (int h = 0; h < 2; ++h) base[h] = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0 + 1 - 2 * (lane & 3);
+                for (int h = 0; h < 2; ++h) {
+                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0;
+                    base[h] = x + 1 - 2 * (lane & 3);
+                    left[h] = x >= 0;
+                    edge_dot[h] = edge_s[((left[h] ? 0 : RW) + 2 * mt + h) * NT];
+                }
                 const unsigned band_width = 2 * a.R - 1;
-                auto dist = [&](int nt, int e) { return nt * 8 + (e & 1) - base[e >> 1]; };
+                auto in_band = [&](int nt, int e) {
+                    return static_cast<unsigned>(nt * 8 + (e & 1) - base[e >> 1]) < band_width;
+                };
                 // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots.
                 float s[1][NTN][4];
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
-                const float edge_left[2] = {edge_s[2 * mt * NT], edge_s[(2 * mt + 1) * NT]};
-                const float edge_right[2] = {edge_s[(RW + 2 * mt) * NT], edge_s[(RW + 2 * mt + 1) * NT]};
                 for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
-                    const int d = dist(nt, e);
-                    const float edge_dot = d < 0 ? edge_left[e >> 1] : edge_right[e >> 1];
-                    s[0][nt][e] = static_cast<unsigned>(d) < band_width ? s[0][nt][e] : edge_dot;
+                    if (!in_band(nt, e)) s[0][nt][e] = edge_dot[e >> 1];
                 });
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
-                if (cols < BN) {  // the partial last tile: keys past Lk get zero weight
+                if (cols < BN) {  // profile: rare (the partial last tile: keys past Lk get zero weight)
                     for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
                         if (col >= cols) s[0][nt][e] = -INFINITY;
                     });
@@ -372,15 +384,16 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
                     tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[0][nt][e]);
                 });
-                float alpha[2];
+                float tm[2], tl[2], alpha[2];  // the row tile's statistics, from the parking
+                FarField tf[2];
+                parked.load(mt, tm, tl, tf);
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int r = 2 * mt + h;
-                    const float m_new = fmaxf(m[r], group_max<QUAD>(tile_max[h]) * scale_log2);
-                    alpha[h] = fast_exp2(m[r] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
-                    m[r] = m_new;
-                    l[r] *= alpha[h];
-                    far[r].rescale(alpha[h]);
+                    const float m_new = fmaxf(tm[h], group_max<QUAD>(tile_max[h]) * scale_log2);
+                    alpha[h] = fast_exp2(tm[h] - m_new);  // 0 while m is -inf (every tile has a key below Lk)
+                    tm[h] = m_new;
+                    tl[h] *= alpha[h];
+                    tf[h].rescale(alpha[h]);
                 }
 #pragma unroll
                 for (int nt = 0; nt < NTD; ++nt)
@@ -389,18 +402,26 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
-                weights_to_a<T, NTN>(pw, s[0], scale_log2, m[2 * mt], m[2 * mt + 1], l[2 * mt], l[2 * mt + 1],
-                                     [&](int nt, int e, float p) {
-                                         const int r = 2 * mt + (e >> 1), d = dist(nt, e);
-                                         if (d < 0) far[r].left += p;
-                                         if (d >= static_cast<int>(band_width)) far[r].right += p;
-                                     });
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [](int, int, float) {});
                 warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
-                mask_to_band<NTN>(pw, [&](int nt, int e) { return static_cast<unsigned>(dist(nt, e)) < band_width; });
+                // The rows' far masses, sum(P) - sum(P_band) of the packed weights, by mma (cheaper than a masked
+                // add per pair); the row's one far side takes it. Every lane of a quad gets the row's sum, so each
+                // takes a quarter (exact): FarField::reduce sums the quad at the end.
+                float far_mass[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                add_row_sums<T, NTN>(far_mass, pw, 0.25f);
+                mask_to_band<NTN>(pw, in_band);
+                add_row_sums<T, NTN>(far_mass, pw, -0.25f);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    tf[h].left += left[h] ? far_mass[2 * h] : 0.0f;
+                    tf[h].right += left[h] ? 0.0f : far_mass[2 * h];
+                }
+                parked.store_tile(mt, tm, tl, tf);
                 add_rotated_band_values<T, D, LD, NTN>(acc[mt], pw, ss, a.rot_f32 + (ROT_SHIFT + row0) * D, lane);
                 __syncwarp();  // keeps the row tiles apart: interleaved, they spilled
             }
         }
+        parked.load_all(m, l, far);
     }
     // Band, partial and (with masks, dropout or causal) every other tile, ascending (the table-slice path: not
     // compiled into the rotation kernel, whose loop above took every tile).
@@ -515,10 +536,11 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 }
 
 // Q, two pipeline stages of K and V, then: the staged table rows and the per-warp scratch; or (rotation) the 8 edge
-// rows, two stages of S tiles, Q_rot and the edge terms (2 x 2 MT floats per thread).
+// rows, two stages of S tiles, Q_rot, the edge terms and the parked row statistics ((2 + 4) x 2 MT floats per
+// thread).
 template <typename C, bool ROT>
 constexpr size_t fwd_tc_smem_bytes() {
-    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 2 * 2 * C::MT * C::NT;
+    if constexpr (ROT) return 2 * (C::BM + 4 * C::BN + 8 + 2 * C::BN + C::BM) * C::LD + 4 * 6 * 2 * C::MT * C::NT;
     return 2 * (C::BM + 4 * C::BN + C::TS_ROWS) * C::LD + 4 * C::WARPS * 16 * C::QT_LD;
 }
 
@@ -537,7 +559,8 @@ inline bool rotation_kv_async(const AttnArgs& a) {
 template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
     if constexpr (rotation_kernel(D, PACKED)) {
-        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f && rotation_kv_async(a))
+        if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f &&
+            rotation_band_one_sided(a.R) && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
     return dispatch_features(a, launch);

@@ -23,6 +23,12 @@ constexpr int FEATURES_ROTATION = 2;
 // sm_80: 12 bytes at 255 registers); the others take the table slices.
 constexpr bool rotation_kernel(int d, bool packed) { return d == 32 || d == 64 || (d == 128 && !packed); }
 
+// Whether the rotation kernel serves max_relative_position R: R >= ROT_SHIFT / 2 (half a key tile; NEZHA's
+// checkpoints have R = 64), so that in a band tile a row's out-of-band keys lie on one side of its band (2R - 1 >=
+// 63 columns of band) and every pair of the row needs one edge term and one far mass (relattn_fwd_tc.cu). Smaller R
+// (a band of at most two tiles) takes the table slices.
+NZ_HD constexpr bool rotation_band_one_sided(int R) { return 2 * R >= ROT_SHIFT; }
+
 // sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
 struct alignas(8) SinCos {
     float sin;
@@ -47,6 +53,53 @@ __device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float*
         QRs[r * LD + 2 * t + 1] = from_f<T>(fmaf(q1, sc.cos, -(q0 * sc.sin)));
     }
 }
+
+// A thread's row statistics (row max m, sum l, the far masses) in shared memory, [4][RW][NT] floats from `slots`
+// (this thread's column): the band loop keeps one row tile's in registers at a time.
+template <int RW, int NT>
+struct RowStatsParking {
+    float* slots;  // this thread's first slot; slot (k, r) at slots[(k RW + r) NT]
+
+    __device__ __forceinline__ explicit RowStatsParking(float* thread_slots) : slots(thread_slots) {}
+    __device__ __forceinline__ float& at(int k, int r) const { return slots[(k * RW + r) * NT]; }
+
+    __device__ __forceinline__ void store(const float (&m)[RW], const float (&l)[RW], const FarField (&far)[RW]) const {
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+            at(0, r) = m[r];
+            at(1, r) = l[r];
+            at(2, r) = far[r].left;
+            at(3, r) = far[r].right;
+        }
+    }
+    __device__ __forceinline__ void load_all(float (&m)[RW], float (&l)[RW], FarField (&far)[RW]) const {
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+            m[r] = at(0, r);
+            l[r] = at(1, r);
+            far[r] = {at(2, r), at(3, r)};
+        }
+    }
+    // Rows 2 mt, 2 mt + 1 (row tile mt).
+    __device__ __forceinline__ void load(int mt, float (&m)[2], float (&l)[2], FarField (&far)[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            m[h] = at(0, 2 * mt + h);
+            l[h] = at(1, 2 * mt + h);
+            far[h] = {at(2, 2 * mt + h), at(3, 2 * mt + h)};
+        }
+    }
+    __device__ __forceinline__ void store_tile(int mt, const float (&m)[2], const float (&l)[2],
+                                               const FarField (&far)[2]) const {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            at(0, 2 * mt + h) = m[h];
+            at(1, 2 * mt + h) = l[h];
+            at(2, 2 * mt + h) = far[h].left;
+            at(3, 2 * mt + h) = far[h].right;
+        }
+    }
+};
 
 // The weights of one row tile as P's A fragments (k-steps of 16 keys, rounded to T), computed pair by pair from the
 // raw scores s (p = 2^(s scale_log2 - m) per row: rows g, g + 8 of the lane, maxima m0 / m1, sums into l0 / l1) so
@@ -80,6 +133,15 @@ __device__ __forceinline__ void mask_to_band(uint32_t (&pa)[NTN / 2][4], InBand&
             const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r);
             pa[kk][r] &= (in_band(nt, e) ? 0x0000ffffu : 0u) | (in_band(nt, e + 1) ? 0xffff0000u : 0u);
         }
+}
+
+// c[2h] (and c[2h + 1]) += w * (the row sum of the lane's row h of P), P as packed A fragments: an mma per k-step
+// against a B of w in every element (each of the 8 columns, so every lane of the quad, gets the row's sum).
+template <typename T, int NTN>
+__device__ __forceinline__ void add_row_sums(float (&c)[4], const uint32_t (&pa)[NTN / 2][4], float w) {
+    const uint32_t b[2] = {MmaOp<T>::pack(w, w), MmaOp<T>::pack(w, w)};
+#pragma unroll
+    for (int kk = 0; kk < NTN / 2; ++kk) MmaOp<T>::run(c, pa[kk], b);
 }
 
 // acc[D/8][4] += P . V for one row tile, P as packed A fragments (pack_weights), V rows k-major at vs (stride LD).

@@ -44,10 +44,11 @@ struct TcConfig {
 // keeps 64 x 64: 128 x 64 does not fit sm_80's 163 KiB of shared memory (178,176 B), and 128 x 32 would cost more
 // instructions per score (the O rescale and the row statistics per 32 columns). Measurements: benchmarks/NOTES.md,
 // "CUDA forward: 128-row query blocks". Band tiles work one row tile at a time through a 16-row scratch.
-// The rotation kernels (features 2, relattn_rotation.cuh) keep one row tile at D = 64: with two, their band loop
-// spilled (16-28 bytes; benchmarks/NOTES.md "CUDA band on tensor cores: rotation").
+// The rotation kernels (features 2, relattn_rotation.cuh) follow the PLAIN rule: 128-row blocks at D = 64 too, their
+// band loop keeping one row tile's statistics in registers at a time (benchmarks/NOTES.md "CUDA rotation forward at
+// D = 64: 128-row blocks").
 NZ_HD constexpr int fwd_row_tiles(int d, bool packed, int features) {
-    return d >= 128 || (d == 64 && (features == 2 || (packed && features == 1))) ? 1 : 2;  // features 1: GENERAL
+    return d >= 128 || (d == 64 && packed && features == 1) ? 1 : 2;  // features 1: GENERAL
 }
 // Whether the far loop holds Q's fragments in registers (else ldmatrix reloads them per tile): where that does not
 // spill (every one-row-tile kernel and D = 32; at D = 64 with two row tiles, only the PLAIN dense kernel), except

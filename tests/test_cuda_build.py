@@ -129,12 +129,12 @@ def test_tc_smem_formulas_fit_every_arch():
     for name in ("relattn_fwd_tc_kernel_varlen", "relattn_fwd_tc_kernel_general"):
         assert dynamic_smem_bytes(name, 64) == dynamic_smem_bytes("relattn_fwd_tc_kernel", 64)
     assert dynamic_smem_bytes("relattn_fwd_tc_kernel_general_varlen", 64) == 2 * (64 * 5 + 128) * 72 + 4 * 4 * 16 * 84
-    # rotation: Q, K / V stages, 8 edge rows, two S stages, Q_rot, 4 edge terms per thread and row tile; no table
-    # slice, no scratch. 64-row blocks at D = 64 and 128, 128 at D = 32.
+    # rotation: Q, K / V stages, 8 edge rows, two S stages, Q_rot, 4 edge terms and 8 parked row statistics per
+    # thread and row tile; no table slice, no scratch. 128-row blocks at D = 32 and 64, 64 at D = 128.
     for name in ("relattn_fwd_tc_kernel_rotation", "relattn_fwd_tc_kernel_rotation_varlen"):
-        assert dynamic_smem_bytes(name, 64) == 2 * (64 + 256 + 8 + 128 + 64) * 72 + 4 * 4 * 128
-        assert dynamic_smem_bytes(name, 32) == 2 * (128 + 256 + 8 + 128 + 128) * 40 + 4 * 8 * 128
-    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_rotation", 128) == 2 * 520 * 136 + 4 * 4 * 128 <= 163 * 1024
+        assert dynamic_smem_bytes(name, 64) == 2 * (128 + 256 + 8 + 128 + 128) * 72 + 4 * 12 * 2 * 128
+        assert dynamic_smem_bytes(name, 32) == 2 * (128 + 256 + 8 + 128 + 128) * 40 + 4 * 12 * 2 * 128
+    assert dynamic_smem_bytes("relattn_fwd_tc_kernel_rotation", 128) == 2 * 520 * 136 + 4 * 12 * 128 <= 163 * 1024
 
 
 def test_impl_switch_env(monkeypatch):

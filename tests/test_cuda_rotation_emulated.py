@@ -4,13 +4,14 @@ identity) against the float64 formula, by the tolerance rule of tests/tolerance.
 (padding-free D = 128; causal, key padding, dropout: the table slices) and user-given tables alongside.
 
 Shapes mix far, band and partial tiles (Lk > 2 tiles of 64), odd lengths, positions far from 0 (q_offset, where the
-angles are measured from the block's first position), both R = 64 (every public checkpoint) and small R (a band tile
-whose rows have far keys on both sides).
+angles are measured from the block's first position), R = 64 (every public checkpoint), R = 32 (the smallest the
+rotation serves) and smaller R (the table slices: a band tile whose rows have far keys on both sides).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import formula
@@ -46,14 +47,16 @@ class Case:
 
 
 CASES = {
-    # The rotation (PLAIN, sinusoid): R = 64 as NEZHA; far-left, band and partial tiles; odd lengths.
-    "rot_fp16_d64_r64": Case(F16, (1, 1, 64, 333, 64), 64, q_offset=40),
+    # The rotation (PLAIN, sinusoid): R = 64 as NEZHA; far-left, band and partial tiles; odd lengths; two row blocks.
+    "rot_fp16_d64_r64_two_row_blocks": Case(F16, (1, 1, 150, 333, 64), 64, q_offset=40),
     "rot_bf16_d64_r64_two_blocks_head_mask": Case(BF16, (2, 1, 70, 150, 64), 64, head_mask=True),
-    # Small R: one tile row holds far-left, band and far-right keys.
-    "rot_bf16_d32_small_r": Case(BF16, (1, 2, 77, 141, 32), 5),
+    # Small R (< 32): one tile row holds far-left, band and far-right keys; the rotation kernel leaves it to the PLAIN
+    # kernel's table slices (rotation_band_one_sided).
+    "small_r_bf16_d32_table_slices": Case(BF16, (1, 2, 77, 141, 32), 5),
     # Far from position 0: the angles stay small (measured from the block's first position).
     "rot_fp16_d64_far_positions": Case(F16, (1, 1, 70, 170, 64), 16, q_offset=3000),
-    "rot_fp16_d32_two_row_tiles": Case(F16, (1, 1, 150, 200, 32), 64, q_offset=11),
+    # R = 32, the smallest the rotation serves: a row's far keys in a band tile on one side, its band 63 keys wide.
+    "rot_fp16_d32_two_row_tiles_r32": Case(F16, (1, 1, 150, 200, 32), 32, q_offset=11),
     "rot_bf16_d128_r64": Case(BF16, (1, 1, 65, 190, 128), 64, q_offset=7),
     # Feature sets the rotation does not serve, with the sinusoid: the GENERAL kernel's table slices.
     "general_fp16_d64_causal": Case(F16, (1, 1, 100, 150, 64), 64, causal=True),
@@ -149,7 +152,7 @@ def test_rotation_path_takes_the_band_from_the_sinusoid():
     """With sinusoid=True a PLAIN call reads only the table's edge rows T[0], T[2R]: band rows replaced by noise
     change nothing (the band comes from the extended sinusoid tables), while the slice path (sinusoid=False) reads
     them."""
-    name, r = "band_rows_unused", 6
+    name, r = "band_rows_unused", 32  # R >= 32: the rotation serves it (rotation_band_one_sided)
     case = Case(BF16, (1, 1, 40, 90, 32), r)
     q, k, v, inputs, raw, out, _ = _run(case, name)
     noisy = inputs.table.clone()
@@ -238,13 +241,13 @@ def test_backward_after_a_rotation_forward(name):
     assert_all_within(got, ref[torch.float64], ref[case.dtype], dict(dq=2.0, dk=2.0, dv=2.0), label=name)
 
 
-def test_rotation_is_kept_to_key_ranges_where_it_pays():
-    """D = 64: the rotation kernel's 64-row blocks cost more per far tile; past ROTATION_MAX_KEYS_D64 keys the
-    launcher keeps the table path (no rotation tables passed). Other head dims take the rotation at any length."""
+def test_rotation_runs_at_any_key_range():
+    """The rotation kernels run the PLAIN kernels' block heights (128 rows at D = 64 too), so the launcher passes the
+    rotation tables for every key range; only the op's sinusoid, the tensor-core family and fp16 / bf16 take them."""
     q64, q32 = torch.zeros(1, 1, 4, 64, dtype=BF16), torch.zeros(1, 1, 4, 32, dtype=BF16)
-    limit = launch.ROTATION_MAX_KEYS_D64
-    assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True, limit))
-    assert launch.rotation_args(q64, 64, "tc", True, limit + 1) == (None, None)
-    assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True, 4 * limit))
-    assert launch.rotation_args(q64, 64, "tc", False, 16) == (None, None)
-    assert launch.rotation_args(q64, 64, "simt", True, 16) == (None, None)
+    assert "keys" not in inspect.signature(launch.rotation_args).parameters
+    assert all(t is not None for t in launch.rotation_args(q64, 64, "tc", True))
+    assert all(t is not None for t in launch.rotation_args(q32, 64, "tc", True))
+    assert launch.rotation_args(q64, 64, "tc", False) == (None, None)
+    assert launch.rotation_args(q64, 64, "simt", True) == (None, None)
+    assert launch.rotation_args(q64.float(), 64, "tc", True) == (None, None)

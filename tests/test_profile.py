@@ -608,3 +608,54 @@ def test_far_tiles_of_a_far_loop_nested_in_a_loop_over_sides(tmp_path):
     far, band, once = profile_analyze.model_costs(analysis)
     assert band is None and (far.instructions, far.ex2) == (3, 1)
     assert once.instructions == 2 + 3  # MOV, EXIT; the outer loop at one trip (its path skips the far loop)
+
+
+def test_each_band_loop_counts_at_its_own_function_width(tmp_path):
+    """The Triton forward's rotation band loop (32-key tiles) and its general band loop (16, the partial tail): a
+    {function: scores} map gives each loop the width of the function it is written in, and band tiles run the
+    first function of the model's preference that the kernel has."""
+    from nezha_kernels.compile_check import profile_analyze
+
+    src = tmp_path / "loops.py"
+    functions = ("far_loop", "band_loop", "rotation_band_loop")
+    src.write_text("\n\n\n".join(f"def {name}(x):\n    return x" for name in functions) + "\n")
+    roles.role_map.cache_clear()
+    assert [roles.function_at(str(src), line) for line in (2, 6, 10, 3)] == [
+        "far_loop",
+        "band_loop",
+        "rotation_band_loop",
+        "",
+    ]
+    at = f'//## File "{src}", line'
+    text = _listing(
+        f"""
+        00|    |MOV R1, RZ
+        .L_x_0:
+        {at} 2
+        10|    |FADD R4, R4, 1
+        20| @P0|BRA `(.L_x_0)
+        .L_x_1:
+        {at} 10
+        30|    |FADD R4, R4, 2
+        40|    |FADD R4, R4, 3
+        50| @P1|BRA `(.L_x_1)
+        .L_x_2:
+        {at} 6
+        60|    |FADD R4, R4, 4
+        70|    |FADD R4, R4, 5
+        80| @P2|BRA `(.L_x_2)
+        90|    |EXIT
+        """
+    )
+    (fn,) = sass.parse(text)
+    widths = {"band_loop": 16, "rotation_band_loop": 32}
+    analysis = profile_analyze.analyze_function(fn, scores_per_iter=64, band_scores_per_iter=widths)
+    assert [(e["role"], e["scores_per_iter"], e["total"]) for e in analysis["loops"]] == [
+        ("far", 64, 2),
+        ("band", 32, 3),
+        ("band", 16, 3),
+    ]
+    far, band, _ = profile_analyze.model_costs(analysis)
+    assert far.instructions == 2 and band.instructions == 12  # the heaviest: the general loop's 3 at 16 keys, x 4
+    far, band, _ = profile_analyze.model_costs(analysis, band_functions=("rotation_band_loop", "band_loop"))
+    assert far.instructions == 2 and band.instructions == 6  # band tiles run the rotation loop: 3 at 32 keys, x 2

@@ -59,8 +59,9 @@ _TC_FWD_WCOLS = 80
 
 def fwd_row_tiles(d: int, varlen: bool, general: bool, rotation: bool = False) -> int:
     """Row tiles of 16 per warp of a forward TC instantiation (csrc/relattn_tc.cuh fwd_row_tiles): 2 (128-row blocks)
-    except at D = 128, in the GENERAL padding-free kernel at D = 64 and in the rotation kernel at D = 64."""
-    return 1 if d >= 128 or (d == 64 and (rotation or (varlen and general))) else 2
+    except at D = 128 and in the GENERAL padding-free kernel at D = 64 (the rotation kernels follow the rule too)."""
+    del rotation  # same row tiles as the PLAIN kernel of the same head dim and layout
+    return 1 if d >= 128 or (d == 64 and varlen and general) else 2
 
 
 def dynamic_smem_bytes(kernel: str, d: int) -> int:
@@ -78,8 +79,9 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
     ld = d + 8  # 16-bit elements
     if kernel == "relattn_fwd_tc_kernel":  # Q, two pipeline stages of K and V, the table rows, per-warp scratch
         bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general, rotation)
-        if rotation:  # ... or the 8 edge rows, two stages of S tiles, Q_rot and the edge terms (4 MT floats / thread)
-            return 2 * (bm + 4 * _TC_BN + 8 + 2 * _TC_BN + bm) * ld + 4 * 4 * (bm // 64) * 128
+        if rotation:  # ... or the 8 edge rows, two stages of S tiles, Q_rot, the edge terms and the parked row
+            # statistics ((2 + 4) x 2 MT floats per thread)
+            return 2 * (bm + 4 * _TC_BN + 8 + 2 * _TC_BN + bm) * ld + 4 * 6 * 2 * (bm // 64) * 128
         return 2 * (bm + 4 * _TC_BN + bm - 16 + _TC_FWD_WCOLS) * ld + 4 * _TC_WARPS * 16 * _TC_QT_LD
     if kernel == "relattn_bwd_dq_tc_kernel":
         bn_dq = 32 if d >= 128 else _TC_BN  # TcConfig::BN_DQ

@@ -135,14 +135,36 @@ def _picked(fn, loop) -> list[tuple[str, sass.Path]]:
     return [(roles.loop_role(fn, loop), paths["far"])] if "far" in paths else []
 
 
-def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_iter: float | None = None) -> dict:
+def _loop_scores(fn, loop, inner: set, band_scores, default: float) -> tuple[float, str]:
+    """(scores per iteration, function) of a loop with a band path: ``band_scores`` (a number), or by the function
+    the loop is written in (a {function name: scores} map: the function most of its instructions' frames name,
+    e.g. the Triton forward's ``rotation_band_loop`` of 32-key tiles and its general ``band_loop`` of 16); else
+    ``default``."""
+    if not band_scores:
+        return default, ""
+    if not isinstance(band_scores, dict):
+        return band_scores, ""
+    votes: Counter = Counter()
+    for b in loop.body - inner:
+        for ins in fn.blocks[b].instrs:
+            names = (roles.function_at(path, line) for path, line in ins.frames)
+            name = next((n for n in names if n in band_scores), "")
+            if name:
+                votes[name] += 1
+    if not votes:
+        return default, ""
+    name = votes.most_common(1)[0][0]
+    return band_scores[name], name
+
+
+def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_iter=None) -> dict:
     """Loops (one entry per path role), the straight-line part and whole-function summaries of one function.
     Keys starting with "_" hold model costs (issue_model.Cost), not JSON.
 
     ``band_scores_per_iter``: scores per iteration of a loop with a band path (the split Triton kernels' band
-    loops, which run narrower tiles than their far loops, with or without a branch inside); default
-    ``scores_per_iter``. Such a loop's model costs are scaled to ``scores_per_iter`` scores (the model counts
-    band tiles of the far width).
+    loops, which run narrower tiles than their far loops, with or without a branch inside), a number or a
+    {function name: scores} map (_loop_scores); default ``scores_per_iter``. Such a loop's model costs are scaled
+    to ``scores_per_iter`` scores (the model counts band tiles of the far width).
 
     A loop's inner loops are counted apart (their own entries) and, for the model and the *_with_inner
     fields, added to each iteration of the enclosing path at one trip each: a lower bound where they run
@@ -165,7 +187,10 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
     loops, costs = [], []
     for loop in fn.loops:
         loop_roles = [role for role, _ in picked[loop.index]]
-        scores = band_scores_per_iter if "band" in loop_roles and band_scores_per_iter else scores_per_iter
+        inner_blocks = set().union(*(c.body for c in loop.children)) if loop.children else set()
+        scores, function = scores_per_iter, ""
+        if "band" in loop_roles:
+            scores, function = _loop_scores(fn, loop, inner_blocks, band_scores_per_iter, scores_per_iter)
         for role, path in picked[loop.index]:
             entry = _entry(fn, loop, role, path, scores)
             inner = sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())
@@ -177,7 +202,7 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
             # nested in a loop over the two sides, whose own far path skips it).
             if loop.parent is None or loop_roles == ["far"]:
                 scaled = (path_cost(path.instrs) + inner) * (scores_per_iter / scores if scores else 1.0)
-                costs.append((role, scaled, loop_roles == ["far"]))
+                costs.append((role, scaled, loop_roles == ["far"], function))
     line = sass.straight_line(fn)
     every = Counter(sass.mma_shape(i.opcode) for i in fn.instrs if i.cls == "mma")
     return {
@@ -193,19 +218,24 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
     }
 
 
-def model_costs(analysis: dict, other_trips: int = 1):
+def model_costs(analysis: dict, other_trips: int = 1, band_functions=()):
     """(far, band or None, once) per-warp costs for issue_model.predict from ``analyze_function``'s result,
     over the top-level loops (inner loops inside their parents' costs): far / band the heaviest far / band
     path (band None when the kernel has none; a kernel without roles gets its heaviest loop as "far"), once
     the straight-line part plus each "other" loop ``other_trips`` times. Far tiles run a far-only loop where
     the kernel has one (at any depth): the far path of a loop that also has a band path is then that loop's
     out-of-band case (the split kernels' band loop on a tile past the band; the CUDA forward's loop over the
-    two sides, around its far-tile loop), not a far tile."""
+    two sides, around its far-tile loop), not a far tile. ``band_functions``: band-loop functions in order of
+    preference (profile_triton.TILE_GEOMETRY's map): band tiles run the first one the kernel has (the forward's
+    rotation band loop; its general band loop then only takes the partial last tile, which the model's lengths
+    do not have)."""
     costs = analysis["_path_costs"]
-    far_only = [c for role, c, only in costs if role == "far" and only]
-    far = far_only or [c for role, c, _ in costs if role == "far"]
-    band = [c for role, c, _ in costs if role == "band"]
-    other = [c for role, c, _ in costs if role == "other"]
+    far_only = [c for role, c, only, _ in costs if role == "far" and only]
+    far = far_only or [c for role, c, _, _ in costs if role == "far"]
+    band_entries = [(c, name) for role, c, _, name in costs if role == "band"]
+    present = [f for f in band_functions if any(name == f for _, name in band_entries)]
+    band = [c for c, name in band_entries if not present or name == present[0]]
+    other = [c for role, c, _, _ in costs if role == "other"]
     if not far and not band and other:  # no roles at all: the heaviest loop is the per-tile loop
         heaviest = max(other, key=lambda c: c.instructions)
         far, other = [heaviest], [c for c in other if c is not heaviest]

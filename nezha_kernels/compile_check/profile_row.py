@@ -41,7 +41,8 @@ def analyze_row(
     functions: list | None = None,
 ):
     """Fill ``meta`` (kernel, backend, arch, dtype, head_dim, tile, warps, stages, rows, cols, other_trips,
-    compiler, shared_bytes; optional band_cols: the columns of a band-only loop's iteration, default cols) with
+    compiler, shared_bytes; optional band_cols: the columns of a band loop's iteration, a number or a {function
+    name: columns} map, default cols) with
     the analysis of ``function`` in ``cubin`` (the only one if None).
     ``sass_text`` / ``functions``: the cubin's listing and its parse, when the caller has them already."""
     text = sass_text if sass_text is not None else profile_analyze.disassemble(cubin)
@@ -51,9 +52,14 @@ def analyze_row(
         return {**meta, "status": "error", "message": f"function {function} not in the cubin"}
     res = profile_analyze.resources(cubin).get(fn.name, {})
     scores = _scores(meta["rows"], meta["cols"], meta["warps"])
-    band_scores = _scores(meta["rows"], meta.get("band_cols") or meta["cols"], meta["warps"])
+    band_cols = meta.get("band_cols") or meta["cols"]
+    if isinstance(band_cols, dict):  # per band-loop function (profile_triton.TILE_GEOMETRY)
+        band_scores = {name: _scores(meta["rows"], cols, meta["warps"]) for name, cols in band_cols.items()}
+    else:
+        band_scores = _scores(meta["rows"], band_cols, meta["warps"])
     analysis = profile_analyze.analyze_function(fn, scores, band_scores)
-    far, band, once = profile_analyze.model_costs(analysis, meta.get("other_trips", 1))
+    band_functions = tuple(band_cols) if isinstance(band_cols, dict) else ()
+    far, band, once = profile_analyze.model_costs(analysis, meta.get("other_trips", 1), band_functions)
     heads = HEADS[0] * HEADS[1]
     shared = meta.get("shared_bytes")
     if shared is None:

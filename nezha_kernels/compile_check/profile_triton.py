@@ -50,34 +50,50 @@ def _band_chunks(constexprs: dict, dq: bool = False) -> int:
 
 
 def _band_key_tile(c: dict) -> int:
-    """Key columns of one iteration of the forward's / dQ's band loop: BLOCK_NB of forward.py / backward_dq.py."""
+    """Key columns of an iteration of the forward's / dQ's general band loop: BLOCK_NB of forward.py, backward_dq.py."""
     return max(16, min(c["BLOCK_N"], 2048 // c["BLOCK_M"]))
 
 
-def _dq_rotation_key_tile(c: dict) -> int:
-    """Key columns of one iteration of dQ's band loop on the rotation path: dq_rotation_band_loop's BLOCK_NR where
-    backward_dq.py's PLAIN_ROTATION runs it, the general loop's BLOCK_NB else."""
-    if c.get("ROTATION_LOOP") and c.get("SINUSOID") and c.get("FAR_LOOPS") == 2:
-        return min(c["BLOCK_N"], 32)  # configs.DQ_ROTATION_LOOP_KEYS
-    return _band_key_tile(c)
+def _rotation_key_tile(c: dict) -> int:
+    """Key columns of the forward's and dQ's rotation band loops (softmax.rotation_band_loop,
+    backward_dq.dq_rotation_band_loop): BLOCK_NR of forward.py and backward_dq.py."""
+    from ..triton_kernels import configs
+
+    return min(c["BLOCK_N"], configs.ROTATION_LOOP_KEYS)
 
 
 def _band_query_tile(c: dict) -> int:
-    """Query rows of one iteration of dK/dV's band loop: BLOCK_MB of backward_dkdv.py."""
+    """Query rows of one iteration of dK/dV's band loops: BLOCK_MB of backward_dkdv.py."""
     return max(16, min(c["BLOCK_M"], 1024 // c["BLOCK_N"]))
 
 
-# kernel -> (program rows, loop columns, other-loop trips, band-loop columns) from the job's constexprs. A band-only
-# loop iterates over narrower tiles than the far loops (its per-pair state must stay in registers), so its scores
-# per iteration, and the model's cost of a band tile of the far loops' width, use its own columns.
+def _fwd_band(c: dict) -> dict:
+    # In order of preference for the model's band tile: the rotation loop runs the band's full tiles where the
+    # kernel has it, the general loop then only the partial tail.
+    return {"rotation_band_loop": _rotation_key_tile(c), "band_loop": _band_key_tile(c)}
+
+
+def _dq_band(c: dict) -> dict:
+    # As _fwd_band: dQ's rotation band loop (BLOCK_NR of backward_dq.py) before its general loop.
+    return {"dq_rotation_band_loop": _rotation_key_tile(c), "dq_band_loop": _band_key_tile(c)}
+
+
+def _dkdv_band(c: dict) -> dict:
+    return {"dkdv_band_tile_loop": _band_query_tile(c), "dkdv_general_loop": _band_query_tile(c)}
+
+
+# kernel -> (program rows, loop columns, other-loop trips, band-loop columns) from the job's constexprs. The band
+# loops iterate over narrower tiles than the far loops (their per-pair state must stay in registers), so their
+# scores per iteration, and the model's cost of a band tile of the far loops' width, use their own columns: a
+# {function name: columns} map, mirroring each loop function's tile (profile_analyze finds a loop's function).
 TILE_GEOMETRY = {
-    "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c), _band_key_tile(c)),
-    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True), _band_key_tile(c)),
-    "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
-    "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _band_key_tile(c)),
-    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _dq_rotation_key_tile(c)),
-    "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _band_query_tile(c)),
-    PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, c["BLOCK_N"]),
+    "fwd": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c), _fwd_band(c)),
+    "bwd_dq": lambda c: (c["BLOCK_M"], c["BLOCK_N"], _band_chunks(c, dq=True), _dq_band(c)),
+    "bwd_dkdv": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _dkdv_band(c)),
+    "fwd_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _fwd_band(c)),
+    "bwd_dq_sinusoid": lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, _dq_band(c)),
+    "bwd_dkdv_sinusoid": lambda c: (c["BLOCK_N"], c["BLOCK_M"], 1, _dkdv_band(c)),
+    PLAIN_FLASH: lambda c: (c["BLOCK_M"], c["BLOCK_N"], 1, {}),
 }
 
 

@@ -43,7 +43,7 @@ import functools
 import re
 from pathlib import Path
 
-__all__ = ["role_map", "instruction_role", "assign_roles", "loop_role", "ROLE_WORD", "MARKER"]
+__all__ = ["role_map", "function_at", "instruction_role", "assign_roles", "loop_role", "ROLE_WORD", "MARKER"]
 
 ROLE_WORD = re.compile(r"(?:^|_)(far|band)_(?:loop|tile)")
 MARKER = re.compile(r"(?:#|//)\s*profile:\s*(far|band|rare|other)\b")
@@ -194,6 +194,30 @@ def role_map(path: str) -> dict[int, str]:
             if line not in out or size < out[line][0]:
                 out[line] = (size, role)
     return {line: role for line, (_, role) in out.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _function_map(path: str) -> dict[int, str]:
+    """{line: name of the innermost function holding it} of a Python source; {} for C++ or when unreadable."""
+    if not path.endswith(".py"):
+        return {}
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError):
+        return {}
+    out: dict[int, tuple[int, str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            size = (node.end_lineno or node.lineno) - node.lineno
+            for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+                if line not in out or size < out[line][0]:
+                    out[line] = (size, node.name)
+    return {line: name for line, (_, name) in out.items()}
+
+
+def function_at(path: str, line: int) -> str:
+    """Name of the innermost Python function holding ``line`` of ``path`` ("" when none: C++, module level)."""
+    return _function_map(path).get(line, "")
 
 
 def instruction_role(frames) -> str:

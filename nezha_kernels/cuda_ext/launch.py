@@ -121,20 +121,12 @@ def _rotation_tables(
         return table.to(device=device, dtype=dtype), table.to(device=device, dtype=torch.float32)
 
 
-# At D = 64 the rotation kernel runs 64-row blocks (128 spill), so its far tiles cost ~18% more than the table path's
-# 128-row ones (372 vs 316 instructions per warp per 1024 scores) while its band is ~40% cheaper (1,049 vs 1,703):
-# per query row ~224 band keys against ~288, break-even near 4.4k keys (benchmarks/NOTES.md, "CUDA band on tensor
-# cores: rotation"). Longer key ranges keep the table path there; D = 32 and 128 keep their block height either way.
-ROTATION_MAX_KEYS_D64 = 4096
-
-
-def rotation_args(q, max_relative_position, family: str, sinusoid: bool, keys: int) -> tuple:
+def rotation_args(q, max_relative_position, family: str, sinusoid: bool) -> tuple:
     """(rot_keys, rot_f32) for the tensor-core forward when the table is the op's sinusoid, else (None, None).
 
-    keys: the longest key range of the call (Lk, or max_seqlen_k padding-free)."""
+    Any key range: the rotation kernels run the PLAIN kernels' block heights, so their far tiles cost the same and
+    their band less (benchmarks/NOTES.md, "CUDA rotation forward at D = 64: 128-row blocks")."""
     if not sinusoid or family != "tc" or q.dtype not in (torch.float16, torch.bfloat16):
-        return None, None
-    if q.shape[-1] == 64 and keys > ROTATION_MAX_KEYS_D64:
         return None, None
     return _rotation_tables(int(max_relative_position), q.shape[-1], q.dtype, q.device)
 
@@ -177,8 +169,7 @@ def relattn_fwd(
     impl = _family_code(family)
     ext = extension(q.device)
     args = _canonical(q, k, v, table, key_padding, additive_mask, head_mask, _batch(q, cu_seqlens_q))
-    keys = int(max_seqlen_k) if cu_seqlens_q is not None else k.shape[2]
-    rot_keys, rot_f32 = rotation_args(q, max_relative_position, family, sinusoid, keys)
+    rot_keys, rot_f32 = rotation_args(q, max_relative_position, family, sinusoid)
     if cu_seqlens_q is not None:
         q, k, v, table, _, _, head_mask = args
         out, lse = ext.forward_varlen(

@@ -7,7 +7,7 @@ partial last tile run the general path (dq_tile: block-band scratch, per-tile ta
 sinusoid (SINUSOID) the rotation identity of rotation.py: in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T, and
 the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop call ends).
 With SINUSOID, the full far loops (no key padding, additive mask or dropout) and 2R >= its key tile (ROTATION_LOOP,
-configs.dq_rotation_loop), the band's full tiles run dq_rotation_band_loop instead: no bounds or masks, the edge
+configs.rotation_loop), the band's full tiles run dq_rotation_band_loop instead: no bounds or masks, the edge
 term and the out-of-band dS row sums per row, not per pair.
 """
 
@@ -17,12 +17,11 @@ import triton.language as tl
 from . import configs
 from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
-from .rotation import PAD_ROWS, load_positional, rotate_back, rotate_query
+from .rotation import band_positional_ptrs, load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows
 
-DQ_ROTATION_LOOP_KEYS = tl.constexpr(configs.DQ_ROTATION_LOOP_KEYS)
-_PAD = tl.constexpr(PAD_ROWS)
+ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
 
 
 @triton.jit
@@ -332,15 +331,6 @@ def dq_band_ptrs(base, stride_n, stride_d, j0, offs_d, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def dq_positional_ptrs(ROT, j0, pos0, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Pointers of S_tile [BLOCK_N, BLOCK_D] (rotation.load_positional's rows) at keys j0 .., unclamped: a band tile
-    starts at j0 >= pos0 - R - BLOCK_N_far + 2 and ends before pos0 + MAX_BLOCK_M + R + BLOCK_N_far - 1, inside the
-    table for far tiles of at most PAD_ROWS keys. The next tile's are these + BLOCK_N * BLOCK_D."""
-    rows = (j0 - pos0 + R + _PAD) + tl.arange(0, BLOCK_N)
-    return ROT + rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
-
-
-@triton.jit
 def dq_rotation_band_loop(
     dq,
     q,
@@ -369,7 +359,8 @@ def dq_rotation_band_loop(
 ):
     """Full band tiles [lo, hi) by rotation, no per-pair feature but causal: (dq, ds_left, ds_right).
 
-    k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (dq_positional_ptrs).
+    k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (s:
+    rotation.band_positional_ptrs).
     Needs 2R >= BLOCK_N: a tile of at most 2R keys holds a row's out-of-band keys on one side only (j <= p - R and
     j' >= p + R are 2R apart), the left one exactly when its first key is (as softmax.rotation_band_loop). So the
     edge terms are per-row selects and the tile's out-of-band dS row sum, sum(dS - dS_band), goes to that side
@@ -512,10 +503,10 @@ def _relattn_bwd_dq_kernel(
     # (masks, dropout) would make the wide far tile spill; none (FAR_LOOPS 0): one general loop over every key.
     BLOCK_NF: tl.constexpr = BLOCK_N if FAR_LOOPS == 2 else BLOCK_NB
     # The band's full tiles by rotation without per-pair features (dq_rotation_band_loop; the launcher sets
-    # ROTATION_LOOP where 2R >= its key tile, configs.dq_rotation_loop) run key tiles of at most DQ_ROTATION_LOOP_KEYS;
+    # ROTATION_LOOP where 2R >= its key tile, configs.rotation_loop) run key tiles of at most ROTATION_LOOP_KEYS;
     # the general loop keeps the partial tail.
     PLAIN_ROTATION: tl.constexpr = ROTATION_LOOP and SINUSOID and FAR_LOOPS == 2
-    BLOCK_NR: tl.constexpr = min(BLOCK_N, DQ_ROTATION_LOOP_KEYS)
+    BLOCK_NR: tl.constexpr = min(BLOCK_N, ROTATION_LOOP_KEYS)
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)
     b = bh // H
@@ -607,7 +598,7 @@ def _relattn_bwd_dq_kernel(
             dq, band_left, band_right = dq_rotation_band_loop(
                 dq, q, do, q_rot, do_rot, dq_band_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR),
                 dq_band_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR),
-                dq_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D), band_lo, band_hi, q_offset + offs_m, R,
+                band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D), band_lo, band_hi, q_offset + offs_m, R,
                 edges, stats, scale, stride_kn, stride_vn, d_valid, ROT,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
             )  # fmt: skip

@@ -120,19 +120,6 @@ def dq_branchless_band(arch_major: int) -> bool:
     return arch_major >= 9 and TRITON_VERSION < PIPELINING_SM90_MIN_TRITON
 
 
-# dQ's rotation band loop (backward_dq.dq_rotation_band_loop: the band's full tiles on the plain rotation path) runs
-# key tiles of min(BLOCK_N, DQ_ROTATION_LOOP_KEYS) keys (128 x 64 spilled 256 B on sm_90; benchmarks/NOTES.md "Triton
-# dQ rotation band loop"). It gives each row's out-of-band dS of a tile to one side, exact for tiles of at most 2R
-# keys. (The forward's twin, rotation_loop, is on another branch: to be unified.)
-DQ_ROTATION_LOOP_KEYS = 32
-
-
-def dq_rotation_loop(r: int) -> bool:
-    """ROTATION_LOOP of the dQ kernel (with SINUSOID): max_relative_position r is wide enough for its rotation band
-    loop (2r >= its key tile); else the band runs the general loop. Chosen at launch, not by a runtime branch."""
-    return 2 * r >= DQ_ROTATION_LOOP_KEYS
-
-
 def stages_for(num_stages: int, arch_major: int, kind: str = "", features=None) -> int:
     """num_stages a ``kind`` tile (features: the call's feature constexprs) can use on a device of compute
     capability ``arch_major`` with this triton."""
@@ -279,6 +266,21 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     # The forward with narrow far loops spills 24 B under triton 3.6 (sm_90 unpipelined), 0 under 3.9.
     narrow_ok = kind == "fwd" and TRITON_VERSION >= PIPELINING_SM90_MIN_TRITON
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
+
+
+# The forward's and dQ's rotation band loops (softmax.rotation_band_loop, backward_dq.dq_rotation_band_loop: the band's
+# full tiles on the plain rotation path) run key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled on
+# sm_90: forward 8 B plain under triton 3.9, 56 B under 3.6; dQ 256 B; benchmarks/NOTES.md "Triton rotation band loop",
+# "Triton dQ rotation band loop"). They give each row's out-of-band mass (dQ: dS row sum) of a tile to one side, exact
+# for tiles of at most 2R keys.
+ROTATION_LOOP_KEYS = 32
+
+
+def rotation_loop(r: int) -> bool:
+    """ROTATION_LOOP of the forward and dQ (with SINUSOID): max_relative_position r is wide enough for the rotation
+    band loop (2r >= its key tile); else the band runs the general loop. Checked here, not in the kernel: a runtime
+    branch between the two loops cost registers (forward, triton 3.6: 8 B of spill)."""
+    return 2 * r >= ROTATION_LOOP_KEYS
 
 
 def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:

@@ -16,7 +16,9 @@ where one is passed. The band (and the partial tile) run the general loop:
   bias = gather(Q @ T_slice^T), value side acc += bucket(W) @ T_slice;
 - rotation mode (SINUSOID, the table is NEZHA's own sinusoid; BAND_P == 0, no scratch): rotation.py. Q_rot is
   computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
-  rotated back into acc when the band-loop call ends.
+  rotated back into acc when the band-loop call ends. Without per-pair features (FAR_LOOPS 2) and for 2R >= 32
+  (ROTATION_LOOP) the band's full tiles run softmax.rotation_band_loop instead: no bounds or masks, the edge terms
+  and masses per row; the partial tile keeps the general loop.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
@@ -25,11 +27,14 @@ a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the ba
 import triton
 import triton.language as tl
 
+from . import configs
 from .band import load_band_table
 from .dot import dot, dot_nt
-from .rotation import rotate_query
+from .rotation import band_positional_ptrs, rotate_query
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, band_loop, far_loop, rescale
+from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop
+
+ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -90,6 +95,7 @@ def _relattn_fwd_kernel(
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
     SINUSOID: tl.constexpr,
+    ROTATION_LOOP: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -115,6 +121,11 @@ def _relattn_fwd_kernel(
     # The far loops' key width (configs.far_loops): the tile's, or the general loop's where per-pair features
     # (masks, dropout) would make the wide far tile spill; none (FAR_LOOPS 0): one general loop over every key.
     BLOCK_NF: tl.constexpr = BLOCK_N if FAR_LOOPS == 2 else BLOCK_NB
+    # The band's full tiles by rotation without per-pair features (softmax.rotation_band_loop; the launcher sets
+    # ROTATION_LOOP where 2R >= its key tile, configs.rotation_loop) run key tiles of at most ROTATION_LOOP_KEYS (64
+    # spilled); the general loop keeps the partial tail.
+    PLAIN_ROTATION: tl.constexpr = ROTATION_LOOP and SINUSOID and FAR_LOOPS == 2
+    BLOCK_NR: tl.constexpr = min(BLOCK_N, ROTATION_LOOP_KEYS)
     # fp32 FMA dots: chunk the head dim (see dot.dot_nt); tensor-core dots stay whole.
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1
     pid_m = tl.program_id(1)
@@ -197,12 +208,23 @@ def _relattn_fwd_kernel(
         mass_left = mass_far if HAS_DROPOUT else l_i
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
-        acc, m_i, l_i, band_left, band_right = band_loop(
-            acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
-            offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
-            BLOCK_NB, BLOCK_P, BAND_P,
-        )  # fmt: skip
+        if PLAIN_ROTATION:
+            keys = (band_lo + tl.arange(0, BLOCK_NR))[:, None].to(tl.int64)
+            k_band = k_base + keys * stride_kn + offs_d[None, :] * stride_kd
+            v_band = v_base + keys * stride_vn + offs_d[None, :] * stride_vd
+            s_band = band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D)
+            acc, m_i, l_i, band_left, band_right = rotation_band_loop(
+                acc, m_i, l_i, q, q_rot, k_band, v_band, s_band, band_lo, band_hi, pos, R, qt_left, qt_right, scale,
+                stride_kn, stride_vn, d_valid, ROT,
+                EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
+            )  # fmt: skip
+        else:
+            acc, m_i, l_i, band_left, band_right = band_loop(
+                acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+                scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
         mass_left = rescale(mass_left, m_ref, m_i) + band_left
         mass_right = band_right
         m_ref = m_i

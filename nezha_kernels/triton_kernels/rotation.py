@@ -139,6 +139,17 @@ def load_positional(ROT, j0, pos0, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constex
 
 
 @triton.jit
+def band_positional_ptrs(ROT, j0, pos0, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pointers of S_tile [BLOCK_N, BLOCK_D] at keys j0 .. (load_positional's rows) for a tile of the band, unclamped:
+    the band of a block of at most MAX_BLOCK_M rows starts at a key j0 >= pos0 - R - BLOCK_N + 2 and ends before
+    pos0 + MAX_BLOCK_M + R + BLOCK_N - 2, rows -BLOCK_N + 2 .. MAX_BLOCK_M + 2R + BLOCK_N - 3: inside the table for
+    BLOCK_N <= PAD_ROWS. The next tile's are these + BLOCK_N * BLOCK_D."""
+    tl.static_assert(BLOCK_N <= _PAD)
+    rows = (j0 - pos0 + R + _PAD) + tl.arange(0, BLOCK_N)
+    return ROT + rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+
+
+@triton.jit
 def rotate_query(x, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """x_rot [BLOCK_M, BLOCK_D] in x's dtype: the rows of x rotated by their angle from the block start."""
     return rotate(x.to(tl.float32), load_angles(ROT, BLOCK_M, BLOCK_D), 1).to(x.dtype)

@@ -10,12 +10,14 @@ term q . T[0] or q . T[2R] (scaled) and its max shift into one per-row addend.
   probability mass, which the caller reads off the running sum (or, with dropout, the loop accumulates).
 - band_loop: any tile (the band, and the last, partial, tile): bounds, masks and the band's per-pair terms
   (block-band scratch or per-tile table slices, see forward.py).
+- rotation_band_loop: the band's full tiles by rotation (SINUSOID) without key padding, additive mask or dropout:
+  the far loop's work plus the band's terms, no bounds, per-row edge and mass bookkeeping (2R >= BLOCK_N).
 """
 
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_gather, load_table_slice, mask_tile
+from .band import MASKED_SCORE, band_bucket, band_gather, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .philox import philox_uniform
 from .rotation import load_positional, rotate_back
@@ -241,4 +243,84 @@ def band_loop(
                 acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
     if SINUSOID:
         acc += rotate_back(u, ROT, BLOCK_M, q.shape[1])
+    return acc, m_i, l_i, mass_left, mass_right
+
+
+@triton.jit
+def rotation_band_loop(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_rot,
+    k_ptrs,
+    v_ptrs,
+    s_ptrs,
+    lo,
+    hi,
+    pos,
+    R,
+    qt_left,
+    qt_right,
+    scale,
+    stride_kn,
+    stride_vn,
+    d_valid,
+    ROT,
+    EVEN_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Full band tiles [lo, hi) by rotation, no per-pair feature but causal: (acc, m_i, l_i, mass_left, mass_right).
+
+    k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (s:
+    rotation.band_positional_ptrs). Needs 2R >= BLOCK_N: a tile of at most 2R keys holds a row's out-of-band keys
+    on one side only (j <= p - R and j' >= p + R are 2R apart), the left one exactly when its first key is. So the
+    edge term is a per-row select and the tile's out-of-band mass, sum(p) - sum(p_band), goes to that side whole.
+    The masses are relative to the returned m_i; u = sum P_band @ S_tile is rotated back into acc at the end.
+    """
+    qk_scale = scale * LOG2E
+    mass_left = tl.zeros_like(l_i)
+    mass_right = tl.zeros_like(l_i)
+    u = tl.zeros_like(acc)
+    offs_n = tl.arange(0, BLOCK_N)
+    for j0 in range(lo, hi, BLOCK_N):
+        k = load_rows(k_ptrs, d_valid, EVEN_D)
+        s_tile = tl.load(s_ptrs).to(q.dtype)
+        qk = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+        bias = dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS)
+        # Key offsets within the tile against each row's position: j - p = offs_n - p0.
+        p0 = pos - j0
+        near = (offs_n[None, :] > (p0 - R)[:, None]) & (offs_n[None, :] < (p0 + R)[:, None])
+        left = p0 >= R
+        s = qk + tl.where(near, bias, tl.where(left, qt_left, qt_right)[:, None])
+        if CAUSAL:
+            # Scaled before masking: a fully masked row's max is MASKED_SCORE and its weights exp(0) (band.py).
+            s = tl.where(offs_n[None, :] > p0[:, None], MASKED_SCORE, s * scale)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.math.exp2((s - m_new[:, None]) * LOG2E)
+        else:
+            # scale >= 0 (the kernel folds a negative scale's sign into q): max commutes with it.
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale)
+            p = tl.math.exp2(s * qk_scale - (m_new * LOG2E)[:, None])
+        alpha = tl.math.exp2((m_i - m_new) * LOG2E)
+        m_i = m_new
+        # near again, as one unsigned range compare: the same expression would be reused, and its 16 predicates,
+        # kept live across the row max and EX2, were packed into registers (P2R / ISETP per pair: 496 -> 466 here).
+        near_again = (offs_n[None, :] - (p0 - R + 1)[:, None]).to(tl.uint32, bitcast=True) < (2 * R - 1).to(tl.uint32)
+        p_band = tl.where(near_again, p, 0.0)
+        total = tl.sum(p, axis=1)
+        out = total - tl.sum(p_band, axis=1)
+        l_i = l_i * alpha + total
+        mass_left = mass_left * alpha + tl.where(left, out, 0.0)
+        mass_right = mass_right * alpha + tl.where(left, 0.0, out)
+        v = load_rows(v_ptrs, d_valid, EVEN_D)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, None, FMA_DOTS)
+        u = u * alpha[:, None] + dot(p_band.to(s_tile.dtype), s_tile, None, FMA_DOTS)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+        s_ptrs += BLOCK_N * q.shape[1]
+    acc += rotate_back(u, ROT, q.shape[0], q.shape[1])
     return acc, m_i, l_i, mass_left, mass_right
