@@ -184,7 +184,7 @@ def test_rotation_band_runs_where_it_compiles_spill_free(monkeypatch):
         for arch, elem, d in ((9, 2, 64), (8, 2, 64), (9, 4, 64), (9, 2, 128)):
             assert rotation("bwd_dkdv", d, elem, features, arch) == rotation("fwd", d, elem, features, arch)
     assert rotation("bwd_dkdv", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
-    # The forward's rotation band loop: a key tile of at most 2R keys (out-of-band keys of a row on one side).
+    # The forward's and dQ's rotation band loops: a key tile of at most 2R keys (out-of-band keys of a row on one side).
     assert configs.rotation_loop(64) and configs.rotation_loop(16) and not configs.rotation_loop(15)
     monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call
     assert rotation("fwd", 64, 4, {"HAS_AMASK": True}, 8) and rotation("bwd_dkdv", 128, 2, {"VARLEN": True}, 9)

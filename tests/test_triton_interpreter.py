@@ -174,6 +174,9 @@ def test_strided_views_of_fused_projection():
         # R >= 16 (configs.rotation_loop): the band's full tiles run softmax.rotation_band_loop; far tiles on both
         # sides, an offset off the tiles (causal: test_bfloat16_sinusoid_dkdv_band_by_rotation).
         (torch.float16, 97, 16, False, 37),
+        # dQ's rotation band loop (configs.rotation_loop) at R = 64, causal at an offset; R = 16 above, R = 5 (2R
+        # below its tile: the general loop) and R = 40 with a head mask (test_bfloat16_sinusoid_dkdv_band_by_rotation).
+        (torch.bfloat16, 97, 64, True, 29),
     ],
 )
 def test_low_precision(dtype, lk, r, causal, q_offset):

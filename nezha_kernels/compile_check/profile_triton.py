@@ -55,7 +55,8 @@ def _band_key_tile(c: dict) -> int:
 
 
 def _rotation_key_tile(c: dict) -> int:
-    """Key columns of the forward's rotation band loop (softmax.rotation_band_loop): BLOCK_NR of forward.py."""
+    """Key columns of the forward's and dQ's rotation band loops (softmax.rotation_band_loop,
+    backward_dq.dq_rotation_band_loop): BLOCK_NR of forward.py and backward_dq.py."""
     from ..triton_kernels import configs
 
     return min(c["BLOCK_N"], configs.ROTATION_LOOP_KEYS)
@@ -73,7 +74,8 @@ def _fwd_band(c: dict) -> dict:
 
 
 def _dq_band(c: dict) -> dict:
-    return {"dq_band_loop": _band_key_tile(c)}
+    # As _fwd_band: dQ's rotation band loop (BLOCK_NR of backward_dq.py) before its general loop.
+    return {"dq_rotation_band_loop": _rotation_key_tile(c), "dq_band_loop": _band_key_tile(c)}
 
 
 def _dkdv_band(c: dict) -> dict:

@@ -174,8 +174,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
             raise ValueError(f"{kernel} {variant}: configs.rotation_band keeps the scratch path for these features")
         constexprs["SINUSOID"] = rotation
         constexprs["BAND_P"] = 0 if rotation else configs.band_p(MAIN_R)
-        if kernel == "fwd":
-            constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R)
+        constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R)
     elif kernel == "bwd_dkdv":  # the band by rotation where the forward takes it, from the forward's query blocks
         rotation = sinusoid and configs.rotation_band(kernel, d, DTYPES[dtype], features, arch // 10)
         if sinusoid and not rotation:

@@ -6,16 +6,22 @@ dQ += dS @ K; the edge row's dQ term is the row sum of dS times T[0] or T[2R], o
 partial last tile run the general path (dq_tile: block-band scratch, per-tile table slices, or with NEZHA's own
 sinusoid (SINUSOID) the rotation identity of rotation.py: in-band terms Q_rot @ S_tile^T and dO_rot @ S_tile^T, and
 the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop call ends).
+With SINUSOID, the full far loops (no key padding, additive mask or dropout) and 2R >= its key tile (ROTATION_LOOP,
+configs.rotation_loop), the band's full tiles run dq_rotation_band_loop instead: no bounds or masks, the edge
+term and the out-of-band dS row sums per row, not per pair.
 """
 
 import triton
 import triton.language as tl
 
-from .band import band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
+from . import configs
+from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
-from .rotation import load_positional, rotate_back, rotate_query
+from .rotation import band_positional_ptrs, load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows
+
+ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
 
 
 @triton.jit
@@ -317,6 +323,98 @@ def dq_band_loop(
     return dq, ds_left, ds_right
 
 
+@triton.jit
+def dq_band_ptrs(base, stride_n, stride_d, j0, offs_d, BLOCK_N: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] pointers of the rows j0 .. of a K or V tile (int64 row offsets)."""
+    keys = (j0 + tl.arange(0, BLOCK_N))[:, None].to(tl.int64)
+    return base + keys * stride_n + offs_d[None, :] * stride_d
+
+
+@triton.jit
+def dq_rotation_band_loop(
+    dq,
+    q,
+    do,
+    q_rot,
+    do_rot,
+    k_ptrs,
+    v_ptrs,
+    s_ptrs,
+    lo,
+    hi,
+    pos,
+    R,
+    edges,
+    stats,
+    scale,
+    stride_kn,
+    stride_vn,
+    d_valid,
+    ROT,
+    EVEN_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Full band tiles [lo, hi) by rotation, no per-pair feature but causal: (dq, ds_left, ds_right).
+
+    k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (s:
+    rotation.band_positional_ptrs).
+    Needs 2R >= BLOCK_N: a tile of at most 2R keys holds a row's out-of-band keys on one side only (j <= p - R and
+    j' >= p + R are 2R apart), the left one exactly when its first key is (as softmax.rotation_band_loop). So the
+    edge terms are per-row selects and the tile's out-of-band dS row sum, sum(dS - dS_band), goes to that side
+    whole. u = sum dS_band @ S_tile is rotated back into dq at the end.
+    """
+    q_left, q_right, do_left, do_right = edges
+    row_max, row_logsum, delta, hm = stats
+    qk_scale = scale * LOG2E
+    # Natural-unit p = exp((s scale - max) - log sum) as one FFMA feeding EX2 (dq_far_loop's unmasked form).
+    p_addend = (-row_max - row_logsum) * LOG2E
+    ds_left = tl.zeros_like(delta)
+    ds_right = tl.zeros_like(delta)
+    u = tl.zeros_like(dq)
+    offs_n = tl.arange(0, BLOCK_N)
+    for j0 in range(lo, hi, BLOCK_N):
+        k = load_rows(k_ptrs, d_valid, EVEN_D)
+        v = load_rows(v_ptrs, d_valid, EVEN_D)
+        s_tile = tl.load(s_ptrs).to(q.dtype)
+        qk = dot_nt(q, k, FMA_DOTS, K_CHUNKS)
+        dw = dot_nt(do, v, FMA_DOTS, K_CHUNKS)
+        q_bias = dot_nt(q_rot, s_tile, FMA_DOTS, K_CHUNKS)
+        do_bias = dot_nt(do_rot, s_tile, FMA_DOTS, K_CHUNKS)
+        # Key offsets within the tile against each row's position: j - p = offs_n - p0.
+        p0 = pos - j0
+        near = (offs_n[None, :] > (p0 - R)[:, None]) & (offs_n[None, :] < (p0 + R)[:, None])
+        left = p0 >= R
+        s = qk + tl.where(near, q_bias, tl.where(left, q_left, q_right)[:, None])
+        if CAUSAL:
+            # Scaled, then masked: a fully masked row's max is MASKED_SCORE and its weights 1/Lk (band.py).
+            s = tl.where(offs_n[None, :] > p0[:, None], MASKED_SCORE, s * scale)
+            p = tl.math.exp2(((s - row_max[:, None]) - row_logsum[:, None]) * LOG2E)
+        else:
+            p = tl.math.exp2(s * qk_scale + p_addend[:, None])
+        dw += tl.where(near, do_bias, tl.where(left, do_left, do_right)[:, None])
+        ds = p * (dw * hm - delta[:, None])
+        # near again, one unsigned compare: not kept across the exponentials.
+        near2 = (offs_n[None, :] - (p0 - R + 1)[:, None]).to(tl.uint32) < (2 * R - 1)
+        ds_band = tl.where(near2, ds, 0.0)
+        if CAUSAL:
+            # Two reductions: one over dS - dS_band spilled 8-24 B next to the causal select.
+            out = tl.sum(ds, axis=1) - tl.sum(ds_band, axis=1)
+        else:
+            out = tl.sum(ds - ds_band, axis=1)  # one row reduction, exact: 0 in band, dS beyond
+        ds_left += tl.where(left, out, 0.0)
+        ds_right += tl.where(left, 0.0, out)
+        dq = dot(ds.to(k.dtype), k, dq, FMA_DOTS)
+        u = dot(ds_band.to(s_tile.dtype), s_tile, u, FMA_DOTS)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
+        s_ptrs += BLOCK_N * q.shape[1]
+    dq += rotate_back(u, ROT, q.shape[0], q.shape[1])
+    return dq, ds_left, ds_right
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
 def _relattn_bwd_dq_kernel(
     Q,
@@ -377,6 +475,7 @@ def _relattn_bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     RELATIVE: tl.constexpr,
     SINUSOID: tl.constexpr,
+    ROTATION_LOOP: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -403,6 +502,11 @@ def _relattn_bwd_dq_kernel(
     # The far loops' key width (configs.far_loops): the tile's, or the general loop's where per-pair features
     # (masks, dropout) would make the wide far tile spill; none (FAR_LOOPS 0): one general loop over every key.
     BLOCK_NF: tl.constexpr = BLOCK_N if FAR_LOOPS == 2 else BLOCK_NB
+    # The band's full tiles by rotation without per-pair features (dq_rotation_band_loop; the launcher sets
+    # ROTATION_LOOP where 2R >= its key tile, configs.rotation_loop) run key tiles of at most ROTATION_LOOP_KEYS;
+    # the general loop keeps the partial tail.
+    PLAIN_ROTATION: tl.constexpr = ROTATION_LOOP and SINUSOID and FAR_LOOPS == 2
+    BLOCK_NR: tl.constexpr = min(BLOCK_N, ROTATION_LOOP_KEYS)
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)
     b = bh // H
@@ -490,12 +594,21 @@ def _relattn_bwd_dq_kernel(
             stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
-        dq, band_left, band_right = dq_band_loop(
-            dq, q, do, kv, band_lo, band_hi, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0, masks,
-            drop, scale, ws, ws_row, rot,
-            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
-            BLOCK_P, BAND_P, BRANCHLESS_BAND,
-        )  # fmt: skip
+        if PLAIN_ROTATION:
+            dq, band_left, band_right = dq_rotation_band_loop(
+                dq, q, do, q_rot, do_rot, dq_band_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR),
+                dq_band_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR),
+                band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D), band_lo, band_hi, q_offset + offs_m, R,
+                edges, stats, scale, stride_kn, stride_vn, d_valid, ROT,
+                EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
+            )  # fmt: skip
+        else:
+            dq, band_left, band_right = dq_band_loop(
+                dq, q, do, kv, band_lo, band_hi, lk, table, edges, offs_d, d_valid, stats, rows, q_offset, pos0,
+                masks, drop, scale, ws, ws_row, rot,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
+                BLOCK_P, BAND_P, BRANCHLESS_BAND,
+            )  # fmt: skip
         dq, ds_right = dq_far_loop(
             dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
             v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, stats, scale,

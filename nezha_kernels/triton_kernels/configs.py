@@ -268,17 +268,18 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
     return far == FAR_FULL or (far == FAR_NARROW and narrow_ok)
 
 
-# The forward's rotation band loop (softmax.rotation_band_loop: the band's full tiles on the plain rotation path) runs
-# key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled on sm_90: 8 B plain under triton 3.9, 56 B under
-# 3.6; benchmarks/NOTES.md "Triton rotation band loop"). It gives each row's out-of-band mass of a tile to one side,
-# exact for tiles of at most 2R keys.
+# The forward's and dQ's rotation band loops (softmax.rotation_band_loop, backward_dq.dq_rotation_band_loop: the band's
+# full tiles on the plain rotation path) run key tiles of min(BLOCK_N, ROTATION_LOOP_KEYS) keys (128 x 64 spilled on
+# sm_90: forward 8 B plain under triton 3.9, 56 B under 3.6; dQ 256 B; benchmarks/NOTES.md "Triton rotation band loop",
+# "Triton dQ rotation band loop"). They give each row's out-of-band mass (dQ: dS row sum) of a tile to one side, exact
+# for tiles of at most 2R keys.
 ROTATION_LOOP_KEYS = 32
 
 
 def rotation_loop(r: int) -> bool:
-    """ROTATION_LOOP of the forward (with SINUSOID): max_relative_position r is wide enough for the rotation band loop
-    (2r >= its key tile); else the band runs the general loop. Checked here, not in the kernel: a runtime branch
-    between the two loops cost registers (triton 3.6: 8 B of spill)."""
+    """ROTATION_LOOP of the forward and dQ (with SINUSOID): max_relative_position r is wide enough for the rotation
+    band loop (2r >= its key tile); else the band runs the general loop. Checked here, not in the kernel: a runtime
+    branch between the two loops cost registers (forward, triton 3.6: 8 B of spill)."""
     return 2 * r >= ROTATION_LOOP_KEYS
 
 

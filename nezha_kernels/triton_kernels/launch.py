@@ -280,6 +280,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             WS=scratch,
             ROT=_rotation_table(call, sinusoid),
             SINUSOID=sinusoid,
+            ROTATION_LOOP=sinusoid and configs.rotation_loop(call.r),
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("bwd_dq"),
             BRANCHLESS_BAND=configs.dq_branchless_band(configs.arch_major(call.q)),
