@@ -145,7 +145,7 @@ def test_additive_masks():
 @interpreted_only
 def test_dropout_and_head_mask():
     hm = torch.tensor([1.0, 0.0, 0.5])
-    check(CPU, F32, 2, 3, 33, 40, 32, 4, dropout_p=0.3, head_mask=hm, q_offset=7, table="default")
+    check(CPU, F32, 1, 3, 33, 40, 32, 4, dropout_p=0.3, head_mask=hm, q_offset=7, table="default")
 
 
 @interpreted_only
@@ -203,14 +203,14 @@ def test_bfloat16_padding_dropout_head_mask_far_field():
         CPU,
         torch.bfloat16,
         2,
-        2,
+        1,  # one head (CI time): the mask scales it, the batch's second row is fully padded
         70,
         45,
         64,
         3,
         key_padding=kp,
         dropout_p=0.2,
-        head_mask=torch.tensor([0.5, 1.0]),
+        head_mask=torch.tensor([0.5]),
         q_offset=4,
         table="default",
     )
@@ -300,8 +300,13 @@ def test_gpu_tiles(dtype, d):
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
     kp = torch.rand(2, 141, generator=torch.Generator().manual_seed(13)) > 0.2
     kp[1] = False
-    hm = torch.tensor([1.0, 0.5])
-    check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default")
+    # fp32 runs one head: its 32 x 16 FMA tiles are the slowest under the interpreter (CI time), and two heads
+    # add nothing a head mask of the fp16 / bf16 cases does not check.
+    heads = 1 if dtype == torch.float32 else 2
+    hm = torch.tensor([1.0, 0.5])[:heads]
+    check(
+        CPU, dtype, 2, heads, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default"
+    )
     check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
     if d == 128:  # sm_90's wgmma far-loop tiles at D = 128 (dQ 128 x 32, dK/dV 64 x 64 w8): far tiles on both sides
         check(CPU, dtype, 1, 1, 200, 200, d, 6, head_mask=hm[1:])
