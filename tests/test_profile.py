@@ -225,6 +225,37 @@ def attend_far_tile(x):
 """
 
 
+def _line_info_prefix(tmp_path, text: str = KERNEL_SRC, name: str = "kern.py") -> str:
+    """Write ``text`` as a source file and return the nvdisasm line-info comment prefix naming it (add the line)."""
+    src = tmp_path / name
+    src.write_text(text)
+    roles.role_map.cache_clear()
+    return f'//## File "{src}", line'
+
+
+def _in_band_branch_loop(at: str) -> str:
+    """Listing lines of KERNEL_SRC's key loop with its in-band branch (lines 4-10): the band arm 0x30-0x60, the far
+    arm 0x70, the loop's back edge at 0x90 (``at``: _line_info_prefix's)."""
+    return f"""
+        .L_x_0:
+        {at} 4
+        10|    |IMAD R2, R3, 0x2, RZ
+        20| @P0|BRA `(.L_x_1)
+        {at} 6
+        30|    |FADD R4, R4, 1
+        40|    |FADD R4, R4, 2
+        50|    |LDS R5, [R6]
+        60|    |BRA `(.L_x_2)
+        .L_x_1:
+        {at} 9
+        70|    |FADD R4, R4, -1
+        .L_x_2:
+        {at} 10
+        80|    |MUFU.EX2 R7, R4
+        90| @P1|BRA `(.L_x_0)
+    """.strip()
+
+
 def test_python_role_map_follows_the_convention(tmp_path):
     src = tmp_path / "kern.py"
     src.write_text(KERNEL_SRC)
@@ -262,29 +293,11 @@ def test_cpp_role_map_follows_the_convention(tmp_path):
 
 
 def test_band_and_far_paths_follow_source_roles(tmp_path):
-    src = tmp_path / "kern.py"
-    src.write_text(KERNEL_SRC)
-    roles.role_map.cache_clear()
-    at = f'//## File "{src}", line'
+    at = _line_info_prefix(tmp_path)
     text = _listing(
         f"""
         00|    |MOV R1, RZ
-        .L_x_0:
-        {at} 4
-        10|    |IMAD R2, R3, 0x2, RZ
-        20| @P0|BRA `(.L_x_1)
-        {at} 6
-        30|    |FADD R4, R4, 1
-        40|    |FADD R4, R4, 2
-        50|    |LDS R5, [R6]
-        60|    |BRA `(.L_x_2)
-        .L_x_1:
-        {at} 9
-        70|    |FADD R4, R4, -1
-        .L_x_2:
-        {at} 10
-        80|    |MUFU.EX2 R7, R4
-        90| @P1|BRA `(.L_x_0)
+        {_in_band_branch_loop(at)}
         a0|    |EXIT
         """
     )
@@ -458,10 +471,7 @@ def test_band_only_loop_counts_its_own_tile_width(tmp_path):
     its iterations."""
     from nezha_kernels.compile_check import profile_analyze
 
-    src = tmp_path / "kern.py"
-    src.write_text(KERNEL_SRC)
-    roles.role_map.cache_clear()
-    at = f'//## File "{src}", line'
+    at = _line_info_prefix(tmp_path)
     text = _listing(
         f"""
         00|    |MOV R1, RZ
@@ -495,10 +505,7 @@ def test_far_tiles_run_the_far_only_loop_and_the_band_loop_its_own_width(tmp_pat
     its instructions name, and both its paths count at the band width."""
     from nezha_kernels.compile_check import profile_analyze
 
-    src = tmp_path / "kern.py"
-    src.write_text(KERNEL_SRC)
-    roles.role_map.cache_clear()
-    at = f'//## File "{src}", line'
+    at = _line_info_prefix(tmp_path)
     text = _listing(
         f"""
         00|    |MOV R1, RZ
@@ -534,10 +541,7 @@ def test_out_of_band_path_of_a_band_loop_is_not_a_far_tile(tmp_path):
     width."""
     from nezha_kernels.compile_check import profile_analyze
 
-    src = tmp_path / "kern.py"
-    src.write_text(KERNEL_SRC)
-    roles.role_map.cache_clear()
-    at = f'//## File "{src}", line'
+    at = _line_info_prefix(tmp_path)
     text = _listing(
         f"""
         00|    |MOV R1, RZ
@@ -545,22 +549,7 @@ def test_out_of_band_path_of_a_band_loop_is_not_a_far_tile(tmp_path):
         {at} 16
         08|    |FADD R4, R4, 1
         0c| @P2|BRA `(.L_x_9)
-        .L_x_0:
-        {at} 4
-        10|    |IMAD R2, R3, 0x2, RZ
-        20| @P0|BRA `(.L_x_1)
-        {at} 6
-        30|    |FADD R4, R4, 1
-        40|    |FADD R4, R4, 2
-        50|    |LDS R5, [R6]
-        60|    |BRA `(.L_x_2)
-        .L_x_1:
-        {at} 9
-        70|    |FADD R4, R4, -1
-        .L_x_2:
-        {at} 10
-        80|    |MUFU.EX2 R7, R4
-        90| @P1|BRA `(.L_x_0)
+        {_in_band_branch_loop(at)}
         a0|    |EXIT
         """
     )
@@ -580,10 +569,7 @@ def test_far_tiles_of_a_far_loop_nested_in_a_loop_over_sides(tmp_path):
     one iteration of the nested far-only loop, not an iteration of the outer loop (whose path may skip it)."""
     from nezha_kernels.compile_check import profile_analyze
 
-    src = tmp_path / "kern.py"
-    src.write_text(KERNEL_SRC)
-    roles.role_map.cache_clear()
-    at = f'//## File "{src}", line'
+    at = _line_info_prefix(tmp_path)
     text = _listing(
         f"""
         00|    |MOV R1, RZ
@@ -616,17 +602,17 @@ def test_each_band_loop_counts_at_its_own_function_width(tmp_path):
     first function of the model's preference that the kernel has."""
     from nezha_kernels.compile_check import profile_analyze
 
-    src = tmp_path / "loops.py"
     functions = ("far_loop", "band_loop", "rotation_band_loop")
-    src.write_text("\n\n\n".join(f"def {name}(x):\n    return x" for name in functions) + "\n")
-    roles.role_map.cache_clear()
+    at = _line_info_prefix(
+        tmp_path, "\n\n\n".join(f"def {name}(x):\n    return x" for name in functions) + "\n", "loops.py"
+    )
+    src = tmp_path / "loops.py"
     assert [roles.function_at(str(src), line) for line in (2, 6, 10, 3)] == [
         "far_loop",
         "band_loop",
         "rotation_band_loop",
         "",
     ]
-    at = f'//## File "{src}", line'
     text = _listing(
         f"""
         00|    |MOV R1, RZ
