@@ -57,10 +57,9 @@ _TC_QN, _TC_TB_COLS, _TC_TB_LD = 32, 96, 100
 _TC_FWD_WCOLS = 80
 
 
-def fwd_row_tiles(d: int, varlen: bool, general: bool, rotation: bool = False) -> int:
+def fwd_row_tiles(d: int, varlen: bool, general: bool) -> int:
     """Row tiles of 16 per warp of a forward TC instantiation (csrc/relattn_tc.cuh fwd_row_tiles): 2 (128-row blocks)
-    except at D = 128 and in the GENERAL padding-free kernel at D = 64 (the rotation kernels follow the rule too)."""
-    del rotation  # same row tiles as the PLAIN kernel of the same head dim and layout
+    except at D = 128 and in the GENERAL padding-free kernel at D = 64 (the rotation kernels: as PLAIN, general off)."""
     return 1 if d >= 128 or (d == 64 and varlen and general) else 2
 
 
@@ -78,7 +77,7 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
         return 4 * ((2 * _BM + 2 * _BN + trows) * dp + 2 * _BM * sp + 7 * _BN)
     ld = d + 8  # 16-bit elements
     if kernel == "relattn_fwd_tc_kernel":  # Q, two pipeline stages of K and V, the table rows, per-warp scratch
-        bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general, rotation)
+        bm = _TC_WARPS * 16 * fwd_row_tiles(d, varlen, general)
         if rotation:  # ... or the 8 edge rows, two stages of S tiles, Q_rot, the edge terms and the parked row
             # statistics ((2 + 4) x 2 MT floats per thread)
             return 2 * (bm + 4 * _TC_BN + 8 + 2 * _TC_BN + bm) * ld + 4 * 6 * 2 * (bm // 64) * 128

@@ -141,9 +141,7 @@ def rows(archs, dtypes, head_dims, out_dir, say=None) -> list[dict]:
             dtype, d = nvcc_check.MANGLED_DTYPES[m.group(3)], int(m.group(4))
             if base not in GEOMETRY or dtype not in dtypes or d not in head_dims:
                 continue
-            rows_, cols, warps = GEOMETRY[base](d)
-            if kernel.endswith(nvcc_check.FEATURE_SUFFIXES["2"]):  # the rotation kernels' row tiles per warp
-                rows_ = 64 * nvcc_check.fwd_row_tiles(d, varlen=False, general=False, rotation=True)
+            rows_, cols, warps = GEOMETRY[base](d)  # the rotation kernels: the PLAIN kernel's block height
             meta = {
                 "kernel": kernel,
                 "backend": "cuda",
