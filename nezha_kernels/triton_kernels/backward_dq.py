@@ -19,7 +19,7 @@ from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_b
 from .dot import dot, dot_nt
 from .rotation import band_positional_ptrs, load_positional, rotate_back, rotate_query
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, keep_factor, load_rows
+from .softmax import LOG2E, keep_factor, load_rows, tile_ptrs
 
 ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
 
@@ -324,13 +324,6 @@ def dq_band_loop(
 
 
 @triton.jit
-def dq_band_ptrs(base, stride_n, stride_d, j0, offs_d, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, BLOCK_D] pointers of the rows j0 .. of a K or V tile (int64 row offsets)."""
-    keys = (j0 + tl.arange(0, BLOCK_N))[:, None].to(tl.int64)
-    return base + keys * stride_n + offs_d[None, :] * stride_d
-
-
-@triton.jit
 def dq_rotation_band_loop(
     dq,
     q,
@@ -596,8 +589,8 @@ def _relattn_bwd_dq_kernel(
         )  # fmt: skip
         if PLAIN_ROTATION:
             dq, band_left, band_right = dq_rotation_band_loop(
-                dq, q, do, q_rot, do_rot, dq_band_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR),
-                dq_band_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR),
+                dq, q, do, q_rot, do_rot, tile_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR),
+                tile_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR),
                 band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D), band_lo, band_hi, q_offset + offs_m, R,
                 edges, stats, scale, stride_kn, stride_vn, d_valid, ROT,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,

@@ -32,7 +32,7 @@ from .band import load_band_table
 from .dot import dot, dot_nt
 from .rotation import band_positional_ptrs, rotate_query
 from .sequence import key_ranges, sequence_window
-from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop
+from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop, tile_ptrs
 
 ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
 
@@ -209,9 +209,8 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         if PLAIN_ROTATION:
-            keys = (band_lo + tl.arange(0, BLOCK_NR))[:, None].to(tl.int64)
-            k_band = k_base + keys * stride_kn + offs_d[None, :] * stride_kd
-            v_band = v_base + keys * stride_vn + offs_d[None, :] * stride_vd
+            k_band = tile_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR)
+            v_band = tile_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR)
             s_band = band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D)
             acc, m_i, l_i, band_left, band_right = rotation_band_loop(
                 acc, m_i, l_i, q, q_rot, k_band, v_band, s_band, band_lo, band_hi, pos, R, qt_left, qt_right, scale,

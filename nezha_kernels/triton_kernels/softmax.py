@@ -42,6 +42,14 @@ def load_rows(ptrs, d_valid, EVEN_D: tl.constexpr):
 
 
 @triton.jit
+def tile_ptrs(base, stride_n, stride_d, j0, offs_d, BLOCK_N: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] pointers of rows j0 .. j0 + BLOCK_N - 1 of a K or V tile (int64 row offsets): where a loop
+    starts at a run-time key and then advances its pointers by increments (the rotation band loops)."""
+    keys = (j0 + tl.arange(0, BLOCK_N))[:, None].to(tl.int64)
+    return base + keys * stride_n + offs_d[None, :] * stride_d
+
+
+@triton.jit
 def dropout_factor(seed_lo, seed_hi, offs_m, offs_n, bh, dropout_p, dropout_scale):
     """fp32 [BLOCK_M, BLOCK_N]: 1 / (1 - p) where the pair (offs_m, offs_n) is kept, 0 where dropped (philox.py)."""
     cols = offs_n[None, :] + 0 * offs_m[:, None]
