@@ -135,7 +135,7 @@ def _picked(fn, loop) -> list[tuple[str, sass.Path]]:
     return [(roles.loop_role(fn, loop), paths["far"])] if "far" in paths else []
 
 
-def _loop_scores(fn, loop, inner: set, band_scores, default: float) -> tuple[float, str]:
+def _loop_scores(fn, loop, band_scores, default: float) -> tuple[float, str]:
     """(scores per iteration, function) of a loop with a band path: ``band_scores`` (a number), or by the function
     the loop is written in (a {function name: scores} map: the function most of its instructions' frames name,
     e.g. the Triton forward's ``rotation_band_loop`` of 32-key tiles and its general ``band_loop`` of 16); else
@@ -145,7 +145,7 @@ def _loop_scores(fn, loop, inner: set, band_scores, default: float) -> tuple[flo
     if not isinstance(band_scores, dict):
         return band_scores, ""
     votes: Counter = Counter()
-    for b in loop.body - inner:
+    for b in loop.own_blocks:
         for ins in fn.blocks[b].instrs:
             names = (roles.function_at(path, line) for path, line in ins.frames)
             name = next((n for n in names if n in band_scores), "")
@@ -187,10 +187,9 @@ def analyze_function(fn: sass.Function, scores_per_iter: float, band_scores_per_
     loops, costs = [], []
     for loop in fn.loops:
         loop_roles = [role for role, _ in picked[loop.index]]
-        inner_blocks = set().union(*(c.body for c in loop.children)) if loop.children else set()
         scores, function = scores_per_iter, ""
         if "band" in loop_roles:
-            scores, function = _loop_scores(fn, loop, inner_blocks, band_scores_per_iter, scores_per_iter)
+            scores, function = _loop_scores(fn, loop, band_scores_per_iter, scores_per_iter)
         for role, path in picked[loop.index]:
             entry = _entry(fn, loop, role, path, scores)
             inner = sum((loop_cost(i) for i in path.inner_loops), issue_model.Cost())

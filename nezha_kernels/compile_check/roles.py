@@ -267,12 +267,12 @@ def loop_role(fn, loop) -> str:
     instructions name, if they name exactly one."""
     from collections import Counter
 
-    inner = set().union(*(c.body for c in loop.children)) if loop.children else set()
-    votes = Counter(fn.blocks[b].role for b in loop.body - inner if fn.blocks[b].role in ("far", "band", "other"))
+    own = loop.own_blocks
+    votes = Counter(fn.blocks[b].role for b in own if fn.blocks[b].role in ("far", "band", "other"))
     if not votes:
         # No block reaches a third (triton 3.6: no inline chains, most of a band loop's instructions carry their
         # helpers' lines): the loop's own far / band instructions decide when they name one role only.
-        seen = {instruction_role(i.frames) for b in loop.body - inner for i in fn.blocks[b].instrs}
+        seen = {instruction_role(i.frames) for b in own for i in fn.blocks[b].instrs}
         seen &= {"far", "band"}
         return seen.pop() if len(seen) == 1 else "other"
     if set(votes) == {"band"}:

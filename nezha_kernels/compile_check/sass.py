@@ -137,6 +137,11 @@ class Loop:
     def depth(self) -> int:
         return 0 if self.parent is None else self.parent.depth + 1
 
+    @property
+    def own_blocks(self) -> set[int]:
+        """The body's blocks outside its inner loops."""
+        return self.body - set().union(*(c.body for c in self.children))
+
 
 @dataclasses.dataclass
 class Path:
