@@ -475,7 +475,9 @@ template <Impl FAMILY, typename F>
 inline const char* dispatch_kernel(DType dtype, int head_dim, F&& launch) {
     switch (dtype) {
         case DType::F16: return dispatch_head_dim<__half>(head_dim, launch);
+#ifndef NEZHA_NO_BF16  // the compile check's reduced scope on one arch (compile_check/nvcc.py): never in a build
         case DType::BF16: return dispatch_head_dim<__nv_bfloat16>(head_dim, launch);
+#endif
         case DType::F32:
             if constexpr (FAMILY == Impl::TC)
                 return "the tensor-core kernels take float16 / bfloat16 (float32 uses the SIMT kernels)";

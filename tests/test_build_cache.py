@@ -75,3 +75,21 @@ def test_the_shared_object_key_follows_sources_flags_and_nvcc(cache, monkeypatch
     monkeypatch.setattr(build, "nvcc_version", lambda nvcc: "fake nvcc 13.0")
     monkeypatch.setattr(build, "sources_digest", lambda names: "edited")
     assert first != build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,))
+
+
+def test_a_narrowed_compile_check_leaves_the_build_its_own_objects(cache, monkeypatch):
+    # run(bf16_archs=...) compiles without the bf16 instantiations (-DNEZHA_NO_BF16) on the other archs: such an
+    # object must not stand in for the full one a JIT build links.
+    fake, seen = _fake_nvcc([]), []
+    monkeypatch.setattr(nvcc_check, "find_nvcc", lambda: "nvcc")
+
+    def recording(cmd, **kw):
+        seen.append(cmd)
+        return fake(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "run", recording)
+    nvcc_check.run((80, 90), bf16_archs=(90,))
+    narrowed = {c[c.index("-gencode") + 1] for c in seen if "-DNEZHA_NO_BF16" in c}
+    assert narrowed == {"arch=compute_80,code=sm_80"} and len(seen) == 2 * len(KERNEL_SOURCES)
+    assert not build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,)).exists()
+    assert build.object_cache_path("nvcc", KERNEL_SOURCES[0], (90,)).exists()

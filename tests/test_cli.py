@@ -234,7 +234,7 @@ def test_component_progress_hook_and_errors(monkeypatch, capsys):
 def test_nvcc_component_reports_rows_as_they_finish(monkeypatch):
     from nezha_kernels.compile_check import nvcc
 
-    def fake_compile(_nvcc, source, arch, _out_dir):
+    def fake_compile(_nvcc, source, arch, _out_dir, _bf16=True):
         log = (
             f"ptxas info    : Compiling entry function '_ZN5nezha18relattn_fwd_kernelI6__halfLi64EEEvNS_8AttnArgs'"
             f" for 'sm_{arch}'\nptxas info    : Used 90 registers, used 1 barriers, 256 bytes smem\n"

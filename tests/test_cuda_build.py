@@ -33,12 +33,14 @@ TC_KERNELS = {"relattn_fwd_tc_kernel", "relattn_bwd_dq_tc_kernel", "relattn_bwd_
 FUSED_KERNEL, CONVERT_KERNEL = "relattn_bwd_fused_tc_kernel", "relattn_bwd_dq_convert_kernel"
 
 
-@pytest.mark.slow  # nvcc over every kernel, config and arch: ~25 min on 2 cores with a cold cache
+@pytest.mark.slow  # nvcc over every kernel, config and arch: ~7 min on 2 cores with a cold cache
 @needs_nvcc
 def test_nvcc_compile_check_every_kernel_sm80_sm90():
+    """Every instantiation on sm_90a; on sm_80 all but bf16 (CI's time: bf16 is fp16's code but for conversions,
+    registers within 2 of it in every row; `nezha-kernels compile-check` checks both everywhere)."""
     from nezha_kernels.compile_check import nvcc
 
-    rows = nvcc.run((80, 90))
+    rows = nvcc.run((80, 90), bf16_archs=(90,))
     bad = [r for r in rows if not r.ok]
     assert not bad, "\n".join(f"{r.kernel} {r.config} sm_{r.arch}: {r.message}" for r in bad)
     seen = {(r.kernel, r.config, r.arch) for r in rows}
@@ -80,7 +82,7 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
     expected |= {
         (CONVERT_KERNEL, f"{dt} D={d}", arch) for dt in ("fp16", "bf16") for d in (32, 64) for arch in (80, 90)
     }
-    assert seen == expected
+    assert seen == {(k, config, arch) for k, config, arch in expected if arch == 90 or not config.startswith("bf16")}
     for r in rows:
         assert r.spill_bytes == 0 and 0 < r.registers <= 255
         assert (r.kernel == CONVERT_KERNEL or 0 < r.shared_bytes) and r.shared_bytes <= 163 * 1024
@@ -89,7 +91,7 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
 @pytest.mark.slow
 @needs_nvcc
 def test_tc_kernels_emit_tensor_core_sass():
-    """The TC sources really run on tensor cores: HMMA.16816 with fp32 accumulators for f16 and bf16 in the sm_80 SASS.
+    """The TC sources really run on tensor cores: HMMA.16816 with fp32 accumulators for f16 and bf16 in the sm_90a SASS.
 
     Reads the object the compile check above compiled and cached (the JIT build reuses it too); compiles it when the
     test runs alone. A separate nvcc -ptx of the source took 51 s of CI for the same question.
@@ -98,10 +100,10 @@ def test_tc_kernels_emit_tensor_core_sass():
     from nezha_kernels.compile_check.profile_analyze import tool
 
     nvcc, source = find_nvcc(), "relattn_fwd_tc.cu"
-    obj = object_cache_path(nvcc, source, (80,))
+    obj = object_cache_path(nvcc, source, (90,))
     if not obj.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            _, _, rc, log = nvcc_check._compile(nvcc, source, 80, tmp)
+            _, _, rc, log = nvcc_check._compile(nvcc, source, 90, tmp)
         assert rc == 0, log[-2000:]
     try:
         cuobjdump = tool("cuobjdump")
@@ -197,7 +199,7 @@ def test_parse_ptxas_reads_registers_spills_and_names():
 def extension():
     if find_nvcc() is None:
         pytest.skip("nvcc not found")
-    return build_extension(archs=(80,), build_dir=BUILD_DIR)
+    return build_extension(archs=(90,), build_dir=BUILD_DIR)  # the arch whose every object the compile check cached
 
 
 def _call_args(q, table, r):

@@ -24,7 +24,16 @@ FULL_GRID_HEAD_DIM = 64
 DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
 MAIN_R = 64  # max_relative_position of every public NEZHA checkpoint: block-band mode, BAND_P = 128
 BLOCK_BAND_KERNELS = ("fwd", "bwd_dq")
-VARLEN_HEAD_DIMS = (64, 128)  # the padding-free rows: main configs, fp16 and bf16, both grids
+VARLEN_HEAD_DIMS = (64, 128)  # the padding-free rows: main configs (dtypes: varlen_dtypes)
+
+
+def varlen_dtypes(arch: int, grid: str) -> tuple[str, ...]:
+    """The padding-free rows' dtypes: fp16 and bf16 in the full grid; in the main grid (CI's time) one per arch, bf16
+    on sm_90 and fp16 on sm_80 (the same code but the dot type: registers within 2 of each other in every row)."""
+    if grid == "full":
+        return ("fp16", "bf16")
+    return ("bf16",) if arch >= 90 else ("fp16",)
+
 
 # Pointer arguments and their element types (None: the input dtype).
 _POINTERS = {
@@ -197,15 +206,15 @@ def _jobs(archs, grid: str = "full"):
     grid "full": D = 64 x every kept config (fp16, fp32; bf16 main config only: same code as fp16 but
     the dot type) with every feature on, plus the plain variant of the main configs, and the main
     config of each kernel for D = 16, 32, 128 in fp16 (fp32 too for D = 128, the largest tiles' case).
-    grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature), the
-    fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test suite compiles.
+    grid "main": the main D = 64 configs (fp16 plain and every feature, fp32 every feature, bf16 every feature for
+    the forward and dQ on sm_90), the fp32 D = 128 main forward and the fp16 D = 128 main backward: what the test
+    suite compiles.
     Both grids: the bf16 D = 128 dQ and dK/dV in the plain variant (full grid: causal-skip too) where
     configs.wide_head_far_loops runs sm_90's wgmma tiles; the padding-free variant (VARLEN) of each kernel's main
-    config, fp16 and bf16, D = 64 and 128, (forward, dQ) key padding with dropout in bf16, and (forward, dQ, dK/dV)
+    config, D = 64 and 128 (varlen_dtypes), (forward, dQ) key padding with dropout in bf16, and (forward, dQ, dK/dV)
     with NEZHA's own table ("*-sinusoid": the band by rotation) in the plain, causal-skip and padding-dropout
     variants where configs.rotation_band runs it. Each row compiles the tile and FAR_LOOPS the launcher runs for its
-    features on its arch (configs.candidates /
-    configs.far_loops).
+    features on its arch (configs.candidates / configs.far_loops).
     """
     from ..triton_kernels import configs
 
@@ -226,8 +235,8 @@ def _jobs(archs, grid: str = "full"):
         for kernel, (_, tiles) in kernels.items():
             for dtype in ("fp16", "bf16", "fp32"):
                 kept = configs.candidates(kernel, tiles, 64, DTYPES[dtype], every, arch // 10)
-                if grid == "main":
-                    kept = kept[:1] if dtype != "bf16" or kernel in BLOCK_BAND_KERNELS else []
+                if grid == "main":  # bf16's every-feature row: the block-band kernels on sm_90
+                    kept = kept[:1] if dtype != "bf16" or (kernel in BLOCK_BAND_KERNELS and arch >= 90) else []
                 elif dtype == "bf16":
                     kept = kept[:1]
                 for tile in kept:
@@ -238,7 +247,7 @@ def _jobs(archs, grid: str = "full"):
                 features = VARIANT_FEATURES["padding-dropout"]
                 add(kernel, 64, "bf16", main(kernel, 64, 2, features), features, "padding-dropout", arch)
             for d in VARLEN_HEAD_DIMS:
-                for dtype in ("fp16", "bf16"):
+                for dtype in varlen_dtypes(arch, grid):
                     add(kernel, d, dtype, main(kernel, d, 2, varlen), varlen, "varlen", arch)
             if kernel in configs.ROTATION_KERNELS:  # NEZHA's own table: the band by rotation, where configs runs it
                 for dtype, variant in (("bf16", "plain"), ("fp16", "causal-skip"), ("bf16", "padding-dropout")):
