@@ -325,8 +325,8 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int r = 0; r < RW; ++r) edge_s[r * NT] = {edge[0][r], edge[1][r]};
         }
-        // The row statistics (m, l, the two far masses) parked there too, [RW][NT] x 16 bytes after the edge terms, for the
-        // loop: one row tile's in registers at a time (both row tiles' across the loop spilled the D = 64 kernel).
+        // The row statistics (m, l, the two far masses) parked there too, [RW][NT] x 16 bytes after the edge terms,
+        // for the loop: one row tile's in registers at a time (both row tiles' across the loop spilled at D = 64).
         RowStatsParking<RW, NT> parked(
             reinterpret_cast<ParkedRowStats*>(reinterpret_cast<float*>(QRs + BM * LD) + 2 * RW * NT) + threadIdx.x);
         parked.store(m, l, far);
@@ -349,11 +349,12 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at
-                // d = c - (pos - R - k0) - 1 = nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (one unsigned
-                // compare). With R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on
-                // one side only: left when the tile's first key is, pos - R - k0 >= 0, else right. So a pair takes
-                // the row's one edge term, and its weight the row's one far mass.
+                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)), k = nt * 8 +
+                // (e & 1): in band when base <= k <= base + 2R - 2, base = pos - R - k0 + 1 - 2 (lane % 4). With
+                // R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only:
+                // left when the tile's first key is, pos - R - k0 >= 0 (then only k >= base is tested), else right
+                // (only k <= base + 2R - 2). So a pair takes the row's one edge term, and its weight the row's one far
+                // mass; the test runs on f16x2 (RowBand), two keys of a row per instruction.
                 bool left[2];
                 float edge_dot[2];
                 RowBand band[2];

@@ -81,9 +81,9 @@ struct alignas(8) EdgeTerms {
     float left, right;
 };
 
-// A thread's row statistics (row max m, sum l, the far masses) in shared memory, one ParkedRowStats per row: [RW][NT] of them
-// from `slots` (this thread's column, 16-byte aligned), so a row tile's statistics load and store in two 16-byte
-// accesses per thread; the band loop keeps one row tile's in registers at a time.
+// A thread's row statistics (row max m, sum l, the far masses) in shared memory, one ParkedRowStats per row:
+// [RW][NT] of them from `slots` (this thread's column, 16-byte aligned), so a row tile's statistics load and store in
+// two 16-byte accesses per thread; the band loop keeps one row tile's in registers at a time.
 struct alignas(16) ParkedRowStats {
     float m, l, left, right;
 };
