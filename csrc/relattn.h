@@ -51,7 +51,9 @@ struct AttnArgs {
 // [sin((u - ROT_SHIFT) w_t), cos((u - ROT_SHIFT) w_t)]_t, w_t = 10000^(-2t/D). A query block of at most ROT_MAX_BM
 // rows from position pos0 reads rows pos0 - R - ROT_SHIFT + j for its band keys j (ROT_SHIFT = the key tile, so
 // every row index of a tile that meets the band is >= 0) and rows ROT_SHIFT + r for its rows r: rotation_rows(R)
-// rows cover both. The launcher (nezha_kernels/cuda_ext/launch.py) builds it with the same constants.
+// rows cover both. The launcher (nezha_kernels/cuda_ext/launch.py) builds it with the same constants. rot_f32 holds
+// each row's D / 2 (sin, cos) pairs in mma-fragment order (relattn_rotation.cuh rot_f32_pair): pair t at position
+// (t % 4) D / 8 + t / 4, so the D / 8 pairs t = 4 n + q of an accumulator lane q = lane % 4 are adjacent.
 constexpr int ROT_SHIFT = 64;
 constexpr int ROT_MAX_BM = 128;
 constexpr int64_t rotation_rows(int64_t R) { return 2 * R + ROT_MAX_BM + 2 * ROT_SHIFT; }

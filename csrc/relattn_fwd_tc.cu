@@ -315,32 +315,33 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             cp_async_commit();
         };
         if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
-        // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [2][RW][NT] until
-        // their row tile: in registers across the loop, the D = 128 kernel spilled.
-        float* const edge_s = reinterpret_cast<float*>(QRs + BM * LD) + threadIdx.x;
+        // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [RW][NT] (8 bytes
+        // each) until their row tile: in registers across the loop, the D = 128 kernel spilled.
+        EdgeTerms* const edge_s = reinterpret_cast<EdgeTerms*>(QRs + BM * LD) + threadIdx.x;
         {
             float edge[2][RW];
             edge_bias<T, D, LD, MT>(edge[0], qf, Ts, 0, 1.0f, lane);
             edge_bias<T, D, LD, MT>(edge[1], qf, Ts, 1, 1.0f, lane);
 #pragma unroll
-            for (int r = 0; r < RW; ++r) {
-                edge_s[r * NT] = edge[0][r];
-                edge_s[(RW + r) * NT] = edge[1][r];
-            }
+            for (int r = 0; r < RW; ++r) edge_s[r * NT] = {edge[0][r], edge[1][r]};
         }
-        // The row statistics (m, l, the two far masses) parked there too, [4][RW][NT] after the edge terms, for the
-        // loop: one row tile's in registers at a time (both row tiles' across the loop spilled the D = 64 kernel).
-        RowStatsParking<RW, NT> parked(edge_s + 2 * RW * NT);
+        // The row statistics (m, l, the two far masses) parked there too, [RW][NT] x 16 bytes after the edge terms,
+        // for the loop: one row tile's in registers at a time (both row tiles' across the loop spilled at D = 64).
+        RowStatsParking<RW, NT> parked(
+            reinterpret_cast<ParkedRowStats*>(reinterpret_cast<float*>(QRs + BM * LD) + 2 * RW * NT) + threadIdx.x);
         parked.store(m, l, far);
-        for (; step < sched.n_tiles; ++step) {  // profile: band
-            const int k0 = sched.tile(step) * BN;
+        // The loop's tiles: the band tiles [n_left, mid_end), then the partial one (n_full) if any.
+        for (int tile = sched.tile(step); step < sched.n_tiles; ++step) {  // profile: band
+            const int k0 = tile * BN;
             cp_async_wait<0>();
             __syncthreads();
+            const int next_tile = tile + 1 == sched.mid_end ? sched.n_full : tile + 1;
             if (step + 1 < sched.n_tiles) {
-                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
-                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, sched.tile(step + 1), a.Lk);
-                load_s((step + 1) & 1, sched.tile(step + 1));  // commits the three
+                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
+                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
+                load_s((step + 1) & 1, next_tile);  // commits the three
             }
+            tile = next_tile;
             const T* ks = Ks + (step & 1) * BN * LD;
             const T* vs = Vs + (step & 1) * BN * LD;
             const T* ss = Ss + (step & 1) * BN * LD;
@@ -348,31 +349,35 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
-                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)) at
-                // d = c - (pos - R - k0) - 1 = nt * 8 + (e & 1) - base[h]: in band when 0 <= d < 2R - 1 (one unsigned
-                // compare). With R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on
-                // one side only: left when the tile's first key is, pos - R - k0 >= 0, else right. So a pair takes
-                // the row's one edge term, and its weight the row's one far mass.
-                int base[2];
+                // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)), k = nt * 8 +
+                // (e & 1): in band when base <= k <= base + 2R - 2, base = pos - R - k0 + 1 - 2 (lane % 4). With
+                // R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only:
+                // left when the tile's first key is, pos - R - k0 >= 0 (then only k >= base is tested), else right
+                // (only k <= base + 2R - 2). So a pair takes the row's one edge term, and its weight the row's one far
+                // mass; the test runs on f16x2 (RowBand), two keys of a row per instruction.
                 bool left[2];
                 float edge_dot[2];
+                RowBand band[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int x = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0;
-                    base[h] = x + 1 - 2 * (lane & 3);
+                    const int base = x + 1 - 2 * (lane & 3);
                     left[h] = x >= 0;
-                    edge_dot[h] = edge_s[((left[h] ? 0 : RW) + 2 * mt + h) * NT];
+                    const EdgeTerms edge = edge_s[(2 * mt + h) * NT];
+                    edge_dot[h] = left[h] ? edge.left : edge.right;
+                    band[h] = row_band(left[h], base, base + 2 * a.R - 2);
                 }
-                const unsigned band_width = 2 * a.R - 1;
-                auto in_band = [&](int nt, int e) {
-                    return static_cast<unsigned>(nt * 8 + (e & 1) - base[e >> 1]) < band_width;
-                };
-                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots.
+                // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots; the
+                // band masks of P's packed registers kept for P_band.
                 float s[1][NTN][4];
+                uint32_t band_mask[NTN][2];
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(QRs + row0 * LD, lane), ss, lane);
-                for_each_acc<NTN>(lane, [&](int nt, int e, int, int) {
-                    if (!in_band(nt, e)) s[0][nt][e] = edge_dot[e >> 1];
-                });
+#pragma unroll
+                for (int nt = 0; nt < NTN; ++nt)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        band_mask[nt][h] = select_band_pair(nt * 8, s[0][nt][2 * h], s[0][nt][2 * h + 1], edge_dot[h],
+                                                            band[h]);
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
                 if (cols < BN) {  // profile: rare (the partial last tile: keys past Lk get zero weight)
                     for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
@@ -402,17 +407,19 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
                 // The weights, packed as P's A fragments as they are computed (the fp32 tile dies here); O += P.V;
                 // then the same registers masked to P_band (in-band pairs) for O += rotate(P_band.S_tile).
                 uint32_t pw[NTN / 2][4];
-                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1], tl[0], tl[1], [](int, int, float) {});
+                weights_to_a<T, NTN>(pw, s[0], scale_log2, tm[0], tm[1]);
                 warp_packed_pv<T, D, LD, NTN>(acc[mt], pw, vs, lane);
-                // The rows' far masses, sum(P) - sum(P_band) of the packed weights, by mma (cheaper than a masked
-                // add per pair); the row's one far side takes it. Every lane of a quad gets the row's sum, so each
-                // takes a quarter (exact): FarField::reduce sums the quad at the end.
-                float far_mass[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                add_row_sums<T, NTN>(far_mass, pw, 0.25f);
-                mask_to_band<NTN>(pw, in_band);
+                // The row sums by mma, of the packed weights (as P.V uses them): sum(P) to l, and sum(P) - sum(P_band)
+                // to the row's one far side (cheaper than an add per pair, masked or not). Every lane of a quad gets
+                // the row's sum, so each takes a quarter (exact): l and FarField are summed over the quad at the end.
+                float row_sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                add_row_sums<T, NTN>(row_sum, pw, 0.25f);
+                mask_to_band<NTN>(pw, band_mask);
+                float far_mass[4] = {row_sum[0], row_sum[1], row_sum[2], row_sum[3]};
                 add_row_sums<T, NTN>(far_mass, pw, -0.25f);
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
+                    tl[h] += row_sum[2 * h];
                     tf[h].left += left[h] ? far_mass[2 * h] : 0.0f;
                     tf[h].right += left[h] ? 0.0f : far_mass[2 * h];
                 }

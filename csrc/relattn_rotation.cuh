@@ -35,14 +35,30 @@ constexpr bool rotation_kernel(int d, bool packed) {
 // (a band of at most two tiles) takes the table slices.
 NZ_HD constexpr bool rotation_band_one_sided(int R) { return 2 * R >= ROT_SHIFT; }
 
-// sin and cos of one angle, adjacent in the float32 extended table (columns 2t, 2t + 1).
+// The position of pair t within a row of the float32 extended table (relattn.h; launch.py rotation_f32_order
+// mirrors it): the D / 8 pairs t = 4 n + q of accumulator lane q = lane % 4 are adjacent.
+NZ_HD constexpr int rot_f32_pair(int t, int d) { return (t % 4) * (d / 8) + t / 4; }
+
+// sin and cos of one angle, adjacent in the float32 extended table (pair t at rot_f32_pair(t, D)).
 struct alignas(8) SinCos {
     float sin;
     float cos;
 };
 
+template <int D>
 __device__ __forceinline__ SinCos load_sincos(const float* __restrict__ row, int t) {
-    return reinterpret_cast<const SinCos*>(row)[t];
+    return reinterpret_cast<const SinCos*>(row)[rot_f32_pair(t, D)];
+}
+
+// The pairs t = 4 (2 dp) + q and 4 (2 dp + 1) + q of accumulator lane q (n-tiles 2 dp, 2 dp + 1), adjacent in a
+// rot_f32 row: one 16-byte load.
+struct alignas(16) SinCos2 {
+    SinCos n[2];
+};
+
+template <int D>
+__device__ __forceinline__ SinCos2 load_sincos2(const float* __restrict__ row, int q, int dp) {
+    return reinterpret_cast<const SinCos2*>(row + 2 * rot_f32_pair(q, D))[dp];
 }
 
 // QRs[r] = Qs[r] rotated by -r w_t (fp32 from the float32 table rows ROT_SHIFT + r, rounded to T once), r < ROWS:
@@ -53,66 +69,67 @@ __device__ __forceinline__ void rotate_queries(T* QRs, const T* Qs, const float*
 #pragma unroll 1
     for (int e = threadIdx.x; e < ROWS * (D / 2); e += NT) {
         const int r = e / (D / 2), t = e % (D / 2);
-        const SinCos sc = load_sincos(rot_f32 + static_cast<int64_t>(ROT_SHIFT + r) * D, t);
+        const SinCos sc = load_sincos<D>(rot_f32 + static_cast<int64_t>(ROT_SHIFT + r) * D, t);
         const float q0 = to_f(Qs[r * LD + 2 * t]), q1 = to_f(Qs[r * LD + 2 * t + 1]);
         QRs[r * LD + 2 * t] = from_f<T>(fmaf(q0, sc.cos, q1 * sc.sin));
         QRs[r * LD + 2 * t + 1] = from_f<T>(fmaf(q1, sc.cos, -(q0 * sc.sin)));
     }
 }
 
-// A thread's row statistics (row max m, sum l, the far masses) in shared memory, [4][RW][NT] floats from `slots`
-// (this thread's column): the band loop keeps one row tile's in registers at a time.
+// A row's edge terms q . T[0] and q . T[2R], adjacent in shared memory (one 8-byte load).
+struct alignas(8) EdgeTerms {
+    float left, right;
+};
+
+// A thread's row statistics (row max m, sum l, the far masses) in shared memory, one ParkedRowStats per row:
+// [RW][NT] of them from `slots` (this thread's column, 16-byte aligned), so a row tile's statistics load and store in
+// two 16-byte accesses per thread; the band loop keeps one row tile's in registers at a time.
+struct alignas(16) ParkedRowStats {
+    float m, l, left, right;
+};
+
 template <int RW, int NT>
 struct RowStatsParking {
-    float* slots;  // this thread's first slot; slot (k, r) at slots[(k RW + r) NT]
+    ParkedRowStats* slots;  // this thread's first slot; row r at slots[r NT]
 
-    __device__ __forceinline__ explicit RowStatsParking(float* thread_slots) : slots(thread_slots) {}
-    __device__ __forceinline__ float& at(int k, int r) const { return slots[(k * RW + r) * NT]; }
+    __device__ __forceinline__ explicit RowStatsParking(ParkedRowStats* thread_slots) : slots(thread_slots) {}
 
     __device__ __forceinline__ void store(const float (&m)[RW], const float (&l)[RW], const FarField (&far)[RW]) const {
 #pragma unroll
-        for (int r = 0; r < RW; ++r) {
-            at(0, r) = m[r];
-            at(1, r) = l[r];
-            at(2, r) = far[r].left;
-            at(3, r) = far[r].right;
-        }
+        for (int r = 0; r < RW; ++r) slots[r * NT] = ParkedRowStats{m[r], l[r], far[r].left, far[r].right};
     }
     __device__ __forceinline__ void load_all(float (&m)[RW], float (&l)[RW], FarField (&far)[RW]) const {
 #pragma unroll
         for (int r = 0; r < RW; ++r) {
-            m[r] = at(0, r);
-            l[r] = at(1, r);
-            far[r] = {at(2, r), at(3, r)};
+            const ParkedRowStats v = slots[r * NT];
+            m[r] = v.m;
+            l[r] = v.l;
+            far[r] = {v.left, v.right};
         }
     }
     // Rows 2 mt, 2 mt + 1 (row tile mt).
     __device__ __forceinline__ void load(int mt, float (&m)[2], float (&l)[2], FarField (&far)[2]) const {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            m[h] = at(0, 2 * mt + h);
-            l[h] = at(1, 2 * mt + h);
-            far[h] = {at(2, 2 * mt + h), at(3, 2 * mt + h)};
+            const ParkedRowStats v = slots[(2 * mt + h) * NT];
+            m[h] = v.m;
+            l[h] = v.l;
+            far[h] = {v.left, v.right};
         }
     }
     __device__ __forceinline__ void store_tile(int mt, const float (&m)[2], const float (&l)[2],
                                                const FarField (&far)[2]) const {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            at(0, 2 * mt + h) = m[h];
-            at(1, 2 * mt + h) = l[h];
-            at(2, 2 * mt + h) = far[h].left;
-            at(3, 2 * mt + h) = far[h].right;
-        }
+        for (int h = 0; h < 2; ++h) slots[(2 * mt + h) * NT] = ParkedRowStats{m[h], l[h], far[h].left, far[h].right};
     }
 };
 
 // The weights of one row tile as P's A fragments (k-steps of 16 keys, rounded to T), computed pair by pair from the
-// raw scores s (p = 2^(s scale_log2 - m) per row: rows g, g + 8 of the lane, maxima m0 / m1, sums into l0 / l1) so
-// that the fp32 tile dies as they are packed; on_weight(nt, e, p) sees each weight (the far-field masses).
-template <typename T, int NTN, typename OnWeight>
+// raw scores s (p = 2^(s scale_log2 - m) per row: rows g, g + 8 of the lane, maxima m0 / m1) so that the fp32 tile
+// dies as they are packed. The row sums come from the packed weights by mma (add_row_sums).
+template <typename T, int NTN>
 __device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const float (&s)[NTN][4], float scale_log2,
-                                             float m0, float m1, float& l0, float& l1, OnWeight&& on_weight) {
+                                             float m0, float m1) {
 #pragma unroll
     for (int kk = 0; kk < NTN / 2; ++kk)
 #pragma unroll
@@ -121,24 +138,72 @@ __device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const f
             const float m = e >> 1 ? m1 : m0;
             const float p0 = fast_exp2(fmaf(s[nt][e], scale_log2, -m));
             const float p1 = fast_exp2(fmaf(s[nt][e + 1], scale_log2, -m));
-            if (e >> 1) l1 += p0 + p1;
-            else l0 += p0 + p1;
-            on_weight(nt, e, p0);
-            on_weight(nt, e + 1, p1);
             pa[kk][r] = MmaOp<T>::pack(p0, p1);
         }
 }
 
-// P's A fragments masked to P_band: 16-bit halves of pairs that are not in band (in_band(nt, e) false) set to 0.
-template <int NTN, typename InBand>
-__device__ __forceinline__ void mask_to_band(uint32_t (&pa)[NTN / 2][4], InBand&& in_band) {
+// The band test of one row of a band tile, two keys per instruction on f16x2: the pair (row, key column k) is in
+// band when v = sgn k + c >= 0 (sgn = +1: k >= -c, the row's keys left of its band are out; sgn = -1: k <= c, those
+// right of it). Exact in sign: k < 64 is exact in f16, so is c while |c| <= 2048; a larger |c| rounds (or
+// overflows to +-inf) to a value of the same sign and magnitude >= 2048, which k cannot flip.
+struct RowBand {
+    uint32_t sgn2, c2;  // f16x2 (sgn, sgn) and (c, c)
+#ifdef NEZHA_CUDA_EMULATE
+    int sgn, c;
+#endif
+};
+
+// The row whose keys k >= first are in band (left: its out-of-band keys lie left of the band), or k <= last.
+__device__ __forceinline__ RowBand row_band(bool left, int first, int last) {
+    const int c = left ? -first : last;
+#ifdef NEZHA_CUDA_EMULATE
+    return {0u, 0u, left ? 1 : -1, c};
+#else
+    uint32_t c2;
+    asm("{.reg .f16 h; cvt.rn.f16.s32 h, %1; mov.b32 %0, {h, h};}" : "=r"(c2) : "r"(c));
+    return {left ? 0x3c003c00u : 0xbc00bc00u, c2};
+#endif
+}
+
+// The f16 bits of a small non-negative integer n < 2048.
+NZ_HD constexpr uint32_t f16_bits_of_int(int n) {
+    if (n == 0) return 0;
+    int e = 0;
+    while ((n >> (e + 1)) != 0) ++e;
+    return static_cast<uint32_t>(((e + 15) << 10) | ((n << (10 - e)) & 0x3ff));
+}
+
+// For keys K and K + 1 of a row: s0 / s1 keep their value in band, else take `edge`; returns P_band's mask of the
+// packed register of the two weights (0xffff per 16-bit half in band). K: a compile-time constant after unrolling
+// (its f16x2 folds into the fma).
+__device__ __forceinline__ uint32_t select_band_pair(int K, float& s0, float& s1, float edge, const RowBand& rb) {
+#ifdef NEZHA_CUDA_EMULATE
+    const bool in0 = K * rb.sgn + rb.c >= 0, in1 = (K + 1) * rb.sgn + rb.c >= 0;
+    if (!in0) s0 = edge;
+    if (!in1) s1 = edge;
+    return (in0 ? 0x0000ffffu : 0u) | (in1 ? 0xffff0000u : 0u);
+#else
+    const uint32_t k2 = f16_bits_of_int(K) | (f16_bits_of_int(K + 1) << 16);
+    uint32_t mask;
+    asm("{.reg .b32 v; .reg .pred p, q;\n"
+        " fma.rn.f16x2 v, %3, %4, %5;\n"
+        " setp.ge.f16x2 p|q, v, %6;\n"
+        " selp.f32 %1, %1, %7, p;\n"
+        " selp.f32 %2, %2, %7, q;\n"
+        " set.ge.u32.f16x2 %0, v, %6;}"
+        : "=r"(mask), "+f"(s0), "+f"(s1)
+        : "r"(k2), "r"(rb.sgn2), "r"(rb.c2), "r"(0u), "f"(edge));
+    return mask;
+#endif
+}
+
+// P's A fragments masked to P_band: pa[kk][r] &= mask[nt][e >> 1] of its n-tile nt and row (select_band_pair).
+template <int NTN>
+__device__ __forceinline__ void mask_to_band(uint32_t (&pa)[NTN / 2][4], const uint32_t (&mask)[NTN][2]) {
 #pragma unroll
     for (int kk = 0; kk < NTN / 2; ++kk)
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int nt = 2 * kk + c_to_a_ntile(r), e = c_to_a_elem(r);
-            pa[kk][r] &= (in_band(nt, e) ? 0x0000ffffu : 0u) | (in_band(nt, e + 1) ? 0xffff0000u : 0u);
-        }
+        for (int r = 0; r < 4; ++r) pa[kk][r] &= mask[2 * kk + c_to_a_ntile(r)][c_to_a_elem(r) >> 1];
 }
 
 // c[2h] (and c[2h + 1]) += w * (the row sum of the lane's row h of P), P as packed A fragments: an mma per k-step
@@ -188,15 +253,17 @@ __device__ __forceinline__ void add_rotated_band_values(float (&acc)[D / 8][4], 
             MmaOp<T>::run(u[0], a[kk], b0);
             MmaOp<T>::run(u[1], a[kk], b1);
         }
+        SinCos2 sc[2];
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
-            const int t = (2 * dp + n) * 4 + (lane & 3);  // the pair (2t, 2t + 1) of elements (2h, 2h + 1)
+        for (int h = 0; h < 2; ++h) sc[h] = load_sincos2<D>(rows[h], lane & 3, dp);
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {  // the pair (2t, 2t + 1), t = (2 dp + n) 4 + lane % 4, of elements (2h, 2h + 1)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const SinCos sc = load_sincos(rows[h], t);
+                const SinCos c = sc[h].n[n];
                 float* o = acc[2 * dp + n];
-                o[2 * h] = fmaf(u[n][2 * h], sc.cos, fmaf(-u[n][2 * h + 1], sc.sin, o[2 * h]));
-                o[2 * h + 1] = fmaf(u[n][2 * h + 1], sc.cos, fmaf(u[n][2 * h], sc.sin, o[2 * h + 1]));
+                o[2 * h] = fmaf(u[n][2 * h], c.cos, fmaf(-u[n][2 * h + 1], c.sin, o[2 * h]));
+                o[2 * h + 1] = fmaf(u[n][2 * h + 1], c.cos, fmaf(u[n][2 * h], c.sin, o[2 * h + 1]));
             }
         }
     }

@@ -111,6 +111,13 @@ def rotation_table(max_relative_position: int, head_dim: int) -> torch.Tensor:
     return torch.stack((angle.sin(), angle.cos()), dim=-1).reshape(rows, head_dim)
 
 
+def rotation_f32_order(table: torch.Tensor) -> torch.Tensor:
+    """``table`` [rows, D] with each row's (sin, cos) pairs t in mma-fragment order: pair t at position
+    (t % 4) D / 8 + t / 4 (csrc/relattn.h rot_f32_pair), the float32 table's layout."""
+    rows, d = table.shape
+    return table.reshape(rows, d // 8, 4, 2).transpose(1, 2).reshape(rows, d)
+
+
 @functools.lru_cache(maxsize=32)
 def _rotation_tables(
     max_relative_position: int, head_dim: int, dtype: torch.dtype, device: torch.device
@@ -118,7 +125,8 @@ def _rotation_tables(
     # One copy per (R, D, dtype, device), as table.py's default table: later calls make no host-to-device copy.
     with torch.inference_mode(False), torch.no_grad():
         table = rotation_table(max_relative_position, head_dim)
-        return table.to(device=device, dtype=dtype), table.to(device=device, dtype=torch.float32)
+        f32 = rotation_f32_order(table).to(device=device, dtype=torch.float32).contiguous()
+        return table.to(device=device, dtype=dtype), f32
 
 
 def rotation_args(q, max_relative_position, family: str, sinusoid: bool) -> tuple:
