@@ -183,6 +183,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         fwd_tiles = configs.gpu_tiles("fwd")
         block_m = configs.rotation_block_m(d, DTYPES[dtype], features, arch // 10, fwd_tiles) if rotation else 0
         constexprs["ROT_BLOCK_M"] = block_m
+        constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R, bn)
     if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     if kernel == "bwd_dq":

@@ -167,6 +167,15 @@ class KernelCall:
         elem = self.q.element_size()
         return configs.rotation_block_m(self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
 
+    def rotation_loop(self, kind: str) -> bool:
+        """ROTATION_LOOP of a kernel on the rotation path (configs.rotation_loop): the forward and dQ against their
+        key tile, dK/dV against its key block (BLOCK_N of its main tile)."""
+        if kind != "bwd_dkdv":
+            return configs.rotation_loop(self.r)
+        elem = self.q.element_size()
+        tile = configs.main_tile(kind, self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
+        return configs.rotation_loop(self.r, tile[1])
+
     def kwargs(self, **kernel_specific) -> dict:
         """Every kernel argument by name: the shared ones plus a kernel's own (outputs, their strides, BAND_P)."""
         return {**self.pointers(), **self.input_strides(), **self.scalars(), **self.constexprs(), **kernel_specific}
