@@ -37,6 +37,8 @@ _POINTERS = {
     "DQ": None,
     "DK": None,
     "DV": None,
+    "QROT": None,
+    "GROT": None,
     "ROW_MAX": "fp32",
     "ROW_LOGSUM": "fp32",
     "WS": "fp32",
@@ -267,7 +269,7 @@ def _jobs(archs, grid: str = "full"):
                 "fp16 D=64 64 rows",
                 arch,
                 "fp16",
-                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False),
+                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False, ROT_BLOCK_M=0),
                 4,
                 1,
             )

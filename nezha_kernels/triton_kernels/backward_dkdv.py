@@ -43,7 +43,7 @@ from .backward import (
 from .band import MASKED_SCORE, load_table_slice
 from .dot import dot, dot_nt
 from .philox import philox_uniform
-from .rotation import load_positional, load_rotation_planes, rotate_rows_at, rotate_swapped
+from .rotation import load_positional, rotate_rows_at
 from .sequence import sequence_window
 from .softmax import LOG2E, load_rows
 
@@ -352,15 +352,15 @@ def dkdv_rotation_band_loop(
     v,
     q_ptrs,
     g_ptrs,
+    qr_ptrs,
+    gr_ptrs,
     lo,
     hi,
     row_stats,
     hm,
     scale,
     stride_qm,
-    stride_qd,
     stride_gm,
-    stride_gd,
     d_valid,
     offs_n,
     block,
@@ -375,30 +375,27 @@ def dkdv_rotation_band_loop(
 ):
     """Full band query tiles [lo, hi) by rotation, no per-pair feature but causal: (dk, dv), dv without the head mask.
 
-    q_ptrs / g_ptrs: [BLOCK_M, BLOCK_D] pointers of the Q and dO tiles at query row lo. The forward's scores, as
-    dkdv_band_tile_loop computes them (q_rot, dO_rot and S rows from the start of the forward's ROT_BLOCK_M-row query
-    block holding the tile), without bounds, masks or per-pair side selects. Needs 2R >= BLOCK_N (the launcher's
-    ROTATION_LOOP): a key block of at most 2R keys holds a query's out-of-band keys on one side only (j <= p - R and
-    j' >= p + R are 2R apart), the left one exactly when its first key is (p - j0 >= R), so the edge terms are
-    per-query selects; near (|j - p| < R) and causal's j > p are two compares of one t = j - p + R - 1.
+    q_ptrs / g_ptrs / qr_ptrs / gr_ptrs: [BLOCK_M, BLOCK_D] pointers of the tiles at query row lo of Q, dO and of the
+    delta kernel's q_rot and dO_rot (QROT / GROT, [B*H, LQ, BLOCK_D]: rotated once per row, not once per key block).
+    The forward's scores, as dkdv_band_tile_loop computes them (q_rot, dO_rot and S rows from the start of the
+    forward's ROT_BLOCK_M-row query block holding the tile), without bounds, masks or per-pair side selects.
+    Needs 2R >= BLOCK_N (the launcher's ROTATION_LOOP): a key block of at most 2R keys holds a query's out-of-band
+    keys on one side only (j <= p - R and j' >= p + R are 2R apart), the left one exactly when its first key is
+    (p - j0 >= R), so the edge terms are per-query selects; near (|j - p| < R) and causal's j > p are two compares of
+    one t = j - p + R - 1.
     """
     stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
     b, h, bh, q_offset, j0 = block
     BLOCK_D: tl.constexpr = q_ptrs.shape[1]
     tl.static_assert(ROT_BLOCK_M % BLOCK_M == 0)
     qk_scale = scale * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    # The pair-swapped columns d ^ 1 (rotation.rotate_swapped's second operand), as offsets from the tile's pointers.
-    q_swap = ((offs_d ^ 1) - offs_d)[None, :] * stride_qd
-    g_swap = ((offs_d ^ 1) - offs_d)[None, :] * stride_gd
     for i0 in range(lo, hi, BLOCK_M):
         offs_m = i0 + tl.arange(0, BLOCK_M)
         pos = q_offset + offs_m
         m0 = i0 % ROT_BLOCK_M  # the tile's first row in the forward's query block
         q = load_rows(q_ptrs, d_valid, EVEN_D)
         do = load_rows(g_ptrs, d_valid, EVEN_D)
-        cos, sin_signed = load_rotation_planes(ROT, m0, BLOCK_M, BLOCK_D)
-        q_rot = rotate_swapped(q, load_rows(q_ptrs + q_swap, d_valid, EVEN_D), cos, sin_signed)
+        q_rot = load_rows(qr_ptrs, d_valid, EVEN_D)
         s_tile = load_positional(ROT, j0, q_offset + i0 - m0, R, k.shape[0], BLOCK_D).to(q.dtype)
         st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
         q_bias = dot_nt(s_tile, q_rot, FMA_DOTS, K_CHUNKS)
@@ -416,15 +413,15 @@ def dkdv_rotation_band_loop(
         s = st + tl.where(near, q_bias, q_edge[None, :])
         row_max = tl.load(ROW_MAX + offs_m)
         row_logsum = tl.load(ROW_LOGSUM + offs_m)
+        # Natural-unit p = exp((s scale - max) - log sum) as one FFMA feeding EX2 (dkdv_far_loop's form).
+        pt = tl.math.exp2(s * qk_scale + ((-row_max - row_logsum) * LOG2E)[None, :])
         if CAUSAL:
-            # Scaled, then masked: a fully masked row's max is MASKED_SCORE and its weights 1/Lk (band.py).
-            s = tl.where(t > R - 1, MASKED_SCORE, s * scale)
-            pt = tl.math.exp2(((s - row_max[None, :]) - row_logsum[None, :]) * LOG2E)
-        else:
-            # Natural-unit p = exp((s scale - max) - log sum) as one FFMA feeding EX2 (dkdv_far_loop's form).
-            pt = tl.math.exp2(s * qk_scale + ((-row_max - row_logsum) * LOG2E)[None, :])
+            # A masked pair's p, per query, as the general loop computes it ((MASKED_SCORE - max) - log sum): 0, or
+            # 1/Lk in a fully masked row (max = MASKED_SCORE, band.py), whose other p (overflowed) are never taken.
+            p_masked = tl.math.exp2((-(row_max - MASKED_SCORE) - row_logsum) * LOG2E)  # -(max - c): c - max exactly
+            pt = tl.where(t > R - 1, p_masked[None, :], pt)
         dv = dot(pt.to(do.dtype), do, dv, FMA_DOTS)
-        do_rot = rotate_swapped(do, load_rows(g_ptrs + g_swap, d_valid, EVEN_D), cos, sin_signed)
+        do_rot = load_rows(gr_ptrs, d_valid, EVEN_D)
         dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
         do_bias = dot_nt(s_tile, do_rot, FMA_DOTS, K_CHUNKS)
         # near again: not kept across the exponentials (ptxas packs kept predicates into registers bit by bit).
@@ -440,6 +437,8 @@ def dkdv_rotation_band_loop(
         dk = dot(dst.to(q.dtype), q, dk, FMA_DOTS)
         q_ptrs += BLOCK_M * stride_qm
         g_ptrs += BLOCK_M * stride_gm
+        qr_ptrs += BLOCK_M * BLOCK_D
+        gr_ptrs += BLOCK_M * BLOCK_D
     return dk, dv
 
 
@@ -538,6 +537,8 @@ def _relattn_bwd_dkdv_kernel(
     DK,
     DV,
     ROT,
+    QROT,
+    GROT,
     KPAD,
     AMASK,
     HMASK,
@@ -621,7 +622,7 @@ def _relattn_bwd_dkdv_kernel(
     # ROTATION_LOOP where 2R >= BLOCK_N, configs.rotation_loop) run query tiles of at most ROTATION_LOOP_QUERIES rows;
     # the general loop keeps the partial tail.
     PLAIN_ROTATION: tl.constexpr = (
-        ROTATION_LOOP and SINUSOID and FAR_LOOPS > 0 and not (HAS_KPAD or HAS_AMASK or HAS_DROPOUT)
+        ROTATION_LOOP and SINUSOID and FAR_LOOPS > 0 and not (HAS_KPAD or HAS_AMASK or HAS_DROPOUT or VARLEN)
     )
     BLOCK_MR: tl.constexpr = min(BLOCK_M, ROTATION_LOOP_QUERIES)
     pid_n = tl.program_id(1)
@@ -685,11 +686,14 @@ def _relattn_bwd_dkdv_kernel(
         )  # fmt: skip
         if PLAIN_ROTATION:
             r_tile = tl.arange(0, BLOCK_MR)[:, None] * stride_qm + offs_d[None, :] * stride_qd
+            g_rtile = tl.arange(0, BLOCK_MR)[:, None] * stride_gm + offs_d[None, :] * stride_gd
+            rot_tile = tl.arange(0, BLOCK_MR)[:, None] * BLOCK_D + offs_d[None, :]
+            rot_base = (bh.to(tl.int64) * LQ + band_lo) * BLOCK_D
             dk, dv = dkdv_rotation_band_loop(
                 dk, dv, k, v, q_base + band_lo.to(tl.int64) * stride_qm + r_tile,
-                g_base + band_lo.to(tl.int64) * stride_gm + tl.arange(0, BLOCK_MR)[:, None] * stride_gm
-                + offs_d[None, :] * stride_gd, band_lo, band_hi, row_stats, hm, scale, stride_qm, stride_qd, stride_gm,
-                stride_gd, d_valid, offs_n, block, R, ROT,
+                g_base + band_lo.to(tl.int64) * stride_gm + g_rtile, QROT + rot_base + rot_tile,
+                GROT + rot_base + rot_tile, band_lo, band_hi, row_stats, hm, scale, stride_qm, stride_gm, d_valid,
+                offs_n, block, R, ROT,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, ROT_BLOCK_M, BLOCK_MR,
             )  # fmt: skip
         if HAS_HMASK:

@@ -172,8 +172,14 @@ class KernelCall:
         key tile, dK/dV against its key block (BLOCK_N of its main tile)."""
         if kind != "bwd_dkdv":
             return configs.rotation_loop(self.r)
+        # dK/dV: the loop runs beside the far loops, without per-pair features (its kernel's PLAIN_ROTATION), and
+        # the delta kernel writes its rotated operands then (launch._launch_bwd).
+        features = self._choice_features()
+        per_pair = any(features.get(name, False) for name in configs.PER_PAIR_FEATURES)
+        if self.far_loops(kind) == 0 or per_pair or self.cu_seqlens is not None:
+            return False
         elem = self.q.element_size()
-        tile = configs.main_tile(kind, self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
+        tile = configs.main_tile(kind, self.q.shape[3], elem, features, configs.arch_major(self.q))
         return configs.rotation_loop(self.r, tile[1])
 
     def kwargs(self, **kernel_specific) -> dict:

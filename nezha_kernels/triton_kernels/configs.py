@@ -277,7 +277,7 @@ ROTATION_LOOP_KEYS = 32
 # dK/dV's rotation band loop (backward_dkdv.dkdv_rotation_band_loop) runs query tiles of min(BLOCK_M,
 # ROTATION_LOOP_QUERIES) rows against the program's whole key block (benchmarks/NOTES.md "Triton dK/dV rotation band
 # loop"): its one-side rule needs 2R >= the key block (BLOCK_N), so the launcher passes that block to rotation_loop.
-ROTATION_LOOP_QUERIES = 16
+ROTATION_LOOP_QUERIES = 32
 
 
 def rotation_loop(r: int, keys: int = ROTATION_LOOP_KEYS) -> bool:
