@@ -25,7 +25,11 @@ SINUSOID (NEZHA's own table, where the forward takes its rotation path: configs.
 the key-side terms by the rotation instead of the table slice, S^T += S_tile Q_rot^T and dP^T += S_tile dO_rot^T
 (rotation.py), with angles and S rows measured from the forward's ROT_BLOCK_M-row query blocks, and the out-of-band
 pairs' edge terms from the statistics planes: every score is the forward's, so P rebuilt from the forward's m and
-log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.)
+log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.) Without key
+padding, additive mask, dropout or the padding-free layout, and for 2R >= BLOCK_N (the launcher's ROTATION_LOOP), the
+band's full query tiles run dkdv_rotation_band_loop instead: 32-query tiles, no bounds or masks, Q_rot and dO_rot read
+from the delta kernel's copies (rotated once per row), the edge terms selected per query; the general loop keeps the
+partial tail (benchmarks/NOTES.md "Triton dK/dV rotation band loop").
 """
 
 import triton
@@ -387,7 +391,6 @@ def dkdv_rotation_band_loop(
     stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
     b, h, bh, q_offset, j0 = block
     BLOCK_D: tl.constexpr = q_ptrs.shape[1]
-    tl.static_assert(ROT_BLOCK_M % BLOCK_M == 0)
     qk_scale = scale * LOG2E
     for i0 in range(lo, hi, BLOCK_M):
         offs_m = i0 + tl.arange(0, BLOCK_M)

@@ -278,6 +278,11 @@ ROTATION_LOOP_KEYS = 32
 # ROTATION_LOOP_QUERIES) rows against the program's whole key block (benchmarks/NOTES.md "Triton dK/dV rotation band
 # loop"): its one-side rule needs 2R >= the key block (BLOCK_N), so the launcher passes that block to rotation_loop.
 ROTATION_LOOP_QUERIES = 32
+# Its Q_rot / dO_rot come from the delta kernel (two extra [B*H, Lq, D] writes, ~10 us at L = 512, B*H = 256, D = 64
+# on an H100's bandwidth): worth it where dK/dV is issue-bound (the model: L <= 1k, 87.5 -> 49.6 us at 512); at 4k and
+# 16k the model has dK/dV tensor-bound before and after, so the loop saves nothing there and the copies would cost
+# ~3% / ~1%. Longer calls keep the general band loop. From the static model only: a GPU timing should set it.
+DKDV_ROTATION_LOOP_MAX_LQ = 2048
 
 
 def rotation_loop(r: int, keys: int = ROTATION_LOOP_KEYS) -> bool:
