@@ -186,6 +186,9 @@ def test_rotation_band_runs_where_it_compiles_spill_free(monkeypatch):
     assert rotation("bwd_dkdv", 64, 2, {"HAS_KPAD": True, "HAS_DROPOUT": True}, 9)
     # The forward's and dQ's rotation band loops: a key tile of at most 2R keys (out-of-band keys of a row on one side).
     assert configs.rotation_loop(64) and configs.rotation_loop(16) and not configs.rotation_loop(15)
+    # dK/dV's loop holds the program's whole key block per query: 2R >= BLOCK_N (64 keys on sm_90).
+    block_n = configs.main_tile("bwd_dkdv", 64, 2, {}, 9, configs.gpu_tiles("bwd_dkdv"))[1]
+    assert configs.rotation_loop(block_n // 2, block_n) and not configs.rotation_loop(block_n // 2 - 1, block_n)
     monkeypatch.setenv(configs.ROTATION_ENV, "all")  # the tests' switch: every sinusoid call
     assert rotation("fwd", 64, 4, {"HAS_AMASK": True}, 8) and rotation("bwd_dkdv", 128, 2, {"VARLEN": True}, 9)
     monkeypatch.setenv(configs.ROTATION_ENV, "off")

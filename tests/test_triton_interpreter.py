@@ -231,12 +231,22 @@ def test_dkdv_rotates_the_rows_as_the_forward_does(dtype):
 
 
 @interpreted_only
-def test_bfloat16_sinusoid_dkdv_band_by_rotation():
+def test_bfloat16_sinusoid_dkdv_band_by_rotation(monkeypatch):
     # NEZHA's own table (rel_table=None) in bf16: dK/dV's band tiles rebuild P by the rotation from the forward's query
     # blocks (backward_dkdv.py), the forward's scores, so P matches the forward's row statistics. R = 40 over 96
     # positions: band tiles and far tiles on both sides of each key block, causal with a head mask (the far loops).
+    # The band's full tiles run dkdv_rotation_band_loop (ROTATION_LOOP: 2R >= the key block), its q_rot / dO_rot from
+    # the delta kernel; the R = 16 case of test_low_precision runs it without causal or head mask.
+    from nezha_kernels.triton_kernels.call import KernelCall
+
+    chosen = KernelCall.rotation_loop
+    loops = []
+    monkeypatch.setattr(
+        KernelCall, "rotation_loop", lambda self, kind: loops.append((kind, chosen(self, kind))) or loops[-1][1]
+    )
     hm = torch.tensor([[0.5, 1.5]])
     check(CPU, torch.bfloat16, 1, 2, 96, 96, 64, 40, causal=True, head_mask=hm, table="default")
+    assert ("bwd_dkdv", True) in loops
 
 
 @pytest.fixture

@@ -78,8 +78,21 @@ def _dq_band(c: dict) -> dict:
     return {"dq_rotation_band_loop": _rotation_key_tile(c), "dq_band_loop": _band_key_tile(c)}
 
 
+def _rotation_query_tile(c: dict) -> int:
+    """Query rows of one iteration of dK/dV's rotation band loop (backward_dkdv.dkdv_rotation_band_loop): BLOCK_MR."""
+    from ..triton_kernels import configs
+
+    return min(c["BLOCK_M"], configs.ROTATION_LOOP_QUERIES)
+
+
 def _dkdv_band(c: dict) -> dict:
-    return {"dkdv_band_tile_loop": _band_query_tile(c), "dkdv_general_loop": _band_query_tile(c)}
+    # As _fwd_band: the rotation band loop (the band's full query tiles where the kernel has it) before the general
+    # band loop (then only the partial tail).
+    return {
+        "dkdv_rotation_band_loop": _rotation_query_tile(c),
+        "dkdv_band_tile_loop": _band_query_tile(c),
+        "dkdv_general_loop": _band_query_tile(c),
+    }
 
 
 # kernel -> (program rows, loop columns, other-loop trips, band-loop columns) from the job's constexprs. The band

@@ -46,6 +46,8 @@ _POINTERS = {
     "DQ": None,
     "DK": None,
     "DV": None,
+    "QROT": None,
+    "GROT": None,
     "ROW_MAX": "fp32",
     "ROW_LOGSUM": "fp32",
     "WS": "fp32",
@@ -192,6 +194,7 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         fwd_tiles = configs.gpu_tiles("fwd")
         block_m = configs.rotation_block_m(d, DTYPES[dtype], features, arch // 10, fwd_tiles) if rotation else 0
         constexprs["ROT_BLOCK_M"] = block_m
+        constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R, bn)
     if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
     if kernel == "bwd_dq":
@@ -275,7 +278,7 @@ def _jobs(archs, grid: str = "full"):
                 "fp16 D=64 64 rows",
                 arch,
                 "fp16",
-                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False),
+                dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, RELATIVE=True, HAS_HMASK=False, ROT_BLOCK_M=0),
                 4,
                 1,
             )

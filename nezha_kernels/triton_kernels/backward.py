@@ -14,7 +14,7 @@ import triton.language as tl
 from .band import band_tile_terms, mask_scores
 from .dot import dot_nt
 from .philox import philox_uniform
-from .rotation import load_positional, rotate_rows_at
+from .rotation import load_positional, load_rotation_rows, rotate_rows_at, rotate_swapped
 from .softmax import LOG2E
 
 # The delta kernel's per-row statistics: planes of a [STAT_PLANES, rows] fp32 buffer, rows as ROW_MAX's (dense
@@ -42,6 +42,9 @@ def _relattn_bwd_delta_kernel(
     ROW_LOGSUM,
     HMASK,
     STATS,
+    ROT,
+    QROT,
+    GROT,
     stride_ob,
     stride_oh,
     stride_om,
@@ -68,10 +71,14 @@ def _relattn_bwd_delta_kernel(
     BLOCK_M: tl.constexpr,
     RELATIVE: tl.constexpr,
     HAS_HMASK: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
 ):
     """STATS [STAT_PLANES, STAT_ROWS] fp32 (see PLANE_*): delta = rowsum(dO * O) and the rows' edge terms.
 
     One program per BLOCK_M rows of one [*, H, LQ, D] (b, h) (varlen: the [1, H, Tq, D] view, every sequence's rows).
+    ROT_BLOCK_M > 0 (dense only; dK/dV's rotation band loop): also QROT, GROT [B*H, LQ, BLOCK_D] contiguous in q's
+    dtype, q and dO rotated by the angles of their rows in the forward's ROT_BLOCK_M-row query blocks
+    (rotation.rotate_rows_at: the forward's q_rot bit for bit; ROT the launcher's rotation table).
     """
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)
@@ -94,6 +101,19 @@ def _relattn_bwd_delta_kernel(
         other=0.0,
     ).to(tl.float32)
     delta = tl.sum(o * g, axis=1)
+    if ROT_BLOCK_M > 0:
+        # Each row's angle from the start of its forward block: row m = i % ROT_BLOCK_M of the rotation planes.
+        m = offs_m % ROT_BLOCK_M
+        cos, sin_signed = load_rotation_rows(ROT, m, BLOCK_D)
+        q_rows = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + rows * stride_qm
+        g_rows = DOUT + b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh + rows * stride_gm
+        x = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=mask, other=0.0)
+        x_swapped = tl.load(q_rows + (offs_d ^ 1)[None, :] * stride_qd, mask=mask, other=0.0)
+        rot_off = (bh.to(tl.int64) * LQ + rows) * BLOCK_D + offs_d[None, :]
+        tl.store(QROT + rot_off, rotate_swapped(x, x_swapped, cos, sin_signed), mask=mask)
+        x = tl.load(g_rows + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
+        x_swapped = tl.load(g_rows + (offs_d ^ 1)[None, :] * stride_gd, mask=mask, other=0.0)
+        tl.store(GROT + rot_off, rotate_swapped(x, x_swapped, cos, sin_signed), mask=mask)
     out = STATS + bh.to(tl.int64) * LQ + offs_m
     STAT_ROWS = STAT_ROWS + bh.to(tl.int64) * 0  # int64: plane * rows passes 2**31 at 2**28 rows
     tl.store(out + PLANE_DELTA * STAT_ROWS, delta, mask=m_valid)

@@ -25,12 +25,17 @@ SINUSOID (NEZHA's own table, where the forward takes its rotation path: configs.
 the key-side terms by the rotation instead of the table slice, S^T += S_tile Q_rot^T and dP^T += S_tile dO_rot^T
 (rotation.py), with angles and S rows measured from the forward's ROT_BLOCK_M-row query blocks, and the out-of-band
 pairs' edge terms from the statistics planes: every score is the forward's, so P rebuilt from the forward's m and
-log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.)
+log l is the P the forward normalized. (Read from the bf16 table, p differed by the table's rounding.) Without key
+padding, additive mask, dropout or the padding-free layout, and for 2R >= BLOCK_N (the launcher's ROTATION_LOOP), the
+band's full query tiles run dkdv_rotation_band_loop instead: 32-query tiles, no bounds or masks, Q_rot and dO_rot read
+from the delta kernel's copies (rotated once per row), the edge terms selected per query; the general loop keeps the
+partial tail (benchmarks/NOTES.md "Triton dK/dV rotation band loop").
 """
 
 import triton
 import triton.language as tl
 
+from . import configs
 from .backward import (
     PLANE_DE_LEFT,
     PLANE_DELTA,
@@ -45,6 +50,8 @@ from .philox import philox_uniform
 from .rotation import load_positional, rotate_rows_at
 from .sequence import sequence_window
 from .softmax import LOG2E, load_rows
+
+ROTATION_LOOP_QUERIES = tl.constexpr(configs.ROTATION_LOOP_QUERIES)
 
 
 @triton.jit
@@ -342,6 +349,103 @@ def dkdv_band_tile_loop(
 
 
 @triton.jit
+def dkdv_rotation_band_loop(
+    dk,
+    dv,
+    k,
+    v,
+    q_ptrs,
+    g_ptrs,
+    qr_ptrs,
+    gr_ptrs,
+    lo,
+    hi,
+    row_stats,
+    hm,
+    scale,
+    stride_qm,
+    stride_gm,
+    d_valid,
+    offs_n,
+    block,
+    R,
+    ROT,
+    EVEN_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    FMA_DOTS: tl.constexpr,
+    K_CHUNKS: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Full band query tiles [lo, hi) by rotation, no per-pair feature but causal: (dk, dv), dv without the head mask.
+
+    q_ptrs / g_ptrs / qr_ptrs / gr_ptrs: [BLOCK_M, BLOCK_D] pointers of the tiles at query row lo of Q, dO and of the
+    delta kernel's q_rot and dO_rot (QROT / GROT, [B*H, LQ, BLOCK_D]: rotated once per row, not once per key block).
+    The forward's scores, as dkdv_band_tile_loop computes them (q_rot, dO_rot and S rows from the start of the
+    forward's ROT_BLOCK_M-row query block holding the tile), without bounds, masks or per-pair side selects.
+    Needs 2R >= BLOCK_N (the launcher's ROTATION_LOOP): a key block of at most 2R keys holds a query's out-of-band
+    keys on one side only (j <= p - R and j' >= p + R are 2R apart), the left one exactly when its first key is
+    (p - j0 >= R), so the edge terms are per-query selects; near (|j - p| < R) and causal's j > p are two compares of
+    one t = j - p + R - 1.
+    """
+    stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
+    b, h, bh, q_offset, j0 = block
+    BLOCK_D: tl.constexpr = q_ptrs.shape[1]
+    qk_scale = scale * LOG2E
+    for i0 in range(lo, hi, BLOCK_M):
+        offs_m = i0 + tl.arange(0, BLOCK_M)
+        pos = q_offset + offs_m
+        m0 = i0 % ROT_BLOCK_M  # the tile's first row in the forward's query block
+        q = load_rows(q_ptrs, d_valid, EVEN_D)
+        do = load_rows(g_ptrs, d_valid, EVEN_D)
+        q_rot = load_rows(qr_ptrs, d_valid, EVEN_D)
+        s_tile = load_positional(ROT, j0, q_offset + i0 - m0, R, k.shape[0], BLOCK_D).to(q.dtype)
+        st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
+        q_bias = dot_nt(s_tile, q_rot, FMA_DOTS, K_CHUNKS)
+        # One integer per pair: t = j - p + R - 1; in band (|j - p| < R) is t <u 2R - 1, causal's j > p is t > R - 1.
+        t = offs_n[:, None] - (pos - R + 1)[None, :]
+        near = t.to(tl.uint32, bitcast=True) < (2 * R - 1).to(tl.uint32)
+        left = pos - j0 >= R
+        # Both sides' planes, contiguous (pipelined copies), then one select per query: a per-query plane index
+        # made every address a 64-bit product (51 instructions a tile, triton 3.9).
+        q_edge = tl.where(
+            left,
+            tl.load(stats + PLANE_QE_LEFT * STAT_ROWS + offs_m),
+            tl.load(stats + (PLANE_QE_LEFT + 1) * STAT_ROWS + offs_m),
+        )
+        s = st + tl.where(near, q_bias, q_edge[None, :])
+        row_max = tl.load(ROW_MAX + offs_m)
+        row_logsum = tl.load(ROW_LOGSUM + offs_m)
+        # Natural-unit p = exp((s scale - max) - log sum) as one FFMA feeding EX2 (dkdv_far_loop's form).
+        pt = tl.math.exp2(s * qk_scale + ((-row_max - row_logsum) * LOG2E)[None, :])
+        if CAUSAL:
+            # A masked pair's p, per query, as the general loop computes it ((MASKED_SCORE - max) - log sum): 0, or
+            # 1/Lk in a fully masked row (max = MASKED_SCORE, band.py), whose other p (overflowed) are never taken.
+            p_masked = tl.math.exp2((-(row_max - MASKED_SCORE) - row_logsum) * LOG2E)  # -(max - c): c - max exactly
+            pt = tl.where(t > R - 1, p_masked[None, :], pt)
+        dv = dot(pt.to(do.dtype), do, dv, FMA_DOTS)
+        do_rot = load_rows(gr_ptrs, d_valid, EVEN_D)
+        dpt = dot_nt(v, do, FMA_DOTS, K_CHUNKS)
+        do_bias = dot_nt(s_tile, do_rot, FMA_DOTS, K_CHUNKS)
+        # near again: not kept across the exponentials (ptxas packs kept predicates into registers bit by bit).
+        near_again = t.to(tl.uint32, bitcast=True) < (2 * R - 1).to(tl.uint32)
+        do_edge = tl.where(
+            left,
+            tl.load(stats + PLANE_DE_LEFT * STAT_ROWS + offs_m),
+            tl.load(stats + (PLANE_DE_LEFT + 1) * STAT_ROWS + offs_m),
+        )
+        delta = tl.load(stats + PLANE_DELTA * STAT_ROWS + offs_m)
+        dpt += tl.where(near_again, do_bias, do_edge[None, :])
+        dst = pt * (dpt * hm - delta[None, :])
+        dk = dot(dst.to(q.dtype), q, dk, FMA_DOTS)
+        q_ptrs += BLOCK_M * stride_qm
+        g_ptrs += BLOCK_M * stride_gm
+        qr_ptrs += BLOCK_M * BLOCK_D
+        gr_ptrs += BLOCK_M * BLOCK_D
+    return dk, dv
+
+
+@triton.jit
 def dkdv_general_loop(
     dk,
     dv,
@@ -436,6 +540,8 @@ def _relattn_bwd_dkdv_kernel(
     DK,
     DV,
     ROT,
+    QROT,
+    GROT,
     KPAD,
     AMASK,
     HMASK,
@@ -485,6 +591,7 @@ def _relattn_bwd_dkdv_kernel(
     RELATIVE: tl.constexpr,
     SINUSOID: tl.constexpr,
     ROT_BLOCK_M: tl.constexpr,
+    ROTATION_LOOP: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -514,6 +621,13 @@ def _relattn_bwd_dkdv_kernel(
     tl.static_assert(not SINUSOID or (RELATIVE and ROT_BLOCK_M % BLOCK_MB == 0 and ROT_BLOCK_M <= 128))
     K_CHUNKS: tl.constexpr = min(4, BLOCK_D // 16) if FMA_DOTS else 1  # see dot.dot_nt
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    # The band's full query tiles by rotation without per-pair features (dkdv_rotation_band_loop; the launcher sets
+    # ROTATION_LOOP where 2R >= BLOCK_N, configs.rotation_loop) run query tiles of at most ROTATION_LOOP_QUERIES rows;
+    # the general loop keeps the partial tail.
+    PLAIN_ROTATION: tl.constexpr = (
+        ROTATION_LOOP and SINUSOID and FAR_LOOPS > 0 and not (HAS_KPAD or HAS_AMASK or HAS_DROPOUT or VARLEN)
+    )
+    BLOCK_MR: tl.constexpr = min(BLOCK_M, ROTATION_LOOP_QUERIES)
     pid_n = tl.program_id(1)
     bh = tl.program_id(0)
     b = bh // H
@@ -573,14 +687,27 @@ def _relattn_bwd_dkdv_kernel(
             stride_gm, d_valid, offs_n, n_valid, block, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
         )  # fmt: skip
+        if PLAIN_ROTATION:
+            r_tile = tl.arange(0, BLOCK_MR)[:, None] * stride_qm + offs_d[None, :] * stride_qd
+            g_rtile = tl.arange(0, BLOCK_MR)[:, None] * stride_gm + offs_d[None, :] * stride_gd
+            rot_tile = tl.arange(0, BLOCK_MR)[:, None] * BLOCK_D + offs_d[None, :]
+            rot_base = (bh.to(tl.int64) * LQ + band_lo) * BLOCK_D
+            dk, dv = dkdv_rotation_band_loop(
+                dk, dv, k, v, q_base + band_lo.to(tl.int64) * stride_qm + r_tile,
+                g_base + band_lo.to(tl.int64) * stride_gm + g_rtile, QROT + rot_base + rot_tile,
+                GROT + rot_base + rot_tile, band_lo, band_hi, row_stats, hm, scale, stride_qm, stride_gm, d_valid,
+                offs_n, block, R, ROT,
+                EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, ROT_BLOCK_M, BLOCK_MR,
+            )  # fmt: skip
         if HAS_HMASK:
-            dv = dv * hm  # the far loops' P^T dO, before the band's (which carries hm itself)
-        dk, dv = dkdv_band_tile_loop(
-            dk, dv, k, v, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
-            offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,
-            HEAD_DIM, RELATIVE, SINUSOID, ROT_BLOCK_M, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS,
-            BLOCK_MB, BLOCK_N, BLOCK_P,
-        )  # fmt: skip
+            dv = dv * hm  # the far loops' and the rotation loop's P^T dO, before the general loop's (carrying hm)
+        if not PLAIN_ROTATION:
+            dk, dv = dkdv_band_tile_loop(
+                dk, dv, k, v, q_base, g_base, band_lo, band_hi, lq, row_stats, hm, scale, strides,
+                offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, ROT_BLOCK_M, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS,
+                K_CHUNKS, BLOCK_MB, BLOCK_N, BLOCK_P,
+            )  # fmt: skip
         dk, dv = dkdv_band_tile_loop(
             dk, dv, k, v, q_base, g_base, full_end, general_end, lq, row_stats, hm, scale,
             strides, offs_d, d_valid, offs_n, n_valid, block, table, ROT, masks, drop,

@@ -167,6 +167,25 @@ class KernelCall:
         elem = self.q.element_size()
         return configs.rotation_block_m(self.q.shape[3], elem, self._choice_features(), configs.arch_major(self.q))
 
+    def rotation_loop(self, kind: str) -> bool:
+        """ROTATION_LOOP of a kernel on the rotation path (configs.rotation_loop): the forward and dQ against their
+        key tile, dK/dV against its key block (BLOCK_N of its main tile)."""
+        if kind != "bwd_dkdv":
+            return configs.rotation_loop(self.r)
+        # dK/dV: the loop runs beside the far loops, without per-pair features (its kernel's PLAIN_ROTATION), and
+        # the delta kernel writes its rotated operands then (launch._launch_bwd).
+        features = self._choice_features()
+        per_pair = any(features.get(name, False) for name in configs.PER_PAIR_FEATURES)
+        if self.far_loops(kind) == 0 or per_pair or self.cu_seqlens is not None:
+            return False
+        if self.q.shape[2] > configs.DKDV_ROTATION_LOOP_MAX_LQ:
+            return False  # tensor-bound there: the delta kernel's copies would cost more than the loop saves
+        elem = self.q.element_size()
+        tile = configs.main_tile(kind, self.q.shape[3], elem, features, configs.arch_major(self.q))
+        # Its query tiles must lie inside the forward's blocks (their angles from one block's start).
+        inside = self.rotation_block_m() % min(tile[0], configs.ROTATION_LOOP_QUERIES) == 0
+        return inside and configs.rotation_loop(self.r, tile[1])
+
     def kwargs(self, **kernel_specific) -> dict:
         """Every kernel argument by name: the shared ones plus a kernel's own (outputs, their strides, BAND_P)."""
         return {**self.pointers(), **self.input_strides(), **self.scalars(), **self.constexprs(), **kernel_specific}

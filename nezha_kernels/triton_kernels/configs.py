@@ -274,21 +274,37 @@ def rotation_band(kind: str, head_dim: int, elem_bytes: int, features=None, arch
 # "Triton dQ rotation band loop"). They give each row's out-of-band mass (dQ: dS row sum) of a tile to one side, exact
 # for tiles of at most 2R keys.
 ROTATION_LOOP_KEYS = 32
+# dK/dV's rotation band loop (backward_dkdv.dkdv_rotation_band_loop) runs query tiles of min(BLOCK_M,
+# ROTATION_LOOP_QUERIES) rows against the program's whole key block (benchmarks/NOTES.md "Triton dK/dV rotation band
+# loop"): its one-side rule needs 2R >= the key block (BLOCK_N), so the launcher passes that block to rotation_loop.
+ROTATION_LOOP_QUERIES = 32
+# Its Q_rot / dO_rot come from the delta kernel (two extra [B*H, Lq, D] writes, ~10 us at L = 512, B*H = 256, D = 64
+# on an H100's bandwidth): worth it where dK/dV is issue-bound (the model: L <= 1k, 87.5 -> 49.6 us at 512); at 4k and
+# 16k the model has dK/dV tensor-bound before and after, so the loop saves nothing there and the copies would cost
+# ~3% / ~1%. Longer calls keep the general band loop. From the static model only: a GPU timing should set it.
+DKDV_ROTATION_LOOP_MAX_LQ = 2048
 
 
-def rotation_loop(r: int) -> bool:
-    """ROTATION_LOOP of the forward and dQ (with SINUSOID): max_relative_position r is wide enough for the rotation
-    band loop (2r >= its key tile); else the band runs the general loop. Checked here, not in the kernel: a runtime
-    branch between the two loops cost registers (forward, triton 3.6: 8 B of spill)."""
-    return 2 * r >= ROTATION_LOOP_KEYS
+def rotation_loop(r: int, keys: int = ROTATION_LOOP_KEYS) -> bool:
+    """ROTATION_LOOP of the forward and dQ (with SINUSOID; ``keys`` their key tile) and of dK/dV (``keys`` its key
+    block, BLOCK_N): max_relative_position r is wide enough for the rotation band loop (2r >= the keys a tile holds
+    per query); else the band runs the general loop. Checked here, not in the kernel: a runtime branch between the
+    two loops cost registers (forward, triton 3.6: 8 B of spill)."""
+    return 2 * r >= keys
+
+
+def main_tile(kind: str, head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, kind_tiles=None):
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a forward, dQ or dK/dV call runs: its one candidate tile among
+    ``kind_tiles`` (default this process's tiles(kind))."""
+    kind_tiles = tiles(kind) if kind_tiles is None else kind_tiles
+    return candidates(kind, kind_tiles, head_dim, elem_bytes, features, arch_major)[0]
 
 
 def rotation_block_m(head_dim: int, elem_bytes: int, features=None, arch_major: int = 9, fwd_tiles=None) -> int:
     """BLOCK_M of the forward a call runs (its one candidate tile among ``fwd_tiles``, default this process's
     tiles("fwd")): the query blocks whose starts the rotation path measures angles from, which dK/dV's query tiles
     follow (its ROT_BLOCK_M)."""
-    fwd_tiles = tiles("fwd") if fwd_tiles is None else fwd_tiles
-    return candidates("fwd", fwd_tiles, head_dim, elem_bytes, features, arch_major)[0][0]
+    return main_tile("fwd", head_dim, elem_bytes, features, arch_major, fwd_tiles)[0]
 
 
 def _dkdv_choice(head_dim: int, per_pair: bool, varlen: bool, arch_major: int):

@@ -152,7 +152,7 @@ def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> Non
             WS=scratch,
             ROT=_rotation_table(call, sinusoid),
             SINUSOID=sinusoid,
-            ROTATION_LOOP=sinusoid and configs.rotation_loop(call.r),
+            ROTATION_LOOP=sinusoid and call.rotation_loop("fwd"),
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("fwd"),
             **strides("o", out),
@@ -229,6 +229,14 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     stat_rows = b * h * lq
     row_stats = torch.empty((STAT_PLANES, stat_rows), dtype=torch.float32, device=q.device)
     delta_rows = DELTA_ROWS_INTERPRETED if configs.interpreted() else DELTA_ROWS_GPU
+    # dK/dV's rotation band loop reads q and dO rotated once per row (from the forward's query blocks), which the delta
+    # kernel writes: [B*H, Lq, BLOCK_D] each in q's dtype.
+    dkdv_sinusoid = call.rotation("bwd_dkdv")
+    dkdv_loop = dkdv_sinusoid and call.rotation_loop("bwd_dkdv")
+    block_d = max(16, triton.next_power_of_2(d))
+    rot = _rotation_table(call, dkdv_sinusoid)
+    q_rot = torch.empty((b * h * lq * block_d,), dtype=q.dtype, device=q.device) if dkdv_loop else q
+    g_rot = torch.empty_like(q_rot) if dkdv_loop else q
     _relattn_bwd_delta_kernel[(b * h, triton.cdiv(lq, delta_rows))](
         OUT=out,
         DOUT=grad_out,
@@ -238,6 +246,9 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
         ROW_LOGSUM=lse[1],
         HMASK=call.pointers()["HMASK"],
         STATS=row_stats,
+        ROT=rot,
+        QROT=q_rot,
+        GROT=g_rot,
         **strides("o", out),
         **strides("g", grad_out),
         **strides("q", q),
@@ -249,24 +260,27 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
         STAT_ROWS=stat_rows,
         scale=float(call.scale),
         HEAD_DIM=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_D=block_d,
         BLOCK_M=delta_rows,
         RELATIVE=call.relative,
         HAS_HMASK=call.head_mask is not None,
+        ROT_BLOCK_M=call.rotation_block_m() if dkdv_loop else 0,
     )
     stats = dict(DOUT=grad_out, ROW_MAX=lse[0], ROW_LOGSUM=lse[1], **strides("g", grad_out))
     if blocks_k * k.shape[2] > 0:  # else no key row: dk, dv are empty
         # The forward's scores: the rotation where the forward took it, from its query blocks' starts.
-        sinusoid = call.rotation("bwd_dkdv")
         _bwd_dkdv[autotune_grid(programs, blocks_k, "BLOCK_N")](
             **call.kwargs(
                 DK=dk,
                 DV=dv,
                 STATS=row_stats,
                 STAT_ROWS=stat_rows,
-                ROT=_rotation_table(call, sinusoid),
-                SINUSOID=sinusoid,
-                ROT_BLOCK_M=call.rotation_block_m() if sinusoid else 0,
+                ROT=rot,
+                QROT=q_rot,
+                GROT=g_rot,
+                SINUSOID=dkdv_sinusoid,
+                ROT_BLOCK_M=call.rotation_block_m() if dkdv_sinusoid else 0,
+                ROTATION_LOOP=dkdv_loop,
                 FAR_LOOPS=call.far_loops("bwd_dkdv"),
                 **stats,
             )
@@ -280,7 +294,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             WS=scratch,
             ROT=_rotation_table(call, sinusoid),
             SINUSOID=sinusoid,
-            ROTATION_LOOP=sinusoid and configs.rotation_loop(call.r),
+            ROTATION_LOOP=sinusoid and call.rotation_loop("bwd_dq"),
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("bwd_dq"),
             BRANCHLESS_BAND=configs.dq_branchless_band(configs.arch_major(call.q)),

@@ -111,6 +111,17 @@ def load_rotation_planes(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def load_rotation_rows(ROT, m, BLOCK_D: tl.constexpr):
+    """load_rotation_planes for rows m [M] given per row (0 <= m < MAX_BLOCK_M; the delta kernel's rows, each in its
+    own forward block): (cos, sin_signed) [M, BLOCK_D] fp32."""
+    d = tl.arange(0, BLOCK_D)
+    row_offs = (m + _PAD)[:, None] * BLOCK_D
+    cos = tl.load(ROT + row_offs + (d | 1)[None, :])
+    sin = tl.load(ROT + row_offs + (d & ~1)[None, :])
+    return cos, tl.where((d % 2 == 0)[None, :], sin, -sin)
+
+
+@triton.jit
 def rotate_swapped(x, x_swapped, cos, sin_signed):
     """rotate(x, cs, 1) in x's dtype from x_swapped[:, d] = x[:, d ^ 1] and load_rotation_planes' (cos, sin_signed):
     y[2t] = x[2t] cos + x[2t+1] sin, y[2t+1] = x[2t+1] cos + x[2t] (-sin), the products rotate forms."""
