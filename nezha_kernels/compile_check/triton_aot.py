@@ -48,6 +48,7 @@ _POINTERS = {
     "DV": None,
     "QROT": None,
     "GROT": None,
+    "ROTQ": None,
     "ROW_MAX": "fp32",
     "ROW_LOGSUM": "fp32",
     "WS": "fp32",

@@ -369,7 +369,7 @@ def dkdv_rotation_band_loop(
     offs_n,
     block,
     R,
-    ROT,
+    ROTQ,
     EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     FMA_DOTS: tl.constexpr,
@@ -386,7 +386,9 @@ def dkdv_rotation_band_loop(
     Needs 2R >= BLOCK_N (the launcher's ROTATION_LOOP): a key block of at most 2R keys holds a query's out-of-band
     keys on one side only (j <= p - R and j' >= p + R are 2R apart), the left one exactly when its first key is
     (p - j0 >= R), so the edge terms are per-query selects; near (|j - p| < R) and causal's j > p are two compares of
-    one t = j - p + R - 1.
+    one t = j - p + R - 1. ROTQ: the launcher's rotation table in q's dtype (rotation.rotation_table_as), so each
+    tile's S rows are one pipelined copy into the wgmmas' shared operand (benchmarks/NOTES.md "S tile once per forward
+    block": hoisting it into an outer loop over forward blocks spilled).
     """
     stats, STAT_ROWS, ROW_MAX, ROW_LOGSUM = row_stats
     b, h, bh, q_offset, j0 = block
@@ -399,7 +401,8 @@ def dkdv_rotation_band_loop(
         q = load_rows(q_ptrs, d_valid, EVEN_D)
         do = load_rows(g_ptrs, d_valid, EVEN_D)
         q_rot = load_rows(qr_ptrs, d_valid, EVEN_D)
-        s_tile = load_positional(ROT, j0, q_offset + i0 - m0, R, k.shape[0], BLOCK_D).to(q.dtype)
+        # The rotation table in q's dtype (the launcher's copy): copied straight into the wgmma's shared operand.
+        s_tile = load_positional(ROTQ, j0, q_offset + i0 - m0, R, k.shape[0], BLOCK_D)
         st = dot_nt(k, q, FMA_DOTS, K_CHUNKS)
         q_bias = dot_nt(s_tile, q_rot, FMA_DOTS, K_CHUNKS)
         # One integer per pair: t = j - p + R - 1; in band (|j - p| < R) is t <u 2R - 1, causal's j > p is t > R - 1.
@@ -542,6 +545,7 @@ def _relattn_bwd_dkdv_kernel(
     ROT,
     QROT,
     GROT,
+    ROTQ,
     KPAD,
     AMASK,
     HMASK,
@@ -611,7 +615,8 @@ def _relattn_bwd_dkdv_kernel(
     [B, H, Lk, D] dense, [Tk, H, D] varlen (sequence.py). SINUSOID: the band by rotation (rotation.py; ROT the
     launcher's rotation table) with angles measured from the starts of the forward's ROT_BLOCK_M-row query blocks,
     so that every score is the forward's (its rotated q and S rows, rounded alike): P rebuilt from the forward's
-    row statistics is then the P the forward normalized.
+    row statistics is then the P the forward normalized. ROTQ: ROT in q's dtype, for the rotation band loop
+    (ROTATION_LOOP; else a dummy never read).
     """
     # The general loop's query tile: at most 1024 scores per program, so its per-pair band work (table-slice
     # products [BLOCK_MB, BLOCK_P], gathers) stays in registers next to the key block's dK / dV accumulators.
@@ -696,7 +701,7 @@ def _relattn_bwd_dkdv_kernel(
                 dk, dv, k, v, q_base + band_lo.to(tl.int64) * stride_qm + r_tile,
                 g_base + band_lo.to(tl.int64) * stride_gm + g_rtile, QROT + rot_base + rot_tile,
                 GROT + rot_base + rot_tile, band_lo, band_hi, row_stats, hm, scale, stride_qm, stride_gm, d_valid,
-                offs_n, block, R, ROT,
+                offs_n, block, R, ROTQ,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, ROT_BLOCK_M, BLOCK_MR,
             )  # fmt: skip
         if HAS_HMASK:

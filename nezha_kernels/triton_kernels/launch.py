@@ -35,7 +35,7 @@ from .launch_args import (
     expect,
     varlen_view,
 )
-from .rotation import rotation_table
+from .rotation import rotation_table, rotation_table_as
 
 __all__ = [
     "relattn_fwd",
@@ -278,6 +278,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
                 ROT=rot,
                 QROT=q_rot,
                 GROT=g_rot,
+                ROTQ=rotation_table_as(call.r, d, q.device, q.dtype) if dkdv_loop else q,
                 SINUSOID=dkdv_sinusoid,
                 ROT_BLOCK_M=call.rotation_block_m() if dkdv_sinusoid else 0,
                 ROTATION_LOOP=dkdv_loop,

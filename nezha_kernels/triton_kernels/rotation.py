@@ -63,6 +63,19 @@ def rotation_table(r: int, head_dim: int, device: torch.device) -> torch.Tensor:
     return _cached(r, head_dim, block_d, torch.device(device))
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_as(r: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return rotation_table(r, head_dim, device).to(dtype)
+
+
+def rotation_table_as(r: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """rotation_table in ``dtype`` (q's), cached: dK/dV's rotation band loop reads its S tiles from it straight into
+    the wgmma's shared operand (pipelined copies), not as fp32 rows converted per tile. torch's fp32 -> fp16 / bf16 is
+    round-to-nearest-even like the kernels' .to(q.dtype): the same S tile bit for bit."""
+    return _cached_as(r, head_dim, torch.device(device), dtype)
+
+
 @triton.jit
 def rotate(x, cs, SIGN: tl.constexpr):
     """x [M, BLOCK_D] fp32 rotated pairwise by cs [M, BLOCK_D] = [sin(a), cos(a)]_t (the table's row layout).
