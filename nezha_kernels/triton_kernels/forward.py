@@ -35,6 +35,46 @@ from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop, tile_ptrs
 
 ROTATION_LOOP_KEYS = tl.constexpr(configs.ROTATION_LOOP_KEYS)
+# The edge-term dot's columns: T[0] and T[2R], each split into three parts in q's dtype (see edge_terms).
+EDGE_COLS = tl.constexpr(16)
+
+
+@triton.jit
+def edge_terms(q, T, stride_tr, stride_td, R, offs_d, d_valid, BY_DOT: tl.constexpr):
+    """(q_i . T[0], q_i . T[2R]) [BLOCK_M] fp32: the far tiles' per-row edge terms.
+
+    16-bit q on tensor cores: one small dot q @ E^T, E [16, BLOCK_D] in q's dtype with rows T[0] hi, T[2R] hi,
+    T[0] mid, T[2R] mid, T[0] lo, T[2R] lo (hi + mid + lo = the fp32 row: 3 x 8 bits of bf16 mantissa cover fp32's
+    24) and zeros, then two row sums over its even / odd columns. A 16-bit times 16-bit product is exact in fp32, so
+    the sums are the fp32 products' up to the accumulation's rounding; the elementwise fp32 products and cross-thread
+    reductions it replaces cost ~225 instructions per warp (benchmarks/NOTES.md, "Triton forward prologue and
+    epilogue"). BY_DOT off (fp32 q, and the table paths: there the dot's operands spilled the loops, 8-56 B on sm_80
+    D = 64 plain and sm_90 D = 128): the reductions."""
+    if not BY_DOT:
+        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        qt_left = tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)
+        qt_right = tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)
+    else:
+        r = tl.arange(0, EDGE_COLS)
+        side = r % 2
+        part = r // 2
+        rows = tl.where(side == 0, 0, 2 * R)
+        t = tl.load(
+            T + rows[:, None] * stride_tr + offs_d[None, :] * stride_td,
+            mask=(part < 3)[:, None] & d_valid[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        hi = t.to(q.dtype)
+        rest = t - hi.to(tl.float32)
+        mid = rest.to(q.dtype)
+        lo = (rest - mid.to(tl.float32)).to(q.dtype)
+        e = tl.where((part == 0)[:, None], hi, tl.where((part == 1)[:, None], mid, lo))
+        qe = dot_nt(q, e, False, 1)
+        left = (side == 0)[None, :]
+        qt_left = tl.sum(tl.where(left, qe, 0.0), axis=1)
+        qt_right = tl.sum(tl.where(left, 0.0, qe), axis=1)
+    return qt_left, qt_right
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -152,10 +192,9 @@ def _relattn_fwd_kernel(
         q = -q
         scale = -scale
     if RELATIVE:
-        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        qt_left = tl.sum(q.to(tl.float32) * t_left[None, :], axis=1)
-        qt_right = tl.sum(q.to(tl.float32) * t_right[None, :], axis=1)
+        qt_left, qt_right = edge_terms(
+            q, T, stride_tr, stride_td, R, offs_d, d_valid, SINUSOID and not FMA_DOTS and q.dtype != tl.float32
+        )
     else:
         qt_left = tl.zeros([BLOCK_M], tl.float32)
         qt_right = qt_left
@@ -275,14 +314,30 @@ def _relattn_fwd_kernel(
                 w_band = w_band * dropout_scale
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             acc += dot(w_band.to(tb.dtype), tb, None, FMA_DOTS)
-    if RELATIVE:
-        # Loaded again, not kept from the prologue: live across the loops, the edge rows cost registers.
-        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
     if VARLEN:
         l_i = tl.where(l_i > 0.0, l_i, 1.0)  # a query row of a sequence without keys outputs 0
-    out = acc / l_i[:, None]
+    if SINUSOID:
+        # One reciprocal per row, not a division per element (IEEE division: RCP plus fix-ups per element), the
+        # masses normalized per row. NEZHA's own table: T[0] = [sin 0, cos 0]_t = [0, 1]_t exactly, so the left mass
+        # goes to the odd columns alone (not loaded, no product): two FFMA per element with the normalization.
+        # (The table paths keep the division: this form spilled their D = 128 varlen rows, 16-32 B.)
+        inv_l = 1.0 / l_i
+        # Loaded again, not kept from the prologue: live across the loops, the edge rows cost registers.
+        t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+        edge_left = (mass_left * inv_l)[:, None]
+        edge_right = (mass_right * inv_l)[:, None]
+        acc_even, acc_odd = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_D // 2, 2]))
+        t_even, t_odd = tl.split(tl.reshape(t_right, [BLOCK_D // 2, 2]))
+        out_even = acc_even * inv_l[:, None] + edge_right * t_even[None, :]
+        out_odd = acc_odd * inv_l[:, None] + (edge_left + edge_right * t_odd[None, :])
+        out = tl.reshape(tl.join(out_even, out_odd), [BLOCK_M, BLOCK_D])
+    else:
+        if RELATIVE:
+            # Loaded again, not kept from the prologue: live across the loops, the edge rows cost registers.
+            t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+            t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+            acc += mass_left[:, None] * t_left[None, :] + mass_right[:, None] * t_right[None, :]
+        out = acc / l_i[:, None]
     if HAS_HMASK:
         out = out * tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
     o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_om

@@ -20,7 +20,7 @@ import triton.language as tl
 from .band import MASKED_SCORE, band_bucket, band_gather, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .philox import philox_uniform
-from .rotation import load_positional, rotate_back
+from .rotation import add_rotated_back, load_positional
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -250,7 +250,7 @@ def band_loop(
                 ts = load_table_slice(T, stride_tr, stride_td, rel_min + R, R, offs_d, HEAD_DIM, BLOCK_P)
                 acc += dot(band_bucket(p, BLOCK_M, BLOCK_N, BLOCK_P).to(ts.dtype), ts, None, FMA_DOTS)
     if SINUSOID:
-        acc += rotate_back(u, ROT, BLOCK_M, q.shape[1])
+        acc = add_rotated_back(acc, u, ROT, BLOCK_M, q.shape[1])
     return acc, m_i, l_i, mass_left, mass_right
 
 
@@ -330,5 +330,5 @@ def rotation_band_loop(
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         s_ptrs += BLOCK_N * q.shape[1]
-    acc += rotate_back(u, ROT, q.shape[0], q.shape[1])
+    acc = add_rotated_back(acc, u, ROT, q.shape[0], q.shape[1])
     return acc, m_i, l_i, mass_left, mass_right
