@@ -115,20 +115,22 @@ def load_rotation_planes(ROT, m0, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     With them rotate(x, cs, 1) is x * cos + x_swapped * sin_signed, x_swapped[:, d] = x[:, d ^ 1] loaded as such:
     elementwise in x's own layout, no pair split (the same products and sums, see rotate_swapped).
     """
-    rows = tl.arange(0, BLOCK_M) + (m0 + _PAD)
-    d = tl.arange(0, BLOCK_D)
-    row_offs = rows[:, None] * BLOCK_D
-    cos = tl.load(ROT + row_offs + (d | 1)[None, :])
-    sin = tl.load(ROT + row_offs + (d & ~1)[None, :])
-    return cos, tl.where((d % 2 == 0)[None, :], sin, -sin)
+    return _load_padded_rotation_rows(ROT, tl.arange(0, BLOCK_M) + (m0 + _PAD), BLOCK_D)
 
 
 @triton.jit
 def load_rotation_rows(ROT, m, BLOCK_D: tl.constexpr):
     """load_rotation_planes for rows m [M] given per row (0 <= m < MAX_BLOCK_M; the delta kernel's rows, each in its
     own forward block): (cos, sin_signed) [M, BLOCK_D] fp32."""
+    return _load_padded_rotation_rows(ROT, m + _PAD, BLOCK_D)
+
+
+@triton.jit
+def _load_padded_rotation_rows(ROT, rows, BLOCK_D: tl.constexpr):
+    """The two loaders' body; rows [M] already offset by _PAD (the planes add it to the scalar m0 once: the
+    original address arithmetic, instruction for instruction)."""
     d = tl.arange(0, BLOCK_D)
-    row_offs = (m + _PAD)[:, None] * BLOCK_D
+    row_offs = rows[:, None] * BLOCK_D
     cos = tl.load(ROT + row_offs + (d | 1)[None, :])
     sin = tl.load(ROT + row_offs + (d & ~1)[None, :])
     return cos, tl.where((d % 2 == 0)[None, :], sin, -sin)
