@@ -93,3 +93,17 @@ def test_a_narrowed_compile_check_leaves_the_build_its_own_objects(cache, monkey
     assert narrowed == {"arch=compute_80,code=sm_80"} and len(seen) == 2 * len(KERNEL_SOURCES)
     assert not build.object_cache_path("nvcc", KERNEL_SOURCES[0], (80,)).exists()
     assert build.object_cache_path("nvcc", KERNEL_SOURCES[0], (90,)).exists()
+
+
+def test_a_narrowed_compile_check_compiles_the_simt_sources_on_their_archs_only(cache, monkeypatch):
+    # run(simt_archs=...) leaves the SIMT sources out on the other archs (CI's time); every tensor-core source still
+    # compiles for every arch.
+    seen: list = []
+    monkeypatch.setattr(nvcc_check, "find_nvcc", lambda: "nvcc")
+    monkeypatch.setattr(subprocess, "run", _fake_nvcc(seen))
+    nvcc_check.run((80, 90), simt_archs=(90,))
+    assert sorted(seen) == sorted(
+        str(build.CSRC / src) for src in KERNEL_SOURCES for arch in (80, 90)
+        if src not in nvcc_check.SIMT_SOURCES or arch == 90
+    )  # fmt: skip
+    assert set(nvcc_check.SIMT_SOURCES) < set(KERNEL_SOURCES)

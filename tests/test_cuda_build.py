@@ -36,11 +36,12 @@ FUSED_KERNEL, CONVERT_KERNEL = "relattn_bwd_fused_tc_kernel", "relattn_bwd_dq_co
 @pytest.mark.slow  # nvcc over every kernel, config and arch: ~7 min on 2 cores with a cold cache
 @needs_nvcc
 def test_nvcc_compile_check_every_kernel_sm80_sm90():
-    """Every instantiation on sm_90a; on sm_80 all but bf16 (CI's time: bf16 is fp16's code but for conversions,
-    registers within 2 of it in every row; `nezha-kernels compile-check` checks both everywhere)."""
+    """Every instantiation on sm_90a; on sm_80 the tensor-core kernels but bf16 (CI's time: bf16 is fp16's code but
+    for conversions, the SIMT kernels at most 148 registers on either arch; `nezha-kernels compile-check` checks
+    everything everywhere)."""
     from nezha_kernels.compile_check import nvcc
 
-    rows = nvcc.run((80, 90), bf16_archs=(90,))
+    rows = nvcc.run((80, 90), bf16_archs=(90,), simt_archs=(90,))
     bad = [r for r in rows if not r.ok]
     assert not bad, "\n".join(f"{r.kernel} {r.config} sm_{r.arch}: {r.message}" for r in bad)
     seen = {(r.kernel, r.config, r.arch) for r in rows}
@@ -82,7 +83,9 @@ def test_nvcc_compile_check_every_kernel_sm80_sm90():
     expected |= {
         (CONVERT_KERNEL, f"{dt} D={d}", arch) for dt in ("fp16", "bf16") for d in (32, 64) for arch in (80, 90)
     }
-    assert seen == {(k, config, arch) for k, config, arch in expected if arch == 90 or not config.startswith("bf16")}
+    simt = KERNELS | {f"{k}_varlen" for k in KERNELS}
+    narrowed = {(k, c, a) for k, c, a in expected if a == 80 and (c.startswith("bf16") or k in simt)}
+    assert seen == expected - narrowed
     for r in rows:
         assert r.spill_bytes == 0 and 0 < r.registers <= 255
         assert (r.kernel == CONVERT_KERNEL or 0 < r.shared_bytes) and r.shared_bytes <= 163 * 1024

@@ -85,23 +85,24 @@ def test_available_backends_reports_interpreted():
 
 # table: "nezha" passes the sinusoid as rel_table (the kernels read it: block-band scratch or table slices),
 # "default" leaves rel_table None (the op's own sinusoid: the band by rotation, triton_kernels/rotation.py). The
-# cases are split between the two so that both band paths run without doubling the suite.
+# cases are split between the two so that both band paths run without doubling the suite. b: batch rows (2 heads
+# each); the two largest cases run one batch row (CI's time: the other six cover batch strides).
 @interpreted_only
 @pytest.mark.parametrize(
-    "lq,lk,d,r,q_offset,table",
+    "b,lq,lk,d,r,q_offset,table",
     [
-        (45, 45, 32, 64, 0, "nezha"),  # every tile in the band
-        (47, 45, 48, 64, 0, "default"),  # D = 48: BLOCK_D 64 pads the rotated pairs
-        (70, 17, 64, 3, 0, "nezha"),  # far-field tiles on both sides, Lq > Lk
-        (17, 70, 16, 5, 53, "default"),  # Lq < Lk with an offset (decoding a chunk)
-        (1, 45, 32, 8, 44, "default"),  # one query row
-        (45, 1, 16, 2, 0, "nezha"),  # one key
-        (30, 41, 16, 70, 5, "nezha"),  # R > 64: per-tile table slices instead of the block-band scratch
-        (31, 41, 16, 70, 5, "default"),  # R > 64 by rotation (no scratch in either mode)
+        (1, 45, 45, 32, 64, 0, "nezha"),  # every tile in the band
+        (1, 47, 45, 48, 64, 0, "default"),  # D = 48: BLOCK_D 64 pads the rotated pairs
+        (2, 70, 17, 64, 3, 0, "nezha"),  # far-field tiles on both sides, Lq > Lk
+        (2, 17, 70, 16, 5, 53, "default"),  # Lq < Lk with an offset (decoding a chunk)
+        (2, 1, 45, 32, 8, 44, "default"),  # one query row
+        (2, 45, 1, 16, 2, 0, "nezha"),  # one key
+        (2, 30, 41, 16, 70, 5, "nezha"),  # R > 64: per-tile table slices instead of the block-band scratch
+        (2, 31, 41, 16, 70, 5, "default"),  # R > 64 by rotation (no scratch in either mode)
     ],
 )
-def test_forward_backward_shapes(lq, lk, d, r, q_offset, table):
-    check(CPU, F32, 2, 2, lq, lk, d, r, q_offset=q_offset, table=table)
+def test_forward_backward_shapes(b, lq, lk, d, r, q_offset, table):
+    check(CPU, F32, b, 2, lq, lk, d, r, q_offset=q_offset, table=table)
 
 
 @interpreted_only

@@ -5,9 +5,11 @@ tensor-core (relattn_fwd_tc.cu, relattn_bwd_tc.cu, relattn_bwd_fused.cu, fp16 / 
 frame / spill stores) from ptxas, and the dynamic shared memory the launcher requests (mirrors the *_smem_bytes
 formulas of the .cu files, since ptxas only sees static shared memory).
 
-``run(..., bf16_archs=...)`` narrows the check for CI's time budget: on the other archs the bf16 instantiations are
-left out (``-DNEZHA_NO_BF16``, csrc/relattn_tile.cuh dispatch_kernel). They are the fp16 code but for conversions:
-registers within 2 of fp16's in every row of the full check (nvcc 13.0, 2026-12-07).
+``run(..., bf16_archs=..., simt_archs=...)`` narrows the check for CI's time budget: on the other archs the bf16
+instantiations are left out (``-DNEZHA_NO_BF16``, csrc/relattn_tile.cuh dispatch_kernel; they are the fp16 code but for
+conversions: registers within 2 of fp16's in every row of the full check, nvcc 13.0, 2026-12-07), and so are the SIMT
+sources (SIMT_SOURCES: no tensor-core code; at most 148 registers on either arch, far from a
+spill, and sm_80 within 4 of sm_90a in the 3 of 24 rows compiled for both where it is above it; checked 2026-12-07).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from ..cuda_ext.build import (
 from ..cuda_ext.sources import HEADERS, KERNEL_SOURCES
 from .rows import CompileRow
 
-__all__ = ["run", "parse_ptxas", "dynamic_smem_bytes", "fwd_row_tiles"]
+__all__ = ["run", "parse_ptxas", "dynamic_smem_bytes", "fwd_row_tiles", "SIMT_SOURCES"]
+
+SIMT_SOURCES = ("relattn_fwd.cu", "relattn_bwd.cu")
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)a?'")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -160,12 +164,18 @@ def _compile(nvcc: str, source: str, arch: int, out_dir: str, bf16: bool = True)
     return source, arch, proc.returncode, log
 
 
-def run(archs: tuple[int, ...], progress=None, bf16_archs: tuple[int, ...] | None = None) -> list[CompileRow]:
+def run(
+    archs: tuple[int, ...],
+    progress=None,
+    bf16_archs: tuple[int, ...] | None = None,
+    simt_archs: tuple[int, ...] | None = None,
+) -> list[CompileRow]:
     """Compile every kernel source for every arch; one CompileRow per kernel instantiation and arch.
 
     Returns no rows when nvcc is missing (the aggregator then reports nothing for this component).
     progress: called with each row as its source is done (the compiles run two at a time).
     bf16_archs: the archs whose bf16 instantiations are compiled (default: all of ``archs``).
+    simt_archs: the archs the SIMT sources are compiled for (default: all of ``archs``).
     """
     nvcc = find_nvcc()
     if nvcc is None:
@@ -176,6 +186,7 @@ def run(archs: tuple[int, ...], progress=None, bf16_archs: tuple[int, ...] | Non
             pool.submit(_compile, nvcc, src, arch, out_dir, bf16_archs is None or arch in bf16_archs)
             for src in KERNEL_SOURCES
             for arch in archs
+            if src not in SIMT_SOURCES or simt_archs is None or arch in simt_archs
         ]
         for job in jobs:
             source, arch, rc, log = job.result()
