@@ -307,14 +307,18 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         const int pos0 = a.q_offset + q0;
         const AsyncRowCopier<T, D, LD, NT, BN> s_copier(
             static_cast<const T*>(a.rot_keys) + static_cast<int64_t>(a.R + ROT_SHIFT - pos0) * D, D);
-        auto load_s = [&](int stage, int tile) {
+        // The S rows of `tile` below this limit are staged (tile * BN .. + BN for a band tile: its rows lie inside
+        // the extended table, rotation_rows).
+        auto s_limit = [&](int tile) {
             const int k0 = tile * BN;
             const bool meets_band = k0 + BN - 1 > pos0 - a.R && k0 < pos0 + BM - 1 + a.R;
-            const int limit = meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
-            s_copier.copy(Ss + stage * BN * LD, tile, limit);
-            cp_async_commit();
+            return meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
         };
-        if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
+        int tile = sched.tile(step);
+        if (step < sched.n_tiles) {
+            s_copier.copy(Ss + (step & 1) * BN * LD, tile, s_limit(tile));
+            cp_async_commit();
+        }
         // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [RW][NT] (8 bytes
         // each) until their row tile: in registers across the loop, the D = 128 kernel spilled.
         EdgeTerms* const edge_s = reinterpret_cast<EdgeTerms*>(QRs + BM * LD) + threadIdx.x;
@@ -330,18 +334,37 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         RowStatsParking<RW, NT> parked(
             reinterpret_cast<ParkedRowStats*>(reinterpret_cast<float*>(QRs + BM * LD) + 2 * RW * NT) + threadIdx.x);
         parked.store(m, l, far);
-        // The loop's tiles: the band tiles [n_left, mid_end), then the partial one (n_full) if any.
-        for (int tile = sched.tile(step); step < sched.n_tiles; ++step) {  // profile: band
+        // The loop's tiles: the band tiles [n_left, mid_end), then the partial one (n_full) if any. A band tile is
+        // whole and meets the band, so the next one's K, V and S rows come from sources advanced by one tile, with
+        // no bounds; the partial tile's (once per block at most) from the general copy.
+        const T* k_src = k_copier.tile_src(tile);
+        const T* v_src = v_copier.tile_src(tile);
+        const T* s_src = s_copier.tile_src(tile);
+        for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = tile * BN;
             cp_async_wait<0>();
             __syncthreads();
-            const int next_tile = tile + 1 == sched.mid_end ? sched.n_full : tile + 1;
-            if (step + 1 < sched.n_tiles) {
-                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
-                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
-                load_s((step + 1) & 1, next_tile);  // commits the three
+            const int next_stage = (step + 1) & 1;
+            if (tile + 1 < sched.mid_end) {
+                k_src += k_copier.tile_stride;
+                v_src += v_copier.tile_stride;
+                s_src += s_copier.tile_stride;
+                k_copier.copy_whole(Ks + next_stage * BN * LD, k_src);
+                v_copier.copy_whole(Vs + next_stage * BN * LD, v_src);
+                s_copier.copy_whole(Ss + next_stage * BN * LD, s_src);
+                cp_async_commit();
+                ++tile;
+            } else if (step + 1 < sched.n_tiles) {  // profile: rare (the partial last tile, after the band)
+                const int skip = sched.n_full - tile;
+                tile = sched.n_full;
+                k_src += skip * k_copier.tile_stride;
+                v_src += skip * v_copier.tile_stride;
+                s_src += skip * s_copier.tile_stride;
+                k_copier.copy_tile(Ks + next_stage * BN * LD, k_src, tile, a.Lk);
+                v_copier.copy_tile(Vs + next_stage * BN * LD, v_src, tile, a.Lk);
+                s_copier.copy_tile(Ss + next_stage * BN * LD, s_src, tile, s_limit(tile));
+                cp_async_commit();
             }
-            tile = next_tile;
             const T* ks = Ks + (step & 1) * BN * LD;
             const T* vs = Vs + (step & 1) * BN * LD;
             const T* ss = Ss + (step & 1) * BN * LD;
