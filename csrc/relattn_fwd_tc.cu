@@ -340,6 +340,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         const T* k_src = k_copier.tile_src(tile);
         const T* v_src = v_copier.tile_src(tile);
         const T* s_src = s_copier.tile_src(tile);
+        const BandHalfWidth half_width = band_half_width(a.R);
         for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = tile * BN;
             cp_async_wait<0>();
@@ -373,22 +374,20 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
                 // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)), k = nt * 8 +
-                // (e & 1): in band when base <= k <= base + 2R - 2, base = pos - R - k0 + 1 - 2 (lane % 4). With
-                // R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only:
-                // left when the tile's first key is, pos - R - k0 >= 0 (then only k >= base is tested), else right
-                // (only k <= base + 2R - 2). So a pair takes the row's one edge term, and its weight the row's one far
-                // mass; the test runs on f16x2 (RowBand), two keys of a row per instruction.
+                // (e & 1): in band when |k - mid| <= R - 1, mid = pos - k0 - 2 (lane % 4) (RowBand). With R >= BN / 2
+                // (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only: left when the
+                // tile's first key is, pos - R - k0 >= 0, else right. So a pair takes the row's one edge term, and its
+                // weight the row's one far mass; the test runs on f16x2, two keys of a row per instruction.
                 bool left[2];
                 float edge_dot[2];
                 RowBand band[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0;
-                    const int base = x + 1 - 2 * (lane & 3);
-                    left[h] = x >= 0;
+                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - k0;  // pos - k0
+                    left[h] = x >= a.R;
                     const EdgeTerms edge = edge_s[(2 * mt + h) * NT];
                     edge_dot[h] = left[h] ? edge.left : edge.right;
-                    band[h] = row_band(left[h], base, base + 2 * a.R - 2);
+                    band[h] = row_band(x - 2 * (lane & 3));
                 }
                 // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots; the
                 // band masks of P's packed registers kept for P_band.
@@ -400,7 +399,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
                         band_mask[nt][h] = select_band_pair(nt * 8, s[0][nt][2 * h], s[0][nt][2 * h + 1], edge_dot[h],
-                                                            band[h]);
+                                                            band[h], half_width);
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
                 if (cols < BN) {  // profile: rare (the partial last tile: keys past Lk get zero weight)
                     for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
@@ -590,7 +589,7 @@ template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
     if constexpr (rotation_kernel(D, PACKED)) {
         if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f &&
-            rotation_band_one_sided(a.R) && rotation_kv_async(a))
+            rotation_band_one_sided(a.R) && rotation_band_exact(a.R) && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
     return dispatch_features(a, launch);
