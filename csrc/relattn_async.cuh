@@ -139,6 +139,15 @@ struct AsyncRowCopier {
     __device__ __forceinline__ void copy(T* dst, int tile, int limit) const {
         copy_from(dst, src + tile * tile_stride, limit - tile * ROWS - row0);
     }
+
+    // This thread's first chunk of tile `tile`: a source the caller may advance by tile_stride per tile.
+    __device__ __forceinline__ const T* tile_src(int tile) const { return src + tile * tile_stride; }
+    // Tile `tile` from s = tile_src(tile), rows from `limit` on zero-filled.
+    __device__ __forceinline__ void copy_tile(T* dst, const T* s, int tile, int limit) const {
+        copy_from(dst, s, limit - tile * ROWS - row0);
+    }
+    // A whole tile from s = tile_src(tile) (every row below the limit: no zero-fill, no bound tests).
+    __device__ __forceinline__ void copy_whole(T* dst, const T* s) const { copy_from(dst, s, ROWS); }
 };
 
 // True when rows of `src` at `row_stride` can be copied in 16-byte pieces.

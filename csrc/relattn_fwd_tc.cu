@@ -307,14 +307,18 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         const int pos0 = a.q_offset + q0;
         const AsyncRowCopier<T, D, LD, NT, BN> s_copier(
             static_cast<const T*>(a.rot_keys) + static_cast<int64_t>(a.R + ROT_SHIFT - pos0) * D, D);
-        auto load_s = [&](int stage, int tile) {
+        // The S rows of `tile` below this limit are staged (tile * BN .. + BN for a band tile: its rows lie inside
+        // the extended table, rotation_rows).
+        auto s_limit = [&](int tile) {
             const int k0 = tile * BN;
             const bool meets_band = k0 + BN - 1 > pos0 - a.R && k0 < pos0 + BM - 1 + a.R;
-            const int limit = meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
-            s_copier.copy(Ss + stage * BN * LD, tile, limit);
-            cp_async_commit();
+            return meets_band ? min(k0 + BN, pos0 - a.R - ROT_SHIFT + a.rot_rows) : k0;
         };
-        if (step < sched.n_tiles) load_s(step & 1, sched.tile(step));
+        int tile = sched.tile(step);
+        if (step < sched.n_tiles) {
+            s_copier.copy(Ss + (step & 1) * BN * LD, tile, s_limit(tile));
+            cp_async_commit();
+        }
         // The lane rows' edge terms q . T[0], q . T[2R] (raw dot products), parked in shared memory [RW][NT] (8 bytes
         // each) until their row tile: in registers across the loop, the D = 128 kernel spilled.
         EdgeTerms* const edge_s = reinterpret_cast<EdgeTerms*>(QRs + BM * LD) + threadIdx.x;
@@ -330,18 +334,38 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
         RowStatsParking<RW, NT> parked(
             reinterpret_cast<ParkedRowStats*>(reinterpret_cast<float*>(QRs + BM * LD) + 2 * RW * NT) + threadIdx.x);
         parked.store(m, l, far);
-        // The loop's tiles: the band tiles [n_left, mid_end), then the partial one (n_full) if any.
-        for (int tile = sched.tile(step); step < sched.n_tiles; ++step) {  // profile: band
+        // The loop's tiles: the band tiles [n_left, mid_end), then the partial one (n_full) if any. A band tile is
+        // whole and meets the band, so the next one's K, V and S rows come from sources advanced by one tile, with
+        // no bounds; the partial tile's (once per block at most) from the general copy.
+        const T* k_src = k_copier.tile_src(tile);
+        const T* v_src = v_copier.tile_src(tile);
+        const T* s_src = s_copier.tile_src(tile);
+        const BandHalfWidth half_width = band_half_width(a.R);
+        for (; step < sched.n_tiles; ++step) {  // profile: band
             const int k0 = tile * BN;
             cp_async_wait<0>();
             __syncthreads();
-            const int next_tile = tile + 1 == sched.mid_end ? sched.n_full : tile + 1;
-            if (step + 1 < sched.n_tiles) {
-                k_copier.copy(Ks + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
-                v_copier.copy(Vs + ((step + 1) & 1) * BN * LD, next_tile, a.Lk);
-                load_s((step + 1) & 1, next_tile);  // commits the three
+            const int next_stage = (step + 1) & 1;
+            if (tile + 1 < sched.mid_end) {
+                k_src += k_copier.tile_stride;
+                v_src += v_copier.tile_stride;
+                s_src += s_copier.tile_stride;
+                k_copier.copy_whole(Ks + next_stage * BN * LD, k_src);
+                v_copier.copy_whole(Vs + next_stage * BN * LD, v_src);
+                s_copier.copy_whole(Ss + next_stage * BN * LD, s_src);
+                cp_async_commit();
+                ++tile;
+            } else if (step + 1 < sched.n_tiles) {  // profile: rare (the partial last tile, after the band)
+                const int skip = sched.n_full - tile;
+                tile = sched.n_full;
+                k_src += skip * k_copier.tile_stride;
+                v_src += skip * v_copier.tile_stride;
+                s_src += skip * s_copier.tile_stride;
+                k_copier.copy_tile(Ks + next_stage * BN * LD, k_src, tile, a.Lk);
+                v_copier.copy_tile(Vs + next_stage * BN * LD, v_src, tile, a.Lk);
+                s_copier.copy_tile(Ss + next_stage * BN * LD, s_src, tile, s_limit(tile));
+                cp_async_commit();
             }
-            tile = next_tile;
             const T* ks = Ks + (step & 1) * BN * LD;
             const T* vs = Vs + (step & 1) * BN * LD;
             const T* ss = Ss + (step & 1) * BN * LD;
@@ -350,22 +374,20 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
             for (int mt = 0; mt < MT; ++mt) {
                 const int row0 = warp * C::WROWS + 16 * mt;  // the row tile's first row in the block
                 // Pair (row h of the lane at position pos, column c = nt * 8 + 2 (lane % 4) + (e & 1)), k = nt * 8 +
-                // (e & 1): in band when base <= k <= base + 2R - 2, base = pos - R - k0 + 1 - 2 (lane % 4). With
-                // R >= BN / 2 (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only:
-                // left when the tile's first key is, pos - R - k0 >= 0 (then only k >= base is tested), else right
-                // (only k <= base + 2R - 2). So a pair takes the row's one edge term, and its weight the row's one far
-                // mass; the test runs on f16x2 (RowBand), two keys of a row per instruction.
+                // (e & 1): in band when |k - mid| <= R - 1, mid = pos - k0 - 2 (lane % 4) (RowBand). With R >= BN / 2
+                // (rotation_band_one_sided) a row's out-of-band keys in the tile lie on one side only: left when the
+                // tile's first key is, pos - R - k0 >= 0, else right. So a pair takes the row's one edge term, and its
+                // weight the row's one far mass; the test runs on f16x2, two keys of a row per instruction.
                 bool left[2];
                 float edge_dot[2];
                 RowBand band[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - a.R - k0;
-                    const int base = x + 1 - 2 * (lane & 3);
-                    left[h] = x >= 0;
+                    const int x = pos0 + row0 + (lane >> 2) + 8 * h - k0;  // pos - k0
+                    left[h] = x >= a.R;
                     const EdgeTerms edge = edge_s[(2 * mt + h) * NT];
                     edge_dot[h] = left[h] ? edge.left : edge.right;
-                    band[h] = row_band(left[h], base, base + 2 * a.R - 2);
+                    band[h] = row_band(x - 2 * (lane & 3));
                 }
                 // S = (Q_rot.S_tile^T in band, else the row's edge term) + Q.K^T: one accumulator tile, raw dots; the
                 // band masks of P's packed registers kept for P_band.
@@ -377,7 +399,7 @@ relattn_fwd_tc_kernel(AttnArgs a, T* __restrict__ out, float* __restrict__ lse) 
 #pragma unroll
                     for (int h = 0; h < 2; ++h)
                         band_mask[nt][h] = select_band_pair(nt * 8, s[0][nt][2 * h], s[0][nt][2 * h + 1], edge_dot[h],
-                                                            band[h]);
+                                                            band[h], half_width);
                 warp_qk<T, D, LD, NTN>(s, QueryFragments<T, D, LD, 1, false>(Qs + row0 * LD, lane), ks, lane, true);
                 if (cols < BN) {  // profile: rare (the partial last tile: keys past Lk get zero weight)
                     for_each_acc<NTN>(lane, [&](int nt, int e, int, int col) {
@@ -567,7 +589,7 @@ template <int D, bool PACKED, typename L>
 inline const char* dispatch_fwd_features(const AttnArgs& a, L&& launch) {
     if constexpr (rotation_kernel(D, PACKED)) {
         if (a.rot_keys != nullptr && features_of(a) == Features::PLAIN && a.scale > 0.0f &&
-            rotation_band_one_sided(a.R) && rotation_kv_async(a))
+            rotation_band_one_sided(a.R) && rotation_band_exact(a.R) && rotation_kv_async(a))
             return launch(std::integral_constant<int, FEATURES_ROTATION>{});
     }
     return dispatch_features(a, launch);

@@ -143,25 +143,53 @@ __device__ __forceinline__ void weights_to_a(uint32_t (&pa)[NTN / 2][4], const f
 }
 
 // The band test of one row of a band tile, two keys per instruction on f16x2: the pair (row, key column k) is in
-// band when v = sgn k + c >= 0 (sgn = +1: k >= -c, the row's keys left of its band are out; sgn = -1: k <= c, those
-// right of it). Exact in sign: k < 64 is exact in f16, so is c while |c| <= 2048; a larger |c| rounds (or
-// overflows to +-inf) to a value of the same sign and magnitude >= 2048, which k cannot flip.
+// band when |k - mid| <= R - 1, mid = the column of the row's own position (its band: columns mid - R + 1 .. mid +
+// R - 1). Exact for R <= ROT_MAX_R: k < 64 and R - 1 are exact in f16, so are mid and k - mid while their magnitude is
+// at most 2048; beyond, k - mid rounds (or overflows to +-inf) to a magnitude >= 1984 > R - 1 (rounding is
+// monotone), out of band as the exact value is.
+constexpr int ROT_MAX_R = 1024;
+NZ_HD constexpr bool rotation_band_exact(int R) { return R <= ROT_MAX_R; }
+
 struct RowBand {
-    uint32_t sgn2, c2;  // f16x2 (sgn, sgn) and (c, c)
+    uint32_t mid2;  // f16x2 (mid, mid)
 #ifdef NEZHA_CUDA_EMULATE
-    int sgn, c;
+    int mid;
 #endif
 };
 
-// The row whose keys k >= first are in band (left: its out-of-band keys lie left of the band), or k <= last.
-__device__ __forceinline__ RowBand row_band(bool left, int first, int last) {
-    const int c = left ? -first : last;
+// (n, n) in f16x2, n an integer (rounded to f16).
+__device__ __forceinline__ uint32_t f16x2_of_int(int n) {
 #ifdef NEZHA_CUDA_EMULATE
-    return {0u, 0u, left ? 1 : -1, c};
+    (void)n;
+    return 0u;
 #else
-    uint32_t c2;
-    asm("{.reg .f16 h; cvt.rn.f16.s32 h, %1; mov.b32 %0, {h, h};}" : "=r"(c2) : "r"(c));
-    return {left ? 0x3c003c00u : 0xbc00bc00u, c2};
+    uint32_t h2;
+    asm("{.reg .f16 h; cvt.rn.f16.s32 h, %1; mov.b32 %0, {h, h};}" : "=r"(h2) : "r"(n));
+    return h2;
+#endif
+}
+
+__device__ __forceinline__ RowBand row_band(int mid) {
+#ifdef NEZHA_CUDA_EMULATE
+    return {0u, mid};
+#else
+    return {f16x2_of_int(mid)};
+#endif
+}
+
+// The band's half width R - 1 for select_band_pair: f16x2 (R - 1, R - 1) (the emulator keeps the integer).
+struct BandHalfWidth {
+    uint32_t r2;
+#ifdef NEZHA_CUDA_EMULATE
+    int r;
+#endif
+};
+
+__device__ __forceinline__ BandHalfWidth band_half_width(int R) {
+#ifdef NEZHA_CUDA_EMULATE
+    return {0u, R - 1};
+#else
+    return {f16x2_of_int(R - 1)};
 #endif
 }
 
@@ -175,10 +203,11 @@ NZ_HD constexpr uint32_t f16_bits_of_int(int n) {
 
 // For keys K and K + 1 of a row: s0 / s1 keep their value in band, else take `edge`; returns P_band's mask of the
 // packed register of the two weights (0xffff per 16-bit half in band). K: a compile-time constant after unrolling
-// (its f16x2 folds into the fma).
-__device__ __forceinline__ uint32_t select_band_pair(int K, float& s0, float& s1, float edge, const RowBand& rb) {
+// (its f16x2 folds into the subtraction); ptxas folds the |.| into the compares (HSETP2 / HSET2 with |v|).
+__device__ __forceinline__ uint32_t select_band_pair(int K, float& s0, float& s1, float edge, const RowBand& rb,
+                                                     const BandHalfWidth& hw) {
 #ifdef NEZHA_CUDA_EMULATE
-    const bool in0 = K * rb.sgn + rb.c >= 0, in1 = (K + 1) * rb.sgn + rb.c >= 0;
+    const bool in0 = std::abs(K - rb.mid) <= hw.r, in1 = std::abs(K + 1 - rb.mid) <= hw.r;
     if (!in0) s0 = edge;
     if (!in1) s1 = edge;
     return (in0 ? 0x0000ffffu : 0u) | (in1 ? 0xffff0000u : 0u);
@@ -186,13 +215,14 @@ __device__ __forceinline__ uint32_t select_band_pair(int K, float& s0, float& s1
     const uint32_t k2 = f16_bits_of_int(K) | (f16_bits_of_int(K + 1) << 16);
     uint32_t mask;
     asm("{.reg .b32 v; .reg .pred p, q;\n"
-        " fma.rn.f16x2 v, %3, %4, %5;\n"
-        " setp.ge.f16x2 p|q, v, %6;\n"
-        " selp.f32 %1, %1, %7, p;\n"
-        " selp.f32 %2, %2, %7, q;\n"
-        " set.ge.u32.f16x2 %0, v, %6;}"
+        " sub.f16x2 v, %3, %4;\n"
+        " abs.f16x2 v, v;\n"
+        " setp.le.f16x2 p|q, v, %5;\n"
+        " selp.f32 %1, %1, %6, p;\n"
+        " selp.f32 %2, %2, %6, q;\n"
+        " set.le.u32.f16x2 %0, v, %5;}"
         : "=r"(mask), "+f"(s0), "+f"(s1)
-        : "r"(k2), "r"(rb.sgn2), "r"(rb.c2), "r"(0u), "f"(edge));
+        : "r"(k2), "r"(rb.mid2), "r"(hw.r2), "f"(edge));
     return mask;
 #endif
 }

@@ -5,7 +5,8 @@ identity) against the float64 formula, by the tolerance rule of tests/tolerance.
 
 Shapes mix far, band and partial tiles (Lk > 2 tiles of 64), odd lengths, positions far from 0 (q_offset, where the
 angles are measured from the block's first position), R = 64 (every public checkpoint), R = 32 (the smallest the
-rotation serves) and smaller R (the table slices: a band tile whose rows have far keys on both sides).
+rotation serves) and smaller R (the table slices: a band tile whose rows have far keys on both sides), and R above
+the rotation's bound (the table slices).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ CASES = {
     # Small R (< 32): one tile row holds far-left, band and far-right keys; the rotation kernel leaves it to the PLAIN
     # kernel's table slices (rotation_band_one_sided).
     "small_r_bf16_d32_table_slices": Case(BF16, (1, 2, 77, 141, 32), 5),
+    # R above ROT_MAX_R (1024, the exactness bound of the rotation kernel's f16 band test): the table slices.
+    "large_r_bf16_d64_table_slices": Case(BF16, (1, 1, 70, 150, 64), 1100, q_offset=1000),
     # Far from position 0: the angles stay small (measured from the block's first position).
     "rot_fp16_d64_far_positions": Case(F16, (1, 1, 70, 170, 64), 16, q_offset=3000),
     # R = 32, the smallest the rotation serves: a row's far keys in a band tile on one side, its band 63 keys wide.
