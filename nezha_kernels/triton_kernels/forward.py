@@ -149,6 +149,7 @@ def _relattn_fwd_kernel(
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
     FAR_LOOPS: tl.constexpr,
+    NEGATIVE_SCALE: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     # The rotation path (rotation.py) needs no scratch; its table covers query blocks of up to 128 rows.
@@ -187,8 +188,9 @@ def _relattn_fwd_kernel(
     q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
     q_ptrs = q_ptrs + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
-    # A negative scale's sign goes into q (exactly): the far loop's row max then commutes with the scale.
-    if scale < 0:
+    # A negative scale's sign goes into q (exactly): the far loop's row max then commutes with the scale. A
+    # compile-time switch (the launcher's scale < 0), so a positive scale's kernel holds no branch on it.
+    if NEGATIVE_SCALE:
         q = -q
         scale = -scale
     if RELATIVE:
