@@ -239,6 +239,8 @@ def _relattn_fwd_kernel(
     table = (T, stride_tr, stride_td, R)
     kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
     rot = (ROT, q_rot)
+    # A loop's carry (u, mass_left, mass_right) from nothing: see softmax.band_loop.
+    fresh = (tl.zeros_like(acc), tl.zeros_like(l_i), tl.zeros_like(l_i))
     if FAR_LOOPS > 0:
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
@@ -250,23 +252,32 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         if PLAIN_ROTATION:
+            # The band's full tiles, then the partial tail, then the far right: the band loop's value-side sum u
+            # (rotated back once, at the tail's end) and the masses go on from loop to loop, rescaled there, so
+            # there is no join before the far right (without dropout the far-left mass is the running sum).
             k_band = tile_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR)
             v_band = tile_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR)
             s_band = band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D)
-            acc, m_i, l_i, band_left, band_right = rotation_band_loop(
-                acc, m_i, l_i, q, q_rot, k_band, v_band, s_band, band_lo, band_hi, pos, R, qt_left, qt_right, scale,
-                stride_kn, stride_vn, d_valid, ROT,
+            acc, m_i, l_i, carry = rotation_band_loop(
+                acc, m_i, l_i, (tl.zeros_like(acc), mass_left, mass_right), q, q_rot, k_band, v_band, s_band,
+                band_lo, band_hi, pos, R, qt_left, qt_right, scale, stride_kn, stride_vn, d_valid,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
             )  # fmt: skip
-        else:
-            acc, m_i, l_i, band_left, band_right = band_loop(
-                acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
-                scale, offs_d, d_valid, rows, masks, drop,
+            acc, m_i, l_i, mass_left, mass_right = band_loop(
+                acc, m_i, l_i, carry, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row,
+                table, rot, scale, offs_d, d_valid, rows, masks, drop,
                 HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
                 BLOCK_NB, BLOCK_P, BAND_P,
             )  # fmt: skip
-        mass_left = rescale(mass_left, m_ref, m_i) + band_left
-        mass_right = band_right
+        else:
+            acc, m_i, l_i, band_left, band_right = band_loop(
+                acc, m_i, l_i, fresh, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table,
+                rot, scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
+            mass_left = rescale(mass_left, m_ref, m_i) + band_left
+            mass_right = band_right
         m_ref = m_i
         l_before = l_i
         acc, m_i, l_i, mass_far = far_loop(
@@ -281,20 +292,21 @@ def _relattn_fwd_kernel(
         else:
             # Without dropout the far-right mass is what the loop added to the running sum.
             mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
-        m_ref = m_i
-        acc, m_i, l_i, tail_left, tail_right = band_loop(
-            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
-            scale, offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
-            BLOCK_NB, BLOCK_P, BAND_P,
-        )  # fmt: skip
-        mass_left = rescale(mass_left, m_ref, m_i) + tail_left
-        mass_right = rescale(mass_right, m_ref, m_i) + tail_right
+        if not PLAIN_ROTATION:
+            m_ref = m_i
+            acc, m_i, l_i, tail_left, tail_right = band_loop(
+                acc, m_i, l_i, fresh, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row,
+                table, rot, scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
+            mass_left = rescale(mass_left, m_ref, m_i) + tail_left
+            mass_right = rescale(mass_right, m_ref, m_i) + tail_right
     else:
         # One general loop over every key tile (fp32 FMA tiles: the split loops' extra live state spills there).
         acc, m_i, l_i, mass_left, mass_right = band_loop(
-            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
-            offs_d, d_valid, rows, masks, drop,
+            acc, m_i, l_i, fresh, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+            scale, offs_d, d_valid, rows, masks, drop,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
             BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
