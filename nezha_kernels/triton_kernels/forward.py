@@ -18,7 +18,8 @@ where one is passed. The band (and the partial tile) run the general loop:
   computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
   rotated back into acc when the band-loop call ends. Without per-pair features (FAR_LOOPS 2) and for 2R >= 32
   (ROTATION_LOOP) the band's full tiles run softmax.rotation_band_loop instead: no bounds or masks, the edge terms
-  and masses per row; the partial tile keeps the general loop.
+  and masses per row; the partial tile keeps the general loop, run next (before the far right): it takes over u and
+  the masses, and rotates u back into acc once.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
@@ -75,6 +76,35 @@ def edge_terms(q, T, stride_tr, stride_td, R, offs_d, d_valid, BY_DOT: tl.conste
         qt_left = tl.sum(tl.where(left, qe, 0.0), axis=1)
         qt_right = tl.sum(tl.where(left, 0.0, qe), axis=1)
     return qt_left, qt_right
+
+
+@triton.jit
+def block_ptrs(
+    base,
+    b,
+    h,
+    row_start,
+    pid_m,
+    stride_b,
+    stride_h,
+    stride_m,
+    stride_d,
+    offs_d,
+    BLOCK_M: tl.constexpr,
+    IN_BLOCK_32: tl.constexpr,
+):
+    """[BLOCK_M, BLOCK_D] pointers of the program's query rows of q or out. IN_BLOCK_32: a 64-bit block base and
+    32-bit offsets within the block (as the K / V tiles'), fewer 64-bit adds per element (the rotation path; on the
+    table paths this form spilled the D = 128 varlen rows, benchmarks/NOTES.md)."""
+    if IN_BLOCK_32:
+        row0 = (row_start + pid_m * BLOCK_M).to(tl.int64)
+        block = base + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + row0 * stride_m
+        ptrs = block + (tl.arange(0, BLOCK_M)[:, None] * stride_m + offs_d[None, :] * stride_d)
+    else:
+        ptrs = base + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + row_start.to(tl.int64) * stride_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        ptrs = ptrs + offs_m[:, None].to(tl.int64) * stride_m + offs_d[None, :] * stride_d
+    return ptrs
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -185,8 +215,7 @@ def _relattn_fwd_kernel(
     pos0 = q_offset + pid_m * BLOCK_M
     pos = q_offset + offs_m
 
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
-    q_ptrs = q_ptrs + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    q_ptrs = block_ptrs(Q, b, h, q_start, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, offs_d, BLOCK_M, SINUSOID)
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
     # A negative scale's sign goes into q (exactly): the far loop's row max then commutes with the scale. A
     # compile-time switch (the launcher's scale < 0), so a positive scale's kernel holds no branch on it.
@@ -354,9 +383,13 @@ def _relattn_fwd_kernel(
         out = acc / l_i[:, None]
     if HAS_HMASK:
         out = out * tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
-    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_om
-    o_ptrs = o_ptrs + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od
+    o_ptrs = block_ptrs(
+        OUT, b, h, q_start, pid_m, stride_ob, stride_oh, stride_om, stride_od, offs_d, BLOCK_M, SINUSOID
+    )
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
-    row = stat_row0 + offs_m
+    if SINUSOID:
+        row = (stat_row0 + pid_m * BLOCK_M) + tl.arange(0, BLOCK_M)
+    else:
+        row = stat_row0 + offs_m
     tl.store(ROW_MAX + row, m_i, mask=m_valid)
     tl.store(ROW_LOGSUM + row, tl.log(l_i), mask=m_valid)
