@@ -185,6 +185,14 @@ def test_low_precision(dtype, lk, r, causal, q_offset):
 
 
 @interpreted_only
+def test_negative_scale():
+    # A negative scale compiles the forward with NEGATIVE_SCALE (its sign folded into q: the far loops' row max
+    # commutes with the scale): fp16 split far loops on both sides and, R = 16, the rotation band loop. |scale| 3
+    # spreads a row's scores past exp2's range, so a row max taken with the wrong sign overflows (NaN), not passes.
+    check(CPU, torch.float16, 1, 1, 33, 97, 32, 16, q_offset=37, scale=-3.0, table="default")
+
+
+@interpreted_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_masks_on_the_far_loops(dtype):
     # fp32 runs one general key loop, fp16 / bf16 the split far loops (configs.skeleton_choice): their masked path

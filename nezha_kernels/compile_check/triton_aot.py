@@ -198,6 +198,8 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R, bn)
     if kernel in configs.SKELETON_KERNELS:
         constexprs["FAR_LOOPS"] = configs.far_loops(kernel, d, DTYPES[dtype], features, arch // 10)
+    if kernel == "fwd":
+        constexprs["NEGATIVE_SCALE"] = False  # the common case (a negative scale compiles its own kernel)
     if kernel == "bwd_dq":
         constexprs["BRANCHLESS_BAND"] = configs.dq_branchless_band(arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"

@@ -17,7 +17,7 @@ import triton.language as tl
 from . import configs
 from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
-from .rotation import band_positional_ptrs, load_positional, rotate_back, rotate_query
+from .rotation import add_rotated_back, band_positional_ptrs, load_positional, rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows, tile_ptrs
 
@@ -262,7 +262,7 @@ def dq_band_loop(
 ):
     """Key tiles [lo, hi) of any kind (band, partial): (dq, ds_left, ds_right), the edge rows' dS row sums.
 
-    SINUSOID: dQ's in-band table term sum_j dS_ij a_ij is rotate_back(sum_j dS_band_ij s_j), one P_band-like dot per
+    SINUSOID: dQ's in-band table term sum_j dS_ij a_ij is sum_j dS_band_ij s_j rotated back, one P_band-like dot per
     tile into u, rotated back and added to dq when the loop ends.
     """
     k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
@@ -319,7 +319,7 @@ def dq_band_loop(
             else:
                 ds_left += tl.sum(ds, axis=1)
     if SINUSOID:
-        dq += rotate_back(u, ROT, BLOCK_M, q.shape[1])
+        dq = add_rotated_back(dq, u, ROT, BLOCK_M, q.shape[1])
     return dq, ds_left, ds_right
 
 
@@ -404,7 +404,7 @@ def dq_rotation_band_loop(
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         s_ptrs += BLOCK_N * q.shape[1]
-    dq += rotate_back(u, ROT, q.shape[0], q.shape[1])
+    dq = add_rotated_back(dq, u, ROT, q.shape[0], q.shape[1])
     return dq, ds_left, ds_right
 
 
@@ -636,12 +636,25 @@ def _relattn_bwd_dq_kernel(
             ds_band = tl.load(ws + ws_row + offs_r[None, :], mask=seen, other=0.0)
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             dq += dot(ds_band.to(tb.dtype), tb, None, FMA_DOTS)
-    if RELATIVE:
-        t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+    if SINUSOID:
+        # As the forward's epilogue: NEZHA's own table has T[0] = [sin 0, cos 0]_t = [0, 1]_t exactly, so the left
+        # edge goes to the odd columns alone (T[0] not loaded), and the scale is folded in: two FFMA per element.
         t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
+        edge_left = (ds_left * scale)[:, None]
+        edge_right = (ds_right * scale)[:, None]
+        dq_even, dq_odd = tl.split(tl.reshape(dq, [BLOCK_M, BLOCK_D // 2, 2]))
+        t_even, t_odd = tl.split(tl.reshape(t_right, [BLOCK_D // 2, 2]))
+        dq_even = dq_even * scale + edge_right * t_even[None, :]
+        dq_odd = dq_odd * scale + (edge_left + edge_right * t_odd[None, :])
+        dq = tl.reshape(tl.join(dq_even, dq_odd), [BLOCK_M, BLOCK_D])
+    else:
+        if RELATIVE:
+            t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+            t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
+            dq += ds_left[:, None] * t_left[None, :] + ds_right[:, None] * t_right[None, :]
+        dq = dq * scale
     if VARLEN:
         out_off = (q_rows * H + h) * HEAD_DIM + offs_d[None, :]
     else:
         out_off = bh.to(tl.int64) * LQ * HEAD_DIM + offs_m[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-    tl.store(DQ + out_off, (dq * scale).to(DQ.dtype.element_ty), mask=qd_mask)
+    tl.store(DQ + out_off, dq.to(DQ.dtype.element_ty), mask=qd_mask)

@@ -18,7 +18,8 @@ where one is passed. The band (and the partial tile) run the general loop:
   computed once; a band tile adds Q_rot @ S_tile^T in band and accumulates u += P_band @ S_tile (rescaled like acc),
   rotated back into acc when the band-loop call ends. Without per-pair features (FAR_LOOPS 2) and for 2R >= 32
   (ROTATION_LOOP) the band's full tiles run softmax.rotation_band_loop instead: no bounds or masks, the edge terms
-  and masses per row; the partial tile keeps the general loop.
+  and masses per row; the partial tile keeps the general loop, run next (before the far right): it takes over u and
+  the masses, and rotates u back into acc once.
 RELATIVE off compiles every relative term out: exact softmax attention (the plain twin; T is not read).
 Outputs: o [B, H, Lq, D] and per row the running max m and log of the softmax sum (kept apart, not m + log l, so
 a fully masked row whose max is finfo.min keeps its exact 1/Lk weights in the backward).
@@ -75,6 +76,35 @@ def edge_terms(q, T, stride_tr, stride_td, R, offs_d, d_valid, BY_DOT: tl.conste
         qt_left = tl.sum(tl.where(left, qe, 0.0), axis=1)
         qt_right = tl.sum(tl.where(left, 0.0, qe), axis=1)
     return qt_left, qt_right
+
+
+@triton.jit
+def block_ptrs(
+    base,
+    b,
+    h,
+    row_start,
+    pid_m,
+    stride_b,
+    stride_h,
+    stride_m,
+    stride_d,
+    offs_d,
+    BLOCK_M: tl.constexpr,
+    IN_BLOCK_32: tl.constexpr,
+):
+    """[BLOCK_M, BLOCK_D] pointers of the program's query rows of q or out. IN_BLOCK_32: a 64-bit block base and
+    32-bit offsets within the block (as the K / V tiles'), fewer 64-bit adds per element (the rotation path; on the
+    table paths this form spilled the D = 128 varlen rows, benchmarks/NOTES.md)."""
+    if IN_BLOCK_32:
+        row0 = (row_start + pid_m * BLOCK_M).to(tl.int64)
+        block = base + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + row0 * stride_m
+        ptrs = block + (tl.arange(0, BLOCK_M)[:, None] * stride_m + offs_d[None, :] * stride_d)
+    else:
+        ptrs = base + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + row_start.to(tl.int64) * stride_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        ptrs = ptrs + offs_m[:, None].to(tl.int64) * stride_m + offs_d[None, :] * stride_d
+    return ptrs
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "Q_OFFSET"])
@@ -149,6 +179,7 @@ def _relattn_fwd_kernel(
     BLOCK_P: tl.constexpr,
     BAND_P: tl.constexpr,
     FAR_LOOPS: tl.constexpr,
+    NEGATIVE_SCALE: tl.constexpr,
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     # The rotation path (rotation.py) needs no scratch; its table covers query blocks of up to 128 rows.
@@ -184,11 +215,11 @@ def _relattn_fwd_kernel(
     pos0 = q_offset + pid_m * BLOCK_M
     pos = q_offset + offs_m
 
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_start.to(tl.int64) * stride_qm
-    q_ptrs = q_ptrs + offs_m[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    q_ptrs = block_ptrs(Q, b, h, q_start, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, offs_d, BLOCK_M, SINUSOID)
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
-    # A negative scale's sign goes into q (exactly): the far loop's row max then commutes with the scale.
-    if scale < 0:
+    # A negative scale's sign goes into q (exactly): the far loop's row max then commutes with the scale. A
+    # compile-time switch (the launcher's scale < 0), so a positive scale's kernel holds no branch on it.
+    if NEGATIVE_SCALE:
         q = -q
         scale = -scale
     if RELATIVE:
@@ -237,6 +268,8 @@ def _relattn_fwd_kernel(
     table = (T, stride_tr, stride_td, R)
     kv = (k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd)
     rot = (ROT, q_rot)
+    # A loop's carry (u, mass_left, mass_right) from nothing: see softmax.band_loop.
+    fresh = (tl.zeros_like(acc), tl.zeros_like(l_i), tl.zeros_like(l_i))
     if FAR_LOOPS > 0:
         acc, m_i, l_i, mass_far = far_loop(
             acc, m_i, l_i, tl.zeros([BLOCK_M], tl.float32), q, k_base + k_tile, v_base + v_tile, 0, band_lo, qt_left,
@@ -248,23 +281,32 @@ def _relattn_fwd_kernel(
         mass_right = tl.zeros([BLOCK_M], tl.float32)
         m_ref = m_i
         if PLAIN_ROTATION:
+            # The band's full tiles, then the partial tail, then the far right: the band loop's value-side sum u
+            # (rotated back once, at the tail's end) and the masses go on from loop to loop, rescaled there, so
+            # there is no join before the far right (without dropout the far-left mass is the running sum).
             k_band = tile_ptrs(k_base, stride_kn, stride_kd, band_lo, offs_d, BLOCK_NR)
             v_band = tile_ptrs(v_base, stride_vn, stride_vd, band_lo, offs_d, BLOCK_NR)
             s_band = band_positional_ptrs(ROT, band_lo, pos0, R, BLOCK_NR, BLOCK_D)
-            acc, m_i, l_i, band_left, band_right = rotation_band_loop(
-                acc, m_i, l_i, q, q_rot, k_band, v_band, s_band, band_lo, band_hi, pos, R, qt_left, qt_right, scale,
-                stride_kn, stride_vn, d_valid, ROT,
+            acc, m_i, l_i, carry = rotation_band_loop(
+                acc, m_i, l_i, (tl.zeros_like(acc), mass_left, mass_right), q, q_rot, k_band, v_band, s_band,
+                band_lo, band_hi, pos, R, qt_left, qt_right, scale, stride_kn, stride_vn, d_valid,
                 EVEN_D, CAUSAL, FMA_DOTS, K_CHUNKS, BLOCK_NR,
             )  # fmt: skip
-        else:
-            acc, m_i, l_i, band_left, band_right = band_loop(
-                acc, m_i, l_i, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
-                scale, offs_d, d_valid, rows, masks, drop,
+            acc, m_i, l_i, mass_left, mass_right = band_loop(
+                acc, m_i, l_i, carry, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row,
+                table, rot, scale, offs_d, d_valid, rows, masks, drop,
                 HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
                 BLOCK_NB, BLOCK_P, BAND_P,
             )  # fmt: skip
-        mass_left = rescale(mass_left, m_ref, m_i) + band_left
-        mass_right = band_right
+        else:
+            acc, m_i, l_i, band_left, band_right = band_loop(
+                acc, m_i, l_i, fresh, q, kv, band_lo, band_hi, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table,
+                rot, scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
+            mass_left = rescale(mass_left, m_ref, m_i) + band_left
+            mass_right = band_right
         m_ref = m_i
         l_before = l_i
         acc, m_i, l_i, mass_far = far_loop(
@@ -279,20 +321,21 @@ def _relattn_fwd_kernel(
         else:
             # Without dropout the far-right mass is what the loop added to the running sum.
             mass_right = rescale(mass_right, m_ref, m_i) + (l_i - rescale(l_before, m_ref, m_i))
-        m_ref = m_i
-        acc, m_i, l_i, tail_left, tail_right = band_loop(
-            acc, m_i, l_i, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
-            scale, offs_d, d_valid, rows, masks, drop,
-            HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
-            BLOCK_NB, BLOCK_P, BAND_P,
-        )  # fmt: skip
-        mass_left = rescale(mass_left, m_ref, m_i) + tail_left
-        mass_right = rescale(mass_right, m_ref, m_i) + tail_right
+        if not PLAIN_ROTATION:
+            m_ref = m_i
+            acc, m_i, l_i, tail_left, tail_right = band_loop(
+                acc, m_i, l_i, fresh, q, kv, full_end, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row,
+                table, rot, scale, offs_d, d_valid, rows, masks, drop,
+                HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
+                BLOCK_NB, BLOCK_P, BAND_P,
+            )  # fmt: skip
+            mass_left = rescale(mass_left, m_ref, m_i) + tail_left
+            mass_right = rescale(mass_right, m_ref, m_i) + tail_right
     else:
         # One general loop over every key tile (fp32 FMA tiles: the split loops' extra live state spills there).
         acc, m_i, l_i, mass_left, mass_right = band_loop(
-            acc, m_i, l_i, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot, scale,
-            offs_d, d_valid, rows, masks, drop,
+            acc, m_i, l_i, fresh, q, kv, 0, general_end, lk, qt_left, qt_right, pos, pos0, ws, ws_row, table, rot,
+            scale, offs_d, d_valid, rows, masks, drop,
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_M,
             BLOCK_NB, BLOCK_P, BAND_P,
         )  # fmt: skip
@@ -340,9 +383,13 @@ def _relattn_fwd_kernel(
         out = acc / l_i[:, None]
     if HAS_HMASK:
         out = out * tl.load(HMASK + b * stride_hb + h * stride_hh).to(tl.float32)
-    o_ptrs = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_start.to(tl.int64) * stride_om
-    o_ptrs = o_ptrs + offs_m[:, None].to(tl.int64) * stride_om + offs_d[None, :] * stride_od
+    o_ptrs = block_ptrs(
+        OUT, b, h, q_start, pid_m, stride_ob, stride_oh, stride_om, stride_od, offs_d, BLOCK_M, SINUSOID
+    )
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
-    row = stat_row0 + offs_m
+    if SINUSOID:
+        row = (stat_row0 + pid_m * BLOCK_M) + tl.arange(0, BLOCK_M)
+    else:
+        row = stat_row0 + offs_m
     tl.store(ROW_MAX + row, m_i, mask=m_valid)
     tl.store(ROW_LOGSUM + row, tl.log(l_i), mask=m_valid)

@@ -155,6 +155,7 @@ def _launch_fwd(call: KernelCall, out, lse, programs: int, blocks_q: int) -> Non
             ROTATION_LOOP=sinusoid and call.rotation_loop("fwd"),
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("fwd"),
+            NEGATIVE_SCALE=call.scale < 0,
             **strides("o", out),
         )
     )

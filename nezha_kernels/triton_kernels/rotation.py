@@ -182,15 +182,10 @@ def rotate_query(x, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def rotate_back(u, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The value side of the band: u [BLOCK_M, BLOCK_D] fp32 (sum_j p_ij s_j) rotated back, fp32."""
-    return rotate(u, load_angles(ROT, BLOCK_M, BLOCK_D), -1)
-
-
-@triton.jit
 def add_rotated_back(acc, u, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """acc + rotate_back(u, ...) [BLOCK_M, BLOCK_D] fp32, as two FFMA per element into acc (acc_e + u_e cos - u_o
-    sin, acc_o + u_o cos + u_e sin) instead of rotate_back's FMUL + FFMA and then the add (the forward's epilogue)."""
+    """acc + u rotated back [BLOCK_M, BLOCK_D] fp32: the band's value side (u = sum_j p_ij s_j, or dQ's sum_j dS_ij
+    s_j) as two FFMA per element into acc (acc_e + u_e cos - u_o sin, acc_o + u_o cos + u_e sin) instead of
+    rotate(u, cs, -1)'s FMUL + FFMA and then the add (the forward's and dQ's band loops)."""
     acc_even, acc_odd = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_D // 2, 2]))
     u_even, u_odd = tl.split(tl.reshape(u, [BLOCK_M, BLOCK_D // 2, 2]))
     sin, cos = tl.split(tl.reshape(load_angles(ROT, BLOCK_M, BLOCK_D), [BLOCK_M, BLOCK_D // 2, 2]))

@@ -141,6 +141,7 @@ def band_loop(
     acc,
     m_i,
     l_i,
+    carry,
     q,
     kv,
     lo,
@@ -177,20 +178,19 @@ def band_loop(
     """Key tiles [lo, hi), each in or near the band or partial: (acc, m_i, l_i, mass_left, mass_right).
 
     Any tile is computed exactly here (pairs beyond the band take the edge rows), so the caller sends the band
-    and the last partial tile. The masses are this call's edge-row weights (block-band mode; per-tile mode folds
-    them into its table-slice product) relative to the returned m_i. kv: (k_base, v_base, stride_kn, stride_kd,
+    and the last partial tile. The masses are the edge-row weights (block-band mode; per-tile mode folds them into
+    its table-slice product) relative to the returned m_i: carry's (u, mass_left, mass_right), relative to the m_i
+    passed in (zeros: a fresh start), rescaled, plus this call's. kv: (k_base, v_base, stride_kn, stride_kd,
     stride_vn, stride_vd); table: (T, stride_tr, stride_td, R); rows, masks, drop: see forward.py.
     SINUSOID (rotation.py): rot = (ROT, q_rot); in-band key-side terms are Q_rot @ S_tile^T, the value side
-    u = sum P_band @ S_tile is rescaled like acc and added to acc, rotated back, when the loop ends.
+    u = sum P_band @ S_tile (carry's u onward: the rotation band loop's) is rescaled like acc and added to acc,
+    rotated back, when the loop ends.
     """
     k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd = kv
     T, stride_tr, stride_td, R = table
     ROT, q_rot = rot
     _, _, _, _, m_valid = rows
-    mass_left = tl.zeros_like(l_i)
-    mass_right = tl.zeros_like(l_i)
-    if SINUSOID:
-        u = tl.zeros_like(acc)
+    u, mass_left, mass_right = carry
     for j0 in range(lo, hi, BLOCK_N):
         offs_n = j0 + tl.arange(0, BLOCK_N)
         n_valid = offs_n < lk
@@ -259,6 +259,7 @@ def rotation_band_loop(
     acc,
     m_i,
     l_i,
+    carry,
     q,
     q_rot,
     k_ptrs,
@@ -274,25 +275,24 @@ def rotation_band_loop(
     stride_kn,
     stride_vn,
     d_valid,
-    ROT,
     EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     FMA_DOTS: tl.constexpr,
     K_CHUNKS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Full band tiles [lo, hi) by rotation, no per-pair feature but causal: (acc, m_i, l_i, mass_left, mass_right).
+    """Full band tiles [lo, hi) by rotation, no per-pair feature but causal: (acc, m_i, l_i, carry).
 
     k_ptrs / v_ptrs / s_ptrs: [BLOCK_N, BLOCK_D] pointers of the K, V and S tiles at key lo (s:
     rotation.band_positional_ptrs). Needs 2R >= BLOCK_N: a tile of at most 2R keys holds a row's out-of-band keys
     on one side only (j <= p - R and j' >= p + R are 2R apart), the left one exactly when its first key is. So the
     edge term is a per-row select and the tile's out-of-band mass, sum(p) - sum(p_band), goes to that side whole.
-    The masses are relative to the returned m_i; u = sum P_band @ S_tile is rotated back into acc at the end.
+    carry (u, mass_left, mass_right), relative to the m_i passed in, is returned grown by this call's tiles and
+    relative to the returned m_i: u = sum P_band @ S_tile, not yet rotated back (band_loop takes the carry on to the
+    partial tail and adds u, rotated back, into acc once).
     """
     qk_scale = scale * LOG2E
-    mass_left = tl.zeros_like(l_i)
-    mass_right = tl.zeros_like(l_i)
-    u = tl.zeros_like(acc)
+    u, mass_left, mass_right = carry
     offs_n = tl.arange(0, BLOCK_N)
     for j0 in range(lo, hi, BLOCK_N):
         k = load_rows(k_ptrs, d_valid, EVEN_D)
@@ -330,5 +330,4 @@ def rotation_band_loop(
         k_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
         s_ptrs += BLOCK_N * q.shape[1]
-    acc = add_rotated_back(acc, u, ROT, q.shape[0], q.shape[1])
-    return acc, m_i, l_i, mass_left, mass_right
+    return acc, m_i, l_i, (u, mass_left, mass_right)
