@@ -104,6 +104,35 @@ struct DqLaneRows {
     }
 };
 
+// Far tile: acc += rowsum(dS) * T[0] (far left) or T[2R] (far right), a bucket k-step whose only nonzero column is 0
+// or 1 (Te rows 0, 1 = T[0], T[2R], then zeros and K rows: stage_edge_rows). rowsum: the row sums of dS (mma layout).
+template <typename T, int NTP>
+__device__ __forceinline__ void dq_edge_far_tile(float (&acc)[NTP][4], const float (&rowsum)[4], const T* te_lane,
+                                                 bool right, int lane) {
+    uint32_t af[4] = {0u, 0u, 0u, 0u};
+    if (lane % 4 == 0) {
+        af[0] = right ? MmaOp<T>::pack(0.0f, rowsum[0]) : MmaOp<T>::pack(rowsum[0], 0.0f);
+        af[1] = right ? MmaOp<T>::pack(0.0f, rowsum[2]) : MmaOp<T>::pack(rowsum[2], 0.0f);
+    }
+    mma_kmajor_ldsm<T, NTP>(acc, af, te_lane);
+}
+
+// Band tile: acc += Bucket . T[lo .. lo + kcols), at most TB_COLS / 16 k-steps (bk_lane: this lane's ldmatrix address
+// in the warp's bucket rows, ts_lane: in the staged table rows, k-major).
+template <typename T, int D, int NTP>
+__device__ __forceinline__ void dq_bucket_band_tile(float (&acc)[NTP][4], const T* bk_lane, const T* ts_lane,
+                                                    int kcols) {
+    using C = TcConfig<D>;
+#pragma unroll
+    for (int ks = 0; ks < C::TB_COLS / 16; ++ks) {
+        if (ks < kcols / 16) {
+            uint32_t af[4];
+            ldsm_x4(af, bk_lane + ks * 16);
+            mma_kmajor_ldsm<T, NTP>(acc, af, ts_lane + ks * 16 * C::LD);
+        }
+    }
+}
+
 // One warp's share of the tile's dQ (16 query rows from qr0, D / 2 columns from dc0), added into dq_acc (dq); at D = 128
 // in two passes of 32 columns (the accumulators of one pass: 16 registers, as at D = 64; one pass spilled). Fragments
 // by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
@@ -137,24 +166,10 @@ __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, 
                 MmaOp<T>::run(rowsum[0], af, ones);
             }
         }
-        // Far: + rowsum(dS) * T[0] (far left) or T[2R] (far right), a bucket k-step whose only nonzero column is 0 or 1
-        // (Te rows 0, 1 = T[0], T[2R], then zeros and K rows: stage_edge_rows).
         if (!band) {  // profile: far
-            uint32_t af[4] = {0u, 0u, 0u, 0u};
-            if (lane % 4 == 0) {
-                af[0] = right ? MmaOp<T>::pack(0.0f, rowsum[0][0]) : MmaOp<T>::pack(rowsum[0][0], 0.0f);
-                af[1] = right ? MmaOp<T>::pack(0.0f, rowsum[0][2]) : MmaOp<T>::pack(rowsum[0][2], 0.0f);
-            }
-            mma_kmajor_ldsm<T, NTP>(acc, af, Te + b_off);
-        } else {  // profile: band  (+ Bucket . T[lo .. lo + kcols), at most TB_COLS / 16 k-steps)
-#pragma unroll
-            for (int ks = 0; ks < C::TB_COLS / 16; ++ks) {
-                if (ks < kcols / 16) {
-                    uint32_t af[4];
-                    ldsm_x4(af, bk_lane + ks * 16);
-                    mma_kmajor_ldsm<T, NTP>(acc, af, Ts + ks * 16 * LD + b_off);
-                }
-            }
+            dq_edge_far_tile<T, NTP>(acc, rowsum[0], Te + b_off, right, lane);
+        } else {  // profile: band
+            dq_bucket_band_tile<T, D, NTP>(acc, bk_lane, Ts + b_off, kcols);
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
