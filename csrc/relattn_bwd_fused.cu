@@ -138,7 +138,7 @@ __device__ __forceinline__ void dq_bucket_band_tile(float (&acc)[NTP][4], const 
 // by ldmatrix (A from dS / the bucket, B .trans from K / the table rows).
 template <typename T, int D>
 __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, const T* Ks, const T* Te, const T* Ts,
-                                            const T* Bk, bool band, bool right, int kcols, const AttnArgs& a,
+                                            const T* Bk, bool band, bool right, int q0, int k0, const AttnArgs& a,
                                             int warp, int lane) {
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
@@ -169,7 +169,7 @@ __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, 
         if (!band) {  // profile: far
             dq_edge_far_tile<T, NTP>(acc, rowsum[0], Te + b_off, right, lane);
         } else {  // profile: band
-            dq_bucket_band_tile<T, D, NTP>(acc, bk_lane, Ts + b_off, kcols);
+            dq_bucket_band_tile<T, D, NTP>(acc, bk_lane, Ts + b_off, band_tile_kcols(band_tile_rows<C>(a, q0, k0)));
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -224,24 +224,24 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
 
     DqLaneRows dq = DqLaneRows::make<D, QN>(dq_acc, a, head, warp, lane);
+    QueryTileClass<C> tiles(a, k0);
 
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
-    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN)) {
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN), tiles.advance()) {
         if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
-        const int pos_first = a.q_offset + q0;
-        const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        const int tcols = round_up(tr.hi - tr.lo + 1, 8), kcols = round_up(tcols, 16);
-        const bool right = tr.lo != 0;  // a far tile's side: T[2R]
+        const bool band = tiles.band(a);
+        const bool right = tiles.far_right();  // a far tile's side: T[2R]
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
+        TableRows tr;  // a band tile's table rows (set in its first arm: a far tile does not compute them)
         if (band) {  // profile: band
+            tr = band_tile_rows<C>(a, q0, k0);
             // 16-row k-steps of the dQ bucket product: rows past 2R zero, the others finite (times zero weights).
-            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, kcols, E + 1);
+            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, band_tile_kcols(tr), E + 1);
             __syncthreads();  // the table rows visible
-            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, band_tile_cols(tr), warp, lane);
         } else {  // profile: far
             project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, right, warp, lane);
         }
@@ -260,10 +260,10 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
         __syncthreads();  // dS visible to every warp; every warp done with the projections (the bucket's space)
         if (band) {  // profile: band
-            fill_band_bucket<T, D>(Bk, dSs, a, tr, pos_first, k0);
+            fill_band_bucket<T, D>(Bk, dSs, a, tr, a.q_offset + q0, k0);
             __syncthreads();
         }
-        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, kcols, a, warp, lane);
+        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, warp, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);

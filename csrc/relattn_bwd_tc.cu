@@ -161,23 +161,24 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     loader.load_next(Qb, dOb, stats_b, a, kb, lse, delta);  // the first tile, into buffer 0
     cp_async_commit();
     stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
+    QueryTileClass<C> tiles(a, k0);
 
-    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1) {
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, tiles.advance()) {
         if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
-        const int pos_first = a.q_offset + q0;
-        const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        const int tcols = round_up(tr.hi - tr.lo + 1, 8);
+        const bool band = tiles.band(a);
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
+        TableRows tr;  // a band tile's table rows (set in its first arm: a far tile does not compute them)
         if (band) {  // profile: band
-            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
+            tr = band_tile_rows<C>(a, q0, k0);
+            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, band_tile_cols(tr), E + 1);
             __syncthreads();  // the table rows visible
-            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, band_tile_cols(tr), warp, lane);
         } else {  // profile: far
-            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, tr.lo != 0, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, tiles.far_right(), warp,
+                                          lane);
         }
 
         float s[NTQ][4], dp[NTQ][4];

@@ -168,6 +168,37 @@ __device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, co
     return true;
 }
 
+// Which streamed query tiles of a key block are band tiles, by one loop-carried offset (a far tile pays an add and
+// two compares, not its table rows): with positions q_offset + q0 .. + QN - 1 and keys k0 .. k0 + BM - 1, a tile is
+// far right (every pair j - i >= R, table row 2R) while k0 - (q_offset + q0 + QN - 1) >= R, and far left (j - i <= -R,
+// row 0) once k0 + BM - 1 - (q_offset + q0) <= -R; rel = q0 - the first q0 past the far-right ones, so the band
+// tiles are 0 <= rel < BM + 2R + QN - 3 (tile_table_rows / tile_in_band say the same, R >= 1).
+template <typename C>
+struct QueryTileClass {
+    int rel;
+
+    __device__ __forceinline__ QueryTileClass(const AttnArgs& a, int k0)
+        : rel(a.q_offset + C::QN - 2 + a.R - k0) {}  // the first tile's (q0 = 0)
+    __device__ __forceinline__ bool band(const AttnArgs& a) const {
+        return static_cast<unsigned>(rel) < static_cast<unsigned>(2 * a.R + C::BM + C::QN - 3);
+    }
+    __device__ __forceinline__ bool far_right() const { return rel < 0; }
+    __device__ __forceinline__ void advance() { rel += C::QN; }
+};
+
+// A band tile's table rows (q0: the tile's first query row, k0: the key block's first key). Called inside the band
+// arms, each arm its own call, so that a far tile does not compute them.
+template <typename C>
+__device__ __forceinline__ TableRows band_tile_rows(const AttnArgs& a, int q0, int k0) {
+    const int pos_first = a.q_offset + q0;
+    return tile_table_rows(pos_first, pos_first + C::QN - 1, k0, k0 + C::BM - 1, a.R);
+}
+
+// The staged table rows of a band tile: a multiple of 8 (the projections' n-tiles), and of 16 for the fused kernel's
+// dQ bucket k-steps.
+__device__ __forceinline__ int band_tile_cols(TableRows tr) { return round_up(tr.hi - tr.lo + 1, 8); }
+__device__ __forceinline__ int band_tile_kcols(TableRows tr) { return round_up(band_tile_cols(tr), 16); }
+
 // The streamed query tiles' loads, issued one tile ahead (the key-block loops hold two buffers of Q, dO and the row
 // statistics): Q and dO rows by cp.async where every row allows 16-byte copies (else element copies, rare strided
 // views), the statistics (lse[0], lse[1], delta of each row) by 4-byte cp.async from threads 0 .. QN - 1; rows past
