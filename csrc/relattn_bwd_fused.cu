@@ -266,7 +266,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
         warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, warp, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
-    store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
+    store_dkdv<F, T, D>(dk, dv, acc_k, acc_v, a, head, keys, kept_scale, lane);
 }
 
 // dq[e] = scale * acc[e] in the output dtype over n = rows * D elements (rows of D: the row length names the

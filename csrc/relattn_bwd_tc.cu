@@ -192,7 +192,7 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
-    store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
+    store_dkdv<F, T, D>(dk, dv, acc_k, acc_v, a, head, keys, kept_scale, lane);
 }
 
 template <int D>

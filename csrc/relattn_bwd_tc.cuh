@@ -15,7 +15,8 @@
 namespace nezha {
 
 // pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale),
-// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e).
+// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e). PLAIN's dV weight is p without f (f is one number per
+// head there: store_dkdv applies it to dV once instead of once per pair); GENERAL's is p f with its dropout mask.
 template <Features F>
 __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
                                                       float dot, float dw, const RowStats& row, float kept_scale) {
@@ -24,7 +25,7 @@ __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadInd
     } else {  // one FFMA and one ex2 per pair, as the forward's far loop (no masks: the row max is finite)
         const float p = fast_exp2(fmaf(dot, a.scale * LOG2E, -(row.max + row.log_sum) * LOG2E));
         PairGrad g;
-        g.w = p * kept_scale;
+        g.w = p;
         g.ds = p * (dw * kept_scale - row.delta);
         return g;
     }
@@ -375,7 +376,7 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
         if constexpr (F == Features::PLAIN) {
             const float p = fast_exp2(fmaf(w[nt][e], scale_log2, fr.bias));
             const float g = p * fmaf(ds[nt][e], kept_scale, fr.dside);
-            w[nt][e] = p * kept_scale;
+            w[nt][e] = p;  // f: at the store (feature_pair_grad)
             ds[nt][e] = keys.valid[r] ? g : 0.0f;
         } else {
             const int i = q0 + il;
@@ -420,18 +421,19 @@ __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4]
     }
 }
 
-// dk = scale * acc_k and dv = acc_v for this lane's valid keys.
-template <typename T, int D>
+// dk = scale * acc_k and dv = acc_v (PLAIN: kept_scale * acc_v, see feature_pair_grad) for this lane's valid keys.
+template <Features F, typename T, int D>
 __device__ __forceinline__ void store_dkdv(T* dk, T* dv, const float (&acc_k)[D / 8][4],
                                            const float (&acc_v)[D / 8][4], const AttnArgs& a, HeadIndex head,
-                                           const LaneKeys& keys, int lane) {
+                                           const LaneKeys& keys, float kept_scale, int lane) {
+    const float v_scale = F == Features::PLAIN ? kept_scale : 1.0f;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!keys.valid[r]) continue;
         const int64_t base = key_row(a, head, keys.j[r]) * D;
         for_each_acc_in_row<D / 8>(lane, r, [&](int nt, int e, int d) {
             dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
-            dv[base + d] = from_f<T>(acc_v[nt][e]);
+            dv[base + d] = from_f<T>(v_scale * acc_v[nt][e]);
         });
     }
 }
