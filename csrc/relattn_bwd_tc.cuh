@@ -363,7 +363,8 @@ __device__ __forceinline__ void warp_pair_grads_band_tile(float (&w)[C::QN / 8][
 // The pair gradients of a far tile: the relative terms from far_s (project_far_tile_rows, visible after a barrier) per
 // query row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk
 // (rows past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk
-// is left as computed (it only reaches their own, unstored rows of dV).
+// is left as computed (it only reaches their own, unstored rows of dV). Only the lanes of the last key block's keys
+// past Lk select (FlashAttention's even-N split: the bound only where a tile can cross it).
 template <Features F, typename C>
 __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
                                                          const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
@@ -377,7 +378,7 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
             const float p = fast_exp2(fmaf(w[nt][e], scale_log2, fr.bias));
             const float g = p * fmaf(ds[nt][e], kept_scale, fr.dside);
             w[nt][e] = p;  // f: at the store (feature_pair_grad)
-            ds[nt][e] = keys.valid[r] ? g : 0.0f;
+            ds[nt][e] = g;
         } else {
             const int i = q0 + il;
             float weight = 0.0f, grad = 0.0f;
@@ -391,6 +392,13 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
             ds[nt][e] = grad;
         }
     });
+    if constexpr (F == Features::PLAIN) {
+        if (!(keys.valid[0] && keys.valid[1])) {  // profile: rare (a key past Lk: the last key block only)
+            for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int) {
+                if (!keys.valid[e >> 1]) ds[nt][e] = 0.0f;
+            });
+        }
+    }
 }
 
 // acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]),
