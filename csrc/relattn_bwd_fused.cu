@@ -18,19 +18,37 @@
 
 namespace nezha {
 
+// dS^T of a tile in shared memory: [BM keys][QN = 32 queries], input dtype, each row four 16-byte chunks of 8 queries,
+// chunk c of key row j stored at chunk c ^ ((j >> 1) & 3). What a lane's accumulators hold (one key, two adjacent
+// queries) is one 32-bit store, and dQ reads A = dS (query x key) by ldmatrix .trans; the swizzle keeps both free of
+// bank conflicts without padding (a [64][40] tile would take 512 B more: sm_80's second block per SM).
+struct DsTile {
+    static constexpr int QN = 32;
+    // Element index of (key row j, query column q).
+    __device__ __forceinline__ static int elem(int j, int q) { return j * QN + (((q >> 3) ^ ((j >> 1) & 3)) << 3) + (q & 7); }
+    // The element index of this lane's accumulator pair (key row warp * 16 + g, queries 2c, 2c + 1) in query n-tile nt
+    // is (store_base ^ (nt << 3)) + 8 QN h for the key row g + 8 h: the row's chunk bits, (key >> 1) & 3, do not
+    // change by 8 rows, and bits 3-4 of store_base are the swizzle alone (j QN + 2c has none there).
+    __device__ __forceinline__ static int store_base(int warp, int lane) { return elem(warp * 16 + (lane >> 2), 2 * (lane & 3)); }
+    // This lane's ldmatrix .trans row address (elements) for the A fragment of query rows qr0 .. qr0 + 15 and keys
+    // 0 .. 15 (k-step kk adds kk * 16 * QN): matrices (keys 0-7 | 8-15) x (queries qr0 + 0-7 | + 8-15).
+    __device__ __forceinline__ static int a_trans_offset(int qr0, int lane) {
+        return elem((lane >> 4) * 8 + (lane & 7), qr0 + (lane >> 3 & 1) * 8);
+    }
+};
+
 // Shared memory of the fused kernel: the dK dV kernel's tiles (the edge rows, two buffers of Q, dO and the row
-// statistics) plus dS
-// ([QN][BM + 8], input dtype). A band tile's bucket ([QN][TB_COLS + 8], input dtype) aliases the fp32 projections
-// (read by the pair gradients before the barrier that publishes dS; the bucket is filled after it).
+// statistics) plus dS^T ([BM][QN], DsTile). A band tile's bucket ([QN][TB_COLS + 8], input dtype) aliases the fp32
+// projections (read by the pair gradients before the barrier that publishes dS; the bucket is filled after it).
 template <int D>
 struct FusedLayout {
     using C = TcConfig<D>;
-    static constexpr int DS_LD = C::BM + 8;
     static constexpr int BK_LD = C::TB_COLS + 8;
     static constexpr size_t bytes() {
-        return 2 * ((EDGE_ROWS + 2 * C::BM + 4 * C::QN + C::TB_COLS) * C::LD + C::QN * DS_LD) +
+        return 2 * ((EDGE_ROWS + 2 * C::BM + 4 * C::QN + C::TB_COLS) * C::LD + C::BM * C::QN) +
                4 * (2 * C::QN * C::TB_LD + 2 * 3 * C::QN);
     }
+    static_assert(C::QN == DsTile::QN, "dS^T rows of four 16-byte chunks");
     static_assert(C::NT == 4 * C::QN, "the band bucket gives 4 threads to each query row");
     static_assert(C::WARPS == 4 && C::QN == 32, "dQ: 4 warps of 16 query rows x D / 2 columns");
     static_assert(2 * C::QN * BK_LD <= 4 * 2 * C::QN * C::TB_LD, "the bucket fits in the projections' space");
@@ -50,10 +68,12 @@ __device__ __forceinline__ void fill_band_bucket(T* Bk, const T* dSs, const Attn
     for (int c = sub; c < CHUNKS; c += 4) z[c] = make_uint4(0u, 0u, 0u, 0u);
     __syncwarp();
     float left = 0.0f, right = 0.0f;
+    // dS^T (key jl = sub + 4c, query il): elem(sub, il) + 4c QN, its chunk's swizzle bit 1 flipped for odd c
+    const int ds_even = DsTile::elem(sub, il), ds_odd = ds_even ^ 16;
     for (int c = 0; c < TcConfig<D>::BM / 4; ++c) {
         const int jl = sub + 4 * c;
         const int idx = relative_index(k0 + jl, pos, a.R);
-        const T x = dSs[il * L::DS_LD + jl];
+        const T x = dSs[(c & 1 ? ds_odd : ds_even) + 4 * c * DsTile::QN];
         if (idx == 0) left += to_f(x);
         else if (idx == E) right += to_f(x);
         else Bk[il * L::BK_LD + idx - tr.lo] = x;
@@ -145,7 +165,7 @@ __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, 
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
     static_assert(NTP % 2 == 0, "n-tiles in pairs (ldmatrix .x4)");
     const int qr0 = (warp & 1) * 16;
-    const T* ds_lane = dSs + qr0 * L::DS_LD + ldsm_a_offset(lane, L::DS_LD);
+    const T* ds_lane = dSs + DsTile::a_trans_offset(qr0, lane);
     const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
     const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
     const uint32_t ones[2] = {one, one};
@@ -160,7 +180,7 @@ __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, 
 #pragma unroll
         for (int kk = 0; kk < C::BM / 16; ++kk) {  // dQ += dS . K, and a far tile's row sums of dS
             uint32_t af[4];
-            ldsm_x4(af, ds_lane + kk * 16);
+            ldsm_x4_trans(af, ds_lane + kk * 16 * DsTile::QN);
             mma_kmajor_ldsm<T, NTP>(acc, af, Ks + kk * 16 * LD + b_off);
             if (pass == 0 && !band) {  // profile: far
                 MmaOp<T>::run(rowsum[0], af, ones);
@@ -200,8 +220,8 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     T* Qb = Vs + BM * LD;       // [2][QN][LD]: Q of this tile and of the next
     T* dOb = Qb + 2 * QN * LD;  // [2][QN][LD]: dO
     T* Ts = dOb + 2 * QN * LD;  // a band tile's table rows
-    T* dSs = Ts + C::TB_COLS * LD;  // [QN][DS_LD]: dS of the tile, [query][key]
-    float* qtb = reinterpret_cast<float*>(dSs + QN * L::DS_LD);  // [QN][TB_LD]: q_i . T[lo + c]
+    T* dSs = Ts + C::TB_COLS * LD;  // [BM][QN]: dS^T of the tile, [key][query] (DsTile)
+    float* qtb = reinterpret_cast<float*>(dSs + BM * QN);  // [QN][TB_LD]: q_i . T[lo + c]
     float* dotb = qtb + QN * TB_LD;                             // [QN][TB_LD]: dO_i . T[lo + c]
     T* Bk = reinterpret_cast<T*>(qtb);  // [QN][BK_LD]: a band tile's bucket, once the projections are read
     RowStats* stats_b = reinterpret_cast<RowStats*>(dotb + QN * TB_LD);  // [2][QN]
@@ -225,6 +245,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
 
     DqLaneRows dq = DqLaneRows::make<D, QN>(dq_acc, a, head, warp, lane);
     QueryTileClass<C> tiles(a, k0);
+    const int ds_store = DsTile::store_base(warp, lane);
 
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
     for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN), tiles.advance()) {
@@ -254,9 +275,14 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
         } else {  // profile: far
             warp_pair_grads_far_tile<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
         }
-        for_each_acc<NTQ>(lane, [&](int nt, int e, int key, int il) {
-            dSs[il * L::DS_LD + warp * 16 + key] = from_f<T>(dp[nt][e]);
-        });
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt) {  // one key, two adjacent queries per 32-bit store
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                *reinterpret_cast<uint32_t*>(dSs + (ds_store ^ (nt << 3)) + h * 8 * QN) =
+                    MmaOp<T>::pack(dp[nt][2 * h], dp[nt][2 * h + 1]);
+            }
+        }
         warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
         __syncthreads();  // dS visible to every warp; every warp done with the projections (the bucket's space)
         if (band) {  // profile: band
