@@ -70,6 +70,7 @@ struct FarRow {
     float bias;
     float dside;
 };
+static_assert(sizeof(FarRow) == 2 * sizeof(float), "project_far_tile_rows writes a row's terms as floats");
 
 // far_s[il] for the tile's QN query rows (Qs, dOs) against the table's edge rows (Te rows 0 and 1 = T[0], T[2R],
 // rows 2-7 zero: stage_edge_rows): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
@@ -85,23 +86,35 @@ __device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs
     const bool is_do = warp >= MT;
     const int mt = warp % MT;
     const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ldsm_a_offset(lane, LD);
+    // B (Te rows n = 0..7, k along the row) by ldmatrix .x4, two k-steps each: matrices k 0-7, 8-15, 16-23, 24-31
+    const T* B = Te + (lane & 7) * LD + (lane >> 3) * 8;
+    static_assert(C::D % 32 == 0, "edge-row fragments two k-steps at a time");
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int kk = 0; kk < C::D / 16; ++kk) {
-        uint32_t af[4], bf[2];
-        ldsm_x4(af, A + kk * 16);
-        load_b_nmajor(bf, Te + kk * 16, LD, lane);
-        MmaOp<T>::run(c, af, bf);
+    for (int kp = 0; kp < C::D / 32; ++kp) {
+        uint32_t b4[4];
+        ldsm_x4(b4, B + kp * 32);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            uint32_t af[4];
+            ldsm_x4(af, A + (2 * kp + h) * 16);
+            const uint32_t bf[2] = {b4[2 * h], b4[2 * h + 1]};
+            MmaOp<T>::run(c, af, bf);
+        }
     }
+    float v[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {  // columns 0, 1: elements 2r, 2r + 1 (row g, then g + 8) of the lanes 4 g
-        const int il = mt * 16 + mma_c_elem(lane, 2 * r).row;
-        float v = right ? c[2 * r + 1] : c[2 * r];
+        v[r] = right ? c[2 * r + 1] : c[2 * r];
         if constexpr (F == Features::PLAIN) {
-            const RowStats st = stats_s[il];
-            v = is_do ? fmaf(kept_scale, v, -st.delta) : (a.scale * v - st.max - st.log_sum) * LOG2E;
+            const RowStats st = stats_s[mt * 16 + mma_c_elem(lane, 2 * r).row];
+            v[r] = is_do ? fmaf(kept_scale, v[r], -st.delta) : (a.scale * v[r] - st.max - st.log_sum) * LOG2E;
         }
-        if (lane % 4 == 0) (is_do ? far_s[il].dside : far_s[il].bias) = v;
+    }
+    if (lane % 4 == 0) {  // rows g, g + 8: bias or dside (FarRow's second float)
+        float* dst = reinterpret_cast<float*>(far_s + mt * 16 + mma_c_elem(lane, 0).row) + (is_do ? 1 : 0);
+        dst[0] = v[0];
+        dst[8 * 2] = v[1];
     }
 }
 
