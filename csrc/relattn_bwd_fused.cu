@@ -18,6 +18,14 @@
 
 namespace nezha {
 
+// Makes x opaque to the compiler once per call: ptxas keeps it in a register across a loop instead of rematerializing
+// it from its inputs every iteration (a lane offset of ten integer instructions).
+__device__ __forceinline__ void keep_in_register(int& x) {
+#ifndef NEZHA_CUDA_EMULATE
+    asm volatile("" : "+r"(x));
+#endif
+}
+
 // dS^T of a tile in shared memory: [BM keys][QN = 32 queries], input dtype, each row four 16-byte chunks of 8 queries,
 // chunk c of key row j stored at chunk c ^ ((j >> 1) & 3). What a lane's accumulators hold (one key, two adjacent
 // queries) is one 32-bit store, and dQ reads A = dS (query x key) by ldmatrix .trans; the swizzle keeps both free of
@@ -159,13 +167,13 @@ __device__ __forceinline__ void dq_bucket_band_tile(float (&acc)[NTP][4], const 
 template <typename T, int D>
 __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, const T* Ks, const T* Te, const T* Ts,
                                             const T* Bk, bool band, bool right, int q0, int k0, const AttnArgs& a,
-                                            int warp, int lane) {
+                                            int ds_a, int warp, int lane) {
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
     static_assert(NTP % 2 == 0, "n-tiles in pairs (ldmatrix .x4)");
     const int qr0 = (warp & 1) * 16;
-    const T* ds_lane = dSs + DsTile::a_trans_offset(qr0, lane);
+    const T* ds_lane = dSs + ds_a;
     const T* bk_lane = Bk + qr0 * L::BK_LD + ldsm_a_offset(lane, L::BK_LD);
     const uint32_t one = MmaOp<T>::pack(1.0f, 1.0f);
     const uint32_t ones[2] = {one, one};
@@ -246,10 +254,13 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     DqLaneRows dq = DqLaneRows::make<D, QN>(dq_acc, a, head, warp, lane);
     QueryTileClass<C> tiles(a, k0);
     const int ds_store = DsTile::store_base(warp, lane);
+    // dQ's A operand: this lane's ldmatrix .trans offset in dS^T (warp_add_dq's ds_a), kept in a register
+    int ds_a = DsTile::a_trans_offset((warp & 1) * 16, lane);
 
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
     for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN), tiles.advance()) {
         if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
+        keep_in_register(ds_a);
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
@@ -289,7 +300,7 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
             fill_band_bucket<T, D>(Bk, dSs, a, tr, a.q_offset + q0, k0);
             __syncthreads();
         }
-        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, warp, lane);
+        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, ds_a, warp, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<F, T, D>(dk, dv, acc_k, acc_v, a, head, keys, kept_scale, lane);
