@@ -18,14 +18,6 @@
 
 namespace nezha {
 
-// Makes x opaque to the compiler once per call: ptxas keeps it in a register across a loop instead of rematerializing
-// it from its inputs every iteration (a lane offset of ten integer instructions).
-__device__ __forceinline__ void keep_in_register(int& x) {
-#ifndef NEZHA_CUDA_EMULATE
-    asm volatile("" : "+r"(x));
-#endif
-}
-
 // dS^T of a tile in shared memory: [BM keys][QN = 32 queries], input dtype, each row four 16-byte chunks of 8 queries,
 // chunk c of key row j stored at chunk c ^ ((j >> 1) & 3). What a lane's accumulators hold (one key, two adjacent
 // queries) is one 32-bit store, and dQ reads A = dS (query x key) by ldmatrix .trans; the swizzle keeps both free of
@@ -167,7 +159,7 @@ __device__ __forceinline__ void dq_bucket_band_tile(float (&acc)[NTP][4], const 
 template <typename T, int D>
 __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, const T* Ks, const T* Te, const T* Ts,
                                             const T* Bk, bool band, bool right, int q0, int k0, const AttnArgs& a,
-                                            int ds_a, int warp, int lane) {
+                                            int ds_a, int b_k, int warp, int lane) {
     using C = TcConfig<D>;
     using L = FusedLayout<D>;
     constexpr int PASSES = D >= 128 ? 2 : 1, COLS = D / 2 / PASSES, NTP = COLS / 8, LD = C::LD;
@@ -182,7 +174,7 @@ __device__ __forceinline__ void warp_add_dq(const DqLaneRows& dq, const T* dSs, 
 #pragma unroll
     for (int pass = 0; pass < PASSES; ++pass) {
         const int dc0 = (warp >> 1) * (D / 2) + pass * COLS;
-        const int b_off = dc0 + ldsm_b_kmajor_offset(lane, LD);
+        const int b_off = dc0 + b_k;  // ldsm_b_kmajor_offset(lane, LD)
         float acc[NTP][4];
         zero_acc(acc);
 #pragma unroll
@@ -256,11 +248,13 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
     const int ds_store = DsTile::store_base(warp, lane);
     // dQ's A operand: this lane's ldmatrix .trans offset in dS^T (warp_add_dq's ds_a), kept in a register
     int ds_a = DsTile::a_trans_offset((warp & 1) * 16, lane);
+    LdsmLane<LD> ll(lane);  // the lane's ldmatrix offsets in Ks, Vs, Q, dO (kept in registers, as ds_a)
 
     // Skipped tiles (begin_query_tile) contribute nothing to dQ either (every pair masked, p = 0).
     for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, dq.advance(QN), tiles.advance()) {
         if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
         keep_in_register(ds_a);
+        ll.keep();
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
@@ -275,11 +269,11 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
             __syncthreads();  // the table rows visible
             project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, band_tile_cols(tr), warp, lane);
         } else {  // profile: far
-            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, right, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, right, ll, warp, lane);
         }
 
         float s[NTQ][4], dp[NTQ][4];
-        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
+        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, ll);
         __syncthreads();  // projections visible to every warp
         if (band) {  // profile: band
             warp_pair_grads_band_tile<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
@@ -294,13 +288,13 @@ relattn_bwd_fused_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float*
                     MmaOp<T>::pack(dp[nt][2 * h], dp[nt][2 * h + 1]);
             }
         }
-        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
+        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, ll);
         __syncthreads();  // dS visible to every warp; every warp done with the projections (the bucket's space)
         if (band) {  // profile: band
             fill_band_bucket<T, D>(Bk, dSs, a, tr, a.q_offset + q0, k0);
             __syncthreads();
         }
-        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, ds_a, warp, lane);
+        warp_add_dq<T, D>(dq, dSs, Ks, Te, Ts, Bk, band, right, q0, k0, a, ds_a, ll.b_k, warp, lane);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
     store_dkdv<F, T, D>(dk, dv, acc_k, acc_v, a, head, keys, kept_scale, lane);

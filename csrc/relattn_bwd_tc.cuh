@@ -80,12 +80,12 @@ static_assert(sizeof(FarRow) == 2 * sizeof(float), "project_far_tile_rows writes
 template <Features F, typename T, typename C>
 __device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Te,
                                                       const RowStats* stats_s, const AttnArgs& a, float kept_scale,
-                                                      bool right, int warp, int lane) {
+                                                      bool right, const LdsmLane<C::LD>& ll, int warp, int lane) {
     constexpr int LD = C::LD, MT = C::QN / 16;
     static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
     const bool is_do = warp >= MT;
     const int mt = warp % MT;
-    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ldsm_a_offset(lane, LD);
+    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ll.a;
     // B (Te rows n = 0..7, k along the row) by ldmatrix .x4, two k-steps each: matrices k 0-7, 8-15, 16-23, 24-31
     const T* B = Te + (lane & 7) * LD + (lane >> 3) * 8;
     static_assert(C::D % 32 == 0, "edge-row fragments two k-steps at a time");
@@ -315,11 +315,11 @@ __device__ __forceinline__ bool begin_query_tile(QueryTileLoader<T, C>& ld, Quer
 // from the n-major Q / dO rows).
 template <typename T, typename C>
 __device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4], const T* Ks_warp,
-                                            const T* Vs_warp, const T* Qs, const T* dOs, int lane) {
+                                            const T* Vs_warp, const T* Qs, const T* dOs, const LdsmLane<C::LD>& ll) {
     constexpr int LD = C::LD;
     zero_acc(w);
     zero_acc(ds);
-    const int a_off = ldsm_a_offset(lane, LD), b_off = ldsm_b_nmajor_offset(lane, LD);
+    const int a_off = ll.a, b_off = ll.b_n;
 #pragma unroll
     for (int kk = 0; kk < C::D / 16; ++kk) {
         uint32_t ak[4], av[4];
@@ -419,9 +419,9 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
 template <typename T, typename C>
 __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4], float (&acc_v)[C::D / 8][4],
                                                      const float (&w)[C::QN / 8][4], const float (&ds)[C::QN / 8][4],
-                                                     const T* Qs, const T* dOs, int lane) {
+                                                     const T* Qs, const T* dOs, const LdsmLane<C::LD>& ll) {
     constexpr int LD = C::LD;
-    const int b_off = ldsm_b_kmajor_offset(lane, LD);
+    const int b_off = ll.b_k;
 #pragma unroll
     for (int kk = 0; kk < C::QN / 16; ++kk) {
         uint32_t aw[4], ads[4];
