@@ -3,10 +3,11 @@
 // table projections, S^T and dP^T by mma, the pair gradients W^T and dS^T, dK and dV accumulated in registers, as the
 // two-kernel backward's dK dV kernel). The tile's dQ contribution
 //     dQ_i += sum_j dS_ij (k_j + a_ij) = (dS . K)_i + sum_m Bucket(dS)[i][m] T[m]
-// is one more set of mmas: dS goes through shared memory ([query][key], the A operand of dS . K and the block's
-// source for the bucket), each warp computes 16 query rows x D / 2 columns and adds them with atomicAdd into an fp32
-// accumulator in global memory (zeroed by the caller); relattn_bwd_dq_convert_kernel then writes dq = scale * acc in
-// the output dtype. The relative part: a far tile (every pair of the tile on one side, |j - i| >= R) uses one table
+// is one more set of mmas: dS goes through shared memory (dS^T, [key][query], DsTile: the A operand of dS . K and
+// the block's source for the bucket), each warp computes 16 query rows x D / 2 columns and adds them with atomicAdd
+// into an fp32 accumulator in global memory (zeroed by the caller); relattn_bwd_dq_convert_kernel then writes
+// dq = scale * acc in the output dtype.
+// The relative part: a far tile (every pair of the tile on one side, |j - i| >= R) uses one table
 // row, T[0] or T[2R], so its bucket is one column, the row sums of dS (one more mma with a B of ones) times that row
 // (one more k-step); a band tile fills a [QN][96] bucket in shared memory (interior pairs by index, the two edge
 // columns summed per row) and multiplies it by the staged table rows.
@@ -25,11 +26,15 @@ namespace nezha {
 struct DsTile {
     static constexpr int QN = 32;
     // Element index of (key row j, query column q).
-    __device__ __forceinline__ static int elem(int j, int q) { return j * QN + (((q >> 3) ^ ((j >> 1) & 3)) << 3) + (q & 7); }
+    __device__ __forceinline__ static int elem(int j, int q) {
+        return j * QN + (((q >> 3) ^ ((j >> 1) & 3)) << 3) + (q & 7);
+    }
     // The element index of this lane's accumulator pair (key row warp * 16 + g, queries 2c, 2c + 1) in query n-tile nt
     // is (store_base ^ (nt << 3)) + 8 QN h for the key row g + 8 h: the row's chunk bits, (key >> 1) & 3, do not
     // change by 8 rows, and bits 3-4 of store_base are the swizzle alone (j QN + 2c has none there).
-    __device__ __forceinline__ static int store_base(int warp, int lane) { return elem(warp * 16 + (lane >> 2), 2 * (lane & 3)); }
+    __device__ __forceinline__ static int store_base(int warp, int lane) {
+        return elem(warp * 16 + (lane >> 2), 2 * (lane & 3));
+    }
     // This lane's ldmatrix .trans row address (elements) for the A fragment of query rows qr0 .. qr0 + 15 and keys
     // 0 .. 15 (k-step kk adds kk * 16 * QN): matrices (keys 0-7 | 8-15) x (queries qr0 + 0-7 | + 8-15).
     __device__ __forceinline__ static int a_trans_offset(int qr0, int lane) {
