@@ -98,6 +98,28 @@ NZ_HD int ldsm_a_offset(int lane, int ld) { return ((lane >> 3 & 1) * 8 + (lane 
 NZ_HD int ldsm_b_nmajor_offset(int lane, int ld) { return ((lane >> 4) * 8 + (lane & 7)) * ld + (lane >> 3 & 1) * 8; }
 NZ_HD int ldsm_b_kmajor_offset(int lane, int ld) { return ((lane >> 3 & 1) * 8 + (lane & 7)) * ld + (lane >> 4) * 8; }
 
+// Makes x opaque to the compiler once per call: ptxas keeps it in a register across a loop instead of rematerializing
+// it from its inputs every iteration (the key-block loops' lane offsets: 5-10 integer instructions each per tile).
+__device__ __forceinline__ void keep_in_register(int& x) {
+#ifndef NEZHA_CUDA_EMULATE
+    asm volatile("" : "+r"(x));
+#endif
+}
+
+// This lane's three ldmatrix row offsets in tiles of row stride LD (elements): A fragments, B from n-major rows, B
+// .trans from k-major rows. Set up once per block; keep() at the top of each loop iteration holds them in registers.
+template <int LD>
+struct LdsmLane {
+    int a, b_n, b_k;
+    __device__ __forceinline__ explicit LdsmLane(int lane)
+        : a(ldsm_a_offset(lane, LD)), b_n(ldsm_b_nmajor_offset(lane, LD)), b_k(ldsm_b_kmajor_offset(lane, LD)) {}
+    __device__ __forceinline__ void keep() {
+        keep_in_register(a);
+        keep_in_register(b_n);
+        keep_in_register(b_k);
+    }
+};
+
 // Copies tiles of ROWS rows x D (16-bit T) from global rows (stride row_stride, 16-byte aligned) to a shared
 // [ROWS][LD] tile by cp.async, rows at or past `limit` zero-filled. TPR threads share a row, each copying CPT 16-byte
 // chunks of it TPR chunks apart (TPR * 16 = 128 bytes: a warp's copy reads whole 128-byte row segments and writes

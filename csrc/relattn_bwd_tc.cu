@@ -161,37 +161,40 @@ relattn_bwd_dkdv_tc_kernel(AttnArgs a, const T* __restrict__ dout, const float* 
     loader.load_next(Qb, dOb, stats_b, a, kb, lse, delta);  // the first tile, into buffer 0
     cp_async_commit();
     stage_edge_rows<T, D, LD, NT>(Te, in.table, E);
+    QueryTileClass<C> tiles(a, k0);
+    LdsmLane<LD> ll(lane);  // the lane's ldmatrix offsets in Ks, Vs, Q, dO, kept in registers
 
-    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1) {
+    for (int q0 = 0, b = 0; q0 < a.Lq; q0 += QN, b ^= 1, tiles.advance()) {
         if (!begin_query_tile<F>(loader, buffers(b), buffers(b ^ 1), a, kb, lse, delta, q0)) continue;
+        ll.keep();
         const T* Qs = Qb + b * QN * LD;
         const T* dOs = dOb + b * QN * LD;
         const RowStats* stats_s = stats_b + b * QN;
-        const int pos_first = a.q_offset + q0;
-        const TableRows tr = tile_table_rows(pos_first, pos_first + QN - 1, k0, k0 + BM - 1, a.R);
-        const bool band = tile_in_band(tr, a.R);
-        const int tcols = round_up(tr.hi - tr.lo + 1, 8);
+        const bool band = tiles.band(a);
         FarRow* far_s = reinterpret_cast<FarRow*>(qtb);  // far tiles: per-row terms instead of projections
+        TableRows tr;  // a band tile's table rows (set in its first arm: a far tile does not compute them)
         if (band) {  // profile: band
-            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, tcols, E + 1);
+            tr = band_tile_rows<C>(a, q0, k0);
+            stage_rows<T, D, LD, NT>(Ts, in.table, D, tr.lo, band_tile_cols(tr), E + 1);
             __syncthreads();  // the table rows visible
-            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, tcols, warp, lane);
+            project_band_tile<T, C>(qtb, dotb, Qs, dOs, Ts, band_tile_cols(tr), warp, lane);
         } else {  // profile: far
-            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, tr.lo != 0, warp, lane);
+            project_far_tile_rows<F, T, C>(far_s, Qs, dOs, Te, stats_s, a, kept_scale, tiles.far_right(), ll,
+                                          warp, lane);
         }
 
         float s[NTQ][4], dp[NTQ][4];
-        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, lane);
+        warp_scores<T, C>(s, dp, Ks + warp * 16 * LD, Vs + warp * 16 * LD, Qs, dOs, ll);
         __syncthreads();  // projections visible to every warp
         if (band) {  // profile: band
             warp_pair_grads_band_tile<F, C>(s, dp, a, head, keys, qtb, dotb, stats_s, tr, q0, kept_scale, lane);
         } else {  // profile: far
             warp_pair_grads_far_tile<F, C>(s, dp, a, head, keys, far_s, stats_s, q0, kept_scale, lane);
         }
-        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, lane);
+        warp_accumulate_dkdv<T, C>(acc_k, acc_v, s, dp, Qs, dOs, ll);
     }
     cp_async_wait<0>();  // the last prefetch (zero-filled) still in flight
-    store_dkdv<T, D>(dk, dv, acc_k, acc_v, a, head, keys, lane);
+    store_dkdv<F, T, D>(dk, dv, acc_k, acc_v, a, head, keys, kept_scale, lane);
 }
 
 template <int D>

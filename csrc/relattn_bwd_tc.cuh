@@ -15,7 +15,8 @@
 namespace nezha {
 
 // pair_grad with only the feature set's masks: PLAIN has no mask and no dropout (every weight kept, f = kept_scale),
-// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e).
+// and P = 2^(dot * scale * log2 e - (m + log l) * log2 e). PLAIN's dV weight is p without f (f is one number per
+// head there: store_dkdv applies it to dV once instead of once per pair); GENERAL's is p f with its dropout mask.
 template <Features F>
 __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadIndex head, int i, int j, int pos,
                                                       float dot, float dw, const RowStats& row, float kept_scale) {
@@ -24,7 +25,7 @@ __device__ __forceinline__ PairGrad feature_pair_grad(const AttnArgs& a, HeadInd
     } else {  // one FFMA and one ex2 per pair, as the forward's far loop (no masks: the row max is finite)
         const float p = fast_exp2(fmaf(dot, a.scale * LOG2E, -(row.max + row.log_sum) * LOG2E));
         PairGrad g;
-        g.w = p * kept_scale;
+        g.w = p;
         g.ds = p * (dw * kept_scale - row.delta);
         return g;
     }
@@ -69,6 +70,7 @@ struct FarRow {
     float bias;
     float dside;
 };
+static_assert(sizeof(FarRow) == 2 * sizeof(float), "project_far_tile_rows writes a row's terms as floats");
 
 // far_s[il] for the tile's QN query rows (Qs, dOs) against the table's edge rows (Te rows 0 and 1 = T[0], T[2R],
 // rows 2-7 zero: stage_edge_rows): warp w projects row tile w % (QN / 16) of Q (bias) or dO (dside, the warps from
@@ -78,29 +80,41 @@ struct FarRow {
 template <Features F, typename T, typename C>
 __device__ __forceinline__ void project_far_tile_rows(FarRow* far_s, const T* Qs, const T* dOs, const T* Te,
                                                       const RowStats* stats_s, const AttnArgs& a, float kept_scale,
-                                                      bool right, int warp, int lane) {
+                                                      bool right, const LdsmLane<C::LD>& ll, int warp, int lane) {
     constexpr int LD = C::LD, MT = C::QN / 16;
     static_assert(C::WARPS == 2 * MT, "one warp per row tile and operand");
     const bool is_do = warp >= MT;
     const int mt = warp % MT;
-    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ldsm_a_offset(lane, LD);
+    const T* A = (is_do ? dOs : Qs) + mt * 16 * LD + ll.a;
+    // B (Te rows n = 0..7, k along the row) by ldmatrix .x4, two k-steps each: matrices k 0-7, 8-15, 16-23, 24-31
+    const T* B = Te + (lane & 7) * LD + (lane >> 3) * 8;
+    static_assert(C::D % 32 == 0, "edge-row fragments two k-steps at a time");
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int kk = 0; kk < C::D / 16; ++kk) {
-        uint32_t af[4], bf[2];
-        ldsm_x4(af, A + kk * 16);
-        load_b_nmajor(bf, Te + kk * 16, LD, lane);
-        MmaOp<T>::run(c, af, bf);
+    for (int kp = 0; kp < C::D / 32; ++kp) {
+        uint32_t b4[4];
+        ldsm_x4(b4, B + kp * 32);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            uint32_t af[4];
+            ldsm_x4(af, A + (2 * kp + h) * 16);
+            const uint32_t bf[2] = {b4[2 * h], b4[2 * h + 1]};
+            MmaOp<T>::run(c, af, bf);
+        }
     }
+    float v[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {  // columns 0, 1: elements 2r, 2r + 1 (row g, then g + 8) of the lanes 4 g
-        const int il = mt * 16 + mma_c_elem(lane, 2 * r).row;
-        float v = right ? c[2 * r + 1] : c[2 * r];
+        v[r] = right ? c[2 * r + 1] : c[2 * r];
         if constexpr (F == Features::PLAIN) {
-            const RowStats st = stats_s[il];
-            v = is_do ? fmaf(kept_scale, v, -st.delta) : (a.scale * v - st.max - st.log_sum) * LOG2E;
+            const RowStats st = stats_s[mt * 16 + mma_c_elem(lane, 2 * r).row];
+            v[r] = is_do ? fmaf(kept_scale, v[r], -st.delta) : (a.scale * v[r] - st.max - st.log_sum) * LOG2E;
         }
-        if (lane % 4 == 0) (is_do ? far_s[il].dside : far_s[il].bias) = v;
+    }
+    if (lane % 4 == 0) {  // rows g, g + 8: bias or dside (FarRow's second float)
+        float* dst = reinterpret_cast<float*>(far_s + mt * 16 + mma_c_elem(lane, 0).row) + (is_do ? 1 : 0);
+        dst[0] = v[0];
+        dst[8 * 2] = v[1];
     }
 }
 
@@ -167,6 +181,37 @@ __device__ __forceinline__ bool setup_key_block(KeyBlock<T>& kb, AttnArgs& a, co
     stage_rows<T, D, C::LD, C::NT>(Vs, kb.in.v, a.v_sl, kb.k0, C::BM, a.Lk);
     return true;
 }
+
+// Which streamed query tiles of a key block are band tiles, by one loop-carried offset (a far tile pays an add and
+// two compares, not its table rows): with positions q_offset + q0 .. + QN - 1 and keys k0 .. k0 + BM - 1, a tile is
+// far right (every pair j - i >= R, table row 2R) while k0 - (q_offset + q0 + QN - 1) >= R, and far left (j - i <= -R,
+// row 0) once k0 + BM - 1 - (q_offset + q0) <= -R; rel = q0 - the first q0 past the far-right ones, so the band
+// tiles are 0 <= rel < BM + 2R + QN - 3 (tile_table_rows / tile_in_band say the same, R >= 1).
+template <typename C>
+struct QueryTileClass {
+    int rel;
+
+    __device__ __forceinline__ QueryTileClass(const AttnArgs& a, int k0)
+        : rel(a.q_offset + C::QN - 2 + a.R - k0) {}  // the first tile's (q0 = 0)
+    __device__ __forceinline__ bool band(const AttnArgs& a) const {
+        return static_cast<unsigned>(rel) < static_cast<unsigned>(2 * a.R + C::BM + C::QN - 3);
+    }
+    __device__ __forceinline__ bool far_right() const { return rel < 0; }
+    __device__ __forceinline__ void advance() { rel += C::QN; }
+};
+
+// A band tile's table rows (q0: the tile's first query row, k0: the key block's first key). Called inside the band
+// arms, each arm its own call, so that a far tile does not compute them.
+template <typename C>
+__device__ __forceinline__ TableRows band_tile_rows(const AttnArgs& a, int q0, int k0) {
+    const int pos_first = a.q_offset + q0;
+    return tile_table_rows(pos_first, pos_first + C::QN - 1, k0, k0 + C::BM - 1, a.R);
+}
+
+// The staged table rows of a band tile: a multiple of 8 (the projections' n-tiles), and of 16 for the fused kernel's
+// dQ bucket k-steps.
+__device__ __forceinline__ int band_tile_cols(TableRows tr) { return round_up(tr.hi - tr.lo + 1, 8); }
+__device__ __forceinline__ int band_tile_kcols(TableRows tr) { return round_up(band_tile_cols(tr), 16); }
 
 // The streamed query tiles' loads, issued one tile ahead (the key-block loops hold two buffers of Q, dO and the row
 // statistics): Q and dO rows by cp.async where every row allows 16-byte copies (else element copies, rare strided
@@ -270,11 +315,11 @@ __device__ __forceinline__ bool begin_query_tile(QueryTileLoader<T, C>& ld, Quer
 // from the n-major Q / dO rows).
 template <typename T, typename C>
 __device__ __forceinline__ void warp_scores(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4], const T* Ks_warp,
-                                            const T* Vs_warp, const T* Qs, const T* dOs, int lane) {
+                                            const T* Vs_warp, const T* Qs, const T* dOs, const LdsmLane<C::LD>& ll) {
     constexpr int LD = C::LD;
     zero_acc(w);
     zero_acc(ds);
-    const int a_off = ldsm_a_offset(lane, LD), b_off = ldsm_b_nmajor_offset(lane, LD);
+    const int a_off = ll.a, b_off = ll.b_n;
 #pragma unroll
     for (int kk = 0; kk < C::D / 16; ++kk) {
         uint32_t ak[4], av[4];
@@ -331,7 +376,8 @@ __device__ __forceinline__ void warp_pair_grads_band_tile(float (&w)[C::QN / 8][
 // The pair gradients of a far tile: the relative terms from far_s (project_far_tile_rows, visible after a barrier) per
 // query row, no relative index and no gather per pair. PLAIN: one FFMA and one ex2 for p, dS zero for keys past Lk
 // (rows past Lq give dS = 0 and W . dO = 0 by themselves: their Q, dO rows and statistics are zero); W of keys past Lk
-// is left as computed (it only reaches their own, unstored rows of dV).
+// is left as computed (it only reaches their own, unstored rows of dV). Only the lanes of the last key block's keys
+// past Lk select (FlashAttention's even-N split: the bound only where a tile can cross it).
 template <Features F, typename C>
 __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4], float (&ds)[C::QN / 8][4],
                                                          const AttnArgs& a, HeadIndex head, const LaneKeys& keys,
@@ -344,8 +390,8 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
         if constexpr (F == Features::PLAIN) {
             const float p = fast_exp2(fmaf(w[nt][e], scale_log2, fr.bias));
             const float g = p * fmaf(ds[nt][e], kept_scale, fr.dside);
-            w[nt][e] = p * kept_scale;
-            ds[nt][e] = keys.valid[r] ? g : 0.0f;
+            w[nt][e] = p;  // f: at the store (feature_pair_grad)
+            ds[nt][e] = g;
         } else {
             const int i = q0 + il;
             float weight = 0.0f, grad = 0.0f;
@@ -359,6 +405,13 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
             ds[nt][e] = grad;
         }
     });
+    if constexpr (F == Features::PLAIN) {
+        if (!(keys.valid[0] && keys.valid[1])) {  // profile: rare (a key past Lk: the last key block only)
+            for_each_acc<C::QN / 8>(lane, [&](int nt, int e, int, int) {
+                if (!keys.valid[e >> 1]) ds[nt][e] = 0.0f;
+            });
+        }
+    }
 }
 
 // acc_v += W^T . dO and acc_k += dS^T . Q over the tile's QN queries (dO, Q rows k-major: B[k = query][n = d]),
@@ -366,9 +419,9 @@ __device__ __forceinline__ void warp_pair_grads_far_tile(float (&w)[C::QN / 8][4
 template <typename T, typename C>
 __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4], float (&acc_v)[C::D / 8][4],
                                                      const float (&w)[C::QN / 8][4], const float (&ds)[C::QN / 8][4],
-                                                     const T* Qs, const T* dOs, int lane) {
+                                                     const T* Qs, const T* dOs, const LdsmLane<C::LD>& ll) {
     constexpr int LD = C::LD;
-    const int b_off = ldsm_b_kmajor_offset(lane, LD);
+    const int b_off = ll.b_k;
 #pragma unroll
     for (int kk = 0; kk < C::QN / 16; ++kk) {
         uint32_t aw[4], ads[4];
@@ -389,18 +442,19 @@ __device__ __forceinline__ void warp_accumulate_dkdv(float (&acc_k)[C::D / 8][4]
     }
 }
 
-// dk = scale * acc_k and dv = acc_v for this lane's valid keys.
-template <typename T, int D>
+// dk = scale * acc_k and dv = acc_v (PLAIN: kept_scale * acc_v, see feature_pair_grad) for this lane's valid keys.
+template <Features F, typename T, int D>
 __device__ __forceinline__ void store_dkdv(T* dk, T* dv, const float (&acc_k)[D / 8][4],
                                            const float (&acc_v)[D / 8][4], const AttnArgs& a, HeadIndex head,
-                                           const LaneKeys& keys, int lane) {
+                                           const LaneKeys& keys, float kept_scale, int lane) {
+    const float v_scale = F == Features::PLAIN ? kept_scale : 1.0f;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (!keys.valid[r]) continue;
         const int64_t base = key_row(a, head, keys.j[r]) * D;
         for_each_acc_in_row<D / 8>(lane, r, [&](int nt, int e, int d) {
             dk[base + d] = from_f<T>(a.scale * acc_k[nt][e]);
-            dv[base + d] = from_f<T>(acc_v[nt][e]);
+            dv[base + d] = from_f<T>(v_scale * acc_v[nt][e]);
         });
     }
 }

@@ -123,8 +123,9 @@ def test_tc_smem_formulas_fit_every_arch():
     for k in (*TC_KERNELS, FUSED_KERNEL):
         sizes = [dynamic_smem_bytes(k, d) for d in (32, 64, 128)]
         assert sizes == sorted(sizes) and sizes[-1] <= 163 * 1024, (k, sizes)
-    # fused D = 64: the dK dV kernel's tiles plus dS (32 x 72, 16-bit); the band bucket aliases the fp32 projections.
-    assert dynamic_smem_bytes(FUSED_KERNEL, 64) == dynamic_smem_bytes("relattn_bwd_dkdv_tc_kernel", 64) + 2 * 32 * 72
+    # fused D = 64: the dK dV kernel's tiles plus dS^T (64 keys x 32 queries, 16-bit, swizzled: no padding); the band
+    # bucket aliases the fp32 projections.
+    assert dynamic_smem_bytes(FUSED_KERNEL, 64) == dynamic_smem_bytes("relattn_bwd_dkdv_tc_kernel", 64) + 2 * 64 * 32
     # and still 2 blocks per SM on sm_80 (164 KiB of shared memory per SM, 1 KiB reserved per block).
     assert 2 * (dynamic_smem_bytes(FUSED_KERNEL, 64) + 1024) <= 164 * 1024
     # fwd D=128: Q (64 rows), two pipeline stages of K and V (64 rows each) + 128 table rows at stride 136 halves

@@ -96,8 +96,8 @@ def dynamic_smem_bytes(kernel: str, d: int) -> int:
     if kernel == "relattn_bwd_dkdv_tc_kernel":
         # the 8 edge rows, K, V, two buffers of Q, dO and the row statistics, the table rows, the fp32 projections
         return 2 * (8 + 2 * _TC_BM + 4 * _TC_QN + _TC_TB_COLS) * ld + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * 3 * _TC_QN)
-    if kernel == "relattn_bwd_fused_tc_kernel":  # dK dV's tiles + dS [QN][BM + 8] (the bucket aliases the projections)
-        tiles = (8 + 2 * _TC_BM + 4 * _TC_QN + _TC_TB_COLS) * ld + _TC_QN * (_TC_BM + 8)
+    if kernel == "relattn_bwd_fused_tc_kernel":  # dK dV's tiles + dS^T [BM][QN] (the bucket aliases the projections)
+        tiles = (8 + 2 * _TC_BM + 4 * _TC_QN + _TC_TB_COLS) * ld + _TC_BM * _TC_QN
         return 2 * tiles + 4 * (2 * _TC_QN * _TC_TB_LD + 2 * 3 * _TC_QN)
     if kernel == "relattn_bwd_dq_convert_kernel":  # the fused backward's dq = scale * acc: no shared memory
         return 0
