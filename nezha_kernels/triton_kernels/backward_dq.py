@@ -421,6 +421,8 @@ def _relattn_bwd_dq_kernel(
     DQ,
     WS,
     ROT,
+    QROT,
+    GROT,
     KPAD,
     AMASK,
     HMASK,
@@ -469,6 +471,7 @@ def _relattn_bwd_dq_kernel(
     RELATIVE: tl.constexpr,
     SINUSOID: tl.constexpr,
     ROTATION_LOOP: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -486,6 +489,7 @@ def _relattn_bwd_dq_kernel(
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
+    tl.static_assert(not VARLEN or ROT_BLOCK_M == 0)  # the delta kernel writes QROT / GROT for dense calls only
     # Block-band scratch in chunks of table rows; 16 for the 128-row tile at wide heads (D = 128: 32-row chunks kept
     # index values live to the epilogue in local memory, 16 B; benchmarks/NOTES.md "Triton D = 128 backward on wgmma").
     BAND_CHUNK: tl.constexpr = min(16 if BLOCK_D > 64 and BLOCK_M >= 128 else 32, BAND_P)
@@ -578,8 +582,16 @@ def _relattn_bwd_dq_kernel(
     q_rot = q
     do_rot = do
     if SINUSOID:
-        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
-        do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
+        if ROT_BLOCK_M == BLOCK_M:
+            # The delta kernel's rows (dK/dV's rotation band loop): rotated from the starts of ROT_BLOCK_M-row blocks,
+            # which are this program's (i % ROT_BLOCK_M = i - i0), so they are q_rot / dO_rot of this block.
+            rot_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_D + offs_d[None, :]
+            rot_base = (bh.to(tl.int64) * LQ + i0) * BLOCK_D
+            q_rot = tl.load(QROT + rot_base + rot_tile, mask=qd_mask, other=0.0)
+            do_rot = tl.load(GROT + rot_base + rot_tile, mask=qd_mask, other=0.0)
+        else:
+            q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
+            do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
     rot = (ROT, q_rot, do_rot)
     if FAR_LOOPS > 0:
         dq, ds_left = dq_far_loop(
