@@ -231,7 +231,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     row_stats = torch.empty((STAT_PLANES, stat_rows), dtype=torch.float32, device=q.device)
     delta_rows = DELTA_ROWS_INTERPRETED if configs.interpreted() else DELTA_ROWS_GPU
     # dK/dV's rotation band loop reads q and dO rotated once per row (from the forward's query blocks), which the delta
-    # kernel writes: [B*H, Lq, BLOCK_D] each in q's dtype.
+    # kernel writes: [B*H, Lq, BLOCK_D] each in q's dtype. dQ loads its q_rot / dO_rot from them too where they exist.
     dkdv_sinusoid = call.rotation("bwd_dkdv")
     dkdv_loop = dkdv_sinusoid and call.rotation_loop("bwd_dkdv")
     block_d = max(16, triton.next_power_of_2(d))
