@@ -187,6 +187,8 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         constexprs["SINUSOID"] = rotation
         constexprs["BAND_P"] = 0 if rotation else configs.band_p(MAIN_R)
         constexprs["ROTATION_LOOP"] = rotation and configs.rotation_loop(MAIN_R)
+        if kernel == "bwd_dq":  # q_rot / dO_rot from the delta kernel where dK/dV runs its rotation band loop
+            constexprs["ROT_BLOCK_M"] = _dq_rot_block_m(d, dtype, features, arch) if rotation else 0
     elif kernel == "bwd_dkdv":  # the band by rotation where the forward takes it, from the forward's query blocks
         rotation = sinusoid and configs.rotation_band(kernel, d, DTYPES[dtype], features, arch // 10)
         if sinusoid and not rotation:
@@ -204,6 +206,24 @@ def make_job(kernel: str, d: int, dtype: str, tile, features: dict, variant: str
         constexprs["BRANCHLESS_BAND"] = configs.dq_branchless_band(arch // 10)
     label = f"{dtype} D={d} {bm}x{bn} w{warps} s{stages} {variant}"
     return (kernel, KERNEL_FUNCTIONS[kernel], label, arch, dtype, constexprs, warps, stages)
+
+
+def _dq_rot_block_m(d: int, dtype: str, features: dict, arch: int) -> int:
+    """dQ's ROT_BLOCK_M as the launcher passes it at L <= configs.DKDV_ROTATION_LOOP_MAX_LQ (KernelCall.rotation_loop
+    for dK/dV: the delta kernel writes q_rot / dO_rot then), 0 where it does not write them."""
+    from ..triton_kernels import configs
+
+    per_pair = any(features.get(name, False) for name in configs.PER_PAIR_FEATURES)
+    major = arch // 10
+    dkdv_far = configs.far_loops("bwd_dkdv", d, DTYPES[dtype], features, major)
+    if per_pair or features.get("VARLEN", False) or dkdv_far == 0:
+        return 0
+    if not configs.rotation_band("bwd_dkdv", d, DTYPES[dtype], features, major):
+        return 0
+    block_m = configs.rotation_block_m(d, DTYPES[dtype], features, major, configs.gpu_tiles("fwd"))
+    tile = configs.main_tile("bwd_dkdv", d, DTYPES[dtype], features, major, configs.gpu_tiles("bwd_dkdv"))
+    inside = block_m % min(tile[0], configs.ROTATION_LOOP_QUERIES) == 0
+    return block_m if inside and configs.rotation_loop(MAIN_R, tile[1]) else 0
 
 
 def _jobs(archs, grid: str = "full"):

@@ -76,9 +76,10 @@ def _relattn_bwd_delta_kernel(
     """STATS [STAT_PLANES, STAT_ROWS] fp32 (see PLANE_*): delta = rowsum(dO * O) and the rows' edge terms.
 
     One program per BLOCK_M rows of one [*, H, LQ, D] (b, h) (varlen: the [1, H, Tq, D] view, every sequence's rows).
-    ROT_BLOCK_M > 0 (dense only; dK/dV's rotation band loop): also QROT, GROT [B*H, LQ, BLOCK_D] contiguous in q's
-    dtype, q and dO rotated by the angles of their rows in the forward's ROT_BLOCK_M-row query blocks
-    (rotation.rotate_rows_at: the forward's q_rot bit for bit; ROT the launcher's rotation table).
+    ROT_BLOCK_M > 0 (dense only; dK/dV's rotation band loop, and dQ where its BLOCK_M is ROT_BLOCK_M): also QROT,
+    GROT [B*H, LQ, BLOCK_D] contiguous in q's dtype, q and dO rotated by the angles of their rows in the forward's
+    ROT_BLOCK_M-row query blocks (rotation.rotate_rows_at: the forward's q_rot bit for bit; ROT the launcher's rotation
+    table).
     """
     pid_m = tl.program_id(1)
     bh = tl.program_id(0)

@@ -9,6 +9,8 @@ the table term of dQ as u += dS_band @ S_tile, rotated back when the band-loop c
 With SINUSOID, the full far loops (no key padding, additive mask or dropout) and 2R >= its key tile (ROTATION_LOOP,
 configs.rotation_loop), the band's full tiles run dq_rotation_band_loop instead: no bounds or masks, the edge
 term and the out-of-band dS row sums per row, not per pair.
+Where the delta kernel has written q_rot and dO_rot (ROT_BLOCK_M > 0: the calls whose dK/dV runs its rotation band
+loop) and its blocks are this kernel's (ROT_BLOCK_M == BLOCK_M), dQ loads them instead of rotating q and dO.
 """
 
 import triton
@@ -17,6 +19,7 @@ import triton.language as tl
 from . import configs
 from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
+from .forward import block_ptrs
 from .rotation import add_rotated_back, band_positional_ptrs, load_positional, rotate_query
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows, tile_ptrs
@@ -35,6 +38,7 @@ def dq_far_loop(
     hi,
     q_edge,
     do_edge,
+    ds_sum,
     stats,
     scale,
     stride_kn,
@@ -53,16 +57,17 @@ def dq_far_loop(
     K_CHUNKS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, the side's row sum of dS).
+    """Full key tiles [lo, hi) beyond the band on side SIDE (softmax.far_loop): (dq, ds_sum + the side's row sum of
+    dS).
 
-    stats: (row_max, row_logsum, delta, hm) of the program's rows.
+    stats: (row_max, row_logsum, delta, hm) of the program's rows. ds_sum [BLOCK_M]: the sum so far (the right side
+    starts from the band's, so the two are not both live over the loop).
     """
     row_max, row_logsum, delta, hm = stats
     MASKED: tl.constexpr = HAS_KPAD or HAS_AMASK or (CAUSAL and SIDE == 1)
     qk_scale = scale * LOG2E
     p_addend = (q_edge * scale - row_max - row_logsum) * LOG2E
     ds_addend = do_edge * hm - delta
-    ds_sum = tl.zeros_like(delta)
     for j0 in range(lo, hi, BLOCK_N):
         k = load_rows(k_ptrs, d_valid, EVEN_D)
         v = load_rows(v_ptrs, d_valid, EVEN_D)
@@ -421,6 +426,8 @@ def _relattn_bwd_dq_kernel(
     DQ,
     WS,
     ROT,
+    QROT,
+    GROT,
     KPAD,
     AMASK,
     HMASK,
@@ -469,6 +476,7 @@ def _relattn_bwd_dq_kernel(
     RELATIVE: tl.constexpr,
     SINUSOID: tl.constexpr,
     ROTATION_LOOP: tl.constexpr,
+    ROT_BLOCK_M: tl.constexpr,
     HAS_KPAD: tl.constexpr,
     HAS_AMASK: tl.constexpr,
     HAS_HMASK: tl.constexpr,
@@ -486,6 +494,7 @@ def _relattn_bwd_dq_kernel(
 ):
     tl.static_assert(BLOCK_P >= BLOCK_M + BLOCK_N - 1)
     tl.static_assert(not SINUSOID or (BAND_P == 0 and BLOCK_M <= 128 and RELATIVE))  # as in forward.py
+    tl.static_assert(not VARLEN or ROT_BLOCK_M == 0)  # the delta kernel writes QROT / GROT for dense calls only
     # Block-band scratch in chunks of table rows; 16 for the 128-row tile at wide heads (D = 128: 32-row chunks kept
     # index values live to the epilogue in local memory, 16 B; benchmarks/NOTES.md "Triton D = 128 backward on wgmma").
     BAND_CHUNK: tl.constexpr = min(16 if BLOCK_D > 64 and BLOCK_M >= 128 else 32, BAND_P)
@@ -515,20 +524,12 @@ def _relattn_bwd_dq_kernel(
     d_valid = offs_d < HEAD_DIM
     qd_mask = m_valid[:, None] & d_valid[None, :]
     q_rows = (q_start + offs_m)[:, None].to(tl.int64)
-    q = tl.load(
-        Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_rows * stride_qm + offs_d[None, :] * stride_qd,
-        mask=qd_mask,
-        other=0.0,
+    q_ptrs = block_ptrs(Q, b, h, q_start, pid_m, stride_qb, stride_qh, stride_qm, stride_qd, offs_d, BLOCK_M, SINUSOID)
+    q = tl.load(q_ptrs, mask=qd_mask, other=0.0)
+    do_ptrs = block_ptrs(
+        DOUT, b, h, q_start, pid_m, stride_gb, stride_gh, stride_gm, stride_gd, offs_d, BLOCK_M, SINUSOID
     )
-    do = tl.load(
-        DOUT
-        + b.to(tl.int64) * stride_gb
-        + h.to(tl.int64) * stride_gh
-        + q_rows * stride_gm
-        + offs_d[None, :] * stride_gd,
-        mask=qd_mask,
-        other=0.0,
-    )
+    do = tl.load(do_ptrs, mask=qd_mask, other=0.0)
     row = stat_row0 + offs_m
     row_max = tl.load(ROW_MAX + row, mask=m_valid, other=0.0)
     row_logsum = tl.load(ROW_LOGSUM + row, mask=m_valid, other=0.0)
@@ -578,13 +579,25 @@ def _relattn_bwd_dq_kernel(
     q_rot = q
     do_rot = do
     if SINUSOID:
-        q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
-        do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
+        if ROT_BLOCK_M == BLOCK_M:
+            # The delta kernel's rows (dK/dV's rotation band loop): rotated from the starts of ROT_BLOCK_M-row blocks,
+            # which are this program's (i % ROT_BLOCK_M = i - i0), so they are q_rot / dO_rot of this block.
+            rot_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_D + offs_d[None, :]
+            rot_base = (bh.to(tl.int64) * LQ + i0) * BLOCK_D
+            # "+ 0.0" (not folded away: -0 + 0 is +0) makes them computed values, which triton feeds the band's wgmma
+            # from registers as it did the rotated ones; a loaded A operand is read from shared memory through
+            # descriptors instead, and every loop paid for it (triton 3.9: far-right tile 289 -> 303 instructions,
+            # band tile 405 -> 412, 255 registers against 247; benchmarks/NOTES.md "Triton dQ reads the delta ...").
+            q_rot = tl.load(QROT + rot_base + rot_tile, mask=qd_mask, other=0.0) + 0.0
+            do_rot = tl.load(GROT + rot_base + rot_tile, mask=qd_mask, other=0.0) + 0.0
+        else:
+            q_rot = rotate_query(q, ROT, BLOCK_M, BLOCK_D)
+            do_rot = rotate_query(do, ROT, BLOCK_M, BLOCK_D)
     rot = (ROT, q_rot, do_rot)
     if FAR_LOOPS > 0:
         dq, ds_left = dq_far_loop(
-            dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, stats, scale, stride_kn,
-            stride_vn, d_valid, rows, masks, drop,
+            dq, q, do, k_base + k_tile, v_base + v_tile, 0, band_lo, q_left, do_left, tl.zeros_like(delta), stats,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 0, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         if PLAIN_ROTATION:
@@ -602,10 +615,17 @@ def _relattn_bwd_dq_kernel(
                 HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
                 BLOCK_P, BAND_P, BRANCHLESS_BAND,
             )  # fmt: skip
+        if PLAIN_ROTATION:
+            # The band's dS sums joined now, not kept live beside the far-right loop's (triton 3.9: straight line
+            # -20 instructions, 247 registers against 254).
+            ds_left += band_left
+            right0 = band_right
+        else:
+            right0 = tl.zeros_like(delta)
         dq, ds_right = dq_far_loop(
             dq, q, do, k_base + band_hi.to(tl.int64) * stride_kn + k_tile,
-            v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, stats, scale,
-            stride_kn, stride_vn, d_valid, rows, masks, drop,
+            v_base + band_hi.to(tl.int64) * stride_vn + v_tile, band_hi, full_end, q_right, do_right, right0, stats,
+            scale, stride_kn, stride_vn, d_valid, rows, masks, drop,
             EVEN_D, 1, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, K_CHUNKS, BLOCK_NF,
         )  # fmt: skip
         dq, tail_left, tail_right = dq_band_loop(
@@ -614,8 +634,12 @@ def _relattn_bwd_dq_kernel(
             HEAD_DIM, RELATIVE, SINUSOID, HAS_KPAD, HAS_AMASK, CAUSAL, HAS_DROPOUT, FMA_DOTS, BLOCK_M, BLOCK_NB,
             BLOCK_P, BAND_P, BRANCHLESS_BAND,
         )  # fmt: skip
-        ds_left += band_left + tail_left
-        ds_right += band_right + tail_right
+        if PLAIN_ROTATION:
+            ds_left += tail_left
+            ds_right += tail_right
+        else:
+            ds_left += band_left + tail_left
+            ds_right += band_right + tail_right
     else:
         # One general loop over every key tile (see forward.py).
         dq, ds_left, ds_right = dq_band_loop(

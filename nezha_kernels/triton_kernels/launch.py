@@ -231,7 +231,7 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
     row_stats = torch.empty((STAT_PLANES, stat_rows), dtype=torch.float32, device=q.device)
     delta_rows = DELTA_ROWS_INTERPRETED if configs.interpreted() else DELTA_ROWS_GPU
     # dK/dV's rotation band loop reads q and dO rotated once per row (from the forward's query blocks), which the delta
-    # kernel writes: [B*H, Lq, BLOCK_D] each in q's dtype.
+    # kernel writes: [B*H, Lq, BLOCK_D] each in q's dtype. dQ loads its q_rot / dO_rot from them too where they exist.
     dkdv_sinusoid = call.rotation("bwd_dkdv")
     dkdv_loop = dkdv_sinusoid and call.rotation_loop("bwd_dkdv")
     block_d = max(16, triton.next_power_of_2(d))
@@ -295,8 +295,13 @@ def _launch_bwd(call: KernelCall, grad_out, out, lse, dq, dk, dv, programs, bloc
             DQ=dq,
             WS=scratch,
             ROT=_rotation_table(call, sinusoid),
+            QROT=q_rot,
+            GROT=g_rot,
             SINUSOID=sinusoid,
             ROTATION_LOOP=sinusoid and call.rotation_loop("bwd_dq"),
+            # The delta kernel's q_rot / dO_rot where it wrote them: dQ loads its rotated tiles when its BLOCK_M is
+            # ROT_BLOCK_M (the angles' block starts agree), else rotates them itself.
+            ROT_BLOCK_M=call.rotation_block_m() if sinusoid and dkdv_loop else 0,
             BAND_P=band_p,
             FAR_LOOPS=call.far_loops("bwd_dq"),
             BRANCHLESS_BAND=configs.dq_branchless_band(configs.arch_major(call.q)),
