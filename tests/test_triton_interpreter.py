@@ -310,21 +310,19 @@ def test_bfloat16_dot_is_exact_under_the_interpreter():
 
 @interpreted_only
 @gpu_tiles_only
-@pytest.mark.parametrize("dtype,d", [(torch.float32, 64), (torch.float16, 64), (torch.bfloat16, 128)])
+@pytest.mark.parametrize("dtype,d", [(torch.float16, 64), (torch.bfloat16, 128)])
 def test_gpu_tiles(dtype, d):
     # NEZHA's R = 64 (block-band mode) over several 64-row tiles with ragged tails, far-field key tiles,
-    # a fully padded batch row, dropout and head_mask; then causal with a small R.
+    # a fully padded batch row, dropout and head_mask; then causal with a small R. fp32 is left out (CI's time: it was
+    # the slowest case, ~80 s): its GPU tiles are FMA tiles of 32 x 16, the interpreter's own 16 x 16 but for the row
+    # count, which the fp32 cases above run at every feature.
     from nezha_kernels.triton_kernels import configs, launch
 
     assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in launch._fwd.configs][:1] == [configs.FWD_TILES[0][:2]]
-    # fp32 runs one head and 101 x 130: its 32 x 16 FMA tiles are the slowest under the interpreter (CI time). That
-    # still gives 4 row blocks (a ragged one), a full far tile on each side (rows 5..36 vs keys 112..127, rows
-    # 101..105 vs keys 0..31) and a ragged key tile; two heads add nothing the fp16 / bf16 cases' head mask does not.
-    heads, lq, lk = (1, 101, 130) if dtype == torch.float32 else (2, 150, 141)
-    kp = torch.rand(2, lk, generator=torch.Generator().manual_seed(13)) > 0.2
+    kp = torch.rand(2, 141, generator=torch.Generator().manual_seed(13)) > 0.2
     kp[1] = False
-    hm = torch.tensor([1.0, 0.5])[:heads]
-    check(CPU, dtype, 2, heads, lq, lk, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default")
+    hm = torch.tensor([1.0, 0.5])
+    check(CPU, dtype, 2, 2, 150, 141, d, 64, key_padding=kp, q_offset=5, dropout_p=0.1, head_mask=hm, table="default")
     check(CPU, dtype, 1, 2, 97, 97, d, 6, causal=True)
     if d == 128:  # sm_90's wgmma far-loop tiles at D = 128 (dQ 128 x 32, dK/dV 64 x 64 w8): far tiles on both sides
         check(CPU, dtype, 1, 1, 200, 200, d, 6, head_mask=hm[1:])
