@@ -20,7 +20,7 @@ from . import configs
 from .band import MASKED_SCORE, band_bucket, band_tile_terms, edge_terms, load_band_table, load_table_slice, mask_tile
 from .dot import dot, dot_nt
 from .forward import block_ptrs
-from .rotation import add_rotated_back, band_positional_ptrs, load_positional, rotate_query
+from .rotation import add_rotated_back, band_positional_ptrs, load_positional, rotate_query, scale_add_sinusoid_edges
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, keep_factor, load_rows, tile_ptrs
 
@@ -661,16 +661,11 @@ def _relattn_bwd_dq_kernel(
             tb = load_band_table(T, stride_tr, stride_td, R, c * BAND_CHUNK, offs_d, HEAD_DIM, BAND_CHUNK)
             dq += dot(ds_band.to(tb.dtype), tb, None, FMA_DOTS)
     if SINUSOID:
-        # As the forward's epilogue: NEZHA's own table has T[0] = [sin 0, cos 0]_t = [0, 1]_t exactly, so the left
-        # edge goes to the odd columns alone (T[0] not loaded), and the scale is folded in: two FFMA per element.
+        # As the forward's epilogue: the edges added with NEZHA's T[0] = [0, 1]_t, the scale folded in.
         t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        edge_left = (ds_left * scale)[:, None]
-        edge_right = (ds_right * scale)[:, None]
-        dq_even, dq_odd = tl.split(tl.reshape(dq, [BLOCK_M, BLOCK_D // 2, 2]))
-        t_even, t_odd = tl.split(tl.reshape(t_right, [BLOCK_D // 2, 2]))
-        dq_even = dq_even * scale + edge_right * t_even[None, :]
-        dq_odd = dq_odd * scale + (edge_left + edge_right * t_odd[None, :])
-        dq = tl.reshape(tl.join(dq_even, dq_odd), [BLOCK_M, BLOCK_D])
+        dq = scale_add_sinusoid_edges(
+            dq, scale, (ds_left * scale)[:, None], (ds_right * scale)[:, None], t_right, BLOCK_M, BLOCK_D
+        )
     else:
         if RELATIVE:
             t_left = tl.load(T + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)

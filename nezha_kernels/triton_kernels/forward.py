@@ -31,7 +31,7 @@ import triton.language as tl
 from . import configs
 from .band import load_band_table
 from .dot import dot, dot_nt
-from .rotation import band_positional_ptrs, rotate_query
+from .rotation import band_positional_ptrs, rotate_query, scale_add_sinusoid_edges
 from .sequence import key_ranges, sequence_window
 from .softmax import LOG2E, band_loop, far_loop, rescale, rotation_band_loop, tile_ptrs
 
@@ -361,19 +361,14 @@ def _relattn_fwd_kernel(
         l_i = tl.where(l_i > 0.0, l_i, 1.0)  # a query row of a sequence without keys outputs 0
     if SINUSOID:
         # One reciprocal per row, not a division per element (IEEE division: RCP plus fix-ups per element), the
-        # masses normalized per row. NEZHA's own table: T[0] = [sin 0, cos 0]_t = [0, 1]_t exactly, so the left mass
-        # goes to the odd columns alone (not loaded, no product): two FFMA per element with the normalization.
+        # masses normalized per row, added with NEZHA's T[0] = [0, 1]_t (scale_add_sinusoid_edges).
         # (The table paths keep the division: this form spilled their D = 128 varlen rows, 16-32 B.)
         inv_l = 1.0 / l_i
         # Loaded again, not kept from the prologue: live across the loops, the edge rows cost registers.
         t_right = tl.load(T + 2 * R * stride_tr + offs_d * stride_td, mask=d_valid, other=0.0).to(tl.float32)
-        edge_left = (mass_left * inv_l)[:, None]
-        edge_right = (mass_right * inv_l)[:, None]
-        acc_even, acc_odd = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_D // 2, 2]))
-        t_even, t_odd = tl.split(tl.reshape(t_right, [BLOCK_D // 2, 2]))
-        out_even = acc_even * inv_l[:, None] + edge_right * t_even[None, :]
-        out_odd = acc_odd * inv_l[:, None] + (edge_left + edge_right * t_odd[None, :])
-        out = tl.reshape(tl.join(out_even, out_odd), [BLOCK_M, BLOCK_D])
+        out = scale_add_sinusoid_edges(
+            acc, inv_l[:, None], (mass_left * inv_l)[:, None], (mass_right * inv_l)[:, None], t_right, BLOCK_M, BLOCK_D
+        )
     else:
         if RELATIVE:
             # Loaded again, not kept from the prologue: live across the loops, the edge rows cost registers.

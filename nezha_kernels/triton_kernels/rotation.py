@@ -192,3 +192,18 @@ def add_rotated_back(acc, u, ROT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     y_even = (acc_even + u_even * cos) - u_odd * sin
     y_odd = (acc_odd + u_odd * cos) + u_even * sin
     return tl.reshape(tl.join(y_even, y_odd), [BLOCK_M, BLOCK_D])
+
+
+@triton.jit
+def scale_add_sinusoid_edges(
+    x, row_scale, edge_left, edge_right, t_right, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """x * row_scale + edge_left T[0] + edge_right T[2R], [BLOCK_M, BLOCK_D] fp32, for NEZHA's own table: T[0] =
+    [sin 0, cos 0]_t = [0, 1]_t exactly, so the left edge goes to the odd columns alone (T[0] not loaded, no product):
+    two FFMA per element (the forward's output normalization and dQ's scale). edge_left / edge_right: [BLOCK_M, 1]
+    per-row weights, already scaled; t_right: the row T[2R] in fp32."""
+    x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_D // 2, 2]))
+    t_even, t_odd = tl.split(tl.reshape(t_right, [BLOCK_D // 2, 2]))
+    y_even = x_even * row_scale + edge_right * t_even[None, :]
+    y_odd = x_odd * row_scale + (edge_left + edge_right * t_odd[None, :])
+    return tl.reshape(tl.join(y_even, y_odd), [BLOCK_M, BLOCK_D])
